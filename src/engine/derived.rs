@@ -1,0 +1,1 @@
+//! Derived timeframe folding (being written).

@@ -1,0 +1,1 @@
+//! Loop guardrail / circuit breaker (being written).

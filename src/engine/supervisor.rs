@@ -1,0 +1,1 @@
+//! Supervisor of ingest jobs (being written).

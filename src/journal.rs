@@ -1,0 +1,1 @@
+//! Journal record/replay (being written).

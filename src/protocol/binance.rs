@@ -1,0 +1,1 @@
+//! Binance wire format (being written).

@@ -1,0 +1,1 @@
+//! Client /ws/market protocol (being written).

@@ -1,0 +1,4 @@
+//! Wire formats: Binance kline streams and control messages ([`binance`]) and the
+//! client `/ws/market` protocol ([`client`]). Pure parsing and encoding; no state.
+pub mod binance;
+pub mod client;

@@ -1,0 +1,2 @@
+//! In-memory store (being written).
+pub struct MemoryStore;

@@ -1,0 +1,2 @@
+//! SQLite store (being written).
+pub struct SqliteStore;
