@@ -1,1 +1,298 @@
-//! Journal record/replay (being written).
+//! Record and replay of the core's inputs as JSON lines.
+//!
+//! A journal is a header line followed by one line per step:
+//! ```text
+//! {"journal":"klinegate","version":1,"start_ns":…,"auto_timers":false,"settings":{…}}
+//! {"now":…,"input":{"type":"client_connected","client":1}}
+//! {"now":…,"timeout":true}
+//! ```
+//! A live recording holds every `handle` (as `input`) and every
+//! `handle_timeout` (as `timeout`) in the order the shell made them, so a
+//! replay makes exactly the same calls. Hand-written and converted journals
+//! may set `auto_timers`: then the replayer fires each due timer at its exact
+//! deadline before the next line (and up to an optional `{"now":…,"end":true}`).
+//!
+//! Replay output, one JSON line per effect, is deterministic byte for byte:
+//! `{"now":…,"out":<Output>}`, `{"now":…,"client":…,"frame":<the frame>}` and
+//! `{"now":…,"reply":"ok"|{"error":…}}` for ingest inputs.
+
+use crate::config::Settings;
+use crate::engine::{Engine, Input, Output};
+use crate::store::Store;
+use crate::time::Timestamp;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::io::{BufRead, Write};
+
+pub const FORMAT: &str = "klinegate";
+pub const VERSION: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Header {
+    pub journal: String,
+    pub version: u32,
+    pub start_ns: u64,
+    #[serde(default)]
+    pub auto_timers: bool,
+    #[serde(default)]
+    pub settings: Settings,
+}
+
+impl Header {
+    pub fn new(settings: Settings, start: Timestamp, auto_timers: bool) -> Header {
+        Header { journal: FORMAT.into(), version: VERSION, start_ns: start.as_nanos(), auto_timers, settings }
+    }
+}
+
+/// One journal line after the header.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub now: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<Input>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub timeout: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub end: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+#[derive(Debug)]
+pub enum JournalError {
+    Io(std::io::Error),
+    /// A line that is not valid journal JSON: 1-based line number and why.
+    Parse { line: usize, message: String },
+    Config(String),
+}
+
+impl fmt::Display for JournalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JournalError::Io(e) => write!(f, "journal i/o error: {e}"),
+            JournalError::Parse { line, message } => write!(f, "journal line {line}: {message}"),
+            JournalError::Config(m) => write!(f, "journal settings: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for JournalError {}
+
+impl From<std::io::Error> for JournalError {
+    fn from(e: std::io::Error) -> Self {
+        JournalError::Io(e)
+    }
+}
+
+/// Writes a journal as the shell steps the engine.
+pub struct JournalWriter<W: Write> {
+    out: W,
+}
+
+impl<W: Write> JournalWriter<W> {
+    pub fn new(mut out: W, header: &Header) -> std::io::Result<Self> {
+        serde_json::to_writer(&mut out, header)?;
+        out.write_all(b"\n")?;
+        Ok(JournalWriter { out })
+    }
+
+    pub fn input(&mut self, now: Timestamp, input: &Input) -> std::io::Result<()> {
+        let rec = Record { now: now.as_nanos(), input: Some(input.clone()), timeout: false, end: false };
+        serde_json::to_writer(&mut self.out, &rec)?;
+        self.out.write_all(b"\n")
+    }
+
+    pub fn timeout(&mut self, now: Timestamp) -> std::io::Result<()> {
+        writeln!(self.out, "{{\"now\":{},\"timeout\":true}}", now.as_nanos())
+    }
+
+    pub fn end(&mut self, now: Timestamp) -> std::io::Result<()> {
+        writeln!(self.out, "{{\"now\":{},\"end\":true}}", now.as_nanos())
+    }
+
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+}
+
+/// Counts from one replay.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ReplayStats {
+    pub records: u64,
+    pub inputs: u64,
+    pub timeouts: u64,
+    pub output_lines: u64,
+}
+
+/// Drives a fresh engine from a journal and writes its outputs.
+pub struct Replayer<W: Write> {
+    engine: Engine,
+    auto_timers: bool,
+    out: W,
+    frames: Vec<crate::engine::hub::Frame>,
+    line: Vec<u8>,
+    pub stats: ReplayStats,
+}
+
+pub fn read_header(line: &str) -> Result<Header, JournalError> {
+    let header: Header = serde_json::from_str(line)
+        .map_err(|e| JournalError::Parse { line: 1, message: format!("invalid header: {e}") })?;
+    if header.journal != FORMAT || header.version != VERSION {
+        return Err(JournalError::Parse {
+            line: 1,
+            message: format!(
+                "not a klinegate v{VERSION} journal (journal={:?}, version={})",
+                header.journal, header.version
+            ),
+        });
+    }
+    Ok(header)
+}
+
+impl<W: Write> Replayer<W> {
+    pub fn new(header: &Header, store: Box<dyn Store>, out: W) -> Result<Self, JournalError> {
+        let cfg = header.settings.to_engine_config().map_err(|e| JournalError::Config(e.to_string()))?;
+        let engine = Engine::new(cfg, store, Timestamp(header.start_ns));
+        Ok(Replayer {
+            engine,
+            auto_timers: header.auto_timers,
+            out,
+            frames: Vec::new(),
+            line: Vec::with_capacity(512),
+            stats: ReplayStats::default(),
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn engine_mut(&mut self) -> &mut Engine {
+        &mut self.engine
+    }
+
+    pub fn into_parts(self) -> (Engine, W) {
+        (self.engine, self.out)
+    }
+
+    /// Applies one record.
+    pub fn step(&mut self, rec: Record) -> std::io::Result<()> {
+        self.stats.records += 1;
+        let now = Timestamp(rec.now);
+        if self.auto_timers {
+            self.run_timers_until(now)?;
+        }
+        if let Some(input) = rec.input {
+            self.stats.inputs += 1;
+            let is_ingest = matches!(input, Input::IngestClosed { .. } | Input::IngestForming { .. });
+            let result = self.engine.handle(input, now);
+            self.drain(now)?;
+            if is_ingest {
+                self.line.clear();
+                let reply = match result {
+                    Ok(()) => serde_json::json!("ok"),
+                    Err(e) => serde_json::json!({ "error": e }),
+                };
+                let _ = write!(self.line, "{{\"now\":{},\"reply\":{}}}", now.as_nanos(), reply);
+                self.emit_line()?;
+            }
+        }
+        if rec.timeout {
+            self.stats.timeouts += 1;
+            self.engine.handle_timeout(now);
+            self.drain(now)?;
+        }
+        Ok(())
+    }
+
+    /// Fires every timer due up to `until`, each at its own deadline.
+    pub fn run_timers_until(&mut self, until: Timestamp) -> std::io::Result<()> {
+        let mut guard = 0u64;
+        while let Some(t) = self.engine.poll_timeout() {
+            if t > until || guard > 10_000_000 {
+                break;
+            }
+            guard += 1;
+            let at = t.max(self.engine.now());
+            self.stats.timeouts += 1;
+            self.engine.handle_timeout(at);
+            self.drain(at)?;
+            if self.engine.poll_timeout() == Some(t) {
+                // A deadline that does not move after firing would loop forever.
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn emit_line(&mut self) -> std::io::Result<()> {
+        self.line.push(b'\n');
+        self.out.write_all(&self.line)?;
+        self.stats.output_lines += 1;
+        Ok(())
+    }
+
+    fn drain(&mut self, now: Timestamp) -> std::io::Result<()> {
+        while let Some(output) = self.engine.poll_output() {
+            if let Output::ClientReady { client } = output {
+                self.frames.clear();
+                self.engine.take_client_frames(client, &mut self.frames);
+                let frames = std::mem::take(&mut self.frames);
+                for f in &frames {
+                    self.line.clear();
+                    let _ = write!(self.line, "{{\"now\":{},\"client\":{},\"frame\":", now.as_nanos(), client);
+                    self.line.extend_from_slice(f);
+                    self.line.push(b'}');
+                    self.emit_line()?;
+                }
+                self.frames = frames;
+                continue;
+            }
+            self.line.clear();
+            let _ = write!(self.line, "{{\"now\":{},\"out\":", now.as_nanos());
+            let _ = serde_json::to_writer(&mut self.line, &output);
+            self.line.push(b'}');
+            self.emit_line()?;
+        }
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// Replays a whole journal into `out`.
+pub fn replay<R: BufRead, W: Write>(
+    reader: R,
+    store: Box<dyn Store>,
+    out: W,
+) -> Result<(Replayer<W>, ReplayStats), JournalError> {
+    let mut lines = reader.lines();
+    let first = lines.next().ok_or(JournalError::Parse { line: 1, message: "empty journal".into() })??;
+    let header = read_header(&first)?;
+    let mut replayer = Replayer::new(&header, store, out)?;
+    for (i, line) in lines.enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let rec: Record = serde_json::from_str(&line)
+            .map_err(|e| JournalError::Parse { line: i + 2, message: e.to_string() })?;
+        let end = rec.end;
+        let now = Timestamp(rec.now);
+        replayer.step(rec)?;
+        if end && replayer.auto_timers {
+            replayer.run_timers_until(now)?;
+        }
+    }
+    replayer.flush()?;
+    let stats = replayer.stats.clone();
+    Ok((replayer, stats))
+}

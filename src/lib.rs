@@ -19,3 +19,4 @@ pub mod protocol;
 pub mod engine;
 pub mod store;
 pub mod journal;
+pub mod config;

@@ -1,4 +1,468 @@
-//! The deterministic core (being written).
-pub mod guardrail;
-pub mod supervisor;
+//! The deterministic core. One [`Engine`] owns the supervisor, the ingest jobs,
+//! the derived-timeframe folds, the hub and the upstream pool, and talks to
+//! the world only through values:
+//!
+//! - [`Engine::handle`]`(input, now)` — one event from outside;
+//! - [`Engine::handle_timeout`]`(now)` — fire every timer due at `now`;
+//! - [`Engine::poll_output`] — drain what the shell must do, until `None`;
+//! - [`Engine::take_client_frames`] — the frames queued for one client;
+//! - [`Engine::poll_timeout`] — the earliest deadline (a pure query).
+//!
+//! Call order: after every `handle`/`handle_timeout`, drain `poll_output`
+//! before the next mutation. Time never goes backwards: the engine keeps the
+//! maximum `now` it was given.
+//!
+//! Architecture invariants (checked by `tests/determinism.rs`): nothing here
+//! reads a clock, the environment, randomness (only the seeded [`Rng`]),
+//! threads or sockets, and nothing iterates a hash map in a way that reaches
+//! an output. Files are touched only through the [`Store`] trait.
+
 pub mod derived;
+pub mod guardrail;
+pub mod hub;
+pub mod ingest;
+pub mod series;
+pub mod supervisor;
+pub mod upstream;
+
+mod flush;
+mod io;
+mod jobs;
+
+pub use io::{Counters, Input, LogLevel, Output};
+
+use crate::model::{Candle, SeriesId};
+use crate::protocol::client::{self as wire, ClientRequest, RequestError};
+use crate::rng::Rng;
+use crate::store::Store;
+use crate::time::{Duration, Timestamp};
+use crate::timer::TimerWheel;
+use flush::StoreBacklog;
+use hub::{Frame, Hub, HubConfig, SubscribeError};
+use ingest::Job;
+use series::{SeriesIdx, SeriesTable};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use supervisor::{Effect, SubscribeOutcome, Supervisor, SupervisorConfig};
+use upstream::{PoolEvent, UpstreamConfig, UpstreamPool};
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub supervisor: SupervisorConfig,
+    pub hub: HubConfig,
+    pub upstream: UpstreamConfig,
+    /// Minimum spacing of forming updates per series (0 = every update).
+    pub forming_interval: Duration,
+    /// Flush the closed buffer when it holds this many candles.
+    pub batch_max: usize,
+    /// ...or when the last flush is this old.
+    pub flush_interval: Duration,
+    pub max_client_message_bytes: usize,
+    /// Closed candles kept for retry while the store fails; beyond this newly
+    /// closed candles are dropped and counted (REST healing refills them).
+    pub store_backlog_max_candles: usize,
+    pub rng_seed: u64,
+}
+
+/// Timers the engine schedules on its wheel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TimerKey {
+    /// Flush deadline of a job's closed buffer.
+    Flush(SeriesIdx),
+    /// Trailing edge of a forming throttle: job, throttle index (0 = base).
+    Forming(SeriesIdx, u16),
+}
+
+pub struct Engine {
+    cfg: EngineConfig,
+    now: Timestamp,
+    store: Box<dyn Store>,
+    series: SeriesTable,
+    hub: Hub,
+    supervisor: Supervisor,
+    pool: UpstreamPool,
+    /// Ingest jobs by base series.
+    jobs: BTreeMap<SeriesIdx, Job>,
+    // Lookup only, never iterated.
+    stream_jobs: HashMap<String, SeriesIdx>,
+    timers: TimerWheel<TimerKey>,
+    backlog: StoreBacklog,
+    outputs: VecDeque<Output>,
+    counters: Counters,
+    effects: Vec<Effect>,
+    pool_events: Vec<PoolEvent>,
+    fired: Vec<(Timestamp, TimerKey)>,
+    scratch: Vec<(usize, Candle)>,
+    shut_down: bool,
+}
+
+impl Engine {
+    pub fn new(cfg: EngineConfig, store: Box<dyn Store>, now: Timestamp) -> Engine {
+        let mut rng = Rng::new(cfg.rng_seed);
+        let pool = UpstreamPool::new(cfg.upstream.clone(), Rng::new(rng.next_u64()));
+        Engine {
+            hub: Hub::new(cfg.hub.clone()),
+            supervisor: Supervisor::new(cfg.supervisor.clone()),
+            pool,
+            now,
+            store,
+            series: SeriesTable::default(),
+            jobs: BTreeMap::new(),
+            stream_jobs: HashMap::new(),
+            timers: TimerWheel::new(now),
+            backlog: StoreBacklog::new(cfg.store_backlog_max_candles),
+            outputs: VecDeque::new(),
+            counters: Counters::default(),
+            effects: Vec::new(),
+            pool_events: Vec::new(),
+            fired: Vec::new(),
+            scratch: Vec::new(),
+            shut_down: false,
+            cfg,
+        }
+    }
+
+    pub fn now(&self) -> Timestamp {
+        self.now
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub fn store(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+
+    fn advance(&mut self, now: Timestamp) {
+        if now > self.now {
+            self.now = now;
+        }
+    }
+
+    /// Handles one input. Only the ingest inputs can fail (their error text is
+    /// the HTTP reply); everything else answers through outputs.
+    pub fn handle(&mut self, input: Input, now: Timestamp) -> Result<(), String> {
+        self.advance(now);
+        self.counters.inputs += 1;
+        let result = match input {
+            Input::Start => {
+                self.supervisor.start_whitelist(self.now, &mut self.effects);
+                self.apply_effects();
+                Ok(())
+            }
+            Input::ClientConnected { client } => {
+                if !self.hub.connect(client) {
+                    self.log(LogLevel::Warn, format!("client_id_reused client={client}"));
+                }
+                Ok(())
+            }
+            Input::ClientText { client, text } => {
+                self.on_client_text(client, &text);
+                Ok(())
+            }
+            Input::ClientBinary { client, len: _ } => {
+                self.reject_client(client, &RequestError::Binary);
+                Ok(())
+            }
+            Input::ClientDisconnected { client } => {
+                self.on_client_gone(client);
+                Ok(())
+            }
+            Input::UpstreamConnected { conn } => {
+                self.pool.on_connected(conn, self.now, &mut self.outputs, &mut self.pool_events);
+                self.log(LogLevel::Info, format!("upstream_connected conn={conn}"));
+                self.apply_pool_events();
+                Ok(())
+            }
+            Input::UpstreamText { conn, text } => {
+                self.on_upstream_text(conn, &text);
+                Ok(())
+            }
+            Input::UpstreamPing { conn } => {
+                self.pool.on_activity(conn, self.now, false);
+                Ok(())
+            }
+            Input::UpstreamDisconnected { conn, reason } => {
+                if self.pool.knows_conn(conn) {
+                    self.log(LogLevel::Warn, format!("upstream_lost conn={conn} reason={reason:?}"));
+                }
+                self.pool.on_disconnected(conn, &reason, self.now, &mut self.outputs, &mut self.pool_events);
+                self.apply_pool_events();
+                Ok(())
+            }
+            Input::IngestClosed { series_id, candles } => self.ingest_closed(&series_id, candles),
+            Input::IngestForming { series_id, candle } => self.ingest_forming(&series_id, candle),
+            Input::Shutdown => {
+                self.shutdown();
+                Ok(())
+            }
+        };
+        result
+    }
+
+    /// Fires every timer due at `now`. Spurious or early calls are harmless.
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        self.advance(now);
+        let now = self.now;
+        let mut fired = std::mem::take(&mut self.fired);
+        fired.clear();
+        self.timers.expire(now, &mut fired);
+        for (_, key) in fired.drain(..) {
+            match key {
+                TimerKey::Flush(job) => {
+                    if let Some(j) = self.jobs.get_mut(&job) {
+                        j.flush_timer = None;
+                        self.flush_job(job);
+                    }
+                }
+                TimerKey::Forming(job, i) => self.fire_forming(job, i as usize),
+            }
+        }
+        self.fired = fired;
+        if self.pool.next_deadline().is_some_and(|t| t <= now) {
+            self.pool.on_timeout(now, &mut self.outputs, &mut self.pool_events);
+            self.apply_pool_events();
+        }
+        if self.supervisor.next_deadline().is_some_and(|t| t <= now) {
+            self.supervisor.on_tick(now, &mut self.effects);
+            self.apply_effects();
+        }
+        if self.backlog.retry_at().is_some_and(|t| t <= now) {
+            self.retry_backlog();
+        }
+    }
+
+    /// The earliest time `handle_timeout` has work. Pure.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        [
+            self.timers.next_deadline(),
+            self.pool.next_deadline(),
+            self.supervisor.next_deadline(),
+            self.backlog.retry_at(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// Moves every frame queued for `client` into `dst`; the shell writes them
+    /// in one go when the socket is writable.
+    pub fn take_client_frames(&mut self, client: u64, dst: &mut Vec<Frame>) {
+        self.hub.take_frames(client, dst);
+    }
+
+    pub fn client_queued_bytes(&self, client: u64) -> usize {
+        self.hub.queued_bytes(client)
+    }
+
+    fn log(&mut self, level: LogLevel, line: String) {
+        self.outputs.push_back(Output::Log { level, line });
+    }
+
+    // ---------------------------------------------------------------- clients
+
+    fn reject_client(&mut self, client: u64, err: &RequestError) {
+        self.counters.client_bad_requests += 1;
+        self.hub.send_to(client, wire::bad_request_frame(err), &mut self.outputs);
+    }
+
+    fn on_client_text(&mut self, client: u64, text: &str) {
+        if !self.hub.contains(client) {
+            return;
+        }
+        let max = self.cfg.max_client_message_bytes;
+        if text.len() > max {
+            return self.reject_client(client, &RequestError::TooLarge { len: text.len(), max });
+        }
+        match wire::parse_request(text) {
+            Err(e) => self.reject_client(client, &e),
+            Ok(ClientRequest::Subscribe { series_id, since, supports_batch }) => {
+                self.subscribe(client, &series_id, since, supports_batch)
+            }
+            Ok(ClientRequest::Unsubscribe { series_id: Some(s) }) => self.unsubscribe(client, &s),
+            Ok(ClientRequest::Unsubscribe { series_id: None }) => {}
+        }
+    }
+
+    fn subscribe(&mut self, client: u64, raw: &str, since: Option<i64>, supports_batch: bool) {
+        let id = match SeriesId::parse(raw) {
+            Ok(id) => id,
+            Err(e) => {
+                self.counters.client_bad_requests += 1;
+                let frame = wire::error_frame("bad_request", &e.to_string(), None);
+                return self.hub.send_to(client, frame, &mut self.outputs);
+            }
+        };
+        let idx = self.series.intern(&id);
+        if !self.hub.is_subscribed(client, idx) {
+            if self.hub.at_subscription_limit(client) {
+                self.counters.client_limit_rejects += 1;
+                let max = self.cfg.hub.max_subscriptions_per_client;
+                let msg = format!("too many subscriptions on this connection (max {max})");
+                let frame = wire::error_frame("limit", &msg, Some(raw));
+                return self.hub.send_to(client, frame, &mut self.outputs);
+            }
+            match self.supervisor.subscribe(&id, self.now, &mut self.effects) {
+                SubscribeOutcome::Accepted => {}
+                SubscribeOutcome::Capacity => {
+                    self.counters.capacity_rejects += 1;
+                    self.log(LogLevel::Info, format!("market_ws_subscribe_rejected series_id={raw} reason=capacity"));
+                    let frame = wire::error_frame("capacity", "ondemand_ingest_capacity", Some(raw));
+                    self.apply_effects();
+                    return self.hub.send_to(client, frame, &mut self.outputs);
+                }
+                SubscribeOutcome::Unsupported(msg) => {
+                    // Series seeded by a tool (HTTP ingest) stay subscribable without a job.
+                    if !self.has_history(idx) {
+                        self.counters.client_bad_requests += 1;
+                        let frame = wire::error_frame("bad_request", &msg, None);
+                        return self.hub.send_to(client, frame, &mut self.outputs);
+                    }
+                }
+            }
+            self.apply_effects();
+        }
+        let result = self.hub.subscribe(
+            client,
+            idx,
+            since,
+            supports_batch,
+            self.now.as_secs(),
+            &mut self.series,
+            self.store.as_ref(),
+            &mut self.outputs,
+            &mut self.counters,
+        );
+        match result {
+            Ok(report) => {
+                self.counters.subscribes += 1;
+                self.log(
+                    LogLevel::Debug,
+                    format!(
+                        "market_ws_subscribe_handled client={client} series_id={} since={since:?} supports_batch={supports_batch} catchup_count={} gap_emitted={} last_sent={:?}",
+                        id, report.catchup_count, report.gap_emitted, report.cursor
+                    ),
+                );
+            }
+            Err(SubscribeError::UnknownClient) => {}
+            Err(SubscribeError::TooManySubscriptions(_)) => {}
+        }
+    }
+
+    fn has_history(&self, idx: SeriesIdx) -> bool {
+        let entry = self.series.get(idx);
+        entry.last_closed.is_some() || matches!(self.store.head_time(entry.id.as_str()), Ok(Some(_)))
+    }
+
+    fn unsubscribe(&mut self, client: u64, raw: &str) {
+        let Ok(id) = SeriesId::parse(raw) else { return };
+        let Some(idx) = self.series.lookup(id.as_str()) else { return };
+        if self.hub.unsubscribe(client, idx, &mut self.series) {
+            self.supervisor.unsubscribe(&id, self.now);
+        }
+    }
+
+    fn on_client_gone(&mut self, client: u64) {
+        let released = self.hub.disconnect(client, &mut self.series);
+        for idx in released {
+            let id = self.series.get(idx).id.clone();
+            self.supervisor.unsubscribe(&id, self.now);
+        }
+    }
+
+    // --------------------------------------------------------------- shutdown
+
+    fn shutdown(&mut self) {
+        if self.shut_down {
+            return;
+        }
+        self.shut_down = true;
+        self.supervisor.shutdown(&mut self.effects);
+        self.apply_effects();
+        // Jobs the supervisor did not know (none normally) are flushed too.
+        let rest: Vec<SeriesIdx> = self.jobs.keys().copied().collect();
+        for idx in rest {
+            self.stop_job(idx, "shutdown");
+        }
+        if !self.backlog.is_empty() {
+            self.retry_backlog();
+        }
+        let (code, reason) = hub::SHUTDOWN_CLOSE;
+        for client in self.hub.client_ids() {
+            self.outputs.push_back(Output::ClientClose { client, code, reason: reason.to_string() });
+        }
+        let left = self.backlog.candles();
+        self.log(LogLevel::Info, format!("shutdown_complete unpersisted_candles={left}"));
+    }
+
+    pub fn is_shut_down(&self) -> bool {
+        self.shut_down
+    }
+
+    /// Closed candles accepted but not yet persisted (buffers plus store backlog).
+    pub fn unpersisted_candles(&self) -> usize {
+        self.backlog.candles() + self.jobs.values().map(Job::buffered).sum::<usize>()
+    }
+
+    // ---------------------------------------------------------- HTTP ingest
+
+    fn ingest_closed(&mut self, raw: &str, candles: Vec<Candle>) -> Result<(), String> {
+        let id = SeriesId::parse(raw).map_err(|e| e.to_string())?;
+        for c in &candles {
+            if let Some(why) = c.sanity_error() {
+                return Err(format!("invalid candle at {}: {why}", c.candle_time));
+            }
+        }
+        let idx = self.series.intern(&id);
+        let candles = ingest::dedupe_closed(candles, i64::MIN);
+        if candles.is_empty() {
+            return Ok(());
+        }
+        self.persist_and_publish(vec![(idx, candles)], true)
+            .map_err(|e| format!("ingest_pipeline_failed:store.upsert_many_closed:{id}: {e}"))
+    }
+
+    fn ingest_forming(&mut self, raw: &str, candle: Candle) -> Result<(), String> {
+        let id = SeriesId::parse(raw).map_err(|e| e.to_string())?;
+        if let Some(why) = candle.sanity_error() {
+            return Err(format!("invalid candle at {}: {why}", candle.candle_time));
+        }
+        let idx = self.series.intern(&id);
+        self.hub.publish_forming(idx, &candle, &self.series, &mut self.outputs, &mut self.counters);
+        Ok(())
+    }
+
+    // ------------------------------------------------------- debug snapshots
+
+    /// `GET /api/market/debug/ingest_state`: the supervisor snapshot (§4.11)
+    /// plus the upstream pool and engine counters.
+    pub fn ingest_state(&self) -> serde_json::Value {
+        let mut v = self.supervisor.snapshot(self.now);
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("upstream".into(), self.pool.snapshot(self.now));
+            obj.insert("counters".into(), self.counters.to_json());
+            obj.insert("unpersisted_candles".into(), self.unpersisted_candles().into());
+        }
+        v
+    }
+
+    pub fn client_count(&self) -> usize {
+        self.hub.client_count()
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.hub.subscription_count()
+    }
+
+    pub fn upstream_connection_count(&self) -> usize {
+        self.pool.connection_count()
+    }
+
+    pub fn job_count(&self) -> usize {
+        self.jobs.len()
+    }
+}

@@ -1,1 +1,271 @@
-//! Client /ws/market protocol (being written).
+//! The client `/ws/market` protocol: parsing inbound messages with the reference
+//! system's exact validation order and error strings, and encoding outbound
+//! frames as compact JSON with the reference's key order. Pure functions: no
+//! state, no I/O. Encoders write into a caller's buffer so a broadcast frame is
+//! serialized once and its bytes shared by every receiver.
+
+use crate::model::Candle;
+use serde_json::Value;
+use std::fmt;
+
+/// A valid inbound request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientRequest {
+    Subscribe { series_id: String, since: Option<i64>, supports_batch: bool },
+    /// `series_id` is `None` when missing or empty: the reference ignores those silently.
+    Unsubscribe { series_id: Option<String> },
+}
+
+/// Why an inbound message was refused. Every variant becomes one
+/// `{"type":"error","code":"bad_request","message":…}` frame; the connection lives on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RequestError {
+    InvalidJson,
+    Binary,
+    TooLarge { len: usize, max: usize },
+    Envelope,
+    MissingType,
+    MissingSeriesId,
+    InvalidSince,
+    InvalidSupportsBatch,
+    UnknownType(String),
+}
+
+impl fmt::Display for RequestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RequestError::InvalidJson => f.write_str("invalid json"),
+            RequestError::Binary => {
+                f.write_str("binary frames are not supported; send JSON text frames")
+            }
+            RequestError::TooLarge { len, max } => {
+                write!(f, "message too large ({len} bytes, max {max})")
+            }
+            RequestError::Envelope => f.write_str("invalid message envelope"),
+            RequestError::MissingType => f.write_str("missing message type"),
+            RequestError::MissingSeriesId => f.write_str("missing series_id"),
+            RequestError::InvalidSince => f.write_str("invalid since"),
+            RequestError::InvalidSupportsBatch => f.write_str("invalid supports_batch"),
+            RequestError::UnknownType(t) => write!(f, "unknown message type: {t}"),
+        }
+    }
+}
+
+/// Parses one text frame, in the reference's validation order (§2.2).
+pub fn parse_request(text: &str) -> Result<ClientRequest, RequestError> {
+    let value: Value = serde_json::from_str(text).map_err(|_| RequestError::InvalidJson)?;
+    let Value::Object(obj) = value else {
+        return Err(RequestError::Envelope);
+    };
+    let kind = match obj.get("type") {
+        Some(Value::String(t)) if !t.is_empty() => t.as_str(),
+        _ => return Err(RequestError::MissingType),
+    };
+    let series_id = match obj.get("series_id") {
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        _ => None,
+    };
+    match kind {
+        "subscribe" => {
+            let series_id = series_id.ok_or(RequestError::MissingSeriesId)?;
+            // Unlike the reference, booleans are not integers here, and neither are
+            // floats or strings: only a JSON integer (or null) is a valid `since`.
+            let since = match obj.get("since") {
+                None | Some(Value::Null) => None,
+                Some(Value::Number(n)) => Some(n.as_i64().ok_or(RequestError::InvalidSince)?),
+                Some(_) => return Err(RequestError::InvalidSince),
+            };
+            let supports_batch = match obj.get("supports_batch") {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => return Err(RequestError::InvalidSupportsBatch),
+            };
+            Ok(ClientRequest::Subscribe { series_id, since, supports_batch })
+        }
+        "unsubscribe" => Ok(ClientRequest::Unsubscribe { series_id }),
+        other => Err(RequestError::UnknownType(other.to_string())),
+    }
+}
+
+fn write_json_str(buf: &mut Vec<u8>, s: &str) {
+    // Writing a &str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *buf, s);
+}
+
+fn write_f64(buf: &mut Vec<u8>, v: f64) {
+    if v.is_finite() {
+        let mut b = ryu::Buffer::new();
+        buf.extend_from_slice(b.format_finite(v).as_bytes());
+    } else {
+        // Never emit the non-JSON tokens NaN/Infinity (reference weakness 6).
+        buf.extend_from_slice(b"null");
+    }
+}
+
+fn write_i64(buf: &mut Vec<u8>, v: i64) {
+    let mut b = itoa::Buffer::new();
+    buf.extend_from_slice(b.format(v).as_bytes());
+}
+
+/// `{"candle_time":…,"open":…,"high":…,"low":…,"close":…,"volume":…}`
+pub fn write_candle(buf: &mut Vec<u8>, c: &Candle) {
+    buf.extend_from_slice(b"{\"candle_time\":");
+    write_i64(buf, c.candle_time);
+    buf.extend_from_slice(b",\"open\":");
+    write_f64(buf, c.open);
+    buf.extend_from_slice(b",\"high\":");
+    write_f64(buf, c.high);
+    buf.extend_from_slice(b",\"low\":");
+    write_f64(buf, c.low);
+    buf.extend_from_slice(b",\"close\":");
+    write_f64(buf, c.close);
+    buf.extend_from_slice(b",\"volume\":");
+    write_f64(buf, c.volume);
+    buf.push(b'}');
+}
+
+fn write_head(buf: &mut Vec<u8>, kind: &str, series_id: &str) {
+    buf.extend_from_slice(b"{\"type\":\"");
+    buf.extend_from_slice(kind.as_bytes());
+    buf.extend_from_slice(b"\",\"series_id\":");
+    write_json_str(buf, series_id);
+}
+
+/// `{"type":"candle_closed"|"candle_forming","series_id":S,"candle":C}`
+pub fn write_candle_frame(buf: &mut Vec<u8>, forming: bool, series_id: &str, c: &Candle) {
+    let kind = if forming { "candle_forming" } else { "candle_closed" };
+    write_head(buf, kind, series_id);
+    buf.extend_from_slice(b",\"candle\":");
+    write_candle(buf, c);
+    buf.push(b'}');
+}
+
+/// `{"type":"candles_batch","series_id":S,"candles":[C,…]}`
+pub fn write_batch_frame(buf: &mut Vec<u8>, series_id: &str, candles: &[Candle]) {
+    write_head(buf, "candles_batch", series_id);
+    buf.extend_from_slice(b",\"candles\":[");
+    for (i, c) in candles.iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        write_candle(buf, c);
+    }
+    buf.extend_from_slice(b"]}");
+}
+
+/// `{"type":"gap","series_id":S,"expected_next_time":…,"actual_time":…}`
+pub fn write_gap_frame(buf: &mut Vec<u8>, series_id: &str, expected_next: i64, actual: i64) {
+    write_head(buf, "gap", series_id);
+    buf.extend_from_slice(b",\"expected_next_time\":");
+    write_i64(buf, expected_next);
+    buf.extend_from_slice(b",\"actual_time\":");
+    write_i64(buf, actual);
+    buf.push(b'}');
+}
+
+/// `{"type":"error","code":…,"message":…[,"series_id":…]}`
+pub fn write_error_frame(buf: &mut Vec<u8>, code: &str, message: &str, series_id: Option<&str>) {
+    buf.extend_from_slice(b"{\"type\":\"error\",\"code\":");
+    write_json_str(buf, code);
+    buf.extend_from_slice(b",\"message\":");
+    write_json_str(buf, message);
+    if let Some(s) = series_id {
+        buf.extend_from_slice(b",\"series_id\":");
+        write_json_str(buf, s);
+    }
+    buf.push(b'}');
+}
+
+/// One-shot helpers returning owned bytes.
+pub fn error_frame(code: &str, message: &str, series_id: Option<&str>) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(96);
+    write_error_frame(&mut buf, code, message, series_id);
+    buf
+}
+
+pub fn bad_request_frame(err: &RequestError) -> Vec<u8> {
+    error_frame("bad_request", &err.to_string(), None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(b: Vec<u8>) -> String {
+        String::from_utf8(b).unwrap()
+    }
+
+    #[test]
+    fn reference_error_frames_are_exact() {
+        let cases = [
+            ("[\"bad-envelope\"]", "invalid message envelope"),
+            ("{\"series_id\":\"x\"}", "missing message type"),
+            ("{\"type\":\"\"}", "missing message type"),
+            ("{\"type\":\"noop\"}", "unknown message type: noop"),
+            ("{\"type\":\"subscribe\"}", "missing series_id"),
+            ("{\"type\":\"subscribe\",\"series_id\":\"\"}", "missing series_id"),
+            ("{\"type\":\"subscribe\",\"series_id\":\"s\",\"since\":\"100\"}", "invalid since"),
+            ("{\"type\":\"subscribe\",\"series_id\":\"s\",\"since\":100.0}", "invalid since"),
+            ("{\"type\":\"subscribe\",\"series_id\":\"s\",\"since\":true}", "invalid since"),
+            (
+                "{\"type\":\"subscribe\",\"series_id\":\"s\",\"supports_batch\":1}",
+                "invalid supports_batch",
+            ),
+        ];
+        for (input, message) in cases {
+            let err = parse_request(input).unwrap_err();
+            let expected =
+                format!("{{\"type\":\"error\",\"code\":\"bad_request\",\"message\":\"{message}\"}}");
+            assert_eq!(text(bad_request_frame(&err)), expected, "{input}");
+        }
+        assert_eq!(parse_request("{not json").unwrap_err(), RequestError::InvalidJson);
+    }
+
+    #[test]
+    fn subscribe_and_unsubscribe_parse() {
+        assert_eq!(
+            parse_request(r#"{"type":"subscribe","series_id":"a:b:c:1m","since":-5,"extra":1}"#)
+                .unwrap(),
+            ClientRequest::Subscribe { series_id: "a:b:c:1m".into(), since: Some(-5), supports_batch: false }
+        );
+        assert_eq!(
+            parse_request(r#"{"type":"subscribe","series_id":"s","since":null,"supports_batch":true}"#)
+                .unwrap(),
+            ClientRequest::Subscribe { series_id: "s".into(), since: None, supports_batch: true }
+        );
+        assert_eq!(
+            parse_request(r#"{"type":"unsubscribe"}"#).unwrap(),
+            ClientRequest::Unsubscribe { series_id: None }
+        );
+    }
+
+    #[test]
+    fn frames_have_reference_shape_and_key_order() {
+        let c = Candle { candle_time: 1_700_000_000, open: 1.0, high: 2.0, low: 0.5, close: 1.5, volume: 10.0 };
+        let mut buf = Vec::new();
+        write_candle_frame(&mut buf, false, "binance:spot:BTC/USDT:1m", &c);
+        assert_eq!(
+            text(buf),
+            r#"{"type":"candle_closed","series_id":"binance:spot:BTC/USDT:1m","candle":{"candle_time":1700000000,"open":1.0,"high":2.0,"low":0.5,"close":1.5,"volume":10.0}}"#
+        );
+        let mut buf = Vec::new();
+        write_gap_frame(&mut buf, "s", 160, 220);
+        assert_eq!(text(buf), r#"{"type":"gap","series_id":"s","expected_next_time":160,"actual_time":220}"#);
+        let mut buf = Vec::new();
+        write_batch_frame(&mut buf, "s", &[c, c]);
+        let v: Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(v["candles"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            text(error_frame("capacity", "ondemand_ingest_capacity", Some("x"))),
+            r#"{"type":"error","code":"capacity","message":"ondemand_ingest_capacity","series_id":"x"}"#
+        );
+    }
+
+    #[test]
+    fn non_finite_values_never_become_non_json_tokens() {
+        let c = Candle { candle_time: 1, open: f64::NAN, high: f64::INFINITY, low: 0.0, close: 0.0, volume: 0.0 };
+        let mut buf = Vec::new();
+        write_candle(&mut buf, &c);
+        assert!(serde_json::from_slice::<Value>(&buf).is_ok());
+    }
+}

@@ -1,0 +1,98 @@
+//! The engine's boundary values: [`Input`] (everything that can happen to it,
+//! serializable so a journal can record and replay it), [`Output`] (everything
+//! it asks the shell to do) and [`Counters`] (what it has seen, in items).
+
+use crate::model::{Candle, Market};
+use serde::{Deserialize, Serialize};
+
+/// One event from outside. Time is not part of it: it comes with the call.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Input {
+    /// Start pinned jobs. Sent once by the shell after constructing the engine.
+    Start,
+    ClientConnected { client: u64 },
+    ClientText { client: u64, text: String },
+    ClientBinary { client: u64, len: usize },
+    ClientDisconnected { client: u64 },
+    UpstreamConnected { conn: u64 },
+    UpstreamText { conn: u64, text: String },
+    /// A WebSocket ping (answered by the shell) — proof the connection lives.
+    UpstreamPing { conn: u64 },
+    UpstreamDisconnected { conn: u64, reason: String },
+    /// `POST /api/market/ingest/candle_closed` (one candle) or the dev batch route.
+    IngestClosed { series_id: String, candles: Vec<Candle> },
+    /// `POST /api/market/ingest/candle_forming`.
+    IngestForming { series_id: String, candle: Candle },
+    /// SIGINT/SIGTERM: flush everything, close clients with 1001.
+    Shutdown,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// Something the shell must do.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Output {
+    /// Open a WebSocket to `url`; report `UpstreamConnected` or `UpstreamDisconnected`.
+    UpstreamConnect { conn: u64, market: Market, url: String },
+    UpstreamSend { conn: u64, text: String },
+    /// Close the connection; the engine has already forgotten it.
+    UpstreamClose { conn: u64, reason: String },
+    /// Frames are queued for this client: call `take_client_frames` when writable.
+    ClientReady { client: u64 },
+    /// Close the client with this WebSocket close code; then report
+    /// `ClientDisconnected` so its subscriptions are released.
+    ClientClose { client: u64, code: u16, reason: String },
+    Log { level: LogLevel, line: String },
+}
+
+/// Monotonic counters, in items (never time), for metrics and tests.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Counters {
+    pub inputs: u64,
+    pub upstream_frames: u64,
+    pub kline_frames: u64,
+    pub upstream_rejects: u64,
+    pub reject_invalid_json: u64,
+    pub reject_not_kline: u64,
+    pub reject_bad_field: u64,
+    pub reject_misaligned: u64,
+    pub reject_bad_values: u64,
+    pub reject_unknown_stream: u64,
+    pub reject_other: u64,
+    pub stale_forming: u64,
+    pub stale_closed: u64,
+    pub closed_accepted: u64,
+    pub flushes: u64,
+    pub candles_persisted: u64,
+    pub store_write_errors: u64,
+    pub store_read_errors: u64,
+    pub closed_dropped_backlog_full: u64,
+    pub frames_forming: u64,
+    pub frames_closed: u64,
+    pub forming_coalesced: u64,
+    pub gaps_sent: u64,
+    pub catchup_candles: u64,
+    pub subscribes: u64,
+    pub client_bad_requests: u64,
+    pub client_limit_rejects: u64,
+    pub capacity_rejects: u64,
+    pub slow_consumer_closes: u64,
+    pub queue_drops: u64,
+    pub jobs_started: u64,
+    pub jobs_stopped: u64,
+}
+
+impl Counters {
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+}

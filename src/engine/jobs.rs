@@ -1,0 +1,347 @@
+//! The engine's ingest side: exchange frames into jobs, the forming throttle's
+//! timers, flushes, and carrying out what the supervisor and the upstream pool
+//! decide (start/stop jobs, stream liveness). Split from `mod.rs` so each file
+//! keeps one concern; these are `Engine` methods.
+
+use super::derived::DerivedFold;
+use super::ingest::{ClosedDecision, Job, ThrottleDecision};
+use super::series::SeriesIdx;
+use super::supervisor::Effect;
+use super::upstream::PoolEvent;
+use super::{Engine, LogLevel, TimerKey};
+use crate::model::{Candle, Market, SeriesId};
+use crate::protocol::binance::{self, Frame, FrameError, KlineEvent};
+
+impl Engine {
+    pub(super) fn on_upstream_text(&mut self, conn: u64, text: &str) {
+        if !self.pool.knows_conn(conn) {
+            return;
+        }
+        self.counters.upstream_frames += 1;
+        match binance::parse_frame(text) {
+            Ok(Frame::Kline(event)) => {
+                self.pool.on_activity(conn, self.now, true);
+                self.on_kline(&event);
+            }
+            Ok(Frame::ControlAck { id }) => {
+                self.pool.on_control_ack(conn, id, self.now, &mut self.outputs, &mut self.pool_events);
+                self.apply_pool_events();
+            }
+            Ok(Frame::ControlList { .. }) => self.pool.on_activity(conn, self.now, false),
+            Ok(Frame::ControlError { id, code, msg }) => {
+                self.log(LogLevel::Error, format!("upstream_control_error conn={conn} id={id:?} code={code} msg={msg:?}"));
+                self.pool.on_control_error(conn, &msg, self.now, &mut self.outputs, &mut self.pool_events);
+                self.apply_pool_events();
+            }
+            Ok(Frame::ServerShutdown) => {
+                self.log(LogLevel::Info, format!("upstream_server_shutdown conn={conn} action=rotate"));
+                self.pool.on_server_shutdown(conn, self.now, &mut self.outputs);
+            }
+            Err(e) => {
+                self.pool.on_activity(conn, self.now, false);
+                self.count_reject(&e);
+            }
+        }
+    }
+
+    fn count_reject(&mut self, e: &FrameError) {
+        let c = &mut self.counters;
+        c.upstream_rejects += 1;
+        let slot = match e.kind() {
+            "invalid_json" => &mut c.reject_invalid_json,
+            "not_kline" => &mut c.reject_not_kline,
+            "missing_field" | "bad_field" => &mut c.reject_bad_field,
+            "misaligned" => &mut c.reject_misaligned,
+            "non_finite" | "negative" | "high_below" | "low_above" => &mut c.reject_bad_values,
+            _ => &mut c.reject_other,
+        };
+        *slot += 1;
+        // Logged on powers of two only: a flood of bad frames costs no log flood.
+        let n = c.upstream_rejects;
+        if n.is_power_of_two() {
+            self.log(LogLevel::Warn, format!("upstream_frame_rejected kind={} total={n} error={:?}", e.kind(), e.to_string()));
+        }
+    }
+
+    fn on_kline(&mut self, event: &KlineEvent<'_>) {
+        let job_idx = match event.stream {
+            Some(stream) => self.stream_jobs.get(stream).copied(),
+            None => {
+                let name = format!("{}@kline_{}", event.symbol.to_ascii_lowercase(), event.interval);
+                self.stream_jobs.get(&name).copied()
+            }
+        };
+        let Some(job_idx) = job_idx else {
+            self.counters.reject_unknown_stream += 1;
+            self.counters.upstream_rejects += 1;
+            return;
+        };
+        self.counters.kline_frames += 1;
+        let candle = event.candle;
+        if event.is_final {
+            self.on_closed(job_idx, candle);
+        } else {
+            self.on_forming(job_idx, candle);
+        }
+    }
+
+    fn on_closed(&mut self, job_idx: SeriesIdx, candle: Candle) {
+        let (batch_max, every, now) = (self.cfg.batch_max, self.cfg.flush_interval, self.now);
+        let Some(job) = self.jobs.get_mut(&job_idx) else { return };
+        job.frames_seen += 1;
+        match job.accept_closed(candle, now, batch_max, every) {
+            ClosedDecision::Stale => self.counters.stale_closed += 1,
+            ClosedDecision::FlushNow => {
+                self.counters.closed_accepted += 1;
+                self.flush_job(job_idx);
+            }
+            ClosedDecision::FlushAt(at) => {
+                self.counters.closed_accepted += 1;
+                if job.flush_timer.is_none() {
+                    job.flush_timer = Some(self.timers.insert(at, TimerKey::Flush(job_idx)));
+                }
+            }
+        }
+    }
+
+    fn on_forming(&mut self, job_idx: SeriesIdx, candle: Candle) {
+        let (min, now) = (self.cfg.forming_interval, self.now);
+        let Some(job) = self.jobs.get_mut(&job_idx) else { return };
+        job.frames_seen += 1;
+        if candle.candle_time <= job.last_emitted {
+            self.counters.stale_forming += 1;
+            return;
+        }
+        job.latest_forming = Some(candle);
+        let mut emit: Vec<usize> = Vec::new();
+        for i in 0..job.throttles.len() {
+            let bucket = match i {
+                0 => candle.candle_time,
+                _ => match job.fold.as_ref().and_then(|f| f.targets().get(i - 1)) {
+                    Some(t) => t.tf().bucket_open(candle.candle_time),
+                    None => continue,
+                },
+            };
+            match job.throttles[i].offer(bucket, now, min) {
+                ThrottleDecision::Emit => emit.push(i),
+                ThrottleDecision::Defer(at) => {
+                    if job.throttles[i].timer.is_none() {
+                        let id = self.timers.insert(at, TimerKey::Forming(job_idx, i as u16));
+                        job.throttles[i].timer = Some(id);
+                    }
+                }
+                ThrottleDecision::Coalesced => {}
+            }
+        }
+        for i in emit {
+            self.publish_forming(job_idx, i);
+        }
+    }
+
+    pub(super) fn fire_forming(&mut self, job_idx: SeriesIdx, i: usize) {
+        let now = self.now;
+        let Some(th) = self.jobs.get_mut(&job_idx).and_then(|j| j.throttles.get_mut(i)) else { return };
+        if th.fire(now) {
+            self.publish_forming(job_idx, i);
+        }
+    }
+
+    /// Publishes the job's latest forming value for throttle `i` (0 = base).
+    fn publish_forming(&mut self, job_idx: SeriesIdx, i: usize) {
+        let Some(job) = self.jobs.get_mut(&job_idx) else { return };
+        let Some(latest) = job.latest_forming else { return };
+        let (series, candle) = if i == 0 {
+            (job.base, latest)
+        } else {
+            let Some(fold) = job.fold.as_mut() else { return };
+            self.scratch.clear();
+            fold.on_base_forming(&latest, &mut self.scratch);
+            match self.scratch.iter().find(|(t, _)| *t == i - 1) {
+                Some((_, c)) => (job.derived[i - 1], *c),
+                None => return,
+            }
+        };
+        self.hub.publish_forming(series, &candle, &self.series, &mut self.outputs, &mut self.counters);
+    }
+
+    /// Flushes a job's closed buffer: dedupe, fold into derived timeframes,
+    /// persist in one transaction, then publish (or keep for retry).
+    pub(super) fn flush_job(&mut self, job_idx: SeriesIdx) {
+        let now = self.now;
+        let Some(job) = self.jobs.get_mut(&job_idx) else { return };
+        if let Some(t) = job.flush_timer.take() {
+            self.timers.cancel(t);
+        }
+        let base = job.take_flush(now);
+        if base.is_empty() {
+            return;
+        }
+        let mut set = vec![(job.base, Vec::new())];
+        if let Some(fold) = job.fold.as_mut() {
+            self.scratch.clear();
+            fold.on_base_closed(&base, &mut self.scratch);
+            for (target, candle) in self.scratch.drain(..) {
+                let idx = job.derived[target];
+                if let Some(th) = job.throttles.get_mut(target + 1) {
+                    th.closed(candle.candle_time);
+                }
+                match set.iter_mut().find(|(s, _)| *s == idx) {
+                    Some((_, v)) => v.push(candle),
+                    None => set.push((idx, vec![candle])),
+                }
+            }
+        }
+        set[0].1 = base;
+        // Derived candles from a restore may arrive out of order: keep each sorted.
+        for (_, v) in set.iter_mut() {
+            v.sort_by_key(|c| c.candle_time);
+        }
+        let _ = self.persist_and_publish(set, false);
+    }
+
+    // ------------------------------------------------------------ job lifecycle
+
+    pub(super) fn apply_effects(&mut self) {
+        let effects = std::mem::take(&mut self.effects);
+        for effect in &effects {
+            match effect {
+                Effect::Start { series } => self.start_job(series),
+                Effect::Stop { series, reason } => {
+                    if let Some(idx) = self.series.lookup(series.as_str()) {
+                        self.stop_job(idx, reason.as_str());
+                    }
+                }
+            }
+        }
+        let mut effects = effects;
+        effects.clear();
+        self.effects = effects;
+    }
+
+    /// Creates the job (or re-attaches its stream if it exists): stream name,
+    /// derived fold restored from the store, cursor from the store head.
+    fn start_job(&mut self, base: &SeriesId) {
+        let now = self.now;
+        let idx = self.series.intern(base);
+        if let Some(job) = self.jobs.get(&idx) {
+            let (stream, market) = (job.stream.clone(), job.market);
+            self.pool.attach(&stream, market, now, &mut self.outputs);
+            return;
+        }
+        let (Some(market), Ok(stream)) =
+            (Market::parse(base.market()), binance::stream_name(base.symbol(), base.timeframe()))
+        else {
+            // The supervisor validates first; this is a programming error path.
+            self.log(LogLevel::Error, format!("job_start_invalid series_id={base}"));
+            return;
+        };
+        let head = self.read_head(base.as_str());
+        let mut fold = self.make_fold(base);
+        let mut derived = Vec::new();
+        let mut restored: Vec<(usize, Candle)> = Vec::new();
+        if let Some(f) = fold.as_mut() {
+            derived = f.targets().iter().map(|t| self.series.intern(t.series())).collect();
+            if let Some(h) = head {
+                let heads: Vec<(usize, Option<i64>)> = f
+                    .targets()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| (i, self.read_head(t.series().as_str())))
+                    .collect();
+                let start = f.restore_start(h);
+                match self.store.read_range(base.as_str(), start, h, usize::MAX) {
+                    Ok(base_candles) => f.restore(&base_candles, &heads, &mut restored),
+                    Err(e) => {
+                        self.counters.store_read_errors += 1;
+                        self.log(LogLevel::Warn, format!("derived_restore_failed series_id={base} error={:?}", e.to_string()));
+                    }
+                }
+            }
+        }
+        if let Some(h) = head {
+            self.series.note_closed(idx, h);
+        }
+        let job = Job::new(idx, base.clone(), market, stream.clone(), fold, derived.clone(), head, now);
+        self.jobs.insert(idx, job);
+        self.stream_jobs.insert(stream.clone(), idx);
+        self.counters.jobs_started += 1;
+        self.log(LogLevel::Info, format!("job_started series_id={base} stream={stream} head_time={head:?}"));
+        if !restored.is_empty() {
+            // Buckets the store shows complete whose derived rows were never written.
+            let mut set: Vec<(SeriesIdx, Vec<Candle>)> = Vec::new();
+            for (target, c) in restored {
+                let didx = derived[target];
+                match set.iter_mut().find(|(s, _)| *s == didx) {
+                    Some((_, v)) => v.push(c),
+                    None => set.push((didx, vec![c])),
+                }
+            }
+            let _ = self.persist_and_publish(set, false);
+        }
+        self.pool.attach(&stream, market, now, &mut self.outputs);
+    }
+
+    fn make_fold(&self, base: &SeriesId) -> Option<DerivedFold> {
+        let cfg = &self.cfg.supervisor;
+        if cfg.derived.is_empty() || base.timeframe() != cfg.derived_base {
+            return None;
+        }
+        let fold = DerivedFold::new(base, &cfg.derived);
+        (!fold.targets().is_empty()).then_some(fold)
+    }
+
+    fn read_head(&mut self, series: &str) -> Option<i64> {
+        match self.store.head_time(series) {
+            Ok(h) => h,
+            Err(e) => {
+                self.counters.store_read_errors += 1;
+                self.log(LogLevel::Warn, format!("store_head_failed series_id={series} error={:?}", e.to_string()));
+                None
+            }
+        }
+    }
+
+    /// Flushes the job's buffer first (nothing accepted is lost), then detaches.
+    pub(super) fn stop_job(&mut self, idx: SeriesIdx, reason: &str) {
+        if !self.jobs.contains_key(&idx) {
+            return;
+        }
+        self.flush_job(idx);
+        let Some(job) = self.jobs.remove(&idx) else { return };
+        for th in &job.throttles {
+            if let Some(t) = th.timer {
+                self.timers.cancel(t);
+            }
+        }
+        self.stream_jobs.remove(&job.stream);
+        self.pool.detach(&job.stream, self.now, &mut self.outputs);
+        self.counters.jobs_stopped += 1;
+        self.log(LogLevel::Info, format!("job_stopped series_id={} reason={reason}", job.base_id));
+    }
+
+    pub(super) fn apply_pool_events(&mut self) {
+        let events = std::mem::take(&mut self.pool_events);
+        for event in &events {
+            match event {
+                PoolEvent::StreamLive { stream } => {
+                    if let Some(idx) = self.stream_jobs.get(stream).copied() {
+                        let id = self.series.get(idx).id.clone();
+                        self.supervisor.job_running(&id, self.now);
+                    }
+                }
+                PoolEvent::StreamLost { stream, reason } => {
+                    if let Some(idx) = self.stream_jobs.get(stream).copied() {
+                        let id = self.series.get(idx).id.clone();
+                        self.supervisor.job_failed(&id, self.now, reason);
+                    }
+                }
+                PoolEvent::Reconnected { conn, market } => {
+                    self.log(LogLevel::Info, format!("upstream_reconnected conn={conn} market={}", market.as_str()));
+                }
+            }
+        }
+        let mut events = events;
+        events.clear();
+        self.pool_events = events;
+    }
+}

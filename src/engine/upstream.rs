@@ -1,0 +1,582 @@
+//! The upstream pool: which exchange connections exist, which kline streams
+//! each carries, and the control traffic that keeps them so. Streams of one
+//! market share connections (combined stream + live SUBSCRIBE/UNSUBSCRIBE), at
+//! most `streams_per_connection` each; control messages are paced under the
+//! exchange's per-connection rate; connection attempts are paced under the
+//! per-IP budget; lost connections come back with exponential backoff and
+//! seeded jitter; connections are rotated make-before-break before the 24 h
+//! cut-off; a silent connection is replaced.
+//!
+//! It emits `UpstreamConnect/Send/Close` outputs and reports stream liveness
+//! to the engine as [`PoolEvent`]s. It never touches a socket or a clock.
+
+use super::guardrail::{Guardrail, GuardrailConfig};
+use super::Output;
+use crate::model::Market;
+use crate::protocol::binance;
+use crate::rng::Rng;
+use crate::time::{Duration, Timestamp};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+#[derive(Clone, Debug)]
+pub struct UpstreamConfig {
+    pub spot_url: String,
+    pub futures_url: String,
+    pub streams_per_connection: usize,
+    /// Control messages per rolling second, per connection.
+    pub control_rate_spot: usize,
+    pub control_rate_futures: usize,
+    /// Stream names per SUBSCRIBE/UNSUBSCRIBE message.
+    pub names_per_request: usize,
+    /// A connection with no frame (data, ack or ping) for this long is replaced.
+    pub silence_timeout: Duration,
+    /// Connections are rotated (make-before-break) after this age.
+    pub rotate_after: Duration,
+    /// At most `connect_budget` connection attempts per `connect_window`.
+    pub connect_budget: usize,
+    pub connect_window: Duration,
+    /// Reconnect breaker/backoff per market.
+    pub guardrail: GuardrailConfig,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            spot_url: "wss://stream.binance.com:9443/stream".into(),
+            futures_url: "wss://fstream.binance.com/market/stream".into(),
+            streams_per_connection: 200,
+            control_rate_spot: 4,
+            control_rate_futures: 8,
+            names_per_request: 200,
+            silence_timeout: Duration::from_secs(60),
+            rotate_after: Duration::from_secs(23 * 3600),
+            connect_budget: 250,
+            connect_window: Duration::from_secs(300),
+            guardrail: GuardrailConfig::default(),
+        }
+    }
+}
+
+/// What the pool tells the engine about streams.
+#[derive(Debug, PartialEq)]
+pub enum PoolEvent {
+    /// The exchange acknowledged the stream's subscription on an open connection.
+    StreamLive { stream: String },
+    /// The stream's connection was lost; it will be resubscribed after backoff.
+    StreamLost { stream: String, reason: String },
+    /// A connection (re)opened after having been lost: history may need healing.
+    Reconnected { conn: u64, market: Market },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnState {
+    Connecting,
+    Open,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Subscribe,
+    Unsubscribe,
+}
+
+#[derive(Debug)]
+struct Conn {
+    market: Market,
+    state: ConnState,
+    created_at: Timestamp,
+    opened_at: Option<Timestamp>,
+    last_activity: Timestamp,
+    /// Streams this connection is responsible for (acked or not).
+    streams: BTreeSet<String>,
+    to_subscribe: VecDeque<String>,
+    to_unsubscribe: VecDeque<String>,
+    inflight: BTreeMap<u64, (Method, Vec<String>)>,
+    acked: BTreeSet<String>,
+    sent_at: VecDeque<Timestamp>,
+    /// This connection replaces `replaces` (rotation) and takes its streams once live.
+    replaces: Option<u64>,
+    /// A replacement is being opened for this connection.
+    replaced_by: Option<u64>,
+    received_data: bool,
+}
+
+#[derive(Debug)]
+struct MarketState {
+    guardrail: Guardrail,
+    /// Streams wanted but not assigned to any connection yet.
+    waiting: BTreeSet<String>,
+    /// No new connection before this time (backoff).
+    retry_at: Option<Timestamp>,
+    /// A connection of this market was lost and not yet replaced.
+    lost: bool,
+}
+
+pub struct UpstreamPool {
+    cfg: UpstreamConfig,
+    next_conn: u64,
+    next_request: u64,
+    conns: BTreeMap<u64, Conn>,
+    // Lookup only, never iterated.
+    stream_market: HashMap<String, Market>,
+    markets: [MarketState; 2],
+    connect_times: VecDeque<Timestamp>,
+    /// Seeded by the engine; jitter only.
+    rng: Rng,
+    pub reconnects: u64,
+    pub rotations: u64,
+    pub control_sent: u64,
+    pub control_errors: u64,
+}
+
+fn market_slot(m: Market) -> usize {
+    match m {
+        Market::Spot => 0,
+        Market::Futures => 1,
+    }
+}
+
+impl UpstreamPool {
+    pub fn new(cfg: UpstreamConfig, rng: Rng) -> Self {
+        let market = || MarketState {
+            guardrail: Guardrail::new(cfg.guardrail.clone()),
+            waiting: BTreeSet::new(),
+            retry_at: None,
+            lost: false,
+        };
+        UpstreamPool {
+            markets: [market(), market()],
+            cfg,
+            next_conn: 1,
+            next_request: 1,
+            conns: BTreeMap::new(),
+            stream_market: HashMap::new(),
+            connect_times: VecDeque::new(),
+            rng,
+            reconnects: 0,
+            rotations: 0,
+            control_sent: 0,
+            control_errors: 0,
+        }
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn stream_count(&self) -> usize {
+        self.stream_market.len()
+    }
+
+    pub fn knows_stream(&self, stream: &str) -> bool {
+        self.stream_market.contains_key(stream)
+    }
+
+    pub fn knows_conn(&self, conn: u64) -> bool {
+        self.conns.contains_key(&conn)
+    }
+
+    /// Wants `stream` delivered. Idempotent.
+    pub fn attach(&mut self, stream: &str, market: Market, now: Timestamp, out: &mut VecDeque<Output>) {
+        if self.stream_market.contains_key(stream) {
+            return;
+        }
+        self.stream_market.insert(stream.to_string(), market);
+        self.markets[market_slot(market)].waiting.insert(stream.to_string());
+        self.assign_waiting(market, now, out);
+    }
+
+    /// No longer wants `stream`. Idempotent.
+    pub fn detach(&mut self, stream: &str, now: Timestamp, out: &mut VecDeque<Output>) {
+        let Some(market) = self.stream_market.remove(stream) else { return };
+        self.markets[market_slot(market)].waiting.remove(stream);
+        let holders: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.streams.contains(stream))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in holders {
+            let Some(conn) = self.conns.get_mut(&id) else { continue };
+            conn.streams.remove(stream);
+            conn.to_subscribe.retain(|s| s != stream);
+            if conn.acked.remove(stream) || conn.inflight.values().any(|(_, n)| n.iter().any(|s| s == stream)) {
+                conn.to_unsubscribe.push_back(stream.to_string());
+            }
+            if conn.streams.is_empty() && conn.replaces.is_none() && conn.replaced_by.is_none() {
+                self.close(id, "no streams left", out);
+            } else {
+                self.pump(id, now, out);
+            }
+        }
+    }
+
+    /// Assigns waiting streams of a market to connections with room, opening
+    /// new connections when allowed (backoff and connect budget permitting).
+    fn assign_waiting(&mut self, market: Market, now: Timestamp, out: &mut VecDeque<Output>) {
+        let per_conn = self.cfg.streams_per_connection.max(1);
+        loop {
+            let ms = &self.markets[market_slot(market)];
+            if ms.waiting.is_empty() {
+                return;
+            }
+            let room = self.conns.iter().find(|(_, c)| {
+                c.market == market && c.replaced_by.is_none() && c.replaces.is_none() && c.streams.len() < per_conn
+            });
+            let target = match room {
+                Some((id, _)) => *id,
+                None => match self.open_conn(market, now, out) {
+                    Some(id) => id,
+                    None => return,
+                },
+            };
+            let conn = match self.conns.get_mut(&target) {
+                Some(c) => c,
+                None => return,
+            };
+            let ms = &mut self.markets[market_slot(market)];
+            while conn.streams.len() < per_conn {
+                let Some(stream) = ms.waiting.pop_first() else { break };
+                conn.streams.insert(stream.clone());
+                conn.to_subscribe.push_back(stream);
+            }
+            self.pump(target, now, out);
+        }
+    }
+
+    fn connect_allowed(&mut self, market: Market, now: Timestamp) -> bool {
+        while self.connect_times.front().is_some_and(|t| now.since(*t) >= self.cfg.connect_window) {
+            self.connect_times.pop_front();
+        }
+        let ms = &mut self.markets[market_slot(market)];
+        if ms.retry_at.is_some_and(|t| now < t) {
+            return false;
+        }
+        if ms.guardrail.before_attempt(now) > Duration::ZERO {
+            return false;
+        }
+        self.connect_times.len() < self.cfg.connect_budget
+    }
+
+    fn open_conn(&mut self, market: Market, now: Timestamp, out: &mut VecDeque<Output>) -> Option<u64> {
+        if !self.connect_allowed(market, now) {
+            return None;
+        }
+        let id = self.next_conn;
+        self.next_conn += 1;
+        self.connect_times.push_back(now);
+        self.conns.insert(id, Conn {
+            market,
+            state: ConnState::Connecting,
+            created_at: now,
+            opened_at: None,
+            last_activity: now,
+            streams: BTreeSet::new(),
+            to_subscribe: VecDeque::new(),
+            to_unsubscribe: VecDeque::new(),
+            inflight: BTreeMap::new(),
+            acked: BTreeSet::new(),
+            sent_at: VecDeque::new(),
+            replaces: None,
+            replaced_by: None,
+            received_data: false,
+        });
+        let url = match market {
+            Market::Spot => self.cfg.spot_url.clone(),
+            Market::Futures => self.cfg.futures_url.clone(),
+        };
+        out.push_back(Output::UpstreamConnect { conn: id, market, url });
+        Some(id)
+    }
+
+    fn close(&mut self, id: u64, reason: &str, out: &mut VecDeque<Output>) {
+        if self.conns.remove(&id).is_some() {
+            out.push_back(Output::UpstreamClose { conn: id, reason: reason.to_string() });
+        }
+    }
+
+    /// The shell finished the WebSocket handshake.
+    pub fn on_connected(&mut self, id: u64, now: Timestamp, out: &mut VecDeque<Output>, events: &mut Vec<PoolEvent>) {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        conn.state = ConnState::Open;
+        conn.opened_at = Some(now);
+        conn.last_activity = now;
+        let market = conn.market;
+        let ms = &mut self.markets[market_slot(market)];
+        if ms.lost {
+            ms.lost = false;
+            self.reconnects += 1;
+            events.push(PoolEvent::Reconnected { conn: id, market });
+        }
+        self.pump(id, now, out);
+    }
+
+    /// Any frame (data, ack, ping) arrived on the connection.
+    pub fn on_activity(&mut self, id: u64, now: Timestamp, data: bool) {
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.last_activity = now;
+            if data && !conn.received_data {
+                conn.received_data = true;
+                // Only a connection that delivered data counts as healthy for the
+                // breaker: "connect, then closed at once" keeps counting failures.
+                self.markets[market_slot(conn.market)].guardrail.on_success();
+            }
+        }
+    }
+
+    /// A control response (`{"result":…,"id":…}` or an error) arrived.
+    pub fn on_control_ack(&mut self, id: u64, request: u64, now: Timestamp, out: &mut VecDeque<Output>, events: &mut Vec<PoolEvent>) {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        conn.last_activity = now;
+        let Some((method, names)) = conn.inflight.remove(&request) else { return };
+        if method == Method::Subscribe {
+            for name in names {
+                if conn.streams.contains(&name) {
+                    conn.acked.insert(name.clone());
+                    events.push(PoolEvent::StreamLive { stream: name });
+                }
+            }
+        }
+        self.finish_rotation_if_ready(id, out);
+        self.pump(id, now, out);
+    }
+
+    /// The exchange refused a control request: treat the connection as broken.
+    pub fn on_control_error(&mut self, id: u64, msg: &str, now: Timestamp, out: &mut VecDeque<Output>, events: &mut Vec<PoolEvent>) {
+        self.control_errors += 1;
+        if self.conns.contains_key(&id) {
+            out.push_back(Output::UpstreamClose { conn: id, reason: format!("control error: {msg}") });
+            self.lose(id, &format!("control error: {msg}"), now, out, events);
+        }
+    }
+
+    /// The exchange announced a shutdown: rotate now.
+    pub fn on_server_shutdown(&mut self, id: u64, now: Timestamp, out: &mut VecDeque<Output>) {
+        self.start_rotation(id, now, out);
+    }
+
+    /// The connection closed or failed (handshake, TLS, reset, close frame).
+    pub fn on_disconnected(&mut self, id: u64, reason: &str, now: Timestamp, out: &mut VecDeque<Output>, events: &mut Vec<PoolEvent>) {
+        self.lose(id, reason, now, out, events);
+    }
+
+    fn lose(&mut self, id: u64, reason: &str, now: Timestamp, out: &mut VecDeque<Output>, events: &mut Vec<PoolEvent>) {
+        let Some(conn) = self.conns.remove(&id) else { return };
+        let market = conn.market;
+        // A failed replacement leaves the old connection serving; try again later.
+        if let Some(old) = conn.replaces {
+            if let Some(o) = self.conns.get_mut(&old) {
+                o.replaced_by = None;
+            }
+        }
+        let slot = market_slot(market);
+        let ms = &mut self.markets[slot];
+        let backoff = ms.guardrail.on_failure(now, reason);
+        // Seeded jitter (up to a quarter of the delay) spreads reconnects out.
+        let wait = Duration(backoff.0 + self.rng.below(backoff.0 / 4 + 1));
+        ms.lost = true;
+        ms.retry_at = Some(now.add(wait));
+        let orphans: Vec<String> = match conn.replaced_by {
+            // The replacement takes over the streams: nothing is lost.
+            Some(next) if self.conns.contains_key(&next) => {
+                if let Some(n) = self.conns.get_mut(&next) {
+                    n.replaces = None;
+                }
+                Vec::new()
+            }
+            _ if conn.replaces.is_some() => Vec::new(),
+            _ => conn.streams.into_iter().collect(),
+        };
+        for stream in orphans {
+            if self.stream_market.contains_key(&stream) {
+                events.push(PoolEvent::StreamLost { stream: stream.clone(), reason: reason.to_string() });
+                self.markets[slot].waiting.insert(stream);
+            }
+        }
+        self.assign_waiting(market, now, out);
+    }
+
+    fn start_rotation(&mut self, id: u64, now: Timestamp, out: &mut VecDeque<Output>) {
+        let Some(conn) = self.conns.get(&id) else { return };
+        if conn.replaced_by.is_some() || conn.replaces.is_some() || conn.state != ConnState::Open {
+            return;
+        }
+        let market = conn.market;
+        let streams: Vec<String> = conn.streams.iter().cloned().collect();
+        let Some(new_id) = self.open_conn(market, now, out) else { return };
+        if let Some(n) = self.conns.get_mut(&new_id) {
+            n.replaces = Some(id);
+            n.streams.extend(streams.iter().cloned());
+            n.to_subscribe.extend(streams);
+        }
+        if let Some(o) = self.conns.get_mut(&id) {
+            o.replaced_by = Some(new_id);
+        }
+        self.rotations += 1;
+    }
+
+    /// Once the replacement has every stream acknowledged, the old connection
+    /// is closed (make-before-break).
+    fn finish_rotation_if_ready(&mut self, new_id: u64, out: &mut VecDeque<Output>) {
+        let Some(n) = self.conns.get(&new_id) else { return };
+        let Some(old) = n.replaces else { return };
+        if !n.to_subscribe.is_empty() || !n.inflight.is_empty() || n.acked.len() < n.streams.len() {
+            return;
+        }
+        // Streams detached from the old connection during the overlap were never
+        // added to the new one; streams added to the old one in the meantime move.
+        let moved: Vec<String> = self
+            .conns
+            .get(&old)
+            .map(|o| o.streams.iter().filter(|s| !n.streams.contains(*s)).cloned().collect())
+            .unwrap_or_default();
+        if let Some(n) = self.conns.get_mut(&new_id) {
+            n.replaces = None;
+            for s in moved {
+                n.streams.insert(s.clone());
+                n.to_subscribe.push_back(s);
+            }
+        }
+        self.close(old, "rotated", out);
+    }
+
+    /// Sends queued control messages while the rate window allows.
+    fn pump(&mut self, id: u64, now: Timestamp, out: &mut VecDeque<Output>) {
+        let rate_for = |m: Market, cfg: &UpstreamConfig| match m {
+            Market::Spot => cfg.control_rate_spot,
+            Market::Futures => cfg.control_rate_futures,
+        };
+        let per_msg = self.cfg.names_per_request.max(1);
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        if conn.state != ConnState::Open {
+            return;
+        }
+        let rate = rate_for(conn.market, &self.cfg).max(1);
+        loop {
+            while conn.sent_at.front().is_some_and(|t| now.since(*t) >= Duration::from_secs(1)) {
+                conn.sent_at.pop_front();
+            }
+            if conn.sent_at.len() >= rate {
+                return;
+            }
+            let (method, queue) = if !conn.to_unsubscribe.is_empty() {
+                (Method::Unsubscribe, &mut conn.to_unsubscribe)
+            } else if !conn.to_subscribe.is_empty() {
+                (Method::Subscribe, &mut conn.to_subscribe)
+            } else {
+                return;
+            };
+            let n = queue.len().min(per_msg);
+            let names: Vec<String> = queue.drain(..n).collect();
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            let request = self.next_request;
+            self.next_request += 1;
+            let text = match method {
+                Method::Subscribe => binance::subscribe_request(request, &refs),
+                Method::Unsubscribe => binance::unsubscribe_request(request, &refs),
+            };
+            conn.inflight.insert(request, (method, names));
+            conn.sent_at.push_back(now);
+            self.control_sent += 1;
+            out.push_back(Output::UpstreamSend { conn: id, text });
+        }
+    }
+
+    /// The earliest time `on_timeout` has something to do.
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        let mut next: Option<Timestamp> = None;
+        let mut consider = |t: Timestamp| next = Some(next.map_or(t, |n: Timestamp| n.min(t)));
+        for c in self.conns.values() {
+            consider(c.last_activity.add(self.cfg.silence_timeout));
+            if let (Some(opened), None, None) = (c.opened_at, c.replaced_by, c.replaces) {
+                consider(opened.add(self.cfg.rotate_after));
+            }
+            let queued = !c.to_subscribe.is_empty() || !c.to_unsubscribe.is_empty();
+            let rate = match c.market {
+                Market::Spot => self.cfg.control_rate_spot,
+                Market::Futures => self.cfg.control_rate_futures,
+            };
+            if queued && c.state == ConnState::Open && c.sent_at.len() >= rate.max(1) {
+                if let Some(front) = c.sent_at.front() {
+                    consider(front.add(Duration::from_secs(1)));
+                }
+            }
+        }
+        for ms in &self.markets {
+            if !ms.waiting.is_empty() {
+                let mut at = ms.retry_at.unwrap_or(Timestamp::ZERO);
+                if self.connect_times.len() >= self.cfg.connect_budget {
+                    if let Some(front) = self.connect_times.front() {
+                        at = at.max(front.add(self.cfg.connect_window));
+                    }
+                }
+                if let Some(open_until) = ms.guardrail.open_until() {
+                    at = at.max(open_until);
+                }
+                consider(at);
+            }
+        }
+        next
+    }
+
+    /// Timers: silence detection, rotation, pacing, reconnects.
+    pub fn on_timeout(&mut self, now: Timestamp, out: &mut VecDeque<Output>, events: &mut Vec<PoolEvent>) {
+        let ids: Vec<u64> = self.conns.keys().copied().collect();
+        for id in ids {
+            let Some(c) = self.conns.get(&id) else { continue };
+            if now.since(c.last_activity) >= self.cfg.silence_timeout {
+                let reason = if c.state == ConnState::Open { "silent" } else { "connect timeout" };
+                out.push_back(Output::UpstreamClose { conn: id, reason: reason.to_string() });
+                self.lose(id, reason, now, out, events);
+                continue;
+            }
+            let due_rotation = c
+                .opened_at
+                .is_some_and(|o| now.since(o) >= self.cfg.rotate_after && c.replaced_by.is_none() && c.replaces.is_none());
+            if due_rotation {
+                self.start_rotation(id, now, out);
+            }
+            self.pump(id, now, out);
+        }
+        for market in [Market::Spot, Market::Futures] {
+            self.assign_waiting(market, now, out);
+        }
+    }
+
+    /// Debug view of connections and markets.
+    pub fn snapshot(&self, now: Timestamp) -> serde_json::Value {
+        let conns: Vec<serde_json::Value> = self
+            .conns
+            .iter()
+            .map(|(id, c)| {
+                serde_json::json!({
+                    "conn": id,
+                    "market": c.market.as_str(),
+                    "state": match c.state { ConnState::Connecting => "connecting", ConnState::Open => "open" },
+                    "streams": c.streams.len(),
+                    "acked": c.acked.len(),
+                    "age_s": now.since(c.created_at).as_secs_f64(),
+                    "rotating": c.replaced_by.is_some() || c.replaces.is_some(),
+                })
+            })
+            .collect();
+        let markets: Vec<serde_json::Value> = [Market::Spot, Market::Futures]
+            .iter()
+            .map(|m| {
+                let ms = &self.markets[market_slot(*m)];
+                serde_json::json!({
+                    "market": m.as_str(),
+                    "waiting_streams": ms.waiting.len(),
+                    "retry_in_s": ms.retry_at.map_or(0.0, |t| t.since(now).as_secs_f64()),
+                    "breaker": ms.guardrail.snapshot(now),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "connections": conns,
+            "markets": markets,
+            "reconnects": self.reconnects,
+            "rotations": self.rotations,
+        })
+    }
+}
