@@ -213,10 +213,8 @@ impl Guardrail {
 
     /// The reference's debug JSON (§4.8), with `last_failure_at` in Unix seconds.
     pub fn snapshot(&self, now: Timestamp) -> Value {
-        let next_retry_in = self
-            .open_until()
-            .map(|until| until.since(now))
-            .unwrap_or(Duration::ZERO);
+        let next_retry_in =
+            self.open_until().map(|until| until.since(now)).unwrap_or(Duration::ZERO);
         json!({
             "enabled": self.cfg.enabled,
             "state": self.state.as_str(),
