@@ -20,3 +20,4 @@ pub mod engine;
 pub mod store;
 pub mod journal;
 pub mod config;
+pub mod capture;

@@ -99,7 +99,7 @@ impl Engine {
         let batches = self.to_batches(&set);
         match self.store.write_batches(&batches) {
             Ok(()) => {
-                self.publish_set(&set);
+                self.publish_set(&set, !strict);
                 Ok(())
             }
             Err(e) => {
@@ -138,17 +138,19 @@ impl Engine {
                 self.log(LogLevel::Warn, format!("store_retry_failed error={:?} backlog_candles={left}", e.to_string()));
                 return;
             }
-            self.publish_set(&set);
+            self.publish_set(&set, true);
         }
         self.backlog.recovered();
         self.log(LogLevel::Info, "store_recovered backlog_candles=0".to_string());
     }
 
-    fn publish_set(&mut self, set: &FlushSet) {
+    /// Publishes a persisted set. Only exchange-confirmed closes widen the
+    /// series' "latest closed" window; a tool's HTTP ingest does not.
+    fn publish_set(&mut self, set: &FlushSet, from_exchange: bool) {
         self.counters.flushes += 1;
         for (idx, candles) in set {
             self.counters.candles_persisted += candles.len() as u64;
-            if let Some(last) = candles.last() {
+            if let (true, Some(last)) = (from_exchange, candles.last()) {
                 self.series.note_closed(*idx, last.candle_time);
             }
             self.hub.publish_closed(*idx, candles, &self.series, &mut self.outputs, &mut self.counters);

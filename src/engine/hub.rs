@@ -179,6 +179,11 @@ impl Hub {
         released
     }
 
+    /// Whether a new subscription would pass the per-connection limit.
+    pub fn at_subscription_limit(&self, client: u64) -> bool {
+        self.session(client).is_some_and(|s| s.subs.len() >= self.cfg.max_subscriptions_per_client)
+    }
+
     /// Whether the client holds a subscription to `idx`.
     pub fn is_subscribed(&self, client: u64, idx: SeriesIdx) -> bool {
         self.session(client).is_some_and(|s| s.subs.contains_key(&idx))

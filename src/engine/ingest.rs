@@ -218,7 +218,8 @@ mod tests {
         assert_eq!(th.offer(60, t0, min), ThrottleDecision::Emit);
         let d = th.offer(60, Timestamp::from_millis(1_100), min);
         assert_eq!(d, ThrottleDecision::Defer(Timestamp::from_millis(1_250)));
-        th.timer = Some(TimerId::dangling());
+        let mut wheel = crate::timer::TimerWheel::new(t0);
+        th.timer = Some(wheel.insert(Timestamp::from_millis(1_250), ()));
         assert_eq!(th.offer(60, Timestamp::from_millis(1_200), min), ThrottleDecision::Coalesced);
         // Trailing edge: the newest value goes out when the interval ends.
         assert!(th.fire(Timestamp::from_millis(1_250)));

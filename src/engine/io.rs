@@ -4,6 +4,7 @@
 
 use crate::model::{Candle, Market};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// One event from outside. Time is not part of it: it comes with the call.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -61,13 +62,8 @@ pub struct Counters {
     pub upstream_frames: u64,
     pub kline_frames: u64,
     pub upstream_rejects: u64,
-    pub reject_invalid_json: u64,
-    pub reject_not_kline: u64,
-    pub reject_bad_field: u64,
-    pub reject_misaligned: u64,
-    pub reject_bad_values: u64,
-    pub reject_unknown_stream: u64,
-    pub reject_other: u64,
+    /// Rejected exchange frames by `FrameError::kind()` (plus `unknown_stream`).
+    pub upstream_rejects_by_kind: BTreeMap<&'static str, u64>,
     pub stale_forming: u64,
     pub stale_closed: u64,
     pub closed_accepted: u64,
@@ -92,6 +88,13 @@ pub struct Counters {
 }
 
 impl Counters {
+    pub fn count_reject(&mut self, kind: &'static str) -> u64 {
+        self.upstream_rejects += 1;
+        let n = self.upstream_rejects_by_kind.entry(kind).or_insert(0);
+        *n += 1;
+        *n
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
     }

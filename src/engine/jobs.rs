@@ -45,21 +45,10 @@ impl Engine {
     }
 
     fn count_reject(&mut self, e: &FrameError) {
-        let c = &mut self.counters;
-        c.upstream_rejects += 1;
-        let slot = match e.kind() {
-            "invalid_json" => &mut c.reject_invalid_json,
-            "not_kline" => &mut c.reject_not_kline,
-            "missing_field" | "bad_field" => &mut c.reject_bad_field,
-            "misaligned" => &mut c.reject_misaligned,
-            "non_finite" | "negative" | "high_below" | "low_above" => &mut c.reject_bad_values,
-            _ => &mut c.reject_other,
-        };
-        *slot += 1;
+        let n = self.counters.count_reject(e.kind());
         // Logged on powers of two only: a flood of bad frames costs no log flood.
-        let n = c.upstream_rejects;
         if n.is_power_of_two() {
-            self.log(LogLevel::Warn, format!("upstream_frame_rejected kind={} total={n} error={:?}", e.kind(), e.to_string()));
+            self.log(LogLevel::Warn, format!("upstream_frame_rejected kind={} count={n} error={:?}", e.kind(), e.to_string()));
         }
     }
 
@@ -72,8 +61,7 @@ impl Engine {
             }
         };
         let Some(job_idx) = job_idx else {
-            self.counters.reject_unknown_stream += 1;
-            self.counters.upstream_rejects += 1;
+            self.counters.count_reject("unknown_stream");
             return;
         };
         self.counters.kline_frames += 1;

@@ -1,0 +1,150 @@
+//! The `klinegate` command line: thin wiring around the library.
+//! `replay` runs a journal through a fresh engine; `journal-from-capture`
+//! turns a recorded Binance capture into a journal.
+
+use clap::{Parser, Subcommand};
+use klinegate::capture::{self, ConvertOptions};
+use klinegate::journal;
+use klinegate::store::{MemoryStore, SqliteStore, Store};
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "klinegate", version, about = "Deterministic Binance kline engine and market WebSocket server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Replay a journal through a fresh engine and print its outputs as JSON lines.
+    Replay {
+        /// The journal (JSON lines, as written by `run --record` or a tool).
+        journal: PathBuf,
+        /// Compare the outputs with this file; exit 1 at the first difference.
+        #[arg(long)]
+        check: Option<PathBuf>,
+        /// Write outputs here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Use a fresh SQLite file at this path instead of the in-memory store.
+        #[arg(long)]
+        db: Option<PathBuf>,
+        /// Print throughput figures to standard error.
+        #[arg(long)]
+        stats: bool,
+    },
+    /// Convert a recorded Binance capture (`<ts>: <frame>` lines) into a journal.
+    JournalFromCapture {
+        capture: PathBuf,
+        /// Where to write the journal (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Do not add a client subscribed to every kline series.
+        #[arg(long)]
+        no_client: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Replay { journal, check, out, db, stats } => replay(journal, check, out, db, stats),
+        Command::JournalFromCapture { capture, out, no_client } => convert(capture, out, no_client),
+    };
+    match result {
+        Ok(code) => code,
+        Err(msg) => {
+            eprintln!("klinegate: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn open_store(db: Option<PathBuf>) -> Result<Box<dyn Store>, String> {
+    match db {
+        None => Ok(Box::new(MemoryStore::new())),
+        Some(path) => {
+            if path.exists() {
+                return Err(format!("--db {}: file exists; replay needs a fresh store", path.display()));
+            }
+            SqliteStore::open(&path).map(|s| Box::new(s) as Box<dyn Store>).map_err(|e| e.to_string())
+        }
+    }
+}
+
+fn replay(
+    path: PathBuf,
+    check: Option<PathBuf>,
+    out: Option<PathBuf>,
+    db: Option<PathBuf>,
+    stats: bool,
+) -> Result<ExitCode, String> {
+    let file = File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let store = open_store(db)?;
+    let started = std::time::Instant::now();
+    if let Some(expected) = check {
+        let mut actual = Vec::new();
+        let (_, st) = journal::replay(BufReader::new(file), store, &mut actual).map_err(|e| e.to_string())?;
+        report_stats(stats, &st, started);
+        let exp = File::open(&expected).map_err(|e| format!("{}: {e}", expected.display()))?;
+        return compare(BufReader::new(exp), &actual);
+    }
+    let sink: Box<dyn Write> = match out {
+        Some(p) => Box::new(File::create(&p).map_err(|e| format!("{}: {e}", p.display()))?),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let (_, st) = journal::replay(BufReader::new(file), store, BufWriter::new(sink)).map_err(|e| e.to_string())?;
+    report_stats(stats, &st, started);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report_stats(on: bool, st: &journal::ReplayStats, started: std::time::Instant) {
+    if on {
+        let secs = started.elapsed().as_secs_f64().max(1e-9);
+        eprintln!(
+            "records={} inputs={} timeouts={} output_lines={} seconds={:.3} records_per_s={:.0}",
+            st.records,
+            st.inputs,
+            st.timeouts,
+            st.output_lines,
+            secs,
+            st.records as f64 / secs
+        );
+    }
+}
+
+/// Line-by-line comparison; prints the first difference.
+fn compare(expected: impl BufRead, actual: &[u8]) -> Result<ExitCode, String> {
+    let mut act = actual.split(|b| *b == b'\n');
+    for (i, exp) in expected.lines().enumerate() {
+        let exp = exp.map_err(|e| e.to_string())?;
+        let got = act.next().map(|l| String::from_utf8_lossy(l).into_owned()).unwrap_or_default();
+        if exp != got {
+            println!("difference at output line {}:\n  expected: {exp}\n  actual:   {got}", i + 1);
+            return Ok(ExitCode::from(1));
+        }
+    }
+    if let Some(extra) = act.find(|l| !l.is_empty()) {
+        println!("actual output has more lines than expected; first extra:\n  {}", String::from_utf8_lossy(extra));
+        return Ok(ExitCode::from(1));
+    }
+    println!("ok: outputs match");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn convert(path: PathBuf, out: Option<PathBuf>, no_client: bool) -> Result<ExitCode, String> {
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let cap = capture::parse_capture(&text).map_err(|e| e.to_string())?;
+    let opts = ConvertOptions { subscribe_client: !no_client, ..ConvertOptions::default() };
+    let sink: Box<dyn Write> = match out {
+        Some(p) => Box::new(File::create(&p).map_err(|e| format!("{}: {e}", p.display()))?),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let series = capture::capture_to_journal(&cap, opts, BufWriter::new(sink)).map_err(|e| e.to_string())?;
+    eprintln!("journal written: {} frames, series {}", cap.frames.len(), series.join(", "));
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,366 @@
+//! Engine scenarios driven by exchange traffic: live ingest with the forming
+//! throttle's trailing edge, derived timeframes sharing the base job, the
+//! supervisor (capacity, eviction, reaper, pinned jobs), the upstream pool
+//! (shared connections, pacing, reconnect backoff, breaker), slow consumers,
+//! store failures and shutdown. Each is a journal replayed through the engine.
+
+mod support;
+use klinegate::store::{MemoryStore, Store};
+use serde_json::json;
+use support::*;
+
+const T0: i64 = 1_700_000_100; // aligned to 5 minutes
+const BTC1: &str = "binance:spot:BTC/USDT:1m";
+const BTC5: &str = "binance:spot:BTC/USDT:5m";
+const STREAM: &str = "btcusdt@kline_1m";
+
+fn t(offset: f64) -> f64 {
+    T0 as f64 + offset
+}
+
+/// A client subscribed to 1m and 5m; the exchange connection opened and acked.
+fn live_start(settings: serde_json::Value) -> JournalBuilder {
+    // Quiet gaps in these scripts are longer than the default silence timeout.
+    let mut merged = json!({"upstream_silence_s": 600});
+    for (k, v) in settings.as_object().into_iter().flatten() {
+        merged[k] = v.clone();
+    }
+    let mut j = JournalBuilder::new(t(-2.0), merged);
+    j.input(t(-2.0), json!({"type":"start"}))
+        .connect(t(-2.0), 1)
+        .client_text(t(-2.0), 1, json!({"type":"subscribe","series_id":BTC1}))
+        .client_text(t(-2.0), 1, json!({"type":"subscribe","series_id":BTC5}))
+        .input(t(-1.9), json!({"type":"upstream_connected","conn":1}))
+        .upstream(t(-1.8), 1, ack(1));
+    j
+}
+
+/// Five minutes of trading: forming updates, then the close, for each minute.
+fn five_minutes(j: &mut JournalBuilder) {
+    for k in 0..5i64 {
+        let open = T0 + 60 * k;
+        let base = 100.0 + k as f64;
+        j.upstream(open as f64 + 1.0, 1, kline(STREAM, open, base, false));
+        j.upstream(open as f64 + 2.0, 1, kline(STREAM, open, base + 0.1, false));
+        // Inside the 250 ms throttle window: held, then sent on the trailing edge.
+        j.upstream(open as f64 + 2.1, 1, kline(STREAM, open, base + 0.2, false));
+        j.upstream(open as f64 + 60.1, 1, kline(STREAM, open, base + 0.3, true));
+    }
+}
+
+#[test]
+fn one_subscription_upstream_for_1m_and_5m_and_derived_closes_once() {
+    let mut j = live_start(json!({}));
+    five_minutes(&mut j);
+    j.end(t(310.0));
+    let (lines, engine) = replay_with_store(&j.text(), Box::new(MemoryStore::new()));
+
+    let sends = outputs_of(&lines, "upstream_send");
+    assert_eq!(sends.len(), 1, "one SUBSCRIBE for both timeframes: {sends:?}");
+    let req: serde_json::Value = serde_json::from_str(sends[0]["text"].as_str().unwrap()).unwrap();
+    assert_eq!(req, json!({"method":"SUBSCRIBE","params":[STREAM],"id":1}));
+    assert_eq!(outputs_of(&lines, "upstream_connect").len(), 1);
+    assert_eq!(engine.job_count(), 1);
+
+    let frames = frames_for(&lines, 1);
+    let one_m: Vec<String> = frames.iter().filter(|f| f["series_id"] == BTC1).map(brief).collect();
+    let first_minute: Vec<&str> = one_m.iter().take(4).map(String::as_str).collect();
+    assert_eq!(
+        first_minute,
+        [
+            "forming 1700000100 c=100.0",
+            "forming 1700000100 c=100.1",
+            "forming 1700000100 c=100.2", // trailing edge, never dropped
+            "closed 1700000100",
+        ]
+    );
+    assert_eq!(one_m.iter().filter(|b| b.starts_with("closed")).count(), 5);
+
+    let five: Vec<&serde_json::Value> = frames.iter().filter(|f| f["series_id"] == BTC5).collect();
+    let closed5: Vec<&&serde_json::Value> = five.iter().filter(|f| f["type"] == "candle_closed").collect();
+    assert_eq!(closed5.len(), 1, "one complete 5m bucket");
+    let c = &closed5[0]["candle"];
+    assert_eq!(c["candle_time"], T0);
+    assert_eq!(c["open"], 100.3);
+    assert_eq!(c["close"], 104.3);
+    assert_eq!(c["high"], 105.3);
+    assert_eq!(c["low"], 99.8);
+    assert_eq!(c["volume"], 5.0);
+    // Derived forming candles carry the closed minutes of their bucket.
+    let last_forming5 = five.iter().rev().find(|f| f["type"] == "candle_forming").unwrap();
+    assert_eq!(last_forming5["candle"]["open"], 100.3);
+    assert_eq!(last_forming5["candle"]["close"], 104.2);
+
+    // Persisted before published: both series are in the store.
+    let store = engine.store();
+    assert_eq!(store.read_tail(BTC1, 10).unwrap().len(), 5);
+    assert_eq!(store.read_tail(BTC5, 10).unwrap().len(), 1);
+}
+
+#[test]
+fn forming_after_close_of_same_candle_is_never_sent() {
+    let mut j = live_start(json!({}));
+    j.upstream(t(1.0), 1, kline(STREAM, T0, 100.0, false))
+        .upstream(t(60.1), 1, kline(STREAM, T0, 100.5, true))
+        .upstream(t(60.2), 1, kline(STREAM, T0, 100.6, false)) // late forming for a closed candle
+        .upstream(t(60.3), 1, kline(STREAM, T0, 100.7, true)) // duplicate close
+        .end(t(62.0));
+    let lines = replay_text(&j.text());
+    let one_m: Vec<String> =
+        frames_for(&lines, 1).iter().filter(|f| f["series_id"] == BTC1).map(brief).collect();
+    assert_eq!(one_m, ["forming 1700000100 c=100.0", "closed 1700000100"]);
+}
+
+#[test]
+fn capacity_full_rejects_without_catchup_and_idle_job_is_evicted() {
+    let settings = json!({"max_ondemand_jobs": 1, "derived": ""});
+    let eth = "binance:spot:ETH/USDT:1m";
+    let mut j = JournalBuilder::new(t(0.0), settings);
+    j.input(t(0.0), json!({"type":"start"}))
+        .connect(t(0.0), 1)
+        .connect(t(0.0), 2)
+        .client_text(t(0.0), 1, json!({"type":"subscribe","series_id":BTC1}))
+        .client_text(t(1.0), 2, json!({"type":"subscribe","series_id":eth,"since":0}))
+        .client_text(t(2.0), 1, json!({"type":"unsubscribe","series_id":BTC1}))
+        .client_text(t(3.0), 2, json!({"type":"subscribe","series_id":eth,"since":0}))
+        .end(t(4.0));
+    let lines = replay_text(&j.text());
+    let f2 = frames_for(&lines, 2);
+    assert_eq!(f2.len(), 1, "only the capacity error before the eviction: {f2:?}");
+    assert_eq!(
+        f2[0],
+        json!({"type":"error","code":"capacity","message":"ondemand_ingest_capacity","series_id":eth})
+    );
+    let logs: Vec<String> =
+        outputs_of(&lines, "log").iter().map(|l| l["line"].as_str().unwrap().to_string()).collect();
+    assert!(logs.iter().any(|l| l.starts_with("job_stopped series_id=binance:spot:BTC/USDT:1m reason=evicted")));
+    assert!(logs.iter().any(|l| l.starts_with("job_started series_id=binance:spot:ETH/USDT:1m")));
+}
+
+#[test]
+fn idle_job_is_reaped_after_ttl_and_pinned_job_never() {
+    let settings = json!({"pins": ["binance:spot:ETH/USDT:1m"], "idle_ttl_s": 60, "derived": ""});
+    let mut j = JournalBuilder::new(t(0.0), settings);
+    j.input(t(0.0), json!({"type":"start"}))
+        .connect(t(0.0), 1)
+        .client_text(t(0.0), 1, json!({"type":"subscribe","series_id":BTC1}))
+        .input(t(0.5), json!({"type":"client_disconnected","client":1}))
+        .end(t(59.0));
+    let (lines, engine) = replay_with_store(&j.text(), Box::new(MemoryStore::new()));
+    assert_eq!(engine.job_count(), 2, "not reaped before the TTL: {lines:#?}");
+    j.end(t(61.0)).end(t(3600.0));
+    let (lines, engine) = replay_with_store(&j.text(), Box::new(MemoryStore::new()));
+    assert_eq!(engine.job_count(), 1, "the on-demand job is reaped, the pinned one stays");
+    let logs: Vec<String> =
+        outputs_of(&lines, "log").iter().map(|l| l["line"].as_str().unwrap().to_string()).collect();
+    let reaped: Vec<&String> = logs.iter().filter(|l| l.contains("reason=reaped")).collect();
+    assert_eq!(reaped.len(), 1);
+    assert!(reaped[0].contains("BTC/USDT"));
+}
+
+#[test]
+fn lost_connection_reconnects_with_backoff_and_resubscribes_everything() {
+    let mut j = live_start(json!({"derived": ""}));
+    j.upstream(t(1.0), 1, kline(STREAM, T0, 100.0, false))
+        .input(t(2.0), json!({"type":"upstream_disconnected","conn":1,"reason":"reset"}))
+        .input(t(2.0), json!({"type":"upstream_disconnected","conn":1,"reason":"duplicate report"}))
+        .end(t(30.0));
+    let lines = replay_text(&j.text());
+    let connects = parse(&lines)
+        .into_iter()
+        .filter(|v| v["out"]["type"] == "upstream_connect")
+        .map(|v| (v["now"].as_u64().unwrap(), v["out"]["conn"].as_u64().unwrap()))
+        .collect::<Vec<_>>();
+    assert_eq!(connects.len(), 2, "{connects:?}");
+    let delay_ms = (connects[1].0 - secs(t(2.0))) / 1_000_000;
+    assert!((1000..=1250).contains(&delay_ms), "first backoff is 1 s plus up to 25% jitter, got {delay_ms} ms");
+    assert_eq!(connects[1].1, 2, "a new connection id");
+}
+
+#[test]
+fn repeated_failures_open_the_breaker_then_half_open_probe_recovers() {
+    // Every attempt fails at once: backoff 1, 2, 4, 8 s (+ up to 25% jitter),
+    // then the 5th failure within 60 s opens the breaker for 30 s; the
+    // half-open probe then succeeds and data closes the breaker.
+    use klinegate::config::Settings;
+    use klinegate::engine::{Engine, Input, Output};
+    use klinegate::time::{Duration, Timestamp};
+    let settings = Settings { pins: vec![BTC1.into()], derived: "".into(), ..Settings::default() };
+    let start = Timestamp::from_secs(T0 as u64);
+    let mut e = Engine::new(settings.to_engine_config().unwrap(), Box::new(MemoryStore::new()), start);
+    e.handle(Input::Start, start).unwrap();
+    let mut connects: Vec<(Timestamp, u64)> = Vec::new();
+    let mut now = start;
+    let end = start.add(Duration::from_secs(120));
+    loop {
+        let mut opened = Vec::new();
+        while let Some(o) = e.poll_output() {
+            if let Output::UpstreamConnect { conn, .. } = o {
+                connects.push((now, conn));
+                opened.push(conn);
+            }
+        }
+        for conn in opened {
+            if connects.len() <= 6 {
+                e.handle(Input::UpstreamDisconnected { conn, reason: "refused".into() }, now).unwrap();
+            } else {
+                e.handle(Input::UpstreamConnected { conn }, now).unwrap();
+                e.handle(Input::UpstreamText { conn, text: kline(STREAM, T0, 1.0, false) }, now).unwrap();
+            }
+        }
+        match e.poll_timeout() {
+            Some(at) if at <= end => {
+                now = at.max(now);
+                e.handle_timeout(now);
+            }
+            _ => break,
+        }
+    }
+    let secs: Vec<f64> = connects.iter().map(|(t, _)| t.since(start).as_secs_f64()).collect();
+    let gaps: Vec<f64> = secs.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps.len() >= 6, "{secs:?}");
+    for (i, base) in [1.0, 2.0, 4.0, 8.0].iter().enumerate() {
+        assert!(gaps[i] >= *base && gaps[i] <= base * 1.25 + 0.01, "attempt {i}: {} vs {base}", gaps[i]);
+    }
+    assert!(gaps[4] >= 30.0, "the 5th failure opens the breaker for 30 s: {gaps:?}");
+    assert!(gaps[5] >= 30.0, "a failed half-open probe re-opens it: {gaps:?}");
+    assert_eq!(e.upstream_connection_count(), 1, "the successful probe stays connected");
+    let state = e.ingest_state();
+    assert_eq!(state["upstream"]["markets"][0]["breaker"]["state"], "closed", "{state:#}");
+}
+
+#[test]
+fn slow_consumer_is_closed_and_others_keep_receiving() {
+    // A client that never drains its queue, next to one that does.
+    let s = "binance:futures:BTC/USDT:1m";
+    use klinegate::config::Settings;
+    use klinegate::engine::{Engine, Input, Output};
+    use klinegate::time::Timestamp;
+    let settings = Settings { pins: vec![], client_max_backlog_bytes: 4000, ..Settings::default() };
+    let mut e = Engine::new(settings.to_engine_config().unwrap(), Box::new(MemoryStore::new()), Timestamp::from_secs(1000));
+    let now = Timestamp::from_secs(1000);
+    for c in [1, 2] {
+        e.handle(Input::ClientConnected { client: c }, now).unwrap();
+        e.handle(Input::ClientText { client: c, text: json!({"type":"subscribe","series_id":s}).to_string() }, now).unwrap();
+    }
+    let mut closed = Vec::new();
+    let mut fast_frames = Vec::new();
+    for k in 0..100i64 {
+        let candle = klinegate::model::Candle { candle_time: 60 * k, open: 1.0, high: 2.0, low: 0.5, close: 1.5, volume: 1.0 };
+        e.handle(Input::IngestClosed { series_id: s.into(), candles: vec![candle] }, now).unwrap();
+        while let Some(o) = e.poll_output() {
+            if let Output::ClientClose { client, code, reason } = o {
+                closed.push((client, code, reason));
+            }
+        }
+        e.take_client_frames(2, &mut fast_frames); // client 2 reads; client 1 never does
+    }
+    assert_eq!(closed.len(), 1, "{closed:?}");
+    assert_eq!(closed[0].0, 1);
+    assert_eq!(closed[0].1, 1008);
+    assert!(closed[0].2.starts_with("slow_consumer"));
+    assert_eq!(fast_frames.len(), 100, "the reading client got every candle");
+    assert_eq!(e.counters().slow_consumer_closes, 1);
+    // The shell reports the close; the slow client's subscriptions are released.
+    e.handle(Input::ClientDisconnected { client: 1 }, now).unwrap();
+    assert_eq!(e.subscription_count(), 1);
+}
+
+#[test]
+fn store_failure_keeps_the_batch_and_persists_it_on_recovery() {
+    use klinegate::config::Settings;
+    use klinegate::engine::{Engine, Input};
+    use klinegate::store::{SeriesBatch, StoreResult};
+    use klinegate::time::{Duration, Timestamp};
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    /// A memory store whose writes fail while `down` is set.
+    struct Flaky {
+        inner: MemoryStore,
+        down: Rc<Cell<bool>>,
+    }
+    impl Store for Flaky {
+        fn write_batches(&mut self, b: &[SeriesBatch]) -> StoreResult<()> {
+            self.inner.fail_writes(self.down.get());
+            self.inner.write_batches(b)
+        }
+        fn head_time(&self, s: &str) -> StoreResult<Option<i64>> { self.inner.head_time(s) }
+        fn first_time(&self, s: &str) -> StoreResult<Option<i64>> { self.inner.first_time(s) }
+        fn read_tail(&self, s: &str, l: usize) -> StoreResult<Vec<klinegate::model::Candle>> { self.inner.read_tail(s, l) }
+        fn read_after(&self, s: &str, a: i64, l: usize) -> StoreResult<Vec<klinegate::model::Candle>> { self.inner.read_after(s, a, l) }
+        fn read_range(&self, s: &str, a: i64, b: i64, l: usize) -> StoreResult<Vec<klinegate::model::Candle>> { self.inner.read_range(s, a, b, l) }
+        fn count_range(&self, s: &str, a: i64, b: i64) -> StoreResult<u64> { self.inner.count_range(s, a, b) }
+    }
+
+    let down = Rc::new(Cell::new(false));
+    let store = Flaky { inner: MemoryStore::new(), down: down.clone() };
+    let settings =
+        Settings { pins: vec![BTC1.into()], derived: "".into(), upstream_silence_s: 600, ..Settings::default() };
+    let mut now = Timestamp::from_secs(T0 as u64 - 2);
+    let mut e = Engine::new(settings.to_engine_config().unwrap(), Box::new(store), now);
+    let mut step = |e: &mut Engine, now: Timestamp, input: Input| {
+        e.handle(input, now).unwrap();
+        while e.poll_output().is_some() {}
+    };
+    step(&mut e, now, Input::Start);
+    step(&mut e, now, Input::UpstreamConnected { conn: 1 });
+    step(&mut e, now, Input::UpstreamText { conn: 1, text: ack(1) });
+    down.set(true);
+    for k in 0..3i64 {
+        now = Timestamp::from_secs((T0 + 60 * k + 61) as u64);
+        e.handle_timeout(now);
+        step(&mut e, now, Input::UpstreamText { conn: 1, text: kline(STREAM, T0 + 60 * k, 100.0, true) });
+    }
+    assert_eq!(e.unpersisted_candles(), 3, "kept, not dropped");
+    assert!(e.counters().store_write_errors >= 1);
+    down.set(false);
+    // The retry timer brings the store up to date, in order.
+    let until = now.add(Duration::from_secs(10));
+    while let Some(at) = e.poll_timeout() {
+        if at > until {
+            break;
+        }
+        e.handle_timeout(at);
+        while e.poll_output().is_some() {}
+    }
+    assert_eq!(e.unpersisted_candles(), 0);
+    let stored: Vec<i64> = e.store().read_tail(BTC1, 10).unwrap().iter().map(|c| c.candle_time).collect();
+    assert_eq!(stored, vec![T0, T0 + 60, T0 + 120]);
+}
+
+#[test]
+fn shutdown_flushes_buffers_and_closes_clients_with_1001() {
+    // batch_max large and flush_ms long: the closed candles sit in the buffer.
+    let mut j = live_start(json!({"batch_max": 1000, "flush_ms": 600000, "derived": ""}));
+    j.upstream(t(60.1), 1, kline(STREAM, T0, 100.0, true))
+        .upstream(t(60.2), 1, kline(STREAM, T0 + 60, 101.0, true))
+        .input(t(60.3), json!({"type":"shutdown"}))
+        .end(t(61.0));
+    let (lines, engine) = replay_with_store(&j.text(), Box::new(MemoryStore::new()));
+    assert_eq!(engine.store().read_tail(BTC1, 10).unwrap().len(), 2);
+    let closes = outputs_of(&lines, "client_close");
+    assert_eq!(closes, vec![json!({"type":"client_close","client":1,"code":1001,"reason":"server_shutdown"})]);
+    assert_eq!(engine.unpersisted_candles(), 0);
+}
+
+#[test]
+fn malformed_and_unknown_exchange_frames_are_counted_and_skipped() {
+    let mut j = live_start(json!({"derived": ""}));
+    j.upstream(t(1.0), 1, "{not json".into())
+        .upstream(t(1.0), 1, json!({"stream":"btcusdt@trade","data":{"e":"trade"}}).to_string())
+        .upstream(t(1.0), 1, kline("ethusdt@kline_1m", T0, 1.0, false))
+        .upstream(t(1.0), 1, kline(STREAM, T0 + 7, 1.0, false).replace(&format!("\"t\":{}", (T0 + 7) * 1000), &format!("\"t\":{}", (T0 + 7) * 1000)))
+        .upstream(t(1.0), 1, kline(STREAM, T0, 1.0, false).replace("\"h\":\"2.00\"", "\"h\":\"0.10\""))
+        .upstream(t(1.0), 1, kline(STREAM, T0, 1.0, false).replace("\"o\":\"1.00\"", "\"o\":\"-1.00\""))
+        .upstream(t(2.0), 1, kline(STREAM, T0, 7.0, false))
+        .end(t(3.0));
+    let (lines, engine) = replay_with_store(&j.text(), Box::new(MemoryStore::new()));
+    let c = engine.counters();
+    assert_eq!(c.upstream_rejects, 6, "{:?}", c.upstream_rejects_by_kind);
+    assert_eq!(c.upstream_rejects_by_kind.get("unknown_stream"), Some(&1));
+    assert_eq!(c.upstream_rejects_by_kind.get("open_time_misaligned"), Some(&1));
+    // The good frame after the bad ones still goes through.
+    assert_eq!(briefs(&frames_for(&lines, 1)), ["forming 1700000100 c=7.0"]);
+}
+
