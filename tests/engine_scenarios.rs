@@ -299,7 +299,7 @@ fn store_failure_keeps_the_batch_and_persists_it_on_recovery() {
         Settings { pins: vec![BTC1.into()], derived: "".into(), upstream_silence_s: 600, ..Settings::default() };
     let mut now = Timestamp::from_secs(T0 as u64 - 2);
     let mut e = Engine::new(settings.to_engine_config().unwrap(), Box::new(store), now);
-    let mut step = |e: &mut Engine, now: Timestamp, input: Input| {
+    let step = |e: &mut Engine, now: Timestamp, input: Input| {
         e.handle(input, now).unwrap();
         while e.poll_output().is_some() {}
     };

@@ -72,6 +72,30 @@ enum TimerKey {
     Forming(SeriesIdx, u16),
 }
 
+/// `GET /api/market/candles` reply.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct CandlesReply {
+    pub series_id: String,
+    pub server_head_time: Option<i64>,
+    pub candles: Vec<Candle>,
+}
+
+/// Point-in-time engine figures (see [`Engine::gauges`]).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Gauges {
+    pub clients: usize,
+    pub subscriptions: usize,
+    pub jobs_starting: usize,
+    pub jobs_running: usize,
+    pub jobs_dead: usize,
+    pub upstream_connections: usize,
+    pub upstream_streams: usize,
+    pub upstream_reconnects: u64,
+    pub upstream_rotations: u64,
+    pub unpersisted_candles: usize,
+    pub store_backlog_candles: usize,
+}
+
 pub struct Engine {
     cfg: EngineConfig,
     now: Timestamp,
@@ -448,6 +472,46 @@ impl Engine {
             obj.insert("unpersisted_candles".into(), self.unpersisted_candles().into());
         }
         v
+    }
+
+    /// `GET /api/market/candles` (§8.1): the tail when `since` is absent, else
+    /// the first `limit` candles after it; "ahead" rows hidden; `since` clamped.
+    pub fn read_candles(&self, series_id: &str, since: Option<i64>, limit: usize) -> Result<CandlesReply, String> {
+        let id = SeriesId::parse(series_id).map_err(|e| e.to_string())?;
+        let name = id.as_str();
+        let known = self.series.lookup(name).and_then(|i| self.series.get(i).last_closed);
+        let window = hub::ClosedWindow::new(self.now.as_secs(), id.timeframe().seconds(), known);
+        let read = match since {
+            None => self.store.read_tail(name, limit),
+            Some(s) => self.store.read_after(name, window.clamp(s), limit),
+        };
+        let candles = window.filter_ahead(read.map_err(|e| e.to_string())?);
+        let server_head_time = self.store.head_time(name).map_err(|e| e.to_string())?;
+        Ok(CandlesReply { series_id: name.to_string(), server_head_time, candles })
+    }
+
+    /// The configured whitelist (pins), as given.
+    pub fn whitelist(&self) -> Vec<String> {
+        self.cfg.supervisor.whitelist.iter().map(|s| s.as_str().to_string()).collect()
+    }
+
+    /// Point-in-time figures for metrics.
+    pub fn gauges(&self) -> Gauges {
+        let by_state = self.supervisor.count_by_state();
+        let count = |st: supervisor::JobState| by_state.iter().find(|(s, _)| *s == st).map_or(0, |(_, n)| *n);
+        Gauges {
+            clients: self.hub.client_count(),
+            subscriptions: self.hub.subscription_count(),
+            jobs_starting: count(supervisor::JobState::Starting),
+            jobs_running: count(supervisor::JobState::Running),
+            jobs_dead: count(supervisor::JobState::Dead),
+            upstream_connections: self.pool.connection_count(),
+            upstream_streams: self.pool.stream_count(),
+            upstream_reconnects: self.pool.reconnects,
+            upstream_rotations: self.pool.rotations,
+            unpersisted_candles: self.unpersisted_candles(),
+            store_backlog_candles: self.backlog.candles(),
+        }
     }
 
     pub fn client_count(&self) -> usize {

@@ -414,6 +414,17 @@ impl Supervisor {
         self.cfg.role.runs_ingest_jobs()
     }
 
+    /// How many jobs are starting, running and dead (for metrics).
+    pub fn count_by_state(&self) -> [(JobState, usize); 3] {
+        let mut counts = [(JobState::Starting, 0), (JobState::Running, 0), (JobState::Dead, 0)];
+        for job in self.jobs.values() {
+            if let Some(slot) = counts.iter_mut().find(|(s, _)| *s == job.state) {
+                slot.1 += 1;
+            }
+        }
+        counts
+    }
+
     pub fn jobs_len(&self) -> usize {
         self.jobs.len()
     }
