@@ -9,51 +9,11 @@ use klinegate::store::{MemoryStore, Store};
 use serde_json::json;
 use support::*;
 
-const T0: i64 = 1_700_000_100; // aligned to 5 minutes
-const BTC1: &str = "binance:spot:BTC/USDT:1m";
-const BTC5: &str = "binance:spot:BTC/USDT:5m";
-const STREAM: &str = "btcusdt@kline_1m";
-
-fn t(offset: f64) -> f64 {
-    T0 as f64 + offset
-}
-
-/// A client subscribed to 1m and 5m; the exchange connection opened and acked.
-fn live_start(settings: serde_json::Value) -> JournalBuilder {
-    // Quiet gaps in these scripts are longer than the default silence timeout.
-    let mut merged = json!({"upstream_silence_s": 600});
-    for (k, v) in settings.as_object().into_iter().flatten() {
-        merged[k] = v.clone();
-    }
-    let mut j = JournalBuilder::new(t(-2.0), merged);
-    j.input(t(-2.0), json!({"type":"start"}))
-        .connect(t(-2.0), 1)
-        .client_text(t(-2.0), 1, json!({"type":"subscribe","series_id":BTC1}))
-        .client_text(t(-2.0), 1, json!({"type":"subscribe","series_id":BTC5}))
-        .input(t(-1.9), json!({"type":"upstream_connected","conn":1}))
-        .upstream(t(-1.8), 1, ack(1));
-    j
-}
-
-/// Five minutes of trading: forming updates, then the close, for each minute.
-fn five_minutes(j: &mut JournalBuilder) {
-    for k in 0..5i64 {
-        let open = T0 + 60 * k;
-        let base = 100.0 + k as f64;
-        j.upstream(open as f64 + 1.0, 1, kline(STREAM, open, base, false));
-        j.upstream(open as f64 + 2.0, 1, kline(STREAM, open, base + 0.1, false));
-        // Inside the 250 ms throttle window: held, then sent on the trailing edge.
-        j.upstream(open as f64 + 2.1, 1, kline(STREAM, open, base + 0.2, false));
-        j.upstream(open as f64 + 60.1, 1, kline(STREAM, open, base + 0.3, true));
-    }
-}
+use support::scenarios::*;
 
 #[test]
 fn one_subscription_upstream_for_1m_and_5m_and_derived_closes_once() {
-    let mut j = live_start(json!({}));
-    five_minutes(&mut j);
-    j.end(t(310.0));
-    let (lines, engine) = replay_with_store(&j.text(), Box::new(MemoryStore::new()));
+    let (lines, engine) = replay_with_store(&derived_shares_base_job(), Box::new(MemoryStore::new()));
 
     let sends = outputs_of(&lines, "upstream_send");
     assert_eq!(sends.len(), 1, "one SUBSCRIBE for both timeframes: {sends:?}");
@@ -113,20 +73,13 @@ fn forming_after_close_of_same_candle_is_never_sent() {
 
 #[test]
 fn capacity_full_rejects_without_catchup_and_idle_job_is_evicted() {
-    let settings = json!({"max_ondemand_jobs": 1, "derived": ""});
-    let eth = "binance:spot:ETH/USDT:1m";
-    let mut j = JournalBuilder::new(t(0.0), settings);
-    j.input(t(0.0), json!({"type":"start"}))
-        .connect(t(0.0), 1)
-        .connect(t(0.0), 2)
-        .client_text(t(0.0), 1, json!({"type":"subscribe","series_id":BTC1}))
-        .client_text(t(1.0), 2, json!({"type":"subscribe","series_id":eth,"since":0}))
-        .client_text(t(2.0), 1, json!({"type":"unsubscribe","series_id":BTC1}))
-        .client_text(t(3.0), 2, json!({"type":"subscribe","series_id":eth,"since":0}))
-        .end(t(4.0));
-    let lines = replay_text(&j.text());
-    let f2 = frames_for(&lines, 2);
-    assert_eq!(f2.len(), 1, "only the capacity error before the eviction: {f2:?}");
+    let eth = ETH1;
+    let rejected = replay_text(&capacity_rejects());
+    let f2 = frames_for(&rejected, 2);
+    assert_eq!(f2.len(), 1, "only the capacity error, no catch-up: {f2:?}");
+    let lines = replay_text(&capacity_evicts_idle());
+    assert!(frames_for(&lines, 2).is_empty(), "ETH has no history; no frame");
+
     assert_eq!(
         f2[0],
         json!({"type":"error","code":"capacity","message":"ondemand_ingest_capacity","series_id":eth})
@@ -139,17 +92,9 @@ fn capacity_full_rejects_without_catchup_and_idle_job_is_evicted() {
 
 #[test]
 fn idle_job_is_reaped_after_ttl_and_pinned_job_never() {
-    let settings = json!({"pins": ["binance:spot:ETH/USDT:1m"], "idle_ttl_s": 60, "derived": ""});
-    let mut j = JournalBuilder::new(t(0.0), settings);
-    j.input(t(0.0), json!({"type":"start"}))
-        .connect(t(0.0), 1)
-        .client_text(t(0.0), 1, json!({"type":"subscribe","series_id":BTC1}))
-        .input(t(0.5), json!({"type":"client_disconnected","client":1}))
-        .end(t(59.0));
-    let (lines, engine) = replay_with_store(&j.text(), Box::new(MemoryStore::new()));
+    let (lines, engine) = replay_with_store(&reaper_ttl_and_pinned(59.0), Box::new(MemoryStore::new()));
     assert_eq!(engine.job_count(), 2, "not reaped before the TTL: {lines:#?}");
-    j.end(t(61.0)).end(t(3600.0));
-    let (lines, engine) = replay_with_store(&j.text(), Box::new(MemoryStore::new()));
+    let (lines, engine) = replay_with_store(&reaper_ttl_and_pinned(3600.0), Box::new(MemoryStore::new()));
     assert_eq!(engine.job_count(), 1, "the on-demand job is reaped, the pinned one stays");
     let logs: Vec<String> =
         outputs_of(&lines, "log").iter().map(|l| l["line"].as_str().unwrap().to_string()).collect();
@@ -160,12 +105,7 @@ fn idle_job_is_reaped_after_ttl_and_pinned_job_never() {
 
 #[test]
 fn lost_connection_reconnects_with_backoff_and_resubscribes_everything() {
-    let mut j = live_start(json!({"derived": ""}));
-    j.upstream(t(1.0), 1, kline(STREAM, T0, 100.0, false))
-        .input(t(2.0), json!({"type":"upstream_disconnected","conn":1,"reason":"reset"}))
-        .input(t(2.0), json!({"type":"upstream_disconnected","conn":1,"reason":"duplicate report"}))
-        .end(t(30.0));
-    let lines = replay_text(&j.text());
+    let lines = replay_text(&reconnect_backoff());
     let connects = parse(&lines)
         .into_iter()
         .filter(|v| v["out"]["type"] == "upstream_connect")
@@ -180,43 +120,15 @@ fn lost_connection_reconnects_with_backoff_and_resubscribes_everything() {
 #[test]
 fn repeated_failures_open_the_breaker_then_half_open_probe_recovers() {
     // Every attempt fails at once: backoff 1, 2, 4, 8 s (+ up to 25% jitter),
-    // then the 5th failure within 60 s opens the breaker for 30 s; the
-    // half-open probe then succeeds and data closes the breaker.
-    use klinegate::config::Settings;
-    use klinegate::engine::{Engine, Input, Output};
-    use klinegate::time::{Duration, Timestamp};
-    let settings = Settings { pins: vec![BTC1.into()], derived: "".into(), ..Settings::default() };
-    let start = Timestamp::from_secs(T0 as u64);
-    let mut e = Engine::new(settings.to_engine_config().unwrap(), Box::new(MemoryStore::new()), start);
-    e.handle(Input::Start, start).unwrap();
-    let mut connects: Vec<(Timestamp, u64)> = Vec::new();
-    let mut now = start;
-    let end = start.add(Duration::from_secs(120));
-    loop {
-        let mut opened = Vec::new();
-        while let Some(o) = e.poll_output() {
-            if let Output::UpstreamConnect { conn, .. } = o {
-                connects.push((now, conn));
-                opened.push(conn);
-            }
-        }
-        for conn in opened {
-            if connects.len() <= 6 {
-                e.handle(Input::UpstreamDisconnected { conn, reason: "refused".into() }, now).unwrap();
-            } else {
-                e.handle(Input::UpstreamConnected { conn }, now).unwrap();
-                e.handle(Input::UpstreamText { conn, text: kline(STREAM, T0, 1.0, false) }, now).unwrap();
-            }
-        }
-        match e.poll_timeout() {
-            Some(at) if at <= end => {
-                now = at.max(now);
-                e.handle_timeout(now);
-            }
-            _ => break,
-        }
-    }
-    let secs: Vec<f64> = connects.iter().map(|(t, _)| t.since(start).as_secs_f64()).collect();
+    // then the 5th failure within 60 s opens the breaker for 30 s; the failed
+    // half-open probe re-opens it; the next probe succeeds and data closes it.
+    let journal = breaker_open_then_half_open_recovers();
+    let (lines, engine) = replay_with_store(&journal, Box::new(MemoryStore::new()));
+    let secs: Vec<f64> = parse(&lines)
+        .into_iter()
+        .filter(|v| v["out"]["type"] == "upstream_connect")
+        .map(|v| v["now"].as_u64().unwrap() as f64 / 1e9 - T0 as f64)
+        .collect();
     let gaps: Vec<f64> = secs.windows(2).map(|w| w[1] - w[0]).collect();
     assert!(gaps.len() >= 6, "{secs:?}");
     for (i, base) in [1.0, 2.0, 4.0, 8.0].iter().enumerate() {
@@ -224,8 +136,8 @@ fn repeated_failures_open_the_breaker_then_half_open_probe_recovers() {
     }
     assert!(gaps[4] >= 30.0, "the 5th failure opens the breaker for 30 s: {gaps:?}");
     assert!(gaps[5] >= 30.0, "a failed half-open probe re-opens it: {gaps:?}");
-    assert_eq!(e.upstream_connection_count(), 1, "the successful probe stays connected");
-    let state = e.ingest_state();
+    assert_eq!(engine.upstream_connection_count(), 1, "the successful probe stays connected");
+    let state = engine.ingest_state();
     assert_eq!(state["upstream"]["markets"][0]["breaker"]["state"], "closed", "{state:#}");
 }
 
@@ -332,12 +244,7 @@ fn store_failure_keeps_the_batch_and_persists_it_on_recovery() {
 #[test]
 fn shutdown_flushes_buffers_and_closes_clients_with_1001() {
     // batch_max large and flush_ms long: the closed candles sit in the buffer.
-    let mut j = live_start(json!({"batch_max": 1000, "flush_ms": 600000, "derived": ""}));
-    j.upstream(t(60.1), 1, kline(STREAM, T0, 100.0, true))
-        .upstream(t(60.2), 1, kline(STREAM, T0 + 60, 101.0, true))
-        .input(t(60.3), json!({"type":"shutdown"}))
-        .end(t(61.0));
-    let (lines, engine) = replay_with_store(&j.text(), Box::new(MemoryStore::new()));
+    let (lines, engine) = replay_with_store(&shutdown_flushes(), Box::new(MemoryStore::new()));
     assert_eq!(engine.store().read_tail(BTC1, 10).unwrap().len(), 2);
     let closes = outputs_of(&lines, "client_close");
     assert_eq!(closes, vec![json!({"type":"client_close","client":1,"code":1001,"reason":"server_shutdown"})]);

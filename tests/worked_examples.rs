@@ -6,75 +6,63 @@ mod support;
 use serde_json::json;
 use support::*;
 
-const S: &str = "binance:futures:BTC/USDT:1m";
-
-/// Store seeded with 100,160,220 (as the reference tests do, via HTTP ingest),
-/// then one client subscribing with `sub`, then an ingest of `next`.
-fn seeded(sub: serde_json::Value, next: Option<i64>) -> Vec<String> {
-    let mut j = JournalBuilder::new(1000.0, json!({}));
-    j.input(1000.0, json!({"type":"start"}))
-        .ingest_closed(1000.0, S, &[100, 160, 220])
-        .connect(1001.0, 1)
-        .client_text(1001.0, 1, sub);
-    if let Some(t) = next {
-        j.ingest_closed(1002.0, S, &[t]);
-    }
-    j.end(1003.0);
-    replay_text(&j.text())
-}
+use support::scenarios::{bad_requests, seeded, sub, BAD_REQUESTS, FUT as S};
 
 #[test]
 fn since_100_gets_160_and_220_then_live_280() {
-    let lines = seeded(json!({"type":"subscribe","series_id":S,"since":100}), Some(280));
+    let lines = replay_text(&seeded(&[100, 160, 220], sub(Some(100), false), &[280]));
     assert_eq!(briefs(&frames_for(&lines, 1)), ["closed 160", "closed 220", "closed 280"]);
 }
 
 #[test]
 fn since_100_with_batch_gets_one_batch_then_single_live_candle() {
-    let lines = seeded(json!({"type":"subscribe","series_id":S,"since":100,"supports_batch":true}), Some(280));
+    let lines = replay_text(&seeded(&[100, 160, 220], sub(Some(100), true), &[280]));
     assert_eq!(briefs(&frames_for(&lines, 1)), ["batch [160,220]", "closed 280"]);
 }
 
 #[test]
 fn since_0_gets_everything() {
-    let lines = seeded(json!({"type":"subscribe","series_id":S,"since":0}), None);
+    let lines = replay_text(&seeded(&[100, 160, 220], sub(Some(0), false), &[]));
     assert_eq!(briefs(&frames_for(&lines, 1)), ["closed 100", "closed 160", "closed 220"]);
 }
 
 #[test]
 fn since_head_gets_nothing_then_next() {
-    let lines = seeded(json!({"type":"subscribe","series_id":S,"since":220}), Some(280));
+    let lines = replay_text(&seeded(&[100, 160, 220], sub(Some(220), false), &[280]));
     assert_eq!(briefs(&frames_for(&lines, 1)), ["closed 280"]);
 }
 
 #[test]
 fn since_null_gets_the_tail() {
-    let lines = seeded(json!({"type":"subscribe","series_id":S}), Some(280));
+    let lines = replay_text(&seeded(&[100, 160, 220], sub(None, false), &[280]));
     assert_eq!(briefs(&frames_for(&lines, 1)), ["closed 100", "closed 160", "closed 220", "closed 280"]);
 }
 
 #[test]
 fn live_hole_is_reported_as_gap_before_the_candle() {
-    let mut j = JournalBuilder::new(1000.0, json!({}));
-    j.ingest_closed(1000.0, S, &[100])
-        .connect(1001.0, 1)
-        .client_text(1001.0, 1, json!({"type":"subscribe","series_id":S,"since":100}))
-        .ingest_closed(1002.0, S, &[220])
-        .end(1003.0);
-    let lines = replay_text(&j.text());
+    let lines = replay_text(&seeded(&[100], sub(Some(100), false), &[220]));
     let frames = frames_for(&lines, 1);
     assert_eq!(briefs(&frames), ["gap 160->220", "closed 220"]);
     assert_eq!(frames[0], json!({"type":"gap","series_id":S,"expected_next_time":160,"actual_time":220}));
 }
 
 #[test]
-fn catchup_hole_at_head_is_reported_once() {
+fn live_hole_racing_the_subscribe_gives_exactly_one_gap() {
+    // The reference's race: 220 is ingested while the catch-up read is running.
+    // Here everything happens at the same instant; the result is the same.
     let mut j = JournalBuilder::new(1000.0, json!({}));
-    j.ingest_closed(1000.0, S, &[100, 220, 280])
+    j.ingest_closed(1000.0, S, &[100])
         .connect(1001.0, 1)
-        .client_text(1001.0, 1, json!({"type":"subscribe","series_id":S,"since":100,"supports_batch":true}))
+        .client_text(1001.0, 1, sub(Some(100), false))
+        .ingest_closed(1001.0, S, &[220])
         .end(1003.0);
     let lines = replay_text(&j.text());
+    assert_eq!(briefs(&frames_for(&lines, 1)), ["gap 160->220", "closed 220"]);
+}
+
+#[test]
+fn catchup_hole_at_head_is_reported_once() {
+    let lines = replay_text(&seeded(&[100, 220, 280], sub(Some(100), true), &[]));
     assert_eq!(briefs(&frames_for(&lines, 1)), ["gap 160->220", "batch [220,280]"]);
 }
 
@@ -128,26 +116,8 @@ fn unsubscribe_stops_delivery_and_unknown_unsubscribe_is_silent() {
 
 #[test]
 fn bad_requests_get_exact_errors_and_the_connection_lives_on() {
-    let mut j = JournalBuilder::new(1000.0, json!({}));
-    j.ingest_closed(1000.0, S, &[100]).connect(1001.0, 1);
-    for text in [
-        "[\"bad-envelope\"]",
-        "{\"series_id\":\"x\"}",
-        "{\"type\":\"noop\"}",
-        "{\"type\":\"subscribe\"}",
-        "{\"type\":\"subscribe\",\"series_id\":\"s\",\"since\":true}",
-        "{\"type\":\"subscribe\",\"series_id\":\"s\",\"supports_batch\":\"1\"}",
-        "not json",
-        "{\"type\":\"subscribe\",\"series_id\":\"binance:spot:BTC/USDT\"}",
-        "{\"type\":\"subscribe\",\"series_id\":\"binance:spot:BTC/USDT:7x\"}",
-        "{\"type\":\"subscribe\",\"series_id\":\"kraken:spot:BTC/USD:1m\"}",
-        "{\"type\":\"subscribe\",\"series_id\":\"binance:margin:BTC/USDT:1m\"}",
-    ] {
-        j.input(1001.0, json!({"type":"client_text","client":1,"text":text}));
-    }
-    j.input(1001.0, json!({"type":"client_binary","client":1,"len":3}));
-    j.client_text(1002.0, 1, json!({"type":"subscribe","series_id":S,"since":0})).end(1003.0);
-    let lines = replay_text(&j.text());
+    assert_eq!(BAD_REQUESTS.len(), 11);
+    let lines = replay_text(&bad_requests());
     let frames = frames_for(&lines, 1);
     let b = briefs(&frames);
     assert_eq!(b[0], "error bad_request invalid message envelope");

@@ -2,6 +2,9 @@
 //! the replay's output lines. Shared by the scenario and fixture tests.
 #![allow(dead_code)]
 
+pub mod recorder;
+pub mod scenarios;
+
 use klinegate::journal::{self, Header};
 use klinegate::store::{MemoryStore, Store};
 use serde_json::{json, Value};
