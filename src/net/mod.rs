@@ -1,0 +1,13 @@
+//! The mio shell: one thread, one `mio::Poll`, connections in a slab. It reads
+//! the clock once per loop turn, feeds the engine inputs, carries out its
+//! outputs, and writes client frames when sockets are writable. Everything it
+//! does to the engine can be recorded as a journal.
+//!
+//! - [`http`]: HTTP/1.1 request parsing and response writing (pure).
+//! - [`routes`]: the HTTP routes and the `/ws/market` upgrade decision (pure
+//!   functions of a request and read-only engine state).
+//! - [`upstream_conn`]: one exchange WebSocket (TCP → rustls → tungstenite),
+//!   non-blocking.
+pub mod http;
+pub mod routes;
+pub mod upstream_conn;

@@ -1,0 +1,1 @@
+//! Upstream connection (being written).
