@@ -71,16 +71,28 @@ impl Timeframe {
         self.seconds as i64
     }
 
-    /// Epoch-aligned open time of the bucket containing `t` (seconds).
+    /// Where buckets start relative to the epoch: weekly candles open on
+    /// Monday 00:00 UTC (as Binance's do), and the epoch was a Thursday.
+    fn bucket_offset(self) -> i64 {
+        if self.seconds % 604_800 == 0 {
+            4 * 86_400
+        } else {
+            0
+        }
+    }
+
+    /// Open time of the bucket containing `t` (seconds): epoch-aligned, except
+    /// that weeks start on Monday.
     pub fn bucket_open(self, t: i64) -> i64 {
-        t.div_euclid(self.seconds()) * self.seconds()
+        let off = self.bucket_offset();
+        (t - off).div_euclid(self.seconds()) * self.seconds() + off
     }
 
     /// Open time of the most recent fully closed candle at `now_s` (seconds);
     /// 0 when none has closed since the epoch (reference §1.2).
     pub fn expected_latest_closed(self, now_s: i64) -> i64 {
         let tf = self.seconds();
-        let aligned = now_s.div_euclid(tf) * tf;
+        let aligned = self.bucket_open(now_s);
         if aligned >= tf {
             aligned - tf
         } else {
@@ -347,6 +359,17 @@ mod tests {
         assert_eq!(m5.expected_latest_closed(1_700_000_100), 1_699_999_800);
         let h1 = Timeframe::parse("1h").unwrap();
         assert_eq!(h1.expected_latest_closed(1200), 0);
+    }
+
+    #[test]
+    fn weekly_buckets_open_on_monday() {
+        let w = Timeframe::parse("1w").unwrap();
+        // 2024-01-01 was a Monday (1704067200); Wednesday 2024-01-03 belongs to it.
+        assert_eq!(w.bucket_open(1_704_067_200 + 2 * 86_400), 1_704_067_200);
+        assert_eq!(w.bucket_open(1_704_067_200), 1_704_067_200);
+        assert_eq!(w.bucket_open(1_704_067_199), 1_704_067_200 - 604_800);
+        let d = Timeframe::parse("1d").unwrap();
+        assert_eq!(d.bucket_open(1_704_067_200 + 5), 1_704_067_200);
     }
 
     #[test]

@@ -17,7 +17,7 @@
 
 use super::series::{SeriesIdx, SeriesTable};
 use super::{Counters, Output};
-use crate::model::Candle;
+use crate::model::{Candle, Timeframe};
 use crate::protocol::client as wire;
 use crate::store::Store;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -243,7 +243,7 @@ impl Hub {
         let entry = series.get(idx);
         let tf = entry.tf_s;
         let name = entry.id.as_str().to_string();
-        let window = ClosedWindow::new(now_s, tf, entry.last_closed);
+        let window = ClosedWindow::new(now_s, entry.id.timeframe(), entry.last_closed);
 
         let effective = since.map(|s| window.clamp(s));
         let read = match effective {
@@ -518,11 +518,9 @@ pub struct ClosedWindow {
 }
 
 impl ClosedWindow {
-    pub fn new(now_s: i64, tf: i64, known_closed: Option<i64>) -> Self {
-        let tf = tf.max(1);
-        let aligned = now_s.div_euclid(tf) * tf;
-        let by_clock = if aligned >= tf { aligned - tf } else { 0 };
-        ClosedWindow { latest: known_closed.map_or(by_clock, |k| k.max(by_clock)), tf }
+    pub fn new(now_s: i64, tf: Timeframe, known_closed: Option<i64>) -> Self {
+        let by_clock = tf.expected_latest_closed(now_s);
+        ClosedWindow { latest: known_closed.map_or(by_clock, |k| k.max(by_clock)), tf: tf.seconds() }
     }
 
     pub fn latest(&self) -> i64 {

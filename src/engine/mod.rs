@@ -480,7 +480,7 @@ impl Engine {
         let id = SeriesId::parse(series_id).map_err(|e| e.to_string())?;
         let name = id.as_str();
         let known = self.series.lookup(name).and_then(|i| self.series.get(i).last_closed);
-        let window = hub::ClosedWindow::new(self.now.as_secs(), id.timeframe().seconds(), known);
+        let window = hub::ClosedWindow::new(self.now.as_secs(), id.timeframe(), known);
         let read = match since {
             None => self.store.read_tail(name, limit),
             Some(s) => self.store.read_after(name, window.clamp(s), limit),
