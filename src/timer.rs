@@ -55,7 +55,11 @@ pub struct TimerId {
 /// Which list an entry is linked into.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Home {
-    Slot { level: usize, slot: usize },
+    /// Kept to a byte each so a slab entry stays small.
+    Slot {
+        level: u8,
+        slot: u8,
+    },
     Pending,
     Far,
 }
@@ -241,7 +245,11 @@ impl<K> TimerWheel<K> {
     /// processing it must happen.
     fn next_cascade(&self, target: u64) -> Option<(Home, u64)> {
         if let Some((level, slot, start)) = self.next_occupied_slot() {
-            return (start <= target).then_some((Home::Slot { level, slot }, start));
+            let home = Home::Slot {
+                level: level as u8,
+                slot: slot as u8,
+            };
+            return (start <= target).then_some((home, start));
         }
         // The wheel is empty; far entries matter once time enters a later epoch.
         let target_epoch = target & !(EPOCH_TICKS - 1);
@@ -291,8 +299,8 @@ impl<K> TimerWheel<K> {
         } else {
             match level_for(self.elapsed, tick) {
                 Some(level) => Home::Slot {
-                    level,
-                    slot: digit(tick, level),
+                    level: level as u8,
+                    slot: digit(tick, level) as u8,
                 },
                 None => Home::Far,
             }
@@ -302,7 +310,7 @@ impl<K> TimerWheel<K> {
         list.head = idx;
         list.min_tick = list.min_tick.min(tick);
         if let Home::Slot { level, slot } = home {
-            self.levels[level].occupied |= 1 << slot;
+            self.levels[usize::from(level)].occupied |= 1 << slot;
         }
         if old_head != NONE {
             self.nodes[old_head as usize].prev = idx;
@@ -332,7 +340,9 @@ impl<K> TimerWheel<K> {
 
     fn list_mut(&mut self, home: Home) -> &mut List {
         match home {
-            Home::Slot { level, slot } => &mut self.levels[level].slots[slot],
+            Home::Slot { level, slot } => {
+                &mut self.levels[usize::from(level)].slots[usize::from(slot)]
+            }
             Home::Pending => &mut self.pending,
             Home::Far => &mut self.far,
         }
@@ -341,7 +351,7 @@ impl<K> TimerWheel<K> {
     fn reset_list(&mut self, home: Home) {
         *self.list_mut(home) = List::EMPTY;
         if let Home::Slot { level, slot } = home {
-            self.levels[level].occupied &= !(1 << slot);
+            self.levels[usize::from(level)].occupied &= !(1 << slot);
         }
     }
 
