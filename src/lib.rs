@@ -21,3 +21,4 @@ pub mod store;
 pub mod journal;
 pub mod config;
 pub mod capture;
+pub mod runconfig;
