@@ -22,3 +22,4 @@ pub mod journal;
 pub mod config;
 pub mod capture;
 pub mod net;
+pub mod runconfig;
