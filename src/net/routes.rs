@@ -1,1 +1,1018 @@
-//! Routes (being written).
+//! The HTTP routes of the client port and the `/ws/market` upgrade decision:
+//! a pure function of one parsed [`Request`], read-only engine state, the
+//! shell's own figures ([`ShellStats`]) and [`HttpConfig`]. It owns the route
+//! table, CORS, the optional shared-secret check and the reply shapes of
+//! reference-system.md §8. It never mutates the engine: writes come back as
+//! [`Routed::Apply`] so the shell feeds them through `Engine::handle` (and the
+//! journal records them), then builds the reply with [`apply_reply`].
+//!
+//! Gates (as the reference): `candle_closed` ingest is always on;
+//! `candle_forming` and `debug/ingest_state` need `enable_debug_api`; the
+//! batch ingest needs `enable_dev_api`. A disabled route answers
+//! `404 {"detail":"not_found"}` exactly like an unknown one.
+//!
+//! Order of checks: Origin (403) → route lookup (404) → preflight (204) →
+//! shared secret (401) → method (405) → the handler.
+
+use super::http::{Request, Response};
+use crate::engine::{Engine, Gauges, Input};
+use crate::model::{Candle, SeriesId};
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// Origins a browser front end may call from (exact match, trailing `/`
+    /// ignored; `*` allows any). Empty: no CORS headers and no Origin check.
+    pub cors_origins: Vec<String>,
+    pub enable_debug_api: bool,
+    pub enable_dev_api: bool,
+    /// Shared secret for every route but `/health` and preflights.
+    pub auth_token: Option<String>,
+    /// Upper bound of `limit` on `GET /api/market/candles`.
+    pub max_candles_limit: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            cors_origins: vec!["http://localhost:5173".into(), "http://127.0.0.1:5173".into()],
+            enable_debug_api: false,
+            enable_dev_api: false,
+            auth_token: None,
+            max_candles_limit: 5000,
+        }
+    }
+}
+
+/// What the shell knows and the engine does not; filled once per request.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ShellStats {
+    pub connections_open: u64,
+    pub ws_clients: u64,
+    pub http_requests: u64,
+    pub ws_frames_in: u64,
+    pub ws_frames_out: u64,
+    pub ws_bytes_out: u64,
+    pub upstream_frames_in: u64,
+    pub upstream_connected: u64,
+    pub store_ok: bool,
+    pub store_path: String,
+    pub store_write_count: u64,
+    pub store_write_seconds_sum: f64,
+    pub store_write_seconds_max: f64,
+    pub connections_rejected: u64,
+    pub started_unix_s: f64,
+    pub now_unix_s: f64,
+}
+
+/// The routing decision for one request.
+#[derive(Debug)]
+pub enum Routed {
+    /// Write this and keep going (honour `request.keep_alive`).
+    Reply(Response),
+    /// Feed `input` to `engine.handle(input, now)`, then answer with
+    /// `apply_reply(reply, result, request, cfg)`.
+    Apply { input: Input, reply: ApplyReply },
+    /// Write these bytes (a complete `101 Switching Protocols` head); the
+    /// connection is a WebSocket from the next byte on (bytes after the
+    /// request's `consumed` are already WebSocket frames).
+    Upgrade { response: Vec<u8> },
+}
+
+/// How to answer an ingest once the engine has taken it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApplyReply {
+    /// `candle_closed` and `candle_forming`: `{"ok","series_id","candle_time"}`.
+    Candle { series_id: String, candle_time: i64 },
+    /// The dev batch: `{"ok","series_id","count","first_candle_time","last_candle_time"}`.
+    Batch { series_id: String, count: usize, first_candle_time: Option<i64>, last_candle_time: Option<i64> },
+}
+
+/// Most candles one dev batch may carry (reference: 1..20000).
+pub const MAX_BATCH_CANDLES: usize = 20_000;
+const DEFAULT_CANDLES_LIMIT: usize = 500;
+const PREFLIGHT_MAX_AGE_S: &str = "600";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Endpoint {
+    Health,
+    Metrics,
+    Candles,
+    Whitelist,
+    IngestState,
+    IngestClosed,
+    IngestForming,
+    DevBatch,
+    WsMarket,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Gate {
+    Always,
+    DebugApi,
+    DevApi,
+}
+
+/// (path, method, endpoint, gate). One method per path.
+const ROUTES: &[(&str, &str, Endpoint, Gate)] = &[
+    ("/health", "GET", Endpoint::Health, Gate::Always),
+    ("/metrics", "GET", Endpoint::Metrics, Gate::Always),
+    ("/api/market/candles", "GET", Endpoint::Candles, Gate::Always),
+    ("/api/market/whitelist", "GET", Endpoint::Whitelist, Gate::Always),
+    ("/api/market/debug/ingest_state", "GET", Endpoint::IngestState, Gate::DebugApi),
+    ("/api/market/ingest/candle_closed", "POST", Endpoint::IngestClosed, Gate::Always),
+    ("/api/market/ingest/candle_forming", "POST", Endpoint::IngestForming, Gate::DebugApi),
+    ("/api/dev/market/ingest/candles_closed_batch", "POST", Endpoint::DevBatch, Gate::DevApi),
+    ("/ws/market", "GET", Endpoint::WsMarket, Gate::Always),
+];
+
+fn lookup(path: &str, cfg: &HttpConfig) -> Option<(&'static str, Endpoint)> {
+    let &(_, method, endpoint, gate) = ROUTES.iter().find(|(p, ..)| *p == path)?;
+    let enabled = match gate {
+        Gate::Always => true,
+        Gate::DebugApi => cfg.enable_debug_api,
+        Gate::DevApi => cfg.enable_dev_api,
+    };
+    enabled.then_some((method, endpoint))
+}
+
+/// Decides what to do with one request.
+pub fn route(req: &Request, engine: &Engine, stats: &ShellStats, cfg: &HttpConfig) -> Routed {
+    if let Some(origin) = req.header("origin") {
+        if !cfg.cors_origins.is_empty() && !origin_allowed(origin, cfg) {
+            return Routed::Reply(with_cors(Response::error(403, "origin_not_allowed"), req, cfg));
+        }
+    }
+    let Some((method, endpoint)) = lookup(&req.path, cfg) else {
+        return reply(Response::error(404, "not_found"), req, cfg);
+    };
+    if req.method == "OPTIONS" {
+        return reply(preflight(method), req, cfg);
+    }
+    if endpoint != Endpoint::Health && !authorized(req, cfg) {
+        let denied = Response::error(401, "unauthorized").with_header("WWW-Authenticate", "Bearer");
+        return reply(denied, req, cfg);
+    }
+    if req.method != method {
+        let allow = format!("{method}, OPTIONS");
+        return reply(Response::error(405, "method_not_allowed").with_header("Allow", &allow), req, cfg);
+    }
+    match endpoint {
+        Endpoint::Health => reply(health(engine, stats), req, cfg),
+        Endpoint::Metrics => reply(metrics(engine, stats), req, cfg),
+        Endpoint::Candles => reply(candles(req, engine, cfg), req, cfg),
+        Endpoint::Whitelist => {
+            let body = serde_json::json!({ "series_ids": engine.whitelist() });
+            reply(Response::json(200, &body), req, cfg)
+        }
+        Endpoint::IngestState => reply(Response::json(200, &engine.ingest_state()), req, cfg),
+        Endpoint::IngestClosed => ingest_one(req, cfg, false),
+        Endpoint::IngestForming => ingest_one(req, cfg, true),
+        Endpoint::DevBatch => ingest_batch(req, cfg),
+        Endpoint::WsMarket => match upgrade(req) {
+            Ok(response) => Routed::Upgrade { response },
+            Err(refusal) => reply(refusal, req, cfg),
+        },
+    }
+}
+
+/// The reply to an ingest the engine has handled (`result` is what
+/// `Engine::handle` returned). Store failures (`ingest_pipeline_failed…`)
+/// are 500 with the reference's detail; anything else the engine refused is
+/// the caller's fault: 400.
+pub fn apply_reply(reply: ApplyReply, result: Result<(), String>, req: &Request, cfg: &HttpConfig) -> Response {
+    let response = match result {
+        Err(e) if e.starts_with("ingest_pipeline_failed") => Response::error(500, &e),
+        Err(e) => Response::error(400, &e),
+        Ok(()) => match reply {
+            ApplyReply::Candle { series_id, candle_time } => {
+                serialized(200, &CandleReply { ok: true, series_id: &series_id, candle_time })
+            }
+            ApplyReply::Batch { series_id, count, first_candle_time, last_candle_time } => serialized(
+                200,
+                &BatchReply { ok: true, series_id: &series_id, count, first_candle_time, last_candle_time },
+            ),
+        },
+    };
+    with_cors(response, req, cfg)
+}
+
+fn reply(response: Response, req: &Request, cfg: &HttpConfig) -> Routed {
+    Routed::Reply(with_cors(response, req, cfg))
+}
+
+/// A JSON body from a typed value, keeping its field order (a `Value` would
+/// sort keys; the reference's shapes list them in struct order).
+fn serialized<T: Serialize>(status: u16, value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => Response::text(status, "application/json", body),
+        Err(e) => Response::error(500, &format!("serialization_failed: {e}")),
+    }
+}
+
+// ------------------------------------------------------------- CORS, auth
+
+fn origin_allowed(origin: &str, cfg: &HttpConfig) -> bool {
+    cfg.cors_origins.iter().any(|o| {
+        let o = o.trim().trim_end_matches('/');
+        o == "*" || o.eq_ignore_ascii_case(origin.trim_end_matches('/'))
+    })
+}
+
+/// Adds `Vary: Origin` whenever CORS is configured, and echoes an allowed
+/// Origin so a browser on another origin may read the reply.
+fn with_cors(mut response: Response, req: &Request, cfg: &HttpConfig) -> Response {
+    if cfg.cors_origins.is_empty() {
+        return response;
+    }
+    if let Some(origin) = req.header("origin").filter(|o| origin_allowed(o, cfg)) {
+        response = response.with_header("Access-Control-Allow-Origin", origin);
+    }
+    response.with_header("Vary", "Origin")
+}
+
+fn preflight(method: &str) -> Response {
+    Response::empty(204)
+        .with_header("Allow", &format!("{method}, OPTIONS"))
+        .with_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+        .with_header("Access-Control-Allow-Headers", "Content-Type, Authorization")
+        .with_header("Access-Control-Max-Age", PREFLIGHT_MAX_AGE_S)
+}
+
+/// No token configured, or `Authorization: Bearer <t>` / `?token=<t>` matches.
+fn authorized(req: &Request, cfg: &HttpConfig) -> bool {
+    let Some(expected) = cfg.auth_token.as_deref() else { return true };
+    let bearer = req.header("authorization").and_then(|v| {
+        let (scheme, token) = v.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    });
+    // Both candidates are compared so timing does not tell which one was sent.
+    let by_header = bearer.is_some_and(|t| constant_time_eq(t.as_bytes(), expected.as_bytes()));
+    let by_query = req.query_param("token").is_some_and(|t| constant_time_eq(t.as_bytes(), expected.as_bytes()));
+    by_header | by_query
+}
+
+/// Compares without an early exit on the first differing byte, so response
+/// time does not reveal how much of a guess was right. (The length is not
+/// secret: it only says how long the configured token is.)
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+// ---------------------------------------------------------------- reads
+
+fn candles(req: &Request, engine: &Engine, cfg: &HttpConfig) -> Response {
+    let query = match CandlesQuery::from_request(req, cfg) {
+        Ok(q) => q,
+        Err(detail) => return Response::error(400, &detail),
+    };
+    match engine.read_candles(&query.series_id, query.since, query.limit) {
+        Ok(reply) => serialized(200, &reply),
+        Err(e) => Response::error(500, &format!("store_read_failed: {e}")),
+    }
+}
+
+struct CandlesQuery {
+    series_id: String,
+    since: Option<i64>,
+    limit: usize,
+}
+
+impl CandlesQuery {
+    fn from_request(req: &Request, cfg: &HttpConfig) -> Result<CandlesQuery, String> {
+        let series_id = req.query_param("series_id").unwrap_or("");
+        if series_id.is_empty() {
+            return Err("series_id is required".into());
+        }
+        SeriesId::parse(series_id).map_err(|e| e.to_string())?;
+        let since = match req.query_param("since") {
+            None => None,
+            Some(s) => match s.trim().parse::<i64>() {
+                Ok(v) if v >= 0 => Some(v),
+                _ => return Err(format!("since must be an integer >= 0 (got {s:?})")),
+            },
+        };
+        let max = cfg.max_candles_limit.max(1);
+        let limit = match req.query_param("limit") {
+            None => DEFAULT_CANDLES_LIMIT.min(max),
+            Some(s) => match s.trim().parse::<usize>() {
+                Ok(v) if (1..=max).contains(&v) => v,
+                _ => return Err(format!("limit must be an integer from 1 to {max} (got {s:?})")),
+            },
+        };
+        Ok(CandlesQuery { series_id: series_id.to_string(), since, limit })
+    }
+}
+
+/// `/health`: always 200 while the process answers; `status` says whether
+/// anything needs attention, `reasons` says what.
+fn health(engine: &Engine, stats: &ShellStats) -> Response {
+    let g = engine.gauges();
+    let mut reasons = Vec::new();
+    if !stats.store_ok {
+        reasons.push("store_unavailable");
+    }
+    if g.store_backlog_candles > 0 {
+        // Closed candles waiting for a store retry (not the normal flush buffers).
+        reasons.push("store_backlog");
+    }
+    if g.jobs_running + g.jobs_starting > 0 && stats.upstream_connected == 0 {
+        reasons.push("upstream_disconnected");
+    }
+    let status = if reasons.is_empty() { "ok" } else { "degraded" };
+    let c = engine.counters();
+    let body = serde_json::json!({
+        "status": status,
+        "reasons": reasons,
+        "store": {
+            "ok": stats.store_ok,
+            "path": stats.store_path,
+            "writes": stats.store_write_count,
+            "write_errors": c.store_write_errors,
+            "backlog_candles": g.store_backlog_candles,
+            "unpersisted_candles": g.unpersisted_candles,
+        },
+        "upstream": {
+            "connections": g.upstream_connections,
+            "connected": stats.upstream_connected,
+            "streams": g.upstream_streams,
+            "reconnects": g.upstream_reconnects,
+            "rotations": g.upstream_rotations,
+        },
+        "clients": g.clients,
+        "subscriptions": g.subscriptions,
+        "jobs": { "starting": g.jobs_starting, "running": g.jobs_running, "dead": g.jobs_dead },
+        "uptime_s": uptime_s(stats),
+    });
+    Response::json(200, &body)
+}
+
+fn uptime_s(stats: &ShellStats) -> f64 {
+    (stats.now_unix_s - stats.started_unix_s).max(0.0)
+}
+
+// --------------------------------------------------------------- metrics
+
+/// Prometheus text exposition format 0.0.4, written by hand: a few dozen
+/// lines do not need a metrics library.
+struct Exposition {
+    out: String,
+}
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = write!(self.out, "# HELP klinegate_{name} {help}\n# TYPE klinegate_{name} {kind}\n");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.out.push_str("klinegate_");
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                let sep = if i == 0 { "" } else { "," };
+                let _ = write!(self.out, "{sep}{k}=\"{}\"", escape_label(v));
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {}", prom_float(value));
+    }
+
+    fn counter(&mut self, name: &str, help: &str, value: u64) {
+        self.family(name, "counter", help);
+        self.sample(name, &[], value as f64);
+    }
+
+    fn gauge(&mut self, name: &str, help: &str, value: f64) {
+        self.family(name, "gauge", help);
+        self.sample(name, &[], value);
+    }
+}
+
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn prom_float(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 { "+Inf".into() } else { "-Inf".into() }
+    } else {
+        format!("{v}")
+    }
+}
+
+fn metrics(engine: &Engine, stats: &ShellStats) -> Response {
+    let g = engine.gauges();
+    let c = engine.counters();
+    let mut m = Exposition { out: String::with_capacity(4096) };
+    shell_metrics(&mut m, stats);
+    engine_gauges(&mut m, &g);
+    m.counter("upstream_frames_total", "Exchange frames the engine handled.", c.upstream_frames);
+    m.counter("upstream_kline_frames_total", "Exchange kline frames parsed.", c.kline_frames);
+    m.family("upstream_rejects_total", "counter", "Exchange frames rejected, by reason.");
+    for (kind, n) in &c.upstream_rejects_by_kind {
+        m.sample("upstream_rejects_total", &[("kind", kind)], *n as f64);
+    }
+    m.counter("stale_forming_total", "Forming updates older than what was already sent.", c.stale_forming);
+    m.counter("stale_closed_total", "Closed candles at or before the series head, dropped.", c.stale_closed);
+    m.counter("closed_accepted_total", "Closed candles accepted for persistence.", c.closed_accepted);
+    m.counter("flushes_total", "Closed-buffer flushes to the store.", c.flushes);
+    m.counter("candles_persisted_total", "Candles written to the store.", c.candles_persisted);
+    m.counter("store_write_errors_total", "Failed store writes (retried from the backlog).", c.store_write_errors);
+    m.counter("store_read_errors_total", "Failed store reads.", c.store_read_errors);
+    m.counter(
+        "closed_dropped_backlog_full_total",
+        "Closed candles dropped because the store backlog was full.",
+        c.closed_dropped_backlog_full,
+    );
+    m.family("frames_sent_total", "counter", "Candle frames queued to clients, by kind.");
+    m.sample("frames_sent_total", &[("kind", "forming")], c.frames_forming as f64);
+    m.sample("frames_sent_total", &[("kind", "closed")], c.frames_closed as f64);
+    m.counter("forming_coalesced_total", "Forming updates replaced by a newer one before sending.", c.forming_coalesced);
+    m.counter("gaps_sent_total", "Gap notices sent to clients.", c.gaps_sent);
+    m.counter("catchup_candles_total", "Candles sent as subscribe catch-up.", c.catchup_candles);
+    m.counter("subscribes_total", "Subscriptions handled.", c.subscribes);
+    m.counter("client_bad_requests_total", "Client messages refused as malformed.", c.client_bad_requests);
+    m.counter("client_limit_rejects_total", "Subscribes refused by the per-connection limit.", c.client_limit_rejects);
+    m.counter("capacity_rejects_total", "Subscribes refused for on-demand job capacity.", c.capacity_rejects);
+    m.counter("slow_consumer_closes_total", "Clients closed for falling too far behind.", c.slow_consumer_closes);
+    m.counter("queue_drops_total", "Frames dropped from client queues.", c.queue_drops);
+    m.counter("jobs_started_total", "Ingest jobs started.", c.jobs_started);
+    m.counter("jobs_stopped_total", "Ingest jobs stopped.", c.jobs_stopped);
+    m.counter("engine_inputs_total", "Inputs handled by the engine.", c.inputs);
+    Response::text(200, "text/plain; version=0.0.4; charset=utf-8", m.out)
+}
+
+fn shell_metrics(m: &mut Exposition, s: &ShellStats) {
+    m.gauge("uptime_seconds", "Seconds since the server started.", uptime_s(s));
+    m.gauge("connections_open", "Open client TCP connections (HTTP and WebSocket).", s.connections_open as f64);
+    m.counter("connections_rejected_total", "Client connections refused at accept.", s.connections_rejected);
+    m.counter("http_requests_total", "HTTP requests served.", s.http_requests);
+    m.gauge("ws_clients", "Open /ws/market connections.", s.ws_clients as f64);
+    m.counter("ws_frames_in_total", "WebSocket frames received from clients.", s.ws_frames_in);
+    m.counter("ws_frames_out_total", "WebSocket frames written to clients.", s.ws_frames_out);
+    m.counter("ws_bytes_out_total", "WebSocket bytes written to clients.", s.ws_bytes_out);
+    m.counter("upstream_frames_in_total", "Frames read from exchange connections.", s.upstream_frames_in);
+    m.gauge("upstream_connected", "Exchange connections currently open.", s.upstream_connected as f64);
+    m.gauge("store_ok", "1 when the store is writable.", if s.store_ok { 1.0 } else { 0.0 });
+    m.family("store_write_seconds", "summary", "Time spent in store writes.");
+    m.sample("store_write_seconds_sum", &[], s.store_write_seconds_sum);
+    m.sample("store_write_seconds_count", &[], s.store_write_count as f64);
+    m.gauge("store_write_seconds_max", "Longest store write.", s.store_write_seconds_max);
+}
+
+fn engine_gauges(m: &mut Exposition, g: &Gauges) {
+    m.gauge("clients", "Clients the engine knows.", g.clients as f64);
+    m.gauge("subscriptions", "Client subscriptions.", g.subscriptions as f64);
+    m.family("jobs", "gauge", "Ingest jobs by state.");
+    for (state, n) in [("starting", g.jobs_starting), ("running", g.jobs_running), ("dead", g.jobs_dead)] {
+        m.sample("jobs", &[("state", state)], n as f64);
+    }
+    m.gauge("upstream_connections", "Exchange connections the pool holds (any state).", g.upstream_connections as f64);
+    m.gauge("upstream_streams", "Kline streams subscribed upstream.", g.upstream_streams as f64);
+    m.counter("upstream_reconnects_total", "Exchange reconnects after a lost connection.", g.upstream_reconnects);
+    m.counter("upstream_rotations_total", "Planned exchange connection rotations.", g.upstream_rotations);
+    m.gauge("unpersisted_candles", "Closed candles accepted but not yet stored.", g.unpersisted_candles as f64);
+    m.gauge("store_backlog_candles", "Closed candles waiting for a store retry.", g.store_backlog_candles as f64);
+}
+
+// ---------------------------------------------------------------- ingest
+
+#[derive(Deserialize)]
+struct IngestOneBody {
+    series_id: String,
+    candle: Candle,
+}
+
+#[derive(Deserialize)]
+struct IngestBatchBody {
+    series_id: String,
+    candles: Vec<Candle>,
+    /// Accepted for compatibility; the engine always publishes what it stores.
+    #[serde(default)]
+    #[allow(dead_code)]
+    publish_ws: bool,
+}
+
+#[derive(Serialize)]
+struct CandleReply<'a> {
+    ok: bool,
+    series_id: &'a str,
+    candle_time: i64,
+}
+
+#[derive(Serialize)]
+struct BatchReply<'a> {
+    ok: bool,
+    series_id: &'a str,
+    count: usize,
+    first_candle_time: Option<i64>,
+    last_candle_time: Option<i64>,
+}
+
+fn ingest_one(req: &Request, cfg: &HttpConfig, forming: bool) -> Routed {
+    let body: IngestOneBody = match json_body(req) {
+        Ok(b) => b,
+        Err(refusal) => return reply(refusal, req, cfg),
+    };
+    if let Err(e) = SeriesId::parse(&body.series_id) {
+        return reply(Response::error(400, &e.to_string()), req, cfg);
+    }
+    let reply = ApplyReply::Candle { series_id: body.series_id.clone(), candle_time: body.candle.candle_time };
+    let input = if forming {
+        Input::IngestForming { series_id: body.series_id, candle: body.candle }
+    } else {
+        Input::IngestClosed { series_id: body.series_id, candles: vec![body.candle] }
+    };
+    Routed::Apply { input, reply }
+}
+
+fn ingest_batch(req: &Request, cfg: &HttpConfig) -> Routed {
+    let body: IngestBatchBody = match json_body(req) {
+        Ok(b) => b,
+        Err(refusal) => return reply(refusal, req, cfg),
+    };
+    if let Err(e) = SeriesId::parse(&body.series_id) {
+        return reply(Response::error(400, &e.to_string()), req, cfg);
+    }
+    if body.candles.is_empty() || body.candles.len() > MAX_BATCH_CANDLES {
+        let detail = format!("candles must hold 1 to {MAX_BATCH_CANDLES} items (got {})", body.candles.len());
+        return reply(Response::error(400, &detail), req, cfg);
+    }
+    let reply = ApplyReply::Batch {
+        series_id: body.series_id.clone(),
+        count: body.candles.len(),
+        first_candle_time: body.candles.first().map(|c| c.candle_time),
+        last_candle_time: body.candles.last().map(|c| c.candle_time),
+    };
+    Routed::Apply { input: Input::IngestClosed { series_id: body.series_id, candles: body.candles }, reply }
+}
+
+/// Parses a JSON body. A Content-Type other than JSON is refused (415): a
+/// browser may send text/plain cross-origin without a preflight, so this is
+/// also what keeps other sites from posting candles.
+fn json_body<T: for<'de> Deserialize<'de>>(req: &Request) -> Result<T, Response> {
+    if let Some(ct) = req.header("content-type") {
+        let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        if mime != "application/json" && !mime.ends_with("+json") {
+            return Err(Response::error(415, "Content-Type must be application/json"));
+        }
+    }
+    serde_json::from_slice(&req.body).map_err(|e| Response::error(400, &format!("invalid JSON body: {e}")))
+}
+
+// ---------------------------------------------------------------- upgrade
+
+/// Validates an RFC 6455 opening handshake and builds the 101 head.
+fn upgrade(req: &Request) -> Result<Vec<u8>, Response> {
+    if !req.header_has_token("upgrade", "websocket") {
+        return Err(Response::error(426, "websocket_upgrade_required").with_header("Upgrade", "websocket"));
+    }
+    if !req.header_has_token("connection", "upgrade") {
+        return Err(Response::error(400, "websocket handshake needs 'Connection: Upgrade'"));
+    }
+    if req.header("sec-websocket-version") != Some("13") {
+        return Err(Response::error(426, "unsupported websocket version (use 13)")
+            .with_header("Sec-WebSocket-Version", "13"));
+    }
+    let key = req.header("sec-websocket-key").unwrap_or("");
+    if !is_websocket_key(key) {
+        return Err(Response::error(400, "invalid Sec-WebSocket-Key (want 16 bytes, base64)"));
+    }
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let head = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    );
+    Ok(head.into_bytes())
+}
+
+/// Base64 of 16 bytes: 22 alphabet characters then `==`.
+fn is_websocket_key(key: &str) -> bool {
+    let b = key.as_bytes();
+    b.len() == 24
+        && b.ends_with(b"==")
+        && b[..22].iter().all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+    use crate::store::MemoryStore;
+    use crate::time::Timestamp;
+    use serde_json::{json, Value};
+
+    const S: &str = "binance:futures:BTC/USDT:1m";
+    const ORIGIN: &str = "http://localhost:5173";
+
+    fn engine() -> Engine {
+        let cfg = Settings { pins: vec![], ..Default::default() }.to_engine_config().unwrap();
+        Engine::new(cfg, Box::new(MemoryStore::new()), Timestamp::from_secs(1000))
+    }
+
+    fn candle(t: i64) -> Candle {
+        Candle { candle_time: t, open: 1.0, high: 2.0, low: 0.5, close: 1.5, volume: 10.0 }
+    }
+
+    fn seeded(times: &[i64]) -> Engine {
+        let mut e = engine();
+        let input = Input::IngestClosed { series_id: S.into(), candles: times.iter().map(|t| candle(*t)).collect() };
+        e.handle(input, Timestamp::from_secs(1000)).unwrap();
+        e
+    }
+
+    fn req(method: &str, target: &str, headers: &[(&str, &str)], body: &str) -> Request {
+        let mut raw = format!("{method} {target} HTTP/1.1\r\n");
+        for (n, v) in headers {
+            raw.push_str(&format!("{n}: {v}\r\n"));
+        }
+        raw.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+        match super::super::http::parse_request(raw.as_bytes(), &Default::default()) {
+            super::super::http::Parse::Complete { request, .. } => request,
+            other => panic!("test request did not parse: {other:?}"),
+        }
+    }
+
+    fn get(target: &str) -> Request {
+        req("GET", target, &[], "")
+    }
+
+    fn reply_of(routed: Routed) -> Response {
+        match routed {
+            Routed::Reply(r) => r,
+            other => panic!("expected a reply, got {other:?}"),
+        }
+    }
+
+    fn run(r: &Request, e: &Engine, cfg: &HttpConfig) -> Response {
+        reply_of(route(r, e, &ShellStats::default(), cfg))
+    }
+
+    fn body_json(r: &Response) -> Value {
+        serde_json::from_slice(&r.body).unwrap()
+    }
+
+    fn enc(s: &str) -> String {
+        s.replace(':', "%3A").replace('/', "%2F")
+    }
+
+    #[test]
+    fn candles_tail_with_limit_matches_reference_example() {
+        let e = seeded(&[100, 160, 220]);
+        let r = run(&get(&format!("/api/market/candles?series_id={}&limit=2", enc(S))), &e, &HttpConfig::default());
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        let want = json!({"series_id": S, "server_head_time": 220, "candles": [
+            {"candle_time":160,"open":1.0,"high":2.0,"low":0.5,"close":1.5,"volume":10.0},
+            {"candle_time":220,"open":1.0,"high":2.0,"low":0.5,"close":1.5,"volume":10.0}]});
+        assert_eq!(body_json(&r), want);
+        // Key order as the reference emits it.
+        let text = String::from_utf8(r.body).unwrap();
+        assert!(text.starts_with(r#"{"series_id":"binance:futures:BTC/USDT:1m","server_head_time":220,"candles":[{"candle_time":160,"open":1.0"#), "{text}");
+    }
+
+    #[test]
+    fn candles_since_is_exclusive() {
+        let e = seeded(&[100, 160, 220]);
+        let r = run(&get(&format!("/api/market/candles?series_id={S}&since=160")), &e, &HttpConfig::default());
+        let v = body_json(&r);
+        let times: Vec<i64> = v["candles"].as_array().unwrap().iter().map(|c| c["candle_time"].as_i64().unwrap()).collect();
+        assert_eq!((times, v["server_head_time"].clone()), (vec![220], json!(220)));
+    }
+
+    #[test]
+    fn candles_of_an_unknown_series_are_empty_with_null_head() {
+        let r = run(&get("/api/market/candles?series_id=binance:spot:ETH/USDT:1m"), &engine(), &HttpConfig::default());
+        assert_eq!(body_json(&r), json!({"series_id":"binance:spot:ETH/USDT:1m","server_head_time":null,"candles":[]}));
+    }
+
+    #[test]
+    fn candles_validation_errors_are_400_with_detail() {
+        let e = engine();
+        let cfg = HttpConfig::default();
+        for target in [
+            "/api/market/candles".to_string(),
+            "/api/market/candles?series_id=".to_string(),
+            format!("/api/market/candles?series_id={S}&limit=0"),
+            format!("/api/market/candles?series_id={S}&limit=5001"),
+            format!("/api/market/candles?series_id={S}&limit=abc"),
+            format!("/api/market/candles?series_id={S}&since=-1"),
+            format!("/api/market/candles?series_id={S}&since=1.5"),
+            "/api/market/candles?series_id=binance:spot:BTC/USDT:7q".to_string(),
+            "/api/market/candles?series_id=nonsense".to_string(),
+        ] {
+            let r = run(&get(&target), &e, &cfg);
+            assert_eq!(r.status, 400, "{target}");
+            assert!(body_json(&r)["detail"].as_str().is_some_and(|d| !d.is_empty()), "{target}");
+        }
+        let ok = run(&get(&format!("/api/market/candles?series_id={S}&limit=5000")), &e, &cfg);
+        assert_eq!(ok.status, 200);
+    }
+
+    #[test]
+    fn whitelist_lists_pins() {
+        let cfg = Settings { pins: vec!["binance:spot:BTC/USDT:1m".into()], ..Default::default() }
+            .to_engine_config()
+            .unwrap();
+        let e = Engine::new(cfg, Box::new(MemoryStore::new()), Timestamp::from_secs(1000));
+        let r = run(&get("/api/market/whitelist"), &e, &HttpConfig::default());
+        assert_eq!(body_json(&r), json!({"series_ids":["binance:spot:BTC/USDT:1m"]}));
+    }
+
+    #[test]
+    fn debug_and_dev_routes_are_404_unless_enabled() {
+        let e = engine();
+        let off = HttpConfig::default();
+        let on = HttpConfig { enable_debug_api: true, enable_dev_api: true, ..HttpConfig::default() };
+        let state = get("/api/market/debug/ingest_state");
+        let r = run(&state, &e, &off);
+        assert_eq!((r.status, body_json(&r)), (404, json!({"detail":"not_found"})));
+        let r = run(&state, &e, &on);
+        assert_eq!(r.status, 200);
+        assert!(body_json(&r)["jobs"].is_array());
+        let body = json!({"series_id": S, "candle": candle(1)}).to_string();
+        let forming = req("POST", "/api/market/ingest/candle_forming", &[], &body);
+        assert_eq!(run(&forming, &e, &off).status, 404);
+        assert!(matches!(route(&forming, &e, &ShellStats::default(), &on), Routed::Apply { .. }));
+        let batch = req("POST", "/api/dev/market/ingest/candles_closed_batch", &[], &json!({"series_id":S,"candles":[candle(1)]}).to_string());
+        assert_eq!(run(&batch, &e, &off).status, 404);
+        assert!(matches!(route(&batch, &e, &ShellStats::default(), &on), Routed::Apply { .. }));
+    }
+
+    #[test]
+    fn candle_closed_round_trip_through_the_engine() {
+        let mut e = engine();
+        let cfg = HttpConfig::default();
+        let body = json!({"series_id": S, "candle": candle(1_700_000_040)}).to_string();
+        let r = req("POST", "/api/market/ingest/candle_closed", &[("Content-Type", "application/json")], &body);
+        let Routed::Apply { input, reply } = route(&r, &e, &ShellStats::default(), &cfg) else { panic!("not an apply") };
+        assert_eq!(input, Input::IngestClosed { series_id: S.into(), candles: vec![candle(1_700_000_040)] });
+        let result = e.handle(input, Timestamp::from_secs(1_700_000_200));
+        let resp = apply_reply(reply, result, &r, &cfg);
+        assert_eq!(resp.status, 200);
+        assert_eq!(String::from_utf8(resp.body).unwrap(), format!(r#"{{"ok":true,"series_id":"{S}","candle_time":1700000040}}"#));
+        assert_eq!(e.store().head_time(S).unwrap(), Some(1_700_000_040));
+    }
+
+    #[test]
+    fn forming_reply_and_batch_reply_shapes() {
+        let cfg = HttpConfig { enable_debug_api: true, enable_dev_api: true, ..HttpConfig::default() };
+        let mut e = engine();
+        let r = req("POST", "/api/market/ingest/candle_forming", &[], &json!({"series_id": S, "candle": candle(60)}).to_string());
+        let Routed::Apply { input, reply } = route(&r, &e, &ShellStats::default(), &cfg) else { panic!() };
+        assert!(matches!(input, Input::IngestForming { .. }));
+        let result = e.handle(input, Timestamp::from_secs(1000));
+        assert_eq!(body_json(&apply_reply(reply, result, &r, &cfg)), json!({"ok":true,"series_id":S,"candle_time":60}));
+
+        let batch = json!({"series_id": S, "candles": [candle(60), candle(120), candle(180)], "publish_ws": true});
+        let r = req("POST", "/api/dev/market/ingest/candles_closed_batch", &[], &batch.to_string());
+        let Routed::Apply { input, reply } = route(&r, &e, &ShellStats::default(), &cfg) else { panic!() };
+        let result = e.handle(input, Timestamp::from_secs(1000));
+        let text = String::from_utf8(apply_reply(reply, result, &r, &cfg).body).unwrap();
+        assert_eq!(text, format!(r#"{{"ok":true,"series_id":"{S}","count":3,"first_candle_time":60,"last_candle_time":180}}"#));
+
+        let empty = req("POST", "/api/dev/market/ingest/candles_closed_batch", &[], &json!({"series_id": S, "candles": []}).to_string());
+        assert_eq!(run(&empty, &e, &cfg).status, 400);
+    }
+
+    #[test]
+    fn ingest_errors_map_to_400_or_500() {
+        let cfg = HttpConfig::default();
+        let r = get("/");
+        let reply = || ApplyReply::Candle { series_id: S.into(), candle_time: 1 };
+        let bad = apply_reply(reply(), Err("invalid candle at 1: negative value".into()), &r, &cfg);
+        assert_eq!((bad.status, body_json(&bad)), (400, json!({"detail":"invalid candle at 1: negative value"})));
+        let failed = apply_reply(reply(), Err(format!("ingest_pipeline_failed:store.upsert_many_closed:{S}: disk")), &r, &cfg);
+        assert_eq!(failed.status, 500);
+        assert!(body_json(&failed)["detail"].as_str().unwrap().starts_with("ingest_pipeline_failed:"));
+        // And the engine really produces the 500 prefix when the store fails.
+        let mut store = MemoryStore::new();
+        store.fail_writes(true);
+        let ecfg = Settings { pins: vec![], ..Default::default() }.to_engine_config().unwrap();
+        let mut e = Engine::new(ecfg, Box::new(store), Timestamp::from_secs(1000));
+        let result = e.handle(Input::IngestClosed { series_id: S.into(), candles: vec![candle(60)] }, Timestamp::from_secs(1000));
+        assert_eq!(apply_reply(reply(), result, &r, &cfg).status, 500);
+    }
+
+    #[test]
+    fn ingest_body_problems_are_refused_before_the_engine() {
+        let e = engine();
+        let cfg = HttpConfig::default();
+        let path = "/api/market/ingest/candle_closed";
+        type Case<'a> = (&'a [(&'a str, &'a str)], String, u16);
+        let cases: [Case; 4] = [
+            (&[], "not json".into(), 400),
+            (&[], json!({"series_id": S}).to_string(), 400),
+            (&[], json!({"series_id": "bad", "candle": candle(1)}).to_string(), 400),
+            (&[("Content-Type", "text/plain")], json!({"series_id": S, "candle": candle(1)}).to_string(), 415),
+        ];
+        for (headers, body, status) in cases {
+            let r = run(&req("POST", path, headers, &body), &e, &cfg);
+            assert_eq!(r.status, status, "{body}");
+            assert!(body_json(&r)["detail"].is_string());
+        }
+    }
+
+    #[test]
+    fn unknown_path_404_wrong_method_405() {
+        let e = engine();
+        let cfg = HttpConfig::default();
+        let r = run(&get("/nope"), &e, &cfg);
+        assert_eq!((r.status, body_json(&r)), (404, json!({"detail":"not_found"})));
+        let r = run(&req("POST", "/api/market/candles", &[], ""), &e, &cfg);
+        assert_eq!(r.status, 405);
+        assert_eq!(r.header("allow"), Some("GET, OPTIONS"));
+        assert_eq!(run(&get("/api/market/ingest/candle_closed"), &e, &cfg).status, 405);
+    }
+
+    #[test]
+    fn cors_preflight_and_allowed_origin_echo() {
+        let e = engine();
+        let cfg = HttpConfig::default();
+        let pre = req("OPTIONS", "/api/market/candles", &[("Origin", ORIGIN), ("Access-Control-Request-Method", "GET")], "");
+        let r = run(&pre, &e, &cfg);
+        assert_eq!(r.status, 204);
+        assert_eq!(r.header("access-control-allow-origin"), Some(ORIGIN));
+        assert_eq!(r.header("access-control-allow-methods"), Some("GET, POST, OPTIONS"));
+        assert_eq!(r.header("access-control-allow-headers"), Some("Content-Type, Authorization"));
+        assert_eq!(r.header("vary"), Some("Origin"));
+        let mut out = Vec::new();
+        r.write_to(&mut out, true);
+        assert!(!String::from_utf8(out).unwrap().contains("Content-Length"));
+
+        let plain = run(&req("GET", "/health", &[("Origin", "http://127.0.0.1:5173")], ""), &e, &cfg);
+        assert_eq!(plain.header("access-control-allow-origin"), Some("http://127.0.0.1:5173"));
+        let no_origin = run(&get("/health"), &e, &cfg);
+        assert_eq!((no_origin.header("access-control-allow-origin"), no_origin.header("vary")), (None, Some("Origin")));
+        let errors_too = run(&req("GET", "/nope", &[("Origin", ORIGIN)], ""), &e, &cfg);
+        assert_eq!(errors_too.header("access-control-allow-origin"), Some(ORIGIN));
+    }
+
+    #[test]
+    fn foreign_origin_is_403_unless_the_list_is_empty_or_wildcard() {
+        let e = engine();
+        let evil = req("GET", "/api/market/whitelist", &[("Origin", "https://evil.example")], "");
+        let r = run(&evil, &e, &HttpConfig::default());
+        assert_eq!((r.status, body_json(&r)), (403, json!({"detail":"origin_not_allowed"})));
+        assert_eq!(r.header("access-control-allow-origin"), None);
+        let open = HttpConfig { cors_origins: vec![], ..HttpConfig::default() };
+        let r = run(&evil, &e, &open);
+        assert_eq!((r.status, r.header("access-control-allow-origin"), r.header("vary")), (200, None, None));
+        let any = HttpConfig { cors_origins: vec!["*".into()], ..HttpConfig::default() };
+        assert_eq!(run(&evil, &e, &any).header("access-control-allow-origin"), Some("https://evil.example"));
+    }
+
+    fn ws_headers(key: &str) -> Vec<(&str, &str)> {
+        vec![
+            ("Host", "localhost"),
+            ("Upgrade", "websocket"),
+            ("Connection", "keep-alive, Upgrade"),
+            ("Sec-WebSocket-Version", "13"),
+            ("Sec-WebSocket-Key", key),
+        ]
+    }
+
+    #[test]
+    fn websocket_upgrade_uses_the_rfc_accept_key() {
+        let r = req("GET", "/ws/market", &ws_headers("dGhlIHNhbXBsZSBub25jZQ=="), "");
+        let Routed::Upgrade { response } = route(&r, &engine(), &ShellStats::default(), &HttpConfig::default()) else {
+            panic!("not an upgrade")
+        };
+        assert_eq!(
+            String::from_utf8(response).unwrap(),
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn websocket_upgrade_refusals() {
+        let e = engine();
+        let cfg = HttpConfig::default();
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        let plain = run(&get("/ws/market"), &e, &cfg);
+        assert_eq!((plain.status, plain.header("upgrade")), (426, Some("websocket")));
+        let mut h = ws_headers(key);
+        h[3].1 = "8";
+        assert_eq!(run(&req("GET", "/ws/market", &h, ""), &e, &cfg).status, 426);
+        let mut h = ws_headers("short==");
+        assert_eq!(run(&req("GET", "/ws/market", &h, ""), &e, &cfg).status, 400);
+        h = ws_headers(key);
+        h[2].1 = "keep-alive";
+        assert_eq!(run(&req("GET", "/ws/market", &h, ""), &e, &cfg).status, 400);
+        let mut h = ws_headers(key);
+        h.push(("Origin", "https://evil.example"));
+        assert_eq!(run(&req("GET", "/ws/market", &h, ""), &e, &cfg).status, 403);
+        let mut h = ws_headers(key);
+        h.push(("Origin", ORIGIN));
+        assert!(matches!(route(&req("GET", "/ws/market", &h, ""), &e, &ShellStats::default(), &cfg), Routed::Upgrade { .. }));
+    }
+
+    #[test]
+    fn shared_secret_guards_everything_but_health_and_preflight() {
+        let e = engine();
+        let cfg = HttpConfig { auth_token: Some("s3cret".into()), ..HttpConfig::default() };
+        let denied = run(&get("/api/market/whitelist"), &e, &cfg);
+        assert_eq!((denied.status, body_json(&denied)), (401, json!({"detail":"unauthorized"})));
+        assert_eq!(run(&req("GET", "/api/market/whitelist", &[("Authorization", "Bearer wrong")], ""), &e, &cfg).status, 401);
+        assert_eq!(run(&get("/api/market/whitelist?token=s3cre"), &e, &cfg).status, 401);
+        assert_eq!(run(&req("GET", "/api/market/whitelist", &[("Authorization", "Bearer s3cret")], ""), &e, &cfg).status, 200);
+        assert_eq!(run(&req("GET", "/api/market/whitelist", &[("Authorization", "bearer s3cret")], ""), &e, &cfg).status, 200);
+        assert_eq!(run(&get("/api/market/whitelist?token=s3cret"), &e, &cfg).status, 200);
+        assert_eq!(run(&get("/metrics"), &e, &cfg).status, 401);
+        assert_eq!(run(&get("/health"), &e, &cfg).status, 200);
+        assert_eq!(run(&req("OPTIONS", "/metrics", &[("Origin", ORIGIN)], ""), &e, &cfg).status, 204);
+        let mut h = ws_headers("dGhlIHNhbXBsZSBub25jZQ==");
+        assert_eq!(run(&req("GET", "/ws/market", &h, ""), &e, &cfg).status, 401);
+        h.push(("Authorization", "Bearer s3cret"));
+        assert!(matches!(route(&req("GET", "/ws/market", &h, ""), &e, &ShellStats::default(), &cfg), Routed::Upgrade { .. }));
+        assert!(matches!(
+            route(&req("GET", "/ws/market?token=s3cret", &ws_headers("dGhlIHNhbXBsZSBub25jZQ=="), ""), &e, &ShellStats::default(), &cfg),
+            Routed::Upgrade { .. }
+        ));
+    }
+
+    #[test]
+    fn constant_time_eq_is_equality() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(constant_time_eq(b"", b""));
+    }
+
+    #[test]
+    fn health_reports_status_and_reasons() {
+        let e = seeded(&[60]);
+        let stats = ShellStats { store_ok: true, store_path: "m.db".into(), started_unix_s: 1000.0, now_unix_s: 1012.5, ..Default::default() };
+        let r = reply_of(route(&get("/health"), &e, &stats, &HttpConfig::default()));
+        let v = body_json(&r);
+        assert_eq!((r.status, v["status"].clone(), v["uptime_s"].clone()), (200, json!("ok"), json!(12.5)));
+        for key in ["store", "upstream", "clients", "jobs", "subscriptions", "reasons"] {
+            assert!(v.get(key).is_some(), "missing {key}");
+        }
+        assert_eq!(v["jobs"], json!({"starting":0,"running":0,"dead":0}));
+        let down = ShellStats { store_ok: false, ..stats };
+        let v = body_json(&reply_of(route(&get("/health"), &e, &down, &HttpConfig::default())));
+        assert_eq!((v["status"].clone(), v["reasons"].clone()), (json!("degraded"), json!(["store_unavailable"])));
+    }
+
+    #[test]
+    fn metrics_are_valid_prometheus_text() {
+        let e = seeded(&[60, 120]);
+        let stats = ShellStats { store_ok: true, store_write_count: 3, store_write_seconds_sum: 0.0125, http_requests: 7, ..Default::default() };
+        let r = reply_of(route(&get("/metrics"), &e, &stats, &HttpConfig::default()));
+        assert_eq!((r.status, r.header("content-type")), (200, Some("text/plain; version=0.0.4; charset=utf-8")));
+        let text = String::from_utf8(r.body).unwrap();
+        let mut typed = std::collections::BTreeMap::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                assert!(["counter", "gauge", "summary"].contains(&kind), "{line}");
+                assert!(typed.insert(name.to_string(), kind.to_string()).is_none(), "duplicate TYPE {name}");
+                continue;
+            }
+            if line.starts_with("# HELP ") {
+                continue;
+            }
+            let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {line}"));
+            assert!(value.parse::<f64>().is_ok() || ["+Inf", "-Inf", "NaN"].contains(&value), "{line}");
+            let name = series.split('{').next().unwrap();
+            assert!(name.starts_with("klinegate_"), "{line}");
+            assert!(name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'), "{line}");
+            if let Some(labels) = series.strip_prefix(name) {
+                if !labels.is_empty() {
+                    assert!(labels.starts_with('{') && labels.ends_with('}'), "{line}");
+                    for pair in labels[1..labels.len() - 1].split(',') {
+                        let (k, v) = pair.split_once('=').unwrap();
+                        assert!(!k.is_empty() && v.starts_with('"') && v.ends_with('"'), "{line}");
+                    }
+                }
+            }
+            let family = ["_sum", "_count"].iter().find_map(|s| name.strip_suffix(s).filter(|f| typed.get(*f).is_some_and(|k| k == "summary")));
+            let family = family.unwrap_or(name);
+            assert!(typed.contains_key(family), "sample before its TYPE: {line}");
+            if typed[family] == "counter" {
+                assert!(name.ends_with("_total"), "{line}");
+            }
+        }
+        assert!(text.contains("klinegate_jobs{state=\"running\"} 0\n"));
+        assert!(text.contains("klinegate_http_requests_total 7\n"));
+        assert!(text.contains("klinegate_store_write_seconds_sum 0.0125\n"));
+        assert!(text.contains("klinegate_store_write_seconds_count 3\n"));
+        assert!(text.contains("klinegate_candles_persisted_total 2\n"));
+        assert!(text.ends_with('\n'));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        assert_eq!(prom_float(f64::INFINITY), "+Inf");
+        assert_eq!(prom_float(3.0), "3");
+    }
+}
