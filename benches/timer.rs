@@ -109,10 +109,15 @@ fn big_jump(count: usize) {
 }
 
 fn main() {
-    rearm(10_000);
-    rearm(100_000);
-    expire_ms_by_ms(100_000, 60_000);
-    expire_ms_by_ms(1_000_000, 600_000);
-    next_deadline_query(10_000);
-    big_jump(1_000_000);
+    // KLINEGATE_BENCH_QUICK=1 (CI): smaller sizes, same shape, a second or two.
+    let quick = std::env::var("KLINEGATE_BENCH_QUICK").is_ok_and(|v| v == "1");
+    let (small, large) = if quick { (1_000, 10_000) } else { (10_000, 100_000) };
+    rearm(small);
+    rearm(large);
+    expire_ms_by_ms(large, 60_000);
+    if !quick {
+        expire_ms_by_ms(1_000_000, 600_000);
+    }
+    next_deadline_query(small);
+    big_jump(if quick { 100_000 } else { 1_000_000 });
 }
