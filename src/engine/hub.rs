@@ -8,7 +8,8 @@
 //!   repeated; a cursor only moves forward except by the client's own re-subscribe;
 //! - a forming candle at or before the cursor is never sent.
 //!
-//! Broadcast frames are serialized once per publish and shared (`Rc<[u8]>`).
+//! Broadcast frames are serialized once per publish and shared (`Bytes`, a
+//! reference-counted buffer the shell hands to the WebSocket layer without a copy).
 //! Forming frames coalesce per series while still queued. A client whose
 //! queued bytes pass `max_backlog_bytes` is closed with [`SLOW_CONSUMER_CLOSE`];
 //! it can reconnect and resume with `since`.
@@ -21,7 +22,6 @@ use crate::model::{Candle, Timeframe};
 use crate::protocol::client as wire;
 use crate::store::Store;
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::rc::Rc;
 
 /// Close code and reason for a client whose backlog passed its limit.
 pub const SLOW_CONSUMER_CLOSE: (u16, &str) =
@@ -29,7 +29,7 @@ pub const SLOW_CONSUMER_CLOSE: (u16, &str) =
 /// Close code and reason on shutdown (as the reference).
 pub const SHUTDOWN_CLOSE: (u16, &str) = (1001, "server_shutdown");
 
-pub type Frame = Rc<[u8]>;
+pub type Frame = bytes::Bytes;
 
 #[derive(Clone, Debug)]
 pub struct HubConfig {
@@ -341,7 +341,7 @@ impl Hub {
                 .get_or_insert_with(|| {
                     self.scratch.clear();
                     wire::write_candle_frame(&mut self.scratch, true, entry.id.as_str(), candle);
-                    self.scratch.as_slice().into()
+                    Frame::copy_from_slice(&self.scratch)
                 })
                 .clone();
             counters.frames_forming += 1;
