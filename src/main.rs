@@ -8,6 +8,7 @@ use klinegate::journal;
 use klinegate::store::{MemoryStore, SqliteStore, Store};
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -20,6 +21,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the engine: serve /ws/market and the HTTP API, ingest from Binance.
+    /// `klinegate run --help` lists every setting.
+    #[command(disable_help_flag = true)]
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
     /// Replay a journal through a fresh engine and print its outputs as JSON lines.
     Replay {
         /// The journal (JSON lines, as written by `run --record` or a tool).
@@ -52,6 +60,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run { args } => return run(args),
         Command::Replay { journal, check, out, db, stats } => replay(journal, check, out, db, stats),
         Command::JournalFromCapture { capture, out, no_client } => convert(capture, out, no_client),
     };
@@ -62,6 +71,31 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn run(args: Vec<OsString>) -> ExitCode {
+    let argv = std::iter::once(OsString::from("klinegate run")).chain(args);
+    let cfg = match klinegate::runconfig::parse_run_config(argv, &|k| std::env::var(k).ok()) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            let code = e.exit_code();
+            if code == 0 {
+                println!("{e}");
+            } else {
+                eprintln!("klinegate: {e}");
+            }
+            return ExitCode::from(code);
+        }
+    };
+    let server = match klinegate::net::server::Server::new(cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("klinegate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let code = server.run();
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
 fn open_store(db: Option<PathBuf>) -> Result<Box<dyn Store>, String> {

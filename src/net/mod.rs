@@ -8,6 +8,12 @@
 //!   functions of a request and read-only engine state).
 //! - [`upstream_conn`]: one exchange WebSocket (TCP → rustls → tungstenite),
 //!   non-blocking.
+//! - [`client_conn`]: one client socket, HTTP then (after the upgrade) WebSocket.
+//! - [`server`]: the loop itself; [`logger`] and [`timed_store`] serve it.
+pub mod client_conn;
 pub mod http;
+pub mod logger;
 pub mod routes;
+pub mod server;
+pub mod timed_store;
 pub mod upstream_conn;

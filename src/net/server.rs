@@ -1,0 +1,772 @@
+//! `klinegate run`: the event loop. One thread, one `mio::Poll`, connections in
+//! a slab (listener, clients, exchange connections, the signal pipe).
+//!
+//! One loop turn: wait until a socket is ready or the engine's next deadline;
+//! read the clock once; feed every ready socket's input to the engine
+//! (recording it when `--record` is on); fire due engine timers; carry out the
+//! engine's outputs; write each ready client's queued frames in one go.
+//! Writes never block: a client whose socket is full gets no more frames from
+//! the engine until it drains, so its backlog stays in the engine's bounded
+//! queue and the slow-consumer policy applies.
+
+use super::client_conn::{HttpConn, WsConn, WsRead};
+use super::http::{HttpLimits, Response};
+use super::logger::Logger;
+use super::routes::{self, HttpConfig, Routed, ShellStats};
+use super::timed_store::{StoreStats, TimedStore};
+use super::upstream_conn::{TlsSetup, UpstreamConn, UpstreamEvent};
+use crate::engine::{Engine, Input, LogLevel, Output};
+use crate::journal::{Header, JournalWriter};
+use crate::runconfig::RunConfig;
+use crate::store::SqliteStore;
+use crate::time::Timestamp;
+use mio::net::{TcpListener, UnixStream};
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::io::{self, BufWriter, Read};
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const SIGNALS: Token = Token(usize::MAX - 2);
+/// Messages read from one client per readiness event.
+const CLIENT_READ_BUDGET: usize = 64;
+/// Housekeeping (idle clients, pings, journal flush) runs this often.
+const HOUSEKEEPING: Duration = Duration::from_millis(500);
+/// A client that does not finish its close handshake is dropped after this.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+enum Conn {
+    Http(HttpConn),
+    Ws(WsConn),
+    Upstream { engine_conn: u64, conn: UpstreamConn },
+}
+
+/// Maps the wall clock to engine time: never backwards, read once per turn.
+struct Clock {
+    origin_unix: Duration,
+    origin: Instant,
+    last: Timestamp,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        let origin_unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        Clock { origin_unix, origin: Instant::now(), last: Timestamp::ZERO }
+    }
+
+    fn now(&mut self) -> (Timestamp, Instant) {
+        let mono = Instant::now();
+        let ns = (self.origin_unix + mono.duration_since(self.origin)).as_nanos() as u64;
+        self.last = self.last.max(Timestamp(ns));
+        (self.last, mono)
+    }
+}
+
+pub struct Server {
+    cfg: RunConfig,
+    poll: Poll,
+    listener: Option<TcpListener>,
+    signals: UnixStream,
+    conns: Slab<Conn>,
+    engine: Engine,
+    journal: Option<JournalWriter<BufWriter<File>>>,
+    tls: TlsSetup,
+    http_cfg: HttpConfig,
+    limits: HttpLimits,
+    logger: Logger,
+    clock: Clock,
+    now: Timestamp,
+    mono: Instant,
+    stats: ShellStats,
+    store_stats: Rc<RefCell<StoreStats>>,
+    // Lookups only, never iterated for output.
+    upstreams: HashMap<u64, usize>,
+    clients: HashMap<u64, usize>,
+    per_ip: HashMap<IpAddr, usize>,
+    next_client: u64,
+    ready_clients: Vec<u64>,
+    pending_inputs: VecDeque<Input>,
+    frames: Vec<bytes::Bytes>,
+    shutdown_at: Option<Instant>,
+    last_housekeeping: Instant,
+}
+
+fn unix_secs(t: Timestamp) -> f64 {
+    t.as_secs_f64()
+}
+
+impl Server {
+    /// Opens the store, binds the port, installs signal handlers. Errors are
+    /// one line for the user (exit code 2).
+    pub fn new(cfg: RunConfig) -> Result<Server, String> {
+        let store = SqliteStore::open(&cfg.db).map_err(|e| format!("--db {}: {e}", cfg.db.display()))?;
+        let (store, store_stats) = TimedStore::new(store);
+        let tls = TlsSetup::new(cfg.extra_ca.as_deref()).map_err(|e| format!("--extra-ca: {e}"))?;
+        let poll = Poll::new().map_err(|e| format!("cannot create the event loop: {e}"))?;
+        let mut listener =
+            TcpListener::bind(cfg.listen).map_err(|e| format!("--listen {}: cannot listen: {e}", cfg.listen))?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)
+            .map_err(|e| format!("cannot register the listener: {e}"))?;
+        let signals = install_signal_pipe(&poll)?;
+        let mut clock = Clock::new();
+        let (now, mono) = clock.now();
+        let journal = match &cfg.record {
+            None => None,
+            Some(path) => {
+                let file = File::create(path).map_err(|e| format!("--record {}: {e}", path.display()))?;
+                let header = Header::new(cfg.settings.clone(), now, false);
+                Some(JournalWriter::new(BufWriter::new(file), &header).map_err(|e| format!("--record: {e}"))?)
+            }
+        };
+        let engine = Engine::new(cfg.engine.clone(), Box::new(store), now);
+        let http_cfg = HttpConfig {
+            cors_origins: cfg.cors_origins.clone(),
+            enable_debug_api: cfg.enable_debug_api,
+            enable_dev_api: cfg.enable_dev_api,
+            auth_token: cfg.auth_token.clone(),
+            ..HttpConfig::default()
+        };
+        let limits = HttpLimits {
+            max_body_bytes: if cfg.enable_dev_api { 4 << 20 } else { HttpLimits::default().max_body_bytes },
+            ..HttpLimits::default()
+        };
+        let stats = ShellStats {
+            store_ok: true,
+            store_path: cfg.db.display().to_string(),
+            started_unix_s: unix_secs(now),
+            now_unix_s: unix_secs(now),
+            ..ShellStats::default()
+        };
+        let logger = Logger::new(cfg.log_level, cfg.log_format);
+        Ok(Server {
+            poll,
+            listener: Some(listener),
+            signals,
+            conns: Slab::with_capacity(1024),
+            engine,
+            journal,
+            tls,
+            http_cfg,
+            limits,
+            logger,
+            clock,
+            now,
+            mono,
+            stats,
+            store_stats,
+            upstreams: HashMap::new(),
+            clients: HashMap::new(),
+            per_ip: HashMap::new(),
+            next_client: 1,
+            ready_clients: Vec::new(),
+            pending_inputs: VecDeque::new(),
+            frames: Vec::new(),
+            shutdown_at: None,
+            last_housekeeping: mono,
+            cfg,
+        })
+    }
+
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    fn log(&self, level: LogLevel, line: &str) {
+        self.logger.log(unix_secs(self.now), level, line);
+    }
+
+    /// Runs until shutdown completes. Returns the process exit code.
+    pub fn run(mut self) -> i32 {
+        let addr = self.local_addr().map_or("?".to_string(), |a| a.to_string());
+        self.log(
+            LogLevel::Info,
+            &format!(
+                "server_started listen={addr} db={} pins={} record={}",
+                self.cfg.db.display(),
+                self.cfg.settings.pins.join(","),
+                self.cfg.record.as_ref().map_or("off".into(), |p| p.display().to_string())
+            ),
+        );
+        let _ = self.apply(Input::Start);
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    self.log(LogLevel::Error, &format!("poll_failed error={e:?}"));
+                    return 1;
+                }
+            }
+            let (now, mono) = self.clock.now();
+            self.now = now;
+            self.mono = mono;
+            self.stats.now_unix_s = unix_secs(now);
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_all(),
+                    SIGNALS => {
+                        if self.on_signal() {
+                            return 130;
+                        }
+                    }
+                    token => self.on_conn_event(token.0, event.is_readable(), event.is_writable()),
+                }
+            }
+            self.drive_pending_upstream_reads();
+            if self.engine.poll_timeout().is_some_and(|t| t <= self.now) {
+                self.fire_timers();
+            }
+            self.process_pending_inputs();
+            self.write_ready_clients();
+            if self.mono.duration_since(self.last_housekeeping) >= HOUSEKEEPING {
+                self.housekeeping();
+            }
+            if self.shutdown_finished() {
+                return self.finish();
+            }
+        }
+    }
+
+    fn poll_timeout(&self) -> Duration {
+        let mut wait = HOUSEKEEPING;
+        if let Some(t) = self.engine.poll_timeout() {
+            let ns = t.as_nanos().saturating_sub(self.clock.last.as_nanos());
+            // Round up to the millisecond so a deadline is never polled for early.
+            wait = wait.min(Duration::from_nanos(ns.div_ceil(1_000_000) * 1_000_000));
+        }
+        if !self.pending_inputs.is_empty() || self.any_upstream_wants_read() {
+            wait = Duration::ZERO;
+        }
+        wait
+    }
+
+    // -------------------------------------------------------------- engine
+
+    /// Records and applies one input, then carries out its outputs.
+    fn apply(&mut self, input: Input) -> Result<(), String> {
+        if let Some(j) = self.journal.as_mut() {
+            if let Err(e) = j.input(self.now, &input) {
+                self.logger.log(unix_secs(self.now), LogLevel::Error, &format!("journal_write_failed error={e:?}"));
+                self.journal = None;
+            }
+        }
+        let result = self.engine.handle(input, self.now);
+        self.drain_outputs();
+        result
+    }
+
+    fn fire_timers(&mut self) {
+        if let Some(j) = self.journal.as_mut() {
+            let _ = j.timeout(self.now);
+        }
+        self.engine.handle_timeout(self.now);
+        self.drain_outputs();
+    }
+
+    fn process_pending_inputs(&mut self) {
+        while let Some(input) = self.pending_inputs.pop_front() {
+            let _ = self.apply(input);
+        }
+    }
+
+    fn drain_outputs(&mut self) {
+        while let Some(out) = self.engine.poll_output() {
+            match out {
+                Output::UpstreamConnect { conn, url, .. } => self.open_upstream(conn, &url),
+                Output::UpstreamSend { conn, text } => self.send_upstream(conn, text),
+                Output::UpstreamClose { conn, reason } => self.close_upstream(conn, &reason),
+                Output::ClientReady { client } => self.ready_clients.push(client),
+                Output::ClientClose { client, code, reason } => self.close_client(client, code, &reason),
+                Output::Log { level, line } => self.log(level, &line),
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ upstream
+
+    fn open_upstream(&mut self, engine_conn: u64, url: &str) {
+        let entry = self.conns.vacant_entry();
+        let token = Token(entry.key());
+        match UpstreamConn::connect(url, &self.tls, self.poll.registry(), token) {
+            Ok(conn) => {
+                entry.insert(Conn::Upstream { engine_conn, conn });
+                self.upstreams.insert(engine_conn, token.0);
+            }
+            Err(e) => {
+                self.pending_inputs.push_back(Input::UpstreamDisconnected {
+                    conn: engine_conn,
+                    reason: format!("connect failed: {e}"),
+                });
+            }
+        }
+    }
+
+    fn send_upstream(&mut self, engine_conn: u64, text: String) {
+        let Some(&key) = self.upstreams.get(&engine_conn) else { return };
+        let Some(Conn::Upstream { conn, .. }) = self.conns.get_mut(key) else { return };
+        let result = conn.send_text(text);
+        let _ = conn.reregister(self.poll.registry(), Token(key));
+        if let Err(e) = result {
+            if e.kind() != io::ErrorKind::WouldBlock {
+                self.drop_upstream(key, &format!("send failed: {e}"), true);
+            }
+        }
+    }
+
+    fn close_upstream(&mut self, engine_conn: u64, reason: &str) {
+        let Some(key) = self.upstreams.remove(&engine_conn) else { return };
+        if let Some(Conn::Upstream { mut conn, .. }) = self.conns.try_remove(key) {
+            conn.close(reason);
+            let _ = conn.deregister(self.poll.registry());
+        }
+    }
+
+    /// The connection ended on our side of the shell; tell the engine if asked.
+    fn drop_upstream(&mut self, key: usize, reason: &str, notify: bool) {
+        if let Some(Conn::Upstream { engine_conn, mut conn }) = self.conns.try_remove(key) {
+            let _ = conn.deregister(self.poll.registry());
+            self.upstreams.remove(&engine_conn);
+            if notify {
+                self.pending_inputs.push_back(Input::UpstreamDisconnected { conn: engine_conn, reason: reason.into() });
+            }
+        }
+    }
+
+    fn on_upstream_event(&mut self, key: usize, readable: bool, writable: bool) {
+        let mut evs = Vec::new();
+        let engine_conn = match self.conns.get_mut(key) {
+            Some(Conn::Upstream { engine_conn, conn }) => {
+                conn.on_event(readable, writable, &mut evs);
+                let _ = conn.reregister(self.poll.registry(), Token(key));
+                *engine_conn
+            }
+            _ => return,
+        };
+        for ev in evs {
+            match ev {
+                UpstreamEvent::Connected => {
+                    self.stats.upstream_connected += 1;
+                    let _ = self.apply(Input::UpstreamConnected { conn: engine_conn });
+                }
+                UpstreamEvent::Text(text) => {
+                    self.stats.upstream_frames_in += 1;
+                    let _ = self.apply(Input::UpstreamText { conn: engine_conn, text });
+                }
+                UpstreamEvent::Ping => {
+                    let _ = self.apply(Input::UpstreamPing { conn: engine_conn });
+                }
+                UpstreamEvent::Closed { reason } => {
+                    self.drop_upstream(key, &reason, false);
+                    let _ = self.apply(Input::UpstreamDisconnected { conn: engine_conn, reason });
+                    return;
+                }
+            }
+        }
+    }
+
+    fn any_upstream_wants_read(&self) -> bool {
+        self.upstreams.values().any(|k| matches!(self.conns.get(*k), Some(Conn::Upstream { conn, .. }) if conn.wants_read()))
+    }
+
+    fn drive_pending_upstream_reads(&mut self) {
+        let mut keys: Vec<usize> = self
+            .upstreams
+            .values()
+            .copied()
+            .filter(|k| matches!(self.conns.get(*k), Some(Conn::Upstream { conn, .. }) if conn.wants_read()))
+            .collect();
+        keys.sort_unstable();
+        for key in keys {
+            self.on_upstream_event(key, true, false);
+        }
+    }
+
+    // ------------------------------------------------------------- clients
+
+    fn accept_all(&mut self) {
+        loop {
+            let Some(listener) = self.listener.as_ref() else { return };
+            let (mut stream, peer) = match listener.accept() {
+                Ok(s) => s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.log(LogLevel::Warn, &format!("accept_failed error={e:?}"));
+                    return;
+                }
+            };
+            let ip = peer.ip();
+            let on_ip = self.per_ip.get(&ip).copied().unwrap_or(0);
+            let total = self.conns.len() - self.upstreams.len();
+            if total >= self.cfg.max_connections || on_ip >= self.cfg.max_connections_per_ip {
+                self.stats.connections_rejected += 1;
+                let resp = Response::error(503, "too many connections");
+                let mut buf = Vec::new();
+                resp.write_to(&mut buf, false);
+                let _ = io::Write::write(&mut stream, &buf);
+                continue;
+            }
+            let _ = stream.set_nodelay(true);
+            let entry = self.conns.vacant_entry();
+            let key = entry.key();
+            if self.poll.registry().register(&mut stream, Token(key), Interest::READABLE).is_err() {
+                continue;
+            }
+            entry.insert(Conn::Http(HttpConn::new(stream, peer, self.mono)));
+            *self.per_ip.entry(ip).or_insert(0) += 1;
+            self.stats.connections_open += 1;
+        }
+    }
+
+    fn on_conn_event(&mut self, key: usize, readable: bool, writable: bool) {
+        match self.conns.get(key) {
+            Some(Conn::Http(_)) => self.on_http_event(key, readable, writable),
+            Some(Conn::Ws(_)) => self.on_ws_event(key, readable, writable),
+            Some(Conn::Upstream { .. }) => self.on_upstream_event(key, readable, writable),
+            None => {}
+        }
+    }
+
+    fn on_http_event(&mut self, key: usize, readable: bool, writable: bool) {
+        let mono = self.mono;
+        let parsed = match self.conns.get_mut(key) {
+            Some(Conn::Http(h)) => {
+                if writable && h.flush().is_err() {
+                    return self.remove_client_conn(key);
+                }
+                if readable {
+                    h.read_requests(&self.limits, mono)
+                } else {
+                    Ok(Vec::new())
+                }
+            }
+            _ => return,
+        };
+        match parsed {
+            Err(e) => {
+                if let Some(Conn::Http(h)) = self.conns.get_mut(key) {
+                    let mut buf = Vec::new();
+                    e.to_response().write_to(&mut buf, false);
+                    h.queue(&buf);
+                    h.close_after_write = true;
+                }
+            }
+            Ok(requests) => {
+                for req in requests {
+                    self.stats.http_requests += 1;
+                    if self.handle_request(key, req) {
+                        break; // the rest of the bytes belong to the WebSocket
+                    }
+                }
+            }
+        }
+        self.finish_http_io(key);
+    }
+
+    /// Answers one request; true when the connection became a WebSocket.
+    fn handle_request(&mut self, key: usize, req: super::http::Request) -> bool {
+        self.refresh_store_stats();
+        let routed = routes::route(&req, &self.engine, &self.stats, &self.http_cfg);
+        let response = match routed {
+            Routed::Reply(r) => r,
+            Routed::Apply { input, reply } => {
+                let result = self.apply(input);
+                routes::apply_reply(reply, result, &req, &self.http_cfg)
+            }
+            Routed::Upgrade { response } => {
+                if self.shutdown_at.is_some() {
+                    Response::error(503, "shutting down")
+                } else {
+                    if let Some(Conn::Http(h)) = self.conns.get_mut(key) {
+                        h.queue(&response);
+                        h.upgrade_after_write = true;
+                    }
+                    return true;
+                }
+            }
+        };
+        if let Some(Conn::Http(h)) = self.conns.get_mut(key) {
+            let mut buf = Vec::with_capacity(256 + response.body.len());
+            response.write_to(&mut buf, req.keep_alive);
+            h.queue(&buf);
+            if !req.keep_alive {
+                h.close_after_write = true;
+            }
+        }
+        false
+    }
+
+    fn finish_http_io(&mut self, key: usize) {
+        let Some(Conn::Http(h)) = self.conns.get_mut(key) else { return };
+        let done = match h.flush() {
+            Ok(done) => done,
+            Err(_) => return self.remove_client_conn(key),
+        };
+        if done && h.upgrade_after_write {
+            return self.upgrade(key);
+        }
+        if (done && h.close_after_write) || (h.peer_closed && !h.has_pending_output()) {
+            return self.remove_client_conn(key);
+        }
+        let interest = if done { Interest::READABLE } else { Interest::READABLE | Interest::WRITABLE };
+        let _ = self.poll.registry().reregister(&mut h.stream, Token(key), interest);
+    }
+
+    /// The 101 response is written: the socket becomes a WebSocket client.
+    fn upgrade(&mut self, key: usize) {
+        let Some(Conn::Http(mut h)) = self.conns.try_remove(key) else { return };
+        let leftover = h.take_leftover();
+        let client = self.next_client;
+        self.next_client += 1;
+        let ws = WsConn::new(h.stream, leftover, h.peer, client, self.cfg.max_frame_bytes, self.mono);
+        let entry = self.conns.vacant_entry();
+        let new_key = entry.key();
+        let mut ws = ws;
+        let _ = self.poll.registry().reregister(ws.ws.get_mut(), Token(new_key), Interest::READABLE);
+        entry.insert(Conn::Ws(ws));
+        self.clients.insert(client, new_key);
+        self.stats.ws_clients += 1;
+        let _ = self.apply(Input::ClientConnected { client });
+        // Frames pipelined behind the upgrade request are already buffered.
+        self.on_ws_event(new_key, true, false);
+    }
+
+    fn on_ws_event(&mut self, key: usize, readable: bool, writable: bool) {
+        let mono = self.mono;
+        let mut msgs = Vec::new();
+        let client = match self.conns.get_mut(key) {
+            Some(Conn::Ws(w)) => {
+                if writable && !w.flush() {
+                    msgs.push(WsRead::Closed("write failed".into()));
+                }
+                if readable {
+                    w.read(CLIENT_READ_BUDGET, mono, &mut msgs);
+                }
+                w.client
+            }
+            _ => return,
+        };
+        for m in msgs {
+            match m {
+                WsRead::Text(text) => {
+                    self.stats.ws_frames_in += 1;
+                    let _ = self.apply(Input::ClientText { client, text });
+                }
+                WsRead::Binary(len) => {
+                    self.stats.ws_frames_in += 1;
+                    let _ = self.apply(Input::ClientBinary { client, len });
+                }
+                WsRead::Closed(reason) => {
+                    self.log(LogLevel::Debug, &format!("client_closed client={client} reason={reason:?}"));
+                    return self.remove_client_conn(key);
+                }
+            }
+        }
+        if writable {
+            // The socket drained: more frames may be waiting in the engine.
+            self.ready_clients.push(client);
+        }
+        self.update_ws_interest(key);
+    }
+
+    fn update_ws_interest(&mut self, key: usize) {
+        if let Some(Conn::Ws(w)) = self.conns.get_mut(key) {
+            let interest =
+                if w.flush_pending { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+            let _ = self.poll.registry().reregister(w.ws.get_mut(), Token(key), interest);
+        }
+    }
+
+    /// Writes every ready client's queued frames: one flush per client per turn.
+    fn write_ready_clients(&mut self) {
+        if self.ready_clients.is_empty() {
+            return;
+        }
+        let mut ready = std::mem::take(&mut self.ready_clients);
+        ready.sort_unstable();
+        ready.dedup();
+        let mut frames = std::mem::take(&mut self.frames);
+        for client in ready.drain(..) {
+            let Some(&key) = self.clients.get(&client) else { continue };
+            let Some(Conn::Ws(w)) = self.conns.get_mut(key) else { continue };
+            if w.flush_pending || w.closing_since.is_some() {
+                continue; // taken again when the socket drains
+            }
+            frames.clear();
+            self.engine.take_client_frames(client, &mut frames);
+            if frames.is_empty() {
+                continue;
+            }
+            self.stats.ws_frames_out += frames.len() as u64;
+            self.stats.ws_bytes_out += frames.iter().map(|f| f.len() as u64).sum::<u64>();
+            if !w.send_frames(&frames) {
+                self.remove_client_conn(key);
+                continue;
+            }
+            self.update_ws_interest(key);
+        }
+        self.ready_clients = ready;
+        self.frames = frames;
+    }
+
+    fn close_client(&mut self, client: u64, code: u16, reason: &str) {
+        let Some(&key) = self.clients.get(&client) else { return };
+        if let Some(Conn::Ws(w)) = self.conns.get_mut(key) {
+            // Frames already taken go out before the close frame.
+            w.close(code, reason, self.mono);
+            self.update_ws_interest(key);
+        }
+    }
+
+    fn release_ip(&mut self, ip: IpAddr) {
+        if let Some(n) = self.per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
+    }
+
+    /// Removes a client socket; a WebSocket's subscriptions are released.
+    fn remove_client_conn(&mut self, key: usize) {
+        let Some(conn) = self.conns.try_remove(key) else { return };
+        self.stats.connections_open = self.stats.connections_open.saturating_sub(1);
+        match conn {
+            Conn::Http(mut h) => {
+                let _ = self.poll.registry().deregister(&mut h.stream);
+                self.release_ip(h.peer.ip());
+            }
+            Conn::Ws(mut w) => {
+                let _ = self.poll.registry().deregister(w.ws.get_mut());
+                self.release_ip(w.peer.ip());
+                self.clients.remove(&w.client);
+                self.stats.ws_clients = self.stats.ws_clients.saturating_sub(1);
+                let _ = self.apply(Input::ClientDisconnected { client: w.client });
+            }
+            Conn::Upstream { .. } => {}
+        }
+    }
+
+    // --------------------------------------------------------- housekeeping
+
+    fn housekeeping(&mut self) {
+        self.last_housekeeping = self.mono;
+        let idle = Duration::from_secs(self.cfg.client_idle_timeout_s);
+        let ping_every = idle / 3;
+        let mut expired = Vec::new();
+        let mut close_idle = Vec::new();
+        for (key, conn) in self.conns.iter_mut() {
+            match conn {
+                Conn::Http(h) if self.mono.duration_since(h.last_activity) >= idle => expired.push(key),
+                Conn::Ws(w) => {
+                    if let Some(since) = w.closing_since {
+                        if self.mono.duration_since(since) >= CLOSE_TIMEOUT || !w.flush_pending {
+                            expired.push(key);
+                        }
+                    } else if self.mono.duration_since(w.last_seen) >= idle {
+                        close_idle.push(w.client);
+                    } else if self.mono.duration_since(w.last_ping) >= ping_every {
+                        w.ping(self.mono);
+                    }
+                }
+                _ => {}
+            }
+        }
+        for client in close_idle {
+            self.close_client(client, 1001, "idle timeout");
+        }
+        expired.sort_unstable();
+        for key in expired {
+            self.remove_client_conn(key);
+        }
+        self.refresh_store_stats();
+        if let Some(j) = self.journal.as_mut() {
+            let _ = j.flush();
+        }
+    }
+
+    fn refresh_store_stats(&mut self) {
+        let st = self.store_stats.borrow();
+        self.stats.store_ok = st.last_write_ok;
+        self.stats.store_write_count = st.writes;
+        self.stats.store_write_seconds_sum = st.write_seconds_sum;
+        self.stats.store_write_seconds_max = st.write_seconds_max;
+    }
+
+    // ------------------------------------------------------------- shutdown
+
+    /// Returns true when the process must exit at once (second signal).
+    fn on_signal(&mut self) -> bool {
+        let mut buf = [0u8; 64];
+        while let Ok(n) = self.signals.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+        }
+        if self.shutdown_at.is_some() {
+            self.log(LogLevel::Warn, "second_signal action=exit_now");
+            if let Some(j) = self.journal.as_mut() {
+                let _ = j.flush();
+            }
+            return true;
+        }
+        self.log(LogLevel::Info, "shutdown_requested");
+        self.shutdown_at = Some(self.mono);
+        if let Some(mut l) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        let _ = self.apply(Input::Shutdown);
+        let keys: Vec<usize> = self.upstreams.values().copied().collect();
+        for key in keys {
+            if let Some(Conn::Upstream { conn, .. }) = self.conns.get_mut(key) {
+                conn.close("shutdown");
+            }
+            self.drop_upstream(key, "shutdown", false);
+        }
+        self.write_ready_clients();
+        false
+    }
+
+    fn shutdown_finished(&self) -> bool {
+        let Some(at) = self.shutdown_at else { return false };
+        let grace = Duration::from_secs(self.cfg.shutdown_grace_s);
+        self.clients.is_empty() || self.mono.duration_since(at) >= grace
+    }
+
+    fn finish(mut self) -> i32 {
+        let left = self.engine.unpersisted_candles();
+        if let Some(j) = self.journal.as_mut() {
+            let _ = j.flush();
+        }
+        let level = if left == 0 { LogLevel::Info } else { LogLevel::Error };
+        self.log(level, &format!("server_stopped unpersisted_candles={left}"));
+        if left == 0 {
+            0
+        } else {
+            1
+        }
+    }
+}
+
+/// SIGINT/SIGTERM write a byte into a pipe the loop polls (no extra thread).
+fn install_signal_pipe(poll: &Poll) -> Result<UnixStream, String> {
+    let (read, write) = std::os::unix::net::UnixStream::pair().map_err(|e| format!("signal pipe: {e}"))?;
+    read.set_nonblocking(true).map_err(|e| format!("signal pipe: {e}"))?;
+    write.set_nonblocking(true).map_err(|e| format!("signal pipe: {e}"))?;
+    let write2 = write.try_clone().map_err(|e| format!("signal pipe: {e}"))?;
+    signal_hook::low_level::pipe::register(signal_hook::consts::SIGINT, write)
+        .map_err(|e| format!("cannot install SIGINT handler: {e}"))?;
+    signal_hook::low_level::pipe::register(signal_hook::consts::SIGTERM, write2)
+        .map_err(|e| format!("cannot install SIGTERM handler: {e}"))?;
+    let mut read = UnixStream::from_std(read);
+    poll.registry()
+        .register(&mut read, SIGNALS, Interest::READABLE)
+        .map_err(|e| format!("signal pipe: {e}"))?;
+    Ok(read)
+}

@@ -1,0 +1,71 @@
+//! A `Store` wrapper that measures how long writes take and whether the store
+//! is healthy, for `/metrics` and `/health`. Shell-side: it reads the clock,
+//! which the core never does; the figures never flow back into the engine.
+
+use crate::model::Candle;
+use crate::store::{SeriesBatch, Store, StoreResult};
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Instant;
+
+#[derive(Debug, Default, Clone)]
+pub struct StoreStats {
+    pub writes: u64,
+    pub write_seconds_sum: f64,
+    pub write_seconds_max: f64,
+    pub last_write_ok: bool,
+    pub failures: u64,
+}
+
+pub struct TimedStore<S: Store> {
+    inner: S,
+    stats: Rc<RefCell<StoreStats>>,
+}
+
+impl<S: Store> TimedStore<S> {
+    pub fn new(inner: S) -> (TimedStore<S>, Rc<RefCell<StoreStats>>) {
+        let stats = Rc::new(RefCell::new(StoreStats { last_write_ok: true, ..StoreStats::default() }));
+        (TimedStore { inner, stats: stats.clone() }, stats)
+    }
+}
+
+impl<S: Store> Store for TimedStore<S> {
+    fn write_batches(&mut self, batches: &[SeriesBatch]) -> StoreResult<()> {
+        let started = Instant::now();
+        let result = self.inner.write_batches(batches);
+        let secs = started.elapsed().as_secs_f64();
+        let mut st = self.stats.borrow_mut();
+        st.writes += 1;
+        st.write_seconds_sum += secs;
+        st.write_seconds_max = st.write_seconds_max.max(secs);
+        st.last_write_ok = result.is_ok();
+        if result.is_err() {
+            st.failures += 1;
+        }
+        result
+    }
+
+    fn head_time(&self, series_id: &str) -> StoreResult<Option<i64>> {
+        self.inner.head_time(series_id)
+    }
+
+    fn first_time(&self, series_id: &str) -> StoreResult<Option<i64>> {
+        self.inner.first_time(series_id)
+    }
+
+    fn read_tail(&self, series_id: &str, limit: usize) -> StoreResult<Vec<Candle>> {
+        self.inner.read_tail(series_id, limit)
+    }
+
+    fn read_after(&self, series_id: &str, since: i64, limit: usize) -> StoreResult<Vec<Candle>> {
+        self.inner.read_after(series_id, since, limit)
+    }
+
+    fn read_range(&self, series_id: &str, start: i64, end: i64, limit: usize) -> StoreResult<Vec<Candle>> {
+        self.inner.read_range(series_id, start, end, limit)
+    }
+
+    fn count_range(&self, series_id: &str, start: i64, end: i64) -> StoreResult<u64> {
+        self.inner.count_range(series_id, start, end)
+    }
+}
