@@ -2,6 +2,7 @@
 //! the replay's output lines. Shared by the scenario and fixture tests.
 #![allow(dead_code)]
 
+pub mod live;
 pub mod recorder;
 pub mod scenarios;
 
