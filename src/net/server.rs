@@ -617,6 +617,7 @@ impl Server {
 
     fn close_client(&mut self, client: u64, code: u16, reason: &str) {
         let Some(&key) = self.clients.get(&client) else { return };
+        self.log(LogLevel::Info, &format!("client_close client={client} code={code} reason={reason:?}"));
         if let Some(Conn::Ws(w)) = self.conns.get_mut(key) {
             // Frames already taken go out before the close frame.
             w.close(code, reason, self.mono);
