@@ -222,6 +222,14 @@ impl Sim {
                     let mut frames = Vec::new();
                     engine.take_client_frames(client, &mut frames);
                 }
+                // The capture holds no REST history: every heal finds none.
+                Output::RestRequest { id, .. } => self.pending.push_back(Input::RestResponse {
+                    id,
+                    status: 200,
+                    body: "[]".into(),
+                    retry_after_s: None,
+                    used_weight: None,
+                }),
                 _ => {}
             }
         }

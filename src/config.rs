@@ -4,7 +4,9 @@
 //! at fault. Never reads the environment itself: the CLI layer does that.
 
 use crate::engine::guardrail::GuardrailConfig;
+use crate::engine::heal::HealConfig;
 use crate::engine::hub::HubConfig;
+use crate::engine::rest::RestConfig;
 use crate::engine::supervisor::{Role, SupervisorConfig};
 use crate::engine::upstream::UpstreamConfig;
 use crate::engine::EngineConfig;
@@ -47,6 +49,14 @@ pub struct Settings {
     pub breaker_cooldown_s: u64,
     pub store_backlog_max_candles: usize,
     pub rng_seed: u64,
+    /// Heal history over REST (start, reconnect, late closes).
+    pub heal: bool,
+    pub heal_first_visit_candles: usize,
+    pub heal_max_candles: usize,
+    pub late_close_ms: u64,
+    pub heal_gate_ms: u64,
+    pub rest_weight_budget_spot: u32,
+    pub rest_weight_budget_futures: u32,
 }
 
 impl Default for Settings {
@@ -79,6 +89,13 @@ impl Default for Settings {
             breaker_cooldown_s: 30,
             store_backlog_max_candles: 1_000_000,
             rng_seed: 1,
+            heal: true,
+            heal_first_visit_candles: 2000,
+            heal_max_candles: 20_000,
+            late_close_ms: 5000,
+            heal_gate_ms: 10_000,
+            rest_weight_budget_spot: 3000,
+            rest_weight_budget_futures: 1200,
         }
     }
 }
@@ -197,6 +214,20 @@ impl Settings {
             store_backlog_max_candles: positive("store-backlog-max-candles", self.store_backlog_max_candles as u64)?
                 as usize,
             rng_seed: self.rng_seed,
+            heal: HealConfig {
+                enabled: self.heal,
+                first_visit_candles: self.heal_first_visit_candles,
+                max_candles: positive("heal-max-candles", self.heal_max_candles as u64)? as usize,
+                late_close: Duration::from_millis(positive("late-close-ms", self.late_close_ms)?),
+                gate_timeout: Duration::from_millis(self.heal_gate_ms),
+                ..HealConfig::default()
+            },
+            rest: RestConfig {
+                weight_budget_spot: positive("rest-weight-budget-spot", self.rest_weight_budget_spot as u64)? as u32,
+                weight_budget_futures: positive("rest-weight-budget-futures", self.rest_weight_budget_futures as u64)?
+                    as u32,
+                ..RestConfig::default()
+            },
         })
     }
 }

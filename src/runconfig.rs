@@ -143,6 +143,29 @@ struct RunArgs {
     #[arg(long, value_name = "SECONDS", default_value = "30", help_heading = "Ingest")]
     breaker_cooldown_s: String,
 
+    // ---------------------------------------------------------------- healing
+    /// Heal missing closed candles over REST (job start, reconnect, late closes)
+    #[arg(long, value_name = "BOOL", default_value = "true", num_args = 0..=1, default_missing_value = "true", help_heading = "Healing")]
+    heal: String,
+    /// Base candles fetched for a series with no stored history (first visit)
+    #[arg(long, value_name = "N", default_value = "2000", help_heading = "Healing")]
+    heal_first_visit_candles: String,
+    /// Most candles one heal fetches (older holes stay gaps)
+    #[arg(long, value_name = "N", default_value = "20000", help_heading = "Healing")]
+    heal_max_candles: String,
+    /// Fetch a candle over REST when its closing frame is this many ms late
+    #[arg(long, value_name = "MS", default_value = "5000", help_heading = "Healing")]
+    late_close_ms: String,
+    /// Longest time (ms) live closed candles wait behind a running heal
+    #[arg(long, value_name = "MS", default_value = "10000", help_heading = "Healing")]
+    heal_gate_ms: String,
+    /// REST request weight used per minute on spot (Binance allows 6000 per IP)
+    #[arg(long, value_name = "N", default_value = "3000", help_heading = "Healing")]
+    rest_weight_budget_spot: String,
+    /// REST request weight used per minute on USD-M futures (Binance allows 2400 per IP)
+    #[arg(long, value_name = "N", default_value = "1200", help_heading = "Healing")]
+    rest_weight_budget_futures: String,
+
     // -------------------------------------------------------------- upstream
     /// Binance spot combined-stream WebSocket URL
     #[arg(long, value_name = "URL", default_value = "wss://stream.binance.com:9443/stream", help_heading = "Upstream")]
@@ -569,6 +592,13 @@ fn build(l: &mut Layers<'_>, known: &[String]) -> Result<RunConfig, RunConfigErr
         breaker_cooldown_s: l.value("breaker_cooldown_s", parse_u64)?,
         store_backlog_max_candles: l.value("store_backlog_max_candles", parse_usize)?,
         rng_seed: l.value("rng_seed", parse_u64)?,
+        heal: l.value("heal", parse_bool)?,
+        heal_first_visit_candles: l.value("heal_first_visit_candles", parse_usize)?,
+        heal_max_candles: l.value("heal_max_candles", parse_usize)?,
+        late_close_ms: l.value("late_close_ms", parse_u64)?,
+        heal_gate_ms: l.value("heal_gate_ms", parse_u64)?,
+        rest_weight_budget_spot: l.value("rest_weight_budget_spot", parse_u32)?,
+        rest_weight_budget_futures: l.value("rest_weight_budget_futures", parse_u32)?,
     };
 
     let config = RunConfig {

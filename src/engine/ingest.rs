@@ -72,6 +72,67 @@ impl Throttle {
     }
 }
 
+/// A heal in progress (see `heal.rs`): candles opening in `[from, to]`.
+#[derive(Debug)]
+pub struct HealTask {
+    pub from: i64,
+    pub to: i64,
+    /// First open time not fetched yet.
+    pub next_from: i64,
+    /// The REST request in flight.
+    pub request: Option<u64>,
+    pub attempts: u32,
+    pub retry_at: Option<Timestamp>,
+    /// Live closed candles wait for this heal until then (`None`: no gate).
+    pub gate_until: Option<Timestamp>,
+    pub reason: &'static str,
+    /// Closed candles fetched so far.
+    pub rows: Vec<Candle>,
+}
+
+/// What a job's healing did last, for health and debug views.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct HealState {
+    /// `idle`, `running`, `succeeded` or `failed`.
+    pub state: &'static str,
+    pub reason: &'static str,
+    pub started_at: Option<Timestamp>,
+    pub updated_at: Option<Timestamp>,
+    pub wanted: i64,
+    pub healed: i64,
+    pub error: Option<String>,
+}
+
+impl HealState {
+    pub fn begin(&mut self, now: Timestamp, reason: &'static str, wanted: i64) {
+        *self = HealState {
+            state: "running",
+            reason,
+            started_at: Some(now),
+            updated_at: Some(now),
+            wanted,
+            healed: 0,
+            error: None,
+        };
+    }
+
+    pub fn progress(&mut self, now: Timestamp, healed: i64) {
+        self.updated_at = Some(now);
+        self.healed = healed;
+    }
+
+    pub fn succeed(&mut self, now: Timestamp, healed: i64) {
+        self.state = "succeeded";
+        self.progress(now, healed);
+    }
+
+    pub fn fail(&mut self, now: Timestamp, error: String) {
+        self.state = "failed";
+        self.updated_at = Some(now);
+        self.error = Some(error);
+    }
+}
+
 /// An ingest job for one base series.
 pub struct Job {
     pub base: SeriesIdx,
@@ -92,6 +153,24 @@ pub struct Job {
     /// `throttles[0]` is the base series, `throttles[1 + i]` derived target `i`.
     pub throttles: Vec<Throttle>,
     pub frames_seen: u64,
+    pub heal: Option<HealTask>,
+    pub heal_state: HealState,
+    /// Late-close watchdog timer.
+    pub watchdog: Option<TimerId>,
+    /// The stream was lost; heal when it is live again.
+    pub lost: bool,
+    /// A range a heal could not fill: retried later, ungated, with backoff.
+    pub hole: Option<Hole>,
+}
+
+/// Candles opening in `[from, to]` that healing has not filled yet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hole {
+    pub from: i64,
+    pub to: i64,
+    pub attempts: u32,
+    pub retry_at: Timestamp,
+    pub error: String,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -131,7 +210,37 @@ impl Job {
             latest_forming: None,
             throttles,
             frames_seen: 0,
+            heal: None,
+            heal_state: HealState { state: "idle", ..HealState::default() },
+            watchdog: None,
+            lost: false,
+            hole: None,
         }
+    }
+
+    /// The newest closed candle accepted (persisted or buffered); `i64::MIN`
+    /// while the series has no history at all.
+    pub fn newest_closed(&self) -> i64 {
+        let head = if self.last_emitted == 0 { i64::MIN } else { self.last_emitted };
+        self.buffer.iter().map(|c| c.candle_time).max().unwrap_or(i64::MIN).max(head)
+    }
+
+    /// Whether live closed candles must wait for a running heal at `now`.
+    pub fn gated(&self, now: Timestamp) -> Option<Timestamp> {
+        self.heal.as_ref().and_then(|h| h.gate_until).filter(|t| now < *t)
+    }
+
+    /// Healed rows: those after the published head join the buffer (flushed in
+    /// order with the live ones); older ones are returned for a direct write.
+    pub fn absorb_healed(&mut self, rows: Vec<Candle>) -> (usize, Vec<Candle>) {
+        let (ahead, behind): (Vec<Candle>, Vec<Candle>) =
+            rows.into_iter().partition(|c| c.candle_time > self.last_emitted);
+        let n = ahead.len();
+        // Live frames win over REST rows for the same candle: they go last.
+        let live = std::mem::take(&mut self.buffer);
+        self.buffer = ahead;
+        self.buffer.extend(live);
+        (n, behind)
     }
 
     pub fn buffered(&self) -> usize {

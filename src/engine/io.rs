@@ -27,6 +27,18 @@ pub enum Input {
     IngestForming { series_id: String, candle: Candle },
     /// SIGINT/SIGTERM: flush everything, close clients with 1001.
     Shutdown,
+    /// The answer to a `RestRequest` (any HTTP status).
+    RestResponse {
+        id: u64,
+        status: u16,
+        body: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_s: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        used_weight: Option<u32>,
+    },
+    /// A `RestRequest` could not be carried out (connect, TLS, timeout, …).
+    RestFailed { id: u64, reason: String },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -53,6 +65,8 @@ pub enum Output {
     /// `ClientDisconnected` so its subscriptions are released.
     ClientClose { client: u64, code: u16, reason: String },
     Log { level: LogLevel, line: String },
+    /// `GET <the market's REST base URL><path>`; answer with `RestResponse` or `RestFailed`.
+    RestRequest { id: u64, market: Market, path: String },
 }
 
 /// Monotonic counters, in items (never time), for metrics and tests.
@@ -85,6 +99,13 @@ pub struct Counters {
     pub queue_drops: u64,
     pub jobs_started: u64,
     pub jobs_stopped: u64,
+    pub heals_started: u64,
+    pub candles_healed: u64,
+    pub late_close_fetches: u64,
+    pub late_closes_upserted: u64,
+    pub rest_requests: u64,
+    pub rest_failures: u64,
+    pub rest_rows_skipped: u64,
 }
 
 impl Counters {

@@ -76,19 +76,43 @@ impl Engine {
     fn on_closed(&mut self, job_idx: SeriesIdx, candle: Candle) {
         let (batch_max, every, now) = (self.cfg.batch_max, self.cfg.flush_interval, self.now);
         let Some(job) = self.jobs.get_mut(&job_idx) else { return };
+        // A close after a hole proves the candles in between are over: fetch
+        // them now, and hold this one until they are here (no gap for clients).
+        let (newest, tf) = (job.newest_closed(), job.base_id.timeframe().seconds());
+        if newest > i64::MIN && job.heal.is_none() && candle.candle_time > newest + tf {
+            self.start_heal(job_idx, newest + tf, candle.candle_time - tf, "hole", true);
+        }
+        let Some(job) = self.jobs.get_mut(&job_idx) else { return };
         job.frames_seen += 1;
         match job.accept_closed(candle, now, batch_max, every) {
-            ClosedDecision::Stale => self.counters.stale_closed += 1,
+            ClosedDecision::Stale => {
+                self.counters.stale_closed += 1;
+                self.upsert_late_close(job_idx, candle);
+            }
             ClosedDecision::FlushNow => {
                 self.counters.closed_accepted += 1;
                 self.flush_job(job_idx);
             }
             ClosedDecision::FlushAt(at) => {
                 self.counters.closed_accepted += 1;
+                let at = job.gated(now).map_or(at, |g| g.max(at));
                 if job.flush_timer.is_none() {
                     job.flush_timer = Some(self.timers.insert(at, TimerKey::Flush(job_idx)));
                 }
             }
+        }
+        self.check_late_close(job_idx, candle.candle_time);
+    }
+
+    /// A closing frame for a candle already persisted (e.g. fetched by the
+    /// watchdog): the exchange's final values replace the stored row; nothing
+    /// is published again.
+    fn upsert_late_close(&mut self, job_idx: SeriesIdx, candle: Candle) {
+        let Some(job) = self.jobs.get(&job_idx) else { return };
+        let batch = crate::store::SeriesBatch { series_id: job.base_id.as_str().to_string(), candles: vec![candle] };
+        match self.store.write_batches(&[batch]) {
+            Ok(()) => self.counters.late_closes_upserted += 1,
+            Err(_) => self.counters.store_write_errors += 1,
         }
     }
 
@@ -101,6 +125,8 @@ impl Engine {
             return;
         }
         job.latest_forming = Some(candle);
+        self.check_late_close(job_idx, candle.candle_time);
+        let Some(job) = self.jobs.get_mut(&job_idx) else { return };
         let mut emit: Vec<usize> = Vec::new();
         for i in 0..job.throttles.len() {
             let bucket = match i {
@@ -159,6 +185,15 @@ impl Engine {
         let Some(job) = self.jobs.get_mut(&job_idx) else { return };
         if let Some(t) = job.flush_timer.take() {
             self.timers.cancel(t);
+        }
+        if let Some(until) = job.gated(now) {
+            // A heal is running: live candles wait for it (bounded by the gate).
+            if job.buffered() > 0 && !self.shut_down {
+                job.flush_timer = Some(self.timers.insert(until, TimerKey::Flush(job_idx)));
+                return;
+            }
+        } else if let Some(h) = job.heal.as_mut() {
+            h.gate_until = None; // the gate timed out: live data flows again
         }
         let base = job.take_flush(now);
         if base.is_empty() {
@@ -267,6 +302,7 @@ impl Engine {
             let _ = self.persist_and_publish(set, false);
         }
         self.pool.attach(&stream, market, now, &mut self.outputs);
+        self.heal_on_start(idx, head);
     }
 
     fn make_fold(&self, base: &SeriesId) -> Option<DerivedFold> {
@@ -301,6 +337,10 @@ impl Engine {
                 self.timers.cancel(t);
             }
         }
+        if let Some(t) = job.watchdog {
+            self.timers.cancel(t);
+        }
+        self.rest.cancel_queued(|p| matches!(p, super::RestPurpose::Heal { job, .. } if *job == idx));
         self.stream_jobs.remove(&job.stream);
         self.pool.detach(&job.stream, self.now, &mut self.outputs);
         self.counters.jobs_stopped += 1;
@@ -315,12 +355,18 @@ impl Engine {
                     if let Some(idx) = self.stream_jobs.get(stream).copied() {
                         let id = self.series.get(idx).id.clone();
                         self.supervisor.job_running(&id, self.now);
+                        if self.jobs.get_mut(&idx).is_some_and(|j| std::mem::take(&mut j.lost)) {
+                            self.heal_on_reconnect(idx);
+                        }
                     }
                 }
                 PoolEvent::StreamLost { stream, reason } => {
                     if let Some(idx) = self.stream_jobs.get(stream).copied() {
                         let id = self.series.get(idx).id.clone();
                         self.supervisor.job_failed(&id, self.now, reason);
+                        if let Some(j) = self.jobs.get_mut(&idx) {
+                            j.lost = true;
+                        }
                     }
                 }
                 PoolEvent::Reconnected { conn, market } => {

@@ -19,8 +19,10 @@
 
 pub mod derived;
 pub mod guardrail;
+pub mod heal;
 pub mod hub;
 pub mod ingest;
+pub mod rest;
 pub mod series;
 pub mod supervisor;
 pub mod upstream;
@@ -61,6 +63,8 @@ pub struct EngineConfig {
     /// closed candles are dropped and counted (REST healing refills them).
     pub store_backlog_max_candles: usize,
     pub rng_seed: u64,
+    pub heal: heal::HealConfig,
+    pub rest: rest::RestConfig,
 }
 
 /// Timers the engine schedules on its wheel.
@@ -70,6 +74,15 @@ enum TimerKey {
     Flush(SeriesIdx),
     /// Trailing edge of a forming throttle: job, throttle index (0 = base).
     Forming(SeriesIdx, u16),
+    /// Late-close watchdog of a job.
+    Watchdog(SeriesIdx),
+}
+
+/// Why a REST request was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestPurpose {
+    /// One page of a job's heal, covering open times up to `page_end`.
+    Heal { job: SeriesIdx, page_end: i64 },
 }
 
 /// `GET /api/market/candles` reply.
@@ -110,6 +123,9 @@ pub struct Engine {
     stream_jobs: HashMap<String, SeriesIdx>,
     timers: TimerWheel<TimerKey>,
     backlog: StoreBacklog,
+    rest: rest::RestScheduler<RestPurpose>,
+    heal_retry_at: Option<Timestamp>,
+    rest_calls: Vec<rest::RestCall>,
     outputs: VecDeque<Output>,
     counters: Counters,
     effects: Vec<Effect>,
@@ -134,6 +150,9 @@ impl Engine {
             stream_jobs: HashMap::new(),
             timers: TimerWheel::new(now),
             backlog: StoreBacklog::new(cfg.store_backlog_max_candles),
+            rest: rest::RestScheduler::new(cfg.rest.clone()),
+            heal_retry_at: None,
+            rest_calls: Vec::new(),
             outputs: VecDeque::new(),
             counters: Counters::default(),
             effects: Vec::new(),
@@ -220,8 +239,44 @@ impl Engine {
                 self.shutdown();
                 Ok(())
             }
+            Input::RestResponse { id, status, body, retry_after_s, used_weight } => {
+                let result = if status == 200 { Ok(body) } else { Err((Some(status), body)) };
+                self.on_rest_done(id, Some(status), retry_after_s, used_weight, result);
+                Ok(())
+            }
+            Input::RestFailed { id, reason } => {
+                self.counters.rest_failures += 1;
+                self.on_rest_done(id, None, None, None, Err((None, reason)));
+                Ok(())
+            }
         };
+        self.pump_rest();
         result
+    }
+
+    fn on_rest_done(
+        &mut self,
+        id: u64,
+        status: Option<u16>,
+        retry_after_s: Option<u64>,
+        used_weight: Option<u32>,
+        result: Result<String, (Option<u16>, String)>,
+    ) {
+        let Some((_, purpose)) = self.rest.complete(id, status, retry_after_s, used_weight, self.now) else { return };
+        match purpose {
+            RestPurpose::Heal { job, page_end } => self.on_heal_response(job, page_end, result),
+        }
+    }
+
+    /// Sends the REST requests the budgets allow.
+    fn pump_rest(&mut self) {
+        let mut calls = std::mem::take(&mut self.rest_calls);
+        self.rest.pump(self.now, &mut calls);
+        for c in calls.drain(..) {
+            self.counters.rest_requests += 1;
+            self.outputs.push_back(Output::RestRequest { id: c.id, market: c.market, path: c.path });
+        }
+        self.rest_calls = calls;
     }
 
     /// Fires every timer due at `now`. Spurious or early calls are harmless.
@@ -240,6 +295,7 @@ impl Engine {
                     }
                 }
                 TimerKey::Forming(job, i) => self.fire_forming(job, i as usize),
+                TimerKey::Watchdog(job) => self.fire_watchdog(job),
             }
         }
         self.fired = fired;
@@ -254,6 +310,10 @@ impl Engine {
         if self.backlog.retry_at().is_some_and(|t| t <= now) {
             self.retry_backlog();
         }
+        if self.heal_retry_at.is_some_and(|t| t <= now) {
+            self.retry_heals();
+        }
+        self.pump_rest();
     }
 
     /// The earliest time `handle_timeout` has work. Pure.
@@ -263,6 +323,8 @@ impl Engine {
             self.pool.next_deadline(),
             self.supervisor.next_deadline(),
             self.backlog.retry_at(),
+            self.heal_retry_at,
+            self.rest.next_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -470,8 +532,30 @@ impl Engine {
             obj.insert("upstream".into(), self.pool.snapshot(self.now));
             obj.insert("counters".into(), self.counters.to_json());
             obj.insert("unpersisted_candles".into(), self.unpersisted_candles().into());
+            let healing: Vec<serde_json::Value> = self
+                .jobs
+                .values()
+                .map(|j| {
+                    serde_json::json!({
+                        "series_id": j.base_id.as_str(),
+                        "backfill": heal::heal_state_json(&j.heal_state),
+                        "hole": j.hole.as_ref().map(heal::hole_json),
+                    })
+                })
+                .collect();
+            obj.insert("healing".into(), healing.into());
+            obj.insert("rest".into(), serde_json::json!({"queued": self.rest.queued(), "inflight": self.rest.inflight()}));
         }
         v
+    }
+
+    /// The healing state of the job that ingests `series_id` (its base job for
+    /// a derived series), for health views.
+    pub fn heal_state(&self, series_id: &str) -> Option<(ingest::HealState, Option<ingest::Hole>)> {
+        let id = SeriesId::parse(series_id).ok()?;
+        let base = self.supervisor.normalize(&id);
+        let idx = self.series.lookup(base.as_str())?;
+        self.jobs.get(&idx).map(|j| (j.heal_state.clone(), j.hole.clone()))
     }
 
     /// `GET /api/market/candles` (§8.1): the tail when `since` is absent, else

@@ -284,8 +284,15 @@ impl Server {
                 Output::ClientReady { client } => self.ready_clients.push(client),
                 Output::ClientClose { client, code, reason } => self.close_client(client, code, &reason),
                 Output::Log { level, line } => self.log(level, &line),
+                Output::RestRequest { id, market, path } => self.start_rest(id, market, &path),
             }
         }
+    }
+
+    // ---------------------------------------------------------------- REST
+
+    fn start_rest(&mut self, id: u64, _market: crate::model::Market, _path: &str) {
+        self.pending_inputs.push_back(Input::RestFailed { id, reason: "REST client not available".into() });
     }
 
     // ------------------------------------------------------------ upstream

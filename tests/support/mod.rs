@@ -2,6 +2,7 @@
 //! the replay's output lines. Shared by the scenario and fixture tests.
 #![allow(dead_code)]
 
+pub mod exchange_model;
 pub mod live;
 pub mod recorder;
 pub mod scenarios;
@@ -19,9 +20,10 @@ pub struct JournalBuilder {
 }
 
 impl JournalBuilder {
-    /// `settings` is merged over defaults; `pins` default to none here.
+    /// `settings` is merged over defaults; `pins` default to none here, and
+    /// REST healing is off unless a scenario turns it on (it needs answers).
     pub fn new(start_s: f64, settings: Value) -> Self {
-        let mut base = json!({"pins": []});
+        let mut base = json!({"pins": [], "heal": false});
         if let (Some(b), Some(s)) = (base.as_object_mut(), settings.as_object()) {
             for (k, v) in s {
                 b.insert(k.clone(), v.clone());

@@ -13,6 +13,8 @@ pub struct Recorder {
     pub engine: Engine,
     journal: JournalWriter<Vec<u8>>,
     pub now: Timestamp,
+    /// Client frames delivered so far and not yet taken: (client, frame).
+    frames: Vec<(u64, serde_json::Value)>,
 }
 
 impl Recorder {
@@ -20,7 +22,7 @@ impl Recorder {
         let cfg = settings.to_engine_config().expect("valid settings");
         let header = Header::new(settings, start, false);
         let journal = JournalWriter::new(Vec::new(), &header).expect("write to memory");
-        Recorder { engine: Engine::new(cfg, Box::new(MemoryStore::new()), start), journal, now: start }
+        Recorder { engine: Engine::new(cfg, Box::new(MemoryStore::new()), start), journal, now: start, frames: Vec::new() }
     }
 
     /// One input at `now`; returns the outputs it produced (client frames drained).
@@ -50,10 +52,17 @@ impl Recorder {
             if let Output::ClientReady { client } = o {
                 let mut frames = Vec::new();
                 self.engine.take_client_frames(client, &mut frames);
+                for f in frames {
+                    self.frames.push((client, serde_json::from_slice(&f).expect("frames are JSON")));
+                }
             }
             outs.push(o);
         }
         outs
+    }
+
+    pub fn take_frames(&mut self) -> Vec<(u64, serde_json::Value)> {
+        std::mem::take(&mut self.frames)
     }
 
     pub fn journal_text(self) -> String {

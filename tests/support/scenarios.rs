@@ -130,7 +130,7 @@ pub fn reconnect_backoff() -> String {
 /// Every connection attempt fails at once until the breaker has opened twice;
 /// then the half-open probe connects and delivers data. Recorded reactively.
 pub fn breaker_open_then_half_open_recovers() -> String {
-    let settings = Settings { pins: vec![BTC1.into()], derived: "".into(), ..Settings::default() };
+    let settings = Settings { pins: vec![BTC1.into()], derived: "".into(), heal: false, ..Settings::default() };
     let start = Timestamp::from_secs(T0 as u64);
     let mut rec = Recorder::new(settings, start);
     let mut outs = rec.handle(start, Input::Start);
@@ -223,6 +223,10 @@ pub fn all() -> Vec<(&'static str, String)> {
         ("live_forming_trailing_edge", forming_trailing_edge()),
         ("live_shutdown_flushes", shutdown_flushes()),
         ("client_bad_requests", bad_requests()),
+        ("heal_first_visit", heal_first_visit().journal),
+        ("heal_reconnect", heal_reconnect().journal),
+        ("heal_late_close", heal_late_close().journal),
+        ("heal_rest_failure", heal_rest_failure().journal),
     ]
 }
 
@@ -230,4 +234,135 @@ pub fn all() -> Vec<(&'static str, String)> {
 pub fn start_secs(text: &str) -> f64 {
     let header: Value = serde_json::from_str(text.lines().next().unwrap_or("{}")).unwrap_or(json!({}));
     header["start_ns"].as_u64().unwrap_or(0) as f64 / secs(1.0) as f64
+}
+
+// ------------------------------------------------------------------ healing
+// Scenarios with an exchange model answering REST; each returns the journal
+// and the model (what the client saw, what REST was asked).
+
+use super::exchange_model::{candle, ExchangeModel};
+use klinegate::engine::Engine;
+
+pub struct Healed {
+    pub journal: String,
+    pub model: ExchangeModel,
+    pub engine_store: Vec<(String, Vec<i64>)>,
+}
+
+fn heal_settings(first_visit: usize, derived: &str) -> Settings {
+    Settings {
+        pins: vec![BTC1.into()],
+        derived: derived.into(),
+        heal_first_visit_candles: first_visit,
+        upstream_silence_s: 3600,
+        ..Settings::default()
+    }
+}
+
+fn stored(engine: &Engine, series: &[&str]) -> Vec<(String, Vec<i64>)> {
+    series
+        .iter()
+        .map(|s| {
+            let times = engine.store().read_tail(s, 100_000).unwrap().iter().map(|c| c.candle_time).collect();
+            (s.to_string(), times)
+        })
+        .collect()
+}
+
+fn ts(secs: i64) -> Timestamp {
+    Timestamp::from_millis((secs * 1000) as u64)
+}
+
+fn finish(rec: Recorder, model: ExchangeModel, series: &[&str]) -> Healed {
+    let engine_store = stored(&rec.engine, series);
+    Healed { journal: rec.journal_text(), model, engine_store }
+}
+
+fn subscribe(model: &mut ExchangeModel, rec: &mut Recorder, client: u64, series: &str, since: Option<i64>) {
+    let now = rec.now;
+    model.step(rec, now, Input::ClientConnected { client });
+    let msg = json!({"type":"subscribe","series_id":series,"since":since,"supports_batch":true});
+    model.step(rec, now, Input::ClientText { client, text: msg.to_string() });
+}
+
+/// A series with no stored history: its job fetches the first-visit depth
+/// (the open candle's row is not stored) and derived 5m candles roll up.
+pub fn heal_first_visit() -> Healed {
+    let now_s = T0 + 40 * 60 + 10; // 10 s into minute 40
+    let history = (0..=40).map(|k| candle(T0 + 60 * k, 100.0 + k as f64));
+    let mut model = ExchangeModel::new(history);
+    let mut rec = Recorder::new(heal_settings(30, "5m"), ts(now_s));
+    subscribe(&mut model, &mut rec, 1, BTC1, None);
+    subscribe(&mut model, &mut rec, 2, BTC5, None);
+    let outs = rec.handle(ts(now_s), Input::Start);
+    model.settle(&mut rec, outs);
+    model.run_until(&mut rec, ts(now_s + 2));
+    finish(rec, model, &[BTC1, BTC5])
+}
+
+/// The stream drops for five minutes: the missing candles are fetched and
+/// delivered before the first live one, in order, with no gap.
+pub fn heal_reconnect() -> Healed {
+    let history = (0..20).map(|k| candle(T0 + 60 * k, 100.0 + k as f64));
+    let mut model = ExchangeModel::new(history);
+    let mut rec = Recorder::new(heal_settings(3, ""), ts(T0 + 125));
+    let outs = rec.handle(ts(T0 + 125), Input::Start);
+    model.settle(&mut rec, outs); // first visit: candles 0 and 1
+    subscribe(&mut model, &mut rec, 1, BTC1, Some(T0 - 60));
+    let conn = model.conn.expect("connected");
+    let c2 = candle(T0 + 120, 102.0);
+    let text = model.kline_text(&c2, true);
+    model.step(&mut rec, ts(T0 + 180), Input::UpstreamText { conn, text });
+    model.step(&mut rec, ts(T0 + 190), Input::UpstreamDisconnected { conn: 1, reason: "reset".into() });
+    // Reconnects after its backoff; stays quiet until minute 8 closes.
+    model.run_until(&mut rec, ts(T0 + 500));
+    let conn = model.conn.expect("reconnected");
+    let c8 = candle(T0 + 480, 108.0);
+    let text = model.kline_text(&c8, true);
+    model.step(&mut rec, ts(T0 + 540), Input::UpstreamText { conn, text });
+    model.run_until(&mut rec, ts(T0 + 560));
+    finish(rec, model, &[BTC1])
+}
+
+/// A candle's closing frame never comes: the watchdog fetches it once; the
+/// frame arriving later is stored over it, not published again.
+pub fn heal_late_close() -> Healed {
+    let history = (0..10).map(|k| candle(T0 + 60 * k, 100.0 + k as f64));
+    let mut model = ExchangeModel::new(history);
+    let mut rec = Recorder::new(heal_settings(1, ""), ts(T0 + 65));
+    let outs = rec.handle(ts(T0 + 65), Input::Start);
+    model.settle(&mut rec, outs); // first visit: candle 0
+    subscribe(&mut model, &mut rec, 1, BTC1, Some(T0));
+    let conn = model.conn.expect("connected");
+    let forming1 = model.kline_text(&candle(T0 + 60, 101.0), false);
+    model.step(&mut rec, ts(T0 + 100), Input::UpstreamText { conn, text: forming1 });
+    // Minute 1 closes at T0+120 but its x:true never comes; minute 2 starts.
+    let forming2 = model.kline_text(&candle(T0 + 120, 102.0), false);
+    model.step(&mut rec, ts(T0 + 121), Input::UpstreamText { conn, text: forming2 });
+    model.run_until(&mut rec, ts(T0 + 130));
+    // The late frame finally arrives.
+    let late = model.kline_text(&candle(T0 + 60, 101.0), true);
+    model.step(&mut rec, ts(T0 + 131), Input::UpstreamText { conn, text: late });
+    model.run_until(&mut rec, ts(T0 + 135));
+    finish(rec, model, &[BTC1])
+}
+
+/// REST fails: after the gate opens the client gets a `gap`, then the hole is
+/// healed later (written behind the head) once REST answers again.
+pub fn heal_rest_failure() -> Healed {
+    let history = (0..30).map(|k| candle(T0 + 60 * k, 100.0 + k as f64));
+    let mut model = ExchangeModel::new(history);
+    for _ in 0..5 {
+        model.rest_failures.push_back((500, "{\"code\":-1000,\"msg\":\"internal error\"}".into()));
+    }
+    let mut rec = Recorder::new(heal_settings(5, ""), ts(T0 + 305));
+    subscribe(&mut model, &mut rec, 1, BTC1, Some(T0 - 60));
+    let outs = rec.handle(ts(T0 + 305), Input::Start);
+    model.settle(&mut rec, outs);
+    let conn = model.conn.expect("connected");
+    let c5 = candle(T0 + 300, 105.0);
+    let text = model.kline_text(&c5, true);
+    model.step(&mut rec, ts(T0 + 361), Input::UpstreamText { conn, text });
+    model.run_until(&mut rec, ts(T0 + 361 + 600));
+    finish(rec, model, &[BTC1])
 }

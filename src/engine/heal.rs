@@ -1,0 +1,358 @@
+//! Healing history over REST, so clients never see a `gap` that could have been
+//! filled. A job heals when it starts (from its stored head, or its first-visit
+//! depth when it has none), when its stream comes back after a loss, and when
+//! a candle's closing frame is late (the watchdog). While the first heal of a
+//! job runs, its live closed candles wait in the buffer (the "gate"), so the
+//! healed and the live candles are persisted and published together, in order,
+//! with no `gap`. The gate opens when the heal ends, fails, or takes longer
+//! than `gate_timeout`; rows fetched after that are written behind the head
+//! (persisted, folded into derived timeframes, offered to subscribers whose
+//! cursor is still behind them). Never reads a clock.
+
+use super::ingest::{HealState, HealTask, Hole};
+use super::series::SeriesIdx;
+use super::{Engine, LogLevel, RestPurpose, TimerKey};
+use crate::model::Candle;
+use crate::protocol::binance_rest as rest;
+use crate::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct HealConfig {
+    pub enabled: bool,
+    /// Base candles fetched for a series with no stored history.
+    pub first_visit_candles: usize,
+    /// At most this many candles per heal (older ones stay a recorded gap).
+    pub max_candles: usize,
+    /// A candle whose closing frame has not arrived this long after its close is fetched.
+    pub late_close: Duration,
+    /// The longest live data waits behind a running heal.
+    pub gate_timeout: Duration,
+    pub max_attempts: u32,
+}
+
+impl Default for HealConfig {
+    fn default() -> Self {
+        HealConfig {
+            enabled: true,
+            first_visit_candles: 2000,
+            max_candles: 20_000,
+            late_close: Duration::from_secs(5),
+            gate_timeout: Duration::from_secs(10),
+            max_attempts: 5,
+        }
+    }
+}
+
+impl Engine {
+    /// The newest candle that must be closed by now for this job's timeframe.
+    fn latest_closed_for(&self, job: SeriesIdx) -> Option<i64> {
+        let tf = self.jobs.get(&job)?.base_id.timeframe();
+        Some(tf.expected_latest_closed(self.now.as_secs()))
+    }
+
+    /// Heal at job start: from the stored head, or the first-visit depth.
+    pub(super) fn heal_on_start(&mut self, job: SeriesIdx, head: Option<i64>) {
+        let Some(latest) = self.latest_closed_for(job) else { return };
+        let Some(tf) = self.jobs.get(&job).map(|j| j.base_id.timeframe().seconds()) else { return };
+        let from = match head {
+            Some(h) => h + tf,
+            None => latest - (self.cfg.heal.first_visit_candles.max(1) as i64 - 1) * tf,
+        };
+        let reason = if head.is_some() { "restart" } else { "first_visit" };
+        self.start_heal(job, from, latest, reason, true);
+    }
+
+    /// Heal after the stream came back: from the newest closed candle known.
+    pub(super) fn heal_on_reconnect(&mut self, job: SeriesIdx) {
+        let Some(latest) = self.latest_closed_for(job) else { return };
+        let Some(j) = self.jobs.get(&job) else { return };
+        let from = j.newest_closed().saturating_add(j.base_id.timeframe().seconds());
+        self.start_heal(job, from, latest, "reconnect", true);
+    }
+
+    /// Starts (or widens) a heal of `[from, to]` (open times, seconds).
+    pub(super) fn start_heal(&mut self, job: SeriesIdx, from: i64, to: i64, reason: &'static str, gate: bool) {
+        if !self.cfg.heal.enabled {
+            return;
+        }
+        let now = self.now;
+        let max = self.cfg.heal.max_candles as i64;
+        let Some(j) = self.jobs.get_mut(&job) else { return };
+        let tf = j.base_id.timeframe().seconds();
+        let from = from.max(to - (max - 1) * tf).max(tf);
+        if from > to {
+            return;
+        }
+        let mut started = None;
+        match j.heal.as_mut() {
+            Some(task) => {
+                task.to = task.to.max(to);
+                task.next_from = task.next_from.min(from);
+            }
+            None => {
+                j.heal = Some(HealTask {
+                    from,
+                    to,
+                    next_from: from,
+                    request: None,
+                    attempts: 0,
+                    retry_at: None,
+                    gate_until: gate.then(|| now.add(self.cfg.heal.gate_timeout)),
+                    reason,
+                    rows: Vec::new(),
+                });
+                j.heal_state.begin(now, reason, (to - from) / tf + 1);
+                started = Some(format!("heal_started series_id={} from={from} to={to} reason={reason}", j.base_id));
+            }
+        }
+        if gate {
+            // The flush waits for the heal, but never past the gate timeout.
+            if let Some(t) = j.heal.as_ref().and_then(|h| h.gate_until) {
+                if let Some(old) = j.flush_timer.take() {
+                    self.timers.cancel(old);
+                }
+                if j.buffered() > 0 {
+                    j.flush_timer = Some(self.timers.insert(t, TimerKey::Flush(job)));
+                }
+            }
+        }
+        if let Some(line) = started {
+            self.counters.heals_started += 1;
+            self.log(LogLevel::Info, line);
+        }
+        self.request_next_page(job);
+    }
+
+    /// Sends the next page of a job's heal, if none is in flight.
+    fn request_next_page(&mut self, job: SeriesIdx) {
+        let Some(j) = self.jobs.get_mut(&job) else { return };
+        let Some(task) = j.heal.as_mut() else { return };
+        if task.request.is_some() || task.retry_at.is_some_and(|t| self.now < t) {
+            return;
+        }
+        let tf = j.base_id.timeframe();
+        let limit = rest::max_limit(j.market);
+        let page_end = task.to.min(task.next_from + (limit as i64 - 1) * tf.seconds());
+        let symbol = rest::symbol_from_stream(&j.stream);
+        let path = rest::klines_path(j.market, &symbol, tf, task.next_from, page_end, limit);
+        let weight = rest::klines_weight(j.market, limit);
+        match self.rest.submit(j.market, path, weight, RestPurpose::Heal { job, page_end }) {
+            Some(id) => task.request = Some(id),
+            None => task.retry_at = Some(self.now.add(Duration::from_secs(5))),
+        }
+    }
+
+    /// A heal page came back (or failed): keep its closed rows, go on, or finish.
+    pub(super) fn on_heal_response(&mut self, job: SeriesIdx, page_end: i64, result: Result<String, (Option<u16>, String)>) {
+        let now = self.now;
+        let max_attempts = self.cfg.heal.max_attempts;
+        let Some(j) = self.jobs.get_mut(&job) else { return };
+        let Some(task) = j.heal.as_mut() else { return };
+        task.request = None;
+        let tf = j.base_id.timeframe().seconds();
+        match result {
+            Ok(body) => match rest::parse_klines(&body) {
+                Ok((rows, skipped)) => {
+                    self.counters.rest_rows_skipped += skipped as u64;
+                    let forming = j.latest_forming.map(|c| c.candle_time);
+                    let now_ms = (now.as_nanos() / 1_000_000) as i64;
+                    let lo = task.next_from;
+                    // Only candles whose close is past, inside the page, and older than
+                    // the live forming candle are closed: the last row is often still open.
+                    task.rows.extend(
+                        rows.iter()
+                            .filter(|r| r.candle.candle_time >= lo && r.candle.candle_time <= page_end)
+                            .filter(|r| r.close_time_ms < now_ms && forming.is_none_or(|f| r.candle.candle_time < f))
+                            .map(|r| r.candle),
+                    );
+                    task.next_from = page_end + tf;
+                    task.attempts = 0;
+                    j.heal_state.progress(now, task.rows.len() as i64);
+                    if task.next_from > task.to {
+                        return self.finish_heal(job, None);
+                    }
+                }
+                Err(e) => return self.heal_failed_attempt(job, None, e, max_attempts),
+            },
+            Err((Some(status), body)) if status == 429 || status == 418 => {
+                // The scheduler paused the market; ask again (not an attempt).
+                let _ = body;
+            }
+            Err((Some(status), body)) if (400..500).contains(&status) => {
+                // The exchange refuses this request (e.g. an unknown symbol): retrying won't help.
+                return self.finish_heal(job, Some(rest::error_text(status, &body)));
+            }
+            Err((status, reason)) => return self.heal_failed_attempt(job, status, reason, max_attempts),
+        }
+        self.request_next_page(job);
+    }
+
+    fn heal_failed_attempt(&mut self, job: SeriesIdx, status: Option<u16>, reason: String, max_attempts: u32) {
+        let now = self.now;
+        let Some(task) = self.jobs.get_mut(&job).and_then(|j| j.heal.as_mut()) else { return };
+        task.attempts += 1;
+        let why = match status {
+            Some(s) => format!("HTTP {s}: {reason}"),
+            None => reason,
+        };
+        if task.attempts >= max_attempts {
+            return self.finish_heal(job, Some(why));
+        }
+        let backoff = Duration::from_secs(1u64 << task.attempts.min(6));
+        task.retry_at = Some(now.add(backoff));
+        self.heal_retry_at = Some(self.heal_retry_at.map_or(now.add(backoff), |t| t.min(now.add(backoff))));
+    }
+
+    /// Ends a heal: its rows join the job's buffer (or, behind the head, are
+    /// written directly), the gate opens, and the buffer is flushed.
+    fn finish_heal(&mut self, job: SeriesIdx, error: Option<String>) {
+        let now = self.now;
+        let Some(j) = self.jobs.get_mut(&job) else { return };
+        let Some(task) = j.heal.take() else { return };
+        let healed = task.rows.len();
+        match &error {
+            // What was not fetched stays a hole, retried later with a growing delay
+            // (an unknown symbol backs off to 15 minutes: no retry storm).
+            Some(e) if task.next_from <= task.to => {
+                let attempts = j.hole.as_ref().map_or(0, |h| h.attempts) + 1;
+                let delay = Duration::from_secs((30u64 << attempts.min(5)).min(900));
+                j.hole = Some(Hole { from: task.next_from, to: task.to, attempts, retry_at: now.add(delay), error: e.clone() });
+                self.heal_retry_at = Some(self.heal_retry_at.map_or(now.add(delay), |t| t.min(now.add(delay))));
+            }
+            Some(_) => {}
+            None => {
+                if j.hole.as_ref().is_some_and(|h| h.from >= task.from && h.to <= task.to) {
+                    j.hole = None;
+                }
+            }
+        }
+        let (ahead, behind) = j.absorb_healed(task.rows);
+        match &error {
+            None => j.heal_state.succeed(now, healed as i64),
+            Some(e) => j.heal_state.fail(now, e.clone()),
+        }
+        let name = j.base_id.to_string();
+        self.counters.candles_healed += healed as u64;
+        let line = match &error {
+            None => format!("heal_done series_id={name} candles={healed} reason={}", task.reason),
+            Some(e) => format!("heal_failed series_id={name} candles={healed} reason={} error={e:?}", task.reason),
+        };
+        self.log(if error.is_none() { LogLevel::Info } else { LogLevel::Warn }, line);
+        if !behind.is_empty() {
+            self.write_behind_head(job, behind);
+        }
+        let _ = ahead;
+        self.flush_job(job);
+    }
+
+    /// Healed candles older than what was already published: persisted and
+    /// folded into derived timeframes, published to cursors still behind them.
+    fn write_behind_head(&mut self, job: SeriesIdx, candles: Vec<Candle>) {
+        let Some(j) = self.jobs.get_mut(&job) else { return };
+        let mut set = vec![(j.base, candles.clone())];
+        if let Some(fold) = j.fold.as_mut() {
+            self.scratch.clear();
+            fold.on_base_closed(&candles, &mut self.scratch);
+            for (target, c) in self.scratch.drain(..) {
+                let idx = j.derived[target];
+                match set.iter_mut().find(|(s, _)| *s == idx) {
+                    Some((_, v)) => v.push(c),
+                    None => set.push((idx, vec![c])),
+                }
+            }
+        }
+        for (_, v) in set.iter_mut() {
+            v.sort_by_key(|c| c.candle_time);
+        }
+        let _ = self.persist_and_publish(set, false);
+    }
+
+    /// Watchdog: a newer candle is live while an older one never closed.
+    pub(super) fn check_late_close(&mut self, job: SeriesIdx, newest_open: i64) {
+        let now = self.now;
+        let delay = self.cfg.heal.late_close;
+        let Some(j) = self.jobs.get_mut(&job) else { return };
+        if !self.cfg.heal.enabled || j.heal.is_some() || j.watchdog.is_some() {
+            return;
+        }
+        let tf = j.base_id.timeframe().seconds();
+        if j.newest_closed() > i64::MIN && newest_open > j.newest_closed() + tf {
+            j.watchdog = Some(self.timers.insert(now.add(delay), TimerKey::Watchdog(job)));
+        }
+    }
+
+    pub(super) fn fire_watchdog(&mut self, job: SeriesIdx) {
+        let Some(j) = self.jobs.get_mut(&job) else { return };
+        j.watchdog = None;
+        let tf = j.base_id.timeframe().seconds();
+        let newest_open = j.latest_forming.map_or(j.newest_closed(), |c| c.candle_time);
+        let from = j.newest_closed().saturating_add(tf);
+        let to = newest_open - tf;
+        if from <= to {
+            self.counters.late_close_fetches += 1;
+            self.start_heal(job, from, to, "late_close", false);
+        }
+    }
+
+    /// Retries heals whose backoff passed, and holes whose retry time came.
+    pub(super) fn retry_heals(&mut self) {
+        let now = self.now;
+        self.heal_retry_at = None;
+        let holes: Vec<(SeriesIdx, Hole)> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.heal.is_none())
+            .filter_map(|(i, j)| j.hole.clone().map(|h| (*i, h)))
+            .collect();
+        for (job, hole) in holes {
+            if hole.retry_at <= now {
+                self.start_heal(job, hole.from, hole.to, "hole_retry", false);
+            } else {
+                self.heal_retry_at = Some(self.heal_retry_at.map_or(hole.retry_at, |t| t.min(hole.retry_at)));
+            }
+        }
+        let due: Vec<SeriesIdx> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.heal.as_ref().is_some_and(|h| h.request.is_none() && h.retry_at.is_some()))
+            .map(|(i, _)| *i)
+            .collect();
+        for job in due {
+            let retry_at = self.jobs.get(&job).and_then(|j| j.heal.as_ref()).and_then(|h| h.retry_at);
+            match retry_at {
+                Some(t) if t <= now => {
+                    if let Some(h) = self.jobs.get_mut(&job).and_then(|j| j.heal.as_mut()) {
+                        h.retry_at = None;
+                    }
+                    self.request_next_page(job);
+                }
+                Some(t) => self.heal_retry_at = Some(self.heal_retry_at.map_or(t, |x| x.min(t))),
+                None => {}
+            }
+        }
+    }
+}
+
+/// For the debug snapshot and health: a job's healing state.
+pub fn heal_state_json(state: &HealState) -> serde_json::Value {
+    serde_json::json!({
+        "state": state.state,
+        "reason": state.reason,
+        "started_at": state.started_at.map(|t| t.as_secs_f64()),
+        "updated_at": state.updated_at.map(|t| t.as_secs_f64()),
+        "candles_wanted": state.wanted,
+        "candles_healed": state.healed,
+        "error": state.error,
+    })
+}
+
+/// A hole waiting for its retry, for the debug snapshot and metrics.
+pub fn hole_json(hole: &Hole) -> serde_json::Value {
+    serde_json::json!({
+        "from": hole.from,
+        "to": hole.to,
+        "attempts": hole.attempts,
+        "retry_at": hole.retry_at.as_secs_f64(),
+        "error": hole.error,
+    })
+}
