@@ -297,6 +297,14 @@ impl Market {
             Market::Futures => "futures",
         }
     }
+
+    /// Index into per-market arrays (`[_; 2]`).
+    pub const fn index(self) -> usize {
+        match self {
+            Market::Spot => 0,
+            Market::Futures => 1,
+        }
+    }
 }
 
 #[cfg(test)]

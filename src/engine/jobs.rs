@@ -21,7 +21,9 @@ impl Engine {
         match binance::parse_frame(text) {
             Ok(Frame::Kline(event)) => {
                 self.pool.on_activity(conn, self.now, true);
-                self.on_kline(&event);
+                if let Some(market) = self.pool.conn_market(conn) {
+                    self.on_kline(market, &event);
+                }
             }
             Ok(Frame::ControlAck { id }) => {
                 self.pool.on_control_ack(conn, id, self.now, &mut self.outputs, &mut self.pool_events);
@@ -52,12 +54,13 @@ impl Engine {
         }
     }
 
-    fn on_kline(&mut self, event: &KlineEvent<'_>) {
+    fn on_kline(&mut self, market: Market, event: &KlineEvent<'_>) {
+        let jobs = &self.stream_jobs[market.index()];
         let job_idx = match event.stream {
-            Some(stream) => self.stream_jobs.get(stream).copied(),
+            Some(stream) => jobs.get(stream).copied(),
             None => {
                 let name = format!("{}@kline_{}", event.symbol.to_ascii_lowercase(), event.interval);
-                self.stream_jobs.get(&name).copied()
+                jobs.get(&name).copied()
             }
         };
         let Some(job_idx) = job_idx else {
@@ -286,7 +289,7 @@ impl Engine {
         }
         let job = Job::new(idx, base.clone(), market, stream.clone(), fold, derived.clone(), head, now);
         self.jobs.insert(idx, job);
-        self.stream_jobs.insert(stream.clone(), idx);
+        self.stream_jobs[market.index()].insert(stream.clone(), idx);
         self.counters.jobs_started += 1;
         self.log(LogLevel::Info, format!("job_started series_id={base} stream={stream} head_time={head:?}"));
         if !restored.is_empty() {
@@ -341,8 +344,8 @@ impl Engine {
             self.timers.cancel(t);
         }
         self.rest.cancel_queued(|p| matches!(p, super::RestPurpose::Heal { job, .. } if *job == idx));
-        self.stream_jobs.remove(&job.stream);
-        self.pool.detach(&job.stream, self.now, &mut self.outputs);
+        self.stream_jobs[job.market.index()].remove(&job.stream);
+        self.pool.detach(&job.stream, job.market, self.now, &mut self.outputs);
         self.counters.jobs_stopped += 1;
         self.log(LogLevel::Info, format!("job_stopped series_id={} reason={reason}", job.base_id));
     }
@@ -351,8 +354,8 @@ impl Engine {
         let events = std::mem::take(&mut self.pool_events);
         for event in &events {
             match event {
-                PoolEvent::StreamLive { stream } => {
-                    if let Some(idx) = self.stream_jobs.get(stream).copied() {
+                PoolEvent::StreamLive { market, stream } => {
+                    if let Some(idx) = self.stream_jobs[market.index()].get(stream).copied() {
                         let id = self.series.get(idx).id.clone();
                         self.supervisor.job_running(&id, self.now);
                         if self.jobs.get_mut(&idx).is_some_and(|j| std::mem::take(&mut j.lost)) {
@@ -360,8 +363,8 @@ impl Engine {
                         }
                     }
                 }
-                PoolEvent::StreamLost { stream, reason } => {
-                    if let Some(idx) = self.stream_jobs.get(stream).copied() {
+                PoolEvent::StreamLost { market, stream, reason } => {
+                    if let Some(idx) = self.stream_jobs[market.index()].get(stream).copied() {
                         let id = self.series.get(idx).id.clone();
                         self.supervisor.job_failed(&id, self.now, reason);
                         if let Some(j) = self.jobs.get_mut(&idx) {
@@ -379,3 +382,4 @@ impl Engine {
         self.pool_events = events;
     }
 }
+

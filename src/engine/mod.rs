@@ -119,8 +119,9 @@ pub struct Engine {
     pool: UpstreamPool,
     /// Ingest jobs by base series.
     jobs: BTreeMap<SeriesIdx, Job>,
-    // Lookup only, never iterated.
-    stream_jobs: HashMap<String, SeriesIdx>,
+    /// Job of each exchange stream, per market (spot and USD-M share stream
+    /// names). Lookup only, never iterated.
+    stream_jobs: [HashMap<String, SeriesIdx>; 2],
     timers: TimerWheel<TimerKey>,
     backlog: StoreBacklog,
     rest: rest::RestScheduler<RestPurpose>,
@@ -147,7 +148,7 @@ impl Engine {
             store,
             series: SeriesTable::default(),
             jobs: BTreeMap::new(),
-            stream_jobs: HashMap::new(),
+            stream_jobs: [HashMap::new(), HashMap::new()],
             timers: TimerWheel::new(now),
             backlog: StoreBacklog::new(cfg.store_backlog_max_candles),
             rest: rest::RestScheduler::new(cfg.rest.clone()),

@@ -66,12 +66,6 @@ pub struct RestScheduler<P> {
     pub responses_rate_limited: u64,
 }
 
-fn slot(m: Market) -> usize {
-    match m {
-        Market::Spot => 0,
-        Market::Futures => 1,
-    }
-}
 
 fn minute_of(now: Timestamp) -> i64 {
     now.as_secs().div_euclid(60)
@@ -92,7 +86,7 @@ impl<P> RestScheduler<P> {
 
     /// Queues a request; `None` when the market's queue is full.
     pub fn submit(&mut self, market: Market, path: String, weight: u32, purpose: P) -> Option<u64> {
-        let ms = &mut self.markets[slot(market)];
+        let ms = &mut self.markets[market.index()];
         if ms.queue.len() >= self.cfg.max_queued_per_market {
             return None;
         }
@@ -107,7 +101,7 @@ impl<P> RestScheduler<P> {
         for market in [Market::Spot, Market::Futures] {
             let budget = self.budget(market);
             let max_inflight = self.cfg.max_inflight_per_market;
-            let ms = &mut self.markets[slot(market)];
+            let ms = &mut self.markets[market.index()];
             if ms.paused_until.is_some_and(|t| now < t) {
                 continue;
             }
@@ -143,7 +137,7 @@ impl<P> RestScheduler<P> {
         now: Timestamp,
     ) -> Option<(Market, P)> {
         let (market, purpose) = self.inflight.remove(&id)?;
-        let ms = &mut self.markets[slot(market)];
+        let ms = &mut self.markets[market.index()];
         ms.inflight = ms.inflight.saturating_sub(1);
         if let Some(w) = used_weight {
             if ms.minute == minute_of(now) {

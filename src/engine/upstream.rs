@@ -16,7 +16,7 @@ use crate::model::Market;
 use crate::protocol::binance;
 use crate::rng::Rng;
 use crate::time::{Duration, Timestamp};
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 #[derive(Clone, Debug)]
 pub struct UpstreamConfig {
@@ -61,9 +61,9 @@ impl Default for UpstreamConfig {
 #[derive(Debug, PartialEq)]
 pub enum PoolEvent {
     /// The exchange acknowledged the stream's subscription on an open connection.
-    StreamLive { stream: String },
+    StreamLive { market: Market, stream: String },
     /// The stream's connection was lost; it will be resubscribed after backoff.
-    StreamLost { stream: String, reason: String },
+    StreamLost { market: Market, stream: String, reason: String },
     /// A connection (re)opened after having been lost: history may need healing.
     Reconnected { conn: u64, market: Market },
 }
@@ -117,8 +117,8 @@ pub struct UpstreamPool {
     next_conn: u64,
     next_request: u64,
     conns: BTreeMap<u64, Conn>,
-    // Lookup only, never iterated.
-    stream_market: HashMap<String, Market>,
+    /// Streams wanted, per market (spot and USD-M share stream names).
+    wanted: [BTreeSet<String>; 2],
     markets: [MarketState; 2],
     connect_times: VecDeque<Timestamp>,
     /// Seeded by the engine; jitter only.
@@ -129,12 +129,6 @@ pub struct UpstreamPool {
     pub control_errors: u64,
 }
 
-fn market_slot(m: Market) -> usize {
-    match m {
-        Market::Spot => 0,
-        Market::Futures => 1,
-    }
-}
 
 impl UpstreamPool {
     pub fn new(cfg: UpstreamConfig, rng: Rng) -> Self {
@@ -150,7 +144,7 @@ impl UpstreamPool {
             next_conn: 1,
             next_request: 1,
             conns: BTreeMap::new(),
-            stream_market: HashMap::new(),
+            wanted: [BTreeSet::new(), BTreeSet::new()],
             connect_times: VecDeque::new(),
             rng,
             reconnects: 0,
@@ -165,11 +159,12 @@ impl UpstreamPool {
     }
 
     pub fn stream_count(&self) -> usize {
-        self.stream_market.len()
+        self.wanted.iter().map(BTreeSet::len).sum()
     }
 
-    pub fn knows_stream(&self, stream: &str) -> bool {
-        self.stream_market.contains_key(stream)
+    /// The market of a connection.
+    pub fn conn_market(&self, conn: u64) -> Option<Market> {
+        self.conns.get(&conn).map(|c| c.market)
     }
 
     pub fn knows_conn(&self, conn: u64) -> bool {
@@ -178,22 +173,23 @@ impl UpstreamPool {
 
     /// Wants `stream` delivered. Idempotent.
     pub fn attach(&mut self, stream: &str, market: Market, now: Timestamp, out: &mut VecDeque<Output>) {
-        if self.stream_market.contains_key(stream) {
+        if !self.wanted[market.index()].insert(stream.to_string()) {
             return;
         }
-        self.stream_market.insert(stream.to_string(), market);
-        self.markets[market_slot(market)].waiting.insert(stream.to_string());
+        self.markets[market.index()].waiting.insert(stream.to_string());
         self.assign_waiting(market, now, out);
     }
 
-    /// No longer wants `stream`. Idempotent.
-    pub fn detach(&mut self, stream: &str, now: Timestamp, out: &mut VecDeque<Output>) {
-        let Some(market) = self.stream_market.remove(stream) else { return };
-        self.markets[market_slot(market)].waiting.remove(stream);
+    /// No longer wants `stream` on `market`. Idempotent.
+    pub fn detach(&mut self, stream: &str, market: Market, now: Timestamp, out: &mut VecDeque<Output>) {
+        if !self.wanted[market.index()].remove(stream) {
+            return;
+        }
+        self.markets[market.index()].waiting.remove(stream);
         let holders: Vec<u64> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.streams.contains(stream))
+            .filter(|(_, c)| c.market == market && c.streams.contains(stream))
             .map(|(id, _)| *id)
             .collect();
         for id in holders {
@@ -216,7 +212,7 @@ impl UpstreamPool {
     fn assign_waiting(&mut self, market: Market, now: Timestamp, out: &mut VecDeque<Output>) {
         let per_conn = self.cfg.streams_per_connection.max(1);
         loop {
-            let ms = &self.markets[market_slot(market)];
+            let ms = &self.markets[market.index()];
             if ms.waiting.is_empty() {
                 return;
             }
@@ -234,7 +230,7 @@ impl UpstreamPool {
                 Some(c) => c,
                 None => return,
             };
-            let ms = &mut self.markets[market_slot(market)];
+            let ms = &mut self.markets[market.index()];
             while conn.streams.len() < per_conn {
                 let Some(stream) = ms.waiting.pop_first() else { break };
                 conn.streams.insert(stream.clone());
@@ -248,7 +244,7 @@ impl UpstreamPool {
         while self.connect_times.front().is_some_and(|t| now.since(*t) >= self.cfg.connect_window) {
             self.connect_times.pop_front();
         }
-        let ms = &mut self.markets[market_slot(market)];
+        let ms = &mut self.markets[market.index()];
         if ms.retry_at.is_some_and(|t| now < t) {
             return false;
         }
@@ -302,7 +298,7 @@ impl UpstreamPool {
         conn.opened_at = Some(now);
         conn.last_activity = now;
         let market = conn.market;
-        let ms = &mut self.markets[market_slot(market)];
+        let ms = &mut self.markets[market.index()];
         if ms.lost {
             ms.lost = false;
             self.reconnects += 1;
@@ -319,7 +315,7 @@ impl UpstreamPool {
                 conn.received_data = true;
                 // Only a connection that delivered data counts as healthy for the
                 // breaker: "connect, then closed at once" keeps counting failures.
-                self.markets[market_slot(conn.market)].guardrail.on_success();
+                self.markets[conn.market.index()].guardrail.on_success();
             }
         }
     }
@@ -333,7 +329,7 @@ impl UpstreamPool {
             for name in names {
                 if conn.streams.contains(&name) {
                     conn.acked.insert(name.clone());
-                    events.push(PoolEvent::StreamLive { stream: name });
+                    events.push(PoolEvent::StreamLive { market: conn.market, stream: name });
                 }
             }
         }
@@ -369,7 +365,7 @@ impl UpstreamPool {
                 o.replaced_by = None;
             }
         }
-        let slot = market_slot(market);
+        let slot = market.index();
         let ms = &mut self.markets[slot];
         let backoff = ms.guardrail.on_failure(now, reason);
         // Seeded jitter (up to a quarter of the delay) spreads reconnects out.
@@ -388,8 +384,8 @@ impl UpstreamPool {
             _ => conn.streams.into_iter().collect(),
         };
         for stream in orphans {
-            if self.stream_market.contains_key(&stream) {
-                events.push(PoolEvent::StreamLost { stream: stream.clone(), reason: reason.to_string() });
+            if self.wanted[slot].contains(&stream) {
+                events.push(PoolEvent::StreamLost { market, stream: stream.clone(), reason: reason.to_string() });
                 self.markets[slot].waiting.insert(stream);
             }
         }
@@ -563,7 +559,7 @@ impl UpstreamPool {
         let markets: Vec<serde_json::Value> = [Market::Spot, Market::Futures]
             .iter()
             .map(|m| {
-                let ms = &self.markets[market_slot(*m)];
+                let ms = &self.markets[m.index()];
                 serde_json::json!({
                     "market": m.as_str(),
                     "waiting_streams": ms.waiting.len(),
