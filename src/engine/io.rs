@@ -27,6 +27,10 @@ pub enum Input {
     IngestForming { series_id: String, candle: Candle },
     /// SIGINT/SIGTERM: flush everything, close clients with 1001.
     Shutdown,
+    /// A reader asked for a series (`GET /api/market/candles`): start its job
+    /// if it has none, so its history is filled (debounced: a no-op while the
+    /// job exists; the job is reaped after the idle TTL like any other).
+    TouchSeries { series_id: String },
     /// The answer to a `RestRequest` (any HTTP status).
     RestResponse {
         id: u64,

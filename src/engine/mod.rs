@@ -236,6 +236,7 @@ impl Engine {
             }
             Input::IngestClosed { series_id, candles } => self.ingest_closed(&series_id, candles),
             Input::IngestForming { series_id, candle } => self.ingest_forming(&series_id, candle),
+            Input::TouchSeries { series_id } => self.touch_series(&series_id),
             Input::Shutdown => {
                 self.shutdown();
                 Ok(())
@@ -511,6 +512,27 @@ impl Engine {
         }
         self.persist_and_publish(vec![(idx, candles)], true)
             .map_err(|e| format!("ingest_pipeline_failed:store.upsert_many_closed:{id}: {e}"))
+    }
+
+    fn touch_series(&mut self, raw: &str) -> Result<(), String> {
+        let id = SeriesId::parse(raw).map_err(|e| e.to_string())?;
+        let base = self.supervisor.normalize(&id);
+        if self.series.lookup(base.as_str()).is_some_and(|i| self.jobs.contains_key(&i)) {
+            return Ok(());
+        }
+        match self.supervisor.subscribe(&id, self.now, &mut self.effects) {
+            SubscribeOutcome::Accepted => {
+                // No subscriber holds it: the job idles and is reaped after the TTL.
+                self.supervisor.unsubscribe(&id, self.now);
+                self.apply_effects();
+                Ok(())
+            }
+            SubscribeOutcome::Capacity => {
+                self.apply_effects();
+                Err("ondemand_ingest_capacity".into())
+            }
+            SubscribeOutcome::Unsupported(msg) => Err(msg),
+        }
     }
 
     fn ingest_forming(&mut self, raw: &str, candle: Candle) -> Result<(), String> {

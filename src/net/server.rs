@@ -481,7 +481,15 @@ impl Server {
         self.refresh_store_stats();
         let routed = routes::route(&req, &self.engine, &self.stats, &self.http_cfg);
         let response = match routed {
-            Routed::Reply(r) => r,
+            Routed::Reply(r) => {
+                // First visit: reading a series starts its job, which fills history.
+                if req.method == "GET" && req.path == "/api/market/candles" && r.status == 200 {
+                    if let Some(series_id) = req.query_param("series_id") {
+                        let _ = self.apply(Input::TouchSeries { series_id: series_id.to_string() });
+                    }
+                }
+                r
+            }
             Routed::Apply { input, reply } => {
                 let result = self.apply(input);
                 routes::apply_reply(reply, result, &req, &self.http_cfg)
