@@ -12,6 +12,7 @@
 //! - [`server`]: the loop itself; [`logger`] and [`timed_store`] serve it.
 pub mod client_conn;
 pub mod http;
+pub mod kline_health;
 pub mod logger;
 pub mod routes;
 pub mod server;

@@ -105,6 +105,8 @@ enum Endpoint {
     IngestForming,
     DevBatch,
     WsMarket,
+    KlineHealth,
+    SeriesHealth,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,6 +127,9 @@ const ROUTES: &[(&str, &str, Endpoint, Gate)] = &[
     ("/api/market/ingest/candle_forming", "POST", Endpoint::IngestForming, Gate::DebugApi),
     ("/api/dev/market/ingest/candles_closed_batch", "POST", Endpoint::DevBatch, Gate::DevApi),
     ("/ws/market", "GET", Endpoint::WsMarket, Gate::Always),
+    // Kline health is on by default (the reference gates it behind a flag).
+    ("/api/market/health", "GET", Endpoint::KlineHealth, Gate::Always),
+    ("/api/market/debug/series_health", "GET", Endpoint::SeriesHealth, Gate::DebugApi),
 ];
 
 fn lookup(path: &str, cfg: &HttpConfig) -> Option<(&'static str, Endpoint)> {
@@ -170,6 +175,8 @@ pub fn route(req: &Request, engine: &Engine, stats: &ShellStats, cfg: &HttpConfi
         Endpoint::IngestClosed => ingest_one(req, cfg, false),
         Endpoint::IngestForming => ingest_one(req, cfg, true),
         Endpoint::DevBatch => ingest_batch(req, cfg),
+        Endpoint::KlineHealth => reply(super::kline_health::kline_health(req, engine), req, cfg),
+        Endpoint::SeriesHealth => reply(super::kline_health::series_health(req, engine), req, cfg),
         Endpoint::WsMarket => match upgrade(req) {
             Ok(response) => Routed::Upgrade { response },
             Err(refusal) => reply(refusal, req, cfg),
