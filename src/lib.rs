@@ -23,3 +23,4 @@ pub mod config;
 pub mod capture;
 pub mod net;
 pub mod runconfig;
+pub mod bootstrap;
