@@ -11,6 +11,10 @@
 //!   environment or randomness.
 //! - [`store`]: the candle store trait, SQLite and in-memory implementations.
 //! - [`journal`]: record/replay of the core's inputs as JSON lines.
+//! - [`config`], [`runconfig`]: engine settings; the `run` command's flags/env/TOML.
+//! - [`net`]: the mio shell (`klinegate run`): HTTP, WebSocket, exchange connections.
+//! - [`capture`]: recorded Binance captures → journals (a tool).
+//! - [`bootstrap`]: freqtrade datadir import (a tool, not core).
 pub mod time;
 pub mod model;
 pub mod rng;

@@ -45,6 +45,19 @@ enum Command {
         #[arg(long)]
         stats: bool,
     },
+    /// Import candle history from a freqtrade data directory (json, jsongz, feather)
+    /// into the SQLite store; re-importing is idempotent.
+    ImportFreqtrade {
+        /// freqtrade's datadir (spot files at its root, futures in futures/).
+        #[arg(long)]
+        datadir: PathBuf,
+        /// Only these series (e.g. binance:spot:BTC/USDT:1m); default: every file found.
+        #[arg(long = "series")]
+        series: Vec<String>,
+        /// The SQLite store to write (created if missing).
+        #[arg(long, default_value = "./klinegate.db")]
+        db: PathBuf,
+    },
     /// Convert a recorded Binance capture (`<ts>: <frame>` lines) into a journal.
     JournalFromCapture {
         capture: PathBuf,
@@ -63,6 +76,12 @@ fn main() -> ExitCode {
         Command::Run { args } => return run(args),
         Command::Replay { journal, check, out, db, stats } => replay(journal, check, out, db, stats),
         Command::JournalFromCapture { capture, out, no_client } => convert(capture, out, no_client),
+        Command::ImportFreqtrade { datadir, series, db } => {
+            klinegate::bootstrap::run_import_cli(&datadir, &series, &db).map(|summary| {
+                println!("{summary}");
+                ExitCode::SUCCESS
+            })
+        }
     };
     match result {
         Ok(code) => code,

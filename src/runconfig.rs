@@ -182,6 +182,9 @@ struct RunArgs {
     /// Extra PEM file of CA certificates trusted for upstream TLS
     #[arg(long, value_name = "PEM", help_heading = "Upstream")]
     extra_ca: Option<String>,
+    /// freqtrade data directory: pinned series with no stored history are bootstrapped from it at start
+    #[arg(long, value_name = "DIR", help_heading = "Healing")]
+    freqtrade_datadir: Option<String>,
     /// Most kline streams on one upstream connection (capped at 1024)
     #[arg(long, value_name = "N", default_value = "200", help_heading = "Upstream")]
     streams_per_connection: String,
@@ -246,6 +249,8 @@ pub struct RunConfig {
     pub log_level: LogLevelSetting,
     pub log_format: LogFormat,
     pub extra_ca: Option<PathBuf>,
+    /// Bootstrap pinned series with no stored history from this freqtrade datadir.
+    pub freqtrade_datadir: Option<PathBuf>,
     /// No trailing `/`.
     pub spot_rest_url: String,
     /// No trailing `/`.
@@ -557,6 +562,12 @@ fn build(l: &mut Layers<'_>, known: &[String]) -> Result<RunConfig, RunConfigErr
     if let Some(p) = &record {
         in_existing_dir(p).map_err(|r| l.invalid("record", r))?;
     }
+    let freqtrade_datadir = l.path("freqtrade_datadir")?;
+    if let Some(p) = &freqtrade_datadir {
+        if !p.is_dir() {
+            return Err(l.invalid("freqtrade_datadir", format!("'{}' is not a directory", p.display())));
+        }
+    }
     let extra_ca = l.path("extra_ca")?;
     if let Some(p) = &extra_ca {
         existing_file(p).map_err(|r| l.invalid("extra_ca", r))?;
@@ -608,6 +619,7 @@ fn build(l: &mut Layers<'_>, known: &[String]) -> Result<RunConfig, RunConfigErr
         whitelist_file,
         record,
         extra_ca,
+        freqtrade_datadir,
         log_level: l.value("log_level", parse_log_level)?,
         log_format: l.value("log_format", parse_log_format)?,
         spot_rest_url: l.value("spot_rest_url", parse_rest_url)?,

@@ -104,7 +104,8 @@ impl Server {
     /// Opens the store, binds the port, installs signal handlers. Errors are
     /// one line for the user (exit code 2).
     pub fn new(cfg: RunConfig) -> Result<Server, String> {
-        let store = SqliteStore::open(&cfg.db).map_err(|e| format!("--db {}: {e}", cfg.db.display()))?;
+        let mut store = SqliteStore::open(&cfg.db).map_err(|e| format!("--db {}: {e}", cfg.db.display()))?;
+        let bootstrapped = bootstrap_pins(&cfg, &mut store);
         let (store, store_stats) = TimedStore::new(store);
         let tls = TlsSetup::new(cfg.extra_ca.as_deref()).map_err(|e| format!("--extra-ca: {e}"))?;
         let poll = Poll::new().map_err(|e| format!("cannot create the event loop: {e}"))?;
@@ -144,6 +145,9 @@ impl Server {
             ..ShellStats::default()
         };
         let logger = Logger::new(cfg.log_level, cfg.log_format);
+        for line in bootstrapped {
+            logger.log(unix_secs(now), LogLevel::Info, &line);
+        }
         Ok(Server {
             poll,
             listener: Some(listener),
@@ -768,6 +772,28 @@ impl Server {
             1
         }
     }
+}
+
+/// `--freqtrade-datadir`: pinned series with no stored history get the newest
+/// freqtrade rows before the engine starts (REST healing fills the rest).
+fn bootstrap_pins(cfg: &RunConfig, store: &mut SqliteStore) -> Vec<String> {
+    use crate::store::Store;
+    let Some(dir) = cfg.freqtrade_datadir.as_deref() else { return Vec::new() };
+    let now_s = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    let mut lines = Vec::new();
+    for pin in &cfg.settings.pins {
+        let Ok(id) = crate::model::SeriesId::parse(pin) else { continue };
+        if !matches!(store.head_time(id.as_str()), Ok(None)) {
+            continue;
+        }
+        let limit = cfg.settings.heal_first_visit_candles.max(1);
+        let line = match crate::bootstrap::bootstrap_series_closed_by(dir, &id, store, limit, Some(now_s)) {
+            Ok(n) => format!("freqtrade_bootstrap series_id={id} rows={n}"),
+            Err(e) => format!("freqtrade_bootstrap_failed series_id={id} error={:?}", e.to_string()),
+        };
+        lines.push(line);
+    }
+    lines
 }
 
 /// SIGINT/SIGTERM write a byte into a pipe the loop polls (no extra thread).
