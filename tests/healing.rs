@@ -78,3 +78,18 @@ fn rest_failure_sends_a_gap_and_the_hole_is_healed_later() {
     }
     assert!(h.model.rest_log.len() >= 6, "retried: {:?}", h.model.rest_log);
 }
+
+#[test]
+fn catch_up_older_than_the_store_is_healed_first_then_sent_without_a_gap() {
+    let h = heal_catchup();
+    let frames = h.model.frames_of(1);
+    let want: Vec<i64> = (6..30).map(|k| T0 + 60 * k).collect();
+    assert_eq!(closed_times(&frames, BTC1), want, "{frames:#?}");
+    assert_eq!(gaps(&frames), 0);
+    assert_eq!(h.engine_store[0].1, want.iter().copied().filter(|t| *t >= T0 + 360).collect::<Vec<_>>());
+    // Old history rolled up into complete 5m buckets too (minutes 10..29 → buckets 2..5).
+    let b5 = &h.engine_store[1].1;
+    for b in 2..6 {
+        assert!(b5.contains(&(T0 + 300 * b)), "5m bucket {b}: {b5:?}");
+    }
+}

@@ -86,8 +86,14 @@ impl Engine {
         let mut started = None;
         match j.heal.as_mut() {
             Some(task) => {
+                // Pages go forward from `next_from`; an older range waits as a
+                // hole due now, healed when this task ends.
+                if from < task.from {
+                    let lower_to = task.from - tf;
+                    j.hole = Some(Hole { from, to: lower_to, attempts: 0, retry_at: now, error: String::new() });
+                    self.heal_retry_at = Some(now);
+                }
                 task.to = task.to.max(to);
-                task.next_from = task.next_from.min(from);
             }
             None => {
                 j.heal = Some(HealTask {
@@ -243,26 +249,70 @@ impl Engine {
         }
         let _ = ahead;
         self.flush_job(job);
+        self.release_held(job);
+    }
+
+    /// A subscriber asked for history older than the store holds: heal it
+    /// first (bounded by `max_candles`; what stays missing shows as a gap) and
+    /// hold that subscription's catch-up until the heal ends. Returns whether
+    /// the subscription must be held.
+    pub(super) fn catchup_heal(&mut self, id: &crate::model::SeriesId, since: Option<i64>) -> bool {
+        let Some(since) = since else { return false };
+        if !self.cfg.heal.enabled || since <= 0 {
+            return false;
+        }
+        let base = self.supervisor.normalize(id);
+        let Some(job) = self.series.lookup(base.as_str()).filter(|i| self.jobs.contains_key(i)) else { return false };
+        let base_tf = base.timeframe().seconds();
+        let want_from = id.timeframe().bucket_open(since) + id.timeframe().seconds();
+        let have_from = match self.store.first_time(id.as_str()) {
+            Ok(first) => first,
+            Err(_) => return false,
+        };
+        let Some(latest) = self.latest_closed_for(job) else { return false };
+        let to = have_from.map_or(latest, |f| f - base_tf).min(latest);
+        if want_from > to {
+            return false;
+        }
+        let Some(j) = self.jobs.get(&job) else { return false };
+        // A range that healing already failed to fill is not waited for again.
+        if j.hole.as_ref().is_some_and(|h| h.from <= want_from && h.to >= to) {
+            return false;
+        }
+        self.start_heal(job, want_from, to, "catchup", false);
+        let running = self.jobs.get(&job).is_some_and(|j| j.heal.is_some());
+        if running {
+            let at = self.now.add(self.cfg.heal.gate_timeout);
+            self.timers.insert(at, TimerKey::ReleaseHeld(job));
+        }
+        running
+    }
+
+    /// Held subscriptions of a job's series (base and derived) get their catch-up.
+    pub(super) fn release_held(&mut self, job: SeriesIdx) {
+        let Some(j) = self.jobs.get(&job) else { return };
+        let mut series = vec![j.base];
+        series.extend(j.derived.iter().copied());
+        let now_s = self.now.as_secs();
+        for idx in series {
+            self.hub.release_held(idx, now_s, &self.series, self.store.as_ref(), &mut self.outputs, &mut self.counters);
+        }
     }
 
     /// Healed candles older than what was already published: persisted and
     /// folded into derived timeframes, published to cursors still behind them.
     fn write_behind_head(&mut self, job: SeriesIdx, candles: Vec<Candle>) {
         let Some(j) = self.jobs.get_mut(&job) else { return };
+        let base_tf = j.base_id.timeframe();
         let mut set = vec![(j.base, candles.clone())];
-        if let Some(fold) = j.fold.as_mut() {
-            self.scratch.clear();
-            fold.on_base_closed(&candles, &mut self.scratch);
-            for (target, c) in self.scratch.drain(..) {
-                let idx = j.derived[target];
-                match set.iter_mut().find(|(s, _)| *s == idx) {
-                    Some((_, v)) => v.push(c),
-                    None => set.push((idx, vec![c])),
+        // Old history is rolled up directly (the live fold only keeps recent buckets).
+        if let Some(fold) = j.fold.as_ref() {
+            for (i, target) in fold.targets().iter().enumerate() {
+                let rolled = super::derived::rollup(&candles, base_tf, target.tf());
+                if !rolled.is_empty() {
+                    set.push((j.derived[i], rolled));
                 }
             }
-        }
-        for (_, v) in set.iter_mut() {
-            v.sort_by_key(|c| c.candle_time);
         }
         let _ = self.persist_and_publish(set, false);
     }

@@ -55,6 +55,8 @@ struct Subscription {
     /// Queue sequence number of this series' forming frame while it is still
     /// queued and nothing else for the series was queued after it.
     forming_seq: Option<u64>,
+    /// Waiting for healed history: `Some(since)`; nothing is sent meanwhile.
+    held: Option<Option<i64>>,
 }
 
 #[derive(Debug)]
@@ -100,6 +102,8 @@ impl ClientSession {
 /// What a subscribe did, for the engine's bookkeeping and logs.
 #[derive(Debug, Default, PartialEq)]
 pub struct SubscribeReport {
+    /// The catch-up waits for healing.
+    pub held: bool,
     pub catchup_count: usize,
     pub gap_emitted: bool,
     pub cursor: Option<i64>,
@@ -219,6 +223,8 @@ impl Hub {
     }
 
     /// Subscribes (or re-subscribes) a client and queues its catch-up (§2.4-2.6).
+    /// With `hold`, the catch-up waits (and live frames are not sent) until
+    /// [`Hub::release_held`]: the engine is healing history the client asked for.
     #[allow(clippy::too_many_arguments)]
     pub fn subscribe(
         &mut self,
@@ -226,6 +232,7 @@ impl Hub {
         idx: SeriesIdx,
         since: Option<i64>,
         supports_batch: bool,
+        hold: bool,
         now_s: i64,
         series: &mut SeriesTable,
         store: &dyn Store,
@@ -240,15 +247,77 @@ impl Hub {
                 return Err(SubscribeError::TooManySubscriptions(max_subs));
             }
         }
+        let (frames, report) = if hold {
+            (Vec::new(), SubscribeReport { held: true, ..SubscribeReport::default() })
+        } else {
+            self.catchup(idx, since, supports_batch, now_s, series, store, counters)
+        };
+        let session = self.slots[slot].as_mut().ok_or(SubscribeError::UnknownClient)?;
+        let held = hold.then_some(since);
+        let sub = Subscription { cursor: report.cursor, supports_batch, forming_seq: None, held };
+        if session.subs.insert(idx, sub).is_none() {
+            series.get_mut(idx).subscribers.push(slot);
+        }
+        self.queue_frames(slot, frames, out, counters);
+        Ok(report)
+    }
+
+    /// Runs the catch-up of every held subscription to `idx` (healing ended).
+    pub fn release_held(
+        &mut self,
+        idx: SeriesIdx,
+        now_s: i64,
+        series: &SeriesTable,
+        store: &dyn Store,
+        out: &mut VecDeque<Output>,
+        counters: &mut Counters,
+    ) {
+        let slots: Vec<usize> = series.get(idx).subscribers.clone();
+        for slot in slots {
+            let Some((since, batch)) =
+                self.slots[slot].as_ref().and_then(|s| s.subs.get(&idx)).and_then(|sub| sub.held.map(|h| (h, sub.supports_batch)))
+            else {
+                continue;
+            };
+            let (frames, report) = self.catchup(idx, since, batch, now_s, series, store, counters);
+            if let Some(sub) = self.sub_mut(slot, idx) {
+                sub.held = None;
+                sub.cursor = report.cursor;
+            }
+            self.queue_frames(slot, frames, out, counters);
+        }
+    }
+
+    fn queue_frames(&mut self, slot: usize, frames: Vec<Vec<u8>>, out: &mut VecDeque<Output>, counters: &mut Counters) {
+        for f in frames {
+            if self.enqueue(slot, f.into(), out).is_none() {
+                self.close_slow(slot, out, counters);
+                break;
+            }
+        }
+    }
+
+    /// The catch-up frames for a subscription from `since` (clamped), and the
+    /// cursor they leave.
+    #[allow(clippy::too_many_arguments)]
+    fn catchup(
+        &self,
+        idx: SeriesIdx,
+        since: Option<i64>,
+        supports_batch: bool,
+        now_s: i64,
+        series: &SeriesTable,
+        store: &dyn Store,
+        counters: &mut Counters,
+    ) -> (Vec<Vec<u8>>, SubscribeReport) {
         let entry = series.get(idx);
         let tf = entry.tf_s;
-        let name = entry.id.as_str().to_string();
+        let name = entry.id.as_str();
         let window = ClosedWindow::new(now_s, entry.id.timeframe(), entry.last_closed);
-
         let effective = since.map(|s| window.clamp(s));
         let read = match effective {
-            None => store.read_tail(&name, self.cfg.catchup_limit),
-            Some(s) => store.read_after(&name, s, self.cfg.catchup_limit),
+            None => store.read_tail(name, self.cfg.catchup_limit),
+            Some(s) => store.read_after(name, s, self.cfg.catchup_limit),
         };
         let mut frames: Vec<Vec<u8>> = Vec::new();
         let mut report = SubscribeReport::default();
@@ -259,7 +328,7 @@ impl Hub {
                 frames.push(wire::error_frame(
                     "unavailable",
                     &format!("history unavailable ({e}); live data continues"),
-                    Some(&name),
+                    Some(name),
                 ));
                 Vec::new()
             }
@@ -268,7 +337,7 @@ impl Hub {
             let expected = eff + tf;
             if eff > 0 && first.candle_time > expected {
                 let mut buf = Vec::with_capacity(96);
-                wire::write_gap_frame(&mut buf, &name, expected, first.candle_time);
+                wire::write_gap_frame(&mut buf, name, expected, first.candle_time);
                 frames.push(buf);
                 report.gap_emitted = true;
                 counters.gaps_sent += 1;
@@ -277,12 +346,12 @@ impl Hub {
         if !candles.is_empty() {
             if supports_batch {
                 let mut buf = Vec::with_capacity(64 + candles.len() * 120);
-                wire::write_batch_frame(&mut buf, &name, &candles);
+                wire::write_batch_frame(&mut buf, name, &candles);
                 frames.push(buf);
             } else {
                 for c in &candles {
                     let mut buf = Vec::with_capacity(160);
-                    wire::write_candle_frame(&mut buf, false, &name, c);
+                    wire::write_candle_frame(&mut buf, false, name, c);
                     frames.push(buf);
                 }
             }
@@ -290,22 +359,7 @@ impl Hub {
         report.catchup_count = candles.len();
         report.cursor = candles.last().map(|c| c.candle_time).or(effective);
         counters.catchup_candles += candles.len() as u64;
-
-        let session = self.slots[slot].as_mut().ok_or(SubscribeError::UnknownClient)?;
-        let is_new = session
-            .subs
-            .insert(idx, Subscription { cursor: report.cursor, supports_batch, forming_seq: None })
-            .is_none();
-        if is_new {
-            series.get_mut(idx).subscribers.push(slot);
-        }
-        for f in frames {
-            if self.enqueue(slot, f.into(), out).is_none() {
-                self.close_slow(slot, out, counters);
-                break;
-            }
-        }
-        Ok(report)
+        (frames, report)
     }
 
     /// Removes one subscription; returns whether it existed.
@@ -334,7 +388,7 @@ impl Hub {
         for &slot in &entry.subscribers {
             let Some(session) = self.slots[slot].as_mut() else { continue };
             let Some(sub) = session.subs.get_mut(&idx) else { continue };
-            if sub.cursor.is_some_and(|c| candle.candle_time <= c) {
+            if sub.held.is_some() || sub.cursor.is_some_and(|c| candle.candle_time <= c) {
                 continue;
             }
             let bytes = frame
@@ -396,6 +450,9 @@ impl Hub {
             let Some(sub) = self.slots[slot].as_ref().and_then(|s| s.subs.get(&idx)) else {
                 continue;
             };
+            if sub.held.is_some() {
+                continue; // its catch-up, read from the store later, will include these
+            }
             let start = match sub.cursor {
                 None => 0,
                 Some(c) => candles.partition_point(|x| x.candle_time <= c),

@@ -76,6 +76,8 @@ enum TimerKey {
     Forming(SeriesIdx, u16),
     /// Late-close watchdog of a job.
     Watchdog(SeriesIdx),
+    /// Subscriptions held for a catch-up heal get their catch-up by then.
+    ReleaseHeld(SeriesIdx),
 }
 
 /// Why a REST request was made.
@@ -298,6 +300,7 @@ impl Engine {
                 }
                 TimerKey::Forming(job, i) => self.fire_forming(job, i as usize),
                 TimerKey::Watchdog(job) => self.fire_watchdog(job),
+                TimerKey::ReleaseHeld(job) => self.release_held(job),
             }
         }
         self.fired = fired;
@@ -414,11 +417,13 @@ impl Engine {
             }
             self.apply_effects();
         }
+        let hold = self.catchup_heal(&id, since);
         let result = self.hub.subscribe(
             client,
             idx,
             since,
             supports_batch,
+            hold,
             self.now.as_secs(),
             &mut self.series,
             self.store.as_ref(),
@@ -431,8 +436,8 @@ impl Engine {
                 self.log(
                     LogLevel::Debug,
                     format!(
-                        "market_ws_subscribe_handled client={client} series_id={} since={since:?} supports_batch={supports_batch} catchup_count={} gap_emitted={} last_sent={:?}",
-                        id, report.catchup_count, report.gap_emitted, report.cursor
+                        "market_ws_subscribe_handled client={client} series_id={} since={since:?} supports_batch={supports_batch} catchup_count={} gap_emitted={} last_sent={:?} held_for_heal={}",
+                        id, report.catchup_count, report.gap_emitted, report.cursor, report.held
                     ),
                 );
             }

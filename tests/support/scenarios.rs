@@ -227,6 +227,7 @@ pub fn all() -> Vec<(&'static str, String)> {
         ("heal_reconnect", heal_reconnect().journal),
         ("heal_late_close", heal_late_close().journal),
         ("heal_rest_failure", heal_rest_failure().journal),
+        ("heal_catchup", heal_catchup().journal),
     ]
 }
 
@@ -365,4 +366,21 @@ pub fn heal_rest_failure() -> Healed {
     model.step(&mut rec, ts(T0 + 361), Input::UpstreamText { conn, text });
     model.run_until(&mut rec, ts(T0 + 361 + 600));
     finish(rec, model, &[BTC1])
+}
+
+/// A client asks for history older than the store holds: it is healed first
+/// and the client's catch-up (held meanwhile) starts at its `since`, no gap.
+pub fn heal_catchup() -> Healed {
+    let now_s = T0 + 30 * 60 + 10;
+    let history = (0..=30).map(|k| candle(T0 + 60 * k, 100.0 + k as f64));
+    let mut model = ExchangeModel::new(history);
+    let mut rec = Recorder::new(heal_settings(10, "5m"), ts(now_s));
+    let outs = rec.handle(ts(now_s), Input::Start);
+    model.settle(&mut rec, outs); // first visit: minutes 20..=29
+    rec.handle(ts(now_s + 1), Input::ClientConnected { client: 1 });
+    let msg = json!({"type":"subscribe","series_id":BTC1,"since":T0 + 5 * 60,"supports_batch":true});
+    let outs = rec.handle(ts(now_s + 1), Input::ClientText { client: 1, text: msg.to_string() });
+    model.settle(&mut rec, outs);
+    model.run_until(&mut rec, ts(now_s + 3));
+    finish(rec, model, &[BTC1, BTC5])
 }
