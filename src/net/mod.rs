@@ -8,13 +8,18 @@
 //!   functions of a request and read-only engine state).
 //! - [`upstream_conn`]: one exchange WebSocket (TCP → rustls → tungstenite),
 //!   non-blocking.
+//! - [`rest_conn`]: one exchange REST request (HTTP/1.1 GET over TCP or rustls),
+//!   non-blocking.
 //! - [`client_conn`]: one client socket, HTTP then (after the upgrade) WebSocket.
 //! - [`server`]: the loop itself; [`logger`] and [`timed_store`] serve it.
 pub mod client_conn;
 pub mod http;
 pub mod kline_health;
 pub mod logger;
+pub mod rest_conn;
 pub mod routes;
 pub mod server;
+#[cfg(test)]
+pub(crate) mod test_support;
 pub mod timed_store;
 pub mod upstream_conn;

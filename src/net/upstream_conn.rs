@@ -114,10 +114,11 @@ fn read_pem_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, St
 // URL
 // ---------------------------------------------------------------------------------------------
 
-/// A parsed `ws://` or `wss://` URL.
+/// A parsed `ws://` or `wss://` URL (also used for the `http://` / `https://` base URLs of
+/// [`super::rest_conn`]: same parts, same default ports).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WsUrl {
-    /// `true` for `wss://` (TLS).
+    /// `true` for `wss://` (or `https://`): TLS.
     pub secure: bool,
     /// Host name or IP literal, without the brackets of an IPv6 literal.
     pub host: String,
@@ -152,12 +153,24 @@ impl WsUrl {
 /// Parses `ws://host[:port][/path][?query]` or the `wss://` form. IPv6 literals go in
 /// brackets (`ws://[::1]:9000/stream`). User info and fragments are rejected.
 pub fn parse_ws_url(url: &str) -> Result<WsUrl, String> {
-    let (secure, rest) = if let Some(rest) = url.strip_prefix("wss://") {
+    parse_url_with_schemes(url, "ws://", "wss://")
+}
+
+/// [`parse_ws_url`] with other scheme prefixes (`"http://"`, `"https://"`): the part after
+/// the scheme has the same grammar and the same rules.
+pub(crate) fn parse_url_with_schemes(
+    url: &str,
+    plain_scheme: &str,
+    secure_scheme: &str,
+) -> Result<WsUrl, String> {
+    let (secure, rest) = if let Some(rest) = url.strip_prefix(secure_scheme) {
         (true, rest)
-    } else if let Some(rest) = url.strip_prefix("ws://") {
+    } else if let Some(rest) = url.strip_prefix(plain_scheme) {
         (false, rest)
     } else {
-        return Err(format!("URL {url:?}: must start with ws:// or wss://"));
+        return Err(format!(
+            "URL {url:?}: must start with {plain_scheme} or {secure_scheme}"
+        ));
     };
     if url.contains('#') {
         return Err(format!("URL {url:?}: fragments (#...) are not allowed"));
@@ -338,20 +351,7 @@ impl UpstreamConn {
         token: Token,
     ) -> io::Result<UpstreamConn> {
         let request = build_request(&url)?;
-        let tls_conn = if url.secure {
-            Some(new_tls_session(&url, tls)?)
-        } else {
-            None
-        };
-        let (tcp, addr, failures) = connect_first(&mut addrs)?;
-        let transport = match tls_conn {
-            Some(tls) => Transport::Tls(Box::new(TlsTransport {
-                tls,
-                tcp,
-                tcp_eof: false,
-            })),
-            None => Transport::Plain(tcp),
-        };
+        let (transport, addr, failures) = start_transport(&url, &mut addrs, tls)?;
         let connecting = Connecting {
             transport,
             request,
@@ -446,23 +446,11 @@ impl UpstreamConn {
     /// from the one given at connect (it is then used from now on).
     pub fn reregister(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
         let wanted = self.wanted_interest();
-        let token_changed = token != self.token;
-        self.token = token;
-        let registered = self.registered;
-        let Some(socket) = self.state.socket_mut() else {
-            self.registered = None;
-            return Ok(());
+        let registration = Registration {
+            registered: &mut self.registered,
+            token: &mut self.token,
         };
-        match (registered, wanted) {
-            (None, Some(interest)) => registry.register(socket, token, interest)?,
-            (Some(now), Some(interest)) if now != interest || token_changed => {
-                registry.reregister(socket, token, interest)?
-            }
-            (Some(_), None) => registry.deregister(socket)?,
-            _ => {}
-        }
-        self.registered = wanted;
-        Ok(())
+        registration.update(registry, self.state.socket_mut(), wanted, token)
     }
 
     /// Removes the socket from the poll (if it is still registered). Safe to call in any
@@ -619,37 +607,22 @@ impl UpstreamConn {
     /// Replaces the socket with one connecting to the next resolved address. The new
     /// socket is unregistered until the caller's next `reregister`.
     fn try_next_address(&mut self, mut c: Connecting) -> Step {
-        while let Some(addr) = c.fallback.pop_front() {
-            match TcpStream::connect(addr) {
-                Ok(tcp) => {
-                    c.transport.replace_tcp(tcp);
-                    c.addr = addr;
-                    self.registered = None;
-                    return Step::Wait(State::TcpConnecting(c));
-                }
-                Err(e) => c.failures.push(format!("connect to {addr} failed: {e}")),
+        match connect_next(&mut c.fallback, &mut c.failures) {
+            Some((tcp, addr)) => {
+                c.transport.replace_tcp(tcp);
+                c.addr = addr;
+                self.registered = None;
+                Step::Wait(State::TcpConnecting(c))
             }
+            None => Step::Failed(c.failures.join("; ")),
         }
-        Step::Failed(c.failures.join("; "))
     }
 
     fn step_tls_handshake(&mut self, mut t: TlsHandshaking) -> Step {
-        let Transport::Tls(tls) = &mut t.transport else {
-            return start_ws_handshake(t, self.ws_config());
-        };
-        match tls.drive_handshake() {
+        match t.transport.drive_tls_handshake() {
             Ok(false) => Step::Wait(State::TlsHandshaking(t)),
             Ok(true) => start_ws_handshake(t, self.ws_config()),
-            Err(e) => {
-                let cause = match tls_cause(&e) {
-                    Some(tls_error) => tls_error.to_string(),
-                    None => describe_io_error(&e),
-                };
-                Step::Failed(format!(
-                    "TLS handshake with {} failed: {cause}",
-                    self.url.host
-                ))
-            }
+            Err(e) => Step::Failed(describe_tls_handshake_error(&self.url.host, &e)),
         }
     }
 
@@ -763,9 +736,48 @@ fn start_ws_handshake(t: TlsHandshaking, config: WebSocketConfig) -> Step {
     }
 }
 
+/// The registration bookkeeping of one connection (its fields, borrowed), shared by the
+/// upstream and REST connections.
+pub(crate) struct Registration<'a> {
+    /// Interest the socket is registered with; `None` when it is not registered.
+    pub(crate) registered: &'a mut Option<Interest>,
+    /// The token it is (or will be) registered under.
+    pub(crate) token: &'a mut Token,
+}
+
+impl Registration<'_> {
+    /// Registers, reregisters or deregisters `socket` so that it has `wanted` under `token`,
+    /// with a system call only when something differs. No socket (closed): nothing is
+    /// registered any more.
+    pub(crate) fn update(
+        self,
+        registry: &Registry,
+        socket: Option<&mut TcpStream>,
+        wanted: Option<Interest>,
+        token: Token,
+    ) -> io::Result<()> {
+        let token_changed = token != *self.token;
+        *self.token = token;
+        let Some(socket) = socket else {
+            *self.registered = None;
+            return Ok(());
+        };
+        match (*self.registered, wanted) {
+            (None, Some(interest)) => registry.register(socket, token, interest)?,
+            (Some(now), Some(interest)) if now != interest || token_changed => {
+                registry.reregister(socket, token, interest)?
+            }
+            (Some(_), None) => registry.deregister(socket)?,
+            _ => {}
+        }
+        *self.registered = wanted;
+        Ok(())
+    }
+}
+
 /// The mio recipe for a non-blocking connect: a pending error means failure, a peer
 /// address means connected, `NotConnected` means not yet (spurious event).
-fn tcp_connect_result(tcp: &TcpStream) -> io::Result<bool> {
+pub(crate) fn tcp_connect_result(tcp: &TcpStream) -> io::Result<bool> {
     if let Some(e) = tcp.take_error()? {
         return Err(e);
     }
@@ -799,7 +811,7 @@ fn new_tls_session(url: &WsUrl, tls: &TlsSetup) -> io::Result<ClientConnection> 
         .map_err(|e| io::Error::other(format!("TLS session for {}: {e}", url.host)))
 }
 
-fn resolve(url: &WsUrl) -> io::Result<VecDeque<SocketAddr>> {
+pub(crate) fn resolve(url: &WsUrl) -> io::Result<VecDeque<SocketAddr>> {
     let addrs: VecDeque<SocketAddr> = (url.host.as_str(), url.port)
         .to_socket_addrs()
         .map_err(|e| io::Error::new(e.kind(), format!("resolving {}: {e}", url.host)))?
@@ -813,21 +825,42 @@ fn resolve(url: &WsUrl) -> io::Result<VecDeque<SocketAddr>> {
     Ok(addrs)
 }
 
-/// Starts a connect to the first address that accepts one; the rest stay as fallbacks.
-fn connect_first(
+/// Creates the TLS session (for a secure URL) and starts a TCP connect to the first of
+/// `addrs` that accepts one; the rest stay in `addrs` as fallbacks. Returns the transport,
+/// the address it is connecting to, and one line per address that already refused.
+pub(crate) fn start_transport(
+    url: &WsUrl,
     addrs: &mut VecDeque<SocketAddr>,
-) -> io::Result<(TcpStream, SocketAddr, Vec<String>)> {
+    tls: &TlsSetup,
+) -> io::Result<(Transport, SocketAddr, Vec<String>)> {
+    let tls_session = if url.secure {
+        Some(new_tls_session(url, tls)?)
+    } else {
+        None
+    };
     let mut failures = Vec::new();
+    let Some((tcp, addr)) = connect_next(addrs, &mut failures) else {
+        return Err(io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            failures.join("; "),
+        ));
+    };
+    Ok((Transport::new(tcp, tls_session), addr, failures))
+}
+
+/// Starts a connect to the next address in `addrs` that accepts one, noting each refusal in
+/// `failures`. `None` when every address refused.
+pub(crate) fn connect_next(
+    addrs: &mut VecDeque<SocketAddr>,
+    failures: &mut Vec<String>,
+) -> Option<(TcpStream, SocketAddr)> {
     while let Some(addr) = addrs.pop_front() {
         match TcpStream::connect(addr) {
-            Ok(tcp) => return Ok((tcp, addr, failures)),
+            Ok(tcp) => return Some((tcp, addr)),
             Err(e) => failures.push(format!("connect to {addr} failed: {e}")),
         }
     }
-    Err(io::Error::new(
-        io::ErrorKind::ConnectionRefused,
-        failures.join("; "),
-    ))
+    None
 }
 
 fn truncate_utf8(text: &str) -> &str {
@@ -882,7 +915,16 @@ fn tls_cause(e: &io::Error) -> Option<&rustls::Error> {
     e.get_ref()?.downcast_ref::<rustls::Error>()
 }
 
-fn describe_io_error(e: &io::Error) -> String {
+/// Why the TLS handshake with `host` failed: the rustls error when there is one.
+pub(crate) fn describe_tls_handshake_error(host: &str, e: &io::Error) -> String {
+    let cause = match tls_cause(e) {
+        Some(tls_error) => tls_error.to_string(),
+        None => describe_io_error(e),
+    };
+    format!("TLS handshake with {host} failed: {cause}")
+}
+
+pub(crate) fn describe_io_error(e: &io::Error) -> String {
     if let Some(tls_error) = tls_cause(e) {
         return format!("TLS error: {tls_error}");
     }
@@ -899,14 +941,25 @@ fn describe_io_error(e: &io::Error) -> String {
 
 /// A non-blocking byte stream: plain TCP, or TLS over TCP. Reads and writes return
 /// `WouldBlock` exactly when the socket does, which is what tungstenite's resumable
-/// reader and handshake expect.
-enum Transport {
+/// reader and handshake expect (and what the REST client's own reader expects).
+pub(crate) enum Transport {
     Plain(TcpStream),
     Tls(Box<TlsTransport>),
 }
 
 impl Transport {
-    fn tcp_mut(&mut self) -> &mut TcpStream {
+    fn new(tcp: TcpStream, tls_session: Option<ClientConnection>) -> Transport {
+        match tls_session {
+            Some(tls) => Transport::Tls(Box::new(TlsTransport {
+                tls,
+                tcp,
+                tcp_eof: false,
+            })),
+            None => Transport::Plain(tcp),
+        }
+    }
+
+    pub(crate) fn tcp_mut(&mut self) -> &mut TcpStream {
         match self {
             Transport::Plain(tcp) => tcp,
             Transport::Tls(tls) => &mut tls.tcp,
@@ -918,11 +971,20 @@ impl Transport {
     }
 
     /// Swaps in a fresh socket before any byte was exchanged (address fallback).
-    fn replace_tcp(&mut self, tcp: TcpStream) {
+    pub(crate) fn replace_tcp(&mut self, tcp: TcpStream) {
         *self.tcp_mut() = tcp;
     }
 
-    fn shut_down(&mut self) {
+    /// Advances the TLS handshake as far as the socket allows; `Ok(true)` once it is done
+    /// (at once for plain TCP). Errors are described by [`describe_tls_handshake_error`].
+    pub(crate) fn drive_tls_handshake(&mut self) -> io::Result<bool> {
+        match self {
+            Transport::Plain(_) => Ok(true),
+            Transport::Tls(tls) => tls.drive_handshake(),
+        }
+    }
+
+    pub(crate) fn shut_down(&mut self) {
         if let Transport::Tls(tls) = self {
             tls.tls.send_close_notify();
             let _ = tls.write_records();
@@ -956,7 +1018,7 @@ impl Write for Transport {
     }
 }
 
-struct TlsTransport {
+pub(crate) struct TlsTransport {
     tls: ClientConnection,
     tcp: TcpStream,
     tcp_eof: bool,
@@ -1063,6 +1125,9 @@ impl Write for TlsTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::test_support::{
+        closed_port, spawn_tcp_server, spawn_tls_server, ServerTls, TlsServer, TEST_TIMEOUT,
+    };
     use mio::{Events, Poll};
     use std::net::{TcpListener, TcpStream as StdTcpStream};
     use std::sync::mpsc;
@@ -1070,7 +1135,6 @@ mod tests {
     use std::time::{Duration, Instant};
 
     const TOKEN: Token = Token(7);
-    const TEST_TIMEOUT: Duration = Duration::from_secs(5);
 
     type ServerWs = WebSocket<StdTcpStream>;
 
@@ -1199,20 +1263,6 @@ mod tests {
         spawn_tcp_server(move |stream| script(tungstenite::accept(stream).unwrap()))
     }
 
-    fn spawn_tcp_server<F>(script: F) -> (u16, thread::JoinHandle<()>)
-    where
-        F: FnOnce(StdTcpStream) + Send + 'static,
-    {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let handle = thread::spawn(move || {
-            let (stream, _) = listener.accept().unwrap();
-            stream.set_read_timeout(Some(TEST_TIMEOUT)).unwrap();
-            script(stream);
-        });
-        (port, handle)
-    }
-
     /// Reads until the client's close arrives (or the socket dies); returns the close frame.
     fn read_until_close<S: Read + Write>(ws: &mut WebSocket<S>) -> Option<CloseFrame> {
         loop {
@@ -1240,11 +1290,6 @@ mod tests {
         .unwrap();
         // Drain until the client's reply (or EOF) so the close handshake completes.
         while ws.read().is_ok() {}
-    }
-
-    fn closed_port() -> u16 {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
     }
 
     // --- URL parsing -------------------------------------------------------------------------
@@ -1712,50 +1757,13 @@ mod tests {
 
     // --- wss:// ------------------------------------------------------------------------------
 
-    struct TlsServer {
-        port: u16,
-        _dir: tempfile::TempDir,
-        ca_pem: std::path::PathBuf,
-        handle: thread::JoinHandle<()>,
-    }
-
     /// A rustls + tungstenite server with a fresh self-signed certificate for localhost.
     /// `script` gets `None` when the handshake fails (the untrusted-client test).
     fn spawn_tls_ws_server<F>(script: F) -> TlsServer
     where
-        F: FnOnce(Option<WebSocket<rustls::StreamOwned<rustls::ServerConnection, StdTcpStream>>>)
-            + Send
-            + 'static,
+        F: FnOnce(Option<WebSocket<ServerTls>>) + Send + 'static,
     {
-        let certified = rcgen::generate_simple_self_signed(vec![
-            "localhost".to_owned(),
-            "127.0.0.1".to_owned(),
-        ])
-        .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let ca_pem = dir.path().join("exchange-ca.pem");
-        std::fs::write(&ca_pem, certified.cert.pem()).unwrap();
-        let key =
-            rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(vec![certified.cert.der().clone()], key)
-            .unwrap();
-        let config = Arc::new(config);
-        let (port, handle) = spawn_tcp_server(move |stream| {
-            let session = rustls::ServerConnection::new(config).unwrap();
-            let tls = rustls::StreamOwned::new(session, stream);
-            script(tungstenite::accept(tls).ok());
-        });
-        TlsServer {
-            port,
-            _dir: dir,
-            ca_pem,
-            handle,
-        }
+        spawn_tls_server(move |tls| script(tungstenite::accept(tls).ok()))
     }
 
     #[test]

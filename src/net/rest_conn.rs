@@ -1,0 +1,1593 @@
+//! One REST request to the exchange, non-blocking, driven by the shell's single `mio::Poll`:
+//! TCP connect → rustls client handshake (for `https://`) → write one HTTP/1.1 `GET` →
+//! read the response (`Content-Length`, `Transfer-Encoding: chunked`, or until EOF).
+//!
+//! This module owns the bytes of one REST socket and turns them into one [`RestOutcome`]:
+//! the status, the headers, the body as text, and the two rate-limit headers Binance sends
+//! (`Retry-After` on 429/418, `X-MBX-USED-WEIGHT-1M` on every answer). The connection is used
+//! for exactly one request (`Connection: close`); there is no pooling and no retry.
+//!
+//! It never reads the clock to decide anything, never sleeps, never blocks on the socket and
+//! never interprets the body: deadlines, backoff after 429/418 and JSON parsing belong to the
+//! caller. The one blocking call is the name lookup in [`RestConn::start`] (as for
+//! [`super::upstream_conn::UpstreamConn::connect`]; IP literals never touch a resolver).
+//! The TCP/TLS plumbing (address fallback, [`TlsSetup`], the non-blocking TLS stream) is
+//! shared with `upstream_conn`.
+//!
+//! # How the event loop drives it
+//! - [`RestConn::start`] registers the socket with the given token.
+//! - On every readiness event for that token call [`RestConn::on_event`]; the flags are
+//!   hints only, every call makes whatever progress the socket allows. It returns
+//!   `Some(outcome)` exactly once; the socket is closed at that moment.
+//! - After every `on_event`, call [`RestConn::reregister`]: READABLE always, WRITABLE while
+//!   connecting, handshaking or writing the request. No system call when nothing changed.
+//! - To give up early (a deadline the caller keeps, see [`RestConn::started_at`]), call
+//!   [`RestConn::deregister`] and drop the connection.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use mio::{Interest, Registry, Token};
+
+use super::upstream_conn::{
+    connect_next, describe_io_error, describe_tls_handshake_error, parse_url_with_schemes, resolve,
+    start_transport, tcp_connect_result, Registration, TlsSetup, Transport, WsUrl,
+};
+
+/// Bytes read from the socket per `read` call.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// A chunk-size line (size plus extensions) longer than this is refused.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+
+// ---------------------------------------------------------------------------------------------
+// Public API
+// ---------------------------------------------------------------------------------------------
+
+/// Size limits of one response; exceeding one fails the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestLimits {
+    /// Status line plus headers (and, for chunked bodies, the trailers). Default 64 KiB.
+    pub max_head_bytes: usize,
+    /// The body after transfer decoding. Default 8 MiB: 1500 klines are about 250 KB, a
+    /// per-symbol `exchangeInfo` a few KB (the full spot `exchangeInfo` is larger: ask for
+    /// it with `symbols=` or raise the limit).
+    pub max_body_bytes: usize,
+}
+
+impl Default for RestLimits {
+    fn default() -> Self {
+        RestLimits {
+            max_head_bytes: 64 * 1024,
+            max_body_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+/// How one request ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestOutcome {
+    /// A complete HTTP response, whatever its status (429, 418 and 4xx/5xx included: the
+    /// caller reads `status`, the rate-limit fields and the JSON error body).
+    Response {
+        status: u16,
+        /// Header names lowercased, values trimmed; order and repeats kept.
+        headers: Vec<(String, String)>,
+        body: String,
+        /// `Retry-After` as whole seconds (Binance's form); `None` when absent or not a number.
+        retry_after_s: Option<u64>,
+        /// `X-MBX-USED-WEIGHT-1M`: the IP's request weight used in the current minute.
+        used_weight_1m: Option<u32>,
+    },
+    /// No usable response: connect, TLS or I/O error, malformed or oversized response,
+    /// connection closed early, body not UTF-8. The reason names the URL and is for humans.
+    Failed { reason: String },
+}
+
+/// One non-blocking HTTP/1.1 GET. See the module docs for how to drive it.
+pub struct RestConn {
+    phase: Phase,
+    /// `None` once finished (the socket is closed then).
+    transport: Option<Transport>,
+    /// `GET` request bytes, written during `Phase::Writing`.
+    request: Vec<u8>,
+    /// `scheme://authority/target`, for failure reasons and logs.
+    url: String,
+    host: String,
+    limits: RestLimits,
+    token: Token,
+    /// Interest the current socket is registered with; `None` when not registered.
+    registered: Option<Interest>,
+    started_at: Instant,
+}
+
+impl std::fmt::Debug for RestConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (url, phase, token) = (&self.url, self.phase.name(), self.token.0);
+        write!(f, "RestConn(GET {url}, {phase}, token {token})")
+    }
+}
+
+impl RestConn {
+    /// Starts `GET base_url + path_and_query` with the default [`RestLimits`] (see
+    /// [`RestConn::with_limits`]).
+    ///
+    /// `base_url` is `https://api.binance.com` or `http://127.0.0.1:PORT`; a path prefix such
+    /// as `http://proxy/binance` is kept. `path_and_query` must start with `/` and be
+    /// printable ASCII (the caller percent-encodes). The host is resolved, a non-blocking
+    /// connect to the first address starts, and the socket is registered under `token`
+    /// (READABLE | WRITABLE). If that address fails the next resolved one is tried.
+    ///
+    /// Errors (bad URL or path, no address, every address refused at once) mean no request
+    /// exists: the caller treats them like an immediate `Failed`.
+    pub fn start(
+        base_url: &str,
+        path_and_query: &str,
+        tls: &TlsSetup,
+        registry: &Registry,
+        token: Token,
+    ) -> io::Result<RestConn> {
+        let url = parse_url_with_schemes(base_url, "http://", "https://").map_err(invalid_input)?;
+        let target = request_target(&url, path_and_query).map_err(invalid_input)?;
+        let addrs = resolve(&url)?;
+        Self::start_to(Destination { url, target, addrs }, tls, registry, token)
+    }
+
+    /// Replaces the size limits. Takes effect for the whole response when called before the
+    /// first `on_event` (limits are read when the request has been written).
+    pub fn with_limits(mut self, limits: RestLimits) -> RestConn {
+        self.limits = limits;
+        self
+    }
+
+    /// `start` after parsing and name resolution: tries `dest.addrs` in order.
+    fn start_to(
+        dest: Destination,
+        tls: &TlsSetup,
+        registry: &Registry,
+        token: Token,
+    ) -> io::Result<RestConn> {
+        let Destination {
+            url,
+            target,
+            mut addrs,
+        } = dest;
+        let (transport, addr, failures) = start_transport(&url, &mut addrs, tls)?;
+        let scheme = if url.secure { "https" } else { "http" };
+        let mut conn = RestConn {
+            phase: Phase::Connecting(Dial {
+                addr,
+                fallback: addrs,
+                failures,
+            }),
+            transport: Some(transport),
+            request: build_request(&url.authority(), &target),
+            url: format!("{scheme}://{}{target}", url.authority()),
+            host: url.host,
+            limits: RestLimits::default(),
+            token,
+            registered: None,
+            started_at: Instant::now(),
+        };
+        conn.reregister(registry, token)?;
+        Ok(conn)
+    }
+
+    /// Makes all the progress the socket allows. Returns the outcome exactly once, when the
+    /// response is complete or the request failed; `None` before and after that.
+    /// `readable`/`writable` are hints; spurious calls are harmless.
+    pub fn on_event(&mut self, readable: bool, writable: bool) -> Option<RestOutcome> {
+        // Every phase tries its direction regardless; readiness may be spurious or coalesced.
+        let _ = (readable, writable);
+        loop {
+            match self.step() {
+                Step::Progressed(phase) => self.phase = phase,
+                Step::Wait(phase) => {
+                    self.phase = phase;
+                    return None;
+                }
+                Step::NewSocket(phase) => {
+                    // The fallback socket is not registered yet: the caller's reregister does it.
+                    self.phase = phase;
+                    self.registered = None;
+                    return None;
+                }
+                Step::Finished(outcome) => {
+                    self.close_socket();
+                    return Some(outcome);
+                }
+                Step::Failed(reason) => {
+                    self.close_socket();
+                    let reason = format!("GET {}: {reason}", self.url);
+                    return Some(RestOutcome::Failed { reason });
+                }
+            }
+        }
+    }
+
+    /// Brings the registration in line with the phase: READABLE | WRITABLE until the request
+    /// is written, READABLE while reading, none once finished. No system call when nothing
+    /// changed. `token` may differ from the one given at start (it is used from now on).
+    pub fn reregister(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
+        let wanted = self.phase.wanted_interest();
+        let socket = self.transport.as_mut().map(Transport::tcp_mut);
+        let registration = Registration {
+            registered: &mut self.registered,
+            token: &mut self.token,
+        };
+        registration.update(registry, socket, wanted, token)
+    }
+
+    /// Removes the socket from the poll if it is still registered. Safe in any phase; after
+    /// the outcome the socket is already gone and this does nothing.
+    pub fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
+        let was_registered = self.registered.take().is_some();
+        match self.transport.as_mut() {
+            Some(transport) if was_registered => registry.deregister(transport.tcp_mut()),
+            _ => Ok(()),
+        }
+    }
+
+    /// When `start` was called: the caller's deadline runs from here.
+    pub fn started_at(&self) -> Instant {
+        self.started_at
+    }
+
+    /// The full URL requested (`https://api.binance.com/api/v3/klines?...`).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// True once `on_event` has returned the outcome.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.phase, Phase::Finished)
+    }
+
+    fn close_socket(&mut self) {
+        if let Some(mut transport) = self.transport.take() {
+            // TLS close_notify and a TCP shutdown, best effort; the peer may be gone.
+            transport.shut_down();
+        }
+        self.phase = Phase::Finished;
+        self.registered = None;
+        self.request = Vec::new();
+    }
+}
+
+/// Where one request goes: the parsed base URL, the request target, the resolved addresses.
+struct Destination {
+    url: WsUrl,
+    target: String,
+    addrs: VecDeque<SocketAddr>,
+}
+
+fn invalid_input(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, message)
+}
+
+/// The request target: the base URL's path prefix (if any) followed by `path_and_query`.
+fn request_target(base: &WsUrl, path_and_query: &str) -> Result<String, String> {
+    if !path_and_query.starts_with('/') {
+        return Err(format!("REST path {path_and_query:?} must start with '/'"));
+    }
+    if !path_and_query.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "REST path {path_and_query:?} has spaces, control or non-ASCII characters (percent-encode them)"
+        ));
+    }
+    if base.path.contains('?') {
+        return Err(format!(
+            "REST base URL path {:?} must not have a query",
+            base.path
+        ));
+    }
+    Ok(format!(
+        "{}{path_and_query}",
+        base.path.trim_end_matches('/')
+    ))
+}
+
+fn build_request(authority: &str, target: &str) -> Vec<u8> {
+    format!(
+        "GET {target} HTTP/1.1\r\n\
+         Host: {authority}\r\n\
+         User-Agent: klinegate/{}\r\n\
+         Accept: application/json\r\n\
+         Accept-Encoding: identity\r\n\
+         Connection: close\r\n\
+         \r\n",
+        env!("CARGO_PKG_VERSION")
+    )
+    .into_bytes()
+}
+
+// ---------------------------------------------------------------------------------------------
+// State machine
+// ---------------------------------------------------------------------------------------------
+
+enum Phase {
+    Connecting(Dial),
+    /// Also passed through (at once) for plain `http://`.
+    TlsHandshaking,
+    /// `written` bytes of the request are accepted by the transport.
+    Writing {
+        written: usize,
+    },
+    Reading(Box<ResponseReader>),
+    Finished,
+}
+
+/// The TCP connect in progress and the addresses left to try.
+struct Dial {
+    addr: SocketAddr,
+    fallback: VecDeque<SocketAddr>,
+    /// One line per address that failed, for the final reason.
+    failures: Vec<String>,
+}
+
+/// What one step of the state machine achieved.
+enum Step {
+    /// The phase changed and may be able to progress right away.
+    Progressed(Phase),
+    /// Nothing more to do until the next readiness event.
+    Wait(Phase),
+    /// The socket was replaced by one to the next address; it needs registering.
+    NewSocket(Phase),
+    Finished(RestOutcome),
+    /// The request failed; the reason is completed with the URL.
+    Failed(String),
+}
+
+impl Phase {
+    fn name(&self) -> &'static str {
+        match self {
+            Phase::Connecting(_) => "connecting",
+            Phase::TlsHandshaking => "tls-handshaking",
+            Phase::Writing { .. } => "writing",
+            Phase::Reading(_) => "reading",
+            Phase::Finished => "finished",
+        }
+    }
+
+    fn wanted_interest(&self) -> Option<Interest> {
+        match self {
+            Phase::Connecting(_) | Phase::TlsHandshaking | Phase::Writing { .. } => {
+                Some(Interest::READABLE | Interest::WRITABLE)
+            }
+            Phase::Reading(_) => Some(Interest::READABLE),
+            Phase::Finished => None,
+        }
+    }
+}
+
+impl RestConn {
+    /// Runs one step of the current phase.
+    fn step(&mut self) -> Step {
+        let Some(transport) = self.transport.as_mut() else {
+            return Step::Wait(Phase::Finished);
+        };
+        match std::mem::replace(&mut self.phase, Phase::Finished) {
+            Phase::Connecting(dial) => step_connect(transport, dial),
+            Phase::TlsHandshaking => match transport.drive_tls_handshake() {
+                Ok(false) => Step::Wait(Phase::TlsHandshaking),
+                Ok(true) => Step::Progressed(Phase::Writing { written: 0 }),
+                Err(e) => Step::Failed(describe_tls_handshake_error(&self.host, &e)),
+            },
+            Phase::Writing { written } => {
+                step_write(transport, &self.request, written, self.limits)
+            }
+            Phase::Reading(reader) => step_read(transport, reader),
+            Phase::Finished => Step::Wait(Phase::Finished),
+        }
+    }
+}
+
+fn step_connect(transport: &mut Transport, mut dial: Dial) -> Step {
+    match tcp_connect_result(transport.tcp_mut()) {
+        Ok(false) => Step::Wait(Phase::Connecting(dial)),
+        Ok(true) => {
+            // The request is one small write: it must not wait for Nagle.
+            let _ = transport.tcp_mut().set_nodelay(true);
+            Step::Progressed(Phase::TlsHandshaking)
+        }
+        Err(e) => {
+            dial.failures
+                .push(format!("connect to {} failed: {e}", dial.addr));
+            match connect_next(&mut dial.fallback, &mut dial.failures) {
+                Some((tcp, addr)) => {
+                    transport.replace_tcp(tcp);
+                    dial.addr = addr;
+                    Step::NewSocket(Phase::Connecting(dial))
+                }
+                None => Step::Failed(dial.failures.join("; ")),
+            }
+        }
+    }
+}
+
+fn step_write(
+    transport: &mut Transport,
+    request: &[u8],
+    mut written: usize,
+    limits: RestLimits,
+) -> Step {
+    while written < request.len() {
+        match transport.write(&request[written..]) {
+            Ok(0) => return Step::Failed("connection closed while sending the request".into()),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Step::Wait(Phase::Writing { written })
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                return Step::Failed(format!("sending the request: {}", describe_io_error(&e)))
+            }
+        }
+    }
+    // TLS may still hold records of the request; they must reach the socket before we read.
+    match transport.flush() {
+        Ok(()) => Step::Progressed(Phase::Reading(Box::new(ResponseReader::new(limits)))),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Step::Wait(Phase::Writing { written }),
+        Err(e) => Step::Failed(format!("sending the request: {}", describe_io_error(&e))),
+    }
+}
+
+fn step_read(transport: &mut Transport, mut reader: Box<ResponseReader>) -> Step {
+    let mut buf = [0u8; READ_CHUNK];
+    loop {
+        let fed = match transport.read(&mut buf) {
+            Ok(0) => reader.finish_at_eof().map(Some),
+            Ok(n) => reader.feed(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Step::Wait(Phase::Reading(reader))
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => Err(format!("reading the response: {}", describe_io_error(&e))),
+        };
+        match fed {
+            Ok(None) => {}
+            Ok(Some(outcome)) => return Step::Finished(outcome),
+            Err(reason) => return Step::Failed(reason),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Response parsing (pure: bytes in, outcome out)
+// ---------------------------------------------------------------------------------------------
+
+/// An incremental HTTP/1.1 response parser: feed it the bytes as they arrive, in any
+/// pieces; it answers the outcome once the response is complete.
+struct ResponseReader {
+    limits: RestLimits,
+    state: ReaderState,
+}
+
+enum ReaderState {
+    /// Bytes of the head so far (interim 1xx responses are dropped from the front).
+    Head(Vec<u8>),
+    Body(BodyState),
+    /// The outcome was returned; later bytes are ignored.
+    Done,
+}
+
+struct BodyState {
+    head: ResponseHead,
+    framing: Framing,
+    body: Vec<u8>,
+}
+
+struct ResponseHead {
+    status: u16,
+    headers: Vec<(String, String)>,
+}
+
+/// How the end of the body is found.
+enum Framing {
+    /// `Content-Length` (or a status that has no body): this many bytes are still due.
+    Length {
+        remaining: usize,
+        total: usize,
+    },
+    Chunked(ChunkedDecoder),
+    /// Neither: the body ends when the server closes the connection.
+    UntilEof,
+}
+
+impl ResponseReader {
+    fn new(limits: RestLimits) -> ResponseReader {
+        ResponseReader {
+            limits,
+            state: ReaderState::Head(Vec::new()),
+        }
+    }
+
+    /// Takes the next bytes of the connection. `Ok(Some)` once the response is complete;
+    /// `Err` is the failure reason.
+    fn feed(&mut self, bytes: &[u8]) -> Result<Option<RestOutcome>, String> {
+        match &mut self.state {
+            ReaderState::Head(buf) => {
+                buf.extend_from_slice(bytes);
+                let buf = std::mem::take(buf);
+                self.parse_head_from(buf)
+            }
+            ReaderState::Body(body) => {
+                body.framing.feed(bytes, &mut body.body, &self.limits)?;
+                Ok(self.outcome_if_complete())
+            }
+            ReaderState::Done => Ok(None),
+        }
+    }
+
+    /// The server closed the connection: complete only for an until-EOF body.
+    fn finish_at_eof(&mut self) -> Result<RestOutcome, String> {
+        match std::mem::replace(&mut self.state, ReaderState::Done) {
+            ReaderState::Head(buf) if buf.is_empty() => {
+                Err("the server closed the connection without answering".into())
+            }
+            ReaderState::Head(_) => {
+                Err("the server closed the connection in the middle of the response head".into())
+            }
+            ReaderState::Body(body) => match body.framing {
+                Framing::UntilEof => outcome(body.head, body.body),
+                Framing::Length { remaining, total } => Err(format!(
+                    "the server closed the connection after {} of {total} body bytes (HTTP {})",
+                    total - remaining,
+                    body.head.status
+                )),
+                Framing::Chunked(_) => Err(format!(
+                    "the server closed the connection in the middle of a chunked body (HTTP {})",
+                    body.head.status
+                )),
+            },
+            ReaderState::Done => Err("response already complete".into()),
+        }
+    }
+
+    /// Parses the head once it is complete in `buf`, skipping interim (1xx) responses, and
+    /// hands the bytes after it to the body.
+    fn parse_head_from(&mut self, mut buf: Vec<u8>) -> Result<Option<RestOutcome>, String> {
+        loop {
+            let Some(head_len) = find_head_end(&buf) else {
+                if buf.len() > self.limits.max_head_bytes {
+                    return Err(self.head_too_large());
+                }
+                self.state = ReaderState::Head(buf);
+                return Ok(None);
+            };
+            if head_len > self.limits.max_head_bytes {
+                return Err(self.head_too_large());
+            }
+            let head = parse_response_head(&buf[..head_len])?;
+            if (100..200).contains(&head.status) {
+                buf.drain(..head_len);
+                continue;
+            }
+            let framing = Framing::for_head(&head, &self.limits)?;
+            let mut body = Vec::new();
+            if let Framing::Length { total, .. } = framing {
+                body.reserve_exact(total);
+            }
+            self.state = ReaderState::Body(BodyState {
+                head,
+                framing,
+                body,
+            });
+            return self.feed(&buf[head_len..]);
+        }
+    }
+
+    fn outcome_if_complete(&mut self) -> Option<RestOutcome> {
+        let ReaderState::Body(body) = &self.state else {
+            return None;
+        };
+        if !body.framing.is_complete() {
+            return None;
+        }
+        let ReaderState::Body(body) = std::mem::replace(&mut self.state, ReaderState::Done) else {
+            return None;
+        };
+        Some(outcome(body.head, body.body).unwrap_or_else(|reason| RestOutcome::Failed { reason }))
+    }
+
+    fn head_too_large(&self) -> String {
+        format!(
+            "response head larger than {} bytes",
+            self.limits.max_head_bytes
+        )
+    }
+}
+
+fn outcome(head: ResponseHead, body: Vec<u8>) -> Result<RestOutcome, String> {
+    let status = head.status;
+    let body = String::from_utf8(body)
+        .map_err(|e| format!("response body (HTTP {status}) is not valid UTF-8: {e}"))?;
+    let retry_after_s = header(&head.headers, "retry-after").and_then(|v| v.parse().ok());
+    let used_weight_1m = header(&head.headers, "x-mbx-used-weight-1m").and_then(|v| v.parse().ok());
+    Ok(RestOutcome::Response {
+        status,
+        headers: head.headers,
+        body,
+        retry_after_s,
+        used_weight_1m,
+    })
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Length of the head including the empty line that ends it (CRLF or bare LF line ends).
+fn find_head_end(buf: &[u8]) -> Option<usize> {
+    let mut line_start = 0;
+    for (i, &byte) in buf.iter().enumerate() {
+        if byte == b'\n' {
+            if matches!(&buf[line_start..i], b"" | b"\r") {
+                return Some(i + 1);
+            }
+            line_start = i + 1;
+        }
+    }
+    None
+}
+
+fn parse_response_head(head: &[u8]) -> Result<ResponseHead, String> {
+    let text = std::str::from_utf8(head).map_err(|_| "response head is not valid UTF-8")?;
+    let mut lines = text.lines().take_while(|line| !line.is_empty());
+    let status_line = lines.next().unwrap_or_default();
+    let status = parse_status_line(status_line).ok_or_else(|| {
+        format!("malformed status line {status_line:?} (expected 'HTTP/1.1 200 OK')")
+    })?;
+    let headers = lines
+        .map(|line| {
+            let (name, value) = line
+                .split_once(':')
+                .filter(|(name, _)| !name.is_empty() && !name.contains([' ', '\t']))
+                .ok_or_else(|| format!("malformed response header line {line:?}"))?;
+            Ok((name.to_ascii_lowercase(), value.trim().to_owned()))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(ResponseHead { status, headers })
+}
+
+/// `HTTP/1.x NNN reason` → NNN.
+fn parse_status_line(line: &str) -> Option<u16> {
+    let rest = line.strip_prefix("HTTP/1.")?;
+    let (minor, rest) = rest.split_once(' ')?;
+    let code = rest.get(..3)?;
+    let reason_follows = rest.len() == 3 || rest[3..].starts_with(' ');
+    if minor.len() != 1 || !code.bytes().all(|b| b.is_ascii_digit()) || !reason_follows {
+        return None;
+    }
+    code.parse()
+        .ok()
+        .filter(|status| (100..600).contains(status))
+}
+
+impl Framing {
+    /// RFC 9112 §6.3: no body for 1xx/204/304; then Transfer-Encoding; then Content-Length;
+    /// else until EOF. We asked for `Accept-Encoding: identity`, so a compressed body is an
+    /// error rather than bytes we cannot read.
+    fn for_head(head: &ResponseHead, limits: &RestLimits) -> Result<Framing, String> {
+        if head.status == 204 || head.status == 304 {
+            return Ok(Framing::Length {
+                remaining: 0,
+                total: 0,
+            });
+        }
+        if let Some(coding) = header(&head.headers, "content-encoding") {
+            if !coding.eq_ignore_ascii_case("identity") {
+                return Err(format!(
+                    "response has Content-Encoding {coding:?} although we asked for identity"
+                ));
+            }
+        }
+        let transfer_codings: Vec<&str> = head
+            .headers
+            .iter()
+            .filter(|(n, _)| n == "transfer-encoding")
+            .flat_map(|(_, v)| v.split(','))
+            .map(str::trim)
+            .collect();
+        if let [only] = transfer_codings.as_slice() {
+            if only.eq_ignore_ascii_case("chunked") {
+                return Ok(Framing::Chunked(ChunkedDecoder::default()));
+            }
+        }
+        if !transfer_codings.is_empty() {
+            return Err(format!(
+                "unsupported Transfer-Encoding {:?} (only chunked is understood)",
+                transfer_codings.join(", ")
+            ));
+        }
+        match content_length(&head.headers)? {
+            Some(total) if total > limits.max_body_bytes => Err(body_too_large(limits)),
+            Some(total) => Ok(Framing::Length {
+                remaining: total,
+                total,
+            }),
+            None => Ok(Framing::UntilEof),
+        }
+    }
+
+    /// Decodes `input` into `body`. Bytes after the end of the body are ignored.
+    fn feed(
+        &mut self,
+        input: &[u8],
+        body: &mut Vec<u8>,
+        limits: &RestLimits,
+    ) -> Result<(), String> {
+        match self {
+            Framing::Length { remaining, .. } => {
+                let take = input.len().min(*remaining);
+                body.extend_from_slice(&input[..take]);
+                *remaining -= take;
+            }
+            Framing::Chunked(decoder) => decoder.feed(input, body, limits)?,
+            Framing::UntilEof => {
+                if body.len() + input.len() > limits.max_body_bytes {
+                    return Err(body_too_large(limits));
+                }
+                body.extend_from_slice(input);
+            }
+        }
+        Ok(())
+    }
+
+    fn is_complete(&self) -> bool {
+        match self {
+            Framing::Length { remaining, .. } => *remaining == 0,
+            Framing::Chunked(decoder) => decoder.phase == ChunkPhase::Done,
+            Framing::UntilEof => false,
+        }
+    }
+}
+
+/// Every `Content-Length` value (a list like `5, 5` included) must agree.
+fn content_length(headers: &[(String, String)]) -> Result<Option<usize>, String> {
+    let mut length = None;
+    let values = headers
+        .iter()
+        .filter(|(n, _)| n == "content-length")
+        .flat_map(|(_, v)| v.split(','));
+    for value in values.map(str::trim) {
+        let parsed = value
+            .parse::<usize>()
+            .ok()
+            .filter(|_| value.bytes().all(|b| b.is_ascii_digit()));
+        match (parsed, length) {
+            (None, _) => return Err(format!("invalid Content-Length {value:?}")),
+            (Some(n), Some(seen)) if n != seen => {
+                return Err("conflicting Content-Length values".into())
+            }
+            (Some(n), _) => length = Some(n),
+        }
+    }
+    Ok(length)
+}
+
+fn body_too_large(limits: &RestLimits) -> String {
+    format!(
+        "response body larger than the {}-byte limit",
+        limits.max_body_bytes
+    )
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum ChunkPhase {
+    /// Expecting a chunk-size line (`1a2b;ext=1`).
+    #[default]
+    Size,
+    /// Inside chunk data: this many bytes are still due.
+    Data(usize),
+    /// Expecting the CRLF after chunk data.
+    DataEnd,
+    /// After the last (zero) chunk: trailer lines until an empty one.
+    Trailer,
+    Done,
+}
+
+/// Incremental `Transfer-Encoding: chunked` decoder (RFC 9112 §7.1).
+#[derive(Default)]
+struct ChunkedDecoder {
+    phase: ChunkPhase,
+    /// The current line, when it spans more than one `feed`.
+    line: Vec<u8>,
+    trailer_bytes: usize,
+}
+
+impl ChunkedDecoder {
+    fn feed(
+        &mut self,
+        mut input: &[u8],
+        body: &mut Vec<u8>,
+        limits: &RestLimits,
+    ) -> Result<(), String> {
+        while !input.is_empty() && self.phase != ChunkPhase::Done {
+            if let ChunkPhase::Data(remaining) = self.phase {
+                let take = input.len().min(remaining);
+                body.extend_from_slice(&input[..take]);
+                input = &input[take..];
+                self.phase = match remaining - take {
+                    0 => ChunkPhase::DataEnd,
+                    left => ChunkPhase::Data(left),
+                };
+                continue;
+            }
+            let Some(line) = self.take_line(&mut input)? else {
+                break;
+            };
+            self.phase = self.after_line(&line, body.len(), limits)?;
+        }
+        Ok(())
+    }
+
+    /// Moves bytes up to the next LF into the line buffer; the whole line (without CRLF)
+    /// once its LF has arrived.
+    fn take_line(&mut self, input: &mut &[u8]) -> Result<Option<Vec<u8>>, String> {
+        let end = input.iter().position(|&b| b == b'\n');
+        let (part, rest) = input.split_at(end.map_or(input.len(), |i| i + 1));
+        self.line.extend_from_slice(part);
+        *input = rest;
+        if self.line.len() > MAX_CHUNK_LINE {
+            return Err(format!(
+                "chunked body: line longer than {MAX_CHUNK_LINE} bytes"
+            ));
+        }
+        if end.is_none() {
+            return Ok(None);
+        }
+        let mut line = std::mem::take(&mut self.line);
+        line.pop();
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        Ok(Some(line))
+    }
+
+    fn after_line(
+        &mut self,
+        line: &[u8],
+        body_len: usize,
+        limits: &RestLimits,
+    ) -> Result<ChunkPhase, String> {
+        match self.phase {
+            ChunkPhase::Size => match parse_chunk_size(line)? {
+                0 => Ok(ChunkPhase::Trailer),
+                size if size > limits.max_body_bytes.saturating_sub(body_len) => {
+                    Err(body_too_large(limits))
+                }
+                size => Ok(ChunkPhase::Data(size)),
+            },
+            ChunkPhase::DataEnd if line.is_empty() => Ok(ChunkPhase::Size),
+            ChunkPhase::DataEnd => Err("chunked body: chunk data longer than its size".into()),
+            ChunkPhase::Trailer if line.is_empty() => Ok(ChunkPhase::Done),
+            ChunkPhase::Trailer => {
+                self.trailer_bytes += line.len();
+                if self.trailer_bytes > limits.max_head_bytes {
+                    return Err(format!(
+                        "chunked body: trailers larger than {} bytes",
+                        limits.max_head_bytes
+                    ));
+                }
+                Ok(ChunkPhase::Trailer)
+            }
+            phase @ (ChunkPhase::Data(_) | ChunkPhase::Done) => Ok(phase),
+        }
+    }
+}
+
+/// `1a2b` or `1a2b;name=value` → 0x1a2b.
+fn parse_chunk_size(line: &[u8]) -> Result<usize, String> {
+    let size = line.split(|&b| b == b';').next().unwrap_or_default();
+    let size = size.trim_ascii();
+    let parsed = std::str::from_utf8(size)
+        .ok()
+        .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit()))
+        .and_then(|s| usize::from_str_radix(s, 16).ok());
+    parsed.ok_or_else(|| {
+        format!(
+            "chunked body: bad chunk size line {:?}",
+            String::from_utf8_lossy(line)
+        )
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests: the parser on its own, then a real mio::Poll loop against tiny loopback servers.
+// ---------------------------------------------------------------------------------------------
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::test_support::{closed_port, spawn_tcp_server, spawn_tls_server, TEST_TIMEOUT};
+    use mio::{Events, Poll};
+    use proptest::prelude::*;
+    use std::net::TcpStream as StdTcpStream;
+    use std::sync::mpsc;
+    use std::thread;
+    use std::time::Duration;
+
+    const TOKEN: Token = Token(3);
+
+    // --- the parser --------------------------------------------------------------------------
+
+    /// Feeds `pieces` in order, then EOF if the response is not complete by then.
+    fn parse_pieces(pieces: &[&[u8]], limits: RestLimits) -> RestOutcome {
+        let mut reader = ResponseReader::new(limits);
+        for piece in pieces {
+            match reader.feed(piece) {
+                Ok(Some(outcome)) => return outcome,
+                Ok(None) => {}
+                Err(reason) => return RestOutcome::Failed { reason },
+            }
+        }
+        reader
+            .finish_at_eof()
+            .unwrap_or_else(|reason| RestOutcome::Failed { reason })
+    }
+
+    fn parse(raw: &[u8]) -> RestOutcome {
+        parse_pieces(&[raw], RestLimits::default())
+    }
+
+    fn status_and_body(outcome: &RestOutcome) -> (u16, &str) {
+        match outcome {
+            RestOutcome::Response { status, body, .. } => (*status, body.as_str()),
+            RestOutcome::Failed { reason } => panic!("expected a response, got: {reason}"),
+        }
+    }
+
+    /// `(retry_after_s, used_weight_1m)` of a response.
+    fn rate_fields(outcome: &RestOutcome) -> (Option<u64>, Option<u32>) {
+        match outcome {
+            RestOutcome::Response {
+                retry_after_s,
+                used_weight_1m,
+                ..
+            } => (*retry_after_s, *used_weight_1m),
+            RestOutcome::Failed { reason } => panic!("expected a response, got: {reason}"),
+        }
+    }
+
+    fn failure(outcome: &RestOutcome) -> &str {
+        match outcome {
+            RestOutcome::Failed { reason } => reason,
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rate_limited_response_reports_retry_after_and_weight() {
+        let body = r#"{"code":-1003,"msg":"Too many requests."}"#;
+        let raw = format!(
+            "HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\n\
+             Retry-After: 7\r\nX-MBX-USED-WEIGHT-1M: 6042\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let outcome = parse(raw.as_bytes());
+        assert_eq!(status_and_body(&outcome), (429, body));
+        assert_eq!(rate_fields(&outcome), (Some(7), Some(6042)));
+        let RestOutcome::Response { headers, .. } = outcome else {
+            unreachable!()
+        };
+        let content_type = ("content-type".into(), "application/json".into());
+        assert_eq!(headers[0], content_type);
+        assert_eq!(headers[2], ("x-mbx-used-weight-1m".into(), "6042".into()));
+    }
+
+    #[test]
+    fn absent_or_unparsable_rate_headers_are_none() {
+        let raw = b"HTTP/1.1 418 I'm a teapot\r\nRetry-After: Fri, 31 Dec 1999 23:59:59 GMT\r\n\
+                    Content-Length: 2\r\n\r\n{}";
+        let outcome = parse(raw);
+        assert_eq!(status_and_body(&outcome), (418, "{}"));
+        assert_eq!(rate_fields(&outcome), (None, None));
+    }
+
+    #[test]
+    fn chunked_body_with_extensions_and_trailers() {
+        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+                    5;name=value\r\n[1,2,\r\nA\r\n3,4,5,6,7]\r\n0\r\nX-Trailer: yes\r\n\r\n";
+        assert_eq!(status_and_body(&parse(raw)), (200, "[1,2,3,4,5,6,7]"));
+    }
+
+    #[test]
+    fn body_until_eof_completes_only_at_eof() {
+        let mut reader = ResponseReader::new(RestLimits::default());
+        let fed = reader.feed(b"HTTP/1.0 200 OK\r\n\r\n[1,2]").unwrap();
+        assert!(fed.is_none());
+        assert_eq!(reader.feed(b",[3]").unwrap(), None);
+        let outcome = reader.finish_at_eof().unwrap();
+        assert_eq!(status_and_body(&outcome), (200, "[1,2],[3]"));
+    }
+
+    #[test]
+    fn interim_responses_are_skipped_and_204_has_no_body() {
+        let raw = b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n\
+                    HTTP/1.1 204 No Content\r\nX-MBX-USED-WEIGHT-1M: 3\r\n\r\n";
+        let outcome = parse_pieces(&[raw], RestLimits::default());
+        assert_eq!(status_and_body(&outcome), (204, ""));
+    }
+
+    #[test]
+    fn bare_lf_line_ends_are_accepted() {
+        let raw = b"HTTP/1.1 200 OK\nContent-Length: 2\n\n[]";
+        assert_eq!(status_and_body(&parse(raw)), (200, "[]"));
+    }
+
+    #[test]
+    fn bytes_after_the_body_are_ignored() {
+        let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n[]garbage";
+        assert_eq!(status_and_body(&parse(raw)), (200, "[]"));
+    }
+
+    #[test]
+    fn malformed_or_incomplete_responses_fail_with_a_reason() {
+        let small = RestLimits {
+            max_head_bytes: 256,
+            max_body_bytes: 16,
+        };
+        let cases: [(&[u8], &str); 17] = [
+            (b"", "without answering"),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Le",
+                "middle of the response head",
+            ),
+            (b"HTTP/2 200\r\n\r\n", "malformed status line"),
+            (b"HTTP/1.1 20 OK\r\n\r\n", "malformed status line"),
+            (b"HTTP/1.1 200OK\r\n\r\n", "malformed status line"),
+            (
+                b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
+                "malformed response header",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n[1]",
+                "after 3 of 5 body bytes",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+                "invalid Content-Length",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1, 2\r\n\r\n",
+                "conflicting",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                "Transfer-Encoding",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\n\r\n",
+                "Content-Encoding",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n\xff\xfe",
+                "not valid UTF-8",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                "bad chunk size",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nab\r\n",
+                "longer than its size",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n",
+                "middle of a chunked body",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 17\r\n\r\n",
+                "16-byte limit",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n11\r\n",
+                "16-byte limit",
+            ),
+        ];
+        for (raw, needle) in cases {
+            let outcome = parse_pieces(&[raw], small);
+            let reason = failure(&outcome);
+            assert!(
+                reason.contains(needle),
+                "{:?}: {reason}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+    }
+
+    #[test]
+    fn size_limits_hold_for_streamed_bodies_and_heads() {
+        let small = RestLimits {
+            max_head_bytes: 64,
+            max_body_bytes: 16,
+        };
+        let eof_body = [
+            b"HTTP/1.1 200 OK\r\n\r\n".as_slice(),
+            &[b'x'; 10],
+            &[b'x'; 10],
+        ];
+        assert!(failure(&parse_pieces(&eof_body, small)).contains("16-byte limit"));
+        let chunks =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9\r\n123456789\r\n9\r\n";
+        assert!(failure(&parse_pieces(&[chunks], small)).contains("16-byte limit"));
+        let long_head = format!("HTTP/1.1 200 OK\r\nX: {}", "y".repeat(100));
+        assert!(failure(&parse_pieces(&[long_head.as_bytes()], small)).contains("head larger"));
+        let long_size_line = format!(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1;{}",
+            "e".repeat(5000)
+        );
+        assert!(failure(&parse(long_size_line.as_bytes())).contains("line longer"));
+    }
+
+    /// A response with `body` framed one of three ways (chunk sizes from `chunks`).
+    fn frame(body: &str, framing: u8, chunks: &[usize]) -> Vec<u8> {
+        let mut raw = b"HTTP/1.1 200 OK\r\nX-MBX-USED-WEIGHT-1M: 12\r\n".to_vec();
+        match framing {
+            0 => raw.extend(format!("Content-Length: {}\r\n\r\n{body}", body.len()).bytes()),
+            1 => {
+                raw.extend(b"Transfer-Encoding: chunked\r\n\r\n");
+                let mut rest = body.as_bytes();
+                for &size in chunks.iter().cycle().take(body.len() + 1) {
+                    if rest.is_empty() {
+                        break;
+                    }
+                    let (chunk, tail) = rest.split_at(size.clamp(1, rest.len()));
+                    raw.extend(format!("{:x}\r\n", chunk.len()).bytes());
+                    raw.extend(chunk);
+                    raw.extend(b"\r\n");
+                    rest = tail;
+                }
+                raw.extend(b"0\r\n\r\n");
+            }
+            _ => raw.extend(format!("\r\n{body}").bytes()),
+        }
+        raw
+    }
+
+    proptest! {
+        #[test]
+        fn any_split_of_a_response_parses_like_the_whole(
+            body in "[ -~é]{0,300}",
+            framing in 0u8..3,
+            chunks in prop::collection::vec(1usize..40, 1..8),
+            cuts in prop::collection::vec(0usize..2000, 0..12),
+        ) {
+            let raw = frame(&body, framing, &chunks);
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (raw.len() + 1)).collect();
+            cuts.sort_unstable();
+            cuts.dedup();
+            let mut pieces = Vec::new();
+            let mut start = 0;
+            for cut in cuts.into_iter().chain([raw.len()]) {
+                pieces.push(&raw[start..cut]);
+                start = cut;
+            }
+            let outcome = parse_pieces(&pieces, RestLimits::default());
+            prop_assert_eq!(status_and_body(&outcome), (200, body.as_str()));
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(raw in prop::collection::vec(any::<u8>(), 0..600)) {
+            let _ = parse(&raw);
+        }
+    }
+
+    #[test]
+    fn request_target_joins_the_base_path_and_refuses_bad_paths() {
+        let base = parse_url_with_schemes("http://h/prefix/", "http://", "https://").unwrap();
+        assert_eq!(
+            request_target(&base, "/api/v3/klines?a=1").unwrap(),
+            "/prefix/api/v3/klines?a=1"
+        );
+        let root = parse_url_with_schemes("https://h", "http://", "https://").unwrap();
+        assert_eq!(request_target(&root, "/x").unwrap(), "/x");
+        assert!(request_target(&root, "x")
+            .unwrap_err()
+            .contains("start with '/'"));
+        assert!(request_target(&root, "/a b")
+            .unwrap_err()
+            .contains("percent-encode"));
+        assert!(request_target(&root, "/a\r\nX: y")
+            .unwrap_err()
+            .contains("percent-encode"));
+        let with_query = parse_url_with_schemes("http://h/?q=1", "http://", "https://").unwrap();
+        assert!(request_target(&with_query, "/x")
+            .unwrap_err()
+            .contains("query"));
+    }
+
+    // --- the client side: the shell loop in miniature ---------------------------------------
+
+    struct Driver {
+        poll: Poll,
+        events: Events,
+        conn: RestConn,
+        /// The interest after every turn, to check the registration rules.
+        interests: Vec<Option<Interest>>,
+    }
+
+    impl Driver {
+        fn start(base: &str, path: &str, tls: &TlsSetup, limits: RestLimits) -> Driver {
+            let poll = Poll::new().unwrap();
+            let conn = RestConn::start(base, path, tls, poll.registry(), TOKEN)
+                .unwrap()
+                .with_limits(limits);
+            Driver::with_conn(poll, conn)
+        }
+
+        fn with_conn(poll: Poll, conn: RestConn) -> Driver {
+            let interests = vec![conn.registered];
+            Driver {
+                poll,
+                events: Events::with_capacity(8),
+                conn,
+                interests,
+            }
+        }
+
+        /// Turns the loop until the outcome; `on_event` only on our readiness events.
+        fn run(&mut self) -> RestOutcome {
+            let deadline = Instant::now() + TEST_TIMEOUT;
+            loop {
+                assert!(Instant::now() < deadline, "no outcome: {:?}", self.conn);
+                let wait = Some(Duration::from_millis(50));
+                self.poll.poll(&mut self.events, wait).unwrap();
+                let ours = self.events.iter().any(|e| e.token() == TOKEN);
+                let outcome = if ours {
+                    self.conn.on_event(true, true)
+                } else {
+                    None
+                };
+                self.conn.reregister(self.poll.registry(), TOKEN).unwrap();
+                self.interests.push(self.conn.registered);
+                if let Some(outcome) = outcome {
+                    self.assert_finished();
+                    return outcome;
+                }
+            }
+        }
+
+        fn assert_finished(&mut self) {
+            assert!(self.conn.is_finished());
+            assert_eq!(self.conn.registered, None);
+            assert_eq!(
+                self.conn.on_event(true, true),
+                None,
+                "outcome reported twice"
+            );
+            self.conn.deregister(self.poll.registry()).unwrap();
+        }
+    }
+
+    fn plain_tls() -> TlsSetup {
+        TlsSetup::new(None).unwrap()
+    }
+
+    // --- the server side ---------------------------------------------------------------------
+
+    /// Reads up to the end of the request head; `None` if the client (or TLS) failed first.
+    fn read_request_head<S: Read>(stream: &mut S) -> Option<String> {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 512];
+        while !head.ends_with(b"\r\n\r\n") {
+            let n = stream.read(&mut buf).ok().filter(|&n| n > 0)?;
+            head.extend_from_slice(&buf[..n]);
+        }
+        Some(String::from_utf8_lossy(&head).into_owned())
+    }
+
+    /// Waits until the client hangs up: proves the client finished without our EOF.
+    fn wait_for_client_close<S: Read>(stream: &mut S) {
+        let mut buf = [0u8; 64];
+        while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+    }
+
+    /// Answers one request with `response`, then `after` (e.g. wait for the client's close).
+    /// The request head comes back through the channel.
+    fn spawn_http_server(
+        response: Vec<u8>,
+        after: fn(&mut StdTcpStream),
+    ) -> (u16, thread::JoinHandle<()>, mpsc::Receiver<String>) {
+        let (tx, rx) = mpsc::channel();
+        let (port, handle) = spawn_tcp_server(move |mut stream| {
+            let head = read_request_head(&mut stream).expect("no request");
+            // Tests that ignore the request drop the receiver.
+            let _ = tx.send(head);
+            // The client may hang up early on purpose (size limit): ignore write errors.
+            let _ = stream.write_all(&response);
+            after(&mut stream);
+        });
+        (port, handle, rx)
+    }
+
+    fn hang_up(_: &mut StdTcpStream) {}
+
+    fn base(port: u16) -> String {
+        format!("http://127.0.0.1:{port}")
+    }
+
+    /// Serves `response` once (then `after`) and runs `GET path` against it to the outcome.
+    fn fetch(
+        response: impl Into<Vec<u8>>,
+        after: fn(&mut StdTcpStream),
+        path: &str,
+        limits: RestLimits,
+    ) -> RestOutcome {
+        let (port, server, _) = spawn_http_server(response.into(), after);
+        let outcome = Driver::start(&base(port), path, &plain_tls(), limits).run();
+        server.join().unwrap();
+        outcome
+    }
+
+    #[test]
+    fn content_length_response_arrives_without_waiting_for_eof() {
+        let body = r#"[[1499040000000,"0.01634790","0.80000000","0.01575800","0.01577100","148976.11427815",1499644799999,"2434.19055334",308,"1756.87402397","28.46694368","0"]]"#;
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json;charset=UTF-8\r\n\
+             X-MBX-USED-WEIGHT-1M: 2\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let (port, server, requests) =
+            spawn_http_server(response.into_bytes(), wait_for_client_close);
+        let path = "/api/v3/klines?symbol=BTCUSDT&interval=1m&limit=1";
+        let mut d = Driver::start(&base(port), path, &plain_tls(), RestLimits::default());
+        assert_eq!(d.conn.url(), format!("http://127.0.0.1:{port}{path}"));
+        let outcome = d.run();
+        let RestOutcome::Response {
+            status,
+            body: got,
+            used_weight_1m,
+            ..
+        } = &outcome
+        else {
+            panic!("{outcome:?}");
+        };
+        assert_eq!(
+            (*status, got.as_str(), *used_weight_1m),
+            (200, body, Some(2))
+        );
+
+        let request = requests.recv_timeout(TEST_TIMEOUT).unwrap();
+        let expected = format!(
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: klinegate/{}\r\n\
+             Accept: application/json\r\nAccept-Encoding: identity\r\nConnection: close\r\n\r\n",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert_eq!(request, expected);
+        server.join().unwrap();
+
+        // Both directions while connecting/writing, then READABLE only, then nothing.
+        let both = Some(Interest::READABLE | Interest::WRITABLE);
+        assert_eq!(d.interests.first(), Some(&both));
+        assert_eq!(d.interests.last(), Some(&None));
+        assert!(d
+            .interests
+            .iter()
+            .all(|i| [both, Some(Interest::READABLE), None].contains(i)));
+    }
+
+    #[test]
+    fn chunked_response_over_loopback() {
+        let response = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+                         b\r\n{\"symbols\":\r\n4\r\n[]}\n\r\n0\r\n\r\n";
+        let path = "/api/v3/exchangeInfo";
+        let outcome = fetch(
+            *response,
+            wait_for_client_close,
+            path,
+            RestLimits::default(),
+        );
+        assert_eq!(status_and_body(&outcome), (200, "{\"symbols\":[]}\n"));
+    }
+
+    #[test]
+    fn body_until_eof_over_loopback() {
+        let response = b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n[\"1.5\"]";
+        let path = "/api/v3/ticker/24hr?symbol=X";
+        let outcome = fetch(*response, hang_up, path, RestLimits::default());
+        assert_eq!(status_and_body(&outcome), (200, "[\"1.5\"]"));
+    }
+
+    #[test]
+    fn rate_limit_answer_over_loopback() {
+        let body = r#"{"code":-1003,"msg":"Way too much request weight used."}"#;
+        let response = format!(
+            "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 31\r\nx-mbx-used-weight-1m: 2401\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let path = "/fapi/v1/klines?symbol=BTCUSDT&interval=1m&limit=1500";
+        let outcome = fetch(response, wait_for_client_close, path, RestLimits::default());
+        assert_eq!(status_and_body(&outcome), (429, body));
+        assert_eq!(rate_fields(&outcome), (Some(31), Some(2401)));
+    }
+
+    #[test]
+    fn connection_refused_fails_quickly() {
+        let port = closed_port();
+        let started = Instant::now();
+        let poll = Poll::new().unwrap();
+        let conn = RestConn::start(
+            &base(port),
+            "/api/v3/klines",
+            &plain_tls(),
+            poll.registry(),
+            TOKEN,
+        );
+        // Loopback may refuse at once (an Err) or report it as an event (a Failed).
+        let reason = match conn {
+            Err(e) => e.to_string(),
+            Ok(conn) => failure(&Driver::with_conn(poll, conn).run()).to_owned(),
+        };
+        assert!(reason.to_lowercase().contains("refused"), "{reason}");
+        assert!(reason.contains(&port.to_string()), "{reason}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn server_closing_mid_body_fails() {
+        let response = *b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n[1,2,3";
+        let outcome = fetch(response, hang_up, "/x", RestLimits::default());
+        let reason = failure(&outcome);
+        assert!(reason.contains("/x: the server closed"), "{reason}");
+        assert!(reason.contains("after 6 of 100 body bytes"), "{reason}");
+        assert!(reason.starts_with("GET http://127.0.0.1:"), "{reason}");
+    }
+
+    #[test]
+    fn oversized_bodies_fail() {
+        // Declared too large for the default 8 MiB limit: refused from the head alone.
+        let declared = *b"HTTP/1.1 200 OK\r\nContent-Length: 9000000\r\n\r\n";
+        let outcome = fetch(
+            declared,
+            wait_for_client_close,
+            "/big",
+            RestLimits::default(),
+        );
+        assert!(
+            failure(&outcome).contains("8388608-byte limit"),
+            "{outcome:?}"
+        );
+
+        // Streamed past a small limit with no length announced.
+        let mut streamed = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
+        streamed.extend(std::iter::repeat_n(b'x', 256 * 1024));
+        let limits = RestLimits {
+            max_body_bytes: 100_000,
+            ..RestLimits::default()
+        };
+        let outcome = fetch(streamed, hang_up, "/big", limits);
+        assert!(
+            failure(&outcome).contains("100000-byte limit"),
+            "{outcome:?}"
+        );
+    }
+
+    #[test]
+    fn slow_server_sending_small_pieces() {
+        let body: String = (0..40).map(|i| format!("[{i},\"{i}.5\"],")).collect();
+        let response = frame(&body, 1, &[7, 1, 13]);
+        let (port, server) = spawn_tcp_server(move |mut stream| {
+            read_request_head(&mut stream).expect("no request");
+            stream.set_nodelay(true).unwrap();
+            for piece in response.chunks(5) {
+                stream.write_all(piece).unwrap();
+                thread::sleep(Duration::from_millis(1));
+            }
+            wait_for_client_close(&mut stream);
+        });
+        let mut d = Driver::start(&base(port), "/slow", &plain_tls(), RestLimits::default());
+        assert_eq!(status_and_body(&d.run()), (200, body.as_str()));
+        // Many readable turns while reading, never WRITABLE then.
+        let reading = d
+            .interests
+            .iter()
+            .filter(|i| **i == Some(Interest::READABLE))
+            .count();
+        assert!(reading > 10, "{:?}", d.interests);
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn falls_back_to_the_next_address() {
+        let response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec();
+        let (port, server, _) = spawn_http_server(response, wait_for_client_close);
+        let dead: SocketAddr = format!("127.0.0.1:{}", closed_port()).parse().unwrap();
+        let live: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let url =
+            parse_url_with_schemes(&format!("http://localhost:{port}"), "http://", "https://")
+                .unwrap();
+        let poll = Poll::new().unwrap();
+        let dest = Destination {
+            url,
+            target: "/".to_owned(),
+            addrs: VecDeque::from([dead, live]),
+        };
+        let conn = RestConn::start_to(dest, &plain_tls(), poll.registry(), TOKEN).unwrap();
+        // If the kernel refused `dead` synchronously, start already skipped it.
+        let outcome = Driver::with_conn(poll, conn).run();
+        assert_eq!(status_and_body(&outcome), (200, "ok"));
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn bad_input_is_refused_at_start() {
+        let poll = Poll::new().unwrap();
+        let cases = [
+            ("ftp://h", "/x", "http://"),
+            ("http://h:0", "/x", "port"),
+            ("http://127.0.0.1:1", "x", "start with '/'"),
+        ];
+        for (base, path, needle) in cases {
+            let err =
+                RestConn::start(base, path, &plain_tls(), poll.registry(), TOKEN).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+            assert!(err.to_string().contains(needle), "{base} {path}: {err}");
+        }
+    }
+
+    // --- https:// ----------------------------------------------------------------------------
+
+    #[test]
+    fn https_with_a_trusted_self_signed_certificate() {
+        let (tx, rx) = mpsc::channel();
+        let server = spawn_tls_server(move |mut tls| {
+            let head = read_request_head(&mut tls).expect("TLS handshake or request failed");
+            tx.send(head).unwrap();
+            let body = "[1,2,3]";
+            let response = format!(
+                "HTTP/1.1 200 OK\r\nX-MBX-USED-WEIGHT-1M: 5\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            tls.write_all(response.as_bytes()).unwrap();
+            tls.flush().unwrap();
+            wait_for_client_close(&mut tls);
+        });
+        let tls = TlsSetup::new(Some(&server.ca_pem)).unwrap();
+        let base = format!("https://localhost:{}", server.port);
+        let mut d = Driver::start(
+            &base,
+            "/fapi/v1/klines?symbol=BTCUSDT",
+            &tls,
+            RestLimits::default(),
+        );
+        let outcome = d.run();
+        assert_eq!(status_and_body(&outcome), (200, "[1,2,3]"));
+        let request = rx.recv_timeout(TEST_TIMEOUT).unwrap();
+        assert!(
+            request.contains(&format!("\r\nHost: localhost:{}\r\n", server.port)),
+            "{request}"
+        );
+        server.handle.join().unwrap();
+    }
+
+    #[test]
+    fn https_with_an_untrusted_certificate_fails_with_a_tls_error() {
+        let server = spawn_tls_server(|mut tls| {
+            assert!(
+                read_request_head(&mut tls).is_none(),
+                "handshake should have failed"
+            );
+        });
+        let base = format!("https://localhost:{}", server.port);
+        let mut d = Driver::start(&base, "/api/v3/klines", &plain_tls(), RestLimits::default());
+        let outcome = d.run();
+        let reason = failure(&outcome);
+        assert!(
+            reason.contains("TLS") && reason.contains("certificate"),
+            "{reason}"
+        );
+        server.handle.join().unwrap();
+    }
+}
