@@ -93,7 +93,7 @@ impl Default for Settings {
             heal_first_visit_candles: 2000,
             heal_max_candles: 20_000,
             late_close_ms: 5000,
-            heal_gate_ms: 10_000,
+            heal_gate_ms: 3000,
             rest_weight_budget_spot: 3000,
             rest_weight_budget_futures: 1200,
         }

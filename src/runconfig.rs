@@ -157,7 +157,7 @@ struct RunArgs {
     #[arg(long, value_name = "MS", default_value = "5000", help_heading = "Healing")]
     late_close_ms: String,
     /// Longest time (ms) live closed candles wait behind a running heal
-    #[arg(long, value_name = "MS", default_value = "10000", help_heading = "Healing")]
+    #[arg(long, value_name = "MS", default_value = "3000", help_heading = "Healing")]
     heal_gate_ms: String,
     /// REST request weight used per minute on spot (Binance allows 6000 per IP)
     #[arg(long, value_name = "N", default_value = "3000", help_heading = "Healing")]

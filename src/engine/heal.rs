@@ -37,7 +37,7 @@ impl Default for HealConfig {
             first_visit_candles: 2000,
             max_candles: 20_000,
             late_close: Duration::from_secs(5),
-            gate_timeout: Duration::from_secs(10),
+            gate_timeout: Duration::from_secs(3),
             max_attempts: 5,
         }
     }

@@ -14,6 +14,7 @@ use super::http::{HttpLimits, Response};
 use super::logger::Logger;
 use super::routes::{self, HttpConfig, Routed, ShellStats};
 use super::timed_store::{StoreStats, TimedStore};
+use super::rest_conn::{RestConn, RestOutcome};
 use super::upstream_conn::{TlsSetup, UpstreamConn, UpstreamEvent};
 use crate::engine::{Engine, Input, LogLevel, Output};
 use crate::journal::{Header, JournalWriter};
@@ -44,7 +45,12 @@ enum Conn {
     Http(HttpConn),
     Ws(WsConn),
     Upstream { engine_conn: u64, conn: UpstreamConn },
+    /// One REST request the engine asked for (`RestRequest { id }`).
+    Rest { id: u64, conn: RestConn },
 }
+
+/// A REST request that takes longer than this is answered `RestFailed`.
+const REST_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Maps the wall clock to engine time: never backwards, read once per turn.
 struct Clock {
@@ -295,8 +301,59 @@ impl Server {
 
     // ---------------------------------------------------------------- REST
 
-    fn start_rest(&mut self, id: u64, _market: crate::model::Market, _path: &str) {
-        self.pending_inputs.push_back(Input::RestFailed { id, reason: "REST client not available".into() });
+    fn start_rest(&mut self, id: u64, market: crate::model::Market, path: &str) {
+        let base = match market {
+            crate::model::Market::Spot => &self.cfg.spot_rest_url,
+            crate::model::Market::Futures => &self.cfg.futures_rest_url,
+        };
+        let entry = self.conns.vacant_entry();
+        let token = Token(entry.key());
+        match RestConn::start(base, path, &self.tls, self.poll.registry(), token) {
+            Ok(conn) => {
+                entry.insert(Conn::Rest { id, conn });
+            }
+            Err(e) => self.pending_inputs.push_back(Input::RestFailed { id, reason: format!("GET {base}{path}: {e}") }),
+        }
+    }
+
+    fn on_rest_event(&mut self, key: usize, readable: bool, writable: bool) {
+        let (id, outcome) = match self.conns.get_mut(key) {
+            Some(Conn::Rest { id, conn }) => {
+                let outcome = conn.on_event(readable, writable);
+                let _ = conn.reregister(self.poll.registry(), Token(key));
+                (*id, outcome)
+            }
+            _ => return,
+        };
+        let Some(outcome) = outcome else { return };
+        if let Some(Conn::Rest { mut conn, .. }) = self.conns.try_remove(key) {
+            let _ = conn.deregister(self.poll.registry());
+        }
+        let input = match outcome {
+            RestOutcome::Response { status, body, retry_after_s, used_weight_1m, .. } => {
+                Input::RestResponse { id, status, body, retry_after_s, used_weight: used_weight_1m }
+            }
+            RestOutcome::Failed { reason } => Input::RestFailed { id, reason },
+        };
+        let _ = self.apply(input);
+    }
+
+    /// REST requests past their deadline are answered as failed.
+    fn expire_rest(&mut self) {
+        let mut late = Vec::new();
+        for (key, conn) in self.conns.iter() {
+            if let Conn::Rest { id, conn } = conn {
+                if self.mono.duration_since(conn.started_at()) >= REST_TIMEOUT {
+                    late.push((key, *id, conn.url().to_string()));
+                }
+            }
+        }
+        for (key, id, url) in late {
+            if let Some(Conn::Rest { mut conn, .. }) = self.conns.try_remove(key) {
+                let _ = conn.deregister(self.poll.registry());
+            }
+            let _ = self.apply(Input::RestFailed { id, reason: format!("GET {url}: timed out after {REST_TIMEOUT:?}") });
+        }
     }
 
     // ------------------------------------------------------------ upstream
@@ -414,7 +471,7 @@ impl Server {
             };
             let ip = peer.ip();
             let on_ip = self.per_ip.get(&ip).copied().unwrap_or(0);
-            let total = self.conns.len() - self.upstreams.len();
+            let total = self.stats.connections_open as usize;
             if total >= self.cfg.max_connections || on_ip >= self.cfg.max_connections_per_ip {
                 self.stats.connections_rejected += 1;
                 let resp = Response::error(503, "too many connections");
@@ -440,6 +497,7 @@ impl Server {
             Some(Conn::Http(_)) => self.on_http_event(key, readable, writable),
             Some(Conn::Ws(_)) => self.on_ws_event(key, readable, writable),
             Some(Conn::Upstream { .. }) => self.on_upstream_event(key, readable, writable),
+            Some(Conn::Rest { .. }) => self.on_rest_event(key, readable, writable),
             None => {}
         }
     }
@@ -669,7 +727,7 @@ impl Server {
                 self.stats.ws_clients = self.stats.ws_clients.saturating_sub(1);
                 let _ = self.apply(Input::ClientDisconnected { client: w.client });
             }
-            Conn::Upstream { .. } => {}
+            Conn::Upstream { .. } | Conn::Rest { .. } => {}
         }
     }
 
@@ -706,6 +764,7 @@ impl Server {
             self.remove_client_conn(key);
         }
         self.refresh_store_stats();
+        self.expire_rest();
         if let Some(j) = self.journal.as_mut() {
             let _ = j.flush();
         }
