@@ -62,6 +62,10 @@ pub struct ShellStats {
     pub store_write_seconds_sum: f64,
     pub store_write_seconds_max: f64,
     pub connections_rejected: u64,
+    /// Of those, refused by --max-connections-per-ip.
+    pub connections_rejected_per_ip: u64,
+    /// Requests refused for a missing or wrong shared secret.
+    pub http_unauthorized: u64,
     /// WebSocket messages dropped because the client was over its rate.
     pub client_messages_rate_limited: u64,
     /// WebSocket clients closed with 1009 for a message over --max-frame-bytes.
@@ -461,7 +465,13 @@ fn metrics(engine: &Engine, stats: &ShellStats) -> Response {
 fn shell_metrics(m: &mut Exposition, s: &ShellStats) {
     m.gauge("uptime_seconds", "Seconds since the server started.", uptime_s(s));
     m.gauge("connections_open", "Open client TCP connections (HTTP and WebSocket).", s.connections_open as f64);
-    m.counter("connections_rejected_total", "Client connections refused at accept.", s.connections_rejected);
+    m.counter("connections_rejected_total", "Client connections refused at accept (503).", s.connections_rejected);
+    m.counter(
+        "connections_rejected_per_ip_total",
+        "Client connections refused by --max-connections-per-ip (included in connections_rejected_total).",
+        s.connections_rejected_per_ip,
+    );
+    m.counter("http_unauthorized_total", "Requests refused (401) for a missing or wrong token.", s.http_unauthorized);
     m.counter("http_requests_total", "HTTP requests served.", s.http_requests);
     m.counter(
         "http_request_timeouts_total",

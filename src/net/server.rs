@@ -406,7 +406,13 @@ impl Server {
             let total = self.conns.len() - self.upstreams.len();
             if total >= self.cfg.max_connections || on_ip >= self.cfg.max_connections_per_ip {
                 self.stats.connections_rejected += 1;
-                let resp = Response::error(503, "too many connections");
+                let detail = if total >= self.cfg.max_connections {
+                    "too many connections"
+                } else {
+                    self.stats.connections_rejected_per_ip += 1;
+                    "too many connections from this address"
+                };
+                let resp = Response::error(503, detail);
                 let mut buf = Vec::new();
                 resp.write_to(&mut buf, false);
                 let _ = io::Write::write(&mut stream, &buf);
@@ -491,6 +497,9 @@ impl Server {
                 }
             }
         };
+        if response.status == 401 {
+            self.stats.http_unauthorized += 1;
+        }
         if let Some(Conn::Http(h)) = self.conns.get_mut(key) {
             let mut buf = Vec::with_capacity(256 + response.body.len());
             response.write_to(&mut buf, req.keep_alive);
