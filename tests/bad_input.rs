@@ -104,11 +104,14 @@ impl Pusher {
     }
 }
 
+/// Closed candles (time, arrival) and every other frame the healthy client saw.
+type Received = (Vec<(i64, Instant)>, Vec<Value>);
+
 /// The healthy client: reads every frame in its own thread (answering pings)
 /// and records when each closed candle arrived.
 struct Healthy {
     stop: Arc<AtomicBool>,
-    handle: Option<thread::JoinHandle<(Vec<(i64, Instant)>, Vec<Value>)>>,
+    handle: Option<thread::JoinHandle<Received>>,
 }
 
 impl Healthy {
@@ -132,7 +135,7 @@ impl Healthy {
         Healthy { stop, handle: Some(handle) }
     }
 
-    fn finish(mut self) -> (Vec<(i64, Instant)>, Vec<Value>) {
+    fn finish(mut self) -> Received {
         self.stop.store(true, Ordering::SeqCst);
         self.handle.take().unwrap().join().unwrap()
     }
