@@ -23,6 +23,10 @@ pub struct HttpConn {
     /// A 101 response is queued: once it is written the socket becomes a WebSocket.
     pub upgrade_after_write: bool,
     pub last_activity: Instant,
+    /// When the first byte of a request not yet complete arrived. A request
+    /// must be complete within the idle timeout of this, however steadily its
+    /// bytes trickle in (slowloris).
+    pub request_started: Option<Instant>,
     pub peer_closed: bool,
 }
 
@@ -36,6 +40,7 @@ impl HttpConn {
             close_after_write: false,
             upgrade_after_write: false,
             last_activity: now,
+            request_started: None,
             peer_closed: false,
         }
     }
@@ -78,6 +83,11 @@ impl HttpConn {
                 Parse::Error(e) => return Err(e),
             }
         }
+        if self.read_buf.is_empty() || self.upgrade_after_write {
+            self.request_started = None;
+        } else if self.request_started.is_none() || !out.is_empty() {
+            self.request_started = Some(now);
+        }
         Ok(out)
     }
 
@@ -107,6 +117,14 @@ impl HttpConn {
         Ok(true)
     }
 
+    /// A best-effort `408` before the connection is dropped for taking too
+    /// long over one request (one non-blocking write, errors ignored).
+    pub fn answer_timeout(&mut self) {
+        let mut buf = Vec::new();
+        http::Response::error(408, "request_timeout").write_to(&mut buf, false);
+        let _ = self.stream.write(&buf);
+    }
+
     pub fn has_pending_output(&self) -> bool {
         !self.write_buf.is_empty()
     }
@@ -118,6 +136,68 @@ pub enum WsRead {
     Binary(usize),
     /// The peer closed, or the connection failed; the reason is for the log.
     Closed(String),
+    /// The peer broke the protocol or a limit: answer with this close code.
+    /// 1009 a message over the size limit, 1007 invalid UTF-8, 1002 anything
+    /// else RFC 6455 forbids.
+    Fail { code: u16, reason: String },
+}
+
+/// The close a tungstenite read error calls for, or None when the connection
+/// is simply gone (reset, closed) and nothing can be said to the peer.
+fn close_for(e: &tungstenite::Error, max_message: usize) -> Option<(u16, String)> {
+    use tungstenite::error::ProtocolError;
+    match e {
+        tungstenite::Error::Capacity(_) => Some((1009, format!("message too big (max {max_message} bytes)"))),
+        tungstenite::Error::Utf8(_) => Some((1007, "text message is not valid UTF-8".into())),
+        tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
+        tungstenite::Error::Protocol(p) => Some((1002, format!("protocol error: {p}"))),
+        _ => None,
+    }
+}
+
+/// A token bucket per WebSocket client: `rate` messages per second, bursts
+/// of up to `2 × rate`. A message that finds the bucket empty is refused by
+/// the shell before the engine sees it (the connection lives on).
+pub struct RateLimiter {
+    rate: u32,
+    /// Tokens in thousandths, so refills need no floating point.
+    milli_tokens: u64,
+    last_refill: Instant,
+}
+
+impl RateLimiter {
+    /// `rate` 0 means no limit.
+    pub fn new(rate: u32, now: Instant) -> RateLimiter {
+        RateLimiter { rate, milli_tokens: Self::capacity(rate), last_refill: now }
+    }
+
+    fn capacity(rate: u32) -> u64 {
+        u64::from(rate) * 2 * 1000
+    }
+
+    pub fn rate(&self) -> u32 {
+        self.rate
+    }
+
+    /// Takes one token; false when the client is over its rate.
+    pub fn allow(&mut self, now: Instant) -> bool {
+        if self.rate == 0 {
+            return true;
+        }
+        let elapsed_ms = now.saturating_duration_since(self.last_refill).as_millis();
+        if elapsed_ms > 0 {
+            // rate tokens per second = rate milli-tokens per millisecond.
+            let refill = u64::try_from(elapsed_ms).unwrap_or(u64::MAX).saturating_mul(u64::from(self.rate));
+            self.milli_tokens = self.milli_tokens.saturating_add(refill).min(Self::capacity(self.rate));
+            self.last_refill = now;
+        }
+        if self.milli_tokens >= 1000 {
+            self.milli_tokens -= 1000;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 pub struct WsConn {
@@ -130,16 +210,45 @@ pub struct WsConn {
     pub flush_pending: bool,
     /// A close was sent; the connection ends once it is flushed or times out.
     pub closing_since: Option<Instant>,
+    pub rate: RateLimiter,
+    /// Once we sent a close frame the peer's bytes are read and thrown away
+    /// until it hangs up: closing a socket with unread data resets it, and a
+    /// reset can destroy our close frame before the peer reads it. (After a
+    /// protocol failure tungstenite could not parse them anyway, and would
+    /// buffer a too-big frame whole.)
+    pub discarding: bool,
+    write_shut: bool,
+    max_message: usize,
 }
 
 impl WsConn {
-    pub fn new(stream: TcpStream, leftover: Vec<u8>, peer: SocketAddr, client: u64, max_frame: usize, now: Instant) -> WsConn {
+    pub fn new(
+        stream: TcpStream,
+        leftover: Vec<u8>,
+        peer: SocketAddr,
+        client: u64,
+        max_frame: usize,
+        rate: u32,
+        now: Instant,
+    ) -> WsConn {
         let config = WebSocketConfig::default()
             .max_message_size(Some(max_frame))
             .max_frame_size(Some(max_frame))
             .accept_unmasked_frames(false);
         let ws = WebSocket::from_partially_read(stream, leftover, Role::Server, Some(config));
-        WsConn { ws, peer, client, last_seen: now, last_ping: now, flush_pending: false, closing_since: None }
+        WsConn {
+            ws,
+            peer,
+            client,
+            last_seen: now,
+            last_ping: now,
+            flush_pending: false,
+            closing_since: None,
+            rate: RateLimiter::new(rate, now),
+            discarding: false,
+            write_shut: false,
+            max_message: max_frame,
+        }
     }
 
     /// Reads up to `budget` messages; pings are answered by tungstenite.
@@ -165,7 +274,10 @@ impl WsConn {
                     return;
                 }
                 Err(e) => {
-                    out.push(WsRead::Closed(format!("websocket error: {e}")));
+                    out.push(match close_for(&e, self.max_message) {
+                        Some((code, reason)) => WsRead::Fail { code, reason },
+                        None => WsRead::Closed(format!("websocket error: {e}")),
+                    });
                     return;
                 }
             }
@@ -208,10 +320,36 @@ impl WsConn {
         }
     }
 
+    /// One text frame the shell itself answers with (not from the engine).
     pub fn ping(&mut self, now: Instant) {
         self.last_ping = now;
         let _ = self.ws.write(Message::Ping(tungstenite::Bytes::new()));
         self.flush();
+    }
+
+    /// While discarding: flushes our close frame, then half-closes our side,
+    /// and reads and drops whatever the peer still sends. False once the peer
+    /// has hung up (or the socket failed): the connection can go.
+    pub fn discard_input(&mut self) -> bool {
+        if !self.flush() {
+            return false;
+        }
+        if !self.flush_pending && !self.write_shut {
+            self.write_shut = true;
+            let _ = self.ws.get_mut().shutdown(std::net::Shutdown::Write);
+        }
+        let mut chunk = [0u8; 16 << 10];
+        let mut total = 0;
+        while total < READ_BUDGET {
+            match self.ws.get_mut().read(&mut chunk) {
+                Ok(0) => return false,
+                Ok(n) => total += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        true
     }
 
     pub fn close(&mut self, code: u16, reason: &str, now: Instant) {
@@ -219,8 +357,34 @@ impl WsConn {
             return;
         }
         self.closing_since = Some(now);
+        self.discarding = true;
         let frame = CloseFrame { code: code.into(), reason: reason.to_string().into() };
         let _ = self.ws.close(Some(frame));
         self.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn rate_limiter_allows_a_burst_of_twice_the_rate_then_refills() {
+        let t0 = Instant::now();
+        let mut r = RateLimiter::new(5, t0);
+        assert_eq!((0..12).filter(|_| r.allow(t0)).count(), 10, "burst is twice the rate");
+        assert!(!r.allow(t0 + Duration::from_millis(100)), "half a token after 100 ms");
+        assert!(r.allow(t0 + Duration::from_millis(200)), "one token after 200 ms at 5/s");
+        assert!(!r.allow(t0 + Duration::from_millis(200)));
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!((0..30).filter(|_| r.allow(later)).count(), 10, "refill is capped at the burst");
+    }
+
+    #[test]
+    fn rate_zero_is_unlimited() {
+        let t0 = Instant::now();
+        let mut r = RateLimiter::new(0, t0);
+        assert!((0..100_000).all(|_| r.allow(t0)));
     }
 }

@@ -62,6 +62,18 @@ pub struct ShellStats {
     pub store_write_seconds_sum: f64,
     pub store_write_seconds_max: f64,
     pub connections_rejected: u64,
+    /// Of those, refused by --max-connections-per-ip.
+    pub connections_rejected_per_ip: u64,
+    /// Requests refused for a missing or wrong shared secret.
+    pub http_unauthorized: u64,
+    /// WebSocket messages dropped because the client was over its rate.
+    pub client_messages_rate_limited: u64,
+    /// WebSocket clients closed with 1009 for a message over --max-frame-bytes.
+    pub ws_messages_too_big: u64,
+    /// WebSocket clients closed with 1002/1007 for breaking RFC 6455.
+    pub ws_protocol_errors: u64,
+    /// HTTP connections dropped (408) for not completing a request in time.
+    pub http_request_timeouts: u64,
     pub started_unix_s: f64,
     pub now_unix_s: f64,
 }
@@ -460,8 +472,34 @@ fn metrics(engine: &Engine, stats: &ShellStats) -> Response {
 fn shell_metrics(m: &mut Exposition, s: &ShellStats) {
     m.gauge("uptime_seconds", "Seconds since the server started.", uptime_s(s));
     m.gauge("connections_open", "Open client TCP connections (HTTP and WebSocket).", s.connections_open as f64);
-    m.counter("connections_rejected_total", "Client connections refused at accept.", s.connections_rejected);
+    m.counter("connections_rejected_total", "Client connections refused at accept (503).", s.connections_rejected);
+    m.counter(
+        "connections_rejected_per_ip_total",
+        "Client connections refused by --max-connections-per-ip (included in connections_rejected_total).",
+        s.connections_rejected_per_ip,
+    );
+    m.counter("http_unauthorized_total", "Requests refused (401) for a missing or wrong token.", s.http_unauthorized);
     m.counter("http_requests_total", "HTTP requests served.", s.http_requests);
+    m.counter(
+        "http_request_timeouts_total",
+        "HTTP connections closed (408) for not completing a request within the idle timeout.",
+        s.http_request_timeouts,
+    );
+    m.counter(
+        "client_messages_rate_limited_total",
+        "WebSocket client messages dropped for exceeding --max-client-messages-per-s.",
+        s.client_messages_rate_limited,
+    );
+    m.counter(
+        "ws_messages_too_big_total",
+        "WebSocket clients closed (1009) for a message over --max-frame-bytes.",
+        s.ws_messages_too_big,
+    );
+    m.counter(
+        "ws_protocol_errors_total",
+        "WebSocket clients closed (1002, 1007) for breaking the WebSocket protocol.",
+        s.ws_protocol_errors,
+    );
     m.gauge("ws_clients", "Open /ws/market connections.", s.ws_clients as f64);
     m.counter("ws_frames_in_total", "WebSocket frames received from clients.", s.ws_frames_in);
     m.counter("ws_frames_out_total", "WebSocket frames written to clients.", s.ws_frames_out);

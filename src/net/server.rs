@@ -474,7 +474,13 @@ impl Server {
             let total = self.stats.connections_open as usize;
             if total >= self.cfg.max_connections || on_ip >= self.cfg.max_connections_per_ip {
                 self.stats.connections_rejected += 1;
-                let resp = Response::error(503, "too many connections");
+                let detail = if total >= self.cfg.max_connections {
+                    "too many connections"
+                } else {
+                    self.stats.connections_rejected_per_ip += 1;
+                    "too many connections from this address"
+                };
+                let resp = Response::error(503, detail);
                 let mut buf = Vec::new();
                 resp.write_to(&mut buf, false);
                 let _ = io::Write::write(&mut stream, &buf);
@@ -568,6 +574,9 @@ impl Server {
                 }
             }
         };
+        if response.status == 401 {
+            self.stats.http_unauthorized += 1;
+        }
         if let Some(Conn::Http(h)) = self.conns.get_mut(key) {
             let mut buf = Vec::with_capacity(256 + response.body.len());
             response.write_to(&mut buf, req.keep_alive);
@@ -601,7 +610,15 @@ impl Server {
         let leftover = h.take_leftover();
         let client = self.next_client;
         self.next_client += 1;
-        let ws = WsConn::new(h.stream, leftover, h.peer, client, self.cfg.max_frame_bytes, self.mono);
+        let ws = WsConn::new(
+            h.stream,
+            leftover,
+            h.peer,
+            client,
+            self.cfg.max_frame_bytes,
+            self.cfg.max_client_messages_per_s,
+            self.mono,
+        );
         let entry = self.conns.vacant_entry();
         let new_key = entry.key();
         let mut ws = ws;
@@ -618,6 +635,14 @@ impl Server {
         let mono = self.mono;
         let mut msgs = Vec::new();
         let client = match self.conns.get_mut(key) {
+            Some(Conn::Ws(w)) if w.discarding => {
+                if !w.discard_input() {
+                    self.remove_client_conn(key);
+                } else {
+                    self.update_ws_interest(key);
+                }
+                return;
+            }
             Some(Conn::Ws(w)) => {
                 if writable && !w.flush() {
                     msgs.push(WsRead::Closed("write failed".into()));
@@ -633,15 +658,29 @@ impl Server {
             match m {
                 WsRead::Text(text) => {
                     self.stats.ws_frames_in += 1;
+                    if self.over_rate(key, client) {
+                        continue;
+                    }
                     let _ = self.apply(Input::ClientText { client, text });
                 }
                 WsRead::Binary(len) => {
                     self.stats.ws_frames_in += 1;
+                    if self.over_rate(key, client) {
+                        continue;
+                    }
                     let _ = self.apply(Input::ClientBinary { client, len });
                 }
                 WsRead::Closed(reason) => {
                     self.log(LogLevel::Debug, &format!("client_closed client={client} reason={reason:?}"));
                     return self.remove_client_conn(key);
+                }
+                WsRead::Fail { code, reason } => {
+                    if code == 1009 {
+                        self.stats.ws_messages_too_big += 1;
+                    } else {
+                        self.stats.ws_protocol_errors += 1;
+                    }
+                    return self.close_client(client, code, &reason);
                 }
             }
         }
@@ -650,6 +689,36 @@ impl Server {
             self.ready_clients.push(client);
         }
         self.update_ws_interest(key);
+    }
+
+    /// True when the client is over its message rate: the message is dropped
+    /// (counted) and answered with a `rate_limited` error, unless the socket is
+    /// backed up, so a flood cannot make us buffer replies without bound. The
+    /// engine's frames already queued for this client go out first, so the
+    /// client sees replies in the order it sent its messages.
+    fn over_rate(&mut self, key: usize, client: u64) -> bool {
+        let mono = self.mono;
+        let Some(Conn::Ws(w)) = self.conns.get_mut(key) else { return true };
+        if w.rate.allow(mono) {
+            return false;
+        }
+        self.stats.client_messages_rate_limited += 1;
+        if w.flush_pending || w.closing_since.is_some() {
+            return true;
+        }
+        let mut frames = std::mem::take(&mut self.frames);
+        frames.clear();
+        self.engine.take_client_frames(client, &mut frames);
+        self.stats.ws_frames_out += frames.len() as u64 + 1;
+        self.stats.ws_bytes_out += frames.iter().map(|f| f.len() as u64).sum::<u64>();
+        let error = rate_limited_frame(w.rate.rate());
+        frames.push(bytes::Bytes::from(error));
+        let ok = w.send_frames(&frames);
+        self.frames = frames;
+        if !ok {
+            self.remove_client_conn(key);
+        }
+        true
     }
 
     fn update_ws_interest(&mut self, key: usize) {
@@ -698,8 +767,10 @@ impl Server {
         if let Some(Conn::Ws(w)) = self.conns.get_mut(key) {
             // Frames already taken go out before the close frame.
             w.close(code, reason, self.mono);
-            self.update_ws_interest(key);
         }
+        // Start draining now: what the peer already sent would not be
+        // reported again by edge-triggered readiness.
+        self.on_ws_event(key, false, false);
     }
 
     fn release_ip(&mut self, ip: IpAddr) {
@@ -741,10 +812,16 @@ impl Server {
         let mut close_idle = Vec::new();
         for (key, conn) in self.conns.iter_mut() {
             match conn {
+                Conn::Http(h) if h.request_started.is_some_and(|t| self.mono.duration_since(t) >= idle) => {
+                    self.stats.http_request_timeouts += 1;
+                    h.answer_timeout();
+                    expired.push(key);
+                }
                 Conn::Http(h) if self.mono.duration_since(h.last_activity) >= idle => expired.push(key),
                 Conn::Ws(w) => {
                     if let Some(since) = w.closing_since {
-                        if self.mono.duration_since(since) >= CLOSE_TIMEOUT || !w.flush_pending {
+                        // Until then it waits for the peer to hang up (on_ws_event).
+                        if self.mono.duration_since(since) >= CLOSE_TIMEOUT {
                             expired.push(key);
                         }
                     } else if self.mono.duration_since(w.last_seen) >= idle {
@@ -853,6 +930,12 @@ fn bootstrap_pins(cfg: &RunConfig, store: &mut SqliteStore) -> Vec<String> {
         lines.push(line);
     }
     lines
+}
+
+/// The error a client over its message rate gets (its message is dropped).
+fn rate_limited_frame(rate: u32) -> Vec<u8> {
+    let message = format!("too many messages: limit {rate} per second");
+    crate::protocol::client::error_frame("rate_limited", &message, None)
 }
 
 /// SIGINT/SIGTERM write a byte into a pipe the loop polls (no extra thread).
