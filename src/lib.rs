@@ -11,6 +11,7 @@
 //!   environment or randomness.
 //! - [`store`]: the candle store trait, SQLite and in-memory implementations.
 //! - [`journal`]: record/replay of the core's inputs as JSON lines.
+//! - [`gen`]: synthetic journals (many streams, realistic cadence) for benches.
 pub mod time;
 pub mod model;
 pub mod rng;
@@ -23,3 +24,4 @@ pub mod config;
 pub mod capture;
 pub mod net;
 pub mod runconfig;
+pub mod gen;
