@@ -15,6 +15,7 @@
 //! - [`net`]: the mio shell (`klinegate run`): HTTP, WebSocket, exchange connections.
 //! - [`capture`]: recorded Binance captures → journals (a tool).
 //! - [`bootstrap`]: freqtrade datadir import (a tool, not core).
+//! - [`gen`]: synthetic journals (many streams, realistic cadence) for benches.
 pub mod time;
 pub mod model;
 pub mod rng;
@@ -28,3 +29,4 @@ pub mod capture;
 pub mod net;
 pub mod runconfig;
 pub mod bootstrap;
+pub mod gen;

@@ -1,0 +1,163 @@
+//! Replay throughput: a large generated journal (`klinegate::gen`: 1,000,000
+//! kline frames over 500 streams, spot and futures, forming every ~2 s and a
+//! close per minute, a few subscribed clients) through
+//! `klinegate::journal::replay` into a sink that discards the output lines,
+//! with `MemoryStore` (and, for scale, a temp-file `SqliteStore`). Baseline in
+//! the same run: reading the journal's lines and parsing each into a
+//! `journal::Record` (serde_json), without the engine.
+//!
+//! `cargo bench --bench replay`; `KLINEGATE_BENCH_QUICK=1`: 100,000 frames over
+//! 50 streams. Prints figures; asserts nothing about time. (Full mode takes
+//! about 3 minutes on the 2-core machine: generation plus 3 replays.)
+//! `KLINEGATE_BENCH_KEEP_JOURNAL=FILE` also copies the generated journal to
+//! FILE (to profile `klinegate replay FILE` on it).
+
+use std::fs::File;
+use std::hint::black_box;
+use std::io::{self, BufRead, BufReader, BufWriter};
+use std::path::Path;
+use std::time::Instant;
+
+use klinegate::gen::{generate_journal, GenOptions, MarketMix};
+use klinegate::journal::{self, Record};
+use klinegate::store::{MemoryStore, SqliteStore, Store};
+
+const TARGET_FRAMES_PER_S: f64 = 1_000_000.0;
+
+/// This thread's on-CPU time so far (Linux schedstat, ns): on a shared
+/// machine it tells the work from the waiting. `None` elsewhere.
+fn cpu_ns() -> Option<u64> {
+    std::fs::read_to_string("/proc/thread-self/schedstat").ok()?.split_whitespace().next()?.parse().ok()
+}
+
+/// Wall seconds and on-CPU seconds (NaN when unknown) of `f`.
+fn timed<T>(f: impl FnOnce() -> T) -> (f64, f64, T) {
+    let cpu0 = cpu_ns();
+    let started = Instant::now();
+    let out = f();
+    let wall = started.elapsed().as_secs_f64();
+    let cpu = match (cpu0, cpu_ns()) {
+        (Some(a), Some(b)) => (b - a) as f64 / 1e9,
+        _ => f64::NAN,
+    };
+    (wall, cpu, out)
+}
+
+/// Reads and parses every record line (the header is skipped); the count.
+fn parse_only(path: &Path) -> u64 {
+    let mut lines = BufReader::new(File::open(path).expect("journal")).lines();
+    lines.next();
+    let mut records = 0u64;
+    for line in lines {
+        let line = line.expect("journal line");
+        let rec: Record = serde_json::from_str(&line).expect("journal record");
+        black_box(&rec);
+        records += 1;
+    }
+    records
+}
+
+/// Replays the journal into `io::sink()`; the engine's kline count and stats.
+fn replay(path: &Path, store: Box<dyn Store>) -> (u64, journal::ReplayStats) {
+    let reader = BufReader::with_capacity(1 << 16, File::open(path).expect("journal"));
+    let (replayer, stats) = journal::replay(reader, store, io::sink()).expect("journal replays");
+    let c = replayer.engine().counters();
+    assert_eq!(c.upstream_rejects, 0, "{:?}", c.upstream_rejects_by_kind);
+    (c.kline_frames, stats)
+}
+
+fn main() {
+    let quick = std::env::var("KLINEGATE_BENCH_QUICK").is_ok_and(|v| v == "1");
+    let opts = GenOptions {
+        series: if quick { 50 } else { 500 },
+        frames: if quick { 100_000 } else { 1_000_000 },
+        clients: 4,
+        seed: 1,
+        markets: MarketMix::Mixed { futures_percent: 50 },
+        forming_per_minute: 30,
+        ..GenOptions::default()
+    };
+    let rounds = if quick { 2 } else { 3 };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("bench.journal");
+
+    let started = Instant::now();
+    let file = BufWriter::with_capacity(1 << 16, File::create(&path).expect("journal file"));
+    let gen = generate_journal(file, &opts).expect("journal generates");
+    let gen_secs = started.elapsed().as_secs_f64();
+    let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "replay: generated journal in {gen_secs:.1} s, {:.0} MB: {gen}{}",
+        bytes as f64 / 1e6,
+        if quick { " (QUICK mode)" } else { "" }
+    );
+
+    if let Ok(keep) = std::env::var("KLINEGATE_BENCH_KEEP_JOURNAL") {
+        std::fs::copy(&path, &keep).expect("copy the journal to KLINEGATE_BENCH_KEEP_JOURNAL");
+        println!("  journal kept at {keep}");
+    }
+
+    // (wall, cpu) seconds, best of the rounds.
+    let best = |a: (f64, f64), w: f64, c: f64| (a.0.min(w), a.1.min(c));
+    let mut best_parse = (f64::INFINITY, f64::INFINITY);
+    let mut best_mem = best_parse;
+    let mut best_sqlite = best_parse;
+    let mut last_stats = None;
+    for round in 0..rounds {
+        let (w, c, records) = timed(|| parse_only(&path));
+        assert_eq!(records, gen.records, "every record parses");
+        best_parse = best(best_parse, w, c);
+        let (w, c, (frames, stats)) = timed(|| replay(&path, Box::new(MemoryStore::new())));
+        assert_eq!(frames, gen.frames, "every frame reaches the engine");
+        best_mem = best(best_mem, w, c);
+        last_stats = Some(stats);
+        // SQLite once per run is enough for scale (it writes a file each time).
+        if round == 0 {
+            let db = SqliteStore::open(&dir.path().join("replay.db")).expect("sqlite store");
+            let (w, c, (frames, _)) = timed(|| replay(&path, Box::new(db)));
+            assert_eq!(frames, gen.frames);
+            best_sqlite = (w, c);
+        }
+    }
+    let frames = gen.frames as f64;
+    let rate = |secs: f64| frames / secs;
+    println!(
+        "{:<40} {:>14} {:<30} {:>14} {:>7} {:>14} {:>7}",
+        "bench (kline frames/s, wall clock)", "figure", "baseline", "", "ratio", "target", "result"
+    );
+    let verdict = |x: f64| if x >= TARGET_FRAMES_PER_S { "met" } else { "MISSED" };
+    for (name, secs) in [("replay, MemoryStore, io::sink", best_mem), ("replay, SqliteStore file, io::sink", best_sqlite)] {
+        println!(
+            "{:<40} {:>12.0}/s {:<30} {:>12.0}/s {:>6.2}x {:>14} {:>7}",
+            name,
+            rate(secs.0),
+            "read + parse Records only",
+            rate(best_parse.0),
+            rate(secs.0) / rate(best_parse.0),
+            ">= 1000000/s",
+            verdict(rate(secs.0))
+        );
+    }
+    println!(
+        "  on-CPU time (this thread; the machine is shared): replay {:.0} frames/s, sqlite {:.0} frames/s, \
+         parse-only {:.0} frames/s",
+        rate(best_mem.1),
+        rate(best_sqlite.1),
+        rate(best_parse.1)
+    );
+    if let Some(st) = last_stats {
+        println!(
+            "  best of {rounds}: replay {:.2} s, parse-only {:.2} s, sqlite {:.2} s (wall); records {} ({:.0}/s), \
+             timeouts fired {}, output lines {}; {:.0} ns/frame replay vs {:.0} ns/frame parse-only (wall)",
+            best_mem.0,
+            best_parse.0,
+            best_sqlite.0,
+            st.records,
+            st.records as f64 / best_mem.0,
+            st.timeouts,
+            st.output_lines,
+            best_mem.0 * 1e9 / frames,
+            best_parse.0 * 1e9 / frames
+        );
+    }
+}
