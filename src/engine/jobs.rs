@@ -94,7 +94,7 @@ impl Engine {
             }
             ClosedDecision::FlushNow => {
                 self.counters.closed_accepted += 1;
-                self.flush_job(job_idx);
+                self.request_flush(job_idx);
             }
             ClosedDecision::FlushAt(at) => {
                 self.counters.closed_accepted += 1;
@@ -184,8 +184,41 @@ impl Engine {
     /// Flushes a job's closed buffer: dedupe, fold into derived timeframes,
     /// persist in one transaction, then publish (or keep for retry).
     pub(super) fn flush_job(&mut self, job_idx: SeriesIdx) {
+        let set = self.collect_flush(job_idx);
+        if !set.is_empty() {
+            let _ = self.persist_and_publish(set, false);
+        }
+    }
+
+    /// Flushes every job that asked for it during this step, in ONE store
+    /// transaction: the closes of many series arriving in one loop turn (they
+    /// bunch up right after each minute boundary) cost one commit, not one each.
+    pub(super) fn flush_pending_jobs(&mut self) {
+        self.flush_all_armed = false;
+        let jobs = std::mem::take(&mut self.flush_pending);
+        let mut set = Vec::new();
+        for job in jobs {
+            set.extend(self.collect_flush(job));
+        }
+        if !set.is_empty() {
+            let _ = self.persist_and_publish(set, false);
+        }
+    }
+
+    /// Asks for the job's buffer to be flushed at the end of this step.
+    fn request_flush(&mut self, job_idx: SeriesIdx) {
+        self.flush_pending.insert(job_idx);
+        if !self.flush_all_armed {
+            self.flush_all_armed = true;
+            self.timers.insert(self.now, TimerKey::FlushAll);
+        }
+    }
+
+    /// Takes a job's buffer for a flush: dedupe, fold into derived timeframes;
+    /// empty while a heal gates it (then a flush timer is armed for the gate).
+    fn collect_flush(&mut self, job_idx: SeriesIdx) -> super::flush::FlushSet {
         let now = self.now;
-        let Some(job) = self.jobs.get_mut(&job_idx) else { return };
+        let Some(job) = self.jobs.get_mut(&job_idx) else { return Vec::new() };
         if let Some(t) = job.flush_timer.take() {
             self.timers.cancel(t);
         }
@@ -193,14 +226,14 @@ impl Engine {
             // A heal is running: live candles wait for it (bounded by the gate).
             if job.buffered() > 0 && !self.shut_down {
                 job.flush_timer = Some(self.timers.insert(until, TimerKey::Flush(job_idx)));
-                return;
+                return Vec::new();
             }
         } else if let Some(h) = job.heal.as_mut() {
             h.gate_until = None; // the gate timed out: live data flows again
         }
         let base = job.take_flush(now);
         if base.is_empty() {
-            return;
+            return Vec::new();
         }
         let mut set = vec![(job.base, Vec::new())];
         if let Some(fold) = job.fold.as_mut() {
@@ -222,7 +255,7 @@ impl Engine {
         for (_, v) in set.iter_mut() {
             v.sort_by_key(|c| c.candle_time);
         }
-        let _ = self.persist_and_publish(set, false);
+        set
     }
 
     // ------------------------------------------------------------ job lifecycle

@@ -78,6 +78,8 @@ enum TimerKey {
     Watchdog(SeriesIdx),
     /// Subscriptions held for a catch-up heal get their catch-up by then.
     ReleaseHeld(SeriesIdx),
+    /// End of the current step: flush every job that asked (one transaction).
+    FlushAll,
 }
 
 /// Why a REST request was made.
@@ -126,6 +128,9 @@ pub struct Engine {
     stream_jobs: [HashMap<String, SeriesIdx>; 2],
     timers: TimerWheel<TimerKey>,
     backlog: StoreBacklog,
+    /// Jobs whose buffers flush at the end of this step (`TimerKey::FlushAll`).
+    flush_pending: std::collections::BTreeSet<SeriesIdx>,
+    flush_all_armed: bool,
     rest: rest::RestScheduler<RestPurpose>,
     heal_retry_at: Option<Timestamp>,
     rest_calls: Vec<rest::RestCall>,
@@ -153,6 +158,8 @@ impl Engine {
             stream_jobs: [HashMap::new(), HashMap::new()],
             timers: TimerWheel::new(now),
             backlog: StoreBacklog::new(cfg.store_backlog_max_candles),
+            flush_pending: std::collections::BTreeSet::new(),
+            flush_all_armed: false,
             rest: rest::RestScheduler::new(cfg.rest.clone()),
             heal_retry_at: None,
             rest_calls: Vec::new(),
@@ -301,6 +308,7 @@ impl Engine {
                 TimerKey::Forming(job, i) => self.fire_forming(job, i as usize),
                 TimerKey::Watchdog(job) => self.fire_watchdog(job),
                 TimerKey::ReleaseHeld(job) => self.release_held(job),
+                TimerKey::FlushAll => self.flush_pending_jobs(),
             }
         }
         self.fired = fired;

@@ -36,6 +36,7 @@
 //! - a dead job is retried at the exact time its guardrail allows
 //!   ([`Supervisor::next_deadline`]) instead of on a 1 s polling tick.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
@@ -346,6 +347,10 @@ pub struct Supervisor {
     jobs: BTreeMap<SeriesId, Job>,
     /// After `shutdown` nothing starts again.
     shut_down: bool,
+    /// `next_deadline`, computed once per change (it is asked after every
+    /// engine step; scanning every job each time dominated large replays).
+    /// `None`: stale. Every `&mut self` entry point clears it.
+    deadline_cache: Cell<Option<Option<Timestamp>>>,
 }
 
 impl Supervisor {
@@ -363,6 +368,7 @@ impl Supervisor {
             whitelist_rejections: Vec::new(),
             jobs: BTreeMap::new(),
             shut_down: false,
+            deadline_cache: Cell::new(None),
         };
         for entry in sup.cfg.whitelist.clone() {
             match sup.validate(&entry) {
@@ -462,6 +468,7 @@ impl Supervisor {
         now: Timestamp,
         out: &mut Vec<Effect>,
     ) -> SubscribeOutcome {
+        self.deadline_cache.set(None);
         if let Err(msg) = self.validate(requested) {
             return SubscribeOutcome::Unsupported(msg);
         }
@@ -499,6 +506,7 @@ impl Supervisor {
     /// reaching (or staying at) 0 starts the idle clock. Pinned, unknown,
     /// unsupported series and the `read` role are no-ops.
     pub fn unsubscribe(&mut self, requested: &SeriesId, now: Timestamp) {
+        self.deadline_cache.set(None);
         if !self.cfg.ondemand_enabled || !self.ingest_jobs_enabled() {
             return;
         }
@@ -518,6 +526,7 @@ impl Supervisor {
     /// Starts a pinned job (refcount −1) for every normalized whitelist entry
     /// that has none. Idempotent.
     pub fn start_whitelist(&mut self, now: Timestamp, out: &mut Vec<Effect>) {
+        self.deadline_cache.set(None);
         if self.shut_down || !self.ingest_jobs_enabled() || !self.cfg.whitelist_ingest_enabled {
             return;
         }
@@ -532,6 +541,7 @@ impl Supervisor {
     /// Resets its breaker. Ignored for an unknown or dead job: nothing of its
     /// was outstanding.
     pub fn job_running(&mut self, series: &SeriesId, _now: Timestamp) {
+        self.deadline_cache.set(None);
         let base = self.normalize(series);
         let Some(job) = self.jobs.get_mut(&base) else {
             return;
@@ -548,6 +558,7 @@ impl Supervisor {
     /// guardrail. A second report for an already dead job is ignored so one
     /// outage counts once.
     pub fn job_failed(&mut self, series: &SeriesId, now: Timestamp, error: &str) {
+        self.deadline_cache.set(None);
         let base = self.normalize(series);
         let Some(job) = self.jobs.get_mut(&base) else {
             return;
@@ -567,6 +578,7 @@ impl Supervisor {
     /// buffers), then restarts dead wanted jobs whose retry time has come and
     /// whose breaker allows an attempt. Calling it early is harmless.
     pub fn on_tick(&mut self, now: Timestamp, out: &mut Vec<Effect>) {
+        self.deadline_cache.set(None);
         if self.shut_down {
             return;
         }
@@ -595,12 +607,18 @@ impl Supervisor {
         if self.shut_down {
             return None;
         }
-        self.jobs.iter().filter_map(|(series, job)| self.job_deadline(series, job)).min()
+        if let Some(cached) = self.deadline_cache.get() {
+            return cached;
+        }
+        let next = self.jobs.iter().filter_map(|(series, job)| self.job_deadline(series, job)).min();
+        self.deadline_cache.set(Some(next));
+        next
     }
 
     /// Stops every job (`Stop{Shutdown}`, dead ones included, for their
     /// buffers) and refuses to start any afterwards.
     pub fn shutdown(&mut self, out: &mut Vec<Effect>) {
+        self.deadline_cache.set(None);
         self.shut_down = true;
         for series in std::mem::take(&mut self.jobs).into_keys() {
             out.push(Effect::Stop { series, reason: StopReason::Shutdown });

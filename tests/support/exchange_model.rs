@@ -101,10 +101,12 @@ impl ExchangeModel {
         Value::Array(rows).to_string()
     }
 
-    /// One input, then settle.
+    /// One input, then settle, then (as the shell does at the end of a loop
+    /// turn) fire the timers already due.
     pub fn step(&mut self, rec: &mut Recorder, now: Timestamp, input: Input) {
         let outs = rec.handle(now, input);
         self.settle(rec, outs);
+        self.run_until(rec, now);
     }
 
     /// Fires every timer up to `until`, settling after each.
