@@ -585,3 +585,670 @@ fn shutdown_is_bounded_with_open_connections() {
         started.elapsed()
     );
 }
+
+// ---------------------------------------------------------------------------
+// REST on the same port: a tiny blocking HTTP/1.1 client
+// ---------------------------------------------------------------------------
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+
+/// 2023-11-14T22:13:50Z: 50 s into a minute, so a few seconds of test run
+/// time never cross a minute boundary of the fake clock.
+const CLOCK: i64 = 1_700_000_030_000;
+const MINUTE: i64 = 60_000;
+
+fn rest_exchange() -> FakeExchange {
+    FakeExchange::start(FakeOptions {
+        clock_start_ms: Some(CLOCK),
+        ..FakeOptions::default()
+    })
+}
+
+struct HttpReply {
+    status: u16,
+    headers: BTreeMap<String, String>,
+    body: String,
+}
+
+impl HttpReply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
+    }
+
+    fn used_weight(&self) -> u32 {
+        self.header("x-mbx-used-weight-1m")
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    fn retry_after(&self) -> i64 {
+        self.header("retry-after").unwrap().parse().unwrap()
+    }
+}
+
+/// Sends one GET and reads the reply by its Content-Length.
+fn request<S: Read + Write>(
+    conn: &mut BufReader<S>,
+    target: &str,
+    close: bool,
+) -> io::Result<HttpReply> {
+    let connection = if close { "close" } else { "keep-alive" };
+    write!(
+        conn.get_mut(),
+        "GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: {connection}\r\n\r\n"
+    )?;
+    conn.get_mut().flush()?;
+    let mut status_line = String::new();
+    if conn.read_line(&mut status_line)? == 0 {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    let status = status_line.split(' ').nth(1).unwrap().parse().unwrap();
+    let mut headers = BTreeMap::new();
+    loop {
+        let mut line = String::new();
+        conn.read_line(&mut line)?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        let (name, value) = line.split_once(':').unwrap();
+        headers.insert(name.to_ascii_lowercase(), value.trim().to_string());
+    }
+    let length: usize = headers["content-length"].parse().unwrap();
+    let mut body = vec![0; length];
+    conn.read_exact(&mut body)?;
+    Ok(HttpReply {
+        status,
+        headers,
+        body: String::from_utf8(body).unwrap(),
+    })
+}
+
+fn open_http(ex: &FakeExchange) -> BufReader<TcpStream> {
+    let tcp = TcpStream::connect(ex.addr()).unwrap();
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    tcp.set_write_timeout(Some(WAIT)).unwrap();
+    BufReader::new(tcp)
+}
+
+fn get(ex: &FakeExchange, target: &str) -> HttpReply {
+    request(&mut open_http(ex), target, true).unwrap()
+}
+
+fn klines(ex: &FakeExchange, query: &str) -> Vec<Value> {
+    let reply = get(ex, &format!("/api/v3/klines?{query}"));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.json().as_array().unwrap().clone()
+}
+
+fn open_times(rows: &[Value]) -> Vec<i64> {
+    rows.iter().map(|r| r[0].as_i64().unwrap()).collect()
+}
+
+/// The open time of the fake clock's current minute.
+fn this_minute(ex: &FakeExchange) -> i64 {
+    let now = ex.now_ms();
+    now - now.rem_euclid(MINUTE)
+}
+
+/// A thousand closed minutes of BTCUSDT up to the current one, plus ten that
+/// have not opened yet (the fake must not serve those).
+fn btc_history(ex: &FakeExchange, market: &str) -> i64 {
+    let current = this_minute(ex);
+    let from = current - 1000 * MINUTE;
+    let added = ex.fill_history(market, "BTCUSDT", "1m", from, current + 11 * MINUTE, |t| {
+        30_000.0 + ((t / MINUTE) % 100) as f64
+    });
+    assert_eq!(added, 1011);
+    from
+}
+
+// ---------------------------------------------------------------------------
+// REST tests
+// ---------------------------------------------------------------------------
+
+#[test]
+fn klines_follow_binance_ordering_and_limits() {
+    let ex = rest_exchange();
+    let from = btc_history(&ex, "spot");
+    let current = this_minute(&ex);
+
+    // startTime: oldest first from startTime (an unaligned start rounds up).
+    let rows = klines(
+        &ex,
+        &format!("symbol=BTCUSDT&interval=1m&startTime={}&limit=5", from + 1),
+    );
+    let expected: Vec<i64> = (1..=5).map(|i| from + i * MINUTE).collect();
+    assert_eq!(open_times(&rows), expected);
+    // The row format: 12 fields, numbers for times and trades, strings elsewhere.
+    let row = rows[0].as_array().unwrap();
+    assert_eq!(row.len(), 12);
+    assert_eq!(row[6].as_i64().unwrap(), from + 2 * MINUTE - 1);
+    assert!(row[8].is_u64());
+    for i in [1, 2, 3, 4, 5, 7, 9, 10] {
+        assert!(
+            row[i].as_str().unwrap().parse::<f64>().is_ok(),
+            "field {i}: {}",
+            row[i]
+        );
+    }
+    assert_eq!(row[11], "0");
+
+    // endTime only: the most recent up to endTime, still ascending.
+    let end = from + 100 * MINUTE + 30_000;
+    let rows = klines(
+        &ex,
+        &format!("symbol=BTCUSDT&interval=1m&endTime={end}&limit=3"),
+    );
+    let expected: Vec<i64> = (98..=100).map(|i| from + i * MINUTE).collect();
+    assert_eq!(open_times(&rows), expected);
+
+    // Both: from startTime, never past endTime.
+    let rows = klines(
+        &ex,
+        &format!(
+            "symbol=BTCUSDT&interval=1m&startTime={from}&endTime={}&limit=1000",
+            from + 9 * MINUTE
+        ),
+    );
+    assert_eq!(rows.len(), 10);
+
+    // Neither: the most recent, ending with the candle open now; nothing from the future.
+    let rows = klines(&ex, "symbol=BTCUSDT&interval=1m&limit=4");
+    let expected: Vec<i64> = (-3..=0).map(|i| current + i * MINUTE).collect();
+    assert_eq!(open_times(&rows), expected);
+    let after_now = klines(
+        &ex,
+        &format!("symbol=BTCUSDT&interval=1m&startTime={}", current + MINUTE),
+    );
+    assert!(
+        after_now.is_empty(),
+        "candles that have not opened are not served"
+    );
+
+    // Default limit 500; spot max 1000; 1001 is an error.
+    assert_eq!(klines(&ex, "symbol=BTCUSDT&interval=1m").len(), 500);
+    assert_eq!(
+        klines(&ex, "symbol=BTCUSDT&interval=1m&limit=1000").len(),
+        1000
+    );
+    let too_many = get(&ex, "/api/v3/klines?symbol=BTCUSDT&interval=1m&limit=1001");
+    assert_eq!(too_many.status, 400);
+    assert_eq!(too_many.json()["code"], -1130);
+    let backwards = get(
+        &ex,
+        &format!(
+            "/api/v3/klines?symbol=BTCUSDT&interval=1m&startTime={}&endTime={from}",
+            from + MINUTE
+        ),
+    );
+    assert_eq!(backwards.json()["code"], -1023);
+
+    // USD-M: max 1500.
+    btc_history(&ex, "futures");
+    let ok = get(&ex, "/fapi/v1/klines?symbol=BTCUSDT&interval=1m&limit=1500");
+    assert_eq!(
+        ok.json().as_array().unwrap().len(),
+        1001,
+        "all there is up to now"
+    );
+    let too_many = get(&ex, "/fapi/v1/klines?symbol=BTCUSDT&interval=1m&limit=1501");
+    assert_eq!(
+        (too_many.status, too_many.json()["code"].clone()),
+        (400, json!(-1130))
+    );
+}
+
+#[test]
+fn the_last_row_is_forming_until_the_clock_passes_its_close() {
+    let ex = rest_exchange();
+    btc_history(&ex, "spot");
+    let current = this_minute(&ex);
+    let final_values = ex.history_candle("spot", "BTCUSDT", "1m", current).unwrap();
+
+    let rows = klines(&ex, "symbol=BTCUSDT&interval=1m&limit=2");
+    let (closed, forming) = (&rows[0], &rows[1]);
+    assert_eq!(forming[0], current);
+    assert!(
+        forming[6].as_i64().unwrap() >= ex.now_ms(),
+        "closeTime is still ahead"
+    );
+    assert_ne!(
+        forming[4],
+        json!(final_values.close),
+        "forming close is not the final close"
+    );
+    let vol = |r: &Value| r[5].as_str().unwrap().parse::<f64>().unwrap();
+    assert!(vol(forming) < final_values.volume.parse::<f64>().unwrap());
+    let previous = ex
+        .history_candle("spot", "BTCUSDT", "1m", current - MINUTE)
+        .unwrap();
+    assert_eq!(
+        closed.to_string(),
+        previous.row_json(),
+        "closed rows are exact"
+    );
+
+    // Once the clock passes closeTime the same row is final, and the next one forms.
+    ex.advance_clock(Duration::from_secs(60));
+    let rows = klines(&ex, "symbol=BTCUSDT&interval=1m&limit=2");
+    assert_eq!(rows[0].to_string(), final_values.row_json());
+    assert_eq!(rows[1][0], current + MINUTE);
+
+    // A scripted forming row is served as given.
+    let mut scripted = ex
+        .history_candle("spot", "BTCUSDT", "1m", current + MINUTE)
+        .unwrap();
+    scripted.close = "12345.00000000".into();
+    ex.set_forming_row("spot", "BTCUSDT", "1m", scripted.clone());
+    let rows = klines(&ex, "symbol=BTCUSDT&interval=1m&limit=1");
+    assert_eq!(rows[0].to_string(), scripted.row_json());
+}
+
+#[test]
+fn generated_history_and_the_stream_agree() {
+    let ex = rest_exchange();
+    let current = this_minute(&ex);
+    ex.set_history_fn("futures", "ETHUSDT", "5m", 0, |t| {
+        let p = 2000.0 + (t / 300_000 % 50) as f64;
+        RestCandle::new(t, "5m", p, p + 2.0, p - 1.0, p + 1.0, 3.0)
+    });
+    let reply = get(&ex, "/fapi/v1/klines?symbol=ETHUSDT&interval=5m&limit=3");
+    let rows = reply.json();
+    let times = open_times(rows.as_array().unwrap());
+    let five = current - current.rem_euclid(300_000);
+    assert_eq!(times, vec![five - 600_000, five - 300_000, five]);
+    assert!(
+        get(&ex, "/api/v3/klines?symbol=ETHUSDT&interval=5m").status == 400,
+        "spot does not know it"
+    );
+
+    let mut ws = connect(&ex);
+    subscribe(&mut ws, &ex, &["ethusdt@kline_5m"], 1);
+    assert_eq!(
+        ex.push_history_candle("futures", "ethusdt@kline_5m", five - 300_000, true),
+        1
+    );
+    let k = next_text(&mut ws)["data"]["k"].clone();
+    assert_eq!(
+        (k["x"].clone(), k["c"].clone()),
+        (json!(true), rows[1][4].clone())
+    );
+    assert_eq!(
+        ex.push_history_candle("futures", "ethusdt@kline_5m", five, false),
+        1
+    );
+    let k = next_text(&mut ws)["data"]["k"].clone();
+    assert_eq!(k["x"], false);
+    let served = ex.served_candle("futures", "ETHUSDT", "5m", five).unwrap();
+    assert_eq!(
+        k["c"],
+        json!(served.close),
+        "the stream shows what REST shows"
+    );
+}
+
+#[test]
+fn unknown_symbols_and_bad_parameters_get_binance_errors() {
+    let ex = rest_exchange();
+    btc_history(&ex, "spot");
+    let cases = [
+        ("/api/v3/klines?symbol=NOPEUSDT&interval=1m", -1121),
+        ("/api/v3/klines?symbol=btcusdt&interval=1m", -1121),
+        ("/api/v3/klines?interval=1m", -1102),
+        ("/api/v3/klines?symbol=BTCUSDT", -1102),
+        ("/api/v3/klines?symbol=BTCUSDT&interval=2m", -1120),
+        ("/fapi/v1/klines?symbol=BTCUSDT&interval=1s", -1120),
+        ("/api/v3/klines?symbol=BTCUSDT&interval=1m&limit=ten", -1100),
+        ("/api/v3/klines?symbol=BTCUSDT&interval=1m&limit=0", -1130),
+    ];
+    for (target, code) in cases {
+        let reply = get(&ex, target);
+        assert_eq!(reply.status, 400, "{target}");
+        assert_eq!(reply.json()["code"], code, "{target}: {}", reply.body);
+    }
+    let invalid = get(&ex, "/api/v3/klines?symbol=NOPEUSDT&interval=1m");
+    assert_eq!(invalid.body, r#"{"code":-1121,"msg":"Invalid symbol."}"#);
+    assert_eq!(get(&ex, "/api/v3/nothing").status, 404);
+    // A known symbol with no history for an interval is an empty list.
+    assert_eq!(
+        klines(&ex, "symbol=BTCUSDT&interval=1h"),
+        Vec::<Value>::new()
+    );
+    // A listed symbol without history too.
+    ex.set_markets("spot", vec![FakeSymbol::new("DOT", "USDT")]);
+    assert!(klines(&ex, "symbol=DOTUSDT&interval=1m").is_empty());
+}
+
+#[test]
+fn weight_is_counted_per_minute_then_429_then_418() {
+    let ex = rest_exchange();
+    btc_history(&ex, "spot");
+    ex.set_rest_limits(
+        "spot",
+        RestLimits {
+            weight_per_minute: 10,
+            ban_after_429s: Some(2),
+            ban: Duration::from_secs(120),
+        },
+    );
+    let target = "/api/v3/klines?symbol=BTCUSDT&interval=1m&limit=1";
+    let used: Vec<u32> = (0..5).map(|_| get(&ex, target).used_weight()).collect();
+    assert_eq!(used, vec![2, 4, 6, 8, 10]);
+    assert_eq!(ex.rest_used_weight("spot"), 10);
+
+    for _ in 0..2 {
+        let limited = get(&ex, target);
+        assert_eq!(limited.status, 429);
+        assert_eq!(limited.used_weight(), 10);
+        assert_eq!(limited.json()["code"], -1003);
+        let left = limited.retry_after();
+        assert!(
+            (9..=10).contains(&left),
+            "seconds to the next minute: {left}"
+        );
+    }
+    let banned = get(&ex, target);
+    assert_eq!(banned.status, 418);
+    assert_eq!(banned.retry_after(), 120);
+
+    // A new minute does not lift the ban; its end does.
+    ex.advance_clock(Duration::from_secs(60));
+    assert_eq!(get(&ex, target).status, 418);
+    ex.advance_clock(Duration::from_secs(61));
+    let back = get(&ex, target);
+    assert_eq!((back.status, back.used_weight()), (200, 2));
+
+    // The futures budget is separate, and its klines weight follows `limit`.
+    btc_history(&ex, "futures");
+    let weights: Vec<u32> = [
+        "&limit=99",
+        "&limit=100",
+        "&limit=101",
+        "&limit=500",
+        "&limit=1000",
+        "&limit=1500",
+        "",
+    ]
+    .iter()
+    .map(|l| {
+        get(
+            &ex,
+            &format!("/fapi/v1/klines?symbol=BTCUSDT&interval=1m{l}"),
+        );
+        ex.rest_requests().last().unwrap().weight
+    })
+    .collect();
+    assert_eq!(weights, vec![1, 1, 2, 2, 5, 10, 5]);
+    assert_eq!(ex.rest_used_weight("futures"), 26);
+    assert_eq!(ex.rest_used_weight("spot"), 2);
+    let log = ex.rest_requests();
+    assert_eq!(log.len(), 17);
+    assert_eq!(log.iter().filter(|r| r.status == 429).count(), 2);
+    assert_eq!(log[0].param("limit"), Some("1"));
+    assert_eq!(log[0].market(), Some("spot"));
+}
+
+#[test]
+fn injected_failures_delays_and_drops() {
+    let ex = rest_exchange();
+    btc_history(&ex, "spot");
+    ex.set_markets("spot", vec![FakeSymbol::new("BTC", "USDT")]);
+    let target = "/api/v3/klines?symbol=BTCUSDT&interval=1m&limit=1";
+
+    ex.rest_fail_next(2, 503, r#"{"code":-1001,"msg":"Internal error; unable to process your request. Please try again."}"#);
+    ex.rest_fail_next(1, 429, r#"{"code":-1003,"msg":"Too many requests."}"#);
+    assert_eq!(get(&ex, target).status, 503);
+    assert_eq!(get(&ex, target).status, 503);
+    let limited = get(&ex, target);
+    assert_eq!(limited.status, 429);
+    assert!(limited.retry_after() >= 1);
+    assert_eq!(get(&ex, target).status, 200);
+    assert_eq!(
+        ex.rest_used_weight("spot"),
+        2,
+        "injected failures cost no weight"
+    );
+
+    ex.rest_fail_next_on("exchangeInfo", 1, 500, "{}");
+    assert_eq!(get(&ex, target).status, 200, "only exchangeInfo fails");
+    assert_eq!(get(&ex, "/api/v3/exchangeInfo").status, 500);
+    assert_eq!(get(&ex, "/api/v3/exchangeInfo").status, 200);
+
+    ex.rest_fail_symbol("BTCUSDT");
+    let failed = get(&ex, target);
+    assert_eq!(
+        (failed.status, failed.json()["code"].clone()),
+        (500, json!(-1000))
+    );
+    ex.rest_unfail_symbol("BTCUSDT");
+    assert_eq!(get(&ex, target).status, 200);
+
+    ex.rest_delay(Duration::from_millis(300));
+    let started = Instant::now();
+    assert_eq!(get(&ex, target).status, 200);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    ex.rest_delay(Duration::ZERO);
+
+    ex.rest_drop_connections(true);
+    assert!(
+        request(&mut open_http(&ex), target, true).is_err(),
+        "reset, no reply"
+    );
+    ex.rest_drop_connections(false);
+    assert_eq!(get(&ex, target).status, 200);
+
+    let statuses: Vec<u16> = ex.rest_requests().iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses,
+        vec![503, 503, 429, 200, 200, 500, 200, 500, 200, 200, 0, 200]
+    );
+    assert_eq!(ex.rest_request_count(), 12);
+    assert_eq!(ex.rest_requests_to("/klines").len(), 10);
+}
+
+#[test]
+fn exchange_info_and_tickers_have_binance_shapes_and_weights() {
+    let ex = rest_exchange();
+    ex.set_markets(
+        "spot",
+        vec![
+            FakeSymbol::new("BTC", "USDT").with_ticker(
+                "37000.01000000",
+                "1500000000.12345678",
+                "2.500",
+            ),
+            FakeSymbol::new("LUNA", "USDT").with_status("BREAK"),
+        ],
+    );
+    ex.set_markets(
+        "futures",
+        vec![
+            FakeSymbol::perpetual("BTC", "USDT").with_ticker("36990.10", "9000000000.00", "-1.250"),
+            FakeSymbol::perpetual("ETH", "USDT").with_contract_type("CURRENT_QUARTER"),
+        ],
+    );
+
+    let info = get(&ex, "/api/v3/exchangeInfo");
+    assert_eq!(info.used_weight(), 20);
+    let info = info.json();
+    assert_eq!(info["timezone"], "UTC");
+    assert!(info["serverTime"].as_i64().unwrap() >= CLOCK);
+    assert_eq!(info["rateLimits"][0]["limit"], 6000);
+    let symbols = info["symbols"].as_array().unwrap();
+    assert_eq!(symbols.len(), 2);
+    assert_eq!(
+        (
+            &symbols[0]["symbol"],
+            &symbols[0]["status"],
+            &symbols[0]["baseAsset"],
+            &symbols[0]["quoteAsset"]
+        ),
+        (
+            &json!("BTCUSDT"),
+            &json!("TRADING"),
+            &json!("BTC"),
+            &json!("USDT")
+        )
+    );
+    assert_eq!(symbols[1]["status"], "BREAK");
+    assert!(symbols[0].get("contractType").is_none());
+    let one = get(&ex, "/api/v3/exchangeInfo?symbol=LUNAUSDT").json();
+    assert_eq!(one["symbols"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        get(&ex, "/api/v3/exchangeInfo?symbol=NOPE").json()["code"],
+        -1121
+    );
+
+    let tickers = get(&ex, "/api/v3/ticker/24hr");
+    assert_eq!(tickers.used_weight(), 20 + 20 + 20 + 80);
+    let tickers = tickers.json();
+    let btc = &tickers[0];
+    assert_eq!(btc["symbol"], "BTCUSDT");
+    assert_eq!(btc["lastPrice"], "37000.01000000");
+    assert_eq!(btc["quoteVolume"], "1500000000.12345678");
+    assert_eq!(btc["priceChangePercent"], "2.500");
+    for key in [
+        "openPrice",
+        "highPrice",
+        "lowPrice",
+        "volume",
+        "prevClosePrice",
+        "bidPrice",
+    ] {
+        assert!(btc[key].as_str().unwrap().parse::<f64>().is_ok(), "{key}");
+    }
+    let one = get(&ex, "/api/v3/ticker/24hr?symbol=BTCUSDT");
+    assert_eq!(one.json()["symbol"], "BTCUSDT", "one symbol is an object");
+    assert_eq!(ex.rest_requests().last().unwrap().weight, 2);
+    let listed = get(&ex, "/api/v3/ticker/24hr?symbols=%5B%22LUNAUSDT%22%5D").json();
+    assert_eq!(listed[0]["symbol"], "LUNAUSDT");
+
+    let info = get(&ex, "/fapi/v1/exchangeInfo");
+    assert_eq!(info.used_weight(), 1);
+    let info = info.json();
+    assert_eq!(info["rateLimits"][0]["limit"], 2400);
+    assert_eq!(info["symbols"][0]["contractType"], "PERPETUAL");
+    assert_eq!(info["symbols"][1]["contractType"], "CURRENT_QUARTER");
+    assert_eq!(info["symbols"][0]["status"], "TRADING");
+    let tickers = get(&ex, "/fapi/v1/ticker/24hr");
+    assert_eq!(tickers.used_weight(), 41);
+    let tickers = tickers.json();
+    assert_eq!(tickers.as_array().unwrap().len(), 2);
+    assert_eq!(tickers[0]["lastPrice"], "36990.10");
+    assert_eq!(tickers[0]["priceChangePercent"], "-1.250");
+    assert!(
+        tickers[0].get("bidPrice").is_none(),
+        "USD-M tickers have no book fields"
+    );
+    assert_eq!(
+        get(&ex, "/fapi/v1/time").json()["serverTime"]
+            .as_i64()
+            .unwrap()
+            / 1000,
+        ex.now_ms() / 1000
+    );
+}
+
+#[test]
+fn rest_and_websocket_share_the_port_with_keep_alive() {
+    let ex = rest_exchange();
+    btc_history(&ex, "spot");
+    assert_eq!(
+        ex.http_base_url(),
+        format!("http://127.0.0.1:{}", ex.port())
+    );
+    let mut conn = open_http(&ex);
+    for _ in 0..3 {
+        let reply = request(
+            &mut conn,
+            "/api/v3/klines?symbol=BTCUSDT&interval=1m&limit=2",
+            false,
+        )
+        .unwrap();
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.header("connection"), Some("keep-alive"));
+    }
+    let last = request(&mut conn, "/api/v3/ping", true).unwrap();
+    assert_eq!((last.status, last.body.as_str()), (200, "{}"));
+    assert_eq!(last.header("connection"), Some("close"));
+    let mut rest = String::new();
+    assert_eq!(
+        conn.read_to_string(&mut rest).unwrap(),
+        0,
+        "closed after Connection: close"
+    );
+    assert_eq!(ex.rest_connection_count(), 1);
+    assert_eq!(ex.rest_request_count(), 4);
+    assert!(ex
+        .rest_requests()
+        .iter()
+        .all(|r| r.conn == ex.rest_requests()[0].conn));
+
+    let mut ws = connect(&ex);
+    subscribe(&mut ws, &ex, &[BTC], 1);
+    ex.forming_update(BTC);
+    assert_eq!(next_text(&mut ws)["stream"], BTC);
+    assert_eq!(
+        get(&ex, "/api/v3/time").status,
+        200,
+        "REST still answers with a socket open"
+    );
+    assert_eq!(ex.connect_count(), 1);
+    assert_eq!(ex.connections(), 1);
+}
+
+#[test]
+fn rest_over_tls_with_the_generated_ca() {
+    let ex = FakeExchange::start(FakeOptions {
+        clock_start_ms: Some(CLOCK),
+        ..FakeOptions::default().with_tls()
+    });
+    assert!(ex
+        .rest_base_url("futures")
+        .starts_with("https://127.0.0.1:"));
+    ex.set_markets("futures", vec![FakeSymbol::perpetual("BTC", "USDT")]);
+    let tcp = TcpStream::connect(ex.addr()).unwrap();
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    let tls = ClientConnection::new(
+        tls_config(&ex.ca_pem().unwrap()),
+        ServerName::try_from("127.0.0.1").unwrap(),
+    )
+    .unwrap();
+    let mut conn = BufReader::new(StreamOwned::new(tls, tcp));
+    let reply = request(&mut conn, "/fapi/v1/exchangeInfo", false).unwrap();
+    assert_eq!(reply.json()["symbols"][0]["symbol"], "BTCUSDT");
+    let reply = request(&mut conn, "/fapi/v1/ticker/24hr?symbol=BTCUSDT", true).unwrap();
+    assert_eq!((reply.status, reply.used_weight()), (200, 2));
+    let mut ws = connect(&ex);
+    subscribe(&mut ws, &ex, &[BTC], 1);
+}
+
+#[test]
+fn shutdown_is_bounded_with_a_slow_rest_request_in_flight() {
+    let mut ex = rest_exchange();
+    ex.rest_delay(Duration::from_secs(30));
+    let addr = ex.addr();
+    let client = std::thread::spawn(move || {
+        let tcp = TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = request(&mut BufReader::new(tcp), "/api/v3/ping", false);
+    });
+    assert!(ex.wait_until(WAIT, |ex| ex.rest_request_count() == 1));
+    let started = Instant::now();
+    ex.shutdown();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    client.join().unwrap();
+}

@@ -7,6 +7,15 @@
 //! to assert on: violations, incoming messages with receive times, pings and
 //! pongs, connection counts.
 //!
+//! The same port answers Binance's REST market data (any request line whose
+//! path starts with `/api/` or `/fapi/`; everything else is a WebSocket
+//! upgrade): klines from a scripted history per (market, symbol, interval) with
+//! the real ordering, limit and error rules and the still-forming last candle
+//! decided by the fake clock; exchangeInfo and ticker/24hr from scripted
+//! markets; request weight per UTC minute of the fake clock with
+//! `X-MBX-USED-WEIGHT-1M`, 429 and 418 with `Retry-After`; injectable failures,
+//! delays and dropped connections; and a log of every REST request.
+//!
 //! It owns its threads (one accept thread, one per connection, one optional
 //! synthetic cadence thread) and ends all of them, within a bounded time, when
 //! the `FakeExchange` is dropped. Every blocking read and write has a timeout.
@@ -59,6 +68,12 @@ const LOG_CAPACITY: usize = 100_000;
 const MAX_CLOSES_PER_ROLL: usize = 100;
 /// The rolling window of the incoming-message limit.
 const RATE_WINDOW: Duration = Duration::from_secs(1);
+/// A request head (request line + headers) longer than this is refused.
+const MAX_HTTP_HEAD: usize = 16 * 1024;
+/// A kept-alive REST connection with no new request for this long is closed.
+const REST_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Candles `fill_history` may create in one call (a larger range is a broken test).
+const MAX_FILL: i64 = 2_000_000;
 
 // ---------------------------------------------------------------------------
 // Options and records
@@ -717,6 +732,7 @@ struct Shared {
     reject: Mutex<RejectMode>,
     clock_offset_ms: AtomicI64,
     state: Mutex<State>,
+    rest: Mutex<RestState>,
 }
 
 /// Locks, ignoring poison: a test that panicked while holding the lock must not
@@ -851,6 +867,7 @@ impl FakeExchange {
             reject: Mutex::new(RejectMode::Accept),
             clock_offset_ms: AtomicI64::new(offset),
             state: Mutex::new(State::default()),
+            rest: Mutex::new(RestState::default()),
         });
         let accept_shared = shared.clone();
         let accept_thread = thread::Builder::new()
@@ -1406,41 +1423,71 @@ fn make_tls_material() -> TlsMaterial {
 // Accepting and serving connections
 // ---------------------------------------------------------------------------
 
-enum ServerStream {
+/// A served byte stream: plain or TLS, plus the bytes already read while
+/// peeking at the request line, which are handed out again before new ones
+/// (so tungstenite sees the whole upgrade request).
+struct ServerStream {
+    io: ServerIo,
+    replay: Vec<u8>,
+    replay_pos: usize,
+}
+
+enum ServerIo {
     Plain(TcpStream),
     Tls(Box<StreamOwned<ServerConnection, TcpStream>>),
 }
 
 impl ServerStream {
-    fn tcp(&self) -> &TcpStream {
-        match self {
-            ServerStream::Plain(s) => s,
-            ServerStream::Tls(s) => &s.sock,
+    fn new(io: ServerIo) -> Self {
+        ServerStream {
+            io,
+            replay: Vec::new(),
+            replay_pos: 0,
         }
+    }
+
+    fn tcp(&self) -> &TcpStream {
+        match &self.io {
+            ServerIo::Plain(s) => s,
+            ServerIo::Tls(s) => &s.sock,
+        }
+    }
+
+    /// `bytes` are read again before anything new from the socket.
+    fn replay(&mut self, bytes: Vec<u8>) {
+        self.replay = bytes;
+        self.replay_pos = 0;
     }
 }
 
 impl Read for ServerStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            ServerStream::Plain(s) => s.read(buf),
-            ServerStream::Tls(s) => s.read(buf),
+        if self.replay_pos < self.replay.len() {
+            let pending = &self.replay[self.replay_pos..];
+            let n = pending.len().min(buf.len());
+            buf[..n].copy_from_slice(&pending[..n]);
+            self.replay_pos += n;
+            return Ok(n);
+        }
+        match &mut self.io {
+            ServerIo::Plain(s) => s.read(buf),
+            ServerIo::Tls(s) => s.read(buf),
         }
     }
 }
 
 impl Write for ServerStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            ServerStream::Plain(s) => s.write(buf),
-            ServerStream::Tls(s) => s.write(buf),
+        match &mut self.io {
+            ServerIo::Plain(s) => s.write(buf),
+            ServerIo::Tls(s) => s.write(buf),
         }
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        match self {
-            ServerStream::Plain(s) => s.flush(),
-            ServerStream::Tls(s) => s.flush(),
+        match &mut self.io {
+            ServerIo::Plain(s) => s.flush(),
+            ServerIo::Tls(s) => s.flush(),
         }
     }
 }
@@ -1492,7 +1539,27 @@ fn serve_connection(shared: Arc<Shared>, tcp: TcpStream, id: u64, mode: RejectMo
     let _ = tcp.set_nodelay(true);
     let _ = tcp.set_write_timeout(Some(WRITE_TIMEOUT));
     let _ = tcp.set_read_timeout(Some(Duration::from_millis(20)));
-    let (ws, uri) = match handshake(&shared, tcp, mode) {
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    let opened = wrap_stream(&shared, tcp).and_then(|mut stream| {
+        let head = read_request_head(&shared, &mut stream, deadline)?;
+        Ok((stream, head))
+    });
+    let (mut stream, head) = match opened {
+        Ok(opened) => opened,
+        Err(_) => {
+            if matches!(mode, RejectMode::HttpStatus(_)) {
+                shared.state().rejected += 1;
+            }
+            return;
+        }
+    };
+    // One port serves both: REST paths are answered here, the rest is a WebSocket upgrade.
+    if is_rest_target(&head) {
+        serve_rest(&shared, stream, head, id);
+        return;
+    }
+    stream.replay(head);
+    let (ws, uri) = match handshake(&shared, stream, mode, deadline) {
         Ok(done) => done,
         Err(_) => {
             if matches!(mode, RejectMode::HttpStatus(_)) {
@@ -1524,22 +1591,48 @@ fn serve_connection(shared: Arc<Shared>, tcp: TcpStream, id: u64, mode: RejectMo
     shared.state().conns.remove(&id);
 }
 
-/// TLS (when configured) and the WebSocket upgrade, retried across read
-/// timeouts until `HANDSHAKE_TIMEOUT` or shutdown. Returns the request URI.
+fn wrap_stream(shared: &Shared, tcp: TcpStream) -> Result<ServerStream, String> {
+    let io = match &shared.tls {
+        Some(config) => {
+            let conn = ServerConnection::new(config.clone()).map_err(|e| e.to_string())?;
+            ServerIo::Tls(Box::new(StreamOwned::new(conn, tcp)))
+        }
+        None => ServerIo::Plain(tcp),
+    };
+    Ok(ServerStream::new(io))
+}
+
+/// Reads (through TLS, when configured) until the end of the first request's
+/// head, retrying across read timeouts until `deadline` or shutdown. Returns
+/// every byte read, which may run past the head.
+fn read_request_head(
+    shared: &Shared,
+    stream: &mut ServerStream,
+    deadline: Instant,
+) -> Result<Vec<u8>, String> {
+    let mut buf = Vec::new();
+    while find_head_end(&buf).is_none() {
+        if buf.len() > MAX_HTTP_HEAD {
+            return Err("request head too large".into());
+        }
+        match read_some(shared, stream, &mut buf, deadline) {
+            Ok(true) => {}
+            Ok(false) => return Err("closed before a request".into()),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(buf)
+}
+
+/// The WebSocket upgrade on a stream whose request head is queued for replay,
+/// retried across read timeouts until `deadline` or shutdown. Returns the request URI.
 #[allow(clippy::result_large_err)] // the callback's error type is tungstenite's
 fn handshake(
     shared: &Shared,
-    tcp: TcpStream,
+    stream: ServerStream,
     mode: RejectMode,
+    deadline: Instant,
 ) -> Result<(WebSocket<ServerStream>, String), String> {
-    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
-    let stream = match &shared.tls {
-        Some(config) => {
-            let conn = ServerConnection::new(config.clone()).map_err(|e| e.to_string())?;
-            ServerStream::Tls(Box::new(StreamOwned::new(conn, tcp)))
-        }
-        None => ServerStream::Plain(tcp),
-    };
     let uri = Rc::new(RefCell::new(String::new()));
     let seen = uri.clone();
     let callback = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
@@ -2074,4 +2167,1538 @@ fn string_list(params: Option<&Value>) -> Option<Vec<String>> {
 
 fn would_block(e: &tungstenite::Error) -> bool {
     matches!(e, tungstenite::Error::Io(io) if matches!(io.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut))
+}
+
+// ---------------------------------------------------------------------------
+// REST: public types
+// ---------------------------------------------------------------------------
+
+/// Binance spot (`/api/v3/...`).
+pub const SPOT: &str = "spot";
+/// Binance USD-M futures (`/fapi/v1/...`).
+pub const FUTURES: &str = "futures";
+
+/// One kline as the REST API returns it (a 12-field row), prices as decimal strings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RestCandle {
+    pub open_time_ms: i64,
+    pub close_time_ms: i64,
+    pub open: String,
+    pub high: String,
+    pub low: String,
+    pub close: String,
+    pub volume: String,
+    pub quote_volume: String,
+    pub trades: u64,
+    pub taker_buy_base: String,
+    pub taker_buy_quote: String,
+}
+
+impl RestCandle {
+    /// A closed candle with 8-place prices. Derived like `KlineFrame::new`:
+    /// `closeTime = openTime + interval - 1`, quote volume `v * c`, taker buy half
+    /// of it, 10 trades (0 when `v` is zero). Panics on an unknown interval.
+    pub fn new(open_time_ms: i64, interval: &str, o: f64, h: f64, l: f64, c: f64, v: f64) -> Self {
+        let step = interval_ms(interval).unwrap_or_else(|| panic!("unknown interval {interval:?}"));
+        let quote = v * c;
+        RestCandle {
+            open_time_ms,
+            close_time_ms: open_time_ms + step - 1,
+            open: fmt8(o),
+            high: fmt8(h),
+            low: fmt8(l),
+            close: fmt8(c),
+            volume: fmt8(v),
+            quote_volume: fmt8(quote),
+            trades: if v == 0.0 { 0 } else { 10 },
+            taker_buy_base: fmt8(v / 2.0),
+            taker_buy_quote: fmt8(quote / 2.0),
+        }
+    }
+
+    /// The row `[openTime,"o","h","l","c","v",closeTime,"q",trades,"V","Q","0"]`.
+    pub fn row_json(&self) -> String {
+        format!(
+            r#"[{},{},{},{},{},{},{},{},{},{},{},"0"]"#,
+            self.open_time_ms,
+            json_str(&self.open),
+            json_str(&self.high),
+            json_str(&self.low),
+            json_str(&self.close),
+            json_str(&self.volume),
+            self.close_time_ms,
+            json_str(&self.quote_volume),
+            self.trades,
+            json_str(&self.taker_buy_base),
+            json_str(&self.taker_buy_quote),
+        )
+    }
+
+    /// What the exchange shows for this candle while it is still forming at
+    /// `now_ms`: the elapsed fraction `f` of the interval (in whole seconds, so
+    /// values change once a second) has happened, so the
+    /// close moved `f` of the way from open to the final close, high/low span
+    /// open and that close, volumes and trades are `f` of the final ones. At or
+    /// after the close time it is the candle itself.
+    pub fn forming_at(&self, now_ms: i64) -> RestCandle {
+        let span = (self.close_time_ms - self.open_time_ms + 1).max(1) as f64;
+        // Whole seconds only, so two reads a few ms apart agree.
+        let elapsed = (now_ms - self.open_time_ms).max(0);
+        let f = ((elapsed - elapsed % 1000) as f64 / span).clamp(0.0, 1.0);
+        if now_ms > self.close_time_ms {
+            return self.clone();
+        }
+        let num = |s: &str| s.parse::<f64>().unwrap_or(0.0);
+        let o = num(&self.open);
+        let c = o + (num(&self.close) - o) * f;
+        RestCandle {
+            high: fmt8(o.max(c)),
+            low: fmt8(o.min(c)),
+            close: fmt8(c),
+            volume: fmt8(num(&self.volume) * f),
+            quote_volume: fmt8(num(&self.quote_volume) * f),
+            trades: (self.trades as f64 * f) as u64,
+            taker_buy_base: fmt8(num(&self.taker_buy_base) * f),
+            taker_buy_quote: fmt8(num(&self.taker_buy_quote) * f),
+            ..self.clone()
+        }
+    }
+
+    /// The same values as a WebSocket kline event (trade ids made up, consistent
+    /// with `trades`).
+    pub fn to_frame(
+        &self,
+        symbol: &str,
+        interval: &str,
+        event_time_ms: i64,
+        is_final: bool,
+    ) -> KlineFrame {
+        let (first, last) = if self.trades == 0 {
+            (-1, -1)
+        } else {
+            (1_000, 1_000 + self.trades as i64 - 1)
+        };
+        KlineFrame {
+            event_time_ms,
+            symbol: symbol.to_ascii_uppercase(),
+            interval: interval.to_string(),
+            open_time_ms: self.open_time_ms,
+            close_time_ms: self.close_time_ms,
+            first_trade_id: first,
+            last_trade_id: last,
+            open: self.open.clone(),
+            close: self.close.clone(),
+            high: self.high.clone(),
+            low: self.low.clone(),
+            volume: self.volume.clone(),
+            trades: self.trades,
+            is_final,
+            quote_volume: self.quote_volume.clone(),
+            taker_buy_base: self.taker_buy_base.clone(),
+            taker_buy_quote: self.taker_buy_quote.clone(),
+        }
+    }
+}
+
+fn fmt8(x: f64) -> String {
+    format!("{x:.8}")
+}
+
+/// One symbol of a scripted market, for exchangeInfo and ticker/24hr.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FakeSymbol {
+    /// e.g. `BTCUSDT`.
+    pub symbol: String,
+    pub base: String,
+    pub quote: String,
+    /// `TRADING`, `BREAK`, `HALT`, ... (futures also `SETTLING`, `PENDING_TRADING`).
+    pub status: String,
+    /// Futures only; `None` on a futures market is served as `PERPETUAL`.
+    pub contract_type: Option<String>,
+    pub last_price: String,
+    pub quote_volume: String,
+    pub price_change_percent: String,
+}
+
+impl FakeSymbol {
+    /// A trading spot-style symbol `base + quote`, last price 100, quote volume 1e6, +0%.
+    pub fn new(base: &str, quote: &str) -> Self {
+        FakeSymbol {
+            symbol: format!("{base}{quote}"),
+            base: base.to_string(),
+            quote: quote.to_string(),
+            status: "TRADING".to_string(),
+            contract_type: None,
+            last_price: "100.00000000".to_string(),
+            quote_volume: "1000000.00000000".to_string(),
+            price_change_percent: "0.000".to_string(),
+        }
+    }
+
+    /// A trading USD-M perpetual.
+    pub fn perpetual(base: &str, quote: &str) -> Self {
+        FakeSymbol {
+            contract_type: Some("PERPETUAL".to_string()),
+            ..Self::new(base, quote)
+        }
+    }
+
+    pub fn with_status(mut self, status: &str) -> Self {
+        self.status = status.to_string();
+        self
+    }
+
+    pub fn with_contract_type(mut self, contract_type: &str) -> Self {
+        self.contract_type = Some(contract_type.to_string());
+        self
+    }
+
+    /// ticker/24hr values, as the exchange's decimal strings.
+    pub fn with_ticker(
+        mut self,
+        last_price: &str,
+        quote_volume: &str,
+        price_change_percent: &str,
+    ) -> Self {
+        self.last_price = last_price.to_string();
+        self.quote_volume = quote_volume.to_string();
+        self.price_change_percent = price_change_percent.to_string();
+        self
+    }
+}
+
+/// The request-weight limiter of one market.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestLimits {
+    /// `REQUEST_WEIGHT` per UTC minute of the fake clock: spot 6000, USD-M 2400.
+    pub weight_per_minute: u32,
+    /// Over-limit requests answered 429 within one minute before the next one
+    /// is banned with 418. `None`: never ban.
+    pub ban_after_429s: Option<u32>,
+    /// How long a ban lasts on the fake clock (Binance: 2 minutes to 3 days).
+    pub ban: Duration,
+}
+
+impl RestLimits {
+    pub fn spot() -> Self {
+        RestLimits {
+            weight_per_minute: 6000,
+            ban_after_429s: Some(3),
+            ban: Duration::from_secs(120),
+        }
+    }
+
+    pub fn futures() -> Self {
+        RestLimits {
+            weight_per_minute: 2400,
+            ..Self::spot()
+        }
+    }
+}
+
+/// One REST request as the fake saw it.
+#[derive(Clone, Debug)]
+pub struct RestRequestLog {
+    /// The TCP connection it came on (keep-alive requests share one).
+    pub conn: u64,
+    pub at: Instant,
+    /// The fake clock when it arrived.
+    pub clock_ms: i64,
+    pub method: String,
+    /// Without the query, e.g. `/api/v3/klines`.
+    pub path: String,
+    /// Percent-decoded query parameters (a repeated name keeps the last value).
+    pub params: BTreeMap<String, String>,
+    /// The status answered; 0 when the connection was dropped instead.
+    pub status: u16,
+    /// Weight charged (0 for refused, injected or dropped requests).
+    pub weight: u32,
+    /// `X-MBX-USED-WEIGHT-1M` as answered.
+    pub used_weight: u32,
+}
+
+impl RestRequestLog {
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params.get(name).map(String::as_str)
+    }
+
+    /// `Some("spot")` for `/api/...`, `Some("futures")` for `/fapi/...`.
+    pub fn market(&self) -> Option<&'static str> {
+        RestMarket::of_path(&self.path).map(RestMarket::name)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// REST: state
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum RestMarket {
+    Spot,
+    Futures,
+}
+
+impl RestMarket {
+    /// Panics on anything but `"spot"` / `"futures"`: a broken test.
+    fn parse(market: &str) -> RestMarket {
+        match market {
+            SPOT => RestMarket::Spot,
+            FUTURES | "usdm" => RestMarket::Futures,
+            other => panic!("unknown market {other:?}: use \"spot\" or \"futures\""),
+        }
+    }
+
+    fn of_path(path: &str) -> Option<RestMarket> {
+        if path.starts_with("/api/") {
+            Some(RestMarket::Spot)
+        } else if path.starts_with("/fapi/") {
+            Some(RestMarket::Futures)
+        } else {
+            None
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            RestMarket::Spot => SPOT,
+            RestMarket::Futures => FUTURES,
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    fn max_limit(self) -> u64 {
+        match self {
+            RestMarket::Spot => 1000,
+            RestMarket::Futures => 1500,
+        }
+    }
+
+    fn prefix(self) -> &'static str {
+        match self {
+            RestMarket::Spot => "/api/v3",
+            RestMarket::Futures => "/fapi/v1",
+        }
+    }
+}
+
+type CandleFn = Arc<dyn Fn(i64) -> RestCandle + Send + Sync>;
+
+/// The history of one (market, symbol, interval): a table, a generator, or both
+/// (table entries win), plus scripted values for candles while they form.
+#[derive(Default)]
+struct History {
+    table: BTreeMap<i64, RestCandle>,
+    generator: Option<(i64, CandleFn)>,
+    forming: BTreeMap<i64, RestCandle>,
+}
+
+impl History {
+    /// Rows by Binance's rules: with `start`, the oldest from `start`; else the
+    /// most recent up to `end` (or now). Never a candle that has not opened by
+    /// `now`. Ascending, at most `limit`, final values (forming applied later).
+    fn select(
+        &self,
+        step: i64,
+        start: Option<i64>,
+        end: Option<i64>,
+        limit: usize,
+        now: i64,
+    ) -> Vec<RestCandle> {
+        let upper = end.map_or(now, |e| e.min(now));
+        let lower = start.unwrap_or(i64::MIN);
+        if lower > upper || limit == 0 {
+            return Vec::new();
+        }
+        let ascending = start.is_some();
+        // The first `limit` of a union are among the first `limit` of each part.
+        let mut picked: BTreeMap<i64, RestCandle> = BTreeMap::new();
+        let range = self.table.range(lower..=upper);
+        let from_table: Vec<(&i64, &RestCandle)> = if ascending {
+            range.take(limit).collect()
+        } else {
+            range.rev().take(limit).collect()
+        };
+        for (t, c) in from_table {
+            picked.insert(*t, c.clone());
+        }
+        if let Some((from_ms, make)) = &self.generator {
+            let first = align_up(lower.max(*from_ms), step);
+            let last = upper - upper.rem_euclid(step);
+            let times: Vec<i64> = if ascending {
+                (0..limit as i64)
+                    .map(|i| first + i * step)
+                    .take_while(|t| *t <= last)
+                    .collect()
+            } else {
+                (0..limit as i64)
+                    .map(|i| last - i * step)
+                    .take_while(|t| *t >= first)
+                    .collect()
+            };
+            for t in times {
+                picked.entry(t).or_insert_with(|| make(t));
+            }
+        }
+        let mut rows: Vec<RestCandle> = picked.into_values().collect();
+        if rows.len() > limit {
+            if ascending {
+                rows.truncate(limit);
+            } else {
+                rows.drain(..rows.len() - limit);
+            }
+        }
+        rows
+    }
+
+    fn candle_at(&self, open_time_ms: i64, step: i64) -> Option<RestCandle> {
+        if let Some(c) = self.table.get(&open_time_ms) {
+            return Some(c.clone());
+        }
+        let (from_ms, make) = self.generator.as_ref()?;
+        let aligned = open_time_ms.rem_euclid(step) == 0;
+        (aligned && open_time_ms >= *from_ms).then(|| make(open_time_ms))
+    }
+
+    /// The row as served at `now`: forming values while `openTime <= now <= closeTime`.
+    fn as_served(&self, candle: RestCandle, now: i64) -> RestCandle {
+        if candle.open_time_ms <= now && now <= candle.close_time_ms {
+            match self.forming.get(&candle.open_time_ms) {
+                Some(scripted) => scripted.clone(),
+                None => candle.forming_at(now),
+            }
+        } else {
+            candle
+        }
+    }
+}
+
+fn align_up(x: i64, step: i64) -> i64 {
+    match x.rem_euclid(step) {
+        0 => x,
+        r => x.saturating_add(step - r),
+    }
+}
+
+/// Weight used in the current UTC minute, and the 429/418 state.
+#[derive(Default)]
+struct WeightMeter {
+    minute: i64,
+    used: u32,
+    rejected_429: u32,
+    banned_until_ms: Option<i64>,
+}
+
+impl WeightMeter {
+    fn roll(&mut self, now: i64) {
+        let minute = now.div_euclid(60_000);
+        if minute != self.minute {
+            self.minute = minute;
+            self.used = 0;
+            self.rejected_429 = 0;
+        }
+    }
+}
+
+struct PerMarket {
+    limits: RestLimits,
+    meter: WeightMeter,
+    symbols: Vec<FakeSymbol>,
+}
+
+/// A failure answered instead of the real response.
+#[derive(Clone, Debug)]
+struct RestFault {
+    path_contains: Option<String>,
+    remaining: u32,
+    status: u16,
+    body: String,
+}
+
+struct RestState {
+    histories: BTreeMap<(RestMarket, String, String), History>,
+    markets: [PerMarket; 2],
+    faults: VecDeque<RestFault>,
+    failing_symbols: BTreeMap<String, (u16, String)>,
+    delay: Duration,
+    drop_connections: bool,
+    log: Vec<RestRequestLog>,
+    requests: usize,
+    connections: u64,
+}
+
+impl Default for RestState {
+    fn default() -> Self {
+        let market = |limits| PerMarket {
+            limits,
+            meter: WeightMeter::default(),
+            symbols: Vec::new(),
+        };
+        RestState {
+            histories: BTreeMap::new(),
+            markets: [market(RestLimits::spot()), market(RestLimits::futures())],
+            faults: VecDeque::new(),
+            failing_symbols: BTreeMap::new(),
+            delay: Duration::ZERO,
+            drop_connections: false,
+            log: Vec::new(),
+            requests: 0,
+            connections: 0,
+        }
+    }
+}
+
+/// What to send back for one request.
+struct RestReply {
+    status: u16,
+    body: String,
+    weight: u32,
+    used_weight: u32,
+    retry_after_s: Option<i64>,
+}
+
+fn api_error(status: u16, code: i64, msg: &str) -> (u16, String) {
+    (
+        status,
+        format!(r#"{{"code":{code},"msg":{}}}"#, json_str(msg)),
+    )
+}
+
+fn invalid_symbol() -> (u16, String) {
+    api_error(400, -1121, "Invalid symbol.")
+}
+
+fn mandatory(name: &str) -> (u16, String) {
+    api_error(
+        400,
+        -1102,
+        &format!("Mandatory parameter '{name}' was not sent, was empty/null, or malformed."),
+    )
+}
+
+fn seconds_until(now: i64, until: i64) -> i64 {
+    ((until - now).max(1) + 999) / 1000
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Klines,
+    ExchangeInfo,
+    Ticker24h,
+    Ping,
+    Time,
+}
+
+impl Endpoint {
+    fn of(market: RestMarket, path: &str) -> Option<Endpoint> {
+        let rest = path.strip_prefix(market.prefix())?;
+        Some(match rest {
+            "/klines" => Endpoint::Klines,
+            "/exchangeInfo" => Endpoint::ExchangeInfo,
+            "/ticker/24hr" => Endpoint::Ticker24h,
+            "/ping" => Endpoint::Ping,
+            "/time" => Endpoint::Time,
+            _ => return None,
+        })
+    }
+
+    /// Request weight as documented (USD-M klines as measured: bands inclusive
+    /// at the top, no `limit` costs 5).
+    fn weight(self, market: RestMarket, params: &BTreeMap<String, String>) -> u32 {
+        let one_symbol = params.contains_key("symbol");
+        match (self, market) {
+            (Endpoint::Klines, RestMarket::Spot) => 2,
+            (Endpoint::Klines, RestMarket::Futures) => {
+                match params.get("limit").map(|l| l.parse::<u64>()) {
+                    None | Some(Err(_)) => 5,
+                    Some(Ok(l)) if l <= 100 => 1,
+                    Some(Ok(l)) if l <= 500 => 2,
+                    Some(Ok(l)) if l <= 1000 => 5,
+                    Some(Ok(_)) => 10,
+                }
+            }
+            (Endpoint::ExchangeInfo, RestMarket::Spot) => 20,
+            (Endpoint::ExchangeInfo, RestMarket::Futures) => 1,
+            (Endpoint::Ticker24h, RestMarket::Spot) => {
+                if one_symbol {
+                    2
+                } else {
+                    80
+                }
+            }
+            (Endpoint::Ticker24h, RestMarket::Futures) => {
+                if one_symbol {
+                    1
+                } else {
+                    40
+                }
+            }
+            (Endpoint::Ping | Endpoint::Time, _) => 1,
+        }
+    }
+}
+
+impl RestState {
+    fn market(&mut self, market: RestMarket) -> &mut PerMarket {
+        &mut self.markets[market.index()]
+    }
+
+    fn history(&mut self, market: RestMarket, symbol: &str, interval: &str) -> &mut History {
+        self.histories
+            .entry((market, symbol.to_ascii_uppercase(), interval.to_string()))
+            .or_default()
+    }
+
+    fn knows_symbol(&self, market: RestMarket, symbol: &str) -> bool {
+        self.markets[market.index()]
+            .symbols
+            .iter()
+            .any(|s| s.symbol == symbol)
+            || self
+                .histories
+                .keys()
+                .any(|(m, s, _)| *m == market && s == symbol)
+    }
+
+    fn take_fault(&mut self, path: &str) -> Option<(u16, String)> {
+        let index = self.faults.iter().position(|f| {
+            f.remaining > 0
+                && f.path_contains
+                    .as_deref()
+                    .map_or(true, |p| path.contains(p))
+        })?;
+        let fault = &mut self.faults[index];
+        fault.remaining -= 1;
+        let answer = (fault.status, fault.body.clone());
+        if fault.remaining == 0 {
+            self.faults.remove(index);
+        }
+        Some(answer)
+    }
+
+    /// The whole decision for one request, in Binance's order: injected faults,
+    /// unknown paths, the ban, the weight limit, then the endpoint itself.
+    fn respond(
+        &mut self,
+        method: &str,
+        path: &str,
+        params: &BTreeMap<String, String>,
+        now: i64,
+    ) -> RestReply {
+        let Some(market) = RestMarket::of_path(path) else {
+            return reply(404, r#"{"code":-1,"msg":"Not found."}"#.into(), 0, 0, None);
+        };
+        let meter = &mut self.market(market).meter;
+        meter.roll(now);
+        let used = meter.used;
+        let next_minute = (meter.minute + 1) * 60_000;
+        if let Some((status, body)) = self.take_fault(path) {
+            let retry = matches!(status, 418 | 429).then(|| seconds_until(now, next_minute));
+            return reply(status, body, 0, used, retry);
+        }
+        let Some(endpoint) = Endpoint::of(market, path) else {
+            return reply(
+                404,
+                r#"{"code":-1,"msg":"Not found."}"#.into(),
+                0,
+                used,
+                None,
+            );
+        };
+        if method != "GET" {
+            let (status, body) = api_error(405, -1, "Method not allowed.");
+            return reply(status, body, 0, used, None);
+        }
+        let weight = endpoint.weight(market, params);
+        if let Some(refused) = self.admit(market, weight, now) {
+            return refused;
+        }
+        let used = self.market(market).meter.used;
+        let failing = params
+            .get("symbol")
+            .and_then(|s| self.failing_symbols.get(s))
+            .cloned();
+        let (status, body) = match failing {
+            Some(failure) => failure,
+            None => self.serve_endpoint(endpoint, market, params, now),
+        };
+        reply(status, body, weight, used, None)
+    }
+
+    /// Charges `weight`, or returns the 429 / 418 reply that refuses the request.
+    fn admit(&mut self, market: RestMarket, weight: u32, now: i64) -> Option<RestReply> {
+        let PerMarket { limits, meter, .. } = self.market(market);
+        let used = meter.used;
+        if let Some(until) = meter.banned_until_ms.filter(|until| *until > now) {
+            let body = api_error(418, -1003, "Way too many requests; IP banned until later.").1;
+            return Some(reply(418, body, 0, used, Some(seconds_until(now, until))));
+        }
+        if used.saturating_add(weight) <= limits.weight_per_minute {
+            meter.used = used + weight;
+            return None;
+        }
+        if limits
+            .ban_after_429s
+            .is_some_and(|n| meter.rejected_429 >= n)
+        {
+            let until = now + limits.ban.as_millis() as i64;
+            meter.banned_until_ms = Some(until);
+            let body = api_error(418, -1003, "Way too many requests; IP banned until later.").1;
+            return Some(reply(418, body, 0, used, Some(seconds_until(now, until))));
+        }
+        meter.rejected_429 += 1;
+        let next_minute = (meter.minute + 1) * 60_000;
+        let msg = "Too much request weight used; please use WebSocket Streams for live updates to avoid polling the API.";
+        Some(reply(
+            429,
+            api_error(429, -1003, msg).1,
+            0,
+            used,
+            Some(seconds_until(now, next_minute)),
+        ))
+    }
+
+    fn serve_endpoint(
+        &self,
+        endpoint: Endpoint,
+        market: RestMarket,
+        params: &BTreeMap<String, String>,
+        now: i64,
+    ) -> (u16, String) {
+        match endpoint {
+            Endpoint::Klines => self.klines(market, params, now),
+            Endpoint::ExchangeInfo => self.exchange_info(market, params, now),
+            Endpoint::Ticker24h => self.ticker_24h(market, params, now),
+            Endpoint::Ping => (200, "{}".into()),
+            Endpoint::Time => (200, format!(r#"{{"serverTime":{now}}}"#)),
+        }
+    }
+
+    fn klines(
+        &self,
+        market: RestMarket,
+        params: &BTreeMap<String, String>,
+        now: i64,
+    ) -> (u16, String) {
+        let Some(symbol) = params.get("symbol").filter(|s| !s.is_empty()) else {
+            return mandatory("symbol");
+        };
+        let Some(interval) = params.get("interval").filter(|s| !s.is_empty()) else {
+            return mandatory("interval");
+        };
+        let step = match interval_ms(interval) {
+            Some(_) if market == RestMarket::Futures && interval == "1s" => None,
+            step => step,
+        };
+        let Some(step) = step else {
+            return api_error(400, -1120, "Invalid interval.");
+        };
+        if !self.knows_symbol(market, symbol) {
+            return invalid_symbol();
+        }
+        let number = |name: &str| -> Result<Option<i64>, (u16, String)> {
+            match params.get(name) {
+                None => Ok(None),
+                Some(text) => text.parse::<i64>().map(Some).map_err(|_| {
+                    api_error(
+                        400,
+                        -1100,
+                        &format!("Illegal characters found in parameter '{name}'; legal range is '^[0-9]{{1,20}}$'."),
+                    )
+                }),
+            }
+        };
+        let (start, end, limit) = match (number("startTime"), number("endTime"), number("limit")) {
+            (Ok(s), Ok(e), Ok(l)) => (s, e, l),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return e,
+        };
+        let limit = limit.unwrap_or(500);
+        if limit < 1 || limit as u64 > market.max_limit() {
+            return api_error(400, -1130, "Data sent for parameter 'limit' is not valid.");
+        }
+        if let (Some(s), Some(e)) = (start, end) {
+            if s > e {
+                return api_error(400, -1023, "Start time is greater than end time.");
+            }
+        }
+        let key = (market, symbol.clone(), interval.clone());
+        let rows: Vec<String> = match self.histories.get(&key) {
+            None => Vec::new(),
+            Some(history) => history
+                .select(step, start, end, limit as usize, now)
+                .into_iter()
+                .map(|c| history.as_served(c, now).row_json())
+                .collect(),
+        };
+        (200, format!("[{}]", rows.join(",")))
+    }
+
+    /// Symbols picked by `symbol=` or `symbols=["A","B"]`; all when neither.
+    fn chosen_symbols(
+        &self,
+        market: RestMarket,
+        params: &BTreeMap<String, String>,
+    ) -> Result<Vec<&FakeSymbol>, (u16, String)> {
+        let all = &self.markets[market.index()].symbols;
+        let wanted: Vec<String> = if let Some(one) = params.get("symbol") {
+            vec![one.clone()]
+        } else if let Some(list) = params.get("symbols") {
+            match serde_json::from_str::<Vec<String>>(list) {
+                Ok(names) => names,
+                Err(_) => return Err(mandatory("symbols")),
+            }
+        } else {
+            return Ok(all.iter().collect());
+        };
+        wanted
+            .iter()
+            .map(|name| {
+                all.iter()
+                    .find(|s| &s.symbol == name)
+                    .ok_or_else(invalid_symbol)
+            })
+            .collect()
+    }
+
+    fn exchange_info(
+        &self,
+        market: RestMarket,
+        params: &BTreeMap<String, String>,
+        now: i64,
+    ) -> (u16, String) {
+        let symbols = match self.chosen_symbols(market, params) {
+            Ok(symbols) => symbols,
+            Err(e) => return e,
+        };
+        let limit = self.markets[market.index()].limits.weight_per_minute;
+        let rate_limits = serde_json::json!([
+            {"rateLimitType":"REQUEST_WEIGHT","interval":"MINUTE","intervalNum":1,"limit":limit},
+        ]);
+        let body = match market {
+            RestMarket::Spot => serde_json::json!({
+                "timezone": "UTC",
+                "serverTime": now,
+                "rateLimits": rate_limits,
+                "exchangeFilters": [],
+                "symbols": symbols.iter().map(|s| serde_json::json!({
+                    "symbol": s.symbol,
+                    "status": s.status,
+                    "baseAsset": s.base,
+                    "baseAssetPrecision": 8,
+                    "quoteAsset": s.quote,
+                    "quotePrecision": 8,
+                    "quoteAssetPrecision": 8,
+                    "orderTypes": ["LIMIT", "LIMIT_MAKER", "MARKET"],
+                    "icebergAllowed": true,
+                    "ocoAllowed": true,
+                    "isSpotTradingAllowed": true,
+                    "isMarginTradingAllowed": false,
+                    "filters": [],
+                    "permissions": [],
+                    "permissionSets": [["SPOT"]],
+                })).collect::<Vec<_>>(),
+            }),
+            RestMarket::Futures => serde_json::json!({
+                "timezone": "UTC",
+                "serverTime": now,
+                "futuresType": "U_MARGINED",
+                "rateLimits": rate_limits,
+                "exchangeFilters": [],
+                "assets": [],
+                "symbols": symbols.iter().map(|s| serde_json::json!({
+                    "symbol": s.symbol,
+                    "pair": s.symbol,
+                    "contractType": s.contract_type.as_deref().unwrap_or("PERPETUAL"),
+                    "deliveryDate": 4_133_404_800_000i64,
+                    "onboardDate": 1_569_398_400_000i64,
+                    "status": s.status,
+                    "baseAsset": s.base,
+                    "quoteAsset": s.quote,
+                    "marginAsset": s.quote,
+                    "pricePrecision": 2,
+                    "quantityPrecision": 3,
+                    "baseAssetPrecision": 8,
+                    "quotePrecision": 8,
+                    "underlyingType": "COIN",
+                    "filters": [],
+                    "orderTypes": ["LIMIT", "MARKET"],
+                    "timeInForce": ["GTC", "IOC", "FOK", "GTX"],
+                })).collect::<Vec<_>>(),
+            }),
+        };
+        (200, body.to_string())
+    }
+
+    fn ticker_24h(
+        &self,
+        market: RestMarket,
+        params: &BTreeMap<String, String>,
+        now: i64,
+    ) -> (u16, String) {
+        let symbols = match self.chosen_symbols(market, params) {
+            Ok(symbols) => symbols,
+            Err(e) => return e,
+        };
+        let tickers: Vec<Value> = symbols
+            .iter()
+            .map(|s| ticker_json(market, s, now))
+            .collect();
+        let body = match (params.contains_key("symbol"), tickers.first()) {
+            (true, Some(one)) => one.to_string(),
+            _ => Value::from(tickers).to_string(),
+        };
+        (200, body)
+    }
+}
+
+fn reply(
+    status: u16,
+    body: String,
+    weight: u32,
+    used_weight: u32,
+    retry_after_s: Option<i64>,
+) -> RestReply {
+    RestReply {
+        status,
+        body,
+        weight,
+        used_weight,
+        retry_after_s,
+    }
+}
+
+/// A 24 h ticker whose other fields agree with last price, change and quote volume.
+fn ticker_json(market: RestMarket, s: &FakeSymbol, now: i64) -> Value {
+    let num = |t: &str| t.parse::<f64>().unwrap_or(0.0);
+    let last = num(&s.last_price);
+    let open = last / (1.0 + num(&s.price_change_percent) / 100.0);
+    let volume = if last > 0.0 {
+        num(&s.quote_volume) / last
+    } else {
+        0.0
+    };
+    let mut t = serde_json::json!({
+        "symbol": s.symbol,
+        "priceChange": fmt8(last - open),
+        "priceChangePercent": s.price_change_percent,
+        "weightedAvgPrice": fmt8((open + last) / 2.0),
+        "lastPrice": s.last_price,
+        "lastQty": "0.01000000",
+        "openPrice": fmt8(open),
+        "highPrice": fmt8(open.max(last)),
+        "lowPrice": fmt8(open.min(last)),
+        "volume": fmt8(volume),
+        "quoteVolume": s.quote_volume,
+        "openTime": now - 86_400_000,
+        "closeTime": now,
+        "firstId": 1,
+        "lastId": 1000,
+        "count": 1000,
+    });
+    if market == RestMarket::Spot {
+        if let Some(map) = t.as_object_mut() {
+            map.insert("prevClosePrice".into(), Value::from(fmt8(open)));
+            map.insert("bidPrice".into(), Value::from(s.last_price.clone()));
+            map.insert("bidQty".into(), Value::from("1.00000000"));
+            map.insert("askPrice".into(), Value::from(s.last_price.clone()));
+            map.insert("askQty".into(), Value::from("1.00000000"));
+        }
+    }
+    t
+}
+
+// ---------------------------------------------------------------------------
+// REST: HTTP/1.1 over the shared port
+// ---------------------------------------------------------------------------
+
+/// Offset just past `\r\n\r\n`.
+fn find_head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+}
+
+fn request_target(head: &[u8]) -> Option<String> {
+    let line_end = head.windows(2).position(|w| w == b"\r\n")?;
+    let line = std::str::from_utf8(&head[..line_end]).ok()?;
+    line.split(' ').nth(1).map(str::to_string)
+}
+
+fn is_rest_target(head: &[u8]) -> bool {
+    request_target(head).is_some_and(|t| RestMarket::of_path(&t).is_some())
+}
+
+/// Reads once into `buf`, retrying across read timeouts until `deadline` or
+/// shutdown. `Ok(false)` at end of stream.
+fn read_some(
+    shared: &Shared,
+    stream: &mut ServerStream,
+    buf: &mut Vec<u8>,
+    deadline: Instant,
+) -> io::Result<bool> {
+    let mut chunk = [0u8; 8192];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => return Ok(false),
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                return Ok(true);
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                if shared.stopping() {
+                    return Err(io::Error::other("shutting down"));
+                }
+                if Instant::now() >= deadline {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no request in time",
+                    ));
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+struct HttpRequest {
+    method: String,
+    target: String,
+    keep_alive: bool,
+    content_length: usize,
+}
+
+fn parse_head(head: &[u8]) -> Option<HttpRequest> {
+    let text = std::str::from_utf8(head).ok()?;
+    let mut lines = text.split("\r\n");
+    let mut parts = lines.next()?.split(' ');
+    let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
+    let mut keep_alive = version == "HTTP/1.1";
+    let mut content_length = 0;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("connection") {
+            keep_alive = !value.eq_ignore_ascii_case("close")
+                && (keep_alive || value.eq_ignore_ascii_case("keep-alive"));
+        } else if name.eq_ignore_ascii_case("content-length") {
+            content_length = value.parse().ok()?;
+        }
+    }
+    Some(HttpRequest {
+        method: method.to_string(),
+        target: target.to_string(),
+        keep_alive,
+        content_length,
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => match s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                Some(b) => {
+                    out.push(b);
+                    i += 2;
+                }
+                None => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn parse_query(query: &str) -> BTreeMap<String, String> {
+    query
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        418 => "I'm a teapot",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Status",
+    }
+}
+
+fn response_bytes(r: &RestReply, keep_alive: bool) -> Vec<u8> {
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: application/json;charset=UTF-8\r\nContent-Length: {}\r\nX-MBX-USED-WEIGHT-1M: {}\r\n",
+        r.status,
+        reason_phrase(r.status),
+        r.body.len(),
+        r.used_weight,
+    );
+    if let Some(s) = r.retry_after_s {
+        head.push_str(&format!("Retry-After: {s}\r\n"));
+    }
+    head.push_str(if keep_alive {
+        "Connection: keep-alive\r\n\r\n"
+    } else {
+        "Connection: close\r\n\r\n"
+    });
+    let mut bytes = head.into_bytes();
+    bytes.extend_from_slice(r.body.as_bytes());
+    bytes
+}
+
+/// Writes everything, riding out write timeouts for up to `SLOW_CLIENT_LIMIT`.
+fn write_fully(shared: &Shared, stream: &mut ServerStream, mut bytes: &[u8]) -> io::Result<()> {
+    let deadline = Instant::now() + SLOW_CLIENT_LIMIT;
+    let stalled = |e: &io::Error| {
+        matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+        )
+    };
+    while !bytes.is_empty() {
+        match stream.write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if stalled(&e) && Instant::now() < deadline && !shared.stopping() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    loop {
+        match stream.flush() {
+            Ok(()) => return Ok(()),
+            Err(e) if stalled(&e) && Instant::now() < deadline && !shared.stopping() => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Sleeps `delay` in short steps so shutdown is not held up.
+fn interruptible_sleep(shared: &Shared, delay: Duration) {
+    let until = Instant::now() + delay;
+    while !shared.stopping() {
+        let now = Instant::now();
+        if now >= until {
+            return;
+        }
+        thread::sleep((until - now).min(Duration::from_millis(20)));
+    }
+}
+
+/// Serves REST requests on one connection (keep-alive unless the client says
+/// `Connection: close` or speaks HTTP/1.0) until it closes, idles out or the
+/// exchange stops. `buf` holds the bytes read so far, the first head among them.
+fn serve_rest(shared: &Shared, mut stream: ServerStream, mut buf: Vec<u8>, conn: u64) {
+    lock(&shared.rest).connections += 1;
+    loop {
+        let deadline = Instant::now() + REST_IDLE_TIMEOUT;
+        let head_end = loop {
+            if let Some(end) = find_head_end(&buf) {
+                break end;
+            }
+            if buf.len() > MAX_HTTP_HEAD {
+                let r = reply(431, String::new(), 0, 0, None);
+                let _ = write_fully(shared, &mut stream, &response_bytes(&r, false));
+                return;
+            }
+            match read_some(shared, &mut stream, &mut buf, deadline) {
+                Ok(true) => {}
+                _ => return,
+            }
+        };
+        let Some(request) = parse_head(&buf[..head_end]) else {
+            let r = reply(400, String::new(), 0, 0, None);
+            let _ = write_fully(shared, &mut stream, &response_bytes(&r, false));
+            return;
+        };
+        while buf.len() < head_end + request.content_length {
+            if !matches!(read_some(shared, &mut stream, &mut buf, deadline), Ok(true)) {
+                return;
+            }
+        }
+        buf.drain(..head_end + request.content_length);
+        let Some((reply, delay)) = shared.rest_request(conn, &request.method, &request.target)
+        else {
+            reset(stream.tcp());
+            return;
+        };
+        interruptible_sleep(shared, delay);
+        let keep_alive = request.keep_alive && !shared.stopping();
+        if write_fully(shared, &mut stream, &response_bytes(&reply, keep_alive)).is_err()
+            || !keep_alive
+        {
+            return;
+        }
+    }
+}
+
+impl Shared {
+    /// Decides and logs one request; `None` means drop the connection instead.
+    fn rest_request(&self, conn: u64, method: &str, target: &str) -> Option<(RestReply, Duration)> {
+        let now = self.now_ms();
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        let params = parse_query(query);
+        let mut rest = lock(&self.rest);
+        let dropped = rest.drop_connections;
+        let answer = if dropped {
+            None
+        } else {
+            Some(rest.respond(method, path, &params, now))
+        };
+        rest.requests += 1;
+        if rest.log.len() < LOG_CAPACITY {
+            let (status, weight, used_weight) = match &answer {
+                Some(r) => (r.status, r.weight, r.used_weight),
+                None => (0, 0, 0),
+            };
+            rest.log.push(RestRequestLog {
+                conn,
+                at: Instant::now(),
+                clock_ms: now,
+                method: method.to_string(),
+                path: path.to_string(),
+                params,
+                status,
+                weight,
+                used_weight,
+            });
+        }
+        answer.map(|r| (r, rest.delay))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// REST: the test-facing API
+// ---------------------------------------------------------------------------
+
+impl FakeExchange {
+    /// `http://127.0.0.1:PORT` (or `https://`): the same port as the WebSocket.
+    pub fn http_base_url(&self) -> String {
+        let scheme = if self.shared.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.addr.port())
+    }
+
+    /// The REST base URL for `market` (both markets share the one port; the
+    /// path prefix, `/api/v3` or `/fapi/v1`, tells them apart).
+    pub fn rest_base_url(&self, market: &str) -> String {
+        RestMarket::parse(market);
+        self.http_base_url()
+    }
+
+    fn rest(&self) -> MutexGuard<'_, RestState> {
+        lock(&self.shared.rest)
+    }
+
+    // -- history -------------------------------------------------------------
+
+    /// Replaces the scripted history of (market, symbol, interval) with `candles`
+    /// (keyed by open time). Candles that have not opened on the fake clock are
+    /// not served until they have; the one open now is served with forming values.
+    pub fn set_history(
+        &self,
+        market: &str,
+        symbol: &str,
+        interval: &str,
+        candles: Vec<RestCandle>,
+    ) {
+        let market = RestMarket::parse(market);
+        let mut rest = self.rest();
+        let history = rest.history(market, symbol, interval);
+        history.table = candles.into_iter().map(|c| (c.open_time_ms, c)).collect();
+        history.generator = None;
+    }
+
+    /// Adds or replaces single candles without touching the rest of the history.
+    pub fn upsert_history(
+        &self,
+        market: &str,
+        symbol: &str,
+        interval: &str,
+        candles: Vec<RestCandle>,
+    ) {
+        let market = RestMarket::parse(market);
+        let mut rest = self.rest();
+        let history = rest.history(market, symbol, interval);
+        history
+            .table
+            .extend(candles.into_iter().map(|c| (c.open_time_ms, c)));
+    }
+
+    /// An endless history from `from_ms` (aligned up to the interval): `make(open_time)`
+    /// gives the closed candle. Scripted table candles win over generated ones.
+    pub fn set_history_fn(
+        &self,
+        market: &str,
+        symbol: &str,
+        interval: &str,
+        from_ms: i64,
+        make: impl Fn(i64) -> RestCandle + Send + Sync + 'static,
+    ) {
+        let market = RestMarket::parse(market);
+        interval_ms(interval).unwrap_or_else(|| panic!("unknown interval {interval:?}"));
+        self.rest().history(market, symbol, interval).generator = Some((from_ms, Arc::new(make)));
+    }
+
+    /// Adds candles for every aligned open time in `[from_ms, to_ms)`: open at
+    /// `price_fn(t)`, close at `price_fn(t + interval)`, high/low 0.1 % outside
+    /// them, volume `1 + (t / interval) % 7`. Returns how many were added.
+    pub fn fill_history(
+        &self,
+        market: &str,
+        symbol: &str,
+        interval: &str,
+        from_ms: i64,
+        to_ms: i64,
+        price_fn: impl Fn(i64) -> f64,
+    ) -> usize {
+        let step = interval_ms(interval).unwrap_or_else(|| panic!("unknown interval {interval:?}"));
+        let first = align_up(from_ms, step);
+        let count = if to_ms > first {
+            (to_ms - first + step - 1) / step
+        } else {
+            0
+        };
+        assert!(
+            count <= MAX_FILL,
+            "fill_history of {count} candles: too many for a test"
+        );
+        let candles: Vec<RestCandle> = (0..count)
+            .map(|i| {
+                let t = first + i * step;
+                let (o, c) = (price_fn(t), price_fn(t + step));
+                let v = 1.0 + (t / step).rem_euclid(7) as f64;
+                RestCandle::new(t, interval, o, o.max(c) * 1.001, o.min(c) * 0.999, c, v)
+            })
+            .collect();
+        self.upsert_history(market, symbol, interval, candles);
+        count as usize
+    }
+
+    /// Exact values served for candle `open_time_ms` while it is forming
+    /// (instead of `RestCandle::forming_at`).
+    pub fn set_forming_row(&self, market: &str, symbol: &str, interval: &str, candle: RestCandle) {
+        let market = RestMarket::parse(market);
+        let mut rest = self.rest();
+        rest.history(market, symbol, interval)
+            .forming
+            .insert(candle.open_time_ms, candle);
+    }
+
+    /// The closed (final) values of one scripted candle.
+    pub fn history_candle(
+        &self,
+        market: &str,
+        symbol: &str,
+        interval: &str,
+        open_time_ms: i64,
+    ) -> Option<RestCandle> {
+        let market = RestMarket::parse(market);
+        let step = interval_ms(interval)?;
+        let key = (market, symbol.to_ascii_uppercase(), interval.to_string());
+        self.rest()
+            .histories
+            .get(&key)?
+            .candle_at(open_time_ms, step)
+    }
+
+    /// The row the REST API would serve for this candle right now (forming
+    /// values while it is open), or `None` if it has not opened or is unknown.
+    pub fn served_candle(
+        &self,
+        market: &str,
+        symbol: &str,
+        interval: &str,
+        open_time_ms: i64,
+    ) -> Option<RestCandle> {
+        let now = self.now_ms();
+        let market = RestMarket::parse(market);
+        let step = interval_ms(interval)?;
+        let key = (market, symbol.to_ascii_uppercase(), interval.to_string());
+        let rest = self.rest();
+        let history = rest.histories.get(&key)?;
+        let candle = history
+            .candle_at(open_time_ms, step)
+            .filter(|c| c.open_time_ms <= now)?;
+        Some(history.as_served(candle, now))
+    }
+
+    /// Pushes a scripted candle to WebSocket subscribers of `stream`
+    /// (`btcusdt@kline_1m`), so REST and the stream agree: final values with
+    /// `x:true`, or the forming values REST serves now with `x:false`.
+    /// Returns the number of connections, 0 when the candle is unknown.
+    pub fn push_history_candle(
+        &self,
+        market: &str,
+        stream: &str,
+        open_time_ms: i64,
+        is_final: bool,
+    ) -> usize {
+        let Some((symbol, interval)) = parse_kline_stream(stream) else {
+            panic!("not a kline stream name: {stream:?}");
+        };
+        let now = self.now_ms();
+        let candle = if is_final {
+            self.history_candle(market, &symbol, &interval, open_time_ms)
+        } else {
+            self.served_candle(market, &symbol, &interval, open_time_ms)
+        };
+        let Some(candle) = candle else { return 0 };
+        let event_time = if is_final {
+            now.max(candle.close_time_ms + 1)
+        } else {
+            now.clamp(candle.open_time_ms, candle.close_time_ms)
+        };
+        self.push_frame(
+            stream,
+            &candle.to_frame(&symbol, &interval, event_time, is_final),
+        )
+    }
+
+    // -- markets and limits ----------------------------------------------------
+
+    /// The symbols exchangeInfo and ticker/24hr list for `market`, in this order.
+    /// A listed symbol is also a valid klines symbol (empty history by default).
+    pub fn set_markets(&self, market: &str, symbols: Vec<FakeSymbol>) {
+        let market = RestMarket::parse(market);
+        self.rest().market(market).symbols = symbols;
+    }
+
+    pub fn set_rest_limits(&self, market: &str, limits: RestLimits) {
+        let market = RestMarket::parse(market);
+        self.rest().market(market).limits = limits;
+    }
+
+    /// Forgets used weight, 429 counts and bans of both markets.
+    pub fn rest_reset_weights(&self) {
+        let mut rest = self.rest();
+        for m in rest.markets.iter_mut() {
+            m.meter = WeightMeter::default();
+        }
+    }
+
+    /// Weight used in the fake clock's current minute.
+    pub fn rest_used_weight(&self, market: &str) -> u32 {
+        let market = RestMarket::parse(market);
+        let now = self.now_ms();
+        let mut rest = self.rest();
+        let meter = &mut rest.market(market).meter;
+        meter.roll(now);
+        meter.used
+    }
+
+    // -- faults ----------------------------------------------------------------
+
+    /// The next `n` REST requests (any path) get `status` and `body` instead of
+    /// their answer; no weight is charged, 429/418 carry `Retry-After` (seconds to
+    /// the next minute). Queued after earlier injections.
+    pub fn rest_fail_next(&self, n: u32, status: u16, body: &str) {
+        self.push_fault(None, n, status, body);
+    }
+
+    /// Like `rest_fail_next`, only for requests whose path contains `path_contains`
+    /// (e.g. `"/klines"`, `"exchangeInfo"`).
+    pub fn rest_fail_next_on(&self, path_contains: &str, n: u32, status: u16, body: &str) {
+        self.push_fault(Some(path_contains.to_string()), n, status, body);
+    }
+
+    fn push_fault(&self, path_contains: Option<String>, n: u32, status: u16, body: &str) {
+        if n == 0 {
+            return;
+        }
+        self.rest().faults.push_back(RestFault {
+            path_contains,
+            remaining: n,
+            status,
+            body: body.to_string(),
+        });
+    }
+
+    /// Every request with `symbol=<symbol>` (either market) gets a 500
+    /// `{"code":-1000,...}` until `rest_unfail_symbol` (weight is still charged).
+    pub fn rest_fail_symbol(&self, symbol: &str) {
+        self.rest_fail_symbol_with(
+            symbol,
+            500,
+            r#"{"code":-1000,"msg":"An unknown error occured while processing the request."}"#,
+        );
+    }
+
+    pub fn rest_fail_symbol_with(&self, symbol: &str, status: u16, body: &str) {
+        self.rest()
+            .failing_symbols
+            .insert(symbol.to_string(), (status, body.to_string()));
+    }
+
+    pub fn rest_unfail_symbol(&self, symbol: &str) {
+        self.rest().failing_symbols.remove(symbol);
+    }
+
+    /// Every REST response waits this long before it is written (`ZERO`: off).
+    pub fn rest_delay(&self, delay: Duration) {
+        self.rest().delay = delay;
+    }
+
+    /// While `true`, every REST request is answered by a TCP reset.
+    pub fn rest_drop_connections(&self, drop: bool) {
+        self.rest().drop_connections = drop;
+    }
+
+    // -- observations ------------------------------------------------------------
+
+    /// Every REST request so far, in arrival order (the first 100 000).
+    pub fn rest_requests(&self) -> Vec<RestRequestLog> {
+        self.rest().log.clone()
+    }
+
+    /// Requests whose path contains `fragment`, e.g. `"/klines"`.
+    pub fn rest_requests_to(&self, fragment: &str) -> Vec<RestRequestLog> {
+        self.rest()
+            .log
+            .iter()
+            .filter(|r| r.path.contains(fragment))
+            .cloned()
+            .collect()
+    }
+
+    /// REST requests received (including dropped ones and those past the log).
+    pub fn rest_request_count(&self) -> usize {
+        self.rest().requests
+    }
+
+    /// TCP connections that carried REST requests (keep-alive reuses one).
+    pub fn rest_connection_count(&self) -> u64 {
+        self.rest().connections
+    }
 }
