@@ -38,6 +38,15 @@ impl Live {
         if !args.contains(&"--db") {
             cmd.arg("--db").arg(&db);
         }
+        // REST goes to the same fake exchange as the streams (never the real one).
+        if let Some(i) = args.iter().position(|a| *a == "--spot-ws-url") {
+            if !args.contains(&"--spot-rest-url") {
+                let ws = args.get(i + 1).copied().unwrap_or("");
+                let base = ws.replacen("wss://", "https://", 1).replacen("ws://", "http://", 1);
+                let base = base.split('/').take(3).collect::<Vec<_>>().join("/");
+                cmd.args(["--spot-rest-url", &base, "--futures-rest-url", &base]);
+            }
+        }
         cmd.args(args).args(["--log-level", "debug"]);
         cmd.stdout(Stdio::null()).stderr(Stdio::piped()).stdin(Stdio::null());
         // Settings come from the flags only, never from the test's environment.
