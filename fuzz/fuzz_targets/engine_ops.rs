@@ -132,7 +132,9 @@ fn step(h: &mut Harness, op: &Op) {
         }
         Op::Kline { conn, stream, offset, is_final, price } => {
             if let Some(c) = h.conn_in(ConnState::Open, *conn as usize) {
-                let s = *stream as usize % STREAMS.len();
+                // Only streams requested on this connection, as an exchange would.
+                let streams = h.requested_streams(c);
+                let Some(&s) = streams.get(*stream as usize % streams.len().max(1)) else { return h.check() };
                 let t = candle_time(h.now, STREAMS[s].3, *offset);
                 h.up_kline(c, s, t, *price as f64 / 16.0, *is_final)
             }

@@ -187,6 +187,9 @@ pub struct ConnModel {
     pub outstanding: BTreeMap<u64, (bool, Vec<String>)>,
     /// Streams the fake exchange considers subscribed (acked SUBSCRIBEs).
     pub streams: BTreeSet<String>,
+    /// Every stream ever named in a SUBSCRIBE on this connection: the only
+    /// ones an exchange sends on it (late frames after UNSUBSCRIBE included).
+    pub requested: BTreeSet<String>,
 }
 
 /// What a run exercised, for the simulation's coverage report.
@@ -339,6 +342,7 @@ impl Harness {
                     state: ConnState::Opening,
                     outstanding: BTreeMap::new(),
                     streams: BTreeSet::new(),
+                    requested: BTreeSet::new(),
                 };
                 assert!(self.conns.insert(conn, fresh).is_none(), "shell: UpstreamConnect reuses the live conn id {conn}");
             }
@@ -355,6 +359,7 @@ impl Harness {
                     .unwrap_or_default();
                 match v["method"].as_str() {
                     Some("SUBSCRIBE") => {
+                        c.requested.extend(streams.iter().cloned());
                         c.outstanding.insert(id, (true, streams));
                     }
                     Some("UNSUBSCRIBE") => {
@@ -563,6 +568,11 @@ impl Harness {
         self.up_text(conn, &format!(r#"{{"result":null,"id":{id}}}"#));
     }
 
+    /// Streams requested on `conn` that the harness can build frames for.
+    pub fn requested_streams(&self, conn: u64) -> Vec<usize> {
+        self.conns.get(&conn).map_or(Vec::new(), |c| c.requested.iter().filter_map(|s| stream_index(s)).collect())
+    }
+
     pub fn up_text(&mut self, conn: u64, text: &str) {
         if self.conns.get(&conn).is_some_and(|c| c.state == ConnState::Open) {
             let _ = self.input(Input::UpstreamText { conn, text: text.to_string() });
@@ -570,12 +580,19 @@ impl Harness {
     }
 
     /// Sends a kline frame on an open connection and records an accepted close.
+    /// Only for a stream requested on that connection: an exchange sends
+    /// nothing else, and the engine routes frames by stream name without
+    /// looking at the connection (finding F1 in fuzz/README.md).
     pub fn up_kline(&mut self, conn: u64, stream: usize, t: i64, price: f64, is_final: bool) {
-        let Some(market) = self.conns.get(&conn).filter(|c| c.state == ConnState::Open).map(|c| c.market.clone())
+        let (name, sym, tf, tf_s) = STREAMS[stream % STREAMS.len()];
+        let Some(market) = self
+            .conns
+            .get(&conn)
+            .filter(|c| c.state == ConnState::Open && c.requested.contains(name))
+            .map(|c| c.market.clone())
         else {
             return;
         };
-        let (name, sym, tf, tf_s) = STREAMS[stream % STREAMS.len()];
         let before = self.engine.counters().closed_accepted;
         self.up_text(conn, &kline_frame(name, t, tf_s, price, is_final));
         if self.engine.counters().closed_accepted > before {
