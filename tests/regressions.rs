@@ -64,11 +64,9 @@ fn drain(e: &mut Engine, now: Timestamp, conns: &mut Vec<(u64, Market)>) {
 /// published as futures candles; and stopping either job detaches the stream
 /// the other still needs.
 ///
-/// CURRENTLY FAILS — fix in the source (the lead): key streams by
-/// (Market, stream name) in `Engine::stream_jobs` and in the pool
-/// (`stream_market`, `waiting`, per-conn sets are already per market), and in
-/// `on_upstream_text` look the job up with the market of the connection the
-/// frame arrived on.
+/// Fixed: streams are keyed by (market, stream name) in `Engine::stream_jobs`
+/// and in the pool, and a frame's job is looked up with the market of the
+/// connection it arrived on.
 #[test]
 fn spot_and_futures_series_of_one_symbol_keep_their_own_candles() {
     let settings = Settings { pins: vec![], derived: String::new(), ..Settings::default() };

@@ -233,6 +233,8 @@ pub struct Harness {
     clients: BTreeMap<u64, ClientModel>,
     /// Clients the engine asked to close, to be reported disconnected.
     to_close: Vec<u64>,
+    /// REST requests to answer (the model exchange has no REST history: `[]`).
+    rest_pending: Vec<u64>,
     /// Clients whose disconnect was reported (until their id is reused).
     gone: BTreeSet<u64>,
     pub conns: BTreeMap<u64, ConnModel>,
@@ -287,6 +289,7 @@ impl Harness {
             store_down: down,
             clients: BTreeMap::new(),
             to_close: Vec::new(),
+            rest_pending: Vec::new(),
             gone: BTreeSet::new(),
             conns: BTreeMap::new(),
             accepted: BTreeSet::new(),
@@ -326,6 +329,11 @@ impl Harness {
                     self.deliver(id);
                     self.report_gone(id);
                 }
+            }
+            for id in std::mem::take(&mut self.rest_pending) {
+                progressed = true;
+                let input = Input::RestResponse { id, status: 200, body: "[]".into(), retry_after_s: None, used_weight: None };
+                let _ = self.engine.handle(input, self.now);
             }
             if !progressed {
                 break;
@@ -387,6 +395,7 @@ impl Harness {
                 }
                 self.to_close.push(client);
             }
+            Output::RestRequest { id, .. } => self.rest_pending.push(id),
             Output::Log { .. } => {}
         }
     }
