@@ -203,6 +203,9 @@ fn store_failure_keeps_the_batch_and_persists_it_on_recovery() {
         fn read_after(&self, s: &str, a: i64, l: usize) -> StoreResult<Vec<klinegate::model::Candle>> { self.inner.read_after(s, a, l) }
         fn read_range(&self, s: &str, a: i64, b: i64, l: usize) -> StoreResult<Vec<klinegate::model::Candle>> { self.inner.read_range(s, a, b, l) }
         fn count_range(&self, s: &str, a: i64, b: i64) -> StoreResult<u64> { self.inner.count_range(s, a, b) }
+        fn put_gap(&mut self, g: &klinegate::store::GapRecord) -> StoreResult<()> { self.inner.put_gap(g) }
+        fn delete_gap(&mut self, s: &str) -> StoreResult<()> { self.inner.delete_gap(s) }
+        fn gaps(&self) -> StoreResult<Vec<klinegate::store::GapRecord>> { self.inner.gaps() }
     }
 
     let down = Rc::new(Cell::new(false));

@@ -77,6 +77,12 @@ fn rest_failure_sends_a_gap_and_the_hole_is_healed_later() {
         assert!(stored.contains(&(T0 + 60 * k)), "minute {k} healed later: {stored:?}");
     }
     assert!(h.model.rest_log.len() >= 6, "retried: {:?}", h.model.rest_log);
+    // The unfilled range was in the store's gap ledger while it was open, and
+    // is removed once healed.
+    assert_eq!(h.gaps_midway.len(), 1, "{:?}", h.gaps_midway);
+    assert_eq!(h.gaps_midway[0].series_id, BTC1);
+    assert!(h.gaps_midway[0].reason.contains("500"), "{:?}", h.gaps_midway[0]);
+    assert!(h.gaps.is_empty(), "healed: {:?}", h.gaps);
 }
 
 #[test]

@@ -527,3 +527,31 @@ fn measure_write_throughput() {
     s.checkpoint().unwrap();
     println!("checkpoint(TRUNCATE) after {} rows: {:?}", TOTAL + 50 * BATCH, t0.elapsed());
 }
+
+/// The gap ledger behaves the same in both stores and survives a reopen.
+#[test]
+fn gap_ledger_put_replace_delete_and_survive_reopen() {
+    use klinegate::store::{GapRecord, MemoryStore, SqliteStore, Store};
+    let g = |from, attempts| GapRecord {
+        series_id: "binance:spot:BTC/USDT:1m".into(),
+        from,
+        to: from + 600,
+        reason: "HTTP 500".into(),
+        attempts,
+        updated_at: 1,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.db");
+    let stores: Vec<Box<dyn Store>> = vec![Box::new(MemoryStore::new()), Box::new(SqliteStore::open(&path).unwrap())];
+    for mut s in stores {
+        assert!(s.gaps().unwrap().is_empty());
+        s.put_gap(&g(60, 1)).unwrap();
+        s.put_gap(&g(120, 2)).unwrap();
+        assert_eq!(s.gaps().unwrap(), vec![g(120, 2)], "one entry per series, replaced");
+        s.delete_gap("binance:spot:BTC/USDT:1m").unwrap();
+        assert!(s.gaps().unwrap().is_empty());
+        s.put_gap(&g(180, 3)).unwrap();
+    }
+    let reopened = SqliteStore::open(&path).unwrap();
+    assert_eq!(reopened.gaps().unwrap(), vec![g(180, 3)]);
+}

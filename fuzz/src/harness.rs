@@ -161,6 +161,9 @@ impl Store for FlakyStore {
     fn count_range(&self, s: &str, a: i64, b: i64) -> StoreResult<u64> {
         self.inner.count_range(s, a, b)
     }
+    fn put_gap(&mut self, g: &klinegate::store::GapRecord) -> StoreResult<()> { self.inner.put_gap(g) }
+    fn delete_gap(&mut self, s: &str) -> StoreResult<()> { self.inner.delete_gap(s) }
+    fn gaps(&self) -> StoreResult<Vec<klinegate::store::GapRecord>> { self.inner.gaps() }
 }
 
 #[derive(Debug, Default)]

@@ -84,6 +84,7 @@ impl Engine {
             return;
         }
         let mut started = None;
+        let mut ledger = false;
         match j.heal.as_mut() {
             Some(task) => {
                 // Pages go forward from `next_from`; an older range waits as a
@@ -92,6 +93,7 @@ impl Engine {
                     let lower_to = task.from - tf;
                     j.hole = Some(Hole { from, to: lower_to, attempts: 0, retry_at: now, error: String::new() });
                     self.heal_retry_at = Some(now);
+                    ledger = true;
                 }
                 task.to = task.to.max(to);
             }
@@ -125,6 +127,9 @@ impl Engine {
         if let Some(line) = started {
             self.counters.heals_started += 1;
             self.log(LogLevel::Info, line);
+        }
+        if ledger {
+            self.sync_gap_ledger(job);
         }
         self.request_next_page(job);
     }
@@ -248,8 +253,40 @@ impl Engine {
             self.write_behind_head(job, behind);
         }
         let _ = ahead;
+        self.sync_gap_ledger(job);
         self.flush_job(job);
         self.release_held(job);
+    }
+
+    /// Mirrors the job's hole into the store's gap ledger (kept across restarts).
+    pub(super) fn sync_gap_ledger(&mut self, job: SeriesIdx) {
+        let Some(j) = self.jobs.get(&job) else { return };
+        let result = match &j.hole {
+            Some(h) => self.store.put_gap(&crate::store::GapRecord {
+                series_id: j.base_id.as_str().to_string(),
+                from: h.from,
+                to: h.to,
+                reason: if h.error.is_empty() { "pending".to_string() } else { h.error.clone() },
+                attempts: h.attempts,
+                updated_at: self.now.as_secs(),
+            }),
+            None => self.store.delete_gap(j.base_id.as_str()),
+        };
+        if result.is_err() {
+            self.counters.store_write_errors += 1;
+        }
+    }
+
+    /// At job start: a ledger entry left by an earlier run becomes the job's
+    /// hole, retried now.
+    pub(super) fn load_gap_ledger(&mut self, job: SeriesIdx) {
+        let now = self.now;
+        let Ok(gaps) = self.store.gaps() else { return };
+        let Some(j) = self.jobs.get_mut(&job) else { return };
+        if let Some(g) = gaps.into_iter().find(|g| g.series_id == j.base_id.as_str()) {
+            j.hole = Some(Hole { from: g.from, to: g.to, attempts: g.attempts, retry_at: now, error: g.reason });
+            self.heal_retry_at = Some(now);
+        }
     }
 
     /// A subscriber asked for history older than the store holds: heal it

@@ -338,6 +338,7 @@ impl Engine {
             let _ = self.persist_and_publish(set, false);
         }
         self.pool.attach(&stream, market, now, &mut self.outputs);
+        self.load_gap_ledger(idx);
         self.heal_on_start(idx, head);
     }
 

@@ -111,6 +111,8 @@ pub struct Gauges {
     pub upstream_rotations: u64,
     pub unpersisted_candles: usize,
     pub store_backlog_candles: usize,
+    /// Series with a range healing could not fill yet (the gap ledger).
+    pub gap_ledger_entries: usize,
 }
 
 pub struct Engine {
@@ -581,6 +583,8 @@ impl Engine {
                 .collect();
             obj.insert("healing".into(), healing.into());
             obj.insert("rest".into(), serde_json::json!({"queued": self.rest.queued(), "inflight": self.rest.inflight()}));
+            let ledger = self.store.gaps().map(|g| serde_json::to_value(g).unwrap_or_default()).unwrap_or_default();
+            obj.insert("gap_ledger".into(), ledger);
         }
         v
     }
@@ -631,6 +635,7 @@ impl Engine {
             upstream_rotations: self.pool.rotations,
             unpersisted_candles: self.unpersisted_candles(),
             store_backlog_candles: self.backlog.candles(),
+            gap_ledger_entries: self.jobs.values().filter(|j| j.hole.is_some()).count(),
         }
     }
 

@@ -526,6 +526,7 @@ fn engine_gauges(m: &mut Exposition, g: &Gauges) {
     m.counter("upstream_rotations_total", "Planned exchange connection rotations.", g.upstream_rotations);
     m.gauge("unpersisted_candles", "Closed candles accepted but not yet stored.", g.unpersisted_candles as f64);
     m.gauge("store_backlog_candles", "Closed candles waiting for a store retry.", g.store_backlog_candles as f64);
+    m.gauge("gap_ledger_entries", "Series with a range healing could not fill yet (retried).", g.gap_ledger_entries as f64);
 }
 
 // ---------------------------------------------------------------- ingest

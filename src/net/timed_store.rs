@@ -3,7 +3,7 @@
 //! which the core never does; the figures never flow back into the engine.
 
 use crate::model::Candle;
-use crate::store::{SeriesBatch, Store, StoreResult};
+use crate::store::{GapRecord, SeriesBatch, Store, StoreResult};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Instant;
@@ -67,5 +67,17 @@ impl<S: Store> Store for TimedStore<S> {
 
     fn count_range(&self, series_id: &str, start: i64, end: i64) -> StoreResult<u64> {
         self.inner.count_range(series_id, start, end)
+    }
+
+    fn put_gap(&mut self, gap: &GapRecord) -> StoreResult<()> {
+        self.inner.put_gap(gap)
+    }
+
+    fn delete_gap(&mut self, series_id: &str) -> StoreResult<()> {
+        self.inner.delete_gap(series_id)
+    }
+
+    fn gaps(&self) -> StoreResult<Vec<GapRecord>> {
+        self.inner.gaps()
     }
 }

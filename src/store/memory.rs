@@ -7,7 +7,7 @@
 //! never diverge from [`super::SqliteStore`]: `tests/store_conformance.rs`
 //! runs one suite against both.
 
-use super::{SeriesBatch, Store, StoreError, StoreResult};
+use super::{GapRecord, SeriesBatch, Store, StoreError, StoreResult};
 use crate::model::Candle;
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -18,6 +18,8 @@ pub struct MemoryStore {
     series: BTreeMap<String, BTreeMap<i64, Candle>>,
     /// When set, `write_batches` fails without changing anything.
     fail_writes: bool,
+    /// The gap ledger, by series id.
+    gaps: BTreeMap<String, GapRecord>,
 }
 
 impl MemoryStore {
@@ -134,6 +136,20 @@ impl Store for MemoryStore {
 
     fn count_range(&self, series_id: &str, start: i64, end: i64) -> StoreResult<u64> {
         Ok(self.inclusive_range(series_id, start, end).count() as u64)
+    }
+
+    fn put_gap(&mut self, gap: &GapRecord) -> StoreResult<()> {
+        self.gaps.insert(gap.series_id.clone(), gap.clone());
+        Ok(())
+    }
+
+    fn delete_gap(&mut self, series_id: &str) -> StoreResult<()> {
+        self.gaps.remove(series_id);
+        Ok(())
+    }
+
+    fn gaps(&self) -> StoreResult<Vec<GapRecord>> {
+        Ok(self.gaps.values().cloned().collect())
     }
 }
 

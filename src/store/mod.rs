@@ -37,6 +37,19 @@ impl std::error::Error for StoreError {}
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// The gap ledger: candles (opening in `[from, to]`) that healing could not
+/// fill for a series, kept across restarts and retried until healed.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct GapRecord {
+    pub series_id: String,
+    pub from: i64,
+    pub to: i64,
+    pub reason: String,
+    pub attempts: u32,
+    /// Unix seconds of the last attempt.
+    pub updated_at: i64,
+}
+
 pub trait Store {
     /// Upsert every batch in ONE transaction: either all rows are written or none.
     fn write_batches(&mut self, batches: &[SeriesBatch]) -> StoreResult<()>;
@@ -59,4 +72,13 @@ pub trait Store {
 
     /// Number of rows with `start <= candle_time <= end`.
     fn count_range(&self, series_id: &str, start: i64, end: i64) -> StoreResult<u64>;
+
+    /// Records (or replaces) the series' unhealed range in the gap ledger.
+    fn put_gap(&mut self, gap: &GapRecord) -> StoreResult<()>;
+
+    /// Removes the series' entry from the gap ledger (healed).
+    fn delete_gap(&mut self, series_id: &str) -> StoreResult<()>;
+
+    /// Every ledger entry, by series id.
+    fn gaps(&self) -> StoreResult<Vec<GapRecord>>;
 }

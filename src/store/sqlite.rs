@@ -12,7 +12,7 @@
 //! checkpoint, never corrupt the file. That trade buys a flush without fsync.
 
 use super::memory::reject_non_finite;
-use super::{SeriesBatch, Store, StoreError, StoreResult};
+use super::{GapRecord, SeriesBatch, Store, StoreError, StoreResult};
 use crate::model::Candle;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use std::path::{Path, PathBuf};
@@ -47,10 +47,27 @@ const MIGRATIONS: &[&str] = &[
         volume      REAL    NOT NULL,
         PRIMARY KEY (series_id, candle_time)
     ) WITHOUT ROWID;",
+    // v2. The gap ledger: one unhealed range per series, retried until healed.
+    "CREATE TABLE gaps (
+        series_id  TEXT    NOT NULL PRIMARY KEY,
+        from_time  INTEGER NOT NULL,
+        to_time    INTEGER NOT NULL,
+        reason     TEXT    NOT NULL,
+        attempts   INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );",
 ];
 
 /// The schema version this build writes and understands.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+const PUT_GAP: &str = "INSERT INTO gaps (series_id, from_time, to_time, reason, attempts, updated_at)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+     ON CONFLICT (series_id) DO UPDATE SET from_time = excluded.from_time, to_time = excluded.to_time,
+         reason = excluded.reason, attempts = excluded.attempts, updated_at = excluded.updated_at";
+const DELETE_GAP: &str = "DELETE FROM gaps WHERE series_id = ?1";
+const SELECT_GAPS: &str =
+    "SELECT series_id, from_time, to_time, reason, attempts, updated_at FROM gaps ORDER BY series_id";
 
 const UPSERT: &str = "INSERT INTO candles (series_id, candle_time, open, high, low, close, volume)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
@@ -349,6 +366,38 @@ impl Store for SqliteStore {
             stmt.query_row(params![series_id, start, end], |row| row.get(0)).map_err(err(OP))?;
         // COUNT(*) is never negative; clamp rather than trust a cast.
         Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    fn put_gap(&mut self, g: &GapRecord) -> StoreResult<()> {
+        const OP: &str = "put_gap";
+        let mut stmt = self.conn.prepare_cached(PUT_GAP).map_err(err(OP))?;
+        stmt.execute(params![g.series_id, g.from, g.to, g.reason, g.attempts, g.updated_at]).map_err(err(OP))?;
+        Ok(())
+    }
+
+    fn delete_gap(&mut self, series_id: &str) -> StoreResult<()> {
+        const OP: &str = "delete_gap";
+        let mut stmt = self.conn.prepare_cached(DELETE_GAP).map_err(err(OP))?;
+        stmt.execute(params![series_id]).map_err(err(OP))?;
+        Ok(())
+    }
+
+    fn gaps(&self) -> StoreResult<Vec<GapRecord>> {
+        const OP: &str = "gaps";
+        let mut stmt = self.conn.prepare_cached(SELECT_GAPS).map_err(err(OP))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(GapRecord {
+                    series_id: r.get(0)?,
+                    from: r.get(1)?,
+                    to: r.get(2)?,
+                    reason: r.get(3)?,
+                    attempts: r.get(4)?,
+                    updated_at: r.get(5)?,
+                })
+            })
+            .map_err(err(OP))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(err(OP))
     }
 }
 

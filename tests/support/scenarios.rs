@@ -248,6 +248,10 @@ pub struct Healed {
     pub journal: String,
     pub model: ExchangeModel,
     pub engine_store: Vec<(String, Vec<i64>)>,
+    /// The store's gap ledger at the end.
+    pub gaps: Vec<klinegate::store::GapRecord>,
+    /// The gap ledger right after the first heal failed (for the failure scenario).
+    pub gaps_midway: Vec<klinegate::store::GapRecord>,
 }
 
 fn heal_settings(first_visit: usize, derived: &str) -> Settings {
@@ -275,8 +279,13 @@ fn ts(secs: i64) -> Timestamp {
 }
 
 fn finish(rec: Recorder, model: ExchangeModel, series: &[&str]) -> Healed {
+    finish_with(rec, model, series, Vec::new())
+}
+
+fn finish_with(rec: Recorder, model: ExchangeModel, series: &[&str], gaps_midway: Vec<klinegate::store::GapRecord>) -> Healed {
     let engine_store = stored(&rec.engine, series);
-    Healed { journal: rec.journal_text(), model, engine_store }
+    let gaps = rec.engine.store().gaps().unwrap_or_default();
+    Healed { journal: rec.journal_text(), model, engine_store, gaps, gaps_midway }
 }
 
 fn subscribe(model: &mut ExchangeModel, rec: &mut Recorder, client: u64, series: &str, since: Option<i64>) {
@@ -364,8 +373,12 @@ pub fn heal_rest_failure() -> Healed {
     let c5 = candle(T0 + 300, 105.0);
     let text = model.kline_text(&c5, true);
     model.step(&mut rec, ts(T0 + 361), Input::UpstreamText { conn, text });
+    // Five failed attempts (backoff 2+4+8+16 s) end the heal; the hole is
+    // retried 60 s later: look at the ledger in between.
+    model.run_until(&mut rec, ts(T0 + 361 + 60));
+    let midway = rec.engine.store().gaps().unwrap_or_default();
     model.run_until(&mut rec, ts(T0 + 361 + 600));
-    finish(rec, model, &[BTC1])
+    finish_with(rec, model, &[BTC1], midway)
 }
 
 /// A client asks for history older than the store holds: it is healed first
