@@ -16,6 +16,7 @@ pub mod client_conn;
 pub mod http;
 pub mod kline_health;
 pub mod logger;
+pub mod markets;
 pub mod rest_conn;
 pub mod routes;
 pub mod server;

@@ -90,6 +90,10 @@ pub enum Routed {
     /// connection is a WebSocket from the next byte on (bytes after the
     /// request's `consumed` are already WebSocket frames).
     Upgrade { response: Vec<u8> },
+    /// The market directory answers (`net::markets`), possibly later (its
+    /// cache may need a fetch) or as an event stream; these CORS headers go
+    /// on whatever it answers.
+    Directory { stream: bool, cors: Vec<(String, String)> },
 }
 
 /// How to answer an ingest once the engine has taken it.
@@ -119,6 +123,8 @@ enum Endpoint {
     WsMarket,
     KlineHealth,
     SeriesHealth,
+    TopMarkets,
+    TopMarketsStream,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,6 +148,8 @@ const ROUTES: &[(&str, &str, Endpoint, Gate)] = &[
     // Kline health is on by default (the reference gates it behind a flag).
     ("/api/market/health", "GET", Endpoint::KlineHealth, Gate::Always),
     ("/api/market/debug/series_health", "GET", Endpoint::SeriesHealth, Gate::DebugApi),
+    ("/api/market/top_markets", "GET", Endpoint::TopMarkets, Gate::Always),
+    ("/api/market/top_markets/stream", "GET", Endpoint::TopMarketsStream, Gate::Always),
 ];
 
 fn lookup(path: &str, cfg: &HttpConfig) -> Option<(&'static str, Endpoint)> {
@@ -189,6 +197,10 @@ pub fn route(req: &Request, engine: &Engine, stats: &ShellStats, cfg: &HttpConfi
         Endpoint::DevBatch => ingest_batch(req, cfg),
         Endpoint::KlineHealth => reply(super::kline_health::kline_health(req, engine), req, cfg),
         Endpoint::SeriesHealth => reply(super::kline_health::series_health(req, engine), req, cfg),
+        Endpoint::TopMarkets | Endpoint::TopMarketsStream => Routed::Directory {
+            stream: endpoint == Endpoint::TopMarketsStream,
+            cors: with_cors(Response::empty(200), req, cfg).headers,
+        },
         Endpoint::WsMarket => match upgrade(req) {
             Ok(response) => Routed::Upgrade { response },
             Err(refusal) => reply(refusal, req, cfg),

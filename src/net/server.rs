@@ -12,9 +12,10 @@
 use super::client_conn::{HttpConn, WsConn, WsRead};
 use super::http::{HttpLimits, Response};
 use super::logger::Logger;
+use super::markets::{self, Directory, DirectoryConfig, FetchKind, SseStream, TopQuery};
 use super::routes::{self, HttpConfig, Routed, ShellStats};
 use super::timed_store::{StoreStats, TimedStore};
-use super::rest_conn::{RestConn, RestOutcome};
+use super::rest_conn::{RestConn, RestLimits, RestOutcome};
 use super::upstream_conn::{TlsSetup, UpstreamConn, UpstreamEvent};
 use crate::engine::{Engine, Input, LogLevel, Output};
 use crate::journal::{Header, JournalWriter};
@@ -25,7 +26,7 @@ use mio::net::{TcpListener, UnixStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, BufWriter, Read};
 use std::net::IpAddr;
@@ -47,6 +48,8 @@ enum Conn {
     Upstream { engine_conn: u64, conn: UpstreamConn },
     /// One REST request the engine asked for (`RestRequest { id }`).
     Rest { id: u64, conn: RestConn },
+    /// One market-directory fetch (`net::markets`), not the engine's.
+    Directory { market: crate::model::Market, kind: FetchKind, conn: RestConn },
 }
 
 /// A REST request that takes longer than this is answered `RestFailed`.
@@ -100,6 +103,11 @@ pub struct Server {
     frames: Vec<bytes::Bytes>,
     shutdown_at: Option<Instant>,
     last_housekeeping: Instant,
+    directory: Directory,
+    /// `top_markets` requests waiting for a directory fetch, in arrival order.
+    parked: Vec<Parked>,
+    /// HTTP connections that became event streams, by slab key.
+    sse: BTreeMap<usize, SseStream>,
 }
 
 fn unix_secs(t: Timestamp) -> f64 {
@@ -179,6 +187,9 @@ impl Server {
             frames: Vec::new(),
             shutdown_at: None,
             last_housekeeping: mono,
+            directory: Directory::new(DirectoryConfig::default()),
+            parked: Vec::new(),
+            sse: BTreeMap::new(),
             cfg,
         })
     }
@@ -233,6 +244,7 @@ impl Server {
                 self.fire_timers();
             }
             self.process_pending_inputs();
+            self.tick_event_streams();
             self.write_ready_clients();
             if self.mono.duration_since(self.last_housekeeping) >= HOUSEKEEPING {
                 self.housekeeping();
@@ -249,6 +261,9 @@ impl Server {
             let ns = t.as_nanos().saturating_sub(self.clock.last.as_nanos());
             // Round up to the millisecond so a deadline is never polled for early.
             wait = wait.min(Duration::from_nanos(ns.div_ceil(1_000_000) * 1_000_000));
+        }
+        if let Some(due) = self.next_event_stream_due() {
+            wait = wait.min(due.saturating_duration_since(self.mono));
         }
         if !self.pending_inputs.is_empty() || self.any_upstream_wants_read() {
             wait = Duration::ZERO;
@@ -504,6 +519,7 @@ impl Server {
             Some(Conn::Ws(_)) => self.on_ws_event(key, readable, writable),
             Some(Conn::Upstream { .. }) => self.on_upstream_event(key, readable, writable),
             Some(Conn::Rest { .. }) => self.on_rest_event(key, readable, writable),
+            Some(Conn::Directory { .. }) => self.on_directory_event(key, readable, writable),
             None => {}
         }
     }
@@ -532,6 +548,8 @@ impl Server {
                     h.close_after_write = true;
                 }
             }
+            // An event stream has nothing more to read but its end.
+            Ok(_) if self.sse.contains_key(&key) => {}
             Ok(requests) => {
                 for req in requests {
                     self.stats.http_requests += 1;
@@ -562,6 +580,12 @@ impl Server {
                 let result = self.apply(input);
                 routes::apply_reply(reply, result, &req, &self.http_cfg)
             }
+            Routed::Directory { stream, cors } => match self.directory_request(key, &req, stream, cors) {
+                Some(r) => r,
+                // Parked until a fetch ends, or now an event stream (nothing
+                // after its request is read).
+                None => return stream,
+            },
             Routed::Upgrade { response } => {
                 if self.shutdown_at.is_some() {
                     Response::error(503, "shutting down")
@@ -785,6 +809,8 @@ impl Server {
     /// Removes a client socket; a WebSocket's subscriptions are released.
     fn remove_client_conn(&mut self, key: usize) {
         let Some(conn) = self.conns.try_remove(key) else { return };
+        self.sse.remove(&key);
+        self.parked.retain(|p| p.key != key);
         self.stats.connections_open = self.stats.connections_open.saturating_sub(1);
         match conn {
             Conn::Http(mut h) => {
@@ -798,7 +824,7 @@ impl Server {
                 self.stats.ws_clients = self.stats.ws_clients.saturating_sub(1);
                 let _ = self.apply(Input::ClientDisconnected { client: w.client });
             }
-            Conn::Upstream { .. } | Conn::Rest { .. } => {}
+            Conn::Upstream { .. } | Conn::Rest { .. } | Conn::Directory { .. } => {}
         }
     }
 
@@ -842,6 +868,7 @@ impl Server {
         }
         self.refresh_store_stats();
         self.expire_rest();
+        self.expire_directory_fetches();
         if let Some(j) = self.journal.as_mut() {
             let _ = j.flush();
         }
@@ -878,6 +905,7 @@ impl Server {
             let _ = self.poll.registry().deregister(&mut l);
         }
         let _ = self.apply(Input::Shutdown);
+        self.close_event_streams();
         let keys: Vec<usize> = self.upstreams.values().copied().collect();
         for key in keys {
             if let Some(Conn::Upstream { conn, .. }) = self.conns.get_mut(key) {
@@ -953,4 +981,240 @@ fn install_signal_pipe(poll: &Poll) -> Result<UnixStream, String> {
         .register(&mut read, SIGNALS, Interest::READABLE)
         .map_err(|e| format!("signal pipe: {e}"))?;
     Ok(read)
+}
+
+/// A `top_markets` request waiting for its market's fetches.
+struct Parked {
+    key: usize,
+    query: TopQuery,
+    arrived: Instant,
+    keep_alive: bool,
+    cors: Vec<(String, String)>,
+}
+
+/// At most this many requests wait for the exchange at once; more get 503.
+const MAX_PARKED: usize = 4096;
+
+// ------------------------------------------------------- market directory
+
+impl Server {
+    /// `GET /api/market/top_markets[/stream]`: the reply now, or `None` when
+    /// the request is parked until a fetch ends (or became an event stream).
+    fn directory_request(
+        &mut self,
+        key: usize,
+        req: &super::http::Request,
+        stream: bool,
+        cors: Vec<(String, String)>,
+    ) -> Option<Response> {
+        let with_cors = |mut r: Response, cors: Vec<(String, String)>| {
+            r.headers.extend(cors);
+            Some(r)
+        };
+        if stream {
+            return match markets::parse_stream_query(req) {
+                Err(r) => with_cors(r, cors),
+                Ok(_) if self.shutdown_at.is_some() => with_cors(Response::error(503, "shutting down"), cors),
+                Ok(query) => {
+                    self.open_event_stream(key, query, &cors);
+                    None
+                }
+            };
+        }
+        let query = match markets::parse_top_query(req) {
+            Ok(q) => q,
+            Err(r) => return with_cors(r, cors),
+        };
+        if query.force {
+            let ip = match self.conns.get(key) {
+                Some(Conn::Http(h)) => h.peer.ip(),
+                _ => return None,
+            };
+            if !self.directory.allow_force(ip, self.mono) {
+                let every = self.directory.config().force_every.as_secs().max(1).to_string();
+                return with_cors(Response::error(429, "rate_limited").with_header("Retry-After", &every), cors);
+            }
+        }
+        self.start_directory_fetches(query.market, query.force);
+        if !self.directory.busy(query.market) {
+            return with_cors(self.directory_answer(&query, self.mono), cors);
+        }
+        if self.parked.len() >= MAX_PARKED {
+            return with_cors(Response::error(503, "too many requests waiting for the exchange"), cors);
+        }
+        self.parked.push(Parked { key, query, arrived: self.mono, keep_alive: req.keep_alive, cors });
+        None
+    }
+
+    fn directory_answer(&self, query: &TopQuery, arrived: Instant) -> Response {
+        let now_ms = (self.now.as_nanos() / 1_000_000) as i64;
+        match self.directory.top(query, arrived, now_ms) {
+            Ok(top) => Response::text(200, "application/json", top.to_json()),
+            Err(e) => e.to_response(),
+        }
+    }
+
+    /// Starts the fetches the directory wants for `market`. One that cannot
+    /// even start counts as failed at once.
+    fn start_directory_fetches(&mut self, market: crate::model::Market, force: bool) {
+        for kind in self.directory.needed(market, force, self.mono) {
+            let base = match market {
+                crate::model::Market::Spot => &self.cfg.spot_rest_url,
+                crate::model::Market::Futures => &self.cfg.futures_rest_url,
+            };
+            let path = kind.path(market);
+            let limits = RestLimits { max_body_bytes: self.directory.config().max_body_bytes, ..RestLimits::default() };
+            let entry = self.conns.vacant_entry();
+            let token = Token(entry.key());
+            match RestConn::start(base, path, &self.tls, self.poll.registry(), token) {
+                Ok(conn) => {
+                    entry.insert(Conn::Directory { market, kind, conn: conn.with_limits(limits) });
+                }
+                Err(e) => {
+                    let reason = format!("GET {base}{path}: {e}");
+                    self.record_directory_fetch(market, kind, Err(reason));
+                }
+            }
+        }
+    }
+
+    fn on_directory_event(&mut self, key: usize, readable: bool, writable: bool) {
+        let outcome = match self.conns.get_mut(key) {
+            Some(Conn::Directory { conn, .. }) => {
+                let outcome = conn.on_event(readable, writable);
+                let _ = conn.reregister(self.poll.registry(), Token(key));
+                outcome
+            }
+            _ => return,
+        };
+        let Some(outcome) = outcome else { return };
+        let Some(Conn::Directory { market, kind, mut conn }) = self.conns.try_remove(key) else { return };
+        let _ = conn.deregister(self.poll.registry());
+        let result = match &outcome {
+            RestOutcome::Response { status, body, retry_after_s, .. } => Ok((*status, body.as_str(), *retry_after_s)),
+            RestOutcome::Failed { reason } => Err(reason.clone()),
+        };
+        self.record_directory_fetch(market, kind, result);
+        self.settle_directory(market);
+    }
+
+    fn record_directory_fetch(
+        &mut self,
+        market: crate::model::Market,
+        kind: FetchKind,
+        result: Result<(u16, &str, Option<u64>), String>,
+    ) {
+        let path = kind.path(market);
+        match self.directory.on_fetched(market, kind, result, self.mono) {
+            Ok(()) => self.log(LogLevel::Debug, &format!("market_directory_fetched path={path}")),
+            Err(e) => self.log(LogLevel::Warn, &format!("market_directory_fetch_failed path={path} error={e:?}")),
+        }
+    }
+
+    /// Once no fetch of `market` is under way: answer its parked requests and
+    /// the event streams that were waiting.
+    fn settle_directory(&mut self, market: crate::model::Market) {
+        if self.directory.busy(market) {
+            return;
+        }
+        let (ready, waiting): (Vec<Parked>, Vec<Parked>) =
+            std::mem::take(&mut self.parked).into_iter().partition(|p| p.query.market == market);
+        self.parked = waiting;
+        for p in ready {
+            let mut response = self.directory_answer(&p.query, p.arrived);
+            response.headers.extend(p.cors);
+            if let Some(Conn::Http(h)) = self.conns.get_mut(p.key) {
+                let mut buf = Vec::with_capacity(256 + response.body.len());
+                response.write_to(&mut buf, p.keep_alive);
+                h.queue(&buf);
+                if !p.keep_alive {
+                    h.close_after_write = true;
+                }
+            }
+            self.finish_http_io(p.key);
+        }
+        let streams: Vec<usize> =
+            self.sse.iter().filter(|(_, s)| s.waiting && s.query.top.market == market).map(|(k, _)| *k).collect();
+        for key in streams {
+            self.tick_event_stream(key);
+        }
+    }
+
+    fn expire_directory_fetches(&mut self) {
+        let late: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                matches!(c, Conn::Directory { conn, .. } if self.mono.duration_since(conn.started_at()) >= REST_TIMEOUT)
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for key in late {
+            let Some(Conn::Directory { market, kind, mut conn }) = self.conns.try_remove(key) else { continue };
+            let _ = conn.deregister(self.poll.registry());
+            let reason = format!("GET {}: timed out after {REST_TIMEOUT:?}", conn.url());
+            self.record_directory_fetch(market, kind, Err(reason));
+            self.settle_directory(market);
+        }
+    }
+
+    // ---------------------------------------------------------- event streams
+
+    /// The HTTP connection at `key` becomes an event stream: the head now,
+    /// the first event at once (or when its market's fetch ends).
+    fn open_event_stream(&mut self, key: usize, query: markets::StreamQuery, cors: &[(String, String)]) {
+        let Some(Conn::Http(h)) = self.conns.get_mut(key) else { return };
+        h.queue(&markets::sse_head(cors));
+        self.sse.insert(key, SseStream::new(query, self.mono));
+        self.tick_event_stream(key);
+    }
+
+    fn next_event_stream_due(&self) -> Option<Instant> {
+        self.sse.values().filter(|s| !s.waiting).map(|s| s.next_due).min()
+    }
+
+    fn tick_event_streams(&mut self) {
+        let due: Vec<usize> = self.sse.iter().filter(|(_, s)| s.is_due(self.mono)).map(|(k, _)| *k).collect();
+        for key in due {
+            self.tick_event_stream(key);
+        }
+    }
+
+    /// One tick: fetch first if the cache is stale (the stream waits), else
+    /// an event or a ping; the stream ends after `max_events`.
+    fn tick_event_stream(&mut self, key: usize) {
+        let Some(query) = self.sse.get(&key).map(|s| s.query.top.clone()) else { return };
+        self.start_directory_fetches(query.market, false);
+        if self.directory.busy(query.market) {
+            if let Some(s) = self.sse.get_mut(&key) {
+                s.waiting = true;
+            }
+            return;
+        }
+        let now_ms = (self.now.as_nanos() / 1_000_000) as i64;
+        let answer = self.directory.top(&query, self.mono, now_ms);
+        let Some(stream) = self.sse.get_mut(&key) else { return };
+        let (bytes, done) = stream.tick(answer, self.mono);
+        if done {
+            self.sse.remove(&key);
+        }
+        if let Some(Conn::Http(h)) = self.conns.get_mut(key) {
+            h.queue(&bytes);
+            h.last_activity = self.mono;
+            h.close_after_write |= done;
+        }
+        self.finish_http_io(key);
+    }
+
+    /// Shutdown: every event stream ends once what is queued is written.
+    fn close_event_streams(&mut self) {
+        let keys: Vec<usize> = self.sse.keys().copied().collect();
+        self.sse.clear();
+        for key in keys {
+            if let Some(Conn::Http(h)) = self.conns.get_mut(key) {
+                h.close_after_write = true;
+            }
+            self.finish_http_io(key);
+        }
+    }
 }
