@@ -182,6 +182,15 @@ struct RunArgs {
     /// Extra PEM file of CA certificates trusted for upstream TLS
     #[arg(long, value_name = "PEM", help_heading = "Upstream")]
     extra_ca: Option<String>,
+    /// Market directory: seconds an exchangeInfo answer is reused
+    #[arg(long, value_name = "SECONDS", default_value = "3600", help_heading = "Market directory")]
+    markets_exchange_info_ttl_s: String,
+    /// Market directory: seconds a ticker/24hr answer is reused
+    #[arg(long, value_name = "SECONDS", default_value = "10", help_heading = "Market directory")]
+    markets_tickers_ttl_s: String,
+    /// Market directory: a client address may force a refresh at most once per this many seconds
+    #[arg(long, value_name = "SECONDS", default_value = "10", help_heading = "Market directory")]
+    markets_force_every_s: String,
     /// freqtrade data directory: pinned series with no stored history are bootstrapped from it at start
     #[arg(long, value_name = "DIR", help_heading = "Healing")]
     freqtrade_datadir: Option<String>,
@@ -254,6 +263,10 @@ pub struct RunConfig {
     pub extra_ca: Option<PathBuf>,
     /// Bootstrap pinned series with no stored history from this freqtrade datadir.
     pub freqtrade_datadir: Option<PathBuf>,
+    /// Market directory cache lifetimes and the forced-refresh spacing, seconds.
+    pub markets_exchange_info_ttl_s: u64,
+    pub markets_tickers_ttl_s: u64,
+    pub markets_force_every_s: u64,
     /// No trailing `/`.
     pub spot_rest_url: String,
     /// No trailing `/`.
@@ -625,6 +638,9 @@ fn build(l: &mut Layers<'_>, known: &[String]) -> Result<RunConfig, RunConfigErr
         record,
         extra_ca,
         freqtrade_datadir,
+        markets_exchange_info_ttl_s: l.value("markets_exchange_info_ttl_s", |s| parse_u64(s).and_then(positive))?,
+        markets_tickers_ttl_s: l.value("markets_tickers_ttl_s", |s| parse_u64(s).and_then(positive))?,
+        markets_force_every_s: l.value("markets_force_every_s", parse_u64)?,
         log_level: l.value("log_level", parse_log_level)?,
         log_format: l.value("log_format", parse_log_format)?,
         spot_rest_url: l.value("spot_rest_url", parse_rest_url)?,

@@ -187,7 +187,12 @@ impl Server {
             frames: Vec::new(),
             shutdown_at: None,
             last_housekeeping: mono,
-            directory: Directory::new(DirectoryConfig::default()),
+            directory: Directory::new(DirectoryConfig {
+                exchange_info_ttl: Duration::from_secs(cfg.markets_exchange_info_ttl_s),
+                tickers_ttl: Duration::from_secs(cfg.markets_tickers_ttl_s),
+                force_every: Duration::from_secs(cfg.markets_force_every_s),
+                ..DirectoryConfig::default()
+            }),
             parked: Vec::new(),
             sse: BTreeMap::new(),
             cfg,
