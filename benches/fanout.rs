@@ -14,6 +14,9 @@
 //!
 //! `cargo bench --bench fanout`; `KLINEGATE_BENCH_QUICK=1` for a short run.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::rc::Rc;
@@ -65,9 +68,7 @@ fn kline_text(t_s: u64, close: f64, n: u64) -> String {
     )
 }
 
-fn drain(e: &mut Engine) -> Vec<Output> {
-    std::iter::from_fn(|| e.poll_output()).collect()
-}
+use support::drain;
 
 /// Pinned series, upstream connected and acked, `clients` clients subscribed.
 fn engine_with_clients(clients: u64) -> (Engine, u64) {
@@ -76,26 +77,7 @@ fn engine_with_clients(clients: u64) -> (Engine, u64) {
     let now = Timestamp::from_secs(T0 - 2);
     let cfg = settings.to_engine_config().expect("bench settings are valid");
     let mut e = Engine::new(cfg, Box::new(MemoryStore::new()), now);
-    e.handle(Input::Start, now).expect("start");
-    let conn = drain(&mut e)
-        .into_iter()
-        .find_map(|o| match o {
-            Output::UpstreamConnect { conn, .. } => Some(conn),
-            _ => None,
-        })
-        .expect("the pinned series opens a connection");
-    e.handle(Input::UpstreamConnected { conn }, now).expect("connected");
-    let id = drain(&mut e)
-        .into_iter()
-        .find_map(|o| match o {
-            Output::UpstreamSend { text, .. } => {
-                serde_json::from_str::<serde_json::Value>(&text).ok()?.get("id")?.as_u64()
-            }
-            _ => None,
-        })
-        .expect("the connection subscribes the stream");
-    e.handle(Input::UpstreamText { conn, text: format!("{{\"result\":null,\"id\":{id}}}") }, now)
-        .expect("ack");
+    let conn = support::start_live(&mut e, now);
     let sub = format!("{{\"type\":\"subscribe\",\"series_id\":\"{SERIES}\"}}");
     for client in 1..=clients {
         e.handle(Input::ClientConnected { client }, now).expect("client");

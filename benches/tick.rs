@@ -11,6 +11,9 @@
 //! same shape. Prints figures; asserts nothing about time (only that every
 //! frame reached the client, so the figure measures what it claims).
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -70,26 +73,7 @@ fn live_engine(derived: &str) -> (Engine, u64, Timestamp) {
     let now = Timestamp::from_secs(T0 - 2);
     let cfg = settings.to_engine_config().expect("bench settings are valid");
     let mut e = Engine::new(cfg, Box::new(MemoryStore::new()), now);
-    e.handle(Input::Start, now).expect("start");
-    let conn = drain(&mut e)
-        .into_iter()
-        .find_map(|o| match o {
-            Output::UpstreamConnect { conn, .. } => Some(conn),
-            _ => None,
-        })
-        .expect("the pinned series opens a connection");
-    e.handle(Input::UpstreamConnected { conn }, now).expect("connected");
-    let id = drain(&mut e)
-        .into_iter()
-        .find_map(|o| match o {
-            Output::UpstreamSend { text, .. } => {
-                serde_json::from_str::<serde_json::Value>(&text).ok()?.get("id")?.as_u64()
-            }
-            _ => None,
-        })
-        .expect("the connection subscribes the stream");
-    let ack = format!("{{\"result\":null,\"id\":{id}}}");
-    e.handle(Input::UpstreamText { conn, text: ack }, now).expect("ack");
+    let conn = support::start_live(&mut e, now);
     e.handle(Input::ClientConnected { client: 1 }, now).expect("client");
     let sub = format!("{{\"type\":\"subscribe\",\"series_id\":\"{SERIES}\"}}");
     e.handle(Input::ClientText { client: 1, text: sub }, now).expect("subscribe");
@@ -99,9 +83,7 @@ fn live_engine(derived: &str) -> (Engine, u64, Timestamp) {
     (e, conn, now)
 }
 
-fn drain(e: &mut Engine) -> Vec<Output> {
-    std::iter::from_fn(|| e.poll_output()).collect()
-}
+use support::drain;
 
 /// One timed batch through a fresh engine: ns per frame, frames delivered.
 fn engine_batch(kind: Kind, derived: &str) -> (f64, usize) {

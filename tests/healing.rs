@@ -8,17 +8,8 @@ use serde_json::Value;
 use support::scenarios::*;
 
 fn closed_times(frames: &[Value], series: &str) -> Vec<i64> {
-    let mut out = Vec::new();
-    for f in frames.iter().filter(|f| f["series_id"] == series) {
-        match f["type"].as_str() {
-            Some("candle_closed") => out.push(f["candle"]["candle_time"].as_i64().unwrap()),
-            Some("candles_batch") => {
-                out.extend(f["candles"].as_array().unwrap().iter().map(|c| c["candle_time"].as_i64().unwrap()))
-            }
-            _ => {}
-        }
-    }
-    out
+    let of_series: Vec<Value> = frames.iter().filter(|f| f["series_id"] == series).cloned().collect();
+    support::closed_times(&of_series)
 }
 
 fn gaps(frames: &[Value]) -> usize {

@@ -14,6 +14,7 @@ mod fake_exchange;
 use fake_exchange::{FakeExchange, FakeOptions, SPOT};
 use serde_json::{json, Value};
 use std::time::Duration;
+use support::closed_times;
 use support::live::Live;
 
 const S1: &str = "binance:spot:BTC/USDT:1m";
@@ -51,19 +52,6 @@ fn start(ex: &FakeExchange, dir: tempfile::TempDir, extra: &[&str]) -> Live {
     Live::start_in(dir, &args)
 }
 
-fn closed_times(frames: &[Value]) -> Vec<i64> {
-    let mut out = Vec::new();
-    for f in frames {
-        match f["type"].as_str() {
-            Some("candle_closed") => out.push(f["candle"]["candle_time"].as_i64().unwrap()),
-            Some("candles_batch") => {
-                out.extend(f["candles"].as_array().unwrap().iter().map(|c| c["candle_time"].as_i64().unwrap()))
-            }
-            _ => {}
-        }
-    }
-    out
-}
 
 fn stored(path: &std::path::Path) -> Vec<(i64, f64)> {
     let conn = rusqlite::Connection::open(path).unwrap();

@@ -153,3 +153,18 @@ pub fn brief(f: &Value) -> String {
 pub fn briefs(frames: &[Value]) -> Vec<String> {
     frames.iter().map(brief).collect()
 }
+
+/// Closed candle times a client received, whether single or batched, in order.
+pub fn closed_times(frames: &[Value]) -> Vec<i64> {
+    let mut out = Vec::new();
+    for f in frames {
+        match f["type"].as_str() {
+            Some("candle_closed") => out.push(f["candle"]["candle_time"].as_i64().unwrap_or(0)),
+            Some("candles_batch") => out.extend(
+                f["candles"].as_array().into_iter().flatten().map(|c| c["candle_time"].as_i64().unwrap_or(0)),
+            ),
+            _ => {}
+        }
+    }
+    out
+}
