@@ -156,3 +156,55 @@ fn after_kill_9_a_restart_heals_every_missing_candle() {
     assert_eq!(close, expect);
     assert_eq!(again.terminate(10 * SEC), Some(0));
 }
+
+/// A user's first visit: the front end reads a series nobody ingests yet;
+/// the job starts, fetches recent history, and a poll of the same route sees
+/// it (spot and USD-M, with derived 5m consistent with its 1m base).
+#[test]
+fn first_visit_over_http_fills_history_within_seconds_for_spot_and_futures() {
+    let ex = FakeExchange::start(FakeOptions::spot());
+    let now = now_minute_ms();
+    for market in [SPOT, fake_exchange::FUTURES] {
+        ex.fill_history(market, "ETHUSDT", "1m", now - 600 * MIN_MS, now + MIN_MS, price);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let url = ex.ws_url();
+    let live = Live::start_in(
+        dir,
+        &["--spot-ws-url", &url, "--futures-ws-url", &url, "--derived", "5m", "--heal-first-visit-candles", "300"],
+    );
+    for market in ["spot", "futures"] {
+        let base = format!("binance:{market}:ETH/USDT:1m");
+        let q = |s: &str| format!("/api/market/candles?series_id={}&limit=1000", s.replace('/', "%2F"));
+        let started = std::time::Instant::now();
+        let first = live.get_json(&q(&base));
+        assert!(first["candles"].as_array().unwrap().is_empty(), "nothing stored before the first visit");
+        let mut filled = Value::Null;
+        while started.elapsed() < 10 * SEC {
+            let v = live.get_json(&q(&base));
+            if v["candles"].as_array().unwrap().len() >= 300 {
+                filled = v;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let took = started.elapsed();
+        let candles = filled["candles"].as_array().expect("history appeared");
+        assert_eq!(candles.len(), 300, "{market}");
+        eprintln!("{market}: first chart filled ({} candles) in {took:?}", candles.len());
+        // Derived 5m candles roll up from the same 1m rows.
+        let five = live.get_json(&q(&base.replace(":1m", ":5m")));
+        let five = five["candles"].as_array().unwrap();
+        assert!(five.len() >= 50, "{market}: {} 5m candles", five.len());
+        let ones: std::collections::BTreeMap<i64, &Value> =
+            candles.iter().map(|c| (c["candle_time"].as_i64().unwrap(), c)).collect();
+        for c in five {
+            let t = c["candle_time"].as_i64().unwrap();
+            let minutes: Vec<&&Value> = (0..5).filter_map(|k| ones.get(&(t + 60 * k))).collect();
+            if minutes.len() == 5 {
+                assert_eq!(c["open"], minutes[0]["open"], "{market} 5m open at {t}");
+                assert_eq!(c["close"], minutes[4]["close"], "{market} 5m close at {t}");
+            }
+        }
+    }
+}
