@@ -14,7 +14,7 @@
 //!
 //! `cargo bench --bench fanout`; `KLINEGATE_BENCH_QUICK=1` for a short run.
 
-#[path = "support/mod.rs"]
+#[path = "support/engine.rs"]
 mod support;
 
 use std::alloc::{GlobalAlloc, Layout, System};

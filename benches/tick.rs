@@ -11,7 +11,7 @@
 //! same shape. Prints figures; asserts nothing about time (only that every
 //! frame reached the client, so the figure measures what it claims).
 
-#[path = "support/mod.rs"]
+#[path = "support/engine.rs"]
 mod support;
 
 use std::hint::black_box;
