@@ -225,3 +225,19 @@ fn a_recorded_run_replays_to_the_same_client_frames() {
     let again = std::process::Command::new(env!("CARGO_BIN_EXE_klinegate")).args(["replay", &journal_arg]).output().unwrap();
     assert_eq!(again.stdout, out.stdout);
 }
+
+/// Regression: a client pipelining more messages than one read budget (64)
+/// had the rest left unread until it sent more bytes (edge-triggered poll).
+#[test]
+fn regression_pipelined_messages_beyond_the_read_budget_are_all_answered() {
+    let ex = FakeExchange::start(FakeOptions::spot());
+    let live = start(&ex, &["--pin", S1]);
+    let mut c = live.ws();
+    for i in 0..100 {
+        let msg = json!({"type":"subscribe","series_id":format!("kraken:spot:X{i}/USD:1m")}).to_string();
+        c.ws.write(tungstenite::Message::Text(msg.into())).unwrap();
+    }
+    c.ws.flush().unwrap();
+    let got = c.until(5 * SEC, |_| false);
+    assert_eq!(got.len(), 100, "every pipelined message answered");
+}

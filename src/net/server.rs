@@ -245,6 +245,7 @@ impl Server {
                 }
             }
             self.drive_pending_upstream_reads();
+            self.drive_pending_client_reads();
             if self.engine.poll_timeout().is_some_and(|t| t <= self.now) {
                 self.fire_timers();
             }
@@ -270,7 +271,7 @@ impl Server {
         if let Some(due) = self.next_event_stream_due() {
             wait = wait.min(due.saturating_duration_since(self.mono));
         }
-        if !self.pending_inputs.is_empty() || self.any_upstream_wants_read() {
+        if !self.pending_inputs.is_empty() || self.any_upstream_wants_read() || self.any_client_wants_read() {
             wait = Duration::ZERO;
         }
         wait
@@ -665,6 +666,7 @@ impl Server {
         let mut msgs = Vec::new();
         let client = match self.conns.get_mut(key) {
             Some(Conn::Ws(w)) if w.discarding => {
+                w.more_to_read = false;
                 if !w.discard_input() {
                     self.remove_client_conn(key);
                 } else {
@@ -752,10 +754,32 @@ impl Server {
 
     fn update_ws_interest(&mut self, key: usize) {
         if let Some(Conn::Ws(w)) = self.conns.get_mut(key) {
+            if w.flush_pending == w.registered_writable {
+                return; // unchanged: no syscall
+            }
+            w.registered_writable = w.flush_pending;
             let interest =
                 if w.flush_pending { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
             let _ = self.poll.registry().reregister(w.ws.get_mut(), Token(key), interest);
         }
+    }
+
+    /// Clients whose read budget ran out: read again (edge-triggered readiness
+    /// would not announce what is already buffered).
+    fn drive_pending_client_reads(&mut self) {
+        let keys: Vec<usize> = self
+            .clients
+            .values()
+            .copied()
+            .filter(|k| matches!(self.conns.get(*k), Some(Conn::Ws(w)) if w.more_to_read))
+            .collect();
+        for key in keys {
+            self.on_ws_event(key, true, false);
+        }
+    }
+
+    fn any_client_wants_read(&self) -> bool {
+        self.clients.values().any(|k| matches!(self.conns.get(*k), Some(Conn::Ws(w)) if w.more_to_read))
     }
 
     /// Writes every ready client's queued frames: one flush per client per turn.
