@@ -73,7 +73,7 @@ use support::drain;
 /// Pinned series, upstream connected and acked, `clients` clients subscribed.
 fn engine_with_clients(clients: u64) -> (Engine, u64) {
     // Derived timeframes off: the figure is the hub's fan-out, not the folds.
-    let settings = Settings { pins: vec![SERIES.into()], derived: String::new(), ..Settings::default() };
+    let settings = Settings { pins: vec![SERIES.into()], derived: String::new(), heal: false, ..Settings::default() };
     let now = Timestamp::from_secs(T0 - 2);
     let cfg = settings.to_engine_config().expect("bench settings are valid");
     let mut e = Engine::new(cfg, Box::new(MemoryStore::new()), now);

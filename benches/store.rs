@@ -184,7 +184,7 @@ fn answer(e: &mut Engine, now: Timestamp, stream_conn: &mut HashMap<String, u64>
 /// Closed candles persisted per second (base + derived) through the engine:
 /// 500 pinned series, each closing one candle per minute of engine time.
 fn engine_closed(store: Box<dyn Store>, budget: Duration) -> (f64, f64) {
-    let settings = Settings { pins: (0..SERIES).map(|i| series_id(i, "1m")).collect(), ..Settings::default() };
+    let settings = Settings { pins: (0..SERIES).map(|i| series_id(i, "1m")).collect(), heal: false, ..Settings::default() };
     // Set up shortly before the first close, well inside the silence timeout.
     let mut now = Timestamp::from_secs(T0 as u64 + 50);
     let mut e = Engine::new(settings.to_engine_config().expect("settings"), store, now);
