@@ -73,7 +73,8 @@ impl Duration {
     }
 
     pub fn from_secs_f64(s: f64) -> Self {
-        if !(s > 0.0) {
+        // NaN and non-positive values are no duration.
+        if s.is_nan() || s <= 0.0 {
             return Duration::ZERO;
         }
         Duration((s * NANOS_PER_SEC as f64).min(u64::MAX as f64) as u64)
