@@ -74,7 +74,7 @@ impl Timeframe {
     /// Where buckets start relative to the epoch: weekly candles open on
     /// Monday 00:00 UTC (as Binance's do), and the epoch was a Thursday.
     fn bucket_offset(self) -> i64 {
-        if self.seconds % 604_800 == 0 {
+        if self.seconds.is_multiple_of(604_800) {
             4 * 86_400
         } else {
             0
@@ -109,13 +109,13 @@ impl Timeframe {
 impl fmt::Display for Timeframe {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = self.seconds;
-        if s % 604_800 == 0 {
+        if s.is_multiple_of(604_800) {
             write!(f, "{}w", s / 604_800)
-        } else if s % 86_400 == 0 {
+        } else if s.is_multiple_of(86_400) {
             write!(f, "{}d", s / 86_400)
-        } else if s % 3600 == 0 {
+        } else if s.is_multiple_of(3600) {
             write!(f, "{}h", s / 3600)
-        } else if s % 60 == 0 {
+        } else if s.is_multiple_of(60) {
             write!(f, "{}m", s / 60)
         } else {
             write!(f, "{}s", s)

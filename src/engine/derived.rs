@@ -332,7 +332,7 @@ impl PendingBucket {
     /// common case, a newer candle, is a push that extends the merge; anything
     /// else recomputes it, so the result is always the ascending fold.
     fn insert(&mut self, c: Candle) {
-        let newest = self.minutes.last().map_or(true, |last| last.candle_time < c.candle_time);
+        let newest = self.minutes.last().is_none_or(|last| last.candle_time < c.candle_time);
         if newest {
             self.minutes.push(c);
             self.merged = match self.merged {

@@ -299,7 +299,7 @@ impl Directory {
             if cache.in_flight[i] || cache.blocked_until[i].is_some_and(|t| now < t) {
                 continue;
             }
-            let stale = cache.fetched_at(kind).map_or(true, |at| now.saturating_duration_since(at) >= ttls[i]);
+            let stale = cache.fetched_at(kind).is_none_or(|at| now.saturating_duration_since(at) >= ttls[i]);
             if stale || (force && kind == FetchKind::Tickers) {
                 cache.in_flight[i] = true;
                 out.push(kind);
