@@ -52,6 +52,9 @@ enum Conn {
     Directory { market: crate::model::Market, kind: FetchKind, conn: RestConn },
 }
 
+/// The longest a store write waits for another process's lock.
+const STORE_BUSY_TIMEOUT: Duration = Duration::from_millis(50);
+
 /// A REST request that takes longer than this is answered `RestFailed`.
 const REST_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -120,6 +123,12 @@ impl Server {
     pub fn new(cfg: RunConfig) -> Result<Server, String> {
         let mut store = SqliteStore::open(&cfg.db).map_err(|e| format!("--db {}: {e}", cfg.db.display()))?;
         let bootstrapped = bootstrap_pins(&cfg, &mut store);
+        // One thread serves everything: a write must not wait seconds for another
+        // process's lock. A locked store fails fast; the engine keeps the batch
+        // and retries with backoff.
+        store
+            .set_busy_timeout(STORE_BUSY_TIMEOUT)
+            .map_err(|e| format!("--db {}: {e}", cfg.db.display()))?;
         let (store, store_stats) = TimedStore::new(store);
         let tls = TlsSetup::new(cfg.extra_ca.as_deref()).map_err(|e| format!("--extra-ca: {e}"))?;
         let poll = Poll::new().map_err(|e| format!("cannot create the event loop: {e}"))?;
