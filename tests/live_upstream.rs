@@ -199,3 +199,28 @@ fn invalid_configuration_stops_start_up_with_one_line_and_exit_2() {
 }
 
 
+
+#[test]
+fn an_exchange_closing_with_1008_or_failing_tls_is_retried_while_clients_are_served() {
+    // 1008 "Too many requests": reconnect with backoff, resubscribe.
+    let ex = FakeExchange::start(FakeOptions::spot());
+    let live = start(&ex, &["--pin", S1, "--derived", ""]);
+    assert!(ex.wait_for_subscriptions(&[STREAM], 10 * SEC));
+    ex.close_all(1008, "Too many requests");
+    assert!(ex.wait_until(10 * SEC, |e| e.connect_count() >= 2 && e.subscriptions().len() == 1), "reconnected after 1008");
+    assert_eq!(live.get("/health").0, 200);
+
+    // An exchange whose certificate is not trusted: every handshake fails;
+    // the server keeps retrying with backoff and keeps answering clients.
+    let tls = FakeExchange::start(FakeOptions::spot().with_tls());
+    let url = tls.ws_url();
+    let live = Live::start(&["--spot-ws-url", &url, "--futures-ws-url", &url, "--pin", S1, "--derived", ""]);
+    std::thread::sleep(3 * SEC);
+    assert!(tls.tcp_accept_count() >= 2, "retried: {} attempts", tls.tcp_accept_count());
+    assert!(tls.tcp_accept_count() <= 5, "with backoff, not a storm: {} attempts", tls.tcp_accept_count());
+    let health = live.get_json("/health");
+    assert_eq!(health["status"], "degraded", "{health}");
+    let mut c = live.ws();
+    c.send(json!({"type":"noop"}));
+    assert_eq!(c.next(5 * SEC).unwrap()["message"], "unknown message type: noop", "clients still served");
+}

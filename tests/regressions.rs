@@ -97,3 +97,35 @@ fn spot_and_futures_series_of_one_symbol_keep_their_own_candles() {
         "the futures series needs a futures connection: {conns:?}"
     );
 }
+
+/// Found by tests/live_upstream.rs under load: a rotation closed the old
+/// connection the moment the new one's SUBSCRIBE was acknowledged, so a frame
+/// the exchange had already sent on the old connection (read after the ack)
+/// was dropped. The old connection is now drained for a moment first.
+#[test]
+fn a_frame_on_the_rotated_out_connection_after_the_new_ack_is_kept() {
+    let settings = Settings {
+        pins: vec!["binance:spot:BTC/USDT:1m".into()],
+        derived: String::new(),
+        heal: false,
+        upstream_rotate_s: 10,
+        ..Settings::default()
+    };
+    let mut now = Timestamp::from_secs(T0 as u64);
+    let mut e = Engine::new(settings.to_engine_config().unwrap(), Box::new(MemoryStore::new()), now);
+    let mut conns = Vec::new();
+    e.handle(Input::Start, now).unwrap();
+    drain(&mut e, now, &mut conns);
+    let old = conns[0].0;
+    // Rotation time: the replacement opens, subscribes and is acknowledged.
+    now = Timestamp::from_secs(T0 as u64 + 11);
+    e.handle_timeout(now);
+    drain(&mut e, now, &mut conns);
+    assert_eq!(conns.len(), 2, "a replacement connection was opened");
+    // A close sent on the old connection before the switch is read now.
+    e.handle(Input::UpstreamText { conn: old, text: kline("btcusdt@kline_1m", T0 - 60, true) }, now).unwrap();
+    now = Timestamp::from_secs(T0 as u64 + 12);
+    e.handle_timeout(now);
+    let stored = e.store().read_tail("binance:spot:BTC/USDT:1m", 10).unwrap();
+    assert_eq!(stored.iter().map(|c| c.candle_time).collect::<Vec<_>>(), vec![T0 - 60]);
+}

@@ -99,7 +99,13 @@ struct Conn {
     /// A replacement is being opened for this connection.
     replaced_by: Option<u64>,
     received_data: bool,
+    /// Replaced by a rotation: closed at this time, after frames already in
+    /// flight on it have been read (closing at once could drop one).
+    retire_at: Option<Timestamp>,
 }
+
+/// How long a rotated-out connection keeps being read before it is closed.
+const ROTATION_DRAIN: Duration = Duration::from_secs(2);
 
 #[derive(Debug)]
 struct MarketState {
@@ -276,6 +282,7 @@ impl UpstreamPool {
             replaces: None,
             replaced_by: None,
             received_data: false,
+            retire_at: None,
         });
         let url = match market {
             Market::Spot => self.cfg.spot_url.clone(),
@@ -333,7 +340,7 @@ impl UpstreamPool {
                 }
             }
         }
-        self.finish_rotation_if_ready(id, out);
+        self.finish_rotation_if_ready(id, now);
         self.pump(id, now, out);
     }
 
@@ -412,8 +419,8 @@ impl UpstreamPool {
     }
 
     /// Once the replacement has every stream acknowledged, the old connection
-    /// is closed (make-before-break).
-    fn finish_rotation_if_ready(&mut self, new_id: u64, out: &mut VecDeque<Output>) {
+    /// is drained for a moment, then closed (make-before-break).
+    fn finish_rotation_if_ready(&mut self, new_id: u64, now: Timestamp) {
         let Some(n) = self.conns.get(&new_id) else { return };
         let Some(old) = n.replaces else { return };
         if !n.to_subscribe.is_empty() || !n.inflight.is_empty() || n.acked.len() < n.streams.len() {
@@ -433,7 +440,9 @@ impl UpstreamPool {
                 n.to_subscribe.push_back(s);
             }
         }
-        self.close(old, "rotated", out);
+        if let Some(o) = self.conns.get_mut(&old) {
+            o.retire_at = Some(now.add(ROTATION_DRAIN));
+        }
     }
 
     /// Sends queued control messages while the rate window allows.
@@ -483,6 +492,9 @@ impl UpstreamPool {
         let mut next: Option<Timestamp> = None;
         let mut consider = |t: Timestamp| next = Some(next.map_or(t, |n: Timestamp| n.min(t)));
         for c in self.conns.values() {
+            if let Some(t) = c.retire_at {
+                consider(t);
+            }
             consider(c.last_activity.add(self.cfg.silence_timeout));
             if let (Some(opened), None, None) = (c.opened_at, c.replaced_by, c.replaces) {
                 consider(opened.add(self.cfg.rotate_after));
@@ -520,6 +532,10 @@ impl UpstreamPool {
         let ids: Vec<u64> = self.conns.keys().copied().collect();
         for id in ids {
             let Some(c) = self.conns.get(&id) else { continue };
+            if c.retire_at.is_some_and(|t| t <= now) {
+                self.close(id, "rotated", out);
+                continue;
+            }
             if now.since(c.last_activity) >= self.cfg.silence_timeout {
                 let reason = if c.state == ConnState::Open { "silent" } else { "connect timeout" };
                 out.push_back(Output::UpstreamClose { conn: id, reason: reason.to_string() });

@@ -352,8 +352,13 @@ fn health(engine: &Engine, stats: &ShellStats) -> Response {
         // Closed candles waiting for a store retry (not the normal flush buffers).
         reasons.push("store_backlog");
     }
-    if g.jobs_running + g.jobs_starting > 0 && stats.upstream_connected == 0 {
+    // Jobs exist but none has a live stream (lost connection, failing TLS,
+    // breaker open): the data is not flowing.
+    if g.jobs_running + g.jobs_starting + g.jobs_dead > 0 && g.jobs_running == 0 {
         reasons.push("upstream_disconnected");
+    }
+    if g.jobs_dead > 0 {
+        reasons.push("ingest_jobs_dead");
     }
     let status = if reasons.is_empty() { "ok" } else { "degraded" };
     let c = engine.counters();
