@@ -138,8 +138,12 @@ struct Shared {
     warm_pairs: AtomicUsize,
     /// Closes received by reading clients (any order), for the end-of-run drain.
     closes_read: AtomicU64,
+    /// Closes received by slow clients once they are read again at the end.
+    slow_closes_read: AtomicU64,
     /// Slow clients stop being read.
     stop_slow: AtomicBool,
+    /// Slow clients are read again (after the measured run) to verify them too.
+    drain_slow: AtomicBool,
     stop: AtomicBool,
     /// Open time (ms) of candle 0 of every stream.
     base_open_ms: i64,
@@ -168,6 +172,15 @@ struct RunResult {
     out_of_order: u64,
     gaps: u64,
     reading_closed_by_server: usize,
+    slow_closes_expected: u64,
+    slow_closes_got: u64,
+    slow_lost: u64,
+    slow_out_of_order: u64,
+    /// Slow clients that received a 1008 close when read again.
+    slow_closed_1008: usize,
+    /// Bytes a slow client found waiting when read again (largest, total).
+    slow_backlog_max: u64,
+    slow_backlog_sum: u64,
     pushes: u64,
     cpu_pct: f64,
     rss_start: u64,
@@ -221,6 +234,18 @@ impl RunResult {
             "    server metrics: slow_consumer_closes_total {}, forming_coalesced_total {}, queue_drops_total {}; reading clients closed by the server: {}",
             self.slow_closes_metric, self.coalesced_metric, self.queue_drops_metric, self.reading_closed_by_server
         );
+        if self.slow_clients > 0 {
+            println!(
+                "    slow clients read again at the end: closes {}/{} ({} lost, {} out of order), {} got 1008, backlog waiting per client mean {:.1} KiB max {:.1} KiB",
+                self.slow_closes_got,
+                self.slow_closes_expected,
+                self.slow_lost,
+                self.slow_out_of_order,
+                self.slow_closed_1008,
+                kib(self.slow_backlog_sum as f64 / self.slow_clients as f64),
+                kib(self.slow_backlog_max as f64)
+            );
+        }
     }
 }
 
@@ -316,8 +341,10 @@ fn run(plan: &Plan, slow_pct: usize) -> RunResult {
     let total_pairs: usize = clients.iter().map(|c| c.subs.len()).sum();
     // Reading subscribers per series: the drain waits for each of them to hold every close.
     let mut reading_per_stream = vec![0u64; plan.series];
-    for c in clients.iter().filter(|c| !c.slow) {
-        c.subs.iter().for_each(|&s| reading_per_stream[s] += 1);
+    let mut slow_per_stream = vec![0u64; plan.series];
+    for c in &clients {
+        let per_stream = if c.slow { &mut slow_per_stream } else { &mut reading_per_stream };
+        c.subs.iter().for_each(|&s| per_stream[s] += 1);
     }
 
     let shared = Arc::new(Shared {
@@ -326,7 +353,9 @@ fn run(plan: &Plan, slow_pct: usize) -> RunResult {
         measure_from: AtomicU64::new(u64::MAX),
         warm_pairs: AtomicUsize::new(0),
         closes_read: AtomicU64::new(0),
+        slow_closes_read: AtomicU64::new(0),
         stop_slow: AtomicBool::new(false),
+        drain_slow: AtomicBool::new(false),
         stop: AtomicBool::new(false),
         base_open_ms: current_minute_ms() - PAST_MINUTES * 60_000,
     });
@@ -380,6 +409,14 @@ fn run(plan: &Plan, slow_pct: usize) -> RunResult {
     while shared.closes_read.load(Ordering::Relaxed) < expected_total && Instant::now() < drain_end {
         thread::sleep(Duration::from_millis(50));
     }
+    // Then the slow clients read what waited for them (kernel buffers and the
+    // server's queue), so their streams are verified too.
+    let expected_slow: u64 = slow_per_stream.iter().zip(&closes_per_stream).map(|(r, c)| r * c).sum();
+    shared.drain_slow.store(true, Ordering::Relaxed);
+    let drain_end = Instant::now() + Duration::from_secs(10);
+    while shared.slow_closes_read.load(Ordering::Relaxed) < expected_slow && Instant::now() < drain_end {
+        thread::sleep(Duration::from_millis(50));
+    }
     thread::sleep(Duration::from_millis(200));
     shared.stop.store(true, Ordering::Relaxed);
     let groups: Vec<RxOutcome> = receivers.into_iter().map(|r| r.join().expect("receiver")).collect();
@@ -407,13 +444,28 @@ fn run(plan: &Plan, slow_pct: usize) -> RunResult {
             result.gaps += c.gaps;
             result.reading_closed_by_server += usize::from(c.close_code.is_some());
         }
+        for c in g.clients.iter().filter(|c| c.slow) {
+            let mut client_lost = 0;
+            for (k, &s) in c.subs.iter().enumerate() {
+                let expected = closes_per_stream[s];
+                result.slow_closes_expected += expected;
+                result.slow_closes_got += c.closes_in_order[k];
+                client_lost += expected.saturating_sub(c.closes_in_order[k]);
+            }
+            result.slow_lost += client_lost;
+            result.slow_out_of_order += c.out_of_order;
+            result.slow_closed_1008 += usize::from(c.close_code == Some(1008));
+            let backlog = c.bytes_read - c.bytes_at_stop;
+            result.slow_backlog_max = result.slow_backlog_max.max(backlog);
+            result.slow_backlog_sum += backlog;
+        }
     }
 
     let (status, metrics) = live.get("/metrics");
     if status == 200 {
-        result.slow_closes_metric = metric_value(&metrics, "slow_consumer_closes_total").unwrap_or(f64::NAN);
-        result.coalesced_metric = metric_value(&metrics, "forming_coalesced_total").unwrap_or(f64::NAN);
-        result.queue_drops_metric = metric_value(&metrics, "queue_drops_total").unwrap_or(f64::NAN);
+        result.slow_closes_metric = metric_value(&metrics, "klinegate_slow_consumer_closes_total").unwrap_or(f64::NAN);
+        result.coalesced_metric = metric_value(&metrics, "klinegate_forming_coalesced_total").unwrap_or(f64::NAN);
+        result.queue_drops_metric = metric_value(&metrics, "klinegate_queue_drops_total").unwrap_or(f64::NAN);
     }
     if live.terminate(Duration::from_secs(10)).is_none() {
         live.kill9();
@@ -538,6 +590,9 @@ struct RxClient {
     slow: bool,
     registered: bool,
     close_code: Option<u16>,
+    bytes_read: u64,
+    /// `bytes_read` when a slow client stopped reading.
+    bytes_at_stop: u64,
 }
 
 impl RxClient {
@@ -556,6 +611,8 @@ impl RxClient {
             slow,
             registered: false,
             close_code: None,
+            bytes_read: 0,
+            bytes_at_stop: 0,
         })
     }
 }
@@ -577,6 +634,7 @@ fn receive(mut clients: Vec<RxClient>, shared: &Shared) -> RxOutcome {
     let mut events = Events::with_capacity(4096);
     let mut buf = vec![0u8; 64 << 10];
     let mut slow_stopped = false;
+    let mut slow_draining = false;
     // Clients to read again even without an event (a read cut short).
     let mut first_pass = true;
     while !shared.stop.load(Ordering::Relaxed) {
@@ -584,8 +642,16 @@ fn receive(mut clients: Vec<RxClient>, shared: &Shared) -> RxOutcome {
             for c in clients.iter_mut().filter(|c| c.slow && c.registered) {
                 let _ = poll.registry().deregister(&mut c.stream);
                 c.registered = false;
+                c.bytes_at_stop = c.bytes_read;
             }
             slow_stopped = true;
+        }
+        if slow_stopped && !slow_draining && shared.drain_slow.load(Ordering::Relaxed) {
+            for (i, c) in clients.iter_mut().enumerate().filter(|(_, c)| c.slow && c.close_code.is_none()) {
+                c.registered = poll.registry().register(&mut c.stream, Token(i), Interest::READABLE).is_ok();
+                read_client(c, &mut buf, shared, &mut out);
+            }
+            slow_draining = true;
         }
         if poll.poll(&mut events, Some(Duration::from_millis(20))).is_err() {
             continue;
@@ -617,6 +683,7 @@ fn read_client(c: &mut RxClient, buf: &mut [u8], shared: &Shared, out: &mut RxOu
                 return;
             }
             Ok(got) => {
+                c.bytes_read += got as u64;
                 c.partial.extend_from_slice(&buf[..got]);
                 let data = std::mem::take(&mut c.partial);
                 let used = scan_server_frames(&data, |opcode, payload| on_frame(c, opcode, payload, shared, out));
@@ -657,7 +724,8 @@ fn on_frame(c: &mut RxClient, opcode: u8, payload: &[u8], shared: &Shared, out: 
     let Some(close) = number_after::<f64>(payload, br#""close":"#) else { return };
     let seq = (close - PRICE_BASE).round() as u64;
     let measure_from = shared.measure_from.load(Ordering::Relaxed);
-    if seq >= measure_from {
+    // Slow clients' frames are read late on purpose: no latency from them.
+    if seq >= measure_from && !c.slow {
         out.frames_measured += 1;
         let pushed = shared.push_ns.get(seq as usize).map_or(0, |p| p.load(Ordering::Relaxed));
         if pushed > 0 {
@@ -678,9 +746,8 @@ fn on_frame(c: &mut RxClient, opcode: u8, payload: &[u8], shared: &Shared, out: 
     }
     let Some(candle_time) = number_after::<i64>(payload, br#""candle_time":"#) else { return };
     let index = (candle_time * 1000 - shared.base_open_ms).div_euclid(60_000);
-    if !c.slow {
-        shared.closes_read.fetch_add(1, Ordering::Relaxed);
-    }
+    let counter = if c.slow { &shared.slow_closes_read } else { &shared.closes_read };
+    counter.fetch_add(1, Ordering::Relaxed);
     if index == c.next_close[k] {
         c.closes_in_order[k] += 1;
         c.next_close[k] += 1;
@@ -747,10 +814,16 @@ fn print_table(plan: &Plan, base: &RunResult, slow: &RunResult) {
         if violations == 0 { "every close of every series exactly once and in order".to_string() } else { format!("{violations} violations (see rows)") }
     );
     println!(
-        "slow clients: {} of {} closed by the server (1008 slow_consumer at {} KiB backlog); VmRSS peak {:.1} MiB vs baseline {:.1} MiB",
+        "slow clients: {} of {} closed by the server (1008 slow_consumer past {} KiB queued); read again at the end they found mean {:.1} / max {:.1} KiB waiting and got closes {}/{} ({} lost, {} out of order); VmRSS peak {:.1} MiB vs baseline {:.1} MiB",
         slow.slow_closes_metric,
         slow.slow_clients,
         BACKLOG_LIMIT / 1024,
+        kib(slow.slow_backlog_sum as f64 / slow.slow_clients.max(1) as f64),
+        kib(slow.slow_backlog_max as f64),
+        slow.slow_closes_got,
+        slow.slow_closes_expected,
+        slow.slow_lost,
+        slow.slow_out_of_order,
         mib(slow.rss_peak),
         mib(base.rss_peak)
     );
