@@ -102,6 +102,8 @@ pub struct Server {
     per_ip: HashMap<IpAddr, usize>,
     next_client: u64,
     ready_clients: Vec<u64>,
+    /// Client slots whose read budget ran out this turn (read again next turn).
+    pending_client_reads: Vec<usize>,
     pending_inputs: VecDeque<Input>,
     frames: Vec<bytes::Bytes>,
     shutdown_at: Option<Instant>,
@@ -192,6 +194,7 @@ impl Server {
             per_ip: HashMap::new(),
             next_client: 1,
             ready_clients: Vec::new(),
+            pending_client_reads: Vec::new(),
             pending_inputs: VecDeque::new(),
             frames: Vec::new(),
             shutdown_at: None,
@@ -689,6 +692,9 @@ impl Server {
                 }
                 if readable {
                     w.read(CLIENT_READ_BUDGET, mono, &mut msgs);
+                    if w.more_to_read {
+                        self.pending_client_reads.push(key);
+                    }
                 }
                 w.client
             }
@@ -776,19 +782,19 @@ impl Server {
     /// Clients whose read budget ran out: read again (edge-triggered readiness
     /// would not announce what is already buffered).
     fn drive_pending_client_reads(&mut self) {
-        let keys: Vec<usize> = self
-            .clients
-            .values()
-            .copied()
-            .filter(|k| matches!(self.conns.get(*k), Some(Conn::Ws(w)) if w.more_to_read))
-            .collect();
+        let mut keys = std::mem::take(&mut self.pending_client_reads);
+        keys.sort_unstable();
+        keys.dedup();
         for key in keys {
-            self.on_ws_event(key, true, false);
+            // The slot may have been reused by another connection meanwhile.
+            if matches!(self.conns.get(key), Some(Conn::Ws(w)) if w.more_to_read) {
+                self.on_ws_event(key, true, false);
+            }
         }
     }
 
     fn any_client_wants_read(&self) -> bool {
-        self.clients.values().any(|k| matches!(self.conns.get(*k), Some(Conn::Ws(w)) if w.more_to_read))
+        !self.pending_client_reads.is_empty()
     }
 
     /// Writes every ready client's queued frames: one flush per client per turn.
