@@ -130,7 +130,9 @@ impl Engine {
         job.latest_forming = Some(candle);
         self.check_late_close(job_idx, candle.candle_time);
         let Some(job) = self.jobs.get_mut(&job_idx) else { return };
-        let mut emit: Vec<usize> = Vec::new();
+        // Reused across frames: no allocation per forming update.
+        let mut emit = std::mem::take(&mut self.emit_scratch);
+        emit.clear();
         for i in 0..job.throttles.len() {
             let bucket = match i {
                 0 => candle.candle_time,
@@ -150,35 +152,40 @@ impl Engine {
                 ThrottleDecision::Coalesced => {}
             }
         }
-        for i in emit {
-            self.publish_forming(job_idx, i);
+        if !emit.is_empty() {
+            self.publish_forming(job_idx, &emit);
         }
+        self.emit_scratch = emit;
     }
 
     pub(super) fn fire_forming(&mut self, job_idx: SeriesIdx, i: usize) {
         let now = self.now;
         let Some(th) = self.jobs.get_mut(&job_idx).and_then(|j| j.throttles.get_mut(i)) else { return };
         if th.fire(now) {
-            self.publish_forming(job_idx, i);
+            self.publish_forming(job_idx, &[i]);
         }
     }
 
-    /// Publishes the job's latest forming value for throttle `i` (0 = base).
-    fn publish_forming(&mut self, job_idx: SeriesIdx, i: usize) {
+    /// Publishes the job's latest forming value for the throttles in `which`
+    /// (ascending; 0 = base). Derived values are computed once for all of them.
+    fn publish_forming(&mut self, job_idx: SeriesIdx, which: &[usize]) {
         let Some(job) = self.jobs.get_mut(&job_idx) else { return };
         let Some(latest) = job.latest_forming else { return };
-        let (series, candle) = if i == 0 {
-            (job.base, latest)
-        } else {
-            let Some(fold) = job.fold.as_mut() else { return };
-            self.scratch.clear();
-            fold.on_base_forming(&latest, &mut self.scratch);
-            match self.scratch.iter().find(|(t, _)| *t == i - 1) {
-                Some((_, c)) => (job.derived[i - 1], *c),
-                None => return,
+        if which.first() == Some(&0) {
+            self.hub.publish_forming(job.base, &latest, &self.series, &mut self.outputs, &mut self.counters);
+        }
+        if which.last().is_none_or(|i| *i == 0) {
+            return;
+        }
+        let Some(fold) = job.fold.as_mut() else { return };
+        self.scratch.clear();
+        fold.on_base_forming(&latest, &mut self.scratch);
+        for (target, candle) in &self.scratch {
+            if which.contains(&(target + 1)) {
+                let series = job.derived[*target];
+                self.hub.publish_forming(series, candle, &self.series, &mut self.outputs, &mut self.counters);
             }
-        };
-        self.hub.publish_forming(series, &candle, &self.series, &mut self.outputs, &mut self.counters);
+        }
     }
 
     /// Flushes a job's closed buffer: dedupe, fold into derived timeframes,

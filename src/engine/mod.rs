@@ -142,6 +142,8 @@ pub struct Engine {
     pool_events: Vec<PoolEvent>,
     fired: Vec<(Timestamp, TimerKey)>,
     scratch: Vec<(usize, Candle)>,
+    /// Throttles that emit for the current forming update (reused).
+    emit_scratch: Vec<usize>,
     shut_down: bool,
 }
 
@@ -171,6 +173,7 @@ impl Engine {
             pool_events: Vec::new(),
             fired: Vec::new(),
             scratch: Vec::new(),
+            emit_scratch: Vec::new(),
             shut_down: false,
             cfg,
         }
