@@ -446,6 +446,8 @@ impl Hub {
         let mut singles: Vec<Option<Frame>> = vec![None; candles.len()];
         let mut batches: Vec<(usize, Frame)> = Vec::new();
         let mut slow = Vec::new();
+        // One subscriber's frames at a time; the buffer is reused, not reallocated.
+        let mut frames: Vec<Frame> = Vec::new();
         for &slot in &entry.subscribers {
             let Some(sub) = self.slots[slot].as_ref().and_then(|s| s.subs.get(&idx)) else {
                 continue;
@@ -462,7 +464,7 @@ impl Hub {
             }
             let sendable = &candles[start..];
             let batch = sub.supports_batch && sendable.len() > 1;
-            let mut frames: Vec<Frame> = Vec::new();
+            frames.clear();
             let mut cursor = sub.cursor;
             if batch {
                 if let Some(gap) = gap_frame(name, tf, cursor, sendable[0].candle_time) {
@@ -503,7 +505,7 @@ impl Hub {
                 sub.cursor = cursor;
                 sub.forming_seq = None;
             }
-            for f in frames {
+            for f in frames.drain(..) {
                 if self.enqueue(slot, f, out).is_none() {
                     slow.push(slot);
                     break;
