@@ -10,6 +10,7 @@
 //!   non-blocking.
 //! - [`rest_conn`]: one exchange REST request (HTTP/1.1 GET over TCP or rustls),
 //!   non-blocking.
+//! - [`transport`]: the byte stream under all of them, plain TCP or rustls.
 //! - [`client_conn`]: one client socket, HTTP then (after the upgrade) WebSocket.
 //! - [`server`]: the loop itself; [`logger`] and [`timed_store`] serve it.
 pub mod client_conn;
@@ -23,4 +24,5 @@ pub mod server;
 #[cfg(test)]
 pub(crate) mod test_support;
 pub mod timed_store;
+pub mod transport;
 pub mod upstream_conn;

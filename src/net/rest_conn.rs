@@ -31,9 +31,10 @@ use std::time::Instant;
 
 use mio::{Interest, Registry, Token};
 
+use super::transport::{describe_io_error, describe_tls_handshake_error, Transport};
 use super::upstream_conn::{
-    connect_next, describe_io_error, describe_tls_handshake_error, parse_url_with_schemes, resolve,
-    start_transport, tcp_connect_result, Registration, TlsSetup, Transport, WsUrl,
+    connect_next, parse_url_with_schemes, resolve, start_transport, tcp_connect_result, Registration, TlsSetup,
+    WsUrl,
 };
 
 /// Bytes read from the socket per `read` call.
