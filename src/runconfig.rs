@@ -77,6 +77,12 @@ struct RunArgs {
     /// Dev endpoints (HTTP candle ingest for tools and tests)
     #[arg(long, value_name = "BOOL", default_value = "false", num_args = 0..=1, default_missing_value = "true", help_heading = "Server")]
     enable_dev_api: String,
+    /// PEM certificate chain (leaf first) to serve clients over TLS (https://, wss://); needs --tls-key
+    #[arg(long, value_name = "PEM", help_heading = "Server")]
+    tls_cert: Option<String>,
+    /// PEM private key (PKCS#8, RSA or SEC1) of --tls-cert; needs --tls-cert
+    #[arg(long, value_name = "PEM", help_heading = "Server")]
+    tls_key: Option<String>,
     /// Bearer token required on HTTP and WebSocket requests (prefer the environment variable; none = no auth)
     #[arg(long, value_name = "TOKEN", help_heading = "Server")]
     auth_token: Option<String>,
@@ -261,6 +267,9 @@ pub struct RunConfig {
     pub log_level: LogLevelSetting,
     pub log_format: LogFormat,
     pub extra_ca: Option<PathBuf>,
+    /// TLS for clients: certificate chain and private key (PEM). Both or neither.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     /// Bootstrap pinned series with no stored history from this freqtrade datadir.
     pub freqtrade_datadir: Option<PathBuf>,
     /// Market directory cache lifetimes and the forced-refresh spacing, seconds.
@@ -590,6 +599,7 @@ fn build(l: &mut Layers<'_>, known: &[String]) -> Result<RunConfig, RunConfigErr
     if let Some(p) = &extra_ca {
         existing_file(p).map_err(|r| l.invalid("extra_ca", r))?;
     }
+    let (tls_cert, tls_key) = resolve_tls_files(l)?;
 
     let (pins, whitelist_file) = resolve_pins(l)?;
     let max_frame_bytes = l.value("max_frame_bytes", parse_usize)?;
@@ -637,6 +647,8 @@ fn build(l: &mut Layers<'_>, known: &[String]) -> Result<RunConfig, RunConfigErr
         whitelist_file,
         record,
         extra_ca,
+        tls_cert,
+        tls_key,
         freqtrade_datadir,
         markets_exchange_info_ttl_s: l.value("markets_exchange_info_ttl_s", |s| parse_u64(s).and_then(positive))?,
         markets_tickers_ttl_s: l.value("markets_tickers_ttl_s", |s| parse_u64(s).and_then(positive))?,
@@ -681,6 +693,23 @@ fn resolve_pins(l: &mut Layers<'_>) -> Result<(Vec<String>, Option<PathBuf>), Ru
         }
     }
     Ok((merged, whitelist_file))
+}
+
+/// `--tls-cert` and `--tls-key`: both (existing files) or neither. Their contents are
+/// checked when the server loads them (`net::server_tls`).
+fn resolve_tls_files(l: &mut Layers<'_>) -> Result<(Option<PathBuf>, Option<PathBuf>), RunConfigError> {
+    let cert = l.path("tls_cert")?;
+    let key = l.path("tls_key")?;
+    for (id, path) in [("tls_cert", &cert), ("tls_key", &key)] {
+        if let Some(p) = path {
+            existing_file(p).map_err(|r| l.invalid(id, r))?;
+        }
+    }
+    match (&cert, &key) {
+        (Some(_), None) => Err(l.invalid("tls_cert", "--tls-key must be given too (TLS needs the certificate and its key)")),
+        (None, Some(_)) => Err(l.invalid("tls_key", "--tls-cert must be given too (TLS needs the certificate and its key)")),
+        _ => Ok((cert, key)),
+    }
 }
 
 /// Names the flag behind an engine setting and where its value came from.
@@ -889,6 +918,7 @@ mod tests {
         assert_eq!(c.whitelist_file, None);
         assert_eq!(c.record, None);
         assert_eq!(c.extra_ca, None);
+        assert_eq!((c.tls_cert, c.tls_key), (None, None));
         assert_eq!(c.log_level, LogLevelSetting::Info);
         assert_eq!(c.log_format, LogFormat::Kv);
         assert_eq!(c.spot_rest_url, "https://api.binance.com");
@@ -1093,6 +1123,54 @@ mod tests {
         assert_eq!(via_env.settings.pins, vec!["binance:spot:ETH/USDT:1m"]);
         // Paths from flags stay as given.
         assert_eq!(parse(&["--config", &file, "--db", "x.db"]).unwrap().db, PathBuf::from("x.db"));
+    }
+
+    #[test]
+    fn tls_files_follow_the_precedence_and_come_in_pairs() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["file.crt", "file.key", "env.crt", "env.key", "flag.crt", "flag.key"] {
+            write_file(&dir, name, "-----BEGIN CERTIFICATE-----\n");
+        }
+        let at = |name: &str| dir.path().join(name);
+        let file = write_file(&dir, "k.toml", "tls-cert = \"file.crt\"\ntls_key = \"file.key\"\n");
+        let env = [
+            ("KLINEGATE_TLS_CERT", at("env.crt").to_str().unwrap().to_string()),
+            ("KLINEGATE_TLS_KEY", at("env.key").to_str().unwrap().to_string()),
+        ];
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let pair = |c: RunConfig| (c.tls_cert.unwrap(), c.tls_key.unwrap());
+        // File (relative to the file), then environment, then flag.
+        assert_eq!(pair(parse(&["--config", &file]).unwrap()), (at("file.crt"), at("file.key")));
+        assert_eq!(pair(parse_with(&["--config", &file], &env).unwrap()), (at("env.crt"), at("env.key")));
+        let flag_cert = at("flag.crt");
+        let flag_key = at("flag.key");
+        let flags = ["--config", &file, "--tls-cert", flag_cert.to_str().unwrap(), "--tls-key", flag_key.to_str().unwrap()];
+        assert_eq!(pair(parse_with(&flags, &env).unwrap()), (flag_cert.clone(), flag_key.clone()));
+        // Each setting wins on its own: the flag's cert with the environment's key.
+        let mixed = parse_with(&["--tls-cert", flag_cert.to_str().unwrap()], &env).unwrap();
+        assert_eq!(pair(mixed), (flag_cert.clone(), at("env.key")));
+        // Empty means unset.
+        let c = parse_with(&[], &[("KLINEGATE_TLS_CERT", ""), ("KLINEGATE_TLS_KEY", " ")]).unwrap();
+        assert_eq!((c.tls_cert, c.tls_key), (None, None));
+    }
+
+    #[test]
+    fn tls_file_errors_are_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = write_file(&dir, "c.pem", "x");
+        let key = write_file(&dir, "k.pem", "x");
+        assert_eq!(
+            error(&["--tls-cert", &cert], &[]),
+            "invalid setting --tls-cert: --tls-key must be given too (TLS needs the certificate and its key)"
+        );
+        assert_eq!(
+            error(&[], &[("KLINEGATE_TLS_KEY", &key)]),
+            "invalid setting --tls-key: --tls-cert must be given too (TLS needs the certificate and its key) (from KLINEGATE_TLS_KEY)"
+        );
+        let line = error(&["--tls-cert", "/nonexistent/c.pem", "--tls-key", &key], &[]);
+        assert!(line.starts_with("invalid setting --tls-cert:") && line.contains("does not exist"), "{line}");
+        let line = error(&["--tls-cert", &cert, "--tls-key", dir.path().to_str().unwrap()], &[]);
+        assert!(line.starts_with("invalid setting --tls-key:") && line.contains("is a directory"), "{line}");
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! One client socket on the listening port: first an HTTP/1.1 connection
 //! (keep-alive, pipelining), and after a `/ws/market` upgrade a WebSocket
-//! (tungstenite over the non-blocking stream). Owns the bytes in flight and
-//! nothing else: what to answer is decided by `routes` and the engine.
+//! (tungstenite over the non-blocking stream). The stream is a [`Transport`]:
+//! plain TCP, or a rustls server session when `--tls-cert`/`--tls-key` are
+//! given (its handshake advances as the connection reads and flushes). Owns
+//! the bytes in flight and nothing else: what to answer is decided by
+//! `routes` and the engine.
 
 use super::http::{self, HttpLimits, Parse, Request};
-use mio::net::TcpStream;
+use super::transport::{tls_cause, Transport};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -15,7 +18,7 @@ use tungstenite::{Message, WebSocket};
 const READ_BUDGET: usize = 256 << 10;
 
 pub struct HttpConn {
-    pub stream: TcpStream,
+    pub(crate) stream: Transport,
     pub peer: SocketAddr,
     read_buf: Vec<u8>,
     write_buf: Vec<u8>,
@@ -28,10 +31,13 @@ pub struct HttpConn {
     /// bytes trickle in (slowloris).
     pub request_started: Option<Instant>,
     pub peer_closed: bool,
+    /// Why the TLS session failed (the rustls error, or a timeout), for the log; the
+    /// connection ends at once when this is set.
+    pub tls_error: Option<String>,
 }
 
 impl HttpConn {
-    pub fn new(stream: TcpStream, peer: SocketAddr, now: Instant) -> HttpConn {
+    pub(crate) fn new(stream: Transport, peer: SocketAddr, now: Instant) -> HttpConn {
         HttpConn {
             stream,
             peer,
@@ -42,6 +48,7 @@ impl HttpConn {
             last_activity: now,
             request_started: None,
             peer_closed: false,
+            tls_error: None,
         }
     }
 
@@ -66,7 +73,10 @@ impl HttpConn {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => {
+                Err(e) => {
+                    if let Some(cause) = tls_cause(&e) {
+                        self.tls_error = Some(cause.to_string());
+                    }
                     self.peer_closed = true;
                     break;
                 }
@@ -101,7 +111,9 @@ impl HttpConn {
         self.write_buf.extend_from_slice(bytes);
     }
 
-    /// Writes as much as the socket takes; true when everything is out.
+    /// Writes as much as the socket takes; true when everything is out,
+    /// including TLS records still queued in the session (handshake flights,
+    /// the tail of a response that rustls took but the socket did not).
     pub fn flush(&mut self) -> io::Result<bool> {
         while !self.write_buf.is_empty() {
             match self.stream.write(&self.write_buf) {
@@ -114,7 +126,14 @@ impl HttpConn {
                 Err(e) => return Err(e),
             }
         }
-        Ok(true)
+        loop {
+            match self.stream.flush() {
+                Ok(()) => return Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// A best-effort `408` before the connection is dropped for taking too
@@ -126,7 +145,12 @@ impl HttpConn {
     }
 
     pub fn has_pending_output(&self) -> bool {
-        !self.write_buf.is_empty()
+        !self.write_buf.is_empty() || self.stream.wants_write()
+    }
+
+    /// A TLS connection that has not finished its handshake (never for plain TCP).
+    pub fn tls_handshaking(&self) -> bool {
+        self.stream.is_handshaking()
     }
 }
 
@@ -201,7 +225,7 @@ impl RateLimiter {
 }
 
 pub struct WsConn {
-    pub ws: WebSocket<TcpStream>,
+    pub(crate) ws: WebSocket<Transport>,
     pub peer: SocketAddr,
     pub client: u64,
     pub last_seen: Instant,
@@ -228,8 +252,8 @@ pub struct WsConn {
 }
 
 impl WsConn {
-    pub fn new(
-        stream: TcpStream,
+    pub(crate) fn new(
+        stream: Transport,
         leftover: Vec<u8>,
         peer: SocketAddr,
         client: u64,
@@ -343,16 +367,22 @@ impl WsConn {
         self.flush();
     }
 
-    /// While discarding: flushes our close frame, then half-closes our side,
-    /// and reads and drops whatever the peer still sends. False once the peer
-    /// has hung up (or the socket failed): the connection can go.
+    /// While discarding: flushes our close frame, then half-closes our side
+    /// (over TLS: `close_notify` once the close frame's records are out, then
+    /// the TCP half-close once that is out too), and reads and drops whatever
+    /// the peer still sends. False once the peer has hung up (or the socket
+    /// failed): the connection can go.
     pub fn discard_input(&mut self) -> bool {
         if !self.flush() {
             return false;
         }
         if !self.flush_pending && !self.write_shut {
-            self.write_shut = true;
-            let _ = self.ws.get_mut().shutdown(std::net::Shutdown::Write);
+            match self.ws.get_mut().shut_down_write() {
+                Ok(true) => self.write_shut = true,
+                // close_notify is queued behind a full socket: wait until writable.
+                Ok(false) => self.flush_pending = true,
+                Err(_) => return false,
+            }
         }
         let mut chunk = [0u8; 16 << 10];
         let mut total = 0;
@@ -383,7 +413,139 @@ impl WsConn {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::server_tls::ServerTls;
+    use crate::net::test_support::TEST_TIMEOUT;
+    use std::sync::Arc;
     use std::time::Duration;
+
+    /// A server-side TLS `HttpConn` on loopback and the port's self-signed certificate.
+    struct TlsPair {
+        conn: HttpConn,
+        cert: rustls::pki_types::CertificateDer<'static>,
+        _dir: tempfile::TempDir,
+    }
+
+    /// Listens, lets `client` connect in a thread, and wraps the accepted socket in a
+    /// non-blocking rustls server session, as the shell does.
+    fn tls_pair<F>(client: F) -> (TlsPair, std::thread::JoinHandle<()>)
+    where
+        F: FnOnce(std::net::TcpStream, rustls::pki_types::CertificateDer<'static>) + Send + 'static,
+    {
+        let pair = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (cert_path, key_path) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert_path, pair.cert.pem()).unwrap();
+        std::fs::write(&key_path, pair.signing_key.serialize_pem()).unwrap();
+        let tls = ServerTls::from_pem_files(&cert_path, &key_path).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cert = pair.cert.der().clone();
+        let client_cert = cert.clone();
+        let handle = std::thread::spawn(move || {
+            let stream = std::net::TcpStream::connect(addr).unwrap();
+            stream.set_read_timeout(Some(TEST_TIMEOUT)).unwrap();
+            client(stream, client_cert)
+        });
+        let (std_stream, peer) = listener.accept().unwrap();
+        std_stream.set_nonblocking(true).unwrap();
+        // A small send buffer so that big writes meet a full socket quickly.
+        socket2::SockRef::from(&std_stream).set_send_buffer_size(32 << 10).unwrap();
+        let transport = Transport::new(mio::net::TcpStream::from_std(std_stream), Some(tls.session().unwrap()));
+        let conn = HttpConn::new(transport, peer, Instant::now());
+        (TlsPair { conn, cert, _dir: dir }, handle)
+    }
+
+    fn client_session(cert: rustls::pki_types::CertificateDer<'static>) -> rustls::ClientConnection {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap()
+    }
+
+    /// Polls `step` until it returns `Some`, for at most `TEST_TIMEOUT`.
+    fn wait_for<T>(mut step: impl FnMut() -> Option<T>) -> T {
+        let end = Instant::now() + TEST_TIMEOUT;
+        loop {
+            if let Some(v) = step() {
+                return v;
+            }
+            assert!(Instant::now() < end, "timed out");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn tls_handshake_advances_from_reads_and_a_big_response_is_flushed_through_rustls() {
+        const BODY: usize = 3 << 20;
+        let (mut pair, client) = tls_pair(|stream, cert| {
+            let mut tls = rustls::StreamOwned::new(client_session(cert), stream);
+            tls.write_all(b"GET /big HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+            // Read slowly at first so the server's socket fills and rustls holds records.
+            std::thread::sleep(Duration::from_millis(300));
+            let mut got = Vec::new();
+            let mut chunk = [0u8; 64 << 10];
+            while got.len() < BODY {
+                let n = tls.read(&mut chunk).unwrap();
+                assert!(n > 0, "eof after {} bytes", got.len());
+                got.extend_from_slice(&chunk[..n]);
+            }
+            assert_eq!(got.len(), BODY);
+            assert!(got.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8), "bytes arrive intact and in order");
+        });
+        let limits = HttpLimits::default();
+        assert!(pair.conn.tls_handshaking());
+        let requests = wait_for(|| {
+            let got = pair.conn.read_requests(&limits, Instant::now()).unwrap();
+            assert!(!pair.conn.peer_closed, "{:?}", pair.conn.tls_error);
+            // The server's flight may be queued behind a full socket: flushing is part of it.
+            let _ = pair.conn.flush().unwrap();
+            (!got.is_empty()).then_some(got)
+        });
+        assert_eq!(requests[0].path, "/big");
+        assert!(!pair.conn.tls_handshaking());
+        let body: Vec<u8> = (0..BODY).map(|i| (i % 251) as u8).collect();
+        pair.conn.queue(&body);
+        let mut partial_flushes = 0;
+        wait_for(|| {
+            if pair.conn.flush().unwrap() {
+                return Some(());
+            }
+            partial_flushes += 1;
+            assert!(pair.conn.has_pending_output());
+            None
+        });
+        assert!(!pair.conn.has_pending_output(), "nothing left in rustls either");
+        assert!(partial_flushes > 0, "the socket pushed back at least once");
+        client.join().unwrap();
+        let _ = pair.cert;
+    }
+
+    #[test]
+    fn plain_http_on_a_tls_connection_fails_with_the_rustls_reason() {
+        let (mut pair, client) = tls_pair(|mut stream, _| {
+            stream.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            let mut answer = Vec::new();
+            let _ = stream.read_to_end(&mut answer);
+            assert!(!answer.starts_with(b"HTTP/"), "no HTTP answer before a handshake");
+        });
+        let limits = HttpLimits::default();
+        wait_for(|| {
+            let got = pair.conn.read_requests(&limits, Instant::now()).unwrap();
+            assert!(got.is_empty());
+            pair.conn.peer_closed.then_some(())
+        });
+        let reason = pair.conn.tls_error.clone().expect("a rustls error");
+        assert!(pair.conn.tls_handshaking(), "never got past the handshake");
+        assert!(!reason.is_empty());
+        pair.conn.stream.say_goodbye();
+        drop(pair);
+        client.join().unwrap();
+    }
 
     #[test]
     fn rate_limiter_allows_a_burst_of_twice_the_rate_then_refills() {

@@ -11,6 +11,8 @@
 //! - [`rest_conn`]: one exchange REST request (HTTP/1.1 GET over TCP or rustls),
 //!   non-blocking.
 //! - [`transport`]: the byte stream under all of them, plain TCP or rustls.
+//! - [`server_tls`]: TLS for clients, the rustls server configuration loaded
+//!   from `--tls-cert`/`--tls-key`.
 //! - [`client_conn`]: one client socket, HTTP then (after the upgrade) WebSocket.
 //! - [`server`]: the loop itself; [`logger`] and [`timed_store`] serve it.
 pub mod client_conn;
@@ -21,6 +23,7 @@ pub mod markets;
 pub mod rest_conn;
 pub mod routes;
 pub mod server;
+pub mod server_tls;
 #[cfg(test)]
 pub(crate) mod test_support;
 pub mod timed_store;

@@ -74,6 +74,10 @@ pub struct ShellStats {
     pub ws_protocol_errors: u64,
     /// HTTP connections dropped (408) for not completing a request in time.
     pub http_request_timeouts: u64,
+    /// Clients are served over TLS (`--tls-cert`/`--tls-key`).
+    pub client_tls: bool,
+    /// TLS client connections that ended before their handshake completed.
+    pub tls_handshake_failures: u64,
     pub started_unix_s: f64,
     pub now_unix_s: f64,
 }
@@ -381,6 +385,7 @@ fn health(engine: &Engine, stats: &ShellStats) -> Response {
             "rotations": g.upstream_rotations,
         },
         "clients": g.clients,
+        "tls": stats.client_tls,
         "subscriptions": g.subscriptions,
         "jobs": { "starting": g.jobs_starting, "running": g.jobs_running, "dead": g.jobs_dead },
         "uptime_s": uptime_s(stats),
@@ -501,6 +506,11 @@ fn shell_metrics(m: &mut Exposition, s: &ShellStats) {
         "http_request_timeouts_total",
         "HTTP connections closed (408) for not completing a request within the idle timeout.",
         s.http_request_timeouts,
+    );
+    m.counter(
+        "tls_handshake_failures_total",
+        "TLS client connections closed before their handshake completed (plain text or garbage on the TLS port, refused certificate, hang-up, timeout).",
+        s.tls_handshake_failures,
     );
     m.counter(
         "client_messages_rate_limited_total",

@@ -16,6 +16,8 @@ use super::markets::{self, Directory, DirectoryConfig, FetchKind, SseStream, Top
 use super::routes::{self, HttpConfig, Routed, ShellStats};
 use super::timed_store::{StoreStats, TimedStore};
 use super::rest_conn::{RestConn, RestLimits, RestOutcome};
+use super::server_tls::ServerTls;
+use super::transport::Transport;
 use super::upstream_conn::{TlsSetup, UpstreamConn, UpstreamEvent};
 use crate::engine::{Engine, Input, LogLevel, Output};
 use crate::journal::{Header, JournalWriter};
@@ -88,6 +90,9 @@ pub struct Server {
     engine: Engine,
     journal: Option<JournalWriter<BufWriter<File>>>,
     tls: TlsSetup,
+    /// TLS for clients (`--tls-cert`/`--tls-key`): every accepted socket is a rustls
+    /// server session. `None`: plain TCP.
+    client_tls: Option<ServerTls>,
     http_cfg: HttpConfig,
     limits: HttpLimits,
     logger: Logger,
@@ -133,6 +138,11 @@ impl Server {
             .map_err(|e| format!("--db {}: {e}", cfg.db.display()))?;
         let (store, store_stats) = TimedStore::new(store);
         let tls = TlsSetup::new(cfg.extra_ca.as_deref()).map_err(|e| format!("--extra-ca: {e}"))?;
+        let client_tls = match (&cfg.tls_cert, &cfg.tls_key) {
+            (Some(cert), Some(key)) => Some(ServerTls::from_pem_files(cert, key)?),
+            // runconfig refuses one without the other.
+            _ => None,
+        };
         let poll = Poll::new().map_err(|e| format!("cannot create the event loop: {e}"))?;
         let mut listener =
             TcpListener::bind(cfg.listen).map_err(|e| format!("--listen {}: cannot listen: {e}", cfg.listen))?;
@@ -167,6 +177,7 @@ impl Server {
             store_path: cfg.db.display().to_string(),
             started_unix_s: unix_secs(now),
             now_unix_s: unix_secs(now),
+            client_tls: client_tls.is_some(),
             ..ShellStats::default()
         };
         let logger = Logger::new(cfg.log_level, cfg.log_format);
@@ -181,6 +192,7 @@ impl Server {
             engine,
             journal,
             tls,
+            client_tls,
             http_cfg,
             limits,
             logger,
@@ -225,7 +237,8 @@ impl Server {
         self.log(
             LogLevel::Info,
             &format!(
-                "server_started listen={addr} db={} pins={} record={}",
+                "server_started listen={addr} tls={} db={} pins={} record={}",
+                self.client_tls.is_some(),
                 self.cfg.db.display(),
                 self.cfg.settings.pins.join(","),
                 self.cfg.record.as_ref().map_or("off".into(), |p| p.display().to_string())
@@ -513,16 +526,27 @@ impl Server {
                     self.stats.connections_rejected_per_ip += 1;
                     "too many connections from this address"
                 };
-                let resp = Response::error(503, detail);
-                let mut buf = Vec::new();
-                resp.write_to(&mut buf, false);
-                let _ = io::Write::write(&mut stream, &buf);
+                // Over TLS nothing can be said before a handshake: just close.
+                if self.client_tls.is_none() {
+                    let resp = Response::error(503, detail);
+                    let mut buf = Vec::new();
+                    resp.write_to(&mut buf, false);
+                    let _ = io::Write::write(&mut stream, &buf);
+                }
                 continue;
             }
             let _ = stream.set_nodelay(true);
+            let session = match self.client_tls.as_ref().map(ServerTls::session).transpose() {
+                Ok(session) => session,
+                Err(e) => {
+                    self.log(LogLevel::Warn, &format!("client_tls_session_failed peer={peer} error={:?}", e.to_string()));
+                    continue;
+                }
+            };
+            let mut stream = Transport::new(stream, session);
             let entry = self.conns.vacant_entry();
             let key = entry.key();
-            if self.poll.registry().register(&mut stream, Token(key), Interest::READABLE).is_err() {
+            if self.poll.registry().register(stream.tcp_mut(), Token(key), Interest::READABLE).is_err() {
                 continue;
             }
             entry.insert(Conn::Http(HttpConn::new(stream, peer, self.mono)));
@@ -639,11 +663,13 @@ impl Server {
         if done && h.upgrade_after_write {
             return self.upgrade(key);
         }
-        if (done && h.close_after_write) || (h.peer_closed && !h.has_pending_output()) {
+        // A failed TLS session has nothing left to say but its alert (already tried).
+        let tls_failed = h.tls_error.is_some();
+        if tls_failed || (done && h.close_after_write) || (h.peer_closed && !h.has_pending_output()) {
             return self.remove_client_conn(key);
         }
         let interest = if done { Interest::READABLE } else { Interest::READABLE | Interest::WRITABLE };
-        let _ = self.poll.registry().reregister(&mut h.stream, Token(key), interest);
+        let _ = self.poll.registry().reregister(h.stream.tcp_mut(), Token(key), interest);
     }
 
     /// The 101 response is written: the socket becomes a WebSocket client.
@@ -664,7 +690,7 @@ impl Server {
         let entry = self.conns.vacant_entry();
         let new_key = entry.key();
         let mut ws = ws;
-        let _ = self.poll.registry().reregister(ws.ws.get_mut(), Token(new_key), Interest::READABLE);
+        let _ = self.poll.registry().reregister(ws.ws.get_mut().tcp_mut(), Token(new_key), Interest::READABLE);
         entry.insert(Conn::Ws(ws));
         self.clients.insert(client, new_key);
         self.stats.ws_clients += 1;
@@ -775,7 +801,7 @@ impl Server {
             w.registered_writable = w.flush_pending;
             let interest =
                 if w.flush_pending { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
-            let _ = self.poll.registry().reregister(w.ws.get_mut(), Token(key), interest);
+            let _ = self.poll.registry().reregister(w.ws.get_mut().tcp_mut(), Token(key), interest);
         }
     }
 
@@ -858,11 +884,16 @@ impl Server {
         self.stats.connections_open = self.stats.connections_open.saturating_sub(1);
         match conn {
             Conn::Http(mut h) => {
-                let _ = self.poll.registry().deregister(&mut h.stream);
+                if h.tls_handshaking() {
+                    self.count_tls_handshake_failure(&h);
+                }
+                h.stream.say_goodbye();
+                let _ = self.poll.registry().deregister(h.stream.tcp_mut());
                 self.release_ip(h.peer.ip());
             }
             Conn::Ws(mut w) => {
-                let _ = self.poll.registry().deregister(w.ws.get_mut());
+                w.ws.get_mut().say_goodbye();
+                let _ = self.poll.registry().deregister(w.ws.get_mut().tcp_mut());
                 self.release_ip(w.peer.ip());
                 self.clients.remove(&w.client);
                 self.stats.ws_clients = self.stats.ws_clients.saturating_sub(1);
@@ -870,6 +901,18 @@ impl Server {
             }
             Conn::Upstream { .. } | Conn::Rest { .. } | Conn::Directory { .. } => {}
         }
+    }
+
+    /// A TLS client connection ends before its handshake completed: a plain-text
+    /// client or garbage on the TLS port, a refused certificate, a hang-up, a timeout.
+    fn count_tls_handshake_failure(&mut self, h: &HttpConn) {
+        self.stats.tls_handshake_failures += 1;
+        let (level, reason) = match &h.tls_error {
+            Some(e) => (LogLevel::Info, e.as_str()),
+            // Port probes and health checks that only open TCP: not worth an info line.
+            None => (LogLevel::Debug, "connection closed before the handshake completed"),
+        };
+        self.log(level, &format!("client_tls_handshake_failed peer={} reason={reason:?}", h.peer));
     }
 
     // --------------------------------------------------------- housekeeping
@@ -887,7 +930,12 @@ impl Server {
                     h.answer_timeout();
                     expired.push(key);
                 }
-                Conn::Http(h) if self.mono.duration_since(h.last_activity) >= idle => expired.push(key),
+                Conn::Http(h) if self.mono.duration_since(h.last_activity) >= idle => {
+                    if h.tls_handshaking() {
+                        h.tls_error = Some(format!("no TLS handshake within {}s (--client-idle-timeout-s)", idle.as_secs()));
+                    }
+                    expired.push(key);
+                }
                 Conn::Ws(w) => {
                     if let Some(since) = w.closing_since {
                         // Until then it waits for the peer to hang up (on_ws_event).

@@ -55,6 +55,47 @@ impl Transport {
         }
     }
 
+    /// True while a TLS session has not finished its handshake (never for plain TCP).
+    pub(crate) fn is_handshaking(&self) -> bool {
+        matches!(self, Transport::Tls(tls) if tls.tls.is_handshaking())
+    }
+
+    /// True when TLS records are queued that the socket has not taken yet: output is
+    /// still pending even if every layer above has handed over its bytes.
+    pub(crate) fn wants_write(&self) -> bool {
+        matches!(self, Transport::Tls(tls) if tls.tls.wants_write())
+    }
+
+    /// Half-closes our sending side once everything queued is out; TLS says
+    /// `close_notify` first, so the peer can tell our end from a truncation. `Ok(true)`
+    /// once the TCP write side is shut; `Ok(false)` while records are still queued
+    /// (call again when the socket is writable).
+    pub(crate) fn shut_down_write(&mut self) -> io::Result<bool> {
+        if let Transport::Tls(tls) = self {
+            tls.tls.send_close_notify(); // a no-op the second time
+            match tls.write_records() {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        // Already reset or shut by the peer: nothing more to say either way.
+        let _ = self.tcp_mut().shutdown(Shutdown::Write);
+        Ok(true)
+    }
+
+    /// Before the socket is dropped: a TLS session past its handshake says
+    /// `close_notify` (one non-blocking write attempt, errors ignored). Nothing for plain
+    /// TCP, nor mid-handshake (a failed handshake already queued its alert, sent here).
+    pub(crate) fn say_goodbye(&mut self) {
+        if let Transport::Tls(tls) = self {
+            if !tls.tls.is_handshaking() {
+                tls.tls.send_close_notify();
+            }
+            let _ = tls.write_records();
+        }
+    }
+
     pub(crate) fn shut_down(&mut self) {
         if let Transport::Tls(tls) = self {
             tls.tls.send_close_notify();
