@@ -526,6 +526,28 @@ mod tests {
     }
 
     #[test]
+    fn a_tls_half_close_comes_after_the_queued_reply_and_says_close_notify() {
+        let (mut pair, client) = tls_pair(|stream, cert| {
+            let mut tls = rustls::StreamOwned::new(client_session(cert), stream);
+            tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+            let mut got = Vec::new();
+            // Ok(0) only after close_notify; a bare FIN would be UnexpectedEof.
+            tls.read_to_end(&mut got).expect("a clean TLS end");
+            assert_eq!(got, b"bye");
+        });
+        let limits = HttpLimits::default();
+        wait_for(|| {
+            let got = pair.conn.read_requests(&limits, Instant::now()).unwrap();
+            let _ = pair.conn.flush().unwrap();
+            (!got.is_empty()).then_some(())
+        });
+        pair.conn.queue(b"bye");
+        wait_for(|| pair.conn.flush().unwrap().then_some(()));
+        wait_for(|| pair.conn.stream.shut_down_write().unwrap().then_some(()));
+        client.join().unwrap();
+    }
+
+    #[test]
     fn plain_http_on_a_tls_connection_fails_with_the_rustls_reason() {
         let (mut pair, client) = tls_pair(|mut stream, _| {
             stream.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
