@@ -298,3 +298,26 @@ fn stream_reports_errors_and_ends_on_disconnect_and_shutdown() {
     }
     assert!(stopped.elapsed() < 5 * SEC, "the stream ended with the shutdown");
 }
+
+// Regression: a request pipelined behind a top_markets request that waits for
+// the exchange was answered first, so the client read each answer as the
+// other's; answers now go out in request order.
+#[test]
+fn a_request_pipelined_behind_a_waiting_one_is_answered_after_it() {
+    let ex = FakeExchange::start(FakeOptions::spot());
+    ex.set_markets("spot", spot_symbols("9000000"));
+    let live = start(&ex);
+    let mut s = TcpStream::connect_timeout(&live.addr, 5 * SEC).expect("connect");
+    s.set_read_timeout(Some(10 * SEC)).unwrap();
+    let pipelined = format!(
+        "GET {TOP}?market=spot&limit=1 HTTP/1.1\r\nHost: x\r\n\r\nGET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(pipelined.as_bytes()).unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    let first = text.find("\"items\"").expect("the top_markets answer");
+    let second = text.find("\"status\"").expect("the health answer");
+    assert!(first < second, "answers in request order: {text}");
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 2, "{text}");
+}

@@ -17,6 +17,11 @@ use tungstenite::{Message, WebSocket};
 /// Most bytes read from one socket per readiness event, for fairness.
 const READ_BUDGET: usize = 256 << 10;
 
+/// Response bytes queued for one HTTP client past which no further request of
+/// its is read or answered: a client that pipelines requests without reading
+/// the answers is held back by TCP instead of growing this buffer.
+pub const MAX_QUEUED_RESPONSE_BYTES: usize = 1 << 20;
+
 pub struct HttpConn {
     pub(crate) stream: Transport,
     pub peer: SocketAddr,
@@ -34,6 +39,13 @@ pub struct HttpConn {
     /// Why the TLS session failed (the rustls error, or a timeout), for the log; the
     /// connection ends at once when this is set.
     pub tls_error: Option<String>,
+    /// A request is parked (waiting for the exchange): requests pipelined
+    /// behind it wait too, so answers go out in request order.
+    pub awaiting_reply: bool,
+    /// Bytes may be left unread in the socket, or requests unanswered in the
+    /// buffer, that no readiness event will announce (edge-triggered): the
+    /// read budget ran out, or reading waited for the backlog to drain.
+    pub more_to_read: bool,
 }
 
 impl HttpConn {
@@ -49,15 +61,32 @@ impl HttpConn {
             request_started: None,
             peer_closed: false,
             tls_error: None,
+            awaiting_reply: false,
+            more_to_read: false,
         }
     }
 
-    /// Reads what is available and returns every complete request (or the
-    /// parse error that ends the connection).
-    pub fn read_requests(&mut self, limits: &HttpLimits, now: Instant) -> Result<Vec<Request>, http::HttpError> {
+    /// Whether the next request may be read and answered now.
+    pub fn wants_requests(&self) -> bool {
+        !self.upgrade_after_write && !self.awaiting_reply && self.write_buf.len() < MAX_QUEUED_RESPONSE_BYTES
+    }
+
+    /// Reads what is available, up to the read budget, unless requests must
+    /// wait or the buffer already holds the largest request allowed: then
+    /// `more_to_read` says to come back once that changes.
+    pub fn read_available(&mut self, limits: &HttpLimits, now: Instant) {
+        if !self.wants_requests() || self.read_buf.len() > limits.max_head_bytes + limits.max_body_bytes {
+            self.more_to_read = true;
+            return;
+        }
+        self.more_to_read = false;
         let mut chunk = [0u8; 16 << 10];
         let mut total = 0;
-        while total < READ_BUDGET {
+        loop {
+            if total >= READ_BUDGET {
+                self.more_to_read = true;
+                break;
+            }
             match self.stream.read(&mut chunk) {
                 Ok(0) => {
                     self.peer_closed = true;
@@ -82,23 +111,34 @@ impl HttpConn {
                 }
             }
         }
-        let mut out = Vec::new();
-        while !self.upgrade_after_write {
-            match http::parse_request(&self.read_buf, limits) {
-                Parse::Complete { request, consumed } => {
-                    self.read_buf.drain(..consumed);
-                    out.push(request);
-                }
-                Parse::Incomplete => break,
-                Parse::Error(e) => return Err(e),
+    }
+
+    /// The next complete request in the buffer, if any (or the parse error
+    /// that ends the connection). Also keeps the slowloris clock: it runs
+    /// from the first byte of a request until the request is complete.
+    pub fn next_request(&mut self, limits: &HttpLimits, now: Instant) -> Result<Option<Request>, http::HttpError> {
+        match http::parse_request(&self.read_buf, limits) {
+            Parse::Complete { request, consumed } => {
+                self.read_buf.drain(..consumed);
+                self.request_started = if self.read_buf.is_empty() { None } else { Some(now) };
+                Ok(Some(request))
             }
+            Parse::Incomplete => {
+                if self.read_buf.is_empty() {
+                    self.request_started = None;
+                } else if self.request_started.is_none() {
+                    self.request_started = Some(now);
+                }
+                Ok(None)
+            }
+            Parse::Error(e) => Err(e),
         }
-        if self.read_buf.is_empty() || self.upgrade_after_write {
-            self.request_started = None;
-        } else if self.request_started.is_none() || !out.is_empty() {
-            self.request_started = Some(now);
-        }
-        Ok(out)
+    }
+
+    /// Requests were left unanswered while they had to wait: more may be
+    /// read and answered once `wants_requests` holds again.
+    pub fn has_unserved_input(&self) -> bool {
+        !self.read_buf.is_empty()
     }
 
     /// Bytes read past the last complete request (a client may pipeline its

@@ -568,40 +568,56 @@ impl Server {
 
     fn on_http_event(&mut self, key: usize, readable: bool, writable: bool) {
         let mono = self.mono;
-        let parsed = match self.conns.get_mut(key) {
+        match self.conns.get_mut(key) {
             Some(Conn::Http(h)) => {
                 if writable && h.flush().is_err() {
                     return self.remove_client_conn(key);
                 }
                 if readable {
-                    h.read_requests(&self.limits, mono)
-                } else {
-                    Ok(Vec::new())
+                    h.read_available(&self.limits, mono);
                 }
             }
             _ => return,
-        };
-        match parsed {
-            Err(e) => {
-                if let Some(Conn::Http(h)) = self.conns.get_mut(key) {
+        }
+        // An event stream has nothing more to read but its end.
+        if !self.sse.contains_key(&key) {
+            self.serve_requests(key);
+        }
+        self.finish_http_io(key);
+    }
+
+    /// Answers the complete requests in the buffer, in order, while the
+    /// connection may take more answers (see `HttpConn::wants_requests`).
+    fn serve_requests(&mut self, key: usize) {
+        let mono = self.mono;
+        loop {
+            let Some(Conn::Http(h)) = self.conns.get_mut(key) else { return };
+            if !h.wants_requests() {
+                if h.has_unserved_input() {
+                    h.more_to_read = true;
+                }
+                return;
+            }
+            let req = match h.next_request(&self.limits, mono) {
+                Ok(Some(req)) => req,
+                Ok(None) => return,
+                Err(e) => {
                     let mut buf = Vec::new();
                     e.to_response().write_to(&mut buf, false);
                     h.queue(&buf);
                     h.close_after_write = true;
+                    return;
                 }
-            }
-            // An event stream has nothing more to read but its end.
-            Ok(_) if self.sse.contains_key(&key) => {}
-            Ok(requests) => {
-                for req in requests {
-                    self.stats.http_requests += 1;
-                    if self.handle_request(key, req) {
-                        break; // the rest of the bytes belong to the WebSocket
-                    }
+            };
+            self.stats.http_requests += 1;
+            if self.handle_request(key, req) {
+                // The rest of the bytes belong to the WebSocket (or the event stream).
+                if let Some(Conn::Http(h)) = self.conns.get_mut(key) {
+                    h.request_started = None;
                 }
+                return;
             }
         }
-        self.finish_http_io(key);
     }
 
     /// Answers one request; true when the connection became a WebSocket.
@@ -624,9 +640,15 @@ impl Server {
             }
             Routed::Directory { stream, cors } => match self.directory_request(key, &req, stream, cors) {
                 Some(r) => r,
-                // Parked until a fetch ends, or now an event stream (nothing
-                // after its request is read).
-                None => return stream,
+                // Now an event stream: nothing after its request is read.
+                None if stream => return true,
+                // Parked until a fetch ends: requests behind it wait for it.
+                None => {
+                    if let Some(Conn::Http(h)) = self.conns.get_mut(key) {
+                        h.awaiting_reply = true;
+                    }
+                    return false;
+                }
             },
             Routed::Upgrade { response } => {
                 if self.shutdown_at.is_some() {
@@ -667,6 +689,10 @@ impl Server {
         let tls_failed = h.tls_error.is_some();
         if tls_failed || (done && h.close_after_write) || (h.peer_closed && !h.has_pending_output()) {
             return self.remove_client_conn(key);
+        }
+        if h.more_to_read && h.wants_requests() {
+            // Bytes or requests are waiting that no readiness event will announce.
+            self.pending_client_reads.push(key);
         }
         let interest = if done { Interest::READABLE } else { Interest::READABLE | Interest::WRITABLE };
         let _ = self.poll.registry().reregister(h.stream.tcp_mut(), Token(key), interest);
@@ -813,8 +839,10 @@ impl Server {
         keys.dedup();
         for key in keys {
             // The slot may have been reused by another connection meanwhile.
-            if matches!(self.conns.get(key), Some(Conn::Ws(w)) if w.more_to_read) {
-                self.on_ws_event(key, true, false);
+            match self.conns.get(key) {
+                Some(Conn::Ws(w)) if w.more_to_read => self.on_ws_event(key, true, false),
+                Some(Conn::Http(h)) if h.more_to_read => self.on_http_event(key, true, false),
+                _ => {}
             }
         }
     }
@@ -1219,10 +1247,13 @@ impl Server {
                 let mut buf = Vec::with_capacity(256 + response.body.len());
                 response.write_to(&mut buf, p.keep_alive);
                 h.queue(&buf);
+                h.awaiting_reply = false;
                 if !p.keep_alive {
                     h.close_after_write = true;
                 }
             }
+            // Requests pipelined behind the parked one are answered now.
+            self.serve_requests(p.key);
             self.finish_http_io(p.key);
         }
         let streams: Vec<usize> =
