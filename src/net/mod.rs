@@ -11,9 +11,13 @@
 //! - [`rest_conn`]: one exchange REST request (HTTP/1.1 GET over TCP or rustls),
 //!   non-blocking.
 //! - [`transport`]: the byte stream under all of them, plain TCP or rustls.
+//! - [`dns`]: non-blocking name resolution (hosts file, resolv.conf nameservers over
+//!   UDP on the loop's poll, cache); [`dns_wire`] is its pure message codec.
 //! - [`client_conn`]: one client socket, HTTP then (after the upgrade) WebSocket.
 //! - [`server`]: the loop itself; [`logger`] and [`timed_store`] serve it.
 pub mod client_conn;
+pub mod dns;
+pub mod dns_wire;
 pub mod http;
 pub mod kline_health;
 pub mod logger;
