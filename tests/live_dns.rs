@@ -100,6 +100,7 @@ fn exchange_host_name_is_resolved_through_the_configured_nameserver() {
     assert!(ex.wait_for_subscriptions(&[STREAM], 10 * SEC), "subscribed via the resolved address");
     let line = live.wait_log("dns_resolved host=exchange.test source=dns", 5 * SEC).expect("resolution logged");
     assert!(line.contains("addrs=127.0.0.1"), "{line}");
+    eprintln!("{line}");
     assert!(dns.queries() >= 2, "A and AAAA asked: {}", dns.queries());
     assert!(metric(&live, "klinegate_dns_lookups_total") >= 1.0);
     assert!(metric(&live, "klinegate_dns_queries_sent_total") >= 2.0);
