@@ -188,6 +188,9 @@ struct RunArgs {
     /// Extra PEM file of CA certificates trusted for upstream TLS
     #[arg(long, value_name = "PEM", help_heading = "Upstream")]
     extra_ca: Option<String>,
+    /// Resolver configuration (nameservers, options timeout/attempts; a nameserver may carry a port, e.g. 127.0.0.1:5353)
+    #[arg(long, value_name = "FILE", default_value = "/etc/resolv.conf", help_heading = "Upstream")]
+    resolv_conf: String,
     /// Market directory: seconds an exchangeInfo answer is reused
     #[arg(long, value_name = "SECONDS", default_value = "3600", help_heading = "Market directory")]
     markets_exchange_info_ttl_s: String,
@@ -270,6 +273,8 @@ pub struct RunConfig {
     /// TLS for clients: certificate chain and private key (PEM). Both or neither.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// Nameservers and their timeout/attempts for the non-blocking resolver (`net::dns`).
+    pub resolv_conf: PathBuf,
     /// Bootstrap pinned series with no stored history from this freqtrade datadir.
     pub freqtrade_datadir: Option<PathBuf>,
     /// Market directory cache lifetimes and the forced-refresh spacing, seconds.
@@ -600,6 +605,12 @@ fn build(l: &mut Layers<'_>, known: &[String]) -> Result<RunConfig, RunConfigErr
         existing_file(p).map_err(|r| l.invalid("extra_ca", r))?;
     }
     let (tls_cert, tls_key) = resolve_tls_files(l)?;
+    // The system file may be missing (the resolver then uses 127.0.0.1:53, as glibc);
+    // one named explicitly must exist.
+    let resolv_conf = l.path("resolv_conf")?.unwrap_or_else(|| PathBuf::from("/etc/resolv.conf"));
+    if l.given("resolv_conf") {
+        existing_file(&resolv_conf).map_err(|r| l.invalid("resolv_conf", r))?;
+    }
 
     let (pins, whitelist_file) = resolve_pins(l)?;
     let max_frame_bytes = l.value("max_frame_bytes", parse_usize)?;
@@ -649,6 +660,7 @@ fn build(l: &mut Layers<'_>, known: &[String]) -> Result<RunConfig, RunConfigErr
         extra_ca,
         tls_cert,
         tls_key,
+        resolv_conf,
         freqtrade_datadir,
         markets_exchange_info_ttl_s: l.value("markets_exchange_info_ttl_s", |s| parse_u64(s).and_then(positive))?,
         markets_tickers_ttl_s: l.value("markets_tickers_ttl_s", |s| parse_u64(s).and_then(positive))?,
@@ -919,6 +931,7 @@ mod tests {
         assert_eq!(c.record, None);
         assert_eq!(c.extra_ca, None);
         assert_eq!((c.tls_cert, c.tls_key), (None, None));
+        assert_eq!(c.resolv_conf, PathBuf::from("/etc/resolv.conf"));
         assert_eq!(c.log_level, LogLevelSetting::Info);
         assert_eq!(c.log_format, LogFormat::Kv);
         assert_eq!(c.spot_rest_url, "https://api.binance.com");
@@ -1054,6 +1067,7 @@ mod tests {
         assert!(error(&["--max-connections", "0"], &[]).starts_with("invalid setting --max-connections:"));
         assert!(error(&["--enable-debug-api", "sometimes"], &[]).contains("or auto"));
         assert!(error(&["--extra-ca", "/nonexistent/ca.pem"], &[]).contains("does not exist"));
+        assert!(error(&["--resolv-conf", "/nonexistent/resolv.conf"], &[]).contains("does not exist"));
         assert!(error(&["--config", "/nonexistent/k.toml"], &[]).starts_with("invalid setting --config:"));
         assert!(error(&["--db", "/nonexistent-dir/k.db"], &[]).starts_with("invalid setting --db: directory"));
         assert!(error(&["--breaker-crash-budget", "99999999999"], &[]).contains("too large"));

@@ -13,9 +13,13 @@
 //! - [`transport`]: the byte stream under all of them, plain TCP or rustls.
 //! - [`server_tls`]: TLS for clients, the rustls server configuration loaded
 //!   from `--tls-cert`/`--tls-key`.
+//! - [`dns`]: non-blocking name resolution (hosts file, resolv.conf nameservers over
+//!   UDP on the loop's poll, cache); [`dns_wire`] is its pure message codec.
 //! - [`client_conn`]: one client socket, HTTP then (after the upgrade) WebSocket.
 //! - [`server`]: the loop itself; [`logger`] and [`timed_store`] serve it.
 pub mod client_conn;
+pub mod dns;
+pub mod dns_wire;
 pub mod http;
 pub mod kline_health;
 pub mod logger;

@@ -7,15 +7,19 @@
 //! (`Retry-After` on 429/418, `X-MBX-USED-WEIGHT-1M` on every answer). The connection is used
 //! for exactly one request (`Connection: close`); there is no pooling and no retry.
 //!
-//! It never reads the clock to decide anything, never sleeps, never blocks on the socket and
-//! never interprets the body: deadlines, backoff after 429/418 and JSON parsing belong to the
-//! caller. The one blocking call is the name lookup in [`RestConn::start`] (as for
-//! [`super::upstream_conn::UpstreamConn::connect`]; IP literals never touch a resolver).
+//! It never reads the clock to decide anything, never sleeps, never blocks and never
+//! interprets the body: deadlines, backoff after 429/418 and JSON parsing belong to the
+//! caller. It never resolves a name: as for [`super::upstream_conn::UpstreamConn::connect`],
+//! an IP literal is connected at once and a host name waits, without a socket, for the
+//! addresses the shell's non-blocking [`super::dns::Resolver`] finds
+//! ([`RestConn::resolving_host`], [`RestConn::on_resolved`]).
 //! The TCP/TLS plumbing (address fallback, [`TlsSetup`], the non-blocking TLS stream) is
 //! shared with `upstream_conn`.
 //!
 //! # How the event loop drives it
-//! - [`RestConn::start`] registers the socket with the given token.
+//! - [`RestConn::start`] registers the socket with the given token, or (host name) leaves the
+//!   request resolving: look [`RestConn::resolving_host`] up and call
+//!   [`RestConn::on_resolved`], which may return the outcome at once (a failed lookup).
 //! - On every readiness event for that token call [`RestConn::on_event`]; the flags are
 //!   hints only, every call makes whatever progress the socket allows. It returns
 //!   `Some(outcome)` exactly once; the socket is closed at that moment.
@@ -26,14 +30,14 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use mio::{Interest, Registry, Token};
 
 use super::transport::{describe_io_error, describe_tls_handshake_error, Transport};
 use super::upstream_conn::{
-    connect_next, parse_url_with_schemes, resolve, start_transport, tcp_connect_result, Registration, TlsSetup,
+    connect_next, literal_addrs, parse_url_with_schemes, start_transport, tcp_connect_result, Registration, TlsSetup,
     WsUrl,
 };
 
@@ -97,6 +101,9 @@ pub struct RestConn {
     /// `scheme://authority/target`, for failure reasons and logs.
     url: String,
     host: String,
+    port: u16,
+    /// `https`: TLS over the TCP connection.
+    secure: bool,
     limits: RestLimits,
     token: Token,
     /// Interest the current socket is registered with; `None` when not registered.
@@ -117,12 +124,13 @@ impl RestConn {
     ///
     /// `base_url` is `https://api.binance.com` or `http://127.0.0.1:PORT`; a path prefix such
     /// as `http://proxy/binance` is kept. `path_and_query` must start with `/` and be
-    /// printable ASCII (the caller percent-encodes). The host is resolved, a non-blocking
-    /// connect to the first address starts, and the socket is registered under `token`
-    /// (READABLE | WRITABLE). If that address fails the next resolved one is tried.
+    /// printable ASCII (the caller percent-encodes). For an IP literal host a non-blocking
+    /// connect starts and the socket is registered under `token` (READABLE | WRITABLE); for
+    /// a host name the request waits for [`on_resolved`](Self::on_resolved). If an address
+    /// fails the next resolved one is tried. Nothing here blocks.
     ///
-    /// Errors (bad URL or path, no address, every address refused at once) mean no request
-    /// exists: the caller treats them like an immediate `Failed`.
+    /// Errors (bad URL or path, every address refused at once) mean no request exists: the
+    /// caller treats them like an immediate `Failed`.
     pub fn start(
         base_url: &str,
         path_and_query: &str,
@@ -132,8 +140,59 @@ impl RestConn {
     ) -> io::Result<RestConn> {
         let url = parse_url_with_schemes(base_url, "http://", "https://").map_err(invalid_input)?;
         let target = request_target(&url, path_and_query).map_err(invalid_input)?;
-        let addrs = resolve(&url)?;
-        Self::start_to(Destination { url, target, addrs }, tls, registry, token)
+        if let Some(addrs) = literal_addrs(&url) {
+            return Self::start_to(Destination { url, target, addrs }, tls, registry, token);
+        }
+        Ok(RestConn {
+            phase: Phase::Resolving(Box::new(tls.clone())),
+            transport: None,
+            request: build_request(&url.authority(), &target),
+            url: full_url(&url, &target),
+            host: url.host,
+            port: url.port,
+            secure: url.secure,
+            limits: RestLimits::default(),
+            token,
+            registered: None,
+            started_at: Instant::now(),
+        })
+    }
+
+    /// The host name this request waits to have resolved; `None` once it has addresses
+    /// (or was given an IP literal).
+    pub fn resolving_host(&self) -> Option<&str> {
+        match self.phase {
+            Phase::Resolving(_) => Some(&self.host),
+            _ => None,
+        }
+    }
+
+    /// The name lookup ended: starts the connect to `addrs` in order and registers the
+    /// socket under the request's token (returns `None`: drive it with `on_event`), or
+    /// returns the `Failed` outcome (lookup error, every address refused at once). Does
+    /// nothing (`None`) unless the request is resolving.
+    pub fn on_resolved(&mut self, result: Result<&[IpAddr], String>, registry: &Registry) -> Option<RestOutcome> {
+        let Phase::Resolving(tls) = std::mem::replace(&mut self.phase, Phase::Finished) else {
+            return None;
+        };
+        let reason = match result {
+            Err(reason) => reason,
+            Ok(ips) => match self.connect_resolved(ips, &tls, registry) {
+                Ok(()) => return None,
+                Err(e) => e.to_string(),
+            },
+        };
+        self.close_socket();
+        Some(RestOutcome::Failed { reason: format!("GET {}: {reason}", self.url) })
+    }
+
+    fn connect_resolved(&mut self, ips: &[IpAddr], tls: &TlsSetup, registry: &Registry) -> io::Result<()> {
+        let url = WsUrl { secure: self.secure, host: self.host.clone(), port: self.port, path: String::new() };
+        let mut addrs: VecDeque<SocketAddr> = ips.iter().map(|ip| SocketAddr::new(*ip, self.port)).collect();
+        let (transport, addr, failures) = start_transport(&url, &mut addrs, tls)?;
+        self.transport = Some(transport);
+        self.phase = Phase::Connecting(Dial { addr, fallback: addrs, failures });
+        self.reregister(registry, self.token)
     }
 
     /// Replaces the size limits. Takes effect for the whole response when called before the
@@ -156,7 +215,6 @@ impl RestConn {
             mut addrs,
         } = dest;
         let (transport, addr, failures) = start_transport(&url, &mut addrs, tls)?;
-        let scheme = if url.secure { "https" } else { "http" };
         let mut conn = RestConn {
             phase: Phase::Connecting(Dial {
                 addr,
@@ -165,8 +223,10 @@ impl RestConn {
             }),
             transport: Some(transport),
             request: build_request(&url.authority(), &target),
-            url: format!("{scheme}://{}{target}", url.authority()),
+            url: full_url(&url, &target),
             host: url.host,
+            port: url.port,
+            secure: url.secure,
             limits: RestLimits::default(),
             token,
             registered: None,
@@ -264,6 +324,11 @@ struct Destination {
     addrs: VecDeque<SocketAddr>,
 }
 
+fn full_url(url: &WsUrl, target: &str) -> String {
+    let scheme = if url.secure { "https" } else { "http" };
+    format!("{scheme}://{}{target}", url.authority())
+}
+
 fn invalid_input(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, message)
 }
@@ -309,6 +374,8 @@ fn build_request(authority: &str, target: &str) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------------
 
 enum Phase {
+    /// Waiting for the shell's resolver; no socket yet. Holds the TLS setup for the connect.
+    Resolving(Box<TlsSetup>),
     Connecting(Dial),
     /// Also passed through (at once) for plain `http://`.
     TlsHandshaking,
@@ -344,6 +411,7 @@ enum Step {
 impl Phase {
     fn name(&self) -> &'static str {
         match self {
+            Phase::Resolving(_) => "resolving",
             Phase::Connecting(_) => "connecting",
             Phase::TlsHandshaking => "tls-handshaking",
             Phase::Writing { .. } => "writing",
@@ -358,7 +426,7 @@ impl Phase {
                 Some(Interest::READABLE | Interest::WRITABLE)
             }
             Phase::Reading(_) => Some(Interest::READABLE),
-            Phase::Finished => None,
+            Phase::Resolving(_) | Phase::Finished => None,
         }
     }
 }
@@ -366,6 +434,9 @@ impl Phase {
 impl RestConn {
     /// Runs one step of the current phase.
     fn step(&mut self) -> Step {
+        if let Phase::Resolving(_) = self.phase {
+            return Step::Wait(std::mem::replace(&mut self.phase, Phase::Finished));
+        }
         let Some(transport) = self.transport.as_mut() else {
             return Step::Wait(Phase::Finished);
         };
@@ -380,6 +451,7 @@ impl RestConn {
                 step_write(transport, &self.request, written, self.limits)
             }
             Phase::Reading(reader) => step_read(transport, reader),
+            Phase::Resolving(tls) => Step::Wait(Phase::Resolving(tls)),
             Phase::Finished => Step::Wait(Phase::Finished),
         }
     }
@@ -1217,9 +1289,14 @@ mod tests {
     impl Driver {
         fn start(base: &str, path: &str, tls: &TlsSetup, limits: RestLimits) -> Driver {
             let poll = Poll::new().unwrap();
-            let conn = RestConn::start(base, path, tls, poll.registry(), TOKEN)
+            let mut conn = RestConn::start(base, path, tls, poll.registry(), TOKEN)
                 .unwrap()
                 .with_limits(limits);
+            // `localhost` (the TLS tests' certificate name) as the shell's hosts lookup has it.
+            if let Some(host) = conn.resolving_host() {
+                let addrs = crate::net::dns::Hosts::default().lookup(host).expect("only localhost");
+                assert_eq!(conn.on_resolved(Ok(&addrs), poll.registry()), None);
+            }
             Driver::with_conn(poll, conn)
         }
 
@@ -1309,6 +1386,43 @@ mod tests {
     }
 
     fn hang_up(_: &mut StdTcpStream) {}
+
+    #[test]
+    fn host_name_waits_for_the_resolver_then_fetches() {
+        let body = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
+        let (port, server, heads) = spawn_http_server(body.into(), hang_up);
+        let poll = Poll::new().unwrap();
+        let base = format!("http://api.exchange.test:{port}/v1");
+        let mut conn = RestConn::start(&base, "/ping", &plain_tls(), poll.registry(), TOKEN).unwrap();
+        assert_eq!(conn.resolving_host(), Some("api.exchange.test"));
+        assert_eq!(conn.on_event(true, true), None, "nothing to do while resolving");
+        conn.reregister(poll.registry(), TOKEN).unwrap();
+        assert_eq!(conn.registered, None);
+        assert!(!conn.is_finished());
+        let addrs = [IpAddr::from([127, 0, 0, 1])];
+        assert_eq!(conn.on_resolved(Ok(&addrs), poll.registry()), None);
+        assert_eq!(conn.resolving_host(), None);
+        let outcome = Driver::with_conn(poll, conn).run();
+        assert!(matches!(outcome, RestOutcome::Response { status: 200, .. }), "{outcome:?}");
+        let head = heads.recv().unwrap();
+        assert!(head.starts_with("GET /v1/ping HTTP/1.1\r\n"), "{head}");
+        assert!(head.contains(&format!("Host: api.exchange.test:{port}\r\n")), "{head}");
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn failed_resolution_is_the_failed_outcome() {
+        let poll = Poll::new().unwrap();
+        let mut conn = RestConn::start("https://fapi.example", "/x", &plain_tls(), poll.registry(), TOKEN).unwrap();
+        let reason = "resolving fapi.example: timed out after 10.0 s".to_owned();
+        let outcome = conn.on_resolved(Err(reason), poll.registry());
+        assert_eq!(
+            outcome,
+            Some(RestOutcome::Failed { reason: "GET https://fapi.example/x: resolving fapi.example: timed out after 10.0 s".into() })
+        );
+        assert!(conn.is_finished());
+        assert_eq!(conn.on_resolved(Err("again".into()), poll.registry()), None);
+    }
 
     fn base(port: u16) -> String {
         format!("http://127.0.0.1:{port}")

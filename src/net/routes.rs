@@ -78,6 +78,8 @@ pub struct ShellStats {
     pub client_tls: bool,
     /// TLS client connections that ended before their handshake completed.
     pub tls_handshake_failures: u64,
+    /// The non-blocking resolver's counters (`net::dns`).
+    pub dns: super::dns::DnsStats,
     pub started_unix_s: f64,
     pub now_unix_s: f64,
 }
@@ -533,11 +535,25 @@ fn shell_metrics(m: &mut Exposition, s: &ShellStats) {
     m.counter("ws_bytes_out_total", "WebSocket bytes written to clients.", s.ws_bytes_out);
     m.counter("upstream_frames_in_total", "Frames read from exchange connections.", s.upstream_frames_in);
     m.gauge("upstream_connected", "Exchange connections currently open.", s.upstream_connected as f64);
+    dns_metrics(m, &s.dns);
     m.gauge("store_ok", "1 when the store is writable.", if s.store_ok { 1.0 } else { 0.0 });
     m.family("store_write_seconds", "summary", "Time spent in store writes.");
     m.sample("store_write_seconds_sum", &[], s.store_write_seconds_sum);
     m.sample("store_write_seconds_count", &[], s.store_write_count as f64);
     m.gauge("store_write_seconds_max", "Longest store write.", s.store_write_seconds_max);
+}
+
+fn dns_metrics(m: &mut Exposition, d: &super::dns::DnsStats) {
+    m.counter("dns_lookups_total", "Host names looked up for exchange connections (IP literals excluded).", d.lookups);
+    m.counter("dns_hosts_hits_total", "Lookups answered from the hosts file.", d.hosts_hits);
+    m.counter("dns_cache_hits_total", "Lookups answered from the resolver cache (negative answers included).", d.cache_hits);
+    m.counter("dns_queries_sent_total", "DNS queries sent to nameservers (each try of A and AAAA).", d.queries_sent);
+    m.counter("dns_failures_total", "Lookups that ended without an address.", d.failures);
+    m.counter("dns_nxdomain_total", "NXDOMAIN answers from nameservers.", d.nxdomain);
+    m.counter("dns_timeouts_total", "DNS query tries that got no answer within the timeout.", d.timeouts);
+    m.counter("dns_server_errors_total", "Nameserver answers that were errors (SERVFAIL, REFUSED, truncated, malformed).", d.server_errors);
+    m.counter("dns_ignored_datagrams_total", "Datagrams on the resolver socket that answered no query in flight.", d.ignored_datagrams);
+    m.gauge("dns_lookups_in_flight", "Lookups waiting for a nameserver.", d.in_flight as f64);
 }
 
 fn engine_gauges(m: &mut Exposition, g: &Gauges) {

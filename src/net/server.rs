@@ -10,6 +10,7 @@
 //! queue and the slow-consumer policy applies.
 
 use super::client_conn::{HttpConn, WsConn, WsRead};
+use super::dns::{Answer, Resolver, ResolverFiles};
 use super::http::{HttpLimits, Response};
 use super::logger::Logger;
 use super::markets::{self, Directory, DirectoryConfig, FetchKind, SseStream, TopQuery};
@@ -37,6 +38,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
+/// The resolver's UDP sockets (IPv4, IPv6).
+const DNS: [Token; 2] = [Token(usize::MAX - 8), Token(usize::MAX - 9)];
 /// Messages read from one client per readiness event.
 const CLIENT_READ_BUDGET: usize = 64;
 /// Housekeeping (idle clients, pings, journal flush) runs this often.
@@ -118,6 +121,10 @@ pub struct Server {
     parked: Vec<Parked>,
     /// HTTP connections that became event streams, by slab key.
     sse: BTreeMap<usize, SseStream>,
+    /// Name lookups for exchange connections; never blocks the loop.
+    resolver: Resolver,
+    /// Host name → slab keys of the connections waiting for its addresses.
+    dns_waiters: BTreeMap<String, Vec<usize>>,
 }
 
 fn unix_secs(t: Timestamp) -> f64 {
@@ -184,6 +191,13 @@ impl Server {
         for line in bootstrapped {
             logger.log(unix_secs(now), LogLevel::Info, &line);
         }
+        let files = ResolverFiles { resolv_conf: cfg.resolv_conf.clone(), ..ResolverFiles::default() };
+        let mut resolver = Resolver::new(&files, DNS, mono);
+        while let Some(note) = resolver.poll_note() {
+            logger.log(unix_secs(now), LogLevel::Warn, &note);
+        }
+        let servers = super::dns::describe_servers(resolver.config());
+        logger.log(unix_secs(now), LogLevel::Debug, &format!("dns_config nameservers={servers}"));
         Ok(Server {
             poll,
             listener: Some(listener),
@@ -219,6 +233,8 @@ impl Server {
             }),
             parked: Vec::new(),
             sse: BTreeMap::new(),
+            resolver,
+            dns_waiters: BTreeMap::new(),
             cfg,
         })
     }
@@ -266,6 +282,9 @@ impl Server {
                             return 130;
                         }
                     }
+                    token if self.resolver.owns(token) => {
+                        self.resolver.on_readable(token, self.poll.registry(), self.mono)
+                    }
                     token => self.on_conn_event(token.0, event.is_readable(), event.is_writable()),
                 }
             }
@@ -275,6 +294,8 @@ impl Server {
                 self.fire_timers();
             }
             self.process_pending_inputs();
+            self.resolver.handle_timeout(self.poll.registry(), self.mono);
+            self.deliver_dns_answers();
             self.tick_event_streams();
             self.write_ready_clients();
             if self.mono.duration_since(self.last_housekeeping) >= HOUSEKEEPING {
@@ -295,6 +316,14 @@ impl Server {
         }
         if let Some(due) = self.next_event_stream_due() {
             wait = wait.min(due.saturating_duration_since(self.mono));
+        }
+        if let Some(due) = self.resolver.poll_timeout() {
+            // Rounded up like the engine's deadline: never woken before the retry is due.
+            let left = due.saturating_duration_since(self.mono);
+            wait = wait.min(Duration::from_micros(left.as_micros().div_ceil(1000) as u64 * 1000));
+        }
+        if self.resolver.wants_poll() {
+            wait = Duration::ZERO;
         }
         if !self.pending_inputs.is_empty() || self.any_upstream_wants_read() || self.any_client_wants_read() {
             wait = Duration::ZERO;
@@ -357,6 +386,7 @@ impl Server {
         match RestConn::start(base, path, &self.tls, self.poll.registry(), token) {
             Ok(conn) => {
                 entry.insert(Conn::Rest { id, conn });
+                self.await_resolution(token.0);
             }
             Err(e) => self.pending_inputs.push_back(Input::RestFailed { id, reason: format!("GET {base}{path}: {e}") }),
         }
@@ -372,6 +402,11 @@ impl Server {
             _ => return,
         };
         let Some(outcome) = outcome else { return };
+        self.finish_rest(key, id, outcome);
+    }
+
+    /// The engine's REST request `id` at `key` ended: drop it and tell the engine.
+    fn finish_rest(&mut self, key: usize, id: u64, outcome: RestOutcome) {
         if let Some(Conn::Rest { mut conn, .. }) = self.conns.try_remove(key) {
             let _ = conn.deregister(self.poll.registry());
         }
@@ -411,6 +446,7 @@ impl Server {
             Ok(conn) => {
                 entry.insert(Conn::Upstream { engine_conn, conn });
                 self.upstreams.insert(engine_conn, token.0);
+                self.await_resolution(token.0);
             }
             Err(e) => {
                 self.pending_inputs.push_back(Input::UpstreamDisconnected {
@@ -462,6 +498,10 @@ impl Server {
             }
             _ => return,
         };
+        self.dispatch_upstream_events(key, engine_conn, evs);
+    }
+
+    fn dispatch_upstream_events(&mut self, key: usize, engine_conn: u64, evs: Vec<UpstreamEvent>) {
         for ev in evs {
             match ev {
                 UpstreamEvent::Connected => {
@@ -498,6 +538,69 @@ impl Server {
         keys.sort_unstable();
         for key in keys {
             self.on_upstream_event(key, true, false);
+        }
+    }
+
+    // ----------------------------------------------------------------- DNS
+
+    /// The connection just put at `key` may wait for a host name: start its lookup. The
+    /// answer (at once from the hosts file or the cache, else from a nameserver) is
+    /// delivered by `deliver_dns_answers`, never inside the engine's output drain.
+    fn await_resolution(&mut self, key: usize) {
+        let host = match self.conns.get(key) {
+            Some(Conn::Upstream { conn, .. }) => conn.resolving_host(),
+            Some(Conn::Rest { conn, .. } | Conn::Directory { conn, .. }) => conn.resolving_host(),
+            _ => None,
+        };
+        let Some(host) = host.map(str::to_owned) else { return };
+        let name = self.resolver.lookup(&host, self.poll.registry(), self.mono);
+        self.dns_waiters.entry(name).or_default().push(key);
+    }
+
+    /// Hands every finished lookup to the connections waiting for it. A failure flows
+    /// through each connection's own failure path (`UpstreamDisconnected`, `RestFailed`, a
+    /// failed directory fetch), exactly like a refused connect.
+    fn deliver_dns_answers(&mut self) {
+        while let Some(note) = self.resolver.poll_note() {
+            self.log(LogLevel::Info, &note);
+        }
+        while let Some(answer) = self.resolver.poll_answer() {
+            self.log(LogLevel::Debug, &answer.log_line());
+            for key in self.dns_waiters.remove(&answer.host).unwrap_or_default() {
+                self.on_resolved(key, &answer);
+            }
+        }
+        self.stats.dns = self.resolver.stats();
+    }
+
+    fn on_resolved(&mut self, key: usize, answer: &Answer) {
+        let result = match &answer.result {
+            Ok(addrs) => Ok(addrs.as_slice()),
+            Err(e) => Err(e.to_string()),
+        };
+        // The slot may have been freed and reused since the lookup began: only a
+        // connection still resolving that same name takes the answer.
+        let waiting = |host: Option<&str>| host.is_some_and(|h| super::dns_wire::normalize(h) == answer.host);
+        let registry = self.poll.registry();
+        match self.conns.get_mut(key) {
+            Some(Conn::Upstream { engine_conn, conn }) if waiting(conn.resolving_host()) => {
+                let mut evs = Vec::new();
+                conn.on_resolved(result, registry, &mut evs);
+                let engine_conn = *engine_conn;
+                self.dispatch_upstream_events(key, engine_conn, evs);
+            }
+            Some(Conn::Rest { id, conn }) if waiting(conn.resolving_host()) => {
+                let id = *id;
+                if let Some(outcome) = conn.on_resolved(result, registry) {
+                    self.finish_rest(key, id, outcome);
+                }
+            }
+            Some(Conn::Directory { conn, .. }) if waiting(conn.resolving_host()) => {
+                if let Some(outcome) = conn.on_resolved(result, registry) {
+                    self.finish_directory_fetch(key, outcome);
+                }
+            }
+            _ => {}
         }
     }
 
@@ -1189,6 +1292,7 @@ impl Server {
             match RestConn::start(base, path, &self.tls, self.poll.registry(), token) {
                 Ok(conn) => {
                     entry.insert(Conn::Directory { market, kind, conn: conn.with_limits(limits) });
+                    self.await_resolution(token.0);
                 }
                 Err(e) => {
                     let reason = format!("GET {base}{path}: {e}");
@@ -1208,6 +1312,10 @@ impl Server {
             _ => return,
         };
         let Some(outcome) = outcome else { return };
+        self.finish_directory_fetch(key, outcome);
+    }
+
+    fn finish_directory_fetch(&mut self, key: usize, outcome: RestOutcome) {
         let Some(Conn::Directory { market, kind, mut conn }) = self.conns.try_remove(key) else { return };
         let _ = conn.deregister(self.poll.registry());
         let result = match &outcome {

@@ -6,12 +6,18 @@
 //! (tungstenite queues the pong with the ping's payload; we flush it), because Binance closes
 //! a connection that does not pong in time.
 //!
-//! It never reads a clock, never sleeps, never blocks on the socket and never decides anything
-//! about streams or subscriptions: timeouts (connect, handshake, silence) and pacing are the
-//! engine's job. The one blocking call is the name lookup in [`UpstreamConn::connect`].
+//! It never reads a clock, never sleeps, never blocks and never decides anything about
+//! streams or subscriptions: timeouts (connect, handshake, silence) and pacing are the
+//! engine's job. It never resolves a name either: an IP literal is connected at once, a host
+//! name leaves the connection waiting in its first state until the shell hands it the
+//! addresses from [`super::dns::Resolver`] (which never blocks) through
+//! [`UpstreamConn::on_resolved`].
 //!
 //! # How the event loop drives it
-//! - [`UpstreamConn::connect`] registers the socket with the given token.
+//! - [`UpstreamConn::connect`] registers the socket with the given token, or, for a host
+//!   name, returns a connection without a socket: [`UpstreamConn::resolving_host`] names the
+//!   host to look up, and [`UpstreamConn::on_resolved`] starts the connect (or reports
+//!   `Closed` with the resolver's reason).
 //! - On every readiness event for that token call [`UpstreamConn::on_event`]; the flags are
 //!   hints only, every call makes whatever progress the socket allows.
 //! - If [`UpstreamConn::wants_read`] is true afterwards, the per-call message budget ran out
@@ -21,12 +27,12 @@
 //!   a no-op unless the interest changed (WRITABLE is wanted only while connecting or
 //!   handshaking, or while output is pending) or the socket was replaced (fallback to the next
 //!   resolved address), so it costs nothing on the hot path.
-//! - `Closed` is reported exactly once, by `on_event`; a fatal error inside `send_text` is
-//!   returned as `Err` instead and no `Closed` event follows it.
+//! - `Closed` is reported exactly once, by `on_event` or `on_resolved`; a fatal error inside
+//!   `send_text` is returned as `Err` instead and no `Closed` event follows it.
 
 use std::collections::VecDeque;
 use std::io;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -321,16 +327,14 @@ impl UpstreamConn {
         Self::connect_with_config(url, tls, UpstreamConfig::default(), registry, token)
     }
 
-    /// Parses the URL, resolves the host, starts a non-blocking TCP connect to the first
-    /// address and registers the socket under `token` (READABLE | WRITABLE).
+    /// Parses the URL. For an IP literal host, starts a non-blocking TCP connect and
+    /// registers the socket under `token` (READABLE | WRITABLE). For a host name, returns a
+    /// connection in the resolving state, with no socket: the caller looks up
+    /// [`resolving_host`](Self::resolving_host) and calls [`on_resolved`](Self::on_resolved).
+    /// Nothing here blocks.
     ///
-    /// The name lookup (`to_socket_addrs`) blocks: it happens once per connection attempt,
-    /// rarely, and IP literals (the loopback tests, `127.0.0.1`) never touch a resolver.
-    /// If the first address fails the next one is tried (e.g. `localhost` → `::1` then
-    /// `127.0.0.1`).
-    ///
-    /// Errors (bad URL, no address, socket creation failed) mean no connection exists: the
-    /// caller treats them like an immediate `Closed`.
+    /// Errors (bad URL, socket creation failed) mean no connection exists: the caller treats
+    /// them like an immediate `Closed`.
     pub fn connect_with_config(
         url: &str,
         tls: &TlsSetup,
@@ -339,8 +343,73 @@ impl UpstreamConn {
         token: Token,
     ) -> io::Result<UpstreamConn> {
         let url = parse_ws_url(url).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let addrs = resolve(&url)?;
-        Self::connect_to_addrs(url, addrs, tls, config, registry, token)
+        if let Some(addrs) = literal_addrs(&url) {
+            return Self::connect_to_addrs(url, addrs, tls, config, registry, token);
+        }
+        let request = build_request(&url)?;
+        let resolving = Resolving { request, tls: tls.clone() };
+        Ok(UpstreamConn {
+            state: State::Resolving(Box::new(resolving)),
+            url,
+            config,
+            token,
+            registered: None,
+            read_pending: false,
+            output_pending: false,
+            binary_ignored: 0,
+        })
+    }
+
+    /// The host name this connection waits to have resolved; `None` once it has addresses
+    /// (or was given an IP literal).
+    pub fn resolving_host(&self) -> Option<&str> {
+        match self.state {
+            State::Resolving(_) => Some(&self.url.host),
+            _ => None,
+        }
+    }
+
+    /// The name lookup ended: starts the connect to `addrs` in order (the URL's port on
+    /// each) and registers the socket under the connection's token, or reports `Closed`
+    /// with `Err`'s reason (or with the connect error when every address refused at once).
+    /// Does nothing unless the connection is resolving.
+    pub fn on_resolved(
+        &mut self,
+        result: Result<&[IpAddr], String>,
+        registry: &Registry,
+        out: &mut Vec<UpstreamEvent>,
+    ) {
+        let State::Resolving(resolving) = std::mem::replace(&mut self.state, State::Closed) else {
+            return;
+        };
+        let reason = match result {
+            Err(reason) => reason,
+            Ok(ips) => {
+                let mut addrs: VecDeque<SocketAddr> =
+                    ips.iter().map(|ip| SocketAddr::new(*ip, self.url.port)).collect();
+                match start_transport(&self.url, &mut addrs, &resolving.tls) {
+                    Ok((transport, addr, failures)) => {
+                        let connecting = Connecting {
+                            transport,
+                            request: resolving.request,
+                            addr,
+                            fallback: addrs,
+                            failures,
+                        };
+                        self.state = State::TcpConnecting(connecting);
+                        match self.reregister(registry, self.token) {
+                            Ok(()) => return,
+                            Err(e) => {
+                                self.shut_down();
+                                format!("cannot register the socket: {e}")
+                            }
+                        }
+                    }
+                    Err(e) => e.to_string(),
+                }
+            }
+        };
+        out.push(UpstreamEvent::Closed { reason });
     }
 
     /// `connect_with_config` after name resolution: tries `addrs` in order.
@@ -483,7 +552,7 @@ impl UpstreamConn {
             }
             State::Open(_) if self.output_pending => Some(both),
             State::Open(_) => Some(Interest::READABLE),
-            State::Closed => None,
+            State::Resolving(_) | State::Closed => None,
         }
     }
 }
@@ -495,11 +564,18 @@ impl UpstreamConn {
 type WsHandshake = MidHandshake<ClientHandshake<Transport>>;
 
 enum State {
+    /// Waiting for the shell's resolver; no socket yet.
+    Resolving(Box<Resolving>),
     TcpConnecting(Connecting),
     TlsHandshaking(TlsHandshaking),
     WsHandshaking(Box<WsHandshake>),
     Open(Box<WebSocket<Transport>>),
     Closed,
+}
+
+struct Resolving {
+    request: Request,
+    tls: TlsSetup,
 }
 
 struct Connecting {
@@ -530,6 +606,7 @@ enum Step {
 impl State {
     fn name(&self) -> &'static str {
         match self {
+            State::Resolving(_) => "resolving",
             State::TcpConnecting(_) => "tcp-connecting",
             State::TlsHandshaking(_) => "tls-handshaking",
             State::WsHandshaking(_) => "ws-handshaking",
@@ -544,7 +621,7 @@ impl State {
             State::TlsHandshaking(t) => Some(&mut t.transport),
             State::WsHandshaking(mid) => Some(mid.get_mut().get_mut()),
             State::Open(ws) => Some(ws.get_mut()),
-            State::Closed => None,
+            State::Resolving(_) | State::Closed => None,
         }
     }
 
@@ -557,6 +634,7 @@ impl UpstreamConn {
     /// Runs one step of the current state. Returns true when the caller should step again.
     fn step(&mut self, out: &mut Vec<UpstreamEvent>) -> bool {
         let step = match std::mem::replace(&mut self.state, State::Closed) {
+            State::Resolving(r) => Step::Wait(State::Resolving(r)),
             State::TcpConnecting(c) => self.step_tcp_connect(c),
             State::TlsHandshaking(t) => self.step_tls_handshake(t),
             State::WsHandshaking(mid) => self.step_ws_handshake(*mid, out),
@@ -813,18 +891,11 @@ fn new_tls_session(url: &WsUrl, tls: &TlsSetup) -> io::Result<ClientConnection> 
         .map_err(|e| io::Error::other(format!("TLS session for {}: {e}", url.host)))
 }
 
-pub(crate) fn resolve(url: &WsUrl) -> io::Result<VecDeque<SocketAddr>> {
-    let addrs: VecDeque<SocketAddr> = (url.host.as_str(), url.port)
-        .to_socket_addrs()
-        .map_err(|e| io::Error::new(e.kind(), format!("resolving {}: {e}", url.host)))?
-        .collect();
-    if addrs.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("resolving {}: no addresses", url.host),
-        ));
-    }
-    Ok(addrs)
+/// The address of a URL whose host is an IP literal; `None` for a host name (which goes
+/// through the shell's resolver).
+pub(crate) fn literal_addrs(url: &WsUrl) -> Option<VecDeque<SocketAddr>> {
+    let ip = url.host.parse::<IpAddr>().ok()?;
+    Some(VecDeque::from([SocketAddr::new(ip, url.port)]))
 }
 
 /// Creates the TLS session (for a secure URL) and starts a TCP connect to the first of
@@ -947,8 +1018,15 @@ mod tests {
     impl Driver {
         fn connect(url: &str, tls: &TlsSetup, config: UpstreamConfig) -> Driver {
             let poll = Poll::new().unwrap();
-            let conn = UpstreamConn::connect_with_config(url, tls, config, poll.registry(), TOKEN)
+            let mut conn = UpstreamConn::connect_with_config(url, tls, config, poll.registry(), TOKEN)
                 .unwrap();
+            // `localhost` (the TLS tests' certificate name) as the shell's hosts lookup has it.
+            if let Some(host) = conn.resolving_host() {
+                let addrs = crate::net::dns::Hosts::default().lookup(host).expect("only localhost");
+                let mut out = Vec::new();
+                conn.on_resolved(Ok(&addrs), poll.registry(), &mut out);
+                assert!(out.is_empty(), "{out:?}");
+            }
             Driver::with_conn(poll, conn)
         }
 
@@ -1345,6 +1423,50 @@ mod tests {
         assert!(reason.contains("without a close frame"), "{reason}");
         assert!(connected(&d.seen));
         server.join().unwrap();
+    }
+
+    #[test]
+    fn host_name_waits_for_the_resolver_without_a_socket_then_connects() {
+        let (port, server) = spawn_ws_server(|mut ws| {
+            ws.send(Message::text("after dns")).unwrap();
+            close_from_server(&mut ws, CloseCode::Normal, "");
+        });
+        let poll = Poll::new().unwrap();
+        let url = format!("ws://Exchange.Test:{port}/stream");
+        let mut conn = UpstreamConn::connect(&url, &plain_tls(), poll.registry(), TOKEN).unwrap();
+        assert_eq!(conn.resolving_host(), Some("Exchange.Test"));
+        assert_eq!(conn.wanted_interest(), None, "no socket while resolving");
+        let mut out = Vec::new();
+        conn.on_event(true, true, &mut out);
+        conn.reregister(poll.registry(), TOKEN).unwrap();
+        assert!(out.is_empty() && !conn.is_open());
+        assert_eq!(conn.send_text("early".into()).unwrap_err().kind(), io::ErrorKind::NotConnected);
+        let addrs = [IpAddr::from([127, 0, 0, 1])];
+        conn.on_resolved(Ok(&addrs), poll.registry(), &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(conn.resolving_host(), None);
+        let mut d = Driver::with_conn(poll, conn);
+        d.run_until(|seen| closed_reason(seen).is_some());
+        assert!(connected(&d.seen));
+        assert_eq!(d.texts(), ["after dns"]);
+        // A second answer (a stale waiter) changes nothing.
+        let mut late = Vec::new();
+        d.conn.on_resolved(Err("late".into()), d.poll.registry(), &mut late);
+        assert!(late.is_empty());
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn failed_resolution_is_closed_with_the_resolver_reason() {
+        let poll = Poll::new().unwrap();
+        let mut conn = UpstreamConn::connect("wss://nowhere.test/stream", &plain_tls(), poll.registry(), TOKEN).unwrap();
+        let mut out = Vec::new();
+        let reason = "resolving nowhere.test: no such name (NXDOMAIN)".to_owned();
+        conn.on_resolved(Err(reason.clone()), poll.registry(), &mut out);
+        assert_eq!(out, [UpstreamEvent::Closed { reason }]);
+        let mut d = Driver::with_conn(poll, conn);
+        d.seen = out;
+        d.assert_silent_after_close();
     }
 
     #[test]
