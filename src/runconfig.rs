@@ -71,6 +71,9 @@ struct RunArgs {
     /// SQLite candle store file (created if missing; its directory must exist)
     #[arg(long, value_name = "PATH", default_value = "./klinegate.db", help_heading = "Server")]
     db: String,
+    /// Cap on the store's size in MiB (SQLite max_page_count); at the cap closed candles are kept and retried until rows are deleted (0 = no cap)
+    #[arg(long, value_name = "MB", default_value = "0", help_heading = "Server")]
+    store_max_mb: String,
     /// Debug endpoints (/api/market/debug/*): true/false, or auto = on only when --listen is loopback
     #[arg(long, value_name = "BOOL", default_value = "auto", num_args = 0..=1, default_missing_value = "true", help_heading = "Server")]
     enable_debug_api: String,
@@ -265,6 +268,8 @@ pub struct RunConfig {
     pub config_file: Option<PathBuf>,
     pub listen: SocketAddr,
     pub db: PathBuf,
+    /// `--store-max-mb` in bytes; `None` = no cap.
+    pub store_max_bytes: Option<u64>,
     pub whitelist_file: Option<PathBuf>,
     pub record: Option<PathBuf>,
     pub log_level: LogLevelSetting,
@@ -655,6 +660,7 @@ fn build(l: &mut Layers<'_>, known: &[String]) -> Result<RunConfig, RunConfigErr
         config_file,
         listen,
         db,
+        store_max_bytes: l.value("store_max_mb", parse_store_max_mb)?,
         whitelist_file,
         record,
         extra_ca,
@@ -785,6 +791,13 @@ fn parse_usize(s: &str) -> Result<usize, String> {
 
 fn parse_u32(s: &str) -> Result<u32, String> {
     u32::try_from(parse_u64(s)?).map_err(|_| format!("'{s}' is too large"))
+}
+
+/// Whole MiB; 0 means no cap.
+fn parse_store_max_mb(s: &str) -> Result<Option<u64>, String> {
+    let mb = parse_u64(s)?;
+    let bytes = mb.checked_mul(1 << 20).ok_or_else(|| format!("'{s}' is too large"))?;
+    Ok(Some(bytes).filter(|b| *b > 0))
 }
 
 fn positive<N: PartialEq + Default>(n: N) -> Result<N, String> {
@@ -926,6 +939,7 @@ mod tests {
         assert_eq!(c.settings, Settings::default(), "clap defaults drifted from Settings::default()");
         assert_eq!(c.listen, "127.0.0.1:8000".parse::<SocketAddr>().unwrap());
         assert_eq!(c.db, PathBuf::from("./klinegate.db"));
+        assert_eq!(c.store_max_bytes, None);
         assert_eq!(c.config_file, None);
         assert_eq!(c.whitelist_file, None);
         assert_eq!(c.record, None);
@@ -1071,6 +1085,22 @@ mod tests {
         assert!(error(&["--config", "/nonexistent/k.toml"], &[]).starts_with("invalid setting --config:"));
         assert!(error(&["--db", "/nonexistent-dir/k.db"], &[]).starts_with("invalid setting --db: directory"));
         assert!(error(&["--breaker-crash-budget", "99999999999"], &[]).contains("too large"));
+    }
+
+    #[test]
+    fn store_max_mb_from_every_source_and_zero_means_no_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write_file(&dir, "k.toml", "store-max-mb = 64\n");
+        let cap = |args: &[&str], env: &[(&str, &str)]| parse_with(args, env).unwrap().store_max_bytes;
+        assert_eq!(cap(&["--store-max-mb", "2"], &[]), Some(2 << 20));
+        assert_eq!(cap(&["--config", &file], &[]), Some(64 << 20));
+        assert_eq!(cap(&["--config", &file], &[("KLINEGATE_STORE_MAX_MB", "3")]), Some(3 << 20));
+        assert_eq!(cap(&["--config", &file, "--store-max-mb", "0"], &[("KLINEGATE_STORE_MAX_MB", "3")]), None);
+        assert_eq!(
+            error(&["--store-max-mb", "1.5"], &[]),
+            "invalid setting --store-max-mb: '1.5' is not a whole number >= 0"
+        );
+        assert!(error(&[], &[("KLINEGATE_STORE_MAX_MB", "99999999999999999")]).contains("too large"));
     }
 
     #[test]

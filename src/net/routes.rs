@@ -57,6 +57,9 @@ pub struct ShellStats {
     pub upstream_frames_in: u64,
     pub upstream_connected: u64,
     pub store_ok: bool,
+    /// Why the store is not ok (the last failed write, or read-only at start);
+    /// `None` once a write succeeds.
+    pub store_last_error: Option<String>,
     pub store_path: String,
     pub store_write_count: u64,
     pub store_write_seconds_sum: f64,
@@ -373,6 +376,7 @@ fn health(engine: &Engine, stats: &ShellStats) -> Response {
         "reasons": reasons,
         "store": {
             "ok": stats.store_ok,
+            "last_error": stats.store_last_error,
             "path": stats.store_path,
             "writes": stats.store_write_count,
             "write_errors": c.store_write_errors,
@@ -1046,9 +1050,11 @@ mod tests {
             assert!(v.get(key).is_some(), "missing {key}");
         }
         assert_eq!(v["jobs"], json!({"starting":0,"running":0,"dead":0}));
-        let down = ShellStats { store_ok: false, ..stats };
+        assert_eq!(v["store"]["last_error"], json!(null));
+        let down = ShellStats { store_ok: false, store_last_error: Some("store write_batches failed: full".into()), ..stats };
         let v = body_json(&reply_of(route(&get("/health"), &e, &down, &HttpConfig::default())));
         assert_eq!((v["status"].clone(), v["reasons"].clone()), (json!("degraded"), json!(["store_unavailable"])));
+        assert_eq!(v["store"]["last_error"], json!("store write_batches failed: full"));
     }
 
     #[test]

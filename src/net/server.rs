@@ -136,6 +136,8 @@ impl Server {
     /// one line for the user (exit code 2).
     pub fn new(cfg: RunConfig) -> Result<Server, String> {
         let mut store = SqliteStore::open(&cfg.db).map_err(|e| format!("--db {}: {e}", cfg.db.display()))?;
+        let store_notes = store_open_notes(&cfg, &mut store)?;
+        let read_only = store_cannot_ingest(&cfg, &store).then(|| READ_ONLY_NOTE.to_string());
         let bootstrapped = bootstrap_pins(&cfg, &mut store);
         // One thread serves everything: a write must not wait seconds for another
         // process's lock. A locked store fails fast; the engine keeps the batch
@@ -144,6 +146,9 @@ impl Server {
             .set_busy_timeout(STORE_BUSY_TIMEOUT)
             .map_err(|e| format!("--db {}: {e}", cfg.db.display()))?;
         let (store, store_stats) = TimedStore::new(store);
+        if let Some(why) = &read_only {
+            store_stats.borrow_mut().mark_failing(why.clone());
+        }
         let tls = TlsSetup::new(cfg.extra_ca.as_deref()).map_err(|e| format!("--extra-ca: {e}"))?;
         let client_tls = match (&cfg.tls_cert, &cfg.tls_key) {
             (Some(cert), Some(key)) => Some(ServerTls::from_pem_files(cert, key)?),
@@ -180,7 +185,8 @@ impl Server {
             ..HttpLimits::default()
         };
         let stats = ShellStats {
-            store_ok: true,
+            store_ok: read_only.is_none(),
+            store_last_error: read_only,
             store_path: cfg.db.display().to_string(),
             started_unix_s: unix_secs(now),
             now_unix_s: unix_secs(now),
@@ -190,6 +196,9 @@ impl Server {
         let logger = Logger::new(cfg.log_level, cfg.log_format);
         for line in bootstrapped {
             logger.log(unix_secs(now), LogLevel::Info, &line);
+        }
+        for (level, line) in store_notes {
+            logger.log(unix_secs(now), level, &line);
         }
         let files = ResolverFiles { resolv_conf: cfg.resolv_conf.clone(), ..ResolverFiles::default() };
         let mut resolver = Resolver::new(&files, DNS, mono);
@@ -1100,6 +1109,7 @@ impl Server {
     fn refresh_store_stats(&mut self) {
         let st = self.store_stats.borrow();
         self.stats.store_ok = st.last_write_ok;
+        self.stats.store_last_error.clone_from(&st.last_error);
         self.stats.store_write_count = st.writes;
         self.stats.store_write_seconds_sum = st.write_seconds_sum;
         self.stats.store_write_seconds_max = st.write_seconds_max;
@@ -1159,6 +1169,34 @@ impl Server {
             1
         }
     }
+}
+
+const READ_ONLY_NOTE: &str =
+    "store is read-only: closed candles will be buffered until it becomes writable (make the database file, its \
+     -wal/-shm files and its directory writable by this process; writes are retried with backoff)";
+
+/// Applies `--store-max-mb` and says, as log lines, what the operator should
+/// know about the store before the engine starts (a cap, a read-only file).
+fn store_open_notes(cfg: &RunConfig, store: &mut SqliteStore) -> Result<Vec<(LogLevel, String)>, String> {
+    let mut notes = Vec::new();
+    let cap = store.set_size_limit(cfg.store_max_bytes).map_err(|e| format!("--store-max-mb: {e}"))?;
+    if let (Some(asked), Some(cap)) = (cfg.store_max_bytes, cap) {
+        let (level, note) = if cap > asked {
+            (LogLevel::Warn, " note=\"the database is already larger: capped at its current size\"")
+        } else {
+            (LogLevel::Info, "")
+        };
+        notes.push((level, format!("store_size_limit requested_bytes={asked} max_bytes={cap}{note}")));
+    }
+    if store_cannot_ingest(cfg, store) {
+        notes.push((LogLevel::Warn, format!("store_read_only path={:?} note={READ_ONLY_NOTE:?}", cfg.db.display().to_string())));
+    }
+    Ok(notes)
+}
+
+/// A read-only store is a fault only for a process that ingests.
+fn store_cannot_ingest(cfg: &RunConfig, store: &SqliteStore) -> bool {
+    store.is_read_only() && cfg.engine.supervisor.role != crate::engine::supervisor::Role::Read
 }
 
 /// `--freqtrade-datadir`: pinned series with no stored history get the newest

@@ -15,6 +15,17 @@ pub struct StoreStats {
     pub write_seconds_max: f64,
     pub last_write_ok: bool,
     pub failures: u64,
+    /// The last failed write's error while writes fail; `None` after a success.
+    pub last_error: Option<String>,
+}
+
+impl StoreStats {
+    /// The store cannot write before any write was tried (e.g. read-only at
+    /// start): unhealthy until a write succeeds.
+    pub fn mark_failing(&mut self, why: String) {
+        self.last_write_ok = false;
+        self.last_error = Some(why);
+    }
 }
 
 pub struct TimedStore<S: Store> {
@@ -39,6 +50,7 @@ impl<S: Store> Store for TimedStore<S> {
         st.write_seconds_sum += secs;
         st.write_seconds_max = st.write_seconds_max.max(secs);
         st.last_write_ok = result.is_ok();
+        st.last_error = result.as_ref().err().map(ToString::to_string);
         if result.is_err() {
             st.failures += 1;
         }
@@ -79,5 +91,30 @@ impl<S: Store> Store for TimedStore<S> {
 
     fn gaps(&self) -> StoreResult<Vec<GapRecord>> {
         self.inner.gaps()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    #[test]
+    fn last_error_is_kept_while_writes_fail_and_cleared_by_a_success() {
+        let mut failing = MemoryStore::new();
+        failing.fail_writes(true);
+        let (mut store, stats) = TimedStore::new(failing);
+        stats.borrow_mut().mark_failing("store is read-only".into());
+        assert!(!stats.borrow().last_write_ok);
+        let batch = [SeriesBatch {
+            series_id: "a:b:C/D:1m".into(),
+            candles: vec![Candle { candle_time: 60, open: 1.0, high: 1.0, low: 1.0, close: 1.0, volume: 1.0 }],
+        }];
+        let e = store.write_batches(&batch).unwrap_err();
+        assert_eq!(stats.borrow().last_error.as_deref(), Some(e.to_string().as_str()));
+        assert_eq!((stats.borrow().failures, stats.borrow().last_write_ok), (1, false));
+        store.inner.fail_writes(false);
+        store.write_batches(&batch).unwrap();
+        assert_eq!((stats.borrow().last_write_ok, stats.borrow().last_error.clone()), (true, None));
     }
 }

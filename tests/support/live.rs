@@ -29,6 +29,13 @@ impl Live {
     }
 
     pub fn start_in(dir: tempfile::TempDir, args: &[&str]) -> Live {
+        Live::start_with(dir, args, |_| {})
+    }
+
+    /// Like [`Live::start_in`] (the database is `dir/klinegate.db`, which may
+    /// be prepared beforehand); `adjust` may change the command before it is
+    /// spawned (e.g. run it as another user).
+    pub fn start_with(dir: tempfile::TempDir, args: &[&str], adjust: impl FnOnce(&mut Command)) -> Live {
         let db = dir.path().join("klinegate.db");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_klinegate"));
         cmd.arg("run");
@@ -55,6 +62,7 @@ impl Live {
                 cmd.env_remove(k);
             }
         }
+        adjust(&mut cmd);
         let mut child = cmd.spawn().expect("spawn klinegate");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = channel();
