@@ -1,0 +1,248 @@
+//! The shell's side of the exchange: the engine's exchange WebSocket connections
+//! (`UpstreamConnect`/`UpstreamSend`/`UpstreamClose` and the events they raise),
+//! its REST requests (`RestRequest`, answered `RestResponse`/`RestFailed`, with a
+//! deadline), and the hand-over of name lookups between these connections (and
+//! the directory's fetches) and the non-blocking resolver.
+//!
+//! It never blocks the loop (connects and lookups are started, then driven by
+//! readiness) and never delivers a DNS answer inside the engine's output drain.
+
+use super::{Conn, Server, REST_TIMEOUT};
+use crate::engine::{Input, LogLevel};
+use crate::net::dns::Answer;
+use crate::net::rest_conn::{RestConn, RestOutcome};
+use crate::net::upstream_conn::{UpstreamConn, UpstreamEvent};
+use mio::Token;
+use std::io;
+
+impl Server {
+    // ---------------------------------------------------------------- REST
+
+    pub(super) fn start_rest(&mut self, id: u64, market: crate::model::Market, path: &str) {
+        let base = match market {
+            crate::model::Market::Spot => &self.cfg.spot_rest_url,
+            crate::model::Market::Futures => &self.cfg.futures_rest_url,
+        };
+        let entry = self.conns.vacant_entry();
+        let token = Token(entry.key());
+        match RestConn::start(base, path, &self.tls, self.poll.registry(), token) {
+            Ok(conn) => {
+                entry.insert(Conn::Rest { id, conn });
+                self.await_resolution(token.0);
+            }
+            Err(e) => self.pending_inputs.push_back(Input::RestFailed { id, reason: format!("GET {base}{path}: {e}") }),
+        }
+    }
+
+    pub(super) fn on_rest_event(&mut self, key: usize, readable: bool, writable: bool) {
+        let (id, outcome) = match self.conns.get_mut(key) {
+            Some(Conn::Rest { id, conn }) => {
+                let outcome = conn.on_event(readable, writable);
+                let _ = conn.reregister(self.poll.registry(), Token(key));
+                (*id, outcome)
+            }
+            _ => return,
+        };
+        let Some(outcome) = outcome else { return };
+        self.finish_rest(key, id, outcome);
+    }
+
+    /// The engine's REST request `id` at `key` ended: drop it and tell the engine.
+    fn finish_rest(&mut self, key: usize, id: u64, outcome: RestOutcome) {
+        if let Some(Conn::Rest { mut conn, .. }) = self.conns.try_remove(key) {
+            let _ = conn.deregister(self.poll.registry());
+        }
+        let input = match outcome {
+            RestOutcome::Response { status, body, retry_after_s, used_weight_1m, .. } => {
+                Input::RestResponse { id, status, body, retry_after_s, used_weight: used_weight_1m }
+            }
+            RestOutcome::Failed { reason } => Input::RestFailed { id, reason },
+        };
+        let _ = self.apply(input);
+    }
+
+    /// REST requests past their deadline are answered as failed.
+    pub(super) fn expire_rest(&mut self) {
+        let mut late = Vec::new();
+        for (key, conn) in self.conns.iter() {
+            if let Conn::Rest { id, conn } = conn {
+                if self.mono.duration_since(conn.started_at()) >= REST_TIMEOUT {
+                    late.push((key, *id, conn.url().to_string()));
+                }
+            }
+        }
+        for (key, id, url) in late {
+            if let Some(Conn::Rest { mut conn, .. }) = self.conns.try_remove(key) {
+                let _ = conn.deregister(self.poll.registry());
+            }
+            let _ = self.apply(Input::RestFailed { id, reason: format!("GET {url}: timed out after {REST_TIMEOUT:?}") });
+        }
+    }
+
+    // ------------------------------------------------------------ upstream
+
+    pub(super) fn open_upstream(&mut self, engine_conn: u64, url: &str) {
+        let entry = self.conns.vacant_entry();
+        let token = Token(entry.key());
+        match UpstreamConn::connect(url, &self.tls, self.poll.registry(), token) {
+            Ok(conn) => {
+                entry.insert(Conn::Upstream { engine_conn, conn });
+                self.upstreams.insert(engine_conn, token.0);
+                self.await_resolution(token.0);
+            }
+            Err(e) => {
+                self.pending_inputs.push_back(Input::UpstreamDisconnected {
+                    conn: engine_conn,
+                    reason: format!("connect failed: {e}"),
+                });
+            }
+        }
+    }
+
+    pub(super) fn send_upstream(&mut self, engine_conn: u64, text: String) {
+        let Some(&key) = self.upstreams.get(&engine_conn) else { return };
+        let Some(Conn::Upstream { conn, .. }) = self.conns.get_mut(key) else { return };
+        let result = conn.send_text(text);
+        let _ = conn.reregister(self.poll.registry(), Token(key));
+        if let Err(e) = result {
+            if e.kind() != io::ErrorKind::WouldBlock {
+                self.drop_upstream(key, &format!("send failed: {e}"), true);
+            }
+        }
+    }
+
+    pub(super) fn close_upstream(&mut self, engine_conn: u64, reason: &str) {
+        let Some(key) = self.upstreams.remove(&engine_conn) else { return };
+        if let Some(Conn::Upstream { mut conn, .. }) = self.conns.try_remove(key) {
+            conn.close(reason);
+            let _ = conn.deregister(self.poll.registry());
+        }
+    }
+
+    /// The connection ended on our side of the shell; tell the engine if asked.
+    pub(super) fn drop_upstream(&mut self, key: usize, reason: &str, notify: bool) {
+        if let Some(Conn::Upstream { engine_conn, mut conn }) = self.conns.try_remove(key) {
+            let _ = conn.deregister(self.poll.registry());
+            self.upstreams.remove(&engine_conn);
+            if notify {
+                self.pending_inputs.push_back(Input::UpstreamDisconnected { conn: engine_conn, reason: reason.into() });
+            }
+        }
+    }
+
+    pub(super) fn on_upstream_event(&mut self, key: usize, readable: bool, writable: bool) {
+        let mut evs = Vec::new();
+        let engine_conn = match self.conns.get_mut(key) {
+            Some(Conn::Upstream { engine_conn, conn }) => {
+                conn.on_event(readable, writable, &mut evs);
+                let _ = conn.reregister(self.poll.registry(), Token(key));
+                *engine_conn
+            }
+            _ => return,
+        };
+        self.dispatch_upstream_events(key, engine_conn, evs);
+    }
+
+    fn dispatch_upstream_events(&mut self, key: usize, engine_conn: u64, evs: Vec<UpstreamEvent>) {
+        for ev in evs {
+            match ev {
+                UpstreamEvent::Connected => {
+                    self.stats.upstream_connected += 1;
+                    let _ = self.apply(Input::UpstreamConnected { conn: engine_conn });
+                }
+                UpstreamEvent::Text(text) => {
+                    self.stats.upstream_frames_in += 1;
+                    let _ = self.apply(Input::UpstreamText { conn: engine_conn, text });
+                }
+                UpstreamEvent::Ping => {
+                    let _ = self.apply(Input::UpstreamPing { conn: engine_conn });
+                }
+                UpstreamEvent::Closed { reason } => {
+                    self.drop_upstream(key, &reason, false);
+                    let _ = self.apply(Input::UpstreamDisconnected { conn: engine_conn, reason });
+                    return;
+                }
+            }
+        }
+    }
+
+    pub(super) fn any_upstream_wants_read(&self) -> bool {
+        self.upstreams.values().any(|k| matches!(self.conns.get(*k), Some(Conn::Upstream { conn, .. }) if conn.wants_read()))
+    }
+
+    pub(super) fn drive_pending_upstream_reads(&mut self) {
+        let mut keys: Vec<usize> = self
+            .upstreams
+            .values()
+            .copied()
+            .filter(|k| matches!(self.conns.get(*k), Some(Conn::Upstream { conn, .. }) if conn.wants_read()))
+            .collect();
+        keys.sort_unstable();
+        for key in keys {
+            self.on_upstream_event(key, true, false);
+        }
+    }
+
+    // ----------------------------------------------------------------- DNS
+
+    /// The connection just put at `key` may wait for a host name: start its lookup. The
+    /// answer (at once from the hosts file or the cache, else from a nameserver) is
+    /// delivered by `deliver_dns_answers`, never inside the engine's output drain.
+    pub(super) fn await_resolution(&mut self, key: usize) {
+        let host = match self.conns.get(key) {
+            Some(Conn::Upstream { conn, .. }) => conn.resolving_host(),
+            Some(Conn::Rest { conn, .. } | Conn::Directory { conn, .. }) => conn.resolving_host(),
+            _ => None,
+        };
+        let Some(host) = host.map(str::to_owned) else { return };
+        let name = self.resolver.lookup(&host, self.poll.registry(), self.mono);
+        self.dns_waiters.entry(name).or_default().push(key);
+    }
+
+    /// Hands every finished lookup to the connections waiting for it. A failure flows
+    /// through each connection's own failure path (`UpstreamDisconnected`, `RestFailed`, a
+    /// failed directory fetch), exactly like a refused connect.
+    pub(super) fn deliver_dns_answers(&mut self) {
+        while let Some(note) = self.resolver.poll_note() {
+            self.log(LogLevel::Info, &note);
+        }
+        while let Some(answer) = self.resolver.poll_answer() {
+            self.log(LogLevel::Debug, &answer.log_line());
+            for key in self.dns_waiters.remove(&answer.host).unwrap_or_default() {
+                self.on_resolved(key, &answer);
+            }
+        }
+        self.stats.dns = self.resolver.stats();
+    }
+
+    fn on_resolved(&mut self, key: usize, answer: &Answer) {
+        let result = match &answer.result {
+            Ok(addrs) => Ok(addrs.as_slice()),
+            Err(e) => Err(e.to_string()),
+        };
+        // The slot may have been freed and reused since the lookup began: only a
+        // connection still resolving that same name takes the answer.
+        let waiting = |host: Option<&str>| host.is_some_and(|h| crate::net::dns_wire::normalize(h) == answer.host);
+        let registry = self.poll.registry();
+        match self.conns.get_mut(key) {
+            Some(Conn::Upstream { engine_conn, conn }) if waiting(conn.resolving_host()) => {
+                let mut evs = Vec::new();
+                conn.on_resolved(result, registry, &mut evs);
+                let engine_conn = *engine_conn;
+                self.dispatch_upstream_events(key, engine_conn, evs);
+            }
+            Some(Conn::Rest { id, conn }) if waiting(conn.resolving_host()) => {
+                let id = *id;
+                if let Some(outcome) = conn.on_resolved(result, registry) {
+                    self.finish_rest(key, id, outcome);
+                }
+            }
+            Some(Conn::Directory { conn, .. }) if waiting(conn.resolving_host()) => {
+                if let Some(outcome) = conn.on_resolved(result, registry) {
+                    self.finish_directory_fetch(key, outcome);
+                }
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! WebSocket clients: the upgrade after the 101 response, reading messages (with
+//! a per-event read budget and a per-client message rate), writing the engine's
+//! queued frames once per turn, write interest, and the close handshake the
+//! engine asks for.
+//!
+//! It never takes frames from the engine for a client whose socket is backed
+//! up: the backlog stays in the engine's bounded queue (slow-consumer policy).
+
+use super::{Conn, Server, CLIENT_READ_BUDGET};
+use crate::engine::{Input, LogLevel};
+use crate::net::client_conn::{WsConn, WsRead};
+use mio::{Interest, Token};
+
+impl Server {
+    /// The 101 response is written: the socket becomes a WebSocket client.
+    pub(super) fn upgrade(&mut self, key: usize) {
+        let Some(Conn::Http(mut h)) = self.conns.try_remove(key) else { return };
+        let leftover = h.take_leftover();
+        let client = self.next_client;
+        self.next_client += 1;
+        let ws = WsConn::new(
+            h.stream,
+            leftover,
+            h.peer,
+            client,
+            self.cfg.max_frame_bytes,
+            self.cfg.max_client_messages_per_s,
+            self.mono,
+        );
+        let entry = self.conns.vacant_entry();
+        let new_key = entry.key();
+        let mut ws = ws;
+        let _ = self.poll.registry().reregister(ws.ws.get_mut().tcp_mut(), Token(new_key), Interest::READABLE);
+        entry.insert(Conn::Ws(ws));
+        self.clients.insert(client, new_key);
+        self.stats.ws_clients += 1;
+        let _ = self.apply(Input::ClientConnected { client });
+        // Frames pipelined behind the upgrade request are already buffered.
+        self.on_ws_event(new_key, true, false);
+    }
+
+    pub(super) fn on_ws_event(&mut self, key: usize, readable: bool, writable: bool) {
+        let mono = self.mono;
+        let mut msgs = Vec::new();
+        let client = match self.conns.get_mut(key) {
+            Some(Conn::Ws(w)) if w.discarding => {
+                w.more_to_read = false;
+                if !w.discard_input() {
+                    self.remove_client_conn(key);
+                } else {
+                    self.update_ws_interest(key);
+                }
+                return;
+            }
+            Some(Conn::Ws(w)) => {
+                if writable && !w.flush() {
+                    msgs.push(WsRead::Closed("write failed".into()));
+                }
+                if readable {
+                    w.read(CLIENT_READ_BUDGET, mono, &mut msgs);
+                    if w.more_to_read {
+                        self.pending_client_reads.push(key);
+                    }
+                }
+                w.client
+            }
+            _ => return,
+        };
+        for m in msgs {
+            match m {
+                WsRead::Text(text) => {
+                    self.stats.ws_frames_in += 1;
+                    if self.over_rate(key, client) {
+                        continue;
+                    }
+                    let _ = self.apply(Input::ClientText { client, text });
+                }
+                WsRead::Binary(len) => {
+                    self.stats.ws_frames_in += 1;
+                    if self.over_rate(key, client) {
+                        continue;
+                    }
+                    let _ = self.apply(Input::ClientBinary { client, len });
+                }
+                WsRead::Closed(reason) => {
+                    self.log(LogLevel::Debug, &format!("client_closed client={client} reason={reason:?}"));
+                    return self.remove_client_conn(key);
+                }
+                WsRead::Fail { code, reason } => {
+                    if code == 1009 {
+                        self.stats.ws_messages_too_big += 1;
+                    } else {
+                        self.stats.ws_protocol_errors += 1;
+                    }
+                    return self.close_client(client, code, &reason);
+                }
+            }
+        }
+        if writable {
+            // The socket drained: more frames may be waiting in the engine.
+            self.ready_clients.push(client);
+        }
+        self.update_ws_interest(key);
+    }
+
+    /// True when the client is over its message rate: the message is dropped
+    /// (counted) and answered with a `rate_limited` error, unless the socket is
+    /// backed up, so a flood cannot make us buffer replies without bound. The
+    /// engine's frames already queued for this client go out first, so the
+    /// client sees replies in the order it sent its messages.
+    fn over_rate(&mut self, key: usize, client: u64) -> bool {
+        let mono = self.mono;
+        let Some(Conn::Ws(w)) = self.conns.get_mut(key) else { return true };
+        if w.rate.allow(mono) {
+            return false;
+        }
+        self.stats.client_messages_rate_limited += 1;
+        if w.flush_pending || w.closing_since.is_some() {
+            return true;
+        }
+        let mut frames = std::mem::take(&mut self.frames);
+        frames.clear();
+        self.engine.take_client_frames(client, &mut frames);
+        self.stats.ws_frames_out += frames.len() as u64 + 1;
+        self.stats.ws_bytes_out += frames.iter().map(|f| f.len() as u64).sum::<u64>();
+        let error = rate_limited_frame(w.rate.rate());
+        frames.push(bytes::Bytes::from(error));
+        let ok = w.send_frames(&frames);
+        self.frames = frames;
+        if !ok {
+            self.remove_client_conn(key);
+        }
+        true
+    }
+
+    fn update_ws_interest(&mut self, key: usize) {
+        if let Some(Conn::Ws(w)) = self.conns.get_mut(key) {
+            if w.flush_pending == w.registered_writable {
+                return; // unchanged: no syscall
+            }
+            w.registered_writable = w.flush_pending;
+            let interest =
+                if w.flush_pending { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+            let _ = self.poll.registry().reregister(w.ws.get_mut().tcp_mut(), Token(key), interest);
+        }
+    }
+
+    /// Writes every ready client's queued frames: one flush per client per turn.
+    pub(super) fn write_ready_clients(&mut self) {
+        if self.ready_clients.is_empty() {
+            return;
+        }
+        let mut ready = std::mem::take(&mut self.ready_clients);
+        ready.sort_unstable();
+        ready.dedup();
+        let mut frames = std::mem::take(&mut self.frames);
+        for client in ready.drain(..) {
+            let Some(&key) = self.clients.get(&client) else { continue };
+            let Some(Conn::Ws(w)) = self.conns.get_mut(key) else { continue };
+            if w.flush_pending || w.closing_since.is_some() {
+                continue; // taken again when the socket drains
+            }
+            frames.clear();
+            self.engine.take_client_frames(client, &mut frames);
+            if frames.is_empty() {
+                continue;
+            }
+            self.stats.ws_frames_out += frames.len() as u64;
+            self.stats.ws_bytes_out += frames.iter().map(|f| f.len() as u64).sum::<u64>();
+            if !w.send_frames(&frames) {
+                self.remove_client_conn(key);
+                continue;
+            }
+            self.update_ws_interest(key);
+        }
+        self.ready_clients = ready;
+        self.frames = frames;
+    }
+
+    pub(super) fn close_client(&mut self, client: u64, code: u16, reason: &str) {
+        let Some(&key) = self.clients.get(&client) else { return };
+        self.log(LogLevel::Info, &format!("client_close client={client} code={code} reason={reason:?}"));
+        if let Some(Conn::Ws(w)) = self.conns.get_mut(key) {
+            // Frames already taken go out before the close frame.
+            w.close(code, reason, self.mono);
+        }
+        // Start draining now: what the peer already sent would not be
+        // reported again by edge-triggered readiness.
+        self.on_ws_event(key, false, false);
+    }
+}
+
+/// The error a client over its message rate gets (its message is dropped).
+fn rate_limited_frame(rate: u32) -> Vec<u8> {
+    let message = format!("too many messages: limit {rate} per second");
+    crate::protocol::client::error_frame("rate_limited", &message, None)
+}
