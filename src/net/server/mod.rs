@@ -12,13 +12,13 @@
 //! This file owns the `Server` state, its start-up (`new`), the loop and the
 //! dispatch of readiness events and engine outputs. Each concern the loop
 //! drives is an `impl Server` block of its own:
-//! - [`clients`]: accepting sockets, HTTP requests, removing client sockets;
-//! - [`ws_clients`]: the upgrade, WebSocket reads and writes, the close handshake;
-//! - [`upstreams`]: exchange WebSockets, the engine's REST requests, DNS hand-over;
-//! - [`directory`]: the market directory (`top_markets`) and its event streams;
-//! - [`housekeeping`]: timeouts, pings, journal flush, store statistics;
-//! - [`shutdown`]: the signal pipe, graceful shutdown and the exit code;
-//! - [`startup`]: store notes and the freqtrade bootstrap run by `new`.
+//! - `clients`: accepting sockets, HTTP requests, removing client sockets;
+//! - `ws_clients`: the upgrade, WebSocket reads and writes, the close handshake;
+//! - `upstreams`: exchange WebSockets, the engine's REST requests, DNS hand-over;
+//! - `directory`: the market directory (`top_markets`) and its event streams;
+//! - `housekeeping`: timeouts, pings, journal flush, store statistics;
+//! - `shutdown`: the signal pipe, graceful shutdown and the exit code;
+//! - `startup`: store notes and the freqtrade bootstrap run by `new`.
 
 mod clients;
 mod directory;
