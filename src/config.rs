@@ -34,6 +34,11 @@ pub struct Settings {
     pub catchup_limit: usize,
     pub client_max_backlog_bytes: usize,
     pub max_subscriptions_per_client: usize,
+    /// Messages per second one client may send (bursts of twice that); 0 = no
+    /// limit. A journal without this key replays with no limit, as recorded
+    /// before the core enforced it.
+    #[serde(default)]
+    pub max_client_messages_per_s: u32,
     pub max_client_message_bytes: usize,
     pub streams_per_connection: usize,
     pub control_rate_spot: usize,
@@ -74,6 +79,7 @@ impl Default for Settings {
             catchup_limit: 5000,
             client_max_backlog_bytes: 4 << 20,
             max_subscriptions_per_client: 256,
+            max_client_messages_per_s: 50,
             max_client_message_bytes: 64 << 10,
             streams_per_connection: 200,
             control_rate_spot: 4,
@@ -193,6 +199,7 @@ impl Settings {
                     "max-subscriptions-per-client",
                     self.max_subscriptions_per_client as u64,
                 )? as usize,
+                max_messages_per_s: self.max_client_messages_per_s,
             },
             upstream: UpstreamConfig {
                 spot_url: self.spot_ws_url.clone(),

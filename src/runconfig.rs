@@ -238,7 +238,7 @@ struct RunArgs {
     /// Most series one client may subscribe to
     #[arg(long, value_name = "N", default_value = "256", help_heading = "Clients")]
     max_subscriptions_per_client: String,
-    /// Messages one WebSocket client may send per second (bursts of twice that); more are refused with a rate_limited error (0 = no limit)
+    /// Messages one WebSocket client may send per second (bursts of twice that); more are dropped, answered with one rate_limited error a second (0 = no limit)
     #[arg(long, value_name = "N", default_value = "50", help_heading = "Clients")]
     max_client_messages_per_s: String,
     /// Bytes queued for a slow client before it is disconnected
@@ -297,8 +297,6 @@ pub struct RunConfig {
     pub client_idle_timeout_s: u64,
     /// Also copied into `settings.max_client_message_bytes`.
     pub max_frame_bytes: usize,
-    /// Token-bucket rate of client WebSocket messages (burst twice this); 0 = none.
-    pub max_client_messages_per_s: u32,
     pub enable_debug_api: bool,
     pub enable_dev_api: bool,
     pub auth_token: Option<String>,
@@ -632,6 +630,7 @@ fn build(l: &mut Layers<'_>, known: &[String]) -> Result<RunConfig, RunConfigErr
         catchup_limit: l.value("catchup_limit", parse_usize)?,
         client_max_backlog_bytes: l.value("client_max_backlog_bytes", parse_usize)?,
         max_subscriptions_per_client: l.value("max_subscriptions_per_client", parse_usize)?,
+        max_client_messages_per_s: l.value("max_client_messages_per_s", parse_u32)?,
         max_client_message_bytes: max_frame_bytes,
         streams_per_connection: l.value("streams_per_connection", parse_usize)?,
         control_rate_spot: l.value("control_rate_spot", parse_usize)?,
@@ -680,7 +679,6 @@ fn build(l: &mut Layers<'_>, known: &[String]) -> Result<RunConfig, RunConfigErr
         max_connections_per_ip: l.value("max_connections_per_ip", |s| parse_usize(s).and_then(positive))?,
         client_idle_timeout_s: l.value("client_idle_timeout_s", |s| parse_u64(s).and_then(positive))?,
         max_frame_bytes,
-        max_client_messages_per_s: l.value("max_client_messages_per_s", parse_u32)?,
         enable_debug_api: l.value("enable_debug_api", |s| parse_debug_api(s, &listen))?,
         enable_dev_api: l.value("enable_dev_api", parse_bool)?,
         auth_token: l.optional("auth_token")?,
@@ -954,7 +952,7 @@ mod tests {
         assert_eq!((c.max_connections, c.max_connections_per_ip), (10_000, 1000));
         assert_eq!(c.client_idle_timeout_s, 120);
         assert_eq!(c.max_frame_bytes, 65_536);
-        assert_eq!(c.max_client_messages_per_s, 50);
+        assert_eq!(c.settings.max_client_messages_per_s, 50);
         assert!(c.enable_debug_api, "debug API defaults on for a loopback listen address");
         assert!(!c.enable_dev_api);
         assert_eq!(c.auth_token, None);

@@ -184,12 +184,20 @@ fn a_recorded_run_replays_to_the_same_client_frames() {
     let url = ex.ws_url();
     let mut live = Live::start_in(
         dir,
-        &["--spot-ws-url", &url, "--futures-ws-url", &url, "--pin", S1, "--derived", "5m", "--record", &journal_arg],
+        &[
+            "--spot-ws-url", &url, "--futures-ws-url", &url, "--pin", S1, "--derived", "5m", "--record", &journal_arg,
+            "--max-client-messages-per-s", "5",
+        ],
     );
     assert!(ex.wait_for_subscriptions(&[STREAM], 10 * SEC));
     let mut c = live.ws();
     c.send(json!({"type":"subscribe","series_id":S1}));
     c.send(json!({"type":"subscribe","series_id":S5}));
+    // A burst over the message rate: the refusals are the engine's, so they replay too.
+    for i in 0..20 {
+        c.ws.write(tungstenite::Message::Text(json!({"type":format!("m{i}")}).to_string().into())).unwrap();
+    }
+    c.ws.flush().unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let t0 = recent_bucket_ms();
     for k in 0..6 {
@@ -208,6 +216,7 @@ fn a_recorded_run_replays_to_the_same_client_frames() {
         live_frames.push(f);
     }
     assert!(live_frames.len() > 10, "{live_frames:?}");
+    assert!(live_frames.iter().any(|f| f["code"] == "rate_limited"), "the burst was refused: {live_frames:?}");
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_klinegate"))
         .args(["replay", &journal_arg])

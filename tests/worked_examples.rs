@@ -6,7 +6,7 @@ mod support;
 use serde_json::json;
 use support::*;
 
-use support::scenarios::{bad_requests, seeded, sub, BAD_REQUESTS, FUT as S};
+use support::scenarios::{bad_requests, rate_limited, seeded, sub, BAD_REQUESTS, FUT as S};
 
 #[test]
 fn since_100_gets_160_and_220_then_live_280() {
@@ -112,6 +112,18 @@ fn unsubscribe_stops_delivery_and_unknown_unsubscribe_is_silent() {
         .end(1004.0);
     let lines = replay_text(&j.text());
     assert_eq!(briefs(&frames_for(&lines, 1)), ["closed 160"]);
+}
+
+#[test]
+fn a_client_over_its_message_rate_is_refused_and_told_once_a_second() {
+    let lines = replay_text(&rate_limited());
+    let b = briefs(&frames_for(&lines, 1));
+    let noop = "error bad_request unknown message type: noop";
+    let limited = "error rate_limited too many messages: limit 2 per second";
+    // t=1001: a burst of 4 answered, then one rate_limited for the other 6.
+    // t=1002: 2 tokens refilled; the third message and the binary frame are refused, answered once.
+    // t=1004: the subscribe is admitted and served.
+    assert_eq!(b, [noop, noop, noop, noop, limited, noop, noop, limited, "closed 100"], "{b:?}");
 }
 
 #[test]

@@ -16,6 +16,7 @@
 //!
 //! Never reads a clock: the catch-up clamp uses the engine time passed in.
 
+use super::rate::MessageRate;
 use super::series::{SeriesIdx, SeriesTable};
 use super::{Counters, Output};
 use crate::model::{Candle, Timeframe};
@@ -36,6 +37,8 @@ pub struct HubConfig {
     pub catchup_limit: usize,
     pub max_backlog_bytes: usize,
     pub max_subscriptions_per_client: usize,
+    /// Messages a client may send per second (bursts of twice that); 0 = no limit.
+    pub max_messages_per_s: u32,
 }
 
 impl Default for HubConfig {
@@ -44,6 +47,7 @@ impl Default for HubConfig {
             catchup_limit: 5000,
             max_backlog_bytes: 4 << 20,
             max_subscriptions_per_client: 256,
+            max_messages_per_s: 0,
         }
     }
 }
@@ -76,7 +80,15 @@ struct ClientSession {
     ready_signalled: bool,
     /// A close was requested (slow consumer); nothing more is queued.
     closing: bool,
+    rate: MessageRate,
+    /// When the last `rate_limited` error was queued: refused messages are
+    /// answered at most once per [`RATE_ERROR_EVERY`], so a flood cannot grow
+    /// the queue (and the answer does not depend on when the shell drains it).
+    rate_error_at: Option<crate::time::Timestamp>,
 }
+
+/// Refused messages of one client get at most one `rate_limited` answer this often.
+pub const RATE_ERROR_EVERY: crate::time::Duration = crate::time::Duration::from_secs(1);
 
 impl ClientSession {
     fn push(&mut self, bytes: Frame) -> u64 {
@@ -155,6 +167,8 @@ impl Hub {
             queued_bytes: 0,
             ready_signalled: false,
             closing: false,
+            rate: MessageRate::new(self.cfg.max_messages_per_s),
+            rate_error_at: None,
         };
         let slot = match self.free.pop() {
             Some(slot) => {
@@ -195,6 +209,24 @@ impl Hub {
 
     fn session(&self, client: u64) -> Option<&ClientSession> {
         self.by_id.get(&client).and_then(|slot| self.slots[*slot].as_ref())
+    }
+
+    /// Whether a message of the client is within its rate. One over it is
+    /// refused (the caller drops it) and answered with a `rate_limited` error,
+    /// at most once per [`RATE_ERROR_EVERY`]. An unknown client is let through
+    /// (the message handler ignores it).
+    pub fn admit_message(&mut self, client: u64, now: crate::time::Timestamp, out: &mut VecDeque<Output>) -> bool {
+        let Some(slot) = self.by_id.get(&client).copied() else { return true };
+        let Some(session) = self.slots[slot].as_mut() else { return true };
+        if session.rate.allow(now) {
+            return true;
+        }
+        if session.rate_error_at.is_none_or(|at| now.since(at) >= RATE_ERROR_EVERY) {
+            session.rate_error_at = Some(now);
+            let message = format!("too many messages: limit {} per second", session.rate.per_s());
+            self.enqueue(slot, wire::error_frame("rate_limited", &message, None).into(), out);
+        }
+        false
     }
 
     /// Queues a frame addressed to one client (errors, replies).

@@ -98,6 +98,8 @@ pub struct Counters {
     pub subscribes: u64,
     pub client_bad_requests: u64,
     pub client_limit_rejects: u64,
+    /// Client messages refused for going over the per-client message rate.
+    pub client_messages_rate_limited: u64,
     pub capacity_rejects: u64,
     pub slow_consumer_closes: u64,
     pub queue_drops: u64,

@@ -22,6 +22,7 @@ pub mod guardrail;
 pub mod heal;
 pub mod hub;
 pub mod ingest;
+pub mod rate;
 pub mod rest;
 pub mod series;
 pub mod supervisor;
@@ -215,11 +216,15 @@ impl Engine {
                 Ok(())
             }
             Input::ClientText { client, text } => {
-                self.on_client_text(client, &text);
+                if self.admit_client_message(client) {
+                    self.on_client_text(client, &text);
+                }
                 Ok(())
             }
             Input::ClientBinary { client, len: _ } => {
-                self.reject_client(client, &RequestError::Binary);
+                if self.admit_client_message(client) {
+                    self.reject_client(client, &RequestError::Binary);
+                }
                 Ok(())
             }
             Input::ClientDisconnected { client } => {
@@ -368,6 +373,16 @@ impl Engine {
     }
 
     // ---------------------------------------------------------------- clients
+
+    /// The per-client message rate: a message over it is dropped unread (the
+    /// hub answers `rate_limited`) and counted.
+    fn admit_client_message(&mut self, client: u64) -> bool {
+        let admitted = self.hub.admit_message(client, self.now, &mut self.outputs);
+        if !admitted {
+            self.counters.client_messages_rate_limited += 1;
+        }
+        admitted
+    }
 
     fn reject_client(&mut self, client: u64, err: &RequestError) {
         self.counters.client_bad_requests += 1;

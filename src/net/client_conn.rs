@@ -219,51 +219,6 @@ fn close_for(e: &tungstenite::Error, max_message: usize) -> Option<(u16, String)
     }
 }
 
-/// A token bucket per WebSocket client: `rate` messages per second, bursts
-/// of up to `2 × rate`. A message that finds the bucket empty is refused by
-/// the shell before the engine sees it (the connection lives on).
-pub struct RateLimiter {
-    rate: u32,
-    /// Tokens in thousandths, so refills need no floating point.
-    milli_tokens: u64,
-    last_refill: Instant,
-}
-
-impl RateLimiter {
-    /// `rate` 0 means no limit.
-    pub fn new(rate: u32, now: Instant) -> RateLimiter {
-        RateLimiter { rate, milli_tokens: Self::capacity(rate), last_refill: now }
-    }
-
-    fn capacity(rate: u32) -> u64 {
-        u64::from(rate) * 2 * 1000
-    }
-
-    pub fn rate(&self) -> u32 {
-        self.rate
-    }
-
-    /// Takes one token; false when the client is over its rate.
-    pub fn allow(&mut self, now: Instant) -> bool {
-        if self.rate == 0 {
-            return true;
-        }
-        let elapsed_ms = now.saturating_duration_since(self.last_refill).as_millis();
-        if elapsed_ms > 0 {
-            // rate tokens per second = rate milli-tokens per millisecond.
-            let refill = u64::try_from(elapsed_ms).unwrap_or(u64::MAX).saturating_mul(u64::from(self.rate));
-            self.milli_tokens = self.milli_tokens.saturating_add(refill).min(Self::capacity(self.rate));
-            self.last_refill = now;
-        }
-        if self.milli_tokens >= 1000 {
-            self.milli_tokens -= 1000;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 pub struct WsConn {
     pub(crate) ws: WebSocket<Transport>,
     pub peer: SocketAddr,
@@ -274,7 +229,6 @@ pub struct WsConn {
     pub flush_pending: bool,
     /// A close was sent; the connection ends once it is flushed or times out.
     pub closing_since: Option<Instant>,
-    pub rate: RateLimiter,
     /// Once we sent a close frame the peer's bytes are read and thrown away
     /// until it hangs up: closing a socket with unread data resets it, and a
     /// reset can destroy our close frame before the peer reads it. (After a
@@ -298,7 +252,6 @@ impl WsConn {
         peer: SocketAddr,
         client: u64,
         max_frame: usize,
-        rate: u32,
         now: Instant,
     ) -> WsConn {
         // tungstenite's default read buffer (128 KiB) is filled out to its
@@ -318,7 +271,6 @@ impl WsConn {
             last_ping: now,
             flush_pending: false,
             closing_since: None,
-            rate: RateLimiter::new(rate, now),
             discarding: false,
             write_shut: false,
             registered_writable: false,
@@ -617,24 +569,5 @@ mod tests {
         pair.conn.stream.say_goodbye();
         drop(pair);
         client.join().unwrap();
-    }
-
-    #[test]
-    fn rate_limiter_allows_a_burst_of_twice_the_rate_then_refills() {
-        let t0 = Instant::now();
-        let mut r = RateLimiter::new(5, t0);
-        assert_eq!((0..12).filter(|_| r.allow(t0)).count(), 10, "burst is twice the rate");
-        assert!(!r.allow(t0 + Duration::from_millis(100)), "half a token after 100 ms");
-        assert!(r.allow(t0 + Duration::from_millis(200)), "one token after 200 ms at 5/s");
-        assert!(!r.allow(t0 + Duration::from_millis(200)));
-        let later = t0 + Duration::from_secs(60);
-        assert_eq!((0..30).filter(|_| r.allow(later)).count(), 10, "refill is capped at the burst");
-    }
-
-    #[test]
-    fn rate_zero_is_unlimited() {
-        let t0 = Instant::now();
-        let mut r = RateLimiter::new(0, t0);
-        assert!((0..100_000).all(|_| r.allow(t0)));
     }
 }

@@ -69,8 +69,6 @@ pub struct ShellStats {
     pub connections_rejected_per_ip: u64,
     /// Requests refused for a missing or wrong shared secret.
     pub http_unauthorized: u64,
-    /// WebSocket messages dropped because the client was over its rate.
-    pub client_messages_rate_limited: u64,
     /// WebSocket clients closed with 1009 for a message over --max-frame-bytes.
     pub ws_messages_too_big: u64,
     /// WebSocket clients closed with 1002/1007 for breaking RFC 6455.
@@ -487,6 +485,11 @@ fn metrics(engine: &Engine, stats: &ShellStats) -> Response {
     m.counter("catchup_candles_total", "Candles sent as subscribe catch-up.", c.catchup_candles);
     m.counter("subscribes_total", "Subscriptions handled.", c.subscribes);
     m.counter("client_bad_requests_total", "Client messages refused as malformed.", c.client_bad_requests);
+    m.counter(
+        "client_messages_rate_limited_total",
+        "WebSocket client messages dropped for exceeding --max-client-messages-per-s.",
+        c.client_messages_rate_limited,
+    );
     m.counter("client_limit_rejects_total", "Subscribes refused by the per-connection limit.", c.client_limit_rejects);
     m.counter("capacity_rejects_total", "Subscribes refused for on-demand job capacity.", c.capacity_rejects);
     m.counter("slow_consumer_closes_total", "Clients closed for falling too far behind.", c.slow_consumer_closes);
@@ -517,11 +520,6 @@ fn shell_metrics(m: &mut Exposition, s: &ShellStats) {
         "tls_handshake_failures_total",
         "TLS client connections closed before their handshake completed (plain text or garbage on the TLS port, refused certificate, hang-up, timeout).",
         s.tls_handshake_failures,
-    );
-    m.counter(
-        "client_messages_rate_limited_total",
-        "WebSocket client messages dropped for exceeding --max-client-messages-per-s.",
-        s.client_messages_rate_limited,
     );
     m.counter(
         "ws_messages_too_big_total",

@@ -205,6 +205,24 @@ pub const BAD_REQUESTS: [&str; 11] = [
     "{\"type\":\"subscribe\",\"series_id\":\"binance:margin:BTC/USDT:1m\"}",
 ];
 
+/// A client over its message rate (2 a second, bursts of 4): ten messages at
+/// once — four answered, the fifth refused with one `rate_limited` error, the
+/// rest refused silently; a second later the refill admits two more and the
+/// next refusal is answered again.
+pub fn rate_limited() -> String {
+    let mut j = JournalBuilder::new(1000.0, json!({"max_client_messages_per_s": 2}));
+    j.ingest_closed(1000.0, FUT, &[100]).connect(1001.0, 1);
+    for _ in 0..10 {
+        j.input(1001.0, json!({"type":"client_text","client":1,"text":"{\"type\":\"noop\"}"}));
+    }
+    for _ in 0..3 {
+        j.input(1002.0, json!({"type":"client_text","client":1,"text":"{\"type\":\"noop\"}"}));
+    }
+    j.input(1002.0, json!({"type":"client_binary","client":1,"len":3}));
+    j.client_text(1004.0, 1, json!({"type":"subscribe","series_id":FUT,"since":0})).end(1005.0);
+    j.text()
+}
+
 /// Every fixture: file stem and journal text.
 pub fn all() -> Vec<(&'static str, String)> {
     vec![
@@ -223,6 +241,7 @@ pub fn all() -> Vec<(&'static str, String)> {
         ("live_forming_trailing_edge", forming_trailing_edge()),
         ("live_shutdown_flushes", shutdown_flushes()),
         ("client_bad_requests", bad_requests()),
+        ("client_rate_limited", rate_limited()),
         ("heal_first_visit", heal_first_visit().journal),
         ("heal_reconnect", heal_reconnect().journal),
         ("heal_late_close", heal_late_close().journal),

@@ -1,5 +1,5 @@
 //! WebSocket clients: the upgrade after the 101 response, reading messages (with
-//! a per-event read budget and a per-client message rate), writing the engine's
+//! a per-event read budget; the message rate is the engine's), writing the engine's
 //! queued frames once per turn, write interest, and the close handshake the
 //! engine asks for.
 //!
@@ -24,7 +24,6 @@ impl Server {
             h.peer,
             client,
             self.cfg.max_frame_bytes,
-            self.cfg.max_client_messages_per_s,
             self.mono,
         );
         let entry = self.conns.vacant_entry();
@@ -70,16 +69,10 @@ impl Server {
             match m {
                 WsRead::Text(text) => {
                     self.stats.ws_frames_in += 1;
-                    if self.over_rate(key, client) {
-                        continue;
-                    }
                     let _ = self.apply(Input::ClientText { client, text });
                 }
                 WsRead::Binary(len) => {
                     self.stats.ws_frames_in += 1;
-                    if self.over_rate(key, client) {
-                        continue;
-                    }
                     let _ = self.apply(Input::ClientBinary { client, len });
                 }
                 WsRead::Closed(reason) => {
@@ -101,36 +94,6 @@ impl Server {
             self.ready_clients.push(client);
         }
         self.update_ws_interest(key);
-    }
-
-    /// True when the client is over its message rate: the message is dropped
-    /// (counted) and answered with a `rate_limited` error, unless the socket is
-    /// backed up, so a flood cannot make us buffer replies without bound. The
-    /// engine's frames already queued for this client go out first, so the
-    /// client sees replies in the order it sent its messages.
-    fn over_rate(&mut self, key: usize, client: u64) -> bool {
-        let mono = self.mono;
-        let Some(Conn::Ws(w)) = self.conns.get_mut(key) else { return true };
-        if w.rate.allow(mono) {
-            return false;
-        }
-        self.stats.client_messages_rate_limited += 1;
-        if w.flush_pending || w.closing_since.is_some() {
-            return true;
-        }
-        let mut frames = std::mem::take(&mut self.frames);
-        frames.clear();
-        self.engine.take_client_frames(client, &mut frames);
-        self.stats.ws_frames_out += frames.len() as u64 + 1;
-        self.stats.ws_bytes_out += frames.iter().map(|f| f.len() as u64).sum::<u64>();
-        let error = rate_limited_frame(w.rate.rate());
-        frames.push(bytes::Bytes::from(error));
-        let ok = w.send_frames(&frames);
-        self.frames = frames;
-        if !ok {
-            self.remove_client_conn(key);
-        }
-        true
     }
 
     fn update_ws_interest(&mut self, key: usize) {
@@ -188,10 +151,4 @@ impl Server {
         // reported again by edge-triggered readiness.
         self.on_ws_event(key, false, false);
     }
-}
-
-/// The error a client over its message rate gets (its message is dropped).
-fn rate_limited_frame(rate: u32) -> Vec<u8> {
-    let message = format!("too many messages: limit {rate} per second");
-    crate::protocol::client::error_frame("rate_limited", &message, None)
 }
