@@ -558,8 +558,8 @@ fn scan_kline_layout<'a>(sc: &mut Scanner<'a>, k: &mut KlineFields<'a>) -> Optio
     k.close_time = Some(sc.lane_field(b",\"T\":")?);
     k.symbol = Some(sc.lane_field(b",\"s\":")?);
     k.interval = Some(sc.lane_field(b",\"i\":")?);
-    sc.lane_field(b",\"f\":")?;
-    sc.lane_field(b",\"L\":")?;
+    sc.lane_skip(b",\"f\":")?;
+    sc.lane_skip(b",\"L\":")?;
     k.open = Some(sc.lane_field(b",\"o\":")?);
     k.close = Some(sc.lane_field(b",\"c\":")?);
     k.high = Some(sc.lane_field(b",\"h\":")?);
@@ -567,10 +567,10 @@ fn scan_kline_layout<'a>(sc: &mut Scanner<'a>, k: &mut KlineFields<'a>) -> Optio
     k.volume = Some(sc.lane_field(b",\"v\":")?);
     k.trades = Some(sc.lane_field(b",\"n\":")?);
     k.is_final = Some(sc.lane_field(b",\"x\":")?);
-    sc.lane_field(b",\"q\":")?;
-    sc.lane_field(b",\"V\":")?;
-    sc.lane_field(b",\"Q\":")?;
-    sc.lane_field(b",\"B\":")?;
+    sc.lane_skip(b",\"q\":")?;
+    sc.lane_skip(b",\"V\":")?;
+    sc.lane_skip(b",\"Q\":")?;
+    sc.lane_skip(b",\"B\":")?;
     sc.lane_literal(b"}")
 }
 
@@ -1072,28 +1072,20 @@ const POW10: [f64; 23] = [
 /// Fast path (Clinger): when all digits fit a mantissa `m <= 2^53` and there are at
 /// most 22 fraction digits, `m` and `10^k` are exact f64s and one IEEE division is
 /// correctly rounded, so `m / 10^k` is the correctly rounded value. That covers
-/// every Binance price and volume; anything else goes to `str::parse`. Texts of up
-/// to [`SWAR_DECIMAL_MAX`] bytes (all of Binance's) read their digits eight at a
-/// time; longer ones a byte at a time.
+/// every Binance price and volume; anything else goes to `str::parse`.
 pub fn parse_decimal(text: &str) -> Option<f64> {
     let bytes = text.as_bytes();
-    let mut padded = [0u8; SWAR_DECIMAL_MAX + 8];
-    // Zero bytes past the end are non-digits, so every digit run stops there.
-    match padded.get_mut(..bytes.len()) {
-        Some(dst) if bytes.len() <= SWAR_DECIMAL_MAX => dst.copy_from_slice(bytes),
-        _ => return parse_decimal_bytewise(text),
-    }
-    let negative = padded[0] == b'-';
+    let negative = bytes.first() == Some(&b'-');
     let int_start = usize::from(negative);
-    let (mut mantissa, mut i) = accumulate_digits(&padded, int_start, 0);
+    let (mut mantissa, mut i) = accumulate_digits(bytes, int_start, 0);
     let int_digits = i - int_start;
     if int_digits == 0 {
         return None;
     }
     let mut frac_digits = 0usize;
-    if padded[i] == b'.' {
+    if bytes.get(i) == Some(&b'.') {
         let frac_start = i + 1;
-        (mantissa, i) = accumulate_digits(&padded, frac_start, mantissa);
+        (mantissa, i) = accumulate_digits(bytes, frac_start, mantissa);
         frac_digits = i - frac_start;
         if frac_digits == 0 {
             return None;
@@ -1111,9 +1103,6 @@ pub fn parse_decimal(text: &str) -> Option<f64> {
     Some(if negative { -magnitude } else { magnitude })
 }
 
-/// The longest text [`parse_decimal`] reads eight digits at a time.
-const SWAR_DECIMAL_MAX: usize = 32;
-
 /// `10^n` for the digit counts of one eight-byte chunk.
 const POW10_U64: [u64; 9] = [
     1,
@@ -1127,17 +1116,19 @@ const POW10_U64: [u64; 9] = [
     100_000_000,
 ];
 
-/// Appends the run of ASCII digits at `buf[i..]` to `acc` (wrapping past 19
+/// Appends the run of ASCII digits at `bytes[i..]` to `acc` (wrapping past 19
 /// digits; callers count them) and returns it with the index after the run.
-/// `buf` must hold a non-digit within eight bytes of every index a run can reach,
-/// which the zero padding of [`parse_decimal`] guarantees.
+/// Eight digits at a time while eight bytes remain, then a byte at a time.
 #[inline(always)]
-fn accumulate_digits(buf: &[u8; SWAR_DECIMAL_MAX + 8], mut i: usize, mut acc: u64) -> (u64, usize) {
-    while let Some(chunk) = buf.get(i..i + 8).and_then(|c| <[u8; 8]>::try_from(c).ok()) {
+fn accumulate_digits(bytes: &[u8], mut i: usize, mut acc: u64) -> (u64, usize) {
+    while let Some(chunk) = bytes
+        .get(i..i + 8)
+        .and_then(|c| <[u8; 8]>::try_from(c).ok())
+    {
         let w = u64::from_le_bytes(chunk);
         let n = leading_digit_count(w);
         if n == 0 {
-            break;
+            return (acc, i);
         }
         // Keep the `n` digits (the low bytes: the text's order), as the high end of
         // an eight-digit number whose low bytes are leading zeros.
@@ -1147,8 +1138,12 @@ fn accumulate_digits(buf: &[u8; SWAR_DECIMAL_MAX + 8], mut i: usize, mut acc: u6
             .wrapping_add(eight_digits_value(digits));
         i += n;
         if n < 8 {
-            break;
+            return (acc, i);
         }
+    }
+    while let Some(&b) = bytes.get(i).filter(|b| b.is_ascii_digit()) {
+        acc = acc.wrapping_mul(10).wrapping_add(u64::from(b - b'0'));
+        i += 1;
     }
     (acc, i)
 }
@@ -1180,8 +1175,7 @@ fn eight_digits_value(d: u64) -> u64 {
         >> 32
 }
 
-/// [`parse_decimal`] a byte at a time, for texts too long for its buffer and
-/// for exponents.
+/// [`parse_decimal`] a byte at a time, for exponents.
 fn parse_decimal_bytewise(text: &str) -> Option<f64> {
     let bytes = text.as_bytes();
     let negative = bytes.first() == Some(&b'-');
@@ -1626,6 +1620,18 @@ impl<'a> Scanner<'a> {
         self.lane_value()
     }
 
+    /// Fast lane: `expected`, then a scalar value we have no use for, validated as
+    /// [`Self::lane_field`] would but without building its token.
+    #[inline(always)]
+    fn lane_skip(&mut self, expected: &[u8]) -> Option<()> {
+        self.lane_literal(expected)?;
+        match self.peek()? {
+            b'"' => self.string_end().map(drop),
+            b'-' | b'0'..=b'9' => self.number_end().map(drop),
+            _ => self.lane_value().map(drop),
+        }
+    }
+
     /// Fast lane: a string, number or literal, scanned exactly as [`Self::value`]
     /// does; `None` for anything else (an object or array leaves the lane, so
     /// nesting depth never matters in it).
@@ -1684,6 +1690,15 @@ impl<'a> Scanner<'a> {
     /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`
     #[inline]
     fn number(&mut self) -> Option<&'a str> {
+        let start = self.pos;
+        let end = self.number_end()?;
+        // Both ends sit next to ASCII bytes, so they are char boundaries.
+        self.text.get(start..end)
+    }
+
+    /// Scans the number at the cursor (see [`Self::number`]); the index after it.
+    #[inline(always)]
+    fn number_end(&mut self) -> Option<usize> {
         let bytes = self.bytes();
         let start = self.pos;
         let mut i = start;
@@ -1715,13 +1730,23 @@ impl<'a> Scanner<'a> {
             i = end;
         }
         self.pos = i;
-        // Both ends sit next to ASCII bytes, so they are char boundaries.
-        self.text.get(start..i)
+        Some(i)
     }
 
     /// Scans the string literal at the next `"`, validating escapes.
     #[inline(always)]
     fn string(&mut self) -> Option<JsonStr<'a>> {
+        let start = self.pos + 1;
+        let (end, escaped) = self.string_end()?;
+        // Both ends sit next to ASCII quotes, so they are char boundaries.
+        let raw = self.text.get(start..end)?;
+        Some(JsonStr { raw, escaped })
+    }
+
+    /// Scans the string literal at the next `"`, validating escapes; the index of
+    /// its closing quote and whether it has escapes.
+    #[inline(always)]
+    fn string_end(&mut self) -> Option<(usize, bool)> {
         let bytes = self.bytes();
         let start = self.pos + 1;
         let mut i = start;
@@ -1743,9 +1768,7 @@ impl<'a> Scanner<'a> {
             }
         }
         self.pos = i + 1;
-        // Both ends sit next to ASCII quotes, so they are char boundaries.
-        let raw = self.text.get(start..i)?;
-        Some(JsonStr { raw, escaped })
+        Some((i, escaped))
     }
 
     /// Index just past the valid escape whose backslash is at `at`.
@@ -2602,10 +2625,8 @@ mod tests {
 
         #[test]
         fn digit_runs_accumulate_like_a_digit_loop(text in "[0-9]{0,30}[.a\\x00-]?[0-9]{0,5}") {
-            let mut buf = [0u8; SWAR_DECIMAL_MAX + 8];
-            buf[..text.len()].copy_from_slice(text.as_bytes());
             let run = text.bytes().take_while(u8::is_ascii_digit).count();
-            let (acc, end) = accumulate_digits(&buf, 0, 0);
+            let (acc, end) = accumulate_digits(text.as_bytes(), 0, 0);
             prop_assert_eq!(end, run);
             if run <= 19 {
                 prop_assert_eq!(acc, naive_digits(&text.as_bytes()[..run]));
