@@ -27,6 +27,7 @@ pub mod series;
 pub mod supervisor;
 pub mod upstream;
 
+mod fasthash;
 mod flush;
 mod io;
 mod jobs;
@@ -43,7 +44,7 @@ use flush::StoreBacklog;
 use hub::{Frame, Hub, HubConfig, SubscribeError};
 use ingest::Job;
 use series::{SeriesIdx, SeriesTable};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use supervisor::{Effect, SubscribeOutcome, Supervisor, SupervisorConfig};
 use upstream::{PoolEvent, UpstreamConfig, UpstreamPool};
 
@@ -127,7 +128,7 @@ pub struct Engine {
     jobs: BTreeMap<SeriesIdx, Job>,
     /// Job of each exchange stream, per market (spot and USD-M share stream
     /// names). Lookup only, never iterated.
-    stream_jobs: [HashMap<String, SeriesIdx>; 2],
+    stream_jobs: [fasthash::FastMap<String, SeriesIdx>; 2],
     timers: TimerWheel<TimerKey>,
     backlog: StoreBacklog,
     /// Jobs whose buffers flush at the end of this step (`TimerKey::FlushAll`).
@@ -159,7 +160,7 @@ impl Engine {
             store,
             series: SeriesTable::default(),
             jobs: BTreeMap::new(),
-            stream_jobs: [HashMap::new(), HashMap::new()],
+            stream_jobs: Default::default(),
             timers: TimerWheel::new(now),
             backlog: StoreBacklog::new(cfg.store_backlog_max_candles),
             flush_pending: std::collections::BTreeSet::new(),

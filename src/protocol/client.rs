@@ -87,7 +87,17 @@ pub fn parse_request(text: &str) -> Result<ClientRequest, RequestError> {
     }
 }
 
+/// Appends `s` as a JSON string, escaped exactly as serde_json escapes it.
 fn write_json_str(buf: &mut Vec<u8>, s: &str) {
+    // Series ids and codes never need escaping: copy them between quotes (serde_json
+    // escapes only `"`, `\\` and control characters, so the bytes are the same).
+    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        buf.reserve(s.len() + 2);
+        buf.push(b'"');
+        buf.extend_from_slice(s.as_bytes());
+        buf.push(b'"');
+        return;
+    }
     // Writing a &str into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *buf, s);
 }
@@ -360,6 +370,15 @@ mod tests {
             }
         }
         eprintln!("{checked} decimals written");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn strings_are_escaped_as_serde_json_escapes_them(s in ".{0,24}|[a-z:/\"\\\\\n\t\u{1}\u{7f}é]{0,12}") {
+            let mut ours = Vec::new();
+            write_json_str(&mut ours, &s);
+            proptest::prop_assert_eq!(ours, serde_json::to_vec(&s).unwrap());
+        }
     }
 
     proptest::proptest! {
