@@ -132,8 +132,8 @@ const SHORT_DECIMAL_MAX: f64 = 8_388_608.0;
 /// still the shorter). `c` is therefore the shortest round-tripping decimal, which
 /// is what `ryu` prints, and `ryu` lays it out as `int.frac` (`int.0` for whole
 /// numbers; `0.000ddd` down to 1e-5, below which it switches to an exponent).
-/// Finding `c`: `round(v * 1e8)` is within 0.11 of `c * 1e8` in this range, so
-/// it is `c * 1e8` when `c` exists, and the division check (exact operands, one
+/// Finding `c`: `v * 1e8` is within 0.11 of `c * 1e8` in this range, so rounding
+/// it gives `c * 1e8` when `c` exists, and the division check (exact operands, one
 /// correctly rounded IEEE division = parsing `c`) confirms it. Property-tested
 /// against `ryu` on random and real values.
 fn write_f64_short_decimal(buf: &mut Vec<u8>, v: f64) -> bool {
@@ -141,30 +141,43 @@ fn write_f64_short_decimal(buf: &mut Vec<u8>, v: f64) -> bool {
     if !(1e-5..SHORT_DECIMAL_MAX).contains(&v) {
         return false;
     }
-    let scaled = (v * 1e8).round();
-    if scaled / 1e8 != v {
+    // Rounds half up: `scaled < 2^50`, so adding 0.5 is exact, and the cast
+    // truncates (`f64::round` is a libm call on baseline x86-64).
+    let scaled = v * 1e8;
+    let mut digits = (scaled + 0.5) as u64;
+    if digits as f64 / 1e8 != v {
         return false;
     }
-    // Below 2^23 * 1e8 < 2^50: exact in both types.
-    let mut digits = scaled as u64;
     let mut frac_len = 8usize;
     while frac_len > 0 && digits % 10 == 0 {
         digits /= 10;
         frac_len -= 1;
     }
-    let scale = 10u64.pow(frac_len as u32);
-    let mut int = itoa::Buffer::new();
-    buf.extend_from_slice(int.format(digits / scale).as_bytes());
-    buf.push(b'.');
+    // Right to left into a stack buffer: fraction digits (or the "0" of
+    // "int.0"), the point, then the integer part (at least one digit).
+    // Longest: 7 integer digits, '.', 8 fraction digits.
+    let mut text = [0u8; 24];
+    let mut at = text.len();
+    let mut put = |byte: u8| {
+        at -= 1;
+        text[at] = byte;
+    };
     if frac_len == 0 {
-        buf.push(b'0');
-        return true;
+        put(b'0');
     }
-    let mut frac = itoa::Buffer::new();
-    let frac = frac.format(digits % scale).as_bytes();
-    // The fraction's leading zeros (0.05 -> "5" with frac_len 2).
-    buf.extend(std::iter::repeat_n(b'0', frac_len - frac.len()));
-    buf.extend_from_slice(frac);
+    for _ in 0..frac_len {
+        put(b'0' + (digits % 10) as u8);
+        digits /= 10;
+    }
+    put(b'.');
+    loop {
+        put(b'0' + (digits % 10) as u8);
+        digits /= 10;
+        if digits == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(&text[at..]);
     true
 }
 
