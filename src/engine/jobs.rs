@@ -137,7 +137,7 @@ impl Engine {
             let bucket = match i {
                 0 => candle.candle_time,
                 _ => match job.fold.as_ref().and_then(|f| f.targets().get(i - 1)) {
-                    Some(t) => t.tf().bucket_open(candle.candle_time),
+                    Some(t) => t.bucket_of(candle.candle_time),
                     None => continue,
                 },
             };

@@ -44,7 +44,7 @@ use flush::StoreBacklog;
 use hub::{Frame, Hub, HubConfig, SubscribeError};
 use ingest::Job;
 use series::{SeriesIdx, SeriesTable};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use supervisor::{Effect, SubscribeOutcome, Supervisor, SupervisorConfig};
 use upstream::{PoolEvent, UpstreamConfig, UpstreamPool};
 
@@ -125,7 +125,7 @@ pub struct Engine {
     supervisor: Supervisor,
     pool: UpstreamPool,
     /// Ingest jobs by base series.
-    jobs: BTreeMap<SeriesIdx, Job>,
+    jobs: series::IdxMap<Job>,
     /// Job of each exchange stream, per market (spot and USD-M share stream
     /// names). Lookup only, never iterated.
     stream_jobs: [fasthash::FastMap<String, SeriesIdx>; 2],
@@ -159,7 +159,7 @@ impl Engine {
             now,
             store,
             series: SeriesTable::default(),
-            jobs: BTreeMap::new(),
+            jobs: series::IdxMap::new(),
             stream_jobs: Default::default(),
             timers: TimerWheel::new(now),
             backlog: StoreBacklog::new(cfg.store_backlog_max_candles),
