@@ -314,7 +314,7 @@ impl DerivedTarget {
         let Some(held) = self.pending.get(&bucket) else {
             return merge(bucket, [forming]);
         };
-        if held.minutes.last().is_some_and(|m| m.candle_time >= forming.candle_time) {
+        if held.newest.is_some_and(|t| t >= forming.candle_time) {
             // A closed candle at or after this time is already held: stale update.
             return None;
         }
@@ -334,6 +334,10 @@ struct PendingBucket {
     open: i64,
     /// Ascending, unique times.
     minutes: Vec<Candle>,
+    /// The time of `minutes.last()`, kept beside it: the forming path reads only
+    /// this and `merged`, so it never touches the minutes' heap buffer (on a
+    /// 500-series replay that load was a cache miss, half of the forming fold).
+    newest: Option<i64>,
     /// `merge(open, minutes)`, kept up to date so the forming path and the
     /// completion need no pass over the minutes.
     merged: Option<Candle>,
@@ -342,7 +346,7 @@ struct PendingBucket {
 impl PendingBucket {
     fn new(open: i64, mut buffer: Vec<Candle>) -> Self {
         buffer.clear();
-        PendingBucket { open, minutes: buffer, merged: None }
+        PendingBucket { open, minutes: buffer, newest: None, merged: None }
     }
 
     /// Inserts `c` keeping the minutes ascending with unique times; an equal
@@ -350,20 +354,23 @@ impl PendingBucket {
     /// common case, a newer candle, is a push that extends the merge; anything
     /// else recomputes it, so the result is always the ascending fold.
     fn insert(&mut self, c: Candle) {
-        let newest = self.minutes.last().is_none_or(|last| last.candle_time < c.candle_time);
+        let newest = self.newest.is_none_or(|last| last < c.candle_time);
+        // The minutes stay ascending, so the last one is the newest time.
+        self.newest = Some(self.newest.map_or(c.candle_time, |last| last.max(c.candle_time)));
         if newest {
             self.minutes.push(c);
             self.merged = match self.merged {
                 None => merge(self.open, [&c]),
                 Some(m) => merge(self.open, [&m, &c]),
             };
-            return;
+        } else {
+            match self.minutes.binary_search_by_key(&c.candle_time, |m| m.candle_time) {
+                Ok(i) => self.minutes[i] = c,
+                Err(i) => self.minutes.insert(i, c),
+            }
+            self.merged = merge(self.open, &self.minutes);
         }
-        match self.minutes.binary_search_by_key(&c.candle_time, |m| m.candle_time) {
-            Ok(i) => self.minutes[i] = c,
-            Err(i) => self.minutes.insert(i, c),
-        }
-        self.merged = merge(self.open, &self.minutes);
+        debug_assert_eq!(self.newest, self.minutes.last().map(|m| m.candle_time));
     }
 }
 

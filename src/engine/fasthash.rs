@@ -7,8 +7,9 @@
 //! not for maps whose keys an untrusted peer chooses freely (no HashDoS
 //! resistance) — the keys here are our own stream names and shell-assigned ids.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 
 /// A `HashMap` hashed with [`FastHasher`]. Lookup only: never iterate it into
 /// an output.
@@ -77,6 +78,67 @@ impl Hasher for FastHasher {
     }
 }
 
+/// Longest name a [`NameKey`] holds inline (Binance stream names are 15–35
+/// bytes: `1000shibusdt@kline_15m` is 22).
+const INLINE_NAME: usize = 46;
+
+/// A name as a map key, short ones stored inline: a lookup compares the key
+/// right in the table slot it already loaded, instead of following a
+/// `String`'s pointer to another cache line (on a 500-series replay, that
+/// miss was most of the stream lookup). Looked up by `&[u8]`; hashes and
+/// compares exactly as its bytes do.
+#[derive(Clone, Debug)]
+pub struct NameKey(NameRepr);
+
+#[derive(Clone, Debug)]
+enum NameRepr {
+    /// `len <= INLINE_NAME`, by construction.
+    Inline { len: u8, bytes: [u8; INLINE_NAME] },
+    Heap(Box<[u8]>),
+}
+
+impl NameKey {
+    pub fn new(name: &str) -> NameKey {
+        let src = name.as_bytes();
+        let mut bytes = [0u8; INLINE_NAME];
+        match bytes.get_mut(..src.len()) {
+            Some(dst) => {
+                dst.copy_from_slice(src);
+                NameKey(NameRepr::Inline { len: src.len() as u8, bytes })
+            }
+            None => NameKey(NameRepr::Heap(src.into())),
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            NameRepr::Inline { len, bytes } => bytes.get(..usize::from(*len)).unwrap_or(bytes),
+            NameRepr::Heap(b) => b,
+        }
+    }
+}
+
+impl Borrow<[u8]> for NameKey {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl PartialEq for NameKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for NameKey {}
+
+impl Hash for NameKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // Exactly as `[u8]` hashes, so lookups by `&[u8]` find it.
+        self.as_bytes().hash(state);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,6 +158,23 @@ mod tests {
             }
         }
         assert_ne!(hash(&1u64), hash(&2u64));
+    }
+
+    #[test]
+    fn name_keys_are_found_by_their_bytes_whatever_their_length() {
+        let mut map: FastMap<NameKey, usize> = FastMap::default();
+        let names: Vec<String> = (0..80).map(|n| "x".repeat(n)).collect();
+        for (i, name) in names.iter().enumerate() {
+            map.insert(NameKey::new(name), i);
+        }
+        for (i, name) in names.iter().enumerate() {
+            assert_eq!(map.get(name.as_bytes()), Some(&i), "{name}");
+            assert_eq!(NameKey::new(name).as_bytes(), name.as_bytes());
+        }
+        assert!(matches!(NameKey::new(&names[INLINE_NAME]).0, NameRepr::Inline { .. }));
+        assert!(matches!(NameKey::new(&names[INLINE_NAME + 1]).0, NameRepr::Heap(_)));
+        assert_eq!(map.remove("xxx".as_bytes()), Some(3));
+        assert_eq!(map.get("xxx".as_bytes()), None);
     }
 
     #[test]

@@ -128,7 +128,7 @@ pub struct Engine {
     jobs: series::IdxMap<Job>,
     /// Job of each exchange stream, per market (spot and USD-M share stream
     /// names). Lookup only, never iterated.
-    stream_jobs: [fasthash::FastMap<String, SeriesIdx>; 2],
+    stream_jobs: [fasthash::FastMap<fasthash::NameKey, SeriesIdx>; 2],
     timers: TimerWheel<TimerKey>,
     backlog: StoreBacklog,
     /// Jobs whose buffers flush at the end of this step (`TimerKey::FlushAll`).
