@@ -22,7 +22,8 @@ use super::{Counters, Output};
 use crate::model::{Candle, Timeframe};
 use crate::protocol::client as wire;
 use crate::store::Store;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use super::fasthash::FastMap;
+use std::collections::{BTreeMap, VecDeque};
 
 /// Close code and reason for a client whose backlog passed its limit.
 pub const SLOW_CONSUMER_CLOSE: (u16, &str) =
@@ -133,7 +134,7 @@ pub struct Hub {
     slots: Vec<Option<ClientSession>>,
     free: Vec<usize>,
     // Lookup only, never iterated.
-    by_id: HashMap<u64, usize>,
+    by_id: FastMap<u64, usize>,
     scratch: Vec<u8>,
 }
 

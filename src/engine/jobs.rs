@@ -57,10 +57,10 @@ impl Engine {
     fn on_kline(&mut self, market: Market, event: &KlineEvent<'_>) {
         let jobs = &self.stream_jobs[market.index()];
         let job_idx = match event.stream {
-            Some(stream) => jobs.get(stream).copied(),
+            Some(stream) => jobs.get(stream.as_bytes()).copied(),
             None => {
                 let name = format!("{}@kline_{}", event.symbol.to_ascii_lowercase(), event.interval);
-                jobs.get(&name).copied()
+                jobs.get(name.as_bytes()).copied()
             }
         };
         let Some(job_idx) = job_idx else {
@@ -137,7 +137,7 @@ impl Engine {
             let bucket = match i {
                 0 => candle.candle_time,
                 _ => match job.fold.as_ref().and_then(|f| f.targets().get(i - 1)) {
-                    Some(t) => t.tf().bucket_open(candle.candle_time),
+                    Some(t) => t.bucket_of(candle.candle_time),
                     None => continue,
                 },
             };
@@ -329,7 +329,7 @@ impl Engine {
         }
         let job = Job::new(idx, base.clone(), market, stream.clone(), fold, derived.clone(), head, now);
         self.jobs.insert(idx, job);
-        self.stream_jobs[market.index()].insert(stream.clone(), idx);
+        self.stream_jobs[market.index()].insert(super::fasthash::NameKey::new(&stream), idx);
         self.counters.jobs_started += 1;
         self.log(LogLevel::Info, format!("job_started series_id={base} stream={stream} head_time={head:?}"));
         if !restored.is_empty() {
@@ -385,7 +385,7 @@ impl Engine {
             self.timers.cancel(t);
         }
         self.rest.cancel_queued(|p| matches!(p, super::RestPurpose::Heal { job, .. } if *job == idx));
-        self.stream_jobs[job.market.index()].remove(&job.stream);
+        self.stream_jobs[job.market.index()].remove(job.stream.as_bytes());
         self.pool.detach(&job.stream, job.market, self.now, &mut self.outputs);
         self.counters.jobs_stopped += 1;
         self.log(LogLevel::Info, format!("job_stopped series_id={} reason={reason}", job.base_id));
@@ -396,7 +396,7 @@ impl Engine {
         for event in &events {
             match event {
                 PoolEvent::StreamLive { market, stream } => {
-                    if let Some(idx) = self.stream_jobs[market.index()].get(stream).copied() {
+                    if let Some(idx) = self.stream_jobs[market.index()].get(stream.as_bytes()).copied() {
                         let id = self.series.get(idx).id.clone();
                         self.supervisor.job_running(&id, self.now);
                         if self.jobs.get_mut(&idx).is_some_and(|j| std::mem::take(&mut j.lost)) {
@@ -405,7 +405,7 @@ impl Engine {
                     }
                 }
                 PoolEvent::StreamLost { market, stream, reason } => {
-                    if let Some(idx) = self.stream_jobs[market.index()].get(stream).copied() {
+                    if let Some(idx) = self.stream_jobs[market.index()].get(stream.as_bytes()).copied() {
                         let id = self.series.get(idx).id.clone();
                         self.supervisor.job_failed(&id, self.now, reason);
                         if let Some(j) = self.jobs.get_mut(&idx) {

@@ -28,6 +28,7 @@ pub mod series;
 pub mod supervisor;
 pub mod upstream;
 
+mod fasthash;
 mod flush;
 mod io;
 mod jobs;
@@ -44,7 +45,7 @@ use flush::StoreBacklog;
 use hub::{Frame, Hub, HubConfig, SubscribeError};
 use ingest::Job;
 use series::{SeriesIdx, SeriesTable};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::VecDeque;
 use supervisor::{Effect, SubscribeOutcome, Supervisor, SupervisorConfig};
 use upstream::{PoolEvent, UpstreamConfig, UpstreamPool};
 
@@ -125,10 +126,10 @@ pub struct Engine {
     supervisor: Supervisor,
     pool: UpstreamPool,
     /// Ingest jobs by base series.
-    jobs: BTreeMap<SeriesIdx, Job>,
+    jobs: series::IdxMap<Job>,
     /// Job of each exchange stream, per market (spot and USD-M share stream
     /// names). Lookup only, never iterated.
-    stream_jobs: [HashMap<String, SeriesIdx>; 2],
+    stream_jobs: [fasthash::FastMap<fasthash::NameKey, SeriesIdx>; 2],
     timers: TimerWheel<TimerKey>,
     backlog: StoreBacklog,
     /// Jobs whose buffers flush at the end of this step (`TimerKey::FlushAll`).
@@ -159,8 +160,8 @@ impl Engine {
             now,
             store,
             series: SeriesTable::default(),
-            jobs: BTreeMap::new(),
-            stream_jobs: [HashMap::new(), HashMap::new()],
+            jobs: series::IdxMap::new(),
+            stream_jobs: Default::default(),
             timers: TimerWheel::new(now),
             backlog: StoreBacklog::new(cfg.store_backlog_max_candles),
             flush_pending: std::collections::BTreeSet::new(),
