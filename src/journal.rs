@@ -342,13 +342,7 @@ fn decode_escape(inner: &[u8], at: usize) -> Option<u8> {
 }
 
 /// Replays a whole journal into `out`.
-///
-/// Reading and decoding the lines runs on a second thread, a bounded queue
-/// ahead of the engine: on the 500-series bench journal it was about a third
-/// of a replay's time (unescaping every frame's text), and the engine, which
-/// stays on this thread and sees the records in file order, never waits for it
-/// while a core is free. Outputs are the same bytes either way.
-pub fn replay<R: BufRead + Send, W: Write>(
+pub fn replay<R: BufRead, W: Write>(
     mut reader: R,
     store: Box<dyn Store>,
     out: W,
@@ -360,73 +354,30 @@ pub fn replay<R: BufRead + Send, W: Write>(
     }
     let header = read_header(line_str(&line)?)?;
     let mut replayer = Replayer::new(&header, store, out)?;
-    std::thread::scope(|scope| -> Result<(), JournalError> {
-        let (batches, received) = std::sync::mpsc::sync_channel(DECODE_QUEUE);
-        scope.spawn(move || decode_records(reader, line, batches));
-        // Returning early drops `received`: the decoder's next send fails and it stops.
-        for batch in received {
-            for rec in batch {
-                let rec = rec?;
-                let end = rec.end;
-                let now = Timestamp(rec.now);
-                replayer.step(rec)?;
-                if end && replayer.auto_timers {
-                    replayer.run_timers_until(now)?;
+    let mut number = 1;
+    while read_line(&mut reader, &mut line)? {
+        number += 1;
+        let rec = match parse_upstream_text_fast(&line) {
+            Some(rec) => rec,
+            None => {
+                let text = line_str(&line)?;
+                if text.trim().is_empty() {
+                    continue;
                 }
+                serde_json::from_str::<Record>(text)
+                    .map_err(|e| JournalError::Parse { line: number, message: e.to_string() })?
             }
+        };
+        let end = rec.end;
+        let now = Timestamp(rec.now);
+        replayer.step(rec)?;
+        if end && replayer.auto_timers {
+            replayer.run_timers_until(now)?;
         }
-        Ok(())
-    })?;
+    }
     replayer.flush()?;
     let stats = replayer.stats.clone();
     Ok((replayer, stats))
-}
-
-/// Records per message from the decoding thread.
-const DECODE_BATCH: usize = 256;
-/// Batches in flight: bounds what is read ahead (about 1 MB of frames).
-const DECODE_QUEUE: usize = 4;
-
-type DecodedBatch = Vec<Result<Record, JournalError>>;
-
-/// The decoding thread: every record line after the header, in order, in
-/// batches; the first error is the last item sent.
-fn decode_records<R: BufRead>(mut reader: R, mut line: Vec<u8>, batches: std::sync::mpsc::SyncSender<DecodedBatch>) {
-    let mut number = 1;
-    let mut batch = Vec::with_capacity(DECODE_BATCH);
-    loop {
-        let item = match read_line(&mut reader, &mut line) {
-            Ok(false) => break,
-            Ok(true) => {
-                number += 1;
-                decode_line(&line, number).transpose()
-            }
-            Err(e) => Some(Err(JournalError::Io(e))),
-        };
-        let failed = matches!(item, Some(Err(_)));
-        batch.extend(item);
-        if failed || batch.len() == DECODE_BATCH {
-            let full = std::mem::replace(&mut batch, Vec::with_capacity(DECODE_BATCH));
-            if batches.send(full).is_err() || failed {
-                return;
-            }
-        }
-    }
-    if !batch.is_empty() {
-        let _ = batches.send(batch);
-    }
-}
-
-/// One record line (1-based `number`, for errors); `None` for a blank line.
-fn decode_line(line: &[u8], number: usize) -> Result<Option<Record>, JournalError> {
-    if let Some(rec) = parse_upstream_text_fast(line) {
-        return Ok(Some(rec));
-    }
-    let text = line_str(line)?;
-    if text.trim().is_empty() {
-        return Ok(None);
-    }
-    serde_json::from_str(text).map(Some).map_err(|e| JournalError::Parse { line: number, message: e.to_string() })
 }
 
 /// Reads the next line into `buf` without its `\n` / `\r\n` (as
@@ -500,21 +451,6 @@ mod tests {
                     proptest::prop_assert!(needs_u_escape);
                 }
             }
-        }
-    }
-
-    #[test]
-    fn a_bad_line_is_reported_with_its_number_after_many_good_ones() {
-        let header = serde_json::to_string(&Header::new(Settings::default(), Timestamp(5), false)).unwrap();
-        let mut journal = format!("{header}\n");
-        for i in 0..(DECODE_BATCH * 3 + 7) {
-            journal.push_str(&format!("{{\"now\":{},\"timeout\":true}}\n", 6 + i));
-        }
-        journal.push_str("{\"now\":\"x\"}\n{\"now\":1,\"timeout\":true}\n");
-        let bad_line = DECODE_BATCH * 3 + 7 + 2;
-        match replay(journal.as_bytes(), Box::new(crate::store::MemoryStore::new()), Vec::new()) {
-            Err(JournalError::Parse { line, .. }) => assert_eq!(line, bad_line),
-            other => panic!("expected a parse error, got {:?}", other.map(|r| r.1)),
         }
     }
 
