@@ -37,7 +37,7 @@ fn cpu_ns() -> Option<u64> {
 }
 
 /// The whole process's user + system CPU time so far (Linux `/proc/self/stat`,
-/// in USER_HZ = 100 ticks, ns), ended threads included: both replay threads.
+/// in USER_HZ = 100 ticks, ns), ended threads included.
 fn process_cpu_ns() -> Option<u64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // Fields after the parenthesised command name; utime and stime are 14 and 15.
@@ -158,14 +158,14 @@ fn main() {
         );
     }
     println!(
-        "  on-CPU time (this thread = the engine's; the machine is shared): replay {:.0} frames/s, sqlite {:.0} frames/s, \
+        "  on-CPU time (this thread; the machine is shared): replay {:.0} frames/s, sqlite {:.0} frames/s, \
          parse-only {:.0} frames/s",
         rate(best_mem.1),
         rate(best_sqlite.1),
         rate(best_parse.1)
     );
     println!(
-        "  process CPU (both replay threads, 10 ms ticks): replay {:.0} frames per CPU-second, sqlite {:.0}, parse-only {:.0}",
+        "  process CPU (all threads, 10 ms ticks): replay {:.0} frames per CPU-second, sqlite {:.0}, parse-only {:.0}",
         rate(best_mem.2),
         rate(best_sqlite.2),
         rate(best_parse.2)
