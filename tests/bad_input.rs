@@ -613,10 +613,7 @@ fn every_bad_input_gets_its_documented_answer_while_a_healthy_client_keeps_recei
 
     let (_, metrics) = live.get("/metrics");
     for name in ["klinegate_client_bad_requests_total", "klinegate_client_limit_rejects_total", "klinegate_client_messages_rate_limited_total"] {
-        let v: f64 = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|r| r.trim().parse().ok()))
-            .unwrap_or(0.0);
+        let v = support::live::metric_value(&metrics, name).unwrap_or(0.0);
         assert!(v > 0.0, "{name} counted: {metrics}");
     }
     assert_eq!(live.terminate(10 * SEC), Some(0));

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
-use support::live::{http_request, Client, Live};
+use support::live::{http_request, metric_value, Client, Live};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::handshake::HandshakeError;
 
@@ -34,11 +34,7 @@ fn json_of(body: &str) -> Value {
 }
 
 fn metric(live: &Live, name: &str) -> f64 {
-    let (status, text) = live.get("/metrics");
-    assert_eq!(status, 200);
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.parse().ok()))
-        .unwrap_or_else(|| panic!("metric {name} missing:\n{text}"))
+    live.metric(name)
 }
 
 /// A WebSocket handshake with extra request headers; the HTTP status on refusal.
@@ -256,9 +252,7 @@ fn the_token_guards_http_and_websocket_but_not_health() {
 fn metric_with_token(live: &Live, token: &str, name: &str) -> f64 {
     let (status, text) = get(live.addr, "/metrics", &format!("Authorization: Bearer {token}\r\n"));
     assert_eq!(status, 200);
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')).and_then(|v| v.parse().ok()))
-        .unwrap_or_else(|| panic!("metric {name} missing"))
+    metric_value(&text, name).unwrap_or_else(|| panic!("metric {name} missing"))
 }
 
 #[test]

@@ -145,9 +145,7 @@ fn get_json(addr: SocketAddr, config: &Arc<ClientConfig>, path: &str) -> Value {
 
 fn metric(addr: SocketAddr, config: &Arc<ClientConfig>, name: &str) -> f64 {
     let (_, body, _) = https(addr, config, "GET", "/metrics", "");
-    body.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+    support::live::metric_value(&body, name).unwrap_or_else(|| panic!("{name} missing from /metrics"))
 }
 
 /// Polls the metric until it reaches `at_least` (bounded).

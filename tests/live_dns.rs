@@ -78,11 +78,7 @@ fn resolv_conf(dir: &tempfile::TempDir, server: SocketAddr, options: &str) -> Pa
 }
 
 fn metric(live: &Live, name: &str) -> f64 {
-    let (status, text) = live.get("/metrics");
-    assert_eq!(status, 200);
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.parse().ok()))
-        .unwrap_or_else(|| panic!("metric {name} missing:\n{text}"))
+    live.metric(name)
 }
 
 #[test]

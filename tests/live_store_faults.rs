@@ -115,11 +115,7 @@ fn outage_t0_ms() -> i64 {
 }
 
 fn write_errors(live: &Live) -> f64 {
-    live.get("/metrics")
-        .1
-        .lines()
-        .find_map(|l| l.strip_prefix("klinegate_store_write_errors_total ").and_then(|v| v.parse().ok()))
-        .unwrap_or(0.0)
+    support::live::metric_value(&live.get("/metrics").1, "klinegate_store_write_errors_total").unwrap_or(0.0)
 }
 
 fn wait_for(timeout: Duration, mut ok: impl FnMut() -> bool) -> bool {

@@ -143,11 +143,17 @@ impl RestConn {
         if let Some(addrs) = literal_addrs(&url) {
             return Self::start_to(Destination { url, target, addrs }, tls, registry, token);
         }
-        Ok(RestConn {
-            phase: Phase::Resolving(Box::new(tls.clone())),
-            transport: None,
-            request: build_request(&url.authority(), &target),
-            url: full_url(&url, &target),
+        Ok(RestConn::in_phase(Phase::Resolving(Box::new(tls.clone())), None, url, &target, token))
+    }
+
+    /// A request in `phase` for `url` + `target`, with the default limits and nothing
+    /// registered yet.
+    fn in_phase(phase: Phase, transport: Option<Transport>, url: WsUrl, target: &str, token: Token) -> RestConn {
+        RestConn {
+            phase,
+            transport,
+            request: build_request(&url.authority(), target),
+            url: full_url(&url, target),
             host: url.host,
             port: url.port,
             secure: url.secure,
@@ -155,7 +161,7 @@ impl RestConn {
             token,
             registered: None,
             started_at: Instant::now(),
-        })
+        }
     }
 
     /// The host name this request waits to have resolved; `None` once it has addresses
@@ -215,23 +221,8 @@ impl RestConn {
             mut addrs,
         } = dest;
         let (transport, addr, failures) = start_transport(&url, &mut addrs, tls)?;
-        let mut conn = RestConn {
-            phase: Phase::Connecting(Dial {
-                addr,
-                fallback: addrs,
-                failures,
-            }),
-            transport: Some(transport),
-            request: build_request(&url.authority(), &target),
-            url: full_url(&url, &target),
-            host: url.host,
-            port: url.port,
-            secure: url.secure,
-            limits: RestLimits::default(),
-            token,
-            registered: None,
-            started_at: Instant::now(),
-        };
+        let dial = Dial { addr, fallback: addrs, failures };
+        let mut conn = RestConn::in_phase(Phase::Connecting(dial), Some(transport), url, &target, token);
         conn.reregister(registry, token)?;
         Ok(conn)
     }

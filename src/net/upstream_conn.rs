@@ -348,8 +348,13 @@ impl UpstreamConn {
         }
         let request = build_request(&url)?;
         let resolving = Resolving { request, tls: tls.clone() };
-        Ok(UpstreamConn {
-            state: State::Resolving(Box::new(resolving)),
+        Ok(UpstreamConn::in_state(State::Resolving(Box::new(resolving)), url, config, token))
+    }
+
+    /// A connection in `state`, with nothing registered or pending yet.
+    fn in_state(state: State, url: WsUrl, config: UpstreamConfig, token: Token) -> UpstreamConn {
+        UpstreamConn {
+            state,
             url,
             config,
             token,
@@ -357,7 +362,7 @@ impl UpstreamConn {
             read_pending: false,
             output_pending: false,
             binary_ignored: 0,
-        })
+        }
     }
 
     /// The host name this connection waits to have resolved; `None` once it has addresses
@@ -430,16 +435,7 @@ impl UpstreamConn {
             fallback: addrs,
             failures,
         };
-        let mut conn = UpstreamConn {
-            state: State::TcpConnecting(connecting),
-            url,
-            config,
-            token,
-            registered: None,
-            read_pending: false,
-            output_pending: false,
-            binary_ignored: 0,
-        };
+        let mut conn = UpstreamConn::in_state(State::TcpConnecting(connecting), url, config, token);
         conn.reregister(registry, token)?;
         Ok(conn)
     }

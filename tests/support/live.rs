@@ -129,6 +129,13 @@ impl Live {
         )
     }
 
+    /// One metric from `/metrics` (panics, showing the page, when it is missing).
+    pub fn metric(&self, name: &str) -> f64 {
+        let (status, text) = self.get("/metrics");
+        assert_eq!(status, 200, "GET /metrics: {text}");
+        metric_value(&text, name).unwrap_or_else(|| panic!("metric {name} missing:\n{text}"))
+    }
+
     pub fn get_json(&self, path: &str) -> Value {
         let (status, body) = self.get(path);
         assert_eq!(status, 200, "GET {path}: {body}");
@@ -170,6 +177,13 @@ impl Drop for Live {
 
 pub fn signal(pid: u32, sig: &str) {
     let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+}
+
+/// The value of the metric `name` in a Prometheus text exposition.
+pub fn metric_value(metrics_text: &str, name: &str) -> Option<f64> {
+    metrics_text
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
 }
 
 /// One HTTP/1.1 request with `Connection: close`; returns status and body.
