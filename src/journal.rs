@@ -6,9 +6,13 @@
 //! {"now":…,"input":{"type":"client_connected","client":1}}
 //! {"now":…,"timeout":true}
 //! ```
-//! A live recording holds every `handle` (as `input`) and every
-//! `handle_timeout` (as `timeout`) in the order the shell made them, so a
-//! replay makes exactly the same calls. Hand-written and converted journals
+//! A live recording holds every `handle` (as `input`), every
+//! `handle_timeout` (as `timeout`) and every `take_client_frames` (as
+//! `{"now":…,"take":CLIENT}`, header `recorded_takes`) in the order the shell
+//! made them, so a replay makes exactly the same calls: frames coalesce, and a
+//! slow consumer is closed, exactly as they did live. Without recorded takes
+//! (hand-written and converted journals) a client's frames are taken as soon
+//! as it has any. Hand-written and converted journals
 //! may set `auto_timers`: then the replayer fires each due timer at its exact
 //! deadline before the next line (and up to an optional `{"now":…,"end":true}`).
 //!
@@ -36,11 +40,27 @@ pub struct Header {
     pub auto_timers: bool,
     #[serde(default)]
     pub settings: Settings,
+    /// Every take of a client's frames is a record of its own (live recordings).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub recorded_takes: bool,
 }
 
 impl Header {
     pub fn new(settings: Settings, start: Timestamp, auto_timers: bool) -> Header {
-        Header { journal: FORMAT.into(), version: VERSION, start_ns: start.as_nanos(), auto_timers, settings }
+        Header {
+            journal: FORMAT.into(),
+            version: VERSION,
+            start_ns: start.as_nanos(),
+            auto_timers,
+            settings,
+            recorded_takes: false,
+        }
+    }
+
+    /// For a live recording: the shell records each take of a client's frames.
+    pub fn with_recorded_takes(mut self) -> Header {
+        self.recorded_takes = true;
+        self
     }
 }
 
@@ -54,6 +74,9 @@ pub struct Record {
     pub timeout: bool,
     #[serde(default, skip_serializing_if = "is_false")]
     pub end: bool,
+    /// The shell took this client's queued frames (to write them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub take: Option<u64>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -99,13 +122,17 @@ impl<W: Write> JournalWriter<W> {
     }
 
     pub fn input(&mut self, now: Timestamp, input: &Input) -> std::io::Result<()> {
-        let rec = Record { now: now.as_nanos(), input: Some(input.clone()), timeout: false, end: false };
+        let rec = Record { now: now.as_nanos(), input: Some(input.clone()), timeout: false, end: false, take: None };
         serde_json::to_writer(&mut self.out, &rec)?;
         self.out.write_all(b"\n")
     }
 
     pub fn timeout(&mut self, now: Timestamp) -> std::io::Result<()> {
         writeln!(self.out, "{{\"now\":{},\"timeout\":true}}", now.as_nanos())
+    }
+
+    pub fn take(&mut self, now: Timestamp, client: u64) -> std::io::Result<()> {
+        writeln!(self.out, "{{\"now\":{},\"take\":{}}}", now.as_nanos(), client)
     }
 
     pub fn end(&mut self, now: Timestamp) -> std::io::Result<()> {
@@ -134,6 +161,7 @@ pub struct ReplayStats {
 pub struct Replayer<W: Write> {
     engine: Engine,
     auto_timers: bool,
+    recorded_takes: bool,
     out: W,
     frames: Vec<crate::engine::hub::Frame>,
     line: Vec<u8>,
@@ -162,6 +190,7 @@ impl<W: Write> Replayer<W> {
         Ok(Replayer {
             engine,
             auto_timers: header.auto_timers,
+            recorded_takes: header.recorded_takes,
             out,
             frames: Vec::new(),
             line: Vec::with_capacity(512),
@@ -208,6 +237,9 @@ impl<W: Write> Replayer<W> {
             self.engine.handle_timeout(now);
             self.drain(now)?;
         }
+        if let Some(client) = rec.take {
+            self.emit_frames(now, client)?;
+        }
         Ok(())
     }
 
@@ -238,20 +270,29 @@ impl<W: Write> Replayer<W> {
         Ok(())
     }
 
+    /// Takes the client's queued frames from the engine and writes one line each.
+    fn emit_frames(&mut self, now: Timestamp, client: u64) -> std::io::Result<()> {
+        self.frames.clear();
+        self.engine.take_client_frames(client, &mut self.frames);
+        let frames = std::mem::take(&mut self.frames);
+        for f in &frames {
+            self.line.clear();
+            let _ = write!(self.line, "{{\"now\":{},\"client\":{},\"frame\":", now.as_nanos(), client);
+            self.line.extend_from_slice(f);
+            self.line.push(b'}');
+            self.emit_line()?;
+        }
+        self.frames = frames;
+        Ok(())
+    }
+
     fn drain(&mut self, now: Timestamp) -> std::io::Result<()> {
         while let Some(output) = self.engine.poll_output() {
             if let Output::ClientReady { client } = output {
-                self.frames.clear();
-                self.engine.take_client_frames(client, &mut self.frames);
-                let frames = std::mem::take(&mut self.frames);
-                for f in &frames {
-                    self.line.clear();
-                    let _ = write!(self.line, "{{\"now\":{},\"client\":{},\"frame\":", now.as_nanos(), client);
-                    self.line.extend_from_slice(f);
-                    self.line.push(b'}');
-                    self.emit_line()?;
+                // A recording says when the shell took the frames; otherwise now.
+                if !self.recorded_takes {
+                    self.emit_frames(now, client)?;
                 }
-                self.frames = frames;
                 continue;
             }
             self.line.clear();
@@ -284,6 +325,7 @@ fn parse_upstream_text_fast(line: &[u8]) -> Option<Record> {
         input: Some(Input::UpstreamText { conn: ascii_number(conn)?, text: unescape_simple(text)? }),
         timeout: false,
         end: false,
+        take: None,
     })
 }
 
@@ -466,5 +508,33 @@ mod tests {
             Err(JournalError::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::InvalidData),
             other => panic!("expected an InvalidData error, got {:?}", other.map(|r| r.1)),
         }
+    }
+
+    /// With recorded takes, a client's frames come out where the shell took them
+    /// (and coalesce meanwhile); without, as soon as they are queued.
+    #[test]
+    fn recorded_takes_decide_when_frames_come_out() {
+        let replay_with = |takes: bool| -> Vec<String> {
+            let mut header = Header::new(Settings { pins: vec![], ..Settings::default() }, Timestamp(5), false);
+            if takes {
+                header = header.with_recorded_takes();
+            }
+            let mut w = JournalWriter::new(Vec::new(), &header).unwrap();
+            w.input(Timestamp(10), &Input::ClientConnected { client: 1 }).unwrap();
+            w.input(Timestamp(20), &Input::ClientText { client: 1, text: "nope".into() }).unwrap();
+            w.input(Timestamp(30), &Input::ClientText { client: 1, text: "{}".into() }).unwrap();
+            if takes {
+                w.take(Timestamp(40), 1).unwrap();
+            }
+            let text = w.into_inner();
+            let (replayer, _) = replay(&text[..], Box::new(crate::store::MemoryStore::new()), Vec::new()).unwrap();
+            let (_, out) = replayer.into_parts();
+            String::from_utf8(out).unwrap().lines().filter(|l| l.contains("\"frame\"")).map(str::to_string).collect()
+        };
+        let at = |lines: &[String]| -> Vec<String> {
+            lines.iter().map(|l| l.split(',').next().unwrap_or_default().to_string()).collect()
+        };
+        assert_eq!(at(&replay_with(false)), ["{\"now\":20", "{\"now\":30"]);
+        assert_eq!(at(&replay_with(true)), ["{\"now\":40", "{\"now\":40"]);
     }
 }

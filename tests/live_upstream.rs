@@ -152,7 +152,16 @@ fn stalled_client(addr: std::net::SocketAddr) -> tungstenite::WebSocket<std::net
 #[test]
 fn stalled_client_is_closed_while_others_keep_receiving() {
     let ex = FakeExchange::start(FakeOptions::spot());
-    let mut live = start(&ex, &["--pin", S1, "--derived", "", "--client-max-backlog-bytes", "1048576"]);
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("run.journal.jsonl").display().to_string();
+    let url = ex.ws_url();
+    let mut live = Live::start_in(
+        dir,
+        &[
+            "--spot-ws-url", &url, "--futures-ws-url", &url, "--pin", S1, "--derived", "",
+            "--client-max-backlog-bytes", "1048576", "--record", &journal,
+        ],
+    );
     assert!(ex.wait_for_subscriptions(&[STREAM], 10 * SEC));
     let _stalled = stalled_client(live.addr);
     let mut healthy = live.ws();
@@ -181,6 +190,19 @@ fn stalled_client_is_closed_while_others_keep_receiving() {
     let line = live.wait_log("slow_consumer", 10 * SEC).expect("the stalled client was closed");
     assert!(line.contains("client=1 "), "only the stalled client is closed: {line}");
     assert!(!live.seen_logs.iter().any(|l| l.contains("client_close client=2 ")), "the healthy one is not");
+
+    // The recording replays to the same story: the shell's takes are in it, so the
+    // stalled client's backlog passes the limit at the same frame and it is closed.
+    assert_eq!(live.terminate(10 * SEC), Some(0));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_klinegate")).args(["replay", &journal]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let closes: Vec<&serde_json::Value> = lines.iter().filter(|l| l["out"]["type"] == "client_close").collect();
+    assert_eq!(closes.len(), 1, "{closes:?}");
+    assert_eq!((closes[0]["out"]["client"].as_u64(), closes[0]["out"]["code"].as_u64()), (Some(1), Some(1008)));
+    let healthy_closes = lines.iter().filter(|l| l["client"] == 2 && l["frame"]["type"] == "candle_closed").count();
+    assert_eq!(healthy_closes, n as usize, "the healthy client's frames replay whole");
 }
 
 #[test]

@@ -189,7 +189,7 @@ impl Server {
             None => None,
             Some(path) => {
                 let file = File::create(path).map_err(|e| format!("--record {}: {e}", path.display()))?;
-                let header = Header::new(cfg.settings.clone(), now, false);
+                let header = Header::new(cfg.settings.clone(), now, false).with_recorded_takes();
                 Some(JournalWriter::new(BufWriter::new(file), &header).map_err(|e| format!("--record: {e}"))?)
             }
         };

@@ -124,6 +124,10 @@ impl Server {
                 continue; // taken again when the socket drains
             }
             frames.clear();
+            if let Some(j) = self.journal.as_mut() {
+                // What is taken when decides coalescing and slow-consumer closes.
+                let _ = j.take(self.now, client);
+            }
             self.engine.take_client_frames(client, &mut frames);
             if frames.is_empty() {
                 continue;
