@@ -319,6 +319,16 @@ pub enum LogFormat {
     Json,
 }
 
+impl RunConfig {
+    /// The exchange's REST base URL for `market`.
+    pub fn rest_base_url(&self, market: crate::model::Market) -> &str {
+        match market {
+            crate::model::Market::Spot => &self.spot_rest_url,
+            crate::model::Market::Futures => &self.futures_rest_url,
+        }
+    }
+}
+
 /// Why no [`RunConfig`] came out. Everything but `Help` is one line for
 /// standard error; see [`RunConfigError::exit_code`].
 #[derive(Clone, Debug, PartialEq)]

@@ -88,10 +88,7 @@ impl Server {
     /// even start counts as failed at once.
     fn start_directory_fetches(&mut self, market: crate::model::Market, force: bool) {
         for kind in self.directory.needed(market, force, self.mono) {
-            let base = match market {
-                crate::model::Market::Spot => &self.cfg.spot_rest_url,
-                crate::model::Market::Futures => &self.cfg.futures_rest_url,
-            };
+            let base = self.cfg.rest_base_url(market);
             let path = kind.path(market);
             let limits = RestLimits { max_body_bytes: self.directory.config().max_body_bytes, ..RestLimits::default() };
             let entry = self.conns.vacant_entry();

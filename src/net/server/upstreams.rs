@@ -19,10 +19,7 @@ impl Server {
     // ---------------------------------------------------------------- REST
 
     pub(super) fn start_rest(&mut self, id: u64, market: crate::model::Market, path: &str) {
-        let base = match market {
-            crate::model::Market::Spot => &self.cfg.spot_rest_url,
-            crate::model::Market::Futures => &self.cfg.futures_rest_url,
-        };
+        let base = self.cfg.rest_base_url(market);
         let entry = self.conns.vacant_entry();
         let token = Token(entry.key());
         match RestConn::start(base, path, &self.tls, self.poll.registry(), token) {
