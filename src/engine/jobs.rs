@@ -201,7 +201,6 @@ impl Engine {
     /// transaction: the closes of many series arriving in one loop turn (they
     /// bunch up right after each minute boundary) cost one commit, not one each.
     pub(super) fn flush_pending_jobs(&mut self) {
-        self.flush_all_armed = false;
         let jobs = std::mem::take(&mut self.flush_pending);
         let mut set = Vec::new();
         for job in jobs {
@@ -214,11 +213,11 @@ impl Engine {
 
     /// Asks for the job's buffer to be flushed at the end of this step.
     fn request_flush(&mut self, job_idx: SeriesIdx) {
-        self.flush_pending.insert(job_idx);
-        if !self.flush_all_armed {
-            self.flush_all_armed = true;
+        // The first request of a step arms the one FlushAll timer.
+        if self.flush_pending.is_empty() {
             self.timers.insert(self.now, TimerKey::FlushAll);
         }
+        self.flush_pending.insert(job_idx);
     }
 
     /// Takes a job's buffer for a flush: dedupe, fold into derived timeframes;

@@ -133,8 +133,8 @@ pub struct Engine {
     timers: TimerWheel<TimerKey>,
     backlog: StoreBacklog,
     /// Jobs whose buffers flush at the end of this step (`TimerKey::FlushAll`).
+    /// Non-empty exactly while the FlushAll timer is armed.
     flush_pending: std::collections::BTreeSet<SeriesIdx>,
-    flush_all_armed: bool,
     rest: rest::RestScheduler<RestPurpose>,
     heal_retry_at: Option<Timestamp>,
     rest_calls: Vec<rest::RestCall>,
@@ -165,7 +165,6 @@ impl Engine {
             timers: TimerWheel::new(now),
             backlog: StoreBacklog::new(cfg.store_backlog_max_candles),
             flush_pending: std::collections::BTreeSet::new(),
-            flush_all_armed: false,
             rest: rest::RestScheduler::new(cfg.rest.clone()),
             heal_retry_at: None,
             rest_calls: Vec::new(),

@@ -98,6 +98,10 @@ impl<P> RestScheduler<P> {
 
     /// Sends what the budgets allow now.
     pub fn pump(&mut self, now: Timestamp, out: &mut Vec<RestCall>) {
+        // Called after every engine step: nothing queued, nothing to do.
+        if self.markets.iter().all(|m| m.queue.is_empty()) {
+            return;
+        }
         for market in [Market::Spot, Market::Futures] {
             let budget = self.budget(market);
             let max_inflight = self.cfg.max_inflight_per_market;
