@@ -1,4 +1,4 @@
-//! Binance kline frame parsing: `protocol::binance::parse_frame` against
+//! Binance kline frame parsing: `wire::binance::parse_frame` against
 //! `serde_json::Value` + field extraction (the baseline) and typed serde with
 //! borrowed fields, on real recorded frames (cryptofeed, combined and raw form).
 //!
@@ -8,7 +8,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use klinegate::protocol::binance::{parse_frame, Frame};
+use klinegate::wire::binance::{parse_frame, Frame};
 use serde::Deserialize;
 use serde_json::Value;
 

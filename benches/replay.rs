@@ -1,7 +1,7 @@
-//! Replay throughput: a large generated journal (`klinegate::gen`: 1,000,000
+//! Replay throughput: a large generated journal (`klinegate::replay::gen`: 1,000,000
 //! kline frames over 500 streams, spot and futures, forming every ~2 s and a
 //! close per minute, a few subscribed clients) through
-//! `klinegate::journal::replay` into a sink that discards the output lines,
+//! `klinegate::replay::journal::replay` into a sink that discards the output lines,
 //! with `MemoryStore` (and, for scale, a temp-file `SqliteStore`). Baseline in
 //! the same run: reading the journal's lines and parsing each into a
 //! `journal::Record` (serde_json), without the engine.
@@ -23,8 +23,8 @@ use std::io::{self, BufRead, BufReader, BufWriter};
 use std::path::Path;
 use std::time::Instant;
 
-use klinegate::gen::{generate_journal, GenOptions, MarketMix};
-use klinegate::journal::{self, Record};
+use klinegate::replay::gen::{generate_journal, GenOptions, MarketMix};
+use klinegate::replay::journal::{self, Record};
 use klinegate::store::{MemoryStore, SqliteStore, Store};
 
 const TARGET_FRAMES_PER_S: f64 = 1_000_000.0;

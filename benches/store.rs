@@ -18,7 +18,7 @@ use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use klinegate::config::Settings;
+use klinegate::cli::settings::Settings;
 use klinegate::engine::{Engine, Input, Output};
 use klinegate::model::Candle;
 use klinegate::store::{MemoryStore, SeriesBatch, SqliteStore, Store};

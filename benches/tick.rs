@@ -17,9 +17,9 @@ mod support;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use klinegate::config::Settings;
+use klinegate::cli::settings::Settings;
 use klinegate::engine::{Engine, Input, Output};
-use klinegate::protocol::binance::{parse_frame, Frame};
+use klinegate::wire::binance::{parse_frame, Frame};
 use klinegate::store::MemoryStore;
 use klinegate::time::Timestamp;
 

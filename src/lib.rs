@@ -4,29 +4,24 @@
 //! Map of the crate:
 //! - [`time`], [`model`]: timestamps, series ids, timeframes, candles.
 //! - [`timer`]: the hierarchical timer wheel the core schedules with.
-//! - [`protocol`]: wire formats — Binance kline frames and control messages,
-//!   and the client `/ws/market` protocol.
+//! - [`wire`]: every pure codec — Binance kline frames and control messages,
+//!   the client `/ws/market` protocol, HTTP/1.1 heads, DNS messages.
 //! - [`engine`]: the sans-IO core. `handle(input, now)`, `handle_timeout(now)`,
 //!   `poll_output()`, `poll_timeout()`. Never reads a clock, a socket, the
 //!   environment or randomness.
 //! - [`store`]: the candle store trait, SQLite and in-memory implementations.
-//! - [`journal`]: record/replay of the core's inputs as JSON lines.
-//! - [`config`], [`runconfig`]: engine settings; the `run` command's flags/env/TOML.
-//! - [`net`]: the mio shell (`klinegate run`): HTTP, WebSocket, exchange connections.
-//! - [`capture`]: recorded Binance captures → journals (a tool).
+//! - [`replay`]: record/replay journals, capture conversion, the journal generator.
+//! - [`cli`]: engine settings; the `run` command's flags/env/TOML layering.
+//! - [`shell`]: the mio shell (`klinegate run`): HTTP, WebSocket, exchange connections.
 //! - [`bootstrap`]: freqtrade datadir import (a tool, not core).
-//! - [`gen`]: synthetic journals (many streams, realistic cadence) for benches.
 pub mod time;
 pub mod model;
 pub mod rng;
 pub mod timer;
-pub mod protocol;
+pub mod wire;
 pub mod engine;
 pub mod store;
-pub mod journal;
-pub mod config;
-pub mod capture;
-pub mod net;
-pub mod runconfig;
+pub mod replay;
+pub mod cli;
+pub mod shell;
 pub mod bootstrap;
-pub mod gen;

@@ -3,8 +3,8 @@
 //! turns a recorded Binance capture into a journal.
 
 use clap::{Parser, Subcommand};
-use klinegate::capture::{self, ConvertOptions};
-use klinegate::journal;
+use klinegate::replay::capture::{self, ConvertOptions};
+use klinegate::replay::journal;
 use klinegate::store::{MemoryStore, SqliteStore, Store};
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
@@ -114,7 +114,7 @@ fn main() -> ExitCode {
 
 fn run(args: Vec<OsString>) -> ExitCode {
     let argv = std::iter::once(OsString::from("klinegate run")).chain(args);
-    let cfg = match klinegate::runconfig::parse_run_config(argv, &|k| std::env::var(k).ok()) {
+    let cfg = match klinegate::cli::run_config::parse_run_config(argv, &|k| std::env::var(k).ok()) {
         Ok(cfg) => cfg,
         Err(e) => {
             let code = e.exit_code();
@@ -126,7 +126,7 @@ fn run(args: Vec<OsString>) -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    let server = match klinegate::net::server::Server::new(cfg) {
+    let server = match klinegate::shell::event_loop::Server::new(cfg) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("klinegate: {e}");
@@ -210,7 +210,7 @@ fn compare(expected: impl BufRead, actual: &[u8]) -> Result<ExitCode, String> {
 }
 
 fn gen_journal(out: PathBuf, series: usize, frames: usize, clients: usize, seed: u64, markets: &str) -> Result<ExitCode, String> {
-    use klinegate::gen::{generate_journal, GenOptions, MarketMix};
+    use klinegate::replay::gen::{generate_journal, GenOptions, MarketMix};
     let markets = MarketMix::parse(markets).map_err(|e| format!("--markets: {e}"))?;
     let opts = GenOptions { series, frames, clients, seed, markets, ..GenOptions::default() };
     let file = File::create(&out).map_err(|e| format!("{}: {e}", out.display()))?;

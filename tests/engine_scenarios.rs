@@ -145,7 +145,7 @@ fn repeated_failures_open_the_breaker_then_half_open_probe_recovers() {
 fn slow_consumer_is_closed_and_others_keep_receiving() {
     // A client that never drains its queue, next to one that does.
     let s = "binance:futures:BTC/USDT:1m";
-    use klinegate::config::Settings;
+    use klinegate::cli::settings::Settings;
     use klinegate::engine::{Engine, Input, Output};
     use klinegate::time::Timestamp;
     let settings = Settings { pins: vec![], client_max_backlog_bytes: 4000, ..Settings::default() };
@@ -180,7 +180,7 @@ fn slow_consumer_is_closed_and_others_keep_receiving() {
 
 #[test]
 fn store_failure_keeps_the_batch_and_persists_it_on_recovery() {
-    use klinegate::config::Settings;
+    use klinegate::cli::settings::Settings;
     use klinegate::engine::{Engine, Input};
     use klinegate::store::{SeriesBatch, StoreResult};
     use klinegate::time::{Duration, Timestamp};

@@ -1,4 +1,4 @@
-//! The real binary's name resolution (`net::dns`) over loopback: exchange URLs with host
+//! The real binary's name resolution (`shell::dns`) over loopback: exchange URLs with host
 //! names resolved through a fake nameserver named by `--resolv-conf`, `localhost` from the
 //! hosts file, and the point of it all: a nameserver that never answers does not stall the
 //! loop (a WebSocket client keeps getting its frames on time), and the lookup's timeout
@@ -55,7 +55,7 @@ impl FakeDns {
 /// The reply to one query, built the way servers do: the query echoed with QR|RA and an
 /// answer whose owner is a compression pointer to the question name (offset 12).
 fn answer(query: &[u8], name: &str, ip: Ipv4Addr) -> Option<Vec<u8>> {
-    let parsed = klinegate::net::dns_wire::parse_response(query).ok()?;
+    let parsed = klinegate::wire::dns::parse_response(query).ok()?;
     let question = parsed.questions.first()?;
     let mut out = query.to_vec();
     out[2] = 0x81;

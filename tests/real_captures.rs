@@ -9,7 +9,7 @@
 //! Skips (saying so) when ../shared/data is absent.
 
 mod support;
-use klinegate::capture::{self, ConvertOptions};
+use klinegate::replay::capture::{self, ConvertOptions};
 use klinegate::model::Candle;
 use klinegate::store::MemoryStore;
 use serde_json::Value;

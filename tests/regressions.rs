@@ -1,7 +1,7 @@
 //! Regression tests for bugs found by the fuzz targets and the seeded
 //! simulation (fuzz/, tests/simulation.rs). Each test names where it was found.
 
-use klinegate::config::Settings;
+use klinegate::cli::settings::Settings;
 use klinegate::engine::{Engine, Input, Output};
 use klinegate::model::Market;
 use klinegate::store::MemoryStore;

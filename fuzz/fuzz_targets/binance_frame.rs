@@ -1,4 +1,4 @@
-//! Fuzzes `protocol::binance::parse_frame`, the hand-written, allocation-free
+//! Fuzzes `wire::binance::parse_frame`, the hand-written, allocation-free
 //! scanner every exchange frame goes through.
 //!
 //! Checks: never panics; an accepted kline carries a candle that passes
@@ -7,7 +7,7 @@
 //! pure function (a second parse gives the same answer).
 #![no_main]
 
-use klinegate::protocol::binance::{parse_frame, Frame};
+use klinegate::wire::binance::{parse_frame, Frame};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,4 +1,4 @@
-//! Fuzzes the client `/ws/market` protocol: `protocol::client::parse_request`
+//! Fuzzes the client `/ws/market` protocol: `wire::client::parse_request`
 //! on arbitrary text, and the frame encoders on arbitrary strings.
 //!
 //! Checks: never panics; a subscribe names a non-empty series id; every error
@@ -8,7 +8,7 @@
 #![no_main]
 
 use klinegate::model::Candle;
-use klinegate::protocol::client::{self, ClientRequest};
+use klinegate::wire::client::{self, ClientRequest};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 

@@ -1,5 +1,5 @@
-//! Fuzzes the DNS response path: `net::dns_wire::parse_response` and `addresses_for`
-//! on raw bytes, then the same bytes as a datagram to a `net::dns::ResolverCore` with a
+//! Fuzzes the DNS response path: `wire::dns::parse_response` and `addresses_for`
+//! on raw bytes, then the same bytes as a datagram to a `shell::dns::ResolverCore` with a
 //! lookup in flight (the first input byte picks which pending query's id is patched in,
 //! so most inputs get past the id match and into the full parse and the outcome logic).
 //!
@@ -9,8 +9,8 @@
 //! flight for that name or with a deadline to wait for.
 #![no_main]
 
-use klinegate::net::dns::{Hosts, ResolverConfig, ResolverCore};
-use klinegate::net::dns_wire::{addresses_for, parse_response, QueryType};
+use klinegate::shell::dns::{Hosts, ResolverConfig, ResolverCore};
+use klinegate::wire::dns::{addresses_for, parse_response, QueryType};
 use libfuzzer_sys::fuzz_target;
 use std::time::Instant;
 

@@ -1,4 +1,4 @@
-//! Fuzzes `net::http::parse_request`, the HTTP/1.x parser on the shared client
+//! Fuzzes `wire::http::parse_request`, the HTTP/1.x parser on the shared client
 //! port, under the default limits and under tiny ones.
 //!
 //! Checks: never panics; `consumed` lies within the buffer; the documented
@@ -8,7 +8,7 @@
 //! turns into a 4xx/5xx response.
 #![no_main]
 
-use klinegate::net::http::{parse_request, HttpLimits, Parse};
+use klinegate::wire::http::{parse_request, HttpLimits, Parse};
 use libfuzzer_sys::fuzz_target;
 
 fn check(buf: &[u8], limits: &HttpLimits, split_seed: usize) {

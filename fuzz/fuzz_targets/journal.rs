@@ -11,7 +11,7 @@
 //! would only make every such unit a libFuzzer timeout.
 #![no_main]
 
-use klinegate::journal;
+use klinegate::replay::journal;
 use klinegate::store::MemoryStore;
 use libfuzzer_sys::fuzz_target;
 

@@ -33,10 +33,10 @@
 
 #![allow(dead_code)]
 
-use klinegate::config::Settings;
+use klinegate::cli::settings::Settings;
 use klinegate::engine::{Engine, Input, Output};
 use klinegate::model::{Candle, SeriesId};
-use klinegate::protocol::client::{parse_request, ClientRequest};
+use klinegate::wire::client::{parse_request, ClientRequest};
 use klinegate::store::{MemoryStore, SeriesBatch, Store, StoreResult};
 use klinegate::time::{Duration, Timestamp};
 use serde_json::Value;

@@ -13,7 +13,7 @@ use super::ingest::{HealState, HealTask, Hole};
 use super::series::SeriesIdx;
 use super::{Engine, LogLevel, RestPurpose, TimerKey};
 use crate::model::Candle;
-use crate::protocol::binance_rest as rest;
+use crate::wire::binance_rest as rest;
 use crate::time::Duration;
 
 #[derive(Clone, Debug)]

@@ -20,7 +20,7 @@ use super::rate::MessageRate;
 use super::series::{SeriesIdx, SeriesTable};
 use super::{Counters, Output};
 use crate::model::{Candle, Timeframe};
-use crate::protocol::client as wire;
+use crate::wire::client as wire;
 use crate::store::Store;
 use super::fasthash::FastMap;
 use std::collections::{BTreeMap, VecDeque};

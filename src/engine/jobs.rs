@@ -10,7 +10,7 @@ use super::supervisor::Effect;
 use super::upstream::PoolEvent;
 use super::{Engine, LogLevel, TimerKey};
 use crate::model::{Candle, Market, SeriesId};
-use crate::protocol::binance::{self, Frame, FrameError, KlineEvent};
+use crate::wire::binance::{self, Frame, FrameError, KlineEvent};
 
 impl Engine {
     pub(super) fn on_upstream_text(&mut self, conn: u64, text: &str) {

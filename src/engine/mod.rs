@@ -36,7 +36,7 @@ mod jobs;
 pub use io::{Counters, Input, LogLevel, Output};
 
 use crate::model::{Candle, SeriesId};
-use crate::protocol::client::{self as wire, ClientRequest, RequestError};
+use crate::wire::client::{self as wire, ClientRequest, RequestError};
 use crate::rng::Rng;
 use crate::store::Store;
 use crate::time::{Duration, Timestamp};

@@ -13,7 +13,7 @@
 use super::guardrail::{Guardrail, GuardrailConfig};
 use super::Output;
 use crate::model::Market;
-use crate::protocol::binance;
+use crate::wire::binance;
 use crate::rng::Rng;
 use crate::time::{Duration, Timestamp};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};

@@ -7,7 +7,7 @@ pub mod live;
 pub mod recorder;
 pub mod scenarios;
 
-use klinegate::journal::{self, Header};
+use klinegate::replay::journal::{self, Header};
 use klinegate::store::{MemoryStore, Store};
 use serde_json::{json, Value};
 

@@ -3,9 +3,9 @@
 //! become fixed journals that replay to the same bytes.
 #![allow(dead_code)]
 
-use klinegate::config::Settings;
+use klinegate::cli::settings::Settings;
 use klinegate::engine::{Engine, Input, Output};
-use klinegate::journal::{Header, JournalWriter};
+use klinegate::replay::journal::{Header, JournalWriter};
 use klinegate::store::MemoryStore;
 use klinegate::time::Timestamp;
 

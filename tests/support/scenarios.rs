@@ -6,7 +6,7 @@
 
 use super::recorder::Recorder;
 use super::{ack, kline, secs, JournalBuilder};
-use klinegate::config::Settings;
+use klinegate::cli::settings::Settings;
 use klinegate::engine::{Input, Output};
 use klinegate::time::{Duration, Timestamp};
 use serde_json::{json, Value};

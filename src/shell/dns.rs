@@ -15,7 +15,7 @@
 //!   [`ResolverCore::handle_datagram`]. Unit-tested with no socket and no clock.
 //! - [`Resolver`] adds the sockets (one UDP socket per address family in use, bound to an
 //!   ephemeral port) and the files.
-//! - [`super::dns_wire`] encodes queries and parses responses.
+//! - [`crate::wire::dns`] encodes queries and parses responses.
 //!
 //! Order, as glibc with `hosts: files dns`: IP literals never reach the resolver (the
 //! connections skip it); then the hosts file (`localhost` is 127.0.0.1 and ::1 even when the
@@ -44,7 +44,7 @@ use std::time::{Duration, Instant, SystemTime};
 use mio::net::UdpSocket;
 use mio::{Interest, Registry, Token};
 
-use super::dns_wire::{self, addresses_for, encode_query, parse_header, parse_response, QueryType, Rcode};
+use crate::wire::dns::{self as dns_wire, addresses_for, encode_query, parse_header, parse_response, QueryType, Rcode};
 
 /// glibc's defaults (`RES_TIMEOUT`, `RES_DFLRETRY`).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -1073,7 +1073,7 @@ fn seed_from_environment() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::dns_wire::tests::{wire_name, ResponseBuilder, QNAME_AT};
+    use crate::wire::dns::tests::{wire_name, ResponseBuilder, QNAME_AT};
 
     const NS1: &str = "10.0.0.1:53";
     const NS2: &str = "10.0.0.2:53";

@@ -9,11 +9,11 @@
 
 use super::{Conn, Server};
 use crate::engine::{Input, LogLevel};
-use crate::net::client_conn::HttpConn;
-use crate::net::http::Response;
-use crate::net::routes::{self, Routed};
-use crate::net::server_tls::ServerTls;
-use crate::net::transport::Transport;
+use crate::shell::conn::client::HttpConn;
+use crate::wire::http::Response;
+use crate::shell::api::routes::{self, Routed};
+use crate::shell::conn::tls_server::ServerTls;
+use crate::shell::conn::transport::Transport;
 use mio::{Interest, Token};
 use std::io;
 use std::net::IpAddr;
@@ -126,7 +126,7 @@ impl Server {
     }
 
     /// Answers one request; true when the connection became a WebSocket.
-    fn handle_request(&mut self, key: usize, req: crate::net::http::Request) -> bool {
+    fn handle_request(&mut self, key: usize, req: crate::wire::http::Request) -> bool {
         self.refresh_store_stats();
         let routed = routes::route(&req, &self.engine, &self.stats, &self.http_cfg);
         let response = match routed {

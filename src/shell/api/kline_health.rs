@@ -3,7 +3,7 @@
 //! engine's own healing state ("backfill" here is klinegate's REST healing of
 //! the series' ingest job). Read-only: never changes the engine.
 
-use super::http::{Request, Response};
+use crate::wire::http::{Request, Response};
 use crate::engine::ingest::{HealState, Hole};
 use crate::engine::Engine;
 use crate::model::{SeriesId, Timeframe};
@@ -176,10 +176,10 @@ pub fn series_health(req: &Request, engine: &Engine) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Settings;
+    use crate::cli::settings::Settings;
     use crate::engine::Input;
     use crate::model::Candle;
-    use crate::net::http::{parse_request, HttpLimits, Parse};
+    use crate::wire::http::{parse_request, HttpLimits, Parse};
     use crate::store::MemoryStore;
     use crate::time::Timestamp;
 

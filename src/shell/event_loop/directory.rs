@@ -7,9 +7,9 @@
 
 use super::{Conn, Server, REST_TIMEOUT};
 use crate::engine::LogLevel;
-use crate::net::http::Response;
-use crate::net::markets::{self, FetchKind, SseStream, TopQuery};
-use crate::net::rest_conn::{RestConn, RestLimits, RestOutcome};
+use crate::wire::http::Response;
+use crate::shell::api::markets::{self, FetchKind, SseStream, TopQuery};
+use crate::shell::conn::rest::{RestConn, RestLimits, RestOutcome};
 use mio::Token;
 use std::time::Instant;
 
@@ -33,7 +33,7 @@ impl Server {
     pub(super) fn directory_request(
         &mut self,
         key: usize,
-        req: &crate::net::http::Request,
+        req: &crate::wire::http::Request,
         stream: bool,
         cors: Vec<(String, String)>,
     ) -> Option<Response> {

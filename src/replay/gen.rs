@@ -2,7 +2,7 @@
 //! realistic cadence and records the journal a live run against that traffic
 //! would have written (`klinegate gen-journal`, the replay bench).
 //!
-//! Like [`crate::capture`], the generator runs an engine alongside and answers
+//! Like [`crate::replay::capture`], the generator runs an engine alongside and answers
 //! what it asks: every `UpstreamConnect` is opened and every `SUBSCRIBE` is
 //! acknowledged with its own id, each after a fixed network latency, and frames
 //! of a stream are sent on the connection that subscribed it, once acked. Each
@@ -16,9 +16,9 @@
 //! Deterministic: the same options write the same bytes. It never reads a
 //! clock or the environment; randomness comes only from the seeded [`Rng`].
 
-use crate::config::Settings;
+use crate::cli::settings::Settings;
 use crate::engine::{Engine, Input, Output};
-use crate::journal::{Header, JournalWriter};
+use crate::replay::journal::{Header, JournalWriter};
 use crate::model::{Market, SeriesId, Timeframe};
 use crate::rng::Rng;
 use crate::store::MemoryStore;
@@ -586,7 +586,7 @@ fn forming_time(minute: i64, k: usize, slot: Duration, rng: &mut Rng) -> Timesta
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal;
+    use crate::replay::journal;
 
     fn small(frames: usize) -> GenOptions {
         GenOptions { series: 6, frames, clients: 2, seed: 7, ..GenOptions::default() }
@@ -659,8 +659,8 @@ mod tests {
         let mut s = StreamState::new(StreamSpec::new(27, Market::Futures), 1_700_000_100, &mut rng);
         s.trade(&mut rng);
         let text = s.frame(1_700_000_101_000, false);
-        match crate::protocol::binance::parse_frame(&text) {
-            Ok(crate::protocol::binance::Frame::Kline(k)) => {
+        match crate::wire::binance::parse_frame(&text) {
+            Ok(crate::wire::binance::Frame::Kline(k)) => {
                 assert_eq!(k.stream, Some("aabbusdt@kline_1m"));
                 assert_eq!(k.symbol, "AABBUSDT");
                 assert_eq!(k.candle.candle_time, 1_700_000_100);

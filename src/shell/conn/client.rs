@@ -6,8 +6,8 @@
 //! the bytes in flight and nothing else: what to answer is decided by
 //! `routes` and the engine.
 
-use super::http::{self, HttpLimits, Parse, Request};
-use super::transport::{tls_cause, Transport};
+use crate::wire::http::{self, HttpLimits, Parse, Request};
+use crate::shell::conn::transport::{tls_cause, Transport};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -415,8 +415,8 @@ mod tests {
         }
         out
     }
-    use crate::net::server_tls::ServerTls;
-    use crate::net::test_support::TEST_TIMEOUT;
+    use crate::shell::conn::tls_server::ServerTls;
+    use crate::shell::test_support::TEST_TIMEOUT;
     use std::sync::Arc;
     use std::time::Duration;
 

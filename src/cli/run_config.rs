@@ -18,7 +18,7 @@
 //! process environment itself (the caller injects a lookup function), never
 //! open sockets, and never start anything.
 
-use crate::config::{parse_role, parse_timeframe_list, ConfigError, Settings};
+use crate::cli::settings::{parse_role, parse_timeframe_list, ConfigError, Settings};
 use crate::engine::EngineConfig;
 use crate::model::SeriesId;
 use clap::parser::ValueSource;
@@ -278,7 +278,7 @@ pub struct RunConfig {
     /// TLS for clients: certificate chain and private key (PEM). Both or neither.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
-    /// Nameservers and their timeout/attempts for the non-blocking resolver (`net::dns`).
+    /// Nameservers and their timeout/attempts for the non-blocking resolver (`shell::dns`).
     pub resolv_conf: PathBuf,
     /// Bootstrap pinned series with no stored history from this freqtrade datadir.
     pub freqtrade_datadir: Option<PathBuf>,
@@ -722,7 +722,7 @@ fn resolve_pins(l: &mut Layers<'_>) -> Result<(Vec<String>, Option<PathBuf>), Ru
 }
 
 /// `--tls-cert` and `--tls-key`: both (existing files) or neither. Their contents are
-/// checked when the server loads them (`net::server_tls`).
+/// checked when the server loads them (`shell::conn::tls_server`).
 fn resolve_tls_files(l: &mut Layers<'_>) -> Result<(Option<PathBuf>, Option<PathBuf>), RunConfigError> {
     let cert = l.path("tls_cert")?;
     let key = l.path("tls_key")?;

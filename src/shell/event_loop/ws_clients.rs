@@ -8,7 +8,7 @@
 
 use super::{Conn, Server, CLIENT_READ_BUDGET};
 use crate::engine::{Input, LogLevel};
-use crate::net::client_conn::{WsConn, WsRead};
+use crate::shell::conn::client::{WsConn, WsRead};
 use mio::{Interest, Token};
 
 impl Server {

@@ -20,7 +20,7 @@
 //! `{"now":…,"out":<Output>}`, `{"now":…,"client":…,"frame":<the frame>}` and
 //! `{"now":…,"reply":"ok"|{"error":…}}` for ingest inputs.
 
-use crate::config::Settings;
+use crate::cli::settings::Settings;
 use crate::engine::{Engine, Input, Output};
 use crate::store::Store;
 use crate::time::Timestamp;

@@ -10,7 +10,7 @@
 //! streams or subscriptions: timeouts (connect, handshake, silence) and pacing are the
 //! engine's job. It never resolves a name either: an IP literal is connected at once, a host
 //! name leaves the connection waiting in its first state until the shell hands it the
-//! addresses from [`super::dns::Resolver`] (which never blocks) through
+//! addresses from [`crate::shell::dns::Resolver`] (which never blocks) through
 //! [`UpstreamConn::on_resolved`].
 //!
 //! # How the event loop drives it
@@ -50,7 +50,7 @@ use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Message, WebSocket};
 
-use super::transport::{describe_io_error, describe_tls_handshake_error, Transport};
+use crate::shell::conn::transport::{describe_io_error, describe_tls_handshake_error, Transport};
 
 /// Close-frame reasons are limited to 123 bytes by RFC 6455 (125 minus the status code).
 const MAX_CLOSE_REASON_BYTES: usize = 123;
@@ -123,7 +123,7 @@ fn read_pem_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, St
 // ---------------------------------------------------------------------------------------------
 
 /// A parsed `ws://` or `wss://` URL (also used for the `http://` / `https://` base URLs of
-/// [`super::rest_conn`]: same parts, same default ports).
+/// [`crate::shell::conn::rest`]: same parts, same default ports).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WsUrl {
     /// `true` for `wss://` (or `https://`): TLS.
@@ -987,7 +987,7 @@ fn describe_ws_error(e: &tungstenite::Error) -> String {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
-    use crate::net::test_support::{
+    use crate::shell::test_support::{
         closed_port, spawn_tcp_server, spawn_tls_server, ServerTls, TlsServer, TEST_TIMEOUT,
     };
     use mio::{Events, Poll};
@@ -1018,7 +1018,7 @@ mod tests {
                 .unwrap();
             // `localhost` (the TLS tests' certificate name) as the shell's hosts lookup has it.
             if let Some(host) = conn.resolving_host() {
-                let addrs = crate::net::dns::Hosts::default().lookup(host).expect("only localhost");
+                let addrs = crate::shell::dns::Hosts::default().lookup(host).expect("only localhost");
                 let mut out = Vec::new();
                 conn.on_resolved(Ok(&addrs), poll.registry(), &mut out);
                 assert!(out.is_empty(), "{out:?}");

@@ -1,5 +1,5 @@
 //! DNS messages on the wire (RFC 1035; AAAA from RFC 3596): one query built, one response
-//! read. Pure functions of bytes, used by [`super::dns`].
+//! read. Pure functions of bytes, used by [`crate::shell::dns`].
 //!
 //! It owns the byte layout only: header flags, names (with compression pointers), question
 //! and answer records, and following a CNAME chain inside one answer. It never opens a
@@ -12,7 +12,7 @@
 //! message, and a name is at most 255 bytes.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Bytes of the fixed message header.
 pub const HEADER_LEN: usize = 12;

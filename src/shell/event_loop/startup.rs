@@ -3,7 +3,7 @@
 //! that have no stored history. Runs once, before the loop; never after.
 
 use crate::engine::LogLevel;
-use crate::runconfig::RunConfig;
+use crate::cli::run_config::RunConfig;
 use crate::store::SqliteStore;
 use std::time::{SystemTime, UNIX_EPOCH};
 

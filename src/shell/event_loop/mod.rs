@@ -31,19 +31,19 @@ mod ws_clients;
 use directory::Parked;
 use shutdown::install_signal_pipe;
 use startup::{bootstrap_pins, store_cannot_ingest, store_open_notes, READ_ONLY_NOTE};
-use super::client_conn::{HttpConn, WsConn};
-use super::dns::{Resolver, ResolverFiles};
-use super::http::HttpLimits;
-use super::logger::Logger;
-use super::markets::{Directory, DirectoryConfig, FetchKind, SseStream};
-use super::routes::{HttpConfig, ShellStats};
-use super::timed_store::{StoreStats, TimedStore};
-use super::rest_conn::RestConn;
-use super::server_tls::ServerTls;
-use super::upstream_conn::{TlsSetup, UpstreamConn};
+use crate::shell::conn::client::{HttpConn, WsConn};
+use crate::shell::dns::{Resolver, ResolverFiles};
+use crate::wire::http::HttpLimits;
+use crate::shell::logger::Logger;
+use crate::shell::api::markets::{Directory, DirectoryConfig, FetchKind, SseStream};
+use crate::shell::api::routes::{HttpConfig, ShellStats};
+use crate::shell::timed_store::{StoreStats, TimedStore};
+use crate::shell::conn::rest::RestConn;
+use crate::shell::conn::tls_server::ServerTls;
+use crate::shell::conn::upstream::{TlsSetup, UpstreamConn};
 use crate::engine::{Engine, Input, LogLevel, Output};
-use crate::journal::{Header, JournalWriter};
-use crate::runconfig::RunConfig;
+use crate::replay::journal::{Header, JournalWriter};
+use crate::cli::run_config::RunConfig;
 use crate::store::SqliteStore;
 use crate::time::Timestamp;
 use mio::net::{TcpListener, UnixStream};
@@ -74,7 +74,7 @@ enum Conn {
     Upstream { engine_conn: u64, conn: UpstreamConn },
     /// One REST request the engine asked for (`RestRequest { id }`).
     Rest { id: u64, conn: RestConn },
-    /// One market-directory fetch (`net::markets`), not the engine's.
+    /// One market-directory fetch (`shell::api::markets`), not the engine's.
     Directory { market: crate::model::Market, kind: FetchKind, conn: RestConn },
 }
 
@@ -226,7 +226,7 @@ impl Server {
         while let Some(note) = resolver.poll_note() {
             logger.log(unix_secs(now), LogLevel::Warn, &note);
         }
-        let servers = super::dns::describe_servers(resolver.config());
+        let servers = crate::shell::dns::describe_servers(resolver.config());
         logger.log(unix_secs(now), LogLevel::Debug, &format!("dns_config nameservers={servers}"));
         Ok(Server {
             poll,

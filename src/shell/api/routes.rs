@@ -14,7 +14,7 @@
 //! Order of checks: Origin (403) → route lookup (404) → preflight (204) →
 //! shared secret (401) → method (405) → the handler.
 
-use super::http::{Request, Response};
+use crate::wire::http::{Request, Response};
 use crate::engine::{Engine, Gauges, Input};
 use crate::model::{Candle, SeriesId};
 use serde::{Deserialize, Serialize};
@@ -79,8 +79,8 @@ pub struct ShellStats {
     pub client_tls: bool,
     /// TLS client connections that ended before their handshake completed.
     pub tls_handshake_failures: u64,
-    /// The non-blocking resolver's counters (`net::dns`).
-    pub dns: super::dns::DnsStats,
+    /// The non-blocking resolver's counters (`shell::dns`).
+    pub dns: crate::shell::dns::DnsStats,
     pub started_unix_s: f64,
     pub now_unix_s: f64,
 }
@@ -97,7 +97,7 @@ pub enum Routed {
     /// connection is a WebSocket from the next byte on (bytes after the
     /// request's `consumed` are already WebSocket frames).
     Upgrade { response: Vec<u8> },
-    /// The market directory answers (`net::markets`), possibly later (its
+    /// The market directory answers (`shell::api::markets`), possibly later (its
     /// cache may need a fetch) or as an event stream; these CORS headers go
     /// on whatever it answers.
     Directory { stream: bool, cors: Vec<(String, String)> },
@@ -202,8 +202,8 @@ pub fn route(req: &Request, engine: &Engine, stats: &ShellStats, cfg: &HttpConfi
         Endpoint::IngestClosed => ingest_one(req, cfg, false),
         Endpoint::IngestForming => ingest_one(req, cfg, true),
         Endpoint::DevBatch => ingest_batch(req, cfg),
-        Endpoint::KlineHealth => reply(super::kline_health::kline_health(req, engine), req, cfg),
-        Endpoint::SeriesHealth => reply(super::kline_health::series_health(req, engine), req, cfg),
+        Endpoint::KlineHealth => reply(crate::shell::api::kline_health::kline_health(req, engine), req, cfg),
+        Endpoint::SeriesHealth => reply(crate::shell::api::kline_health::series_health(req, engine), req, cfg),
         Endpoint::TopMarkets | Endpoint::TopMarketsStream => Routed::Directory {
             stream: endpoint == Endpoint::TopMarketsStream,
             cors: with_cors(Response::empty(200), req, cfg).headers,
@@ -545,7 +545,7 @@ fn shell_metrics(m: &mut Exposition, s: &ShellStats) {
     m.gauge("store_write_seconds_max", "Longest store write.", s.store_write_seconds_max);
 }
 
-fn dns_metrics(m: &mut Exposition, d: &super::dns::DnsStats) {
+fn dns_metrics(m: &mut Exposition, d: &crate::shell::dns::DnsStats) {
     m.counter("dns_lookups_total", "Host names looked up for exchange connections (IP literals excluded).", d.lookups);
     m.counter("dns_hosts_hits_total", "Lookups answered from the hosts file.", d.hosts_hits);
     m.counter("dns_cache_hits_total", "Lookups answered from the resolver cache (negative answers included).", d.cache_hits);
@@ -695,7 +695,7 @@ fn is_websocket_key(key: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Settings;
+    use crate::cli::settings::Settings;
     use crate::store::MemoryStore;
     use crate::time::Timestamp;
     use serde_json::{json, Value};
@@ -725,8 +725,8 @@ mod tests {
             raw.push_str(&format!("{n}: {v}\r\n"));
         }
         raw.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-        match super::super::http::parse_request(raw.as_bytes(), &Default::default()) {
-            super::super::http::Parse::Complete { request, .. } => request,
+        match crate::wire::http::parse_request(raw.as_bytes(), &Default::default()) {
+            crate::wire::http::Parse::Complete { request, .. } => request,
             other => panic!("test request did not parse: {other:?}"),
         }
     }

@@ -4,7 +4,7 @@
 //!
 //! It owns loading and checking those files (every failure is one line naming
 //! the file, so the process can refuse to start with exit code 2) and nothing
-//! else: the bytes of a session move through [`super::transport::Transport`]
+//! else: the bytes of a session move through [`crate::shell::conn::transport::Transport`]
 //! like any other socket's. It never touches a socket itself and never reads
 //! the files again after start (a renewed certificate needs a restart).
 

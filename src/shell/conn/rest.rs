@@ -9,9 +9,9 @@
 //!
 //! It never reads the clock to decide anything, never sleeps, never blocks and never
 //! interprets the body: deadlines, backoff after 429/418 and JSON parsing belong to the
-//! caller. It never resolves a name: as for [`super::upstream_conn::UpstreamConn::connect`],
+//! caller. It never resolves a name: as for [`crate::shell::conn::upstream::UpstreamConn::connect`],
 //! an IP literal is connected at once and a host name waits, without a socket, for the
-//! addresses the shell's non-blocking [`super::dns::Resolver`] finds
+//! addresses the shell's non-blocking [`crate::shell::dns::Resolver`] finds
 //! ([`RestConn::resolving_host`], [`RestConn::on_resolved`]).
 //! The TCP/TLS plumbing (address fallback, [`TlsSetup`], the non-blocking TLS stream) is
 //! shared with `upstream_conn`.
@@ -35,8 +35,8 @@ use std::time::Instant;
 
 use mio::{Interest, Registry, Token};
 
-use super::transport::{describe_io_error, describe_tls_handshake_error, Transport};
-use super::upstream_conn::{
+use crate::shell::conn::transport::{describe_io_error, describe_tls_handshake_error, Transport};
+use crate::shell::conn::upstream::{
     connect_next, literal_addrs, parse_url_with_schemes, start_transport, tcp_connect_result, Registration, TlsSetup,
     WsUrl,
 };
@@ -969,7 +969,7 @@ fn parse_chunk_size(line: &[u8]) -> Result<usize, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::test_support::{closed_port, spawn_tcp_server, spawn_tls_server, TEST_TIMEOUT};
+    use crate::shell::test_support::{closed_port, spawn_tcp_server, spawn_tls_server, TEST_TIMEOUT};
     use mio::{Events, Poll};
     use proptest::prelude::*;
     use std::net::TcpStream as StdTcpStream;
@@ -1285,7 +1285,7 @@ mod tests {
                 .with_limits(limits);
             // `localhost` (the TLS tests' certificate name) as the shell's hosts lookup has it.
             if let Some(host) = conn.resolving_host() {
-                let addrs = crate::net::dns::Hosts::default().lookup(host).expect("only localhost");
+                let addrs = crate::shell::dns::Hosts::default().lookup(host).expect("only localhost");
                 assert_eq!(conn.on_resolved(Ok(&addrs), poll.registry()), None);
             }
             Driver::with_conn(poll, conn)

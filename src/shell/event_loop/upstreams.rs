@@ -9,9 +9,9 @@
 
 use super::{Conn, Server, REST_TIMEOUT};
 use crate::engine::{Input, LogLevel};
-use crate::net::dns::Answer;
-use crate::net::rest_conn::{RestConn, RestOutcome};
-use crate::net::upstream_conn::{UpstreamConn, UpstreamEvent};
+use crate::shell::dns::Answer;
+use crate::shell::conn::rest::{RestConn, RestOutcome};
+use crate::shell::conn::upstream::{UpstreamConn, UpstreamEvent};
 use mio::Token;
 use std::io;
 
@@ -219,7 +219,7 @@ impl Server {
         };
         // The slot may have been freed and reused since the lookup began: only a
         // connection still resolving that same name takes the answer.
-        let waiting = |host: Option<&str>| host.is_some_and(|h| crate::net::dns_wire::normalize(h) == answer.host);
+        let waiting = |host: Option<&str>| host.is_some_and(|h| crate::wire::dns::normalize(h) == answer.host);
         let registry = self.poll.registry();
         match self.conns.get_mut(key) {
             Some(Conn::Upstream { engine_conn, conn }) if waiting(conn.resolving_host()) => {

@@ -10,11 +10,11 @@
 //! series (and its derived timeframes) at the start.
 //! This is a tool: it reads files, but never a clock.
 
-use crate::config::Settings;
+use crate::cli::settings::Settings;
 use crate::engine::{Engine, Input, Output};
-use crate::journal::{Header, JournalWriter};
+use crate::replay::journal::{Header, JournalWriter};
 use crate::model::Market;
-use crate::protocol::binance;
+use crate::wire::binance;
 use crate::store::MemoryStore;
 use crate::time::{Duration, Timestamp};
 use std::collections::VecDeque;

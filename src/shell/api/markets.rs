@@ -10,7 +10,7 @@
 //! module asks for (a `RestConn` each) and hands the bodies back. This is the
 //! shell's business only; nothing here is recorded in the journal.
 
-use super::http::{Request, Response};
+use crate::wire::http::{Request, Response};
 use crate::model::Market;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -544,8 +544,8 @@ mod tests {
 
     fn get(target: &str) -> Request {
         let raw = format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n");
-        match super::super::http::parse_request(raw.as_bytes(), &Default::default()) {
-            super::super::http::Parse::Complete { request, .. } => request,
+        match crate::wire::http::parse_request(raw.as_bytes(), &Default::default()) {
+            crate::wire::http::Parse::Complete { request, .. } => request,
             _ => panic!("test request must parse"),
         }
     }

@@ -4,7 +4,7 @@
 //! market-data message (the engine logs rejects on powers of two only).
 
 use crate::engine::LogLevel;
-use crate::runconfig::{LogFormat, LogLevelSetting};
+use crate::cli::run_config::{LogFormat, LogLevelSetting};
 use std::io::Write;
 
 pub struct Logger {

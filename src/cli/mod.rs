@@ -1,0 +1,11 @@
+//! Settings as a user gives them.
+//!
+//! - [`settings`]: the engine's settings as plain values (what a journal header
+//!   records), validated into an `EngineConfig`.
+//! - [`run_config`]: the `run` command's flags, environment and TOML file,
+//!   layered (flag > environment > file > default) into a `RunConfig`.
+//!
+//! Owns: parsing and validating configuration. The engine never reads it
+//! directly; the shell and tools hand the resulting values in.
+pub mod run_config;
+pub mod settings;

@@ -1,0 +1,11 @@
+//! The HTTP API: routes, health and metrics views, the market directory.
+//!
+//! - [`routes`]: the HTTP routes and the `/ws/market` upgrade decision.
+//! - [`kline_health`]: `/api/market/health` and the series-health debug view.
+//! - [`markets`]: the top-markets directory and its Server-Sent Events stream.
+//!
+//! Owns: answers built from a request and read-only engine state. Never
+//! changes engine state except through the inputs the loop hands it.
+pub mod kline_health;
+pub mod markets;
+pub mod routes;

@@ -1,0 +1,16 @@
+//! One connection each, non-blocking, driven by the event loop.
+//!
+//! - [`client`]: one client socket, HTTP then (after the upgrade) WebSocket.
+//! - [`upstream`]: one exchange WebSocket (TCP → rustls → tungstenite).
+//! - [`rest`]: one exchange REST request (HTTP/1.1 GET over TCP or rustls).
+//! - [`transport`]: the byte stream under all of them, plain TCP or rustls.
+//! - [`tls_server`]: TLS for clients, the rustls server configuration loaded
+//!   from `--tls-cert`/`--tls-key`.
+//!
+//! Owns: bytes in and out of one socket. Never resolves a name (the shell's
+//! resolver hands addresses in) and never blocks.
+pub mod client;
+pub mod rest;
+pub mod tls_server;
+pub mod transport;
+pub mod upstream;
