@@ -12,7 +12,7 @@
 //! before the next mutation. Time never goes backwards: the engine keeps the
 //! maximum `now` it was given.
 //!
-//! Architecture invariants (checked by `tests/determinism.rs`): nothing here
+//! Architecture invariants (checked by `tests/fixtures.rs` and clippy.toml): nothing here
 //! reads a clock, the environment, randomness (only the seeded [`Rng`]),
 //! threads or sockets, and nothing iterates a hash map in a way that reaches
 //! an output. Files are touched only through the [`Store`] trait.
