@@ -21,6 +21,7 @@
 use crate::cli::settings::{parse_role, parse_timeframe_list, ConfigError, Settings};
 use crate::engine::EngineConfig;
 use crate::model::SeriesId;
+use crate::wire::forwarded::Cidr;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, ColorChoice, Command, CommandFactory, Parser};
 use std::collections::BTreeMap;
@@ -34,7 +35,7 @@ pub const ENV_PREFIX: &str = "KLINEGATE_";
 
 /// Settings whose value is a list: comma-separated in flags and the
 /// environment, a TOML array (or a comma-separated string) in the file.
-const LIST_SETTINGS: &[&str] = &["pin", "derived", "cors_origins"];
+const LIST_SETTINGS: &[&str] = &["pin", "derived", "cors_origins", "trusted_proxy"];
 
 const WS_SCHEMES: &[&str] = &["wss://", "ws://"];
 const HTTP_SCHEMES: &[&str] = &["https://", "http://"];
@@ -226,9 +227,12 @@ struct RunArgs {
     /// Most client connections in total
     #[arg(long, value_name = "N", default_value = "10000", help_heading = "Clients")]
     max_connections: String,
-    /// Most client connections from one IP address
-    #[arg(long, value_name = "N", default_value = "1000", help_heading = "Clients")]
+    /// Most client connections from one client address (behind a --trusted-proxy, the address it forwards)
+    #[arg(long, value_name = "N", default_value = "10000", help_heading = "Clients")]
     max_connections_per_ip: String,
+    /// Reverse proxies allowed to name the client address (Forwarded / X-Forwarded-For), comma-separated CIDR ranges or addresses (empty = none)
+    #[arg(long, value_name = "CIDR", default_value = "", help_heading = "Clients")]
+    trusted_proxy: String,
     /// Seconds a client may stay silent (no frame, no pong) before it is closed
     #[arg(long, value_name = "SECONDS", default_value = "120", help_heading = "Clients")]
     client_idle_timeout_s: String,
@@ -294,6 +298,8 @@ pub struct RunConfig {
     pub cors_origins: Vec<String>,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    /// Peers whose forwarding headers name the client (`--trusted-proxy`).
+    pub trusted_proxies: Vec<Cidr>,
     pub client_idle_timeout_s: u64,
     /// Also copied into `settings.max_client_message_bytes`.
     pub max_frame_bytes: usize,
@@ -687,6 +693,7 @@ fn build(l: &mut Layers<'_>, known: &[String]) -> Result<RunConfig, RunConfigErr
         cors_origins: l.value("cors_origins", parse_cors_origins)?,
         max_connections: l.value("max_connections", |s| parse_usize(s).and_then(positive))?,
         max_connections_per_ip: l.value("max_connections_per_ip", |s| parse_usize(s).and_then(positive))?,
+        trusted_proxies: l.value("trusted_proxy", |s| split_list(s).iter().map(|c| Cidr::parse(c)).collect())?,
         client_idle_timeout_s: l.value("client_idle_timeout_s", |s| parse_u64(s).and_then(positive))?,
         max_frame_bytes,
         enable_debug_api: l.value("enable_debug_api", |s| parse_debug_api(s, &listen))?,
@@ -959,7 +966,8 @@ mod tests {
         assert_eq!(c.spot_rest_url, "https://api.binance.com");
         assert_eq!(c.futures_rest_url, "https://fapi.binance.com");
         assert_eq!(c.cors_origins, vec!["http://localhost:5173", "http://127.0.0.1:5173"]);
-        assert_eq!((c.max_connections, c.max_connections_per_ip), (10_000, 1000));
+        assert_eq!((c.max_connections, c.max_connections_per_ip), (10_000, 10_000));
+        assert!(c.trusted_proxies.is_empty());
         assert_eq!(c.client_idle_timeout_s, 120);
         assert_eq!(c.max_frame_bytes, 65_536);
         assert_eq!(c.settings.max_client_messages_per_s, 50);

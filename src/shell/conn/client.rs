@@ -9,7 +9,7 @@
 use crate::wire::http::{self, HttpLimits, Parse, Request};
 use crate::shell::conn::transport::{tls_cause, Transport};
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
@@ -25,6 +25,10 @@ pub const MAX_QUEUED_RESPONSE_BYTES: usize = 1 << 20;
 pub struct HttpConn {
     pub(crate) stream: Transport,
     pub peer: SocketAddr,
+    /// The address this connection is counted against in the per-address limit:
+    /// the peer's, or behind a trusted proxy the client it forwards (set at its
+    /// first request; `None` until then, or when the proxy names nobody).
+    pub counted_ip: Option<IpAddr>,
     read_buf: Vec<u8>,
     write_buf: Vec<u8>,
     pub close_after_write: bool,
@@ -53,6 +57,7 @@ impl HttpConn {
         HttpConn {
             stream,
             peer,
+            counted_ip: None,
             read_buf: Vec::new(),
             write_buf: Vec::new(),
             close_after_write: false,
@@ -222,6 +227,8 @@ fn close_for(e: &tungstenite::Error, max_message: usize) -> Option<(u16, String)
 pub struct WsConn {
     pub(crate) ws: WebSocket<Transport>,
     pub peer: SocketAddr,
+    /// Carried over from the HTTP connection it was (see `HttpConn::counted_ip`).
+    pub counted_ip: Option<IpAddr>,
     pub client: u64,
     pub last_seen: Instant,
     pub last_ping: Instant,
@@ -266,6 +273,7 @@ impl WsConn {
         WsConn {
             ws,
             peer,
+            counted_ip: None,
             client,
             last_seen: now,
             last_ping: now,

@@ -15,8 +15,12 @@ use crate::shell::api::routes::{self, Routed};
 use crate::shell::conn::tls_server::ServerTls;
 use crate::shell::conn::transport::Transport;
 use mio::{Interest, Token};
+use crate::wire::forwarded;
 use std::io;
 use std::net::IpAddr;
+
+/// The 503 detail when one client address holds `--max-connections-per-ip` connections.
+const PER_ADDRESS_LIMIT: &str = "too many connections from this address";
 
 impl Server {
     pub(super) fn accept_all(&mut self) {
@@ -32,7 +36,10 @@ impl Server {
                 }
             };
             let ip = peer.ip();
-            let on_ip = self.per_ip.get(&ip).copied().unwrap_or(0);
+            // A trusted proxy carries many clients: its connections are counted
+            // against the client each one forwards, at its first request.
+            let counted_ip = (!self.cfg.trusted_proxies.iter().any(|c| c.contains(ip))).then_some(ip);
+            let on_ip = counted_ip.and_then(|ip| self.per_ip.get(&ip).copied()).unwrap_or(0);
             let total = self.stats.connections_open as usize;
             if total >= self.cfg.max_connections || on_ip >= self.cfg.max_connections_per_ip {
                 self.stats.connections_rejected += 1;
@@ -40,7 +47,7 @@ impl Server {
                     "too many connections"
                 } else {
                     self.stats.connections_rejected_per_ip += 1;
-                    "too many connections from this address"
+                    PER_ADDRESS_LIMIT
                 };
                 // Over TLS nothing can be said before a handshake: just close.
                 if self.client_tls.is_none() {
@@ -65,8 +72,12 @@ impl Server {
             if self.poll.registry().register(stream.tcp_mut(), Token(key), Interest::READABLE).is_err() {
                 continue;
             }
-            entry.insert(Conn::Http(HttpConn::new(stream, peer, self.mono)));
-            *self.per_ip.entry(ip).or_insert(0) += 1;
+            let mut conn = HttpConn::new(stream, peer, self.mono);
+            conn.counted_ip = counted_ip;
+            entry.insert(Conn::Http(conn));
+            if let Some(ip) = counted_ip {
+                *self.per_ip.entry(ip).or_insert(0) += 1;
+            }
             self.stats.connections_open += 1;
         }
     }
@@ -115,6 +126,21 @@ impl Server {
                 }
             };
             self.stats.http_requests += 1;
+            if h.counted_ip.is_none() {
+                if let Some(client) = forwarded::client_address(h.peer.ip(), &req.headers, &self.cfg.trusted_proxies) {
+                    if self.per_ip.get(&client).copied().unwrap_or(0) >= self.cfg.max_connections_per_ip {
+                        self.stats.connections_rejected += 1;
+                        self.stats.connections_rejected_per_ip += 1;
+                        let mut buf = Vec::new();
+                        Response::error(503, PER_ADDRESS_LIMIT).write_to(&mut buf, false);
+                        h.queue(&buf);
+                        h.close_after_write = true;
+                        return;
+                    }
+                    *self.per_ip.entry(client).or_insert(0) += 1;
+                    h.counted_ip = Some(client);
+                }
+            }
             if self.handle_request(key, req) {
                 // The rest of the bytes belong to the WebSocket (or the event stream).
                 if let Some(Conn::Http(h)) = self.conns.get_mut(key) {
@@ -223,7 +249,8 @@ impl Server {
         !self.pending_client_reads.is_empty()
     }
 
-    fn release_ip(&mut self, ip: IpAddr) {
+    fn release_ip(&mut self, ip: Option<IpAddr>) {
+        let Some(ip) = ip else { return };
         if let Some(n) = self.per_ip.get_mut(&ip) {
             *n -= 1;
             if *n == 0 {
@@ -245,12 +272,12 @@ impl Server {
                 }
                 h.stream.say_goodbye();
                 let _ = self.poll.registry().deregister(h.stream.tcp_mut());
-                self.release_ip(h.peer.ip());
+                self.release_ip(h.counted_ip);
             }
             Conn::Ws(mut w) => {
                 w.ws.get_mut().say_goodbye();
                 let _ = self.poll.registry().deregister(w.ws.get_mut().tcp_mut());
-                self.release_ip(w.peer.ip());
+                self.release_ip(w.counted_ip);
                 self.clients.remove(&w.client);
                 self.stats.ws_clients = self.stats.ws_clients.saturating_sub(1);
                 let _ = self.apply(Input::ClientDisconnected { client: w.client });

@@ -29,6 +29,7 @@ impl Server {
         let entry = self.conns.vacant_entry();
         let new_key = entry.key();
         let mut ws = ws;
+        ws.counted_ip = h.counted_ip;
         let _ = self.poll.registry().reregister(ws.ws.get_mut().tcp_mut(), Token(new_key), Interest::READABLE);
         entry.insert(Conn::Ws(ws));
         self.clients.insert(client, new_key);
