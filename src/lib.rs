@@ -2,7 +2,8 @@
 //! market WebSocket server.
 //!
 //! Map of the crate:
-//! - [`time`], [`model`]: timestamps, series ids, timeframes, candles.
+//! - [`time`], [`model`]: timestamps, series ids, timeframes, candles;
+//!   [`calendar`]: unix seconds <-> RFC 3339 text.
 //! - [`timer`]: the hierarchical timer wheel the core schedules with.
 //! - [`wire`]: every pure codec — Binance kline frames and control messages,
 //!   the client `/ws/market` protocol, HTTP/1.1 heads, DNS messages.
@@ -14,7 +15,9 @@
 //! - [`cli`]: engine settings; the `run` command's flags/env/TOML layering.
 //! - [`shell`]: the mio shell (`klinegate run`): HTTP, WebSocket, exchange connections.
 //! - [`bootstrap`]: freqtrade datadir import (a tool, not core).
+//! - [`tools`]: `tail` (watch a running server) and `export` (CSV/Parquet).
 pub mod time;
+pub mod calendar;
 pub mod model;
 pub mod rng;
 pub mod timer;
@@ -25,3 +28,4 @@ pub mod replay;
 pub mod cli;
 pub mod shell;
 pub mod bootstrap;
+pub mod tools;

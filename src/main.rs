@@ -1,6 +1,7 @@
 //! The `klinegate` command line: thin wiring around the library.
 //! `replay` runs a journal through a fresh engine; `journal-from-capture`
-//! turns a recorded Binance capture into a journal.
+//! turns a recorded Binance capture into a journal; `tail` watches a running
+//! server; `export` writes a series' stored candles as CSV or Parquet.
 
 use clap::{Parser, Subcommand};
 use klinegate::replay::capture::{self, ConvertOptions};
@@ -75,6 +76,53 @@ enum Command {
         #[arg(long, default_value = "mixed")]
         markets: String,
     },
+    /// Watch a running server: subscribe to one series on its /ws/market and print
+    /// every candle as it comes (catch-up, then live closes and forming updates).
+    Tail {
+        /// The series, e.g. binance:spot:BTC/USDT:1m
+        series: String,
+        /// The server's WebSocket endpoint (ws:// or wss://).
+        #[arg(long, default_value = "ws://127.0.0.1:8000/ws/market")]
+        url: String,
+        /// Catch up from this time (unix seconds, YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS], UTC).
+        #[arg(long, value_parser = klinegate::calendar::parse_time)]
+        since: Option<i64>,
+        /// The server's --auth-token (or env KLINEGATE_AUTH_TOKEN).
+        #[arg(long, env = "KLINEGATE_AUTH_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// A PEM certificate to trust for wss:// (a self-signed server).
+        #[arg(long)]
+        cacert: Option<PathBuf>,
+        /// Print the raw JSON frames instead of one line per candle.
+        #[arg(long)]
+        json: bool,
+        /// Leave out forming updates.
+        #[arg(long)]
+        closed_only: bool,
+        /// Exit 0 after this many closed candles.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Export one series' stored candles over a time range as CSV or Parquet.
+    Export {
+        /// The series, e.g. binance:spot:BTC/USDT:1m
+        series: String,
+        /// First candle time (unix seconds, YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS], UTC).
+        #[arg(long, value_parser = klinegate::calendar::parse_time)]
+        from: i64,
+        /// Last candle time, inclusive (same forms).
+        #[arg(long, value_parser = klinegate::calendar::parse_time)]
+        to: i64,
+        /// csv or parquet
+        #[arg(long, default_value = "csv", value_parser = klinegate::tools::export::Format::parse)]
+        format: klinegate::tools::export::Format,
+        /// The SQLite store to read.
+        #[arg(long, default_value = "./klinegate.db")]
+        db: PathBuf,
+        /// Write here (default for csv: standard output; parquet needs it).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Convert a recorded Binance capture (`<ts>: <frame>` lines) into a journal.
     JournalFromCapture {
         capture: PathBuf,
@@ -95,6 +143,27 @@ fn main() -> ExitCode {
         Command::JournalFromCapture { capture, out, no_client } => convert(capture, out, no_client),
         Command::GenJournal { out, series, frames, clients, seed, markets } => {
             gen_journal(out, series, frames, clients, seed, &markets)
+        }
+        Command::Tail { series, url, since, token, cacert, json, closed_only, count } => {
+            use klinegate::tools::tail::{exit_code, tail, TailOptions};
+            let opts = TailOptions {
+                series: &series,
+                url: &url,
+                since,
+                token: token.as_deref(),
+                cacert: cacert.as_deref(),
+                json,
+                closed_only,
+                count,
+            };
+            return ExitCode::from(exit_code(tail(&opts, &mut std::io::stdout().lock())));
+        }
+        Command::Export { series, from, to, format, db, out } => {
+            let opts = klinegate::tools::export::ExportOptions { series: &series, from, to, format, db: &db, out: out.as_deref() };
+            klinegate::tools::export::export(&opts).map(|n| {
+                eprintln!("klinegate export: {n} candles");
+                ExitCode::SUCCESS
+            })
         }
         Command::ImportFreqtrade { datadir, series, db } => {
             klinegate::bootstrap::run_import_cli(&datadir, &series, &db).map(|summary| {

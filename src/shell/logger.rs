@@ -10,6 +10,7 @@
 //! `None` as `null` — so no consumer has to parse the text again.
 
 use crate::cli::run_config::{LogFormat, LogLevelSetting};
+use crate::calendar::rfc3339_millis;
 use crate::engine::LogLevel;
 use serde_json::{Map, Number, Value};
 use std::io::Write;
@@ -62,7 +63,7 @@ pub fn format_line(format: LogFormat, unix_s: f64, level: LogLevel, line: &str) 
         LogFormat::Json => {
             let (event, rest) = line.split_once(' ').unwrap_or((line, ""));
             let mut obj = Map::new();
-            obj.insert("ts".into(), Value::String(rfc3339_millis(unix_s)));
+            obj.insert("ts".into(), Value::String(rfc3339_millis((unix_s * 1000.0).round() as i64)));
             obj.insert("level".into(), Value::String(level.into()));
             obj.insert("event".into(), Value::String(event.into()));
             for (key, value) in fields(rest) {
@@ -181,30 +182,6 @@ fn quoted(s: &str) -> (Value, &str) {
     (Value::String(out), "")
 }
 
-/// `unix_s` as RFC 3339 in UTC with milliseconds: `2026-12-05T09:12:39.123Z`.
-pub fn rfc3339_millis(unix_s: f64) -> String {
-    let millis = (unix_s * 1000.0).round() as i64;
-    let (secs, ms) = (millis.div_euclid(1000), millis.rem_euclid(1000));
-    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z", sod / 3600, sod % 3600 / 60, sod % 60)
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day)
-/// (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,14 +190,6 @@ mod tests {
         let text = format_line(LogFormat::Json, 1_764_925_959.123, LogLevel::Warn, line);
         assert!(text.ends_with('\n'));
         serde_json::from_str(text.trim_end()).expect("one JSON object per line")
-    }
-
-    #[test]
-    fn timestamps_are_rfc3339_utc_with_milliseconds() {
-        assert_eq!(rfc3339_millis(0.0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339_millis(951_782_400.5), "2000-02-29T00:00:00.500Z");
-        assert_eq!(rfc3339_millis(1_764_925_959.123), "2025-12-05T09:12:39.123Z");
-        assert_eq!(rfc3339_millis(4_102_444_799.999), "2099-12-31T23:59:59.999Z");
     }
 
     #[test]
