@@ -51,6 +51,72 @@ fn scenarios_match_their_fixture_journals_and_golden_outputs() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// Journals converted by `klinegate journal-from-capture` from slices of the
+/// real captures in ../shared/data/cryptofeed/sample_data (see
+/// fixtures/REAL_CAPTURES.md), checked in so a clean clone asserts on real
+/// Binance traffic too. Not rebuilt by bless (the captures may be absent);
+/// their goldens are.
+const REAL_JOURNALS: [&str; 3] = ["real_spot_klines", "real_futures_close", "real_futures_cadence"];
+
+#[test]
+fn real_capture_journals_match_their_goldens() {
+    let dir = fixtures_dir();
+    let mut failures = Vec::new();
+    for name in REAL_JOURNALS {
+        let journal = std::fs::read_to_string(dir.join(format!("{name}.journal.jsonl"))).expect("real journal checked in");
+        let epath = dir.join(format!("{name}.expected.jsonl"));
+        let lines = replay_text(&journal);
+        let output = lines.join("\n") + "\n";
+        if bless() {
+            std::fs::write(&epath, &output).unwrap();
+        } else {
+            match std::fs::read_to_string(&epath) {
+                Ok(expected) if expected == output => {}
+                Ok(expected) => {
+                    let first = expected.lines().zip(output.lines()).position(|(a, b)| a != b);
+                    failures.push(format!("{name}: output differs from golden at line {:?}", first.map(|i| i + 1)));
+                }
+                Err(e) => failures.push(format!("{name}: {}: {e}", epath.display())),
+            }
+        }
+        // Independent of the golden: every x:true frame of the capture reaches
+        // the subscribed client as exactly one closed 1m candle with its values.
+        let finals = final_klines(&journal);
+        let closed: Vec<(String, i64, String)> = frames_for(&lines, 1)
+            .iter()
+            .filter(|f| f["type"] == "candle_closed" && f["series_id"].as_str().is_some_and(|s| s.ends_with(":1m")))
+            .map(|f| (f["series_id"].as_str().unwrap_or("").to_string(), f["candle"]["candle_time"].as_i64().unwrap_or(0), f["candle"]["close"].to_string()))
+            .collect();
+        assert_eq!(closed, finals, "{name}: closed 1m candles delivered");
+        let forming = frames_for(&lines, 1).iter().filter(|f| f["type"] == "candle_forming").count();
+        assert!(forming > 0, "{name}: forming updates delivered");
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// `(series id, candle time, close)` of each `x:true` kline frame in a journal,
+/// read with serde_json alone (not the engine's decoder), in order.
+fn final_klines(journal: &str) -> Vec<(String, i64, String)> {
+    let mut out = Vec::new();
+    for line in journal.lines().skip(1) {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        if v["input"]["type"] != "upstream_text" {
+            continue;
+        }
+        let Ok(frame) = serde_json::from_str::<serde_json::Value>(v["input"]["text"].as_str().unwrap_or("")) else { continue };
+        let k = &frame["data"]["k"];
+        if k["x"] != true {
+            continue;
+        }
+        let market = if journal.contains("\"pins\":[\"binance:futures:") { "futures" } else { "spot" };
+        let symbol = k["s"].as_str().unwrap_or("");
+        let base = symbol.strip_suffix("USDT").unwrap_or(symbol);
+        let close: f64 = k["c"].as_str().and_then(|c| c.parse().ok()).unwrap_or(f64::NAN);
+        out.push((format!("binance:{market}:{base}/USDT:1m"), k["t"].as_i64().unwrap_or(0) / 1000, serde_json::json!(close).to_string()));
+    }
+    out
+}
+
 #[test]
 fn at_least_twelve_fixtures_exist() {
     let n = std::fs::read_dir(fixtures_dir())

@@ -136,8 +136,8 @@ fn a_silent_nameserver_does_not_stall_the_loop_and_fails_like_a_connect() {
     let ex = FakeExchange::start(FakeOptions::spot());
     let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    // Each futures lookup hangs 3 s × 2 attempts = 6 s before it fails.
-    let conf = resolv_conf(&dir, silent.local_addr().unwrap(), "timeout:3 attempts:2");
+    // Each futures lookup hangs 5 s × 2 attempts = 10 s before it fails.
+    let conf = resolv_conf(&dir, silent.local_addr().unwrap(), "timeout:5 attempts:2");
     let spot = ex.ws_url();
     let futures = ex.ws_url().replace("127.0.0.1", "blackhole.test");
     let conf_arg = conf.display().to_string();
@@ -153,35 +153,34 @@ fn a_silent_nameserver_does_not_stall_the_loop_and_fails_like_a_connect() {
     client.send(json!({"type":"subscribe","series_id":S1}));
     std::thread::sleep(Duration::from_millis(200));
 
-    // One forming update every 50 ms for 4 s while the futures lookup hangs: each must
-    // reach the client promptly (before the fix, the loop sat in getaddrinfo all along).
+    // 40 forming updates, one every 50 ms, while the futures lookup hangs: each must reach
+    // the client while that lookup is still pending (before the fix, the loop sat in
+    // getaddrinfo all along, so they came only after it failed). The check is that order
+    // of events, not a wall-clock bound; the latencies are the report.
     let minute = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64 / 60 * 60_000;
     let mut latencies = Vec::new();
-    let window = Instant::now();
-    let mut k = 0;
-    while window.elapsed() < 4 * SEC {
+    for k in 0..40 {
         let close = 100.0 + k as f64;
         let pushed = Instant::now();
         ex.push_kline(STREAM, minute, 100.0, 1000.0, 50.0, close, 1.0, false);
-        let got = client.until(3 * SEC, |f| f["type"] == "candle_forming" && f["candle"]["close"] == close);
+        let got = client.until(10 * SEC, |f| f["type"] == "candle_forming" && f["candle"]["close"] == close);
         assert!(
             got.last().is_some_and(|f| f["candle"]["close"] == close),
             "update {k} not delivered during the DNS outage: {got:?}"
         );
         latencies.push(pushed.elapsed());
-        k += 1;
         std::thread::sleep(Duration::from_millis(50));
     }
     latencies.sort();
     let max = *latencies.last().unwrap();
     let median = latencies[latencies.len() / 2];
     eprintln!("{} frames during the DNS outage: median {median:?}, max {max:?}", latencies.len());
-    assert!(max < 2 * SEC, "the loop stalled for {max:?} (a lookup try lasts 3 s)");
+    assert_eq!(metric(&live, "klinegate_dns_failures_total"), 0.0, "every update arrived before the lookup gave up");
     assert!(metric(&live, "klinegate_dns_lookups_in_flight") >= 1.0, "the futures lookup is still pending");
 
     // The timeout reaches the engine through the ordinary failure path.
-    let lost = live.wait_log("upstream_lost", 10 * SEC).expect("futures connection failure logged");
-    assert!(lost.contains("resolving blackhole.test: timed out after 6.0 s"), "{lost}");
+    let lost = live.wait_log("upstream_lost", 15 * SEC).expect("futures connection failure logged");
+    assert!(lost.contains("resolving blackhole.test: timed out after 10.0 s"), "{lost}");
     assert!(metric(&live, "klinegate_dns_timeouts_total") >= 2.0);
     assert!(metric(&live, "klinegate_dns_failures_total") >= 1.0);
     assert_eq!(live.terminate(10 * SEC), Some(0));

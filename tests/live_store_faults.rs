@@ -61,17 +61,17 @@ impl Rig {
     /// Pushes the closes while the store cannot take them and checks the
     /// outage contract; `error_says` must appear in /health's last store error.
     fn push_closes_during_outage(&mut self, error_says: &str) {
-        let started = Instant::now();
         for k in 0..CLOSES {
             self.ex.push_kline(STREAM, self.t0 + k * 60_000, 1.0, 2.0, 0.5, 1.5, 1.0, true);
             std::thread::sleep(Duration::from_millis(50));
         }
-        // The loop keeps serving while the store fails: a forming update arrives.
+        // The loop keeps serving while the store fails: a forming update arrives
+        // (the wait only bounds a hang; that it arrives at all, before any close
+        // is published, is the check).
         self.ex.push_kline(STREAM, self.t0 + CLOSES * 60_000, 1.0, 2.0, 0.5, 1.6, 1.0, false);
         let during = self.client.until(3 * SEC, |f| f["type"] == "candle_forming");
         assert!(during.iter().any(|f| f["type"] == "candle_forming"), "forming flows during the outage: {during:?}");
         assert!(closed_times(&during).is_empty(), "nothing published before it is persisted: {during:?}");
-        assert!(started.elapsed() < 3 * SEC, "the loop did not stall on the store");
         // The flush (at most --flush-ms later) fails: counted, kept, reported.
         assert!(wait_for(5 * SEC, || write_errors(&self.live) >= 1.0), "store errors counted");
         let reported = || self.live.get_json("/health")["store"]["last_error"].as_str().is_some_and(|e| e.contains(error_says));

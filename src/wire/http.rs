@@ -1,14 +1,19 @@
 //! HTTP/1.x on the shared client port, as pure functions over bytes: parse one
 //! request from the front of a buffer ([`parse_request`]) and serialize a
-//! [`Response`]. It owns the request grammar, the size limits and keep-alive
-//! rules; it never touches a socket or a clock (so responses carry no `Date`)
-//! and never panics on what a client sends.
+//! [`Response`]. The head's grammar is `httparse`'s; this module owns what is
+//! klinegate's on top of it: the size limits and the status each refusal gets,
+//! body framing, keep-alive rules and the target's query. It never touches a
+//! socket or a clock (so responses carry no `Date`) and never panics on what a
+//! client sends. [`response`] reads the answers of the exchange's REST API.
 //!
 //! Deliberate limits: bodies are `Content-Length` only (any `Transfer-Encoding`
-//! is refused with 501); no obs-fold header continuation; `Host` is not
+//! is refused with 501); no obs-fold header continuation; header values must
+//! be UTF-8; empty lines before the request line are skipped; `Host` is not
 //! required (tools that write raw requests by hand are common on loopback).
 //! The request target's path is kept as sent (not percent-decoded); the query
 //! is decoded into pairs.
+
+pub mod response;
 
 use std::fmt::Write as _;
 
@@ -156,90 +161,60 @@ pub fn wants_continue(buf: &[u8], limits: &HttpLimits) -> bool {
 }
 
 fn parse_head(buf: &[u8], limits: &HttpLimits) -> Result<Option<Head>, HttpError> {
-    let Some(len) = find_head_end(buf) else {
-        if buf.len() > limits.max_head_bytes {
-            return Err(head_too_large(limits));
-        }
-        return Ok(None);
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut slots);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() > limits.max_head_bytes => return Err(head_too_large(limits)),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(refusal(e, buf)),
     };
     if len > limits.max_head_bytes {
         return Err(head_too_large(limits));
     }
-    let text = std::str::from_utf8(&buf[..len]).map_err(|_| HttpError::new(400, "request head is not valid UTF-8"))?;
-    let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
-    let request_line = lines.next().unwrap_or("");
-    let (method, target, minor_version) = parse_request_line(request_line)?;
-    let mut headers = Vec::new();
-    for line in lines.take_while(|l| !l.is_empty()) {
-        if headers.len() == MAX_HEADERS {
-            return Err(HttpError::new(431, format!("too many header fields (max {MAX_HEADERS})")));
-        }
-        headers.push(parse_header_line(line)?);
+    // httparse has checked the grammar; what it lets through and we do not is
+    // non-ASCII in the target and non-UTF-8 (obs-text) in header values.
+    let (Some(method), Some(target), Some(minor_version)) = (req.method, req.path, req.version) else {
+        return Ok(None);
+    };
+    if !target.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(HttpError::new(400, "malformed request target"));
     }
-    Ok(Some(Head { method, target, minor_version, headers, len }))
+    let mut headers = Vec::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        let value = std::str::from_utf8(h.value).map_err(|_| HttpError::new(400, "request head is not valid UTF-8"))?;
+        headers.push((h.name.to_ascii_lowercase(), value.trim_matches([' ', '\t']).to_string()));
+    }
+    Ok(Some(Head { method: method.to_string(), target: target.to_string(), minor_version, headers, len }))
 }
 
 fn head_too_large(limits: &HttpLimits) -> HttpError {
     HttpError::new(431, format!("request head larger than {} bytes", limits.max_head_bytes))
 }
 
-/// Length of the head including its terminating blank line (`\r\n\r\n`, or
-/// bare `\n\n` which RFC 9112 lets a server accept). Leading empty lines
-/// before the request line are not tolerated.
-fn find_head_end(buf: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    while let Some(off) = buf[i..].iter().position(|&b| b == b'\n') {
-        let nl = i + off;
-        match buf.get(nl + 1) {
-            Some(b'\n') => return Some(nl + 2),
-            Some(b'\r') if buf.get(nl + 2) == Some(&b'\n') => return Some(nl + 3),
-            _ => i = nl + 1,
+/// The answer to a head httparse refused. A version error is 505 when the
+/// request line names another HTTP version (`HTTP/2.0`), 400 otherwise.
+fn refusal(e: httparse::Error, buf: &[u8]) -> HttpError {
+    use httparse::Error as E;
+    match e {
+        E::TooManyHeaders => HttpError::new(431, format!("too many header fields (max {MAX_HEADERS})")),
+        E::Version => {
+            let line = buf.split(|&b| b == b'\n').next().unwrap_or_default();
+            let version = line.rsplit(|&b| b == b' ').next().unwrap_or_default().trim_ascii_end();
+            match std::str::from_utf8(version) {
+                Ok(v) if v.starts_with("HTTP/") && v.len() > 5 => {
+                    HttpError::new(505, format!("HTTP version {v} not supported (use HTTP/1.1)"))
+                }
+                _ => HttpError::new(400, "malformed request line (expected 'METHOD target HTTP/1.1')"),
+            }
         }
+        E::Token => HttpError::new(400, "malformed request line (expected 'METHOD target HTTP/1.1')"),
+        E::HeaderName => {
+            HttpError::new(400, "malformed header line (a bad name, no ':', or obsolete line folding)")
+        }
+        E::HeaderValue => HttpError::new(400, "control character in a header value"),
+        E::NewLine | E::Status => HttpError::new(400, "malformed line end in the request head"),
     }
-    None
-}
-
-fn parse_request_line(line: &str) -> Result<(String, String, u8), HttpError> {
-    let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(HttpError::new(400, "malformed request line (expected 'METHOD target HTTP/1.1')"));
-    };
-    if method.is_empty() || !method.bytes().all(is_token_byte) {
-        return Err(HttpError::new(400, "malformed request method"));
-    }
-    if target.is_empty() || !target.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(HttpError::new(400, "malformed request target"));
-    }
-    let minor = match version {
-        "HTTP/1.1" => 1,
-        "HTTP/1.0" => 0,
-        v if v.starts_with("HTTP/") => return Err(HttpError::new(505, format!("HTTP version {v} not supported (use HTTP/1.1)"))),
-        _ => return Err(HttpError::new(400, "malformed HTTP version")),
-    };
-    Ok((method.to_string(), target.to_string(), minor))
-}
-
-fn parse_header_line(line: &str) -> Result<(String, String), HttpError> {
-    if line.starts_with([' ', '\t']) {
-        return Err(HttpError::new(400, "obsolete header line folding is not supported"));
-    }
-    let Some((name, value)) = line.split_once(':') else {
-        return Err(HttpError::new(400, "malformed header line (no ':')"));
-    };
-    if name.is_empty() || !name.bytes().all(is_token_byte) {
-        return Err(HttpError::new(400, format!("malformed header name {name:?}")));
-    }
-    let value = value.trim_matches([' ', '\t']);
-    if value.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
-        return Err(HttpError::new(400, format!("control character in header {name}")));
-    }
-    Ok((name.to_ascii_lowercase(), value.to_string()))
-}
-
-/// RFC 9110 `tchar`.
-fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 fn body_length(headers: &[(String, String)], limits: &HttpLimits) -> Result<usize, HttpError> {
@@ -498,6 +473,21 @@ mod tests {
     fn bare_lf_lines_are_accepted() {
         let (req, used) = complete(b"GET /x?a=1 HTTP/1.1\nHost: h\n\nrest");
         assert_eq!((req.path.as_str(), req.header("host"), used), ("/x", Some("h"), 29));
+    }
+
+    #[test]
+    fn empty_lines_before_the_request_line_are_skipped() {
+        // RFC 9112 §2.2: a server SHOULD ignore at least one empty line before the
+        // request line (a client's stray CRLF after a previous body).
+        let (req, used) = complete(b"\r\n\r\nGET /health HTTP/1.1\r\n\r\n");
+        assert_eq!((req.path.as_str(), used), ("/health", 28));
+    }
+
+    #[test]
+    fn non_ascii_targets_and_non_utf8_header_values_are_400() {
+        assert_eq!(error_status("GET /caf\u{e9} HTTP/1.1\r\n\r\n".as_bytes(), &lim()), 400);
+        assert_eq!(error_status(b"GET / HTTP/1.1\r\nA: caf\xe9\r\n\r\n", &lim()), 400);
+        assert_eq!(error_status(b"GET / HTTP/1.1\r\nA: b\x01c\r\n\r\n", &lim()), 400);
     }
 
     #[test]
