@@ -234,6 +234,24 @@ pub struct PgConn {
     backend_pid: i32,
 }
 
+impl fmt::Debug for PgConn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let phase = match self.phase {
+            Phase::Down => "down",
+            Phase::Startup => "startup",
+            Phase::Scram(_) => "scram",
+            Phase::AwaitReady => "await_ready",
+            Phase::Ready => "ready",
+        };
+        f.debug_struct("PgConn")
+            .field("config", &self.config)
+            .field("phase", &phase)
+            .field("sent", &self.sent.len())
+            .field("unsent", &self.unsent.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl PgConn {
     pub fn new(config: PgConfig, max_pending: usize) -> Self {
         PgConn {
@@ -283,17 +301,19 @@ impl PgConn {
     }
 
     fn send(&mut self, id: RequestId, req: &Request) {
+        let mark = self.out.len();
         let encoded = match req {
             Request::Simple(sql) => frontend::query(sql, &mut self.out).map_err(|e| e.to_string()),
             Request::Extended(stmts) => encode_extended(stmts, &mut self.out),
         };
         match encoded {
             Ok(()) => self.sent.push_back(InFlight { id, sets: Vec::new(), rows: Vec::new(), error: None }),
-            // Nothing reached the server (a NUL in the SQL, too many params):
-            // the request fails alone. Encoders write whole messages or bail
-            // before the first byte of the failing message; the partial tail
-            // is cut so the stream stays well-formed.
-            Err(message) => self.events.push_back(PgEvent::Answer {
+            // A NUL in the SQL, too many params: the request fails alone and
+            // whatever part of it was encoded is cut, so nothing of it
+            // reaches the server and the stream stays well-formed.
+            Err(message) => {
+                self.out.truncate(mark);
+                self.events.push_back(PgEvent::Answer {
                 id,
                 answer: Err(PgError {
                     severity: "ERROR".to_string(),
@@ -301,7 +321,8 @@ impl PgConn {
                     message: format!("request could not be encoded: {message}"),
                     detail: None,
                 }),
-            }),
+                })
+            }
         }
     }
 
@@ -450,9 +471,7 @@ impl PgConn {
 }
 
 fn encode_extended(stmts: &[Statement], out: &mut BytesMut) -> Result<(), String> {
-    let mark = out.len();
-    let r = (|| {
-        for s in stmts {
+    for s in stmts {
             let types = s.params.iter().map(Param::type_oid);
             frontend::parse("", &s.sql, types, out).map_err(|e| e.to_string())?;
             frontend::bind("", "", Some(1), s.params.iter(), encode_param, Some(1), out).map_err(|e| match e {
@@ -460,14 +479,9 @@ fn encode_extended(stmts: &[Statement], out: &mut BytesMut) -> Result<(), String
                 frontend::BindError::Serialization(e) => e.to_string(),
             })?;
             frontend::execute("", 0, out).map_err(|e| e.to_string())?;
-        }
-        frontend::sync(out);
-        Ok(())
-    })();
-    if r.is_err() {
-        out.truncate(mark);
     }
-    r
+    frontend::sync(out);
+    Ok(())
 }
 
 type EncodeResult = Result<IsNull, Box<dyn std::error::Error + Sync + Send>>;

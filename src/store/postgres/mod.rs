@@ -14,6 +14,8 @@
 //! socket itself, never panics on what the server sends.
 
 pub mod conn;
+#[cfg(test)]
+mod conn_tests;
 pub mod ops;
 pub mod schema;
 pub mod url;
