@@ -16,6 +16,8 @@
 //! opens a socket itself, never panics on what the server sends.
 
 pub mod conn;
+#[cfg(test)]
+mod conn_tests;
 pub mod lease;
 pub mod streams;
 pub mod url;

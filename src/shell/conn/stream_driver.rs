@@ -139,6 +139,7 @@ impl<P: SansIo> Driver<P> {
                     self.state = LinkState::Up;
                     self.connects += 1;
                     self.proto.connected();
+                    self.reset_backoff_if_ready(false);
                 }
                 Some(Ok(false)) => return,
                 Some(Err(e)) => return self.fail(now, registry, format!("connect to {} failed: {e}", self.addr)),
@@ -187,9 +188,7 @@ impl<P: SansIo> Driver<P> {
                     if let Err(e) = self.proto.feed(&buf[..n]) {
                         return self.fail(now, registry, e);
                     }
-                    if !was_ready && self.proto.is_ready() {
-                        self.delay = self.backoff.base;
-                    }
+                    self.reset_backoff_if_ready(was_ready);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -210,6 +209,14 @@ impl<P: SansIo> Driver<P> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return self.fail(now, registry, format!("write to {}: {e}", self.addr)),
             }
+        }
+    }
+
+    /// A machine that just became ready (handshake done) proves the server
+    /// healthy again: the next failure waits the base delay.
+    fn reset_backoff_if_ready(&mut self, was_ready: bool) {
+        if !was_ready && self.proto.is_ready() {
+            self.delay = self.backoff.base;
         }
     }
 
@@ -234,5 +241,127 @@ fn connect_result(sock: &TcpStream) -> io::Result<bool> {
         Ok(_) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mio::{Events, Poll};
+
+    /// Records what the driver told it; says "ready" once connected.
+    #[derive(Default)]
+    struct Probe {
+        connected: u32,
+        disconnects: Vec<String>,
+        out: Vec<u8>,
+        up: bool,
+    }
+
+    impl SansIo for Probe {
+        fn connected(&mut self) {
+            self.connected += 1;
+            self.up = true;
+            self.out.extend_from_slice(b"hello");
+        }
+        fn feed(&mut self, bytes: &[u8]) -> Result<(), String> {
+            if bytes.starts_with(b"bad") {
+                Err("probe refuses".to_string())
+            } else {
+                Ok(())
+            }
+        }
+        fn output(&self) -> &[u8] {
+            &self.out
+        }
+        fn advance_output(&mut self, n: usize) {
+            self.out.drain(..n);
+        }
+        fn disconnected(&mut self, reason: &str) {
+            self.up = false;
+            self.disconnects.push(reason.to_string());
+        }
+        fn is_ready(&self) -> bool {
+            self.up
+        }
+    }
+
+    /// Turns the loop until `done` or 200 turns (each waits at most 50 ms).
+    fn turn_until(poll: &mut Poll, d: &mut Driver<Probe>, now: Instant, done: impl Fn(&Driver<Probe>) -> bool) {
+        let mut events = Events::with_capacity(8);
+        for _ in 0..200 {
+            if done(d) {
+                return;
+            }
+            poll.poll(&mut events, Some(Duration::from_millis(50))).unwrap();
+            for e in events.iter() {
+                d.on_event(e.is_readable() || e.is_read_closed(), e.is_writable(), now, poll.registry());
+            }
+        }
+        panic!("condition not reached; state {:?}, last error {:?}", d.state(), d.last_error());
+    }
+
+    fn closed_port() -> SocketAddr {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    }
+
+    #[test]
+    fn refused_connects_back_off_doubling_up_to_the_cap() {
+        let mut poll = Poll::new().unwrap();
+        let t0 = Instant::now();
+        let backoff = Backoff { base: Duration::from_millis(100), max: Duration::from_millis(350) };
+        let mut d = Driver::new(Probe::default(), closed_port(), Token(1), backoff, t0);
+        assert_eq!(d.next_wakeup(), Some(t0));
+        let mut now = t0;
+        let mut delays = Vec::new();
+        for _ in 0..4 {
+            d.step(now, poll.registry());
+            turn_until(&mut poll, &mut d, now, |d| matches!(d.state(), LinkState::Down { .. }));
+            let LinkState::Down { retry_at } = d.state() else { unreachable!() };
+            delays.push(retry_at - now);
+            // Not due yet: a step before retry_at does nothing.
+            d.step(retry_at - Duration::from_millis(1), poll.registry());
+            assert!(matches!(d.state(), LinkState::Down { .. }));
+            now = retry_at;
+        }
+        let ms: Vec<u128> = delays.iter().map(|d| d.as_millis()).collect();
+        assert_eq!(ms, vec![100, 200, 350, 350]);
+        assert!(d.last_error().is_some_and(|e| e.contains("connect to")), "{:?}", d.last_error());
+        assert_eq!(d.proto.connected, 0);
+        assert_eq!(d.connects(), 0);
+    }
+
+    #[test]
+    fn connects_writes_and_resets_the_backoff_once_ready_again() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut poll = Poll::new().unwrap();
+        let now = Instant::now();
+        let backoff = Backoff { base: Duration::from_millis(100), max: Duration::from_secs(5) };
+        let mut d = Driver::new(Probe::default(), addr, Token(1), backoff, now);
+        d.step(now, poll.registry());
+        turn_until(&mut poll, &mut d, now, |d| d.state() == LinkState::Up && d.proto.output().is_empty());
+        let (mut server, _) = listener.accept().unwrap();
+        let mut got = [0u8; 5];
+        std::io::Read::read_exact(&mut server, &mut got).unwrap();
+        assert_eq!(&got, b"hello");
+        // The machine refuses what the server sends: the driver closes and backs off.
+        std::io::Write::write_all(&mut server, b"bad").unwrap();
+        turn_until(&mut poll, &mut d, now, |d| matches!(d.state(), LinkState::Down { .. }));
+        assert_eq!(d.proto.disconnects, vec!["probe refuses".to_string()]);
+        assert_eq!(d.next_wakeup(), Some(now + Duration::from_millis(100)));
+        // The server closing the connection is a disconnect too; the machine
+        // was ready again in between, so the delay is back to the base.
+        let later = now + Duration::from_millis(100);
+        d.step(later, poll.registry());
+        turn_until(&mut poll, &mut d, later, |d| d.state() == LinkState::Up && d.proto.output().is_empty());
+        let (mut server, _) = listener.accept().unwrap();
+        std::io::Read::read_exact(&mut server, &mut got).unwrap();
+        drop(server);
+        turn_until(&mut poll, &mut d, later, |d| matches!(d.state(), LinkState::Down { .. }));
+        assert_eq!(d.proto.disconnects[1], "the server closed the connection");
+        assert_eq!(d.connects(), 2);
+        assert_eq!(d.next_wakeup(), Some(later + Duration::from_millis(100)));
     }
 }
