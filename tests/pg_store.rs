@@ -509,5 +509,28 @@ fn pg_upsert_throughput() {
             flushes as f64 / secs,
             n
         );
+        if depth == 1 {
+            sqlite_beside(per_flush, flushes.min(5_000));
+        }
     }
+}
+
+/// The same flush shape on a file-backed SQLite store, in the same run.
+fn sqlite_beside(per_flush: usize, flushes: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = klinegate::store::SqliteStore::open(&dir.path().join("bench.db")).unwrap();
+    let sid = "bench:spot:X/Y:1m";
+    let start = Instant::now();
+    for f in 0..flushes {
+        let rows = (0..per_flush).map(|i| candle(((f * per_flush + i) * 60) as i64, 1.0)).collect();
+        s.write_batches(&[batch(sid, rows)]).unwrap();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let n = flushes * per_flush;
+    println!(
+        "sqlite:    {per_flush:>5} candles/flush,  1 at a time: {:>9.0} candles/s ({:>7.0} flushes/s, {} candles)",
+        n as f64 / secs,
+        flushes as f64 / secs,
+        n
+    );
 }
