@@ -248,3 +248,38 @@ fn redis_commands_submitted_while_down_go_out_after_the_reconnect() {
     assert_eq!(f.c.wait(b).unwrap(), Value::Bulk(b"1".to_vec()));
     assert_eq!(f.c.readies, 2);
 }
+
+/// Figures, not asserts: closed-candle-sized XADDs per second through one
+/// pipelined connection, plain and fenced (the Lua lease check). Run with
+/// `cargo test --test redis_bus -- --ignored --nocapture redis_xadd_throughput`.
+#[test]
+#[ignore]
+fn redis_xadd_throughput() {
+    let Some((mut f, _, _)) = fixture("redis_xadd_throughput", Resp::V2) else { return };
+    let stream = format!("{}closed", f.prefix);
+    let keys = LeaseKeys::new(&f.prefix);
+    let lease = lease::decode_lease(f.c.run(lease::acquire_or_renew(&keys, "bench", 60_000))).unwrap();
+    let body = br#"{"series_id":"binance:spot:BTC/USDT:1m","candle_time":1700000000,"open":1.0,"high":2.0,"low":0.5,"close":1.5,"volume":10.0}"#;
+    for (fenced, depth) in [(false, 1usize), (false, 64), (true, 1), (true, 64)] {
+        let n = 20_000usize;
+        let start = Instant::now();
+        let mut inflight = std::collections::VecDeque::new();
+        for _ in 0..n {
+            let cmd = if fenced {
+                lease::fenced_xadd(&keys, "bench", lease.fence, &stream, 100_000, &[("c", body)])
+            } else {
+                streams::xadd(&stream, Some(100_000), &[("c", body)])
+            };
+            if inflight.len() == depth {
+                let id = inflight.pop_front().unwrap();
+                streams::decode_id(f.c.wait(id)).unwrap();
+            }
+            inflight.push_back(f.c.submit(cmd));
+        }
+        for id in inflight {
+            streams::decode_id(f.c.wait(id)).unwrap();
+        }
+        let secs = start.elapsed().as_secs_f64();
+        println!("redis xadd: fenced={fenced:<5} {depth:>2} in flight: {:>8.0} entries/s", n as f64 / secs);
+    }
+}

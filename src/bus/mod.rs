@@ -2,13 +2,13 @@
 //! ingest and read roles plug in. Nothing here blocks, and nothing here is
 //! called by the engine yet.
 //!
-//! - [`url`]: `redis://HOST:PORT[/DB]`.
-//! - [`conn`]: one Redis connection as a sans-IO state machine on the
+//! - [`url`] — `redis://HOST:PORT[/DB]`.
+//! - [`conn`] — one Redis connection as a sans-IO state machine on the
 //!   `redis-protocol` codec (RESP2 or RESP3), pipelined, typed errors, a
 //!   bounded queue.
-//! - [`streams`]: `XADD … MAXLEN ~`, `XREAD`/`XRANGE` from an id,
+//! - [`streams`] — `XADD … MAXLEN ~`, `XREAD`/`XRANGE` from an id,
 //!   `XINFO STREAM` (was the stream trimmed past a reader?).
-//! - [`lease`]: the leader lease with a fencing token (Lua), and the fenced
+//! - [`lease`] — the leader lease with a fencing token (Lua), and the fenced
 //!   `XADD` a deposed leader cannot get through.
 //!
 //! The socket side is `shell::conn::stream_driver::Driver<RedisConn>`.
