@@ -10,7 +10,10 @@
 //! - [`engine`]: the sans-IO core. `handle(input, now)`, `handle_timeout(now)`,
 //!   `poll_output()`, `poll_timeout()`. Never reads a clock, a socket, the
 //!   environment or randomness.
-//! - [`store`]: the candle store trait, SQLite and in-memory implementations.
+//! - [`store`]: the candle store trait, SQLite and in-memory implementations;
+//!   the PostgreSQL connection, schema and operations (not wired in yet).
+//! - [`bus`]: the Redis connection, Streams and leader lease between nodes
+//!   (not wired in yet).
 //! - [`replay`]: record/replay journals, capture conversion, the journal generator.
 //! - [`cli`]: engine settings; the `run` command's flags/env/TOML layering.
 //! - [`shell`]: the mio shell (`klinegate run`): HTTP, WebSocket, exchange connections.
@@ -24,6 +27,7 @@ pub mod timer;
 pub mod wire;
 pub mod engine;
 pub mod store;
+pub mod bus;
 pub mod replay;
 pub mod cli;
 pub mod shell;

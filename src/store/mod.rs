@@ -7,6 +7,7 @@ use crate::model::Candle;
 use std::fmt;
 
 pub mod memory;
+pub mod postgres;
 pub mod sqlite;
 
 pub use memory::MemoryStore;

@@ -4,6 +4,8 @@
 //! - [`upstream`]: one exchange WebSocket (TCP → rustls → tungstenite).
 //! - [`rest`]: one exchange REST request (HTTP/1.1 GET over TCP or rustls).
 //! - [`transport`]: the byte stream under all of them, plain TCP or rustls.
+//! - [`stream_driver`]: one outgoing TCP connection for a sans-IO protocol
+//!   machine (PostgreSQL store, Redis bus), reconnecting with backoff.
 //! - [`tls_server`]: TLS for clients, the rustls server configuration loaded
 //!   from `--tls-cert`/`--tls-key`.
 //!
@@ -11,6 +13,7 @@
 //! resolver hands addresses in) and never blocks.
 pub mod client;
 pub mod rest;
+pub mod stream_driver;
 pub mod tls_server;
 pub mod transport;
 pub mod upstream;
