@@ -37,7 +37,10 @@ pub struct DirectoryConfig {
     /// A client address may ask `force=true` at most once per this.
     pub force_every: Duration,
     /// After a failed fetch, the same fetch is not tried again before this
-    /// (or the exchange's `Retry-After`, when longer).
+    /// (or the exchange's `Retry-After`, when longer) — while older data of
+    /// that kind is there to serve. With nothing to serve, a failure is never
+    /// kept as the answer: the next request tries again (unless the exchange
+    /// said when, with 429/418 or `Retry-After`).
     pub retry_after_failure: Duration,
     /// The full spot `exchangeInfo` is tens of megabytes.
     pub max_body_bytes: usize,
@@ -314,8 +317,24 @@ impl Directory {
     }
 
     /// A fetch ended. `Ok((status, body, retry_after_s))` for any HTTP
-    /// answer, `Err(reason)` when there was none. Failures keep the old cache.
+    /// answer, `Err(reason)` when there was none. Failures keep the old cache,
+    /// and let every client force its next refresh at once (the limiter must
+    /// not block the first retry after an error).
     pub fn on_fetched(
+        &mut self,
+        market: Market,
+        kind: FetchKind,
+        outcome: Result<(u16, &str, Option<u64>), String>,
+        now: Instant,
+    ) -> Result<(), String> {
+        let result = self.record_fetch(market, kind, outcome, now);
+        if result.is_err() {
+            self.forced_at.clear();
+        }
+        result
+    }
+
+    fn record_fetch(
         &mut self,
         market: Market,
         kind: FetchKind,
@@ -326,6 +345,8 @@ impl Directory {
         let cache = &mut self.markets[market.index()];
         let i = kind.index();
         cache.in_flight[i] = false;
+        // A plain failure pauses this fetch only while older data answers.
+        let has_data = cache.fetched_at(kind).is_some();
         let parsed = match outcome {
             Ok((200, body, _)) => match kind {
                 FetchKind::ExchangeInfo => parse_exchange_info(market, body).map(|l| {
@@ -336,8 +357,9 @@ impl Directory {
                 }),
             },
             Ok((status, body, retry_after_s)) => {
+                let told = retry_after_s.is_some() || matches!(status, 429 | 418);
                 let wait = Duration::from_secs(retry_after_s.unwrap_or(0)).max(retry_floor);
-                cache.blocked_until[i] = Some(now + wait);
+                cache.blocked_until[i] = (told || has_data).then(|| now + wait);
                 let excerpt: String = body.chars().take(200).collect();
                 return Err(record(cache, format!("GET {}: HTTP {status}: {excerpt}", kind.path(market))));
             }
@@ -350,7 +372,7 @@ impl Directory {
                 Ok(())
             }
             Err(reason) => {
-                cache.blocked_until[i] = Some(now + retry_floor);
+                cache.blocked_until[i] = has_data.then(|| now + retry_floor);
                 Err(record(cache, reason))
             }
         }
@@ -657,6 +679,24 @@ mod tests {
         let e = d.top(&q, t0, 0).unwrap_err();
         assert!(e.detail.starts_with("upstream_unavailable"), "{e:?}");
         assert_eq!(e.to_response().status, 502);
+        // The failure is not kept as the answer: the next request fetches again.
+        assert_eq!(d.needed(Market::Futures, false, t0), vec![FetchKind::ExchangeInfo, FetchKind::Tickers]);
+        // Unless the exchange said when.
+        let _ = d.on_fetched(Market::Futures, FetchKind::Tickers, Ok((429, "{}", Some(30))), t0);
+        let later = t0 + Duration::from_secs(1);
+        assert!(d.needed(Market::Futures, false, later).is_empty(), "exchangeInfo in flight, tickers told to wait");
+    }
+
+    #[test]
+    fn a_failed_fetch_lets_the_next_forced_refresh_through() {
+        let t0 = Instant::now();
+        let mut d = loaded(t0);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        assert!(d.allow_force(a, t0));
+        assert_eq!(d.needed(Market::Spot, true, t0), vec![FetchKind::Tickers]);
+        let _ = d.on_fetched(Market::Spot, FetchKind::Tickers, Err("connection refused".into()), t0);
+        assert!(d.allow_force(a, t0 + Duration::from_secs(1)), "first retry after the error");
+        assert!(!d.allow_force(a, t0 + Duration::from_secs(2)), "then limited again");
     }
 
     #[test]
