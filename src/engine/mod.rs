@@ -636,15 +636,18 @@ impl Engine {
     }
 
     /// Whether `series_id` is serving (for `/health/ready`): its job's stream
-    /// is live, and its history is filled — no heal running or waiting, no
-    /// hole left (with healing off, history is whatever the store holds).
+    /// is live, and its history is filled — its last heal ended without an
+    /// error and none is running (with healing off, history is whatever the
+    /// store holds). A hole older than what the exchange returned (e.g.
+    /// before the listing) does not count: it is retried in the background
+    /// and shown as `gap_ledger_entries`.
     pub fn series_readiness(&self, series_id: &SeriesId) -> Readiness {
         let base = self.supervisor.normalize(series_id);
         let stream_live = !self.supervisor.ingest_jobs_enabled()
             || self.supervisor.job(&base).is_some_and(|j| j.state == supervisor::JobState::Running);
         let job = self.series.lookup(base.as_str()).and_then(|i| self.jobs.get(&i));
         let history_filled = !self.cfg.heal.enabled
-            || job.is_some_and(|j| !j.lost && j.heal.is_none() && j.hole.is_none() && j.heal_state.state != "failed");
+            || job.is_some_and(|j| !j.lost && j.heal.is_none() && j.heal_state.state != "failed");
         Readiness { stream_live, history_filled }
     }
 
