@@ -13,8 +13,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 const DERIVED: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shared/data/cryptofeed/derived"
+    env!("KLINEGATE_SHARED_DATA_DIR"),
+    "/cryptofeed/derived"
 );
 const FILES: [&str; 3] = [
     "BINANCE-ee25be.0.kline_frames.jsonl",

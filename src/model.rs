@@ -257,18 +257,28 @@ impl Candle {
     /// Why a candle is not acceptable as market data, if it is not: values must be
     /// finite and non-negative, and high/low must bound open and close.
     pub fn sanity_error(&self) -> Option<&'static str> {
-        let vals = [self.open, self.high, self.low, self.close, self.volume];
-        if vals.iter().any(|v| !v.is_finite()) {
-            return Some("non-finite value");
-        }
-        if vals.iter().any(|v| *v < 0.0) {
-            return Some("negative value");
+        if let Some(why) = self.value_error() {
+            return Some(why);
         }
         if self.high < self.open.max(self.close) {
             return Some("high below max(open, close)");
         }
         if self.low > self.open.min(self.close) {
             return Some("low above min(open, close)");
+        }
+        None
+    }
+
+    /// A value no store or client can use: non-finite or negative. (Unlike
+    /// [`Candle::sanity_error`], high/low need not bound open/close: the HTTP
+    /// ingest routes accept such candles, as the reference does.)
+    pub fn value_error(&self) -> Option<&'static str> {
+        let vals = [self.open, self.high, self.low, self.close, self.volume];
+        if vals.iter().any(|v| !v.is_finite()) {
+            return Some("non-finite value");
+        }
+        if vals.iter().any(|v| *v < 0.0) {
+            return Some("negative value");
         }
         None
     }

@@ -525,6 +525,7 @@ fn bad_stream_names_are_acked_but_recorded() {
 }
 
 #[test]
+#[cfg_attr(shared_data_absent, ignore = "../shared/data absent (set KLINEGATE_SHARED_DATA to its path)")]
 fn capture_replays_to_subscribers() {
     let Some(path) = derived_capture("BINANCE-ee25be.0.kline_frames.jsonl") else {
         eprintln!("skipping: shared/data/cryptofeed/derived not present");

@@ -16,8 +16,8 @@ use klinegate::model::{Candle, SeriesId};
 use klinegate::store::{MemoryStore, SqliteStore, Store};
 
 const TESTDATA: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shared/data/freqtrade/testdata"
+    env!("KLINEGATE_SHARED_DATA_DIR"),
+    "/freqtrade/testdata"
 );
 
 fn testdata() -> Option<PathBuf> {
@@ -57,6 +57,7 @@ fn assert_bit_identical(a: &[Candle], b: &[Candle], what: &str) {
 // --- the real test data ---
 
 #[test]
+#[cfg_attr(shared_data_absent, ignore = "../shared/data absent (set KLINEGATE_SHARED_DATA to its path)")]
 fn discover_maps_every_ohlcv_file_to_a_series() {
     let Some(dir) = testdata() else { return };
     let found: Vec<(String, String)> = discover(&dir)
@@ -130,6 +131,7 @@ fn discover_maps_every_ohlcv_file_to_a_series() {
 }
 
 #[test]
+#[cfg_attr(shared_data_absent, ignore = "../shared/data absent (set KLINEGATE_SHARED_DATA to its path)")]
 fn candidate_files_find_the_real_files() {
     let Some(dir) = testdata() else { return };
     let first_existing = |s: &str| {
@@ -194,6 +196,7 @@ const EXPECTED: [(&str, u64, &str, &str, u64); 5] = [
 ];
 
 #[test]
+#[cfg_attr(shared_data_absent, ignore = "../shared/data absent (set KLINEGATE_SHARED_DATA to its path)")]
 fn import_everything_matches_the_documented_figures() {
     let Some(dir) = testdata() else { return };
     let mut store = MemoryStore::new();
@@ -273,6 +276,7 @@ fn parse_json_text(text: &str) -> Vec<[f64; 6]> {
 }
 
 #[test]
+#[cfg_attr(shared_data_absent, ignore = "../shared/data absent (set KLINEGATE_SHARED_DATA to its path)")]
 fn json_and_feather_twins_read_to_the_same_candles() {
     let Some(dir) = testdata() else { return };
     // The json files are correctly rounded readings of their text...
@@ -346,6 +350,7 @@ fn json_and_feather_twins_read_to_the_same_candles() {
 }
 
 #[test]
+#[cfg_attr(shared_data_absent, ignore = "../shared/data absent (set KLINEGATE_SHARED_DATA to its path)")]
 fn mark_and_funding_rate_files_are_refused() {
     let Some(dir) = testdata() else { return };
     for (name, kind) in [
@@ -362,6 +367,7 @@ fn mark_and_funding_rate_files_are_refused() {
 }
 
 #[test]
+#[cfg_attr(shared_data_absent, ignore = "../shared/data absent (set KLINEGATE_SHARED_DATA to its path)")]
 fn reimport_is_idempotent() {
     let Some(dir) = testdata() else { return };
     let mut store = MemoryStore::new();
@@ -383,6 +389,7 @@ fn reimport_is_idempotent() {
 }
 
 #[test]
+#[cfg_attr(shared_data_absent, ignore = "../shared/data absent (set KLINEGATE_SHARED_DATA to its path)")]
 fn only_imports_the_requested_series_and_names_missing_files() {
     let Some(dir) = testdata() else { return };
     let mut store = MemoryStore::new();
@@ -405,6 +412,7 @@ fn only_imports_the_requested_series_and_names_missing_files() {
 }
 
 #[test]
+#[cfg_attr(shared_data_absent, ignore = "../shared/data absent (set KLINEGATE_SHARED_DATA to its path)")]
 fn bootstrap_series_writes_the_newest_rows() {
     let Some(dir) = testdata() else { return };
     let series = sid("binance:spot:UNITTEST/BTC:1m");
@@ -431,6 +439,7 @@ fn bootstrap_series_writes_the_newest_rows() {
 }
 
 #[test]
+#[cfg_attr(shared_data_absent, ignore = "../shared/data absent (set KLINEGATE_SHARED_DATA to its path)")]
 fn cli_imports_into_sqlite() {
     let Some(dir) = testdata() else { return };
     let tmp = tempfile::tempdir().unwrap();
@@ -479,6 +488,7 @@ fn cli_imports_into_sqlite() {
 }
 
 #[test]
+#[cfg_attr(shared_data_absent, ignore = "../shared/data absent (set KLINEGATE_SHARED_DATA to its path)")]
 fn damaged_real_feather_files_give_errors_not_panics() {
     let Some(dir) = testdata() else { return };
     let bytes = std::fs::read(dir.join("UNITTEST_BTC-1m.feather")).unwrap();

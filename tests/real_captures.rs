@@ -20,7 +20,7 @@ use support::*;
 const CAPTURES: [&str; 3] = ["BINANCE-ee25be.0", "BINANCE_FUTURES.ws.1.0", "BINANCE_FUTURES.ws.5.0"];
 
 fn capture_path(name: &str) -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/cryptofeed/sample_data")).join(name)
+    PathBuf::from(concat!(env!("KLINEGATE_SHARED_DATA_DIR"), "/cryptofeed/sample_data")).join(name)
 }
 
 struct KlineIn {
@@ -79,6 +79,7 @@ fn frame_candle(f: &Value) -> Candle {
 }
 
 #[test]
+#[cfg_attr(shared_data_absent, ignore = "../shared/data absent (set KLINEGATE_SHARED_DATA to its path)")]
 fn real_captures_store_every_close_once_and_respect_throttle_and_derived_merge() {
     let mut ran = 0;
     for name in CAPTURES {

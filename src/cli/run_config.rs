@@ -81,6 +81,9 @@ struct RunArgs {
     /// Dev endpoints (HTTP candle ingest for tools and tests)
     #[arg(long, value_name = "BOOL", default_value = "false", num_args = 0..=1, default_missing_value = "true", help_heading = "Server")]
     enable_dev_api: String,
+    /// POST /api/market/ingest/candle_closed: on, off, or auto = on only when --listen is loopback (off answers 404)
+    #[arg(long, value_name = "on|off|auto", default_value = "auto", help_heading = "Server")]
+    ingest_api: String,
     /// PEM certificate chain (leaf first) to serve clients over TLS (https://, wss://); needs --tls-key
     #[arg(long, value_name = "PEM", help_heading = "Server")]
     tls_cert: Option<String>,
@@ -305,6 +308,8 @@ pub struct RunConfig {
     pub max_frame_bytes: usize,
     pub enable_debug_api: bool,
     pub enable_dev_api: bool,
+    /// `--ingest-api`: the `candle_closed` ingest route is served.
+    pub ingest_api: bool,
     pub auth_token: Option<String>,
     pub shutdown_grace_s: u64,
 }
@@ -696,8 +701,9 @@ fn build(l: &mut Layers<'_>, known: &[String]) -> Result<RunConfig, RunConfigErr
         trusted_proxies: l.value("trusted_proxy", |s| split_list(s).iter().map(|c| Cidr::parse(c)).collect())?,
         client_idle_timeout_s: l.value("client_idle_timeout_s", |s| parse_u64(s).and_then(positive))?,
         max_frame_bytes,
-        enable_debug_api: l.value("enable_debug_api", |s| parse_debug_api(s, &listen))?,
+        enable_debug_api: l.value("enable_debug_api", |s| parse_loopback_switch(s, &listen))?,
         enable_dev_api: l.value("enable_dev_api", parse_bool)?,
+        ingest_api: l.value("ingest_api", |s| parse_loopback_switch(s, &listen))?,
         auth_token: l.optional("auth_token")?,
         shutdown_grace_s: l.value("shutdown_grace_s", parse_u64)?,
         engine: settings.to_engine_config().map_err(|e| engine_error(l, e))?,
@@ -834,7 +840,9 @@ fn parse_listen(s: &str) -> Result<SocketAddr, String> {
     t.parse::<SocketAddr>().map_err(|_| not_addr())
 }
 
-fn parse_debug_api(s: &str, listen: &SocketAddr) -> Result<bool, String> {
+/// A boolean, or `auto`: on only when `--listen` is a loopback address
+/// (`--enable-debug-api`, `--ingest-api`).
+fn parse_loopback_switch(s: &str, listen: &SocketAddr) -> Result<bool, String> {
     if s.trim().eq_ignore_ascii_case("auto") {
         return Ok(listen.ip().is_loopback());
     }
@@ -1151,6 +1159,11 @@ mod tests {
         assert!(!parse(&["--enable-debug-api=false"]).unwrap().enable_debug_api);
         assert!(!parse(&["--listen", "[::]:8000"]).unwrap().enable_debug_api);
         assert!(parse(&["--listen", "[::1]:8000"]).unwrap().enable_debug_api);
+        assert!(parse(&[]).unwrap().ingest_api, "ingest API defaults on for a loopback listen address");
+        assert!(!parse(&["--listen", "0.0.0.0:8000"]).unwrap().ingest_api, "auto is off beyond loopback");
+        assert!(!parse(&["--ingest-api", "off"]).unwrap().ingest_api);
+        assert!(parse(&["--listen", "0.0.0.0:8000", "--ingest-api", "on"]).unwrap().ingest_api);
+        assert!(error(&["--ingest-api", "sometimes"], &[]).contains("or auto"));
         assert_eq!(parse(&["--listen", "localhost:9"]).unwrap().listen, "127.0.0.1:9".parse::<SocketAddr>().unwrap());
     }
 

@@ -153,7 +153,12 @@ impl Engine {
             if let (true, Some(last)) = (from_exchange, candles.last()) {
                 self.series.note_closed(*idx, last.candle_time);
             }
+            let queued_before = self.frames_queued();
             self.hub.publish_closed(*idx, candles, &self.series, &mut self.outputs, &mut self.counters);
+            if from_exchange {
+                // Base series are jobs; a derived series' frames count with its base's.
+                self.observe_queue_latency(*idx, queued_before);
+            }
         }
     }
 }

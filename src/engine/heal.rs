@@ -244,6 +244,10 @@ impl Engine {
         }
         let name = j.base_id.to_string();
         self.counters.candles_healed += healed as u64;
+        match &error {
+            None => self.counters.heals_succeeded += 1,
+            Some(_) => self.counters.heals_failed += 1,
+        }
         let line = match &error {
             None => format!("heal_done series_id={name} candles={healed} reason={}", task.reason),
             Some(e) => format!("heal_failed series_id={name} candles={healed} reason={} error={e:?}", task.reason),

@@ -161,6 +161,9 @@ pub struct Job {
     pub lost: bool,
     /// A range a heal could not fill: retried later, ungated, with backoff.
     pub hole: Option<Hole>,
+    /// Exchange event time (ms) of the newest kline frame not yet reflected
+    /// in a frame queued for clients (taken by the first publish that is).
+    pub pending_event_ms: Option<i64>,
 }
 
 /// Candles opening in `[from, to]` that healing has not filled yet.
@@ -215,6 +218,7 @@ impl Job {
             watchdog: None,
             lost: false,
             hole: None,
+            pending_event_ms: None,
         }
     }
 

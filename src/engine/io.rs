@@ -106,12 +106,18 @@ pub struct Counters {
     pub jobs_started: u64,
     pub jobs_stopped: u64,
     pub heals_started: u64,
+    /// Heals that ended with every page fetched / with an error.
+    pub heals_succeeded: u64,
+    pub heals_failed: u64,
     pub candles_healed: u64,
     pub late_close_fetches: u64,
     pub late_closes_upserted: u64,
     pub rest_requests: u64,
     pub rest_failures: u64,
     pub rest_rows_skipped: u64,
+    /// Exchange event time (`E`) of a kline frame → the first client frame
+    /// it caused being queued (see `Engine::observe_queue_latency`).
+    pub exchange_to_queue: super::histogram::Histogram,
 }
 
 impl Counters {

@@ -68,6 +68,9 @@ impl Engine {
             return;
         };
         self.counters.kline_frames += 1;
+        if let Some(j) = self.jobs.get_mut(&job_idx) {
+            j.pending_event_ms = Some(event.event_time_ms);
+        }
         let candle = event.candle;
         if event.is_final {
             self.on_closed(job_idx, candle);
@@ -169,6 +172,29 @@ impl Engine {
     /// Publishes the job's latest forming value for the throttles in `which`
     /// (ascending; 0 = base). Derived values are computed once for all of them.
     fn publish_forming(&mut self, job_idx: SeriesIdx, which: &[usize]) {
+        let queued_before = self.frames_queued();
+        self.publish_forming_to(job_idx, which);
+        self.observe_queue_latency(job_idx, queued_before);
+    }
+
+    /// Candle frames queued for clients so far (forming and closed).
+    pub(super) fn frames_queued(&self) -> u64 {
+        self.counters.frames_forming + self.counters.frames_closed
+    }
+
+    /// When a publish for `job_idx` queued frames (more than `queued_before`),
+    /// records how long ago the exchange stamped the kline frame behind them
+    /// (once per frame; `now` and the event time are both inputs).
+    pub(super) fn observe_queue_latency(&mut self, job_idx: SeriesIdx, queued_before: u64) {
+        if self.frames_queued() == queued_before {
+            return;
+        }
+        let Some(event_ms) = self.jobs.get_mut(&job_idx).and_then(|j| j.pending_event_ms.take()) else { return };
+        let event = crate::time::Timestamp::from_millis(u64::try_from(event_ms).unwrap_or(0));
+        self.counters.exchange_to_queue.observe(self.now.since(event));
+    }
+
+    fn publish_forming_to(&mut self, job_idx: SeriesIdx, which: &[usize]) {
         let Some(job) = self.jobs.get_mut(&job_idx) else { return };
         let Some(latest) = job.latest_forming else { return };
         if which.first() == Some(&0) {

@@ -20,6 +20,7 @@
 pub mod derived;
 pub mod guardrail;
 pub mod heal;
+pub mod histogram;
 pub mod hub;
 pub mod ingest;
 pub mod rate;
@@ -35,7 +36,7 @@ mod jobs;
 
 pub use io::{Counters, Input, LogLevel, Output};
 
-use crate::model::{Candle, SeriesId};
+use crate::model::{Candle, Market, SeriesId};
 use crate::wire::client::{self as wire, ClientRequest, RequestError};
 use crate::rng::Rng;
 use crate::store::Store;
@@ -97,6 +98,24 @@ pub struct CandlesReply {
     pub series_id: String,
     pub server_head_time: Option<i64>,
     pub candles: Vec<Candle>,
+}
+
+/// One series' readiness (see [`Engine::series_readiness`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Readiness {
+    pub stream_live: bool,
+    pub history_filled: bool,
+}
+
+/// REST figures (see [`Engine::rest_figures`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RestFigures {
+    /// Weight of the requests sent since start.
+    pub weight_sent: u64,
+    /// Answers 429/418 (the market pauses for their Retry-After).
+    pub rate_limited: u64,
+    /// Weight used in the current minute: spot, USD-M futures.
+    pub used_weight: [u32; 2],
 }
 
 /// Point-in-time engine figures (see [`Engine::gauges`]).
@@ -534,7 +553,7 @@ impl Engine {
     fn ingest_closed(&mut self, raw: &str, candles: Vec<Candle>) -> Result<(), String> {
         let id = SeriesId::parse(raw).map_err(|e| e.to_string())?;
         for c in &candles {
-            if let Some(why) = c.sanity_error() {
+            if let Some(why) = c.value_error() {
                 return Err(format!("invalid candle at {}: {why}", c.candle_time));
             }
         }
@@ -570,7 +589,7 @@ impl Engine {
 
     fn ingest_forming(&mut self, raw: &str, candle: Candle) -> Result<(), String> {
         let id = SeriesId::parse(raw).map_err(|e| e.to_string())?;
-        if let Some(why) = candle.sanity_error() {
+        if let Some(why) = candle.value_error() {
             return Err(format!("invalid candle at {}: {why}", candle.candle_time));
         }
         let idx = self.series.intern(&id);
@@ -614,6 +633,31 @@ impl Engine {
         let base = self.supervisor.normalize(&id);
         let idx = self.series.lookup(base.as_str())?;
         self.jobs.get(&idx).map(|j| (j.heal_state.clone(), j.hole.clone()))
+    }
+
+    /// Whether `series_id` is serving (for `/health/ready`): its job's stream
+    /// is live, and its history is filled — its last heal ended without an
+    /// error and none is running (with healing off, history is whatever the
+    /// store holds). A hole older than what the exchange returned (e.g.
+    /// before the listing) does not count: it is retried in the background
+    /// and shown as `gap_ledger_entries`.
+    pub fn series_readiness(&self, series_id: &SeriesId) -> Readiness {
+        let base = self.supervisor.normalize(series_id);
+        let stream_live = !self.supervisor.ingest_jobs_enabled()
+            || self.supervisor.job(&base).is_some_and(|j| j.state == supervisor::JobState::Running);
+        let job = self.series.lookup(base.as_str()).and_then(|i| self.jobs.get(&i));
+        let history_filled = !self.cfg.heal.enabled
+            || job.is_some_and(|j| !j.lost && j.heal.is_none() && j.heal_state.state != "failed");
+        Readiness { stream_live, history_filled }
+    }
+
+    /// The REST scheduler's figures for metrics.
+    pub fn rest_figures(&self) -> RestFigures {
+        RestFigures {
+            weight_sent: self.rest.weight_sent,
+            rate_limited: self.rest.responses_rate_limited,
+            used_weight: [self.rest.used_weight(Market::Spot), self.rest.used_weight(Market::Futures)],
+        }
     }
 
     /// `GET /api/market/candles` (§8.1): the tail when `since` is absent, else

@@ -64,6 +64,8 @@ pub struct RestScheduler<P> {
     inflight: BTreeMap<u64, (Market, P)>,
     pub requests_sent: u64,
     pub responses_rate_limited: u64,
+    /// Weight of the requests sent (our own count, by the endpoint's cost).
+    pub weight_sent: u64,
 }
 
 
@@ -74,7 +76,7 @@ fn minute_of(now: Timestamp) -> i64 {
 impl<P> RestScheduler<P> {
     pub fn new(cfg: RestConfig) -> Self {
         let empty = || MarketRest { queue: VecDeque::new(), inflight: 0, minute: 0, used: 0, paused_until: None };
-        RestScheduler { cfg, next_id: 1, markets: [empty(), empty()], inflight: BTreeMap::new(), requests_sent: 0, responses_rate_limited: 0 }
+        RestScheduler { cfg, next_id: 1, markets: [empty(), empty()], inflight: BTreeMap::new(), requests_sent: 0, responses_rate_limited: 0, weight_sent: 0 }
     }
 
     fn budget(&self, m: Market) -> u32 {
@@ -124,6 +126,7 @@ impl<P> RestScheduler<P> {
                 ms.used += p.weight;
                 ms.inflight += 1;
                 self.requests_sent += 1;
+                self.weight_sent += u64::from(p.weight);
                 out.push(RestCall { id: p.id, market, path: p.path });
                 self.inflight.insert(p.id, (market, p.purpose));
             }
@@ -178,6 +181,11 @@ impl<P> RestScheduler<P> {
             next = Some(next.map_or(at, |n: Timestamp| n.min(at)));
         }
         next
+    }
+
+    /// Weight used in `market`'s current minute (the exchange's count when higher).
+    pub fn used_weight(&self, market: Market) -> u32 {
+        self.markets[market.index()].used
     }
 
     pub fn queued(&self) -> usize {

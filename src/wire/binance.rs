@@ -1803,7 +1803,7 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::Value;
 
-    const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data");
+    const DATA: &str = concat!(env!("KLINEGATE_SHARED_DATA_DIR"), "");
 
     /// A real spot frame ([CF] `BINANCE-ee25be.0`), combined form.
     const SPOT_FRAME: &str = r#"{"stream":"ethusdt@kline_1m","data":{"e":"kline","E":1617566591776,"s":"ETHUSDT","k":{"t":1617566580000,"T":1617566639999,"s":"ETHUSDT","i":"1m","f":346711017,"L":346711087,"o":"2063.88000000","c":"2064.73000000","h":"2065.00000000","l":"2063.88000000","v":"70.86425000","n":71,"x":false,"q":"146321.71560700","V":"46.98201000","Q":"97009.77617410","B":"0"}}}"#;
@@ -2302,6 +2302,7 @@ mod tests {
     ];
 
     #[test]
+    #[cfg_attr(shared_data_absent, ignore = "../shared/data absent (set KLINEGATE_SHARED_DATA to its path)")]
     fn every_derived_cryptofeed_frame_matches_the_reference() {
         for name in CRYPTOFEED {
             let Some(text) = read_data(&format!("cryptofeed/derived/{name}.kline_frames.jsonl"))
@@ -2322,6 +2323,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(shared_data_absent, ignore = "../shared/data absent (set KLINEGATE_SHARED_DATA to its path)")]
     fn every_frame_of_the_cryptofeed_captures_is_classified() {
         for name in CRYPTOFEED {
             let Some(text) = read_data(&format!("cryptofeed/sample_data/{name}")) else {
@@ -2356,6 +2358,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(shared_data_absent, ignore = "../shared/data absent (set KLINEGATE_SHARED_DATA to its path)")]
     fn polyoxide_pretty_printed_futures_frame() {
         let Some(text) = read_data("polyoxide/ws/stream_btcusdt_kline_1m.json") else {
             return;
@@ -2517,6 +2520,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(shared_data_absent, ignore = "../shared/data absent (set KLINEGATE_SHARED_DATA to its path)")]
     fn the_fast_lane_takes_every_real_frame_and_agrees_with_the_general_walk() {
         let mut checked = 0;
         for name in CRYPTOFEED {
@@ -2598,6 +2602,7 @@ mod tests {
     /// Every quoted decimal in the recorded captures (prices, volumes, quantities of
     /// every event type, not only klines) converts exactly as `str::parse` does.
     #[test]
+    #[cfg_attr(shared_data_absent, ignore = "../shared/data absent (set KLINEGATE_SHARED_DATA to its path)")]
     fn every_decimal_string_of_the_captures_matches_std() {
         let mut checked = 0usize;
         for name in CRYPTOFEED {

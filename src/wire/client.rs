@@ -364,8 +364,9 @@ mod tests {
     /// Every decimal of the recorded captures, as parsed by the engine, is written
     /// back exactly as `ryu` writes it.
     #[test]
+    #[cfg_attr(shared_data_absent, ignore = "../shared/data absent (set KLINEGATE_SHARED_DATA to its path)")]
     fn every_decimal_of_the_captures_is_written_as_ryu_writes_it() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/cryptofeed/sample_data");
+        let dir = concat!(env!("KLINEGATE_SHARED_DATA_DIR"), "/cryptofeed/sample_data");
         let mut checked = 0usize;
         for name in ["BINANCE-ee25be.0", "BINANCE_FUTURES.ws.1.0", "BINANCE_FUTURES.ws.5.0"] {
             let path = format!("{dir}/{name}");

@@ -402,8 +402,8 @@ pub fn interval_ms(interval: &str) -> Option<i64> {
 /// Path of a file under `shared/data/cryptofeed/derived/`, if it is present.
 pub fn derived_capture(name: &str) -> Option<PathBuf> {
     let path = Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/data/cryptofeed/derived/"
+        env!("KLINEGATE_SHARED_DATA_DIR"),
+        "/cryptofeed/derived/"
     ))
     .join(name);
     path.exists().then_some(path)

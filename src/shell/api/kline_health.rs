@@ -41,7 +41,9 @@ fn backfill_json(state: Option<&(HealState, Option<Hole>)>, now: i64, tf: i64, m
                       "current_missing_candles":missing_s.map(|m| (m + tf - 1) / tf)});
     };
     let updated = h.updated_at.map(|t| t.as_secs());
-    let recent = h.state == "succeeded" && updated.is_some_and(|u| now - u <= BACKFILL_RECENT_S);
+    // The reference's rule: updated within the window, whatever the state
+    // (the status rules below still look at the state).
+    let recent = updated.is_some_and(|u| now - u <= BACKFILL_RECENT_S);
     let progress = (h.wanted > 0).then(|| (h.healed as f64 * 100.0 / h.wanted as f64).min(100.0));
     json!({
         "state": if h.state.is_empty() { "idle" } else { h.state },
@@ -241,5 +243,14 @@ mod tests {
         assert_eq!(v["missing_candles"], 9, "99960..=100440");
         assert_eq!(kline_health(&get("/x?series_id=nope"), &e).status, 400);
         assert_eq!(kline_health(&get(&format!("/x?series_id={s}&now_time=-1")), &e).status, 400);
+    }
+
+    #[test]
+    fn backfill_recent_is_updated_at_within_the_window_whatever_the_state() {
+        for state in ["running", "failed", "succeeded"] {
+            let h = HealState { state, updated_at: Some(Timestamp::from_secs(1000)), ..HealState::default() };
+            let at = |now| backfill_json(Some(&(h.clone(), None)), now, 60, Some(0))["recent"].clone();
+            assert_eq!((at(1120), at(1121)), (json!(true), json!(false)), "{state}");
+        }
     }
 }

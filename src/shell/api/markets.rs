@@ -37,7 +37,10 @@ pub struct DirectoryConfig {
     /// A client address may ask `force=true` at most once per this.
     pub force_every: Duration,
     /// After a failed fetch, the same fetch is not tried again before this
-    /// (or the exchange's `Retry-After`, when longer).
+    /// (or the exchange's `Retry-After`, when longer) by event streams and
+    /// while older data is there to serve. With nothing to serve, a failure
+    /// is never kept as the answer: a client's next request tries again
+    /// (unless the exchange said when, with 429/418 or `Retry-After`).
     pub retry_after_failure: Duration,
     /// The full spot `exchangeInfo` is tens of megabytes.
     pub max_body_bytes: usize,
@@ -192,6 +195,8 @@ struct MarketCache {
     in_flight: [bool; 2],
     /// No new fetch of that kind before this (after a failure or a 429/418).
     blocked_until: [Option<Instant>; 2],
+    /// That pause is the exchange's own (429/418 or `Retry-After`): always kept.
+    told: [bool; 2],
     last_error: Option<String>,
 }
 
@@ -291,12 +296,22 @@ impl Directory {
     /// exchangeInfo are fetched, unless a fetch of that kind is already under
     /// way or was refused recently.
     pub fn needed(&mut self, market: Market, force: bool, now: Instant) -> Vec<FetchKind> {
+        self.needed_for(market, force, false, now)
+    }
+
+    /// [`Directory::needed`] for a client's request (`client` true): a kind
+    /// with nothing cached is fetched again even during the pause after a
+    /// plain failure — a failure is never kept as the answer. Event streams
+    /// (`client` false) keep the pause, so they never retry in a tight loop.
+    pub fn needed_for(&mut self, market: Market, force: bool, client: bool, now: Instant) -> Vec<FetchKind> {
         let ttls = [self.cfg.exchange_info_ttl, self.cfg.tickers_ttl];
         let cache = &mut self.markets[market.index()];
         let mut out = Vec::new();
         for kind in FetchKind::ALL {
             let i = kind.index();
-            if cache.in_flight[i] || cache.blocked_until[i].is_some_and(|t| now < t) {
+            let paused = cache.blocked_until[i].is_some_and(|t| now < t);
+            let retry_now = client && !cache.told[i] && cache.fetched_at(kind).is_none();
+            if cache.in_flight[i] || (paused && !retry_now) {
                 continue;
             }
             let stale = cache.fetched_at(kind).is_none_or(|at| now.saturating_duration_since(at) >= ttls[i]);
@@ -314,8 +329,24 @@ impl Directory {
     }
 
     /// A fetch ended. `Ok((status, body, retry_after_s))` for any HTTP
-    /// answer, `Err(reason)` when there was none. Failures keep the old cache.
+    /// answer, `Err(reason)` when there was none. Failures keep the old cache,
+    /// and let every client force its next refresh at once (the limiter must
+    /// not block the first retry after an error).
     pub fn on_fetched(
+        &mut self,
+        market: Market,
+        kind: FetchKind,
+        outcome: Result<(u16, &str, Option<u64>), String>,
+        now: Instant,
+    ) -> Result<(), String> {
+        let result = self.record_fetch(market, kind, outcome, now);
+        if result.is_err() {
+            self.forced_at.clear();
+        }
+        result
+    }
+
+    fn record_fetch(
         &mut self,
         market: Market,
         kind: FetchKind,
@@ -336,8 +367,10 @@ impl Directory {
                 }),
             },
             Ok((status, body, retry_after_s)) => {
+                let told = retry_after_s.is_some() || matches!(status, 429 | 418);
                 let wait = Duration::from_secs(retry_after_s.unwrap_or(0)).max(retry_floor);
                 cache.blocked_until[i] = Some(now + wait);
+                cache.told[i] = told;
                 let excerpt: String = body.chars().take(200).collect();
                 return Err(record(cache, format!("GET {}: HTTP {status}: {excerpt}", kind.path(market))));
             }
@@ -351,6 +384,7 @@ impl Directory {
             }
             Err(reason) => {
                 cache.blocked_until[i] = Some(now + retry_floor);
+                cache.told[i] = false;
                 Err(record(cache, reason))
             }
         }
@@ -657,6 +691,25 @@ mod tests {
         let e = d.top(&q, t0, 0).unwrap_err();
         assert!(e.detail.starts_with("upstream_unavailable"), "{e:?}");
         assert_eq!(e.to_response().status, 502);
+        // An event stream keeps the pause; a client's request fetches again.
+        assert!(d.needed(Market::Futures, false, t0).is_empty());
+        assert_eq!(d.needed_for(Market::Futures, false, true, t0), vec![FetchKind::ExchangeInfo, FetchKind::Tickers]);
+        // Unless the exchange said when.
+        let _ = d.on_fetched(Market::Futures, FetchKind::Tickers, Ok((429, "{}", Some(30))), t0);
+        let later = t0 + Duration::from_secs(1);
+        assert!(d.needed_for(Market::Futures, false, true, later).is_empty(), "exchangeInfo in flight, tickers told to wait");
+    }
+
+    #[test]
+    fn a_failed_fetch_lets_the_next_forced_refresh_through() {
+        let t0 = Instant::now();
+        let mut d = loaded(t0);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        assert!(d.allow_force(a, t0));
+        assert_eq!(d.needed(Market::Spot, true, t0), vec![FetchKind::Tickers]);
+        let _ = d.on_fetched(Market::Spot, FetchKind::Tickers, Err("connection refused".into()), t0);
+        assert!(d.allow_force(a, t0 + Duration::from_secs(1)), "first retry after the error");
+        assert!(!d.allow_force(a, t0 + Duration::from_secs(2)), "then limited again");
     }
 
     #[test]

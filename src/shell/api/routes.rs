@@ -6,19 +6,24 @@
 //! [`Routed::Apply`] so the shell feeds them through `Engine::handle` (and the
 //! journal records them), then builds the reply with [`apply_reply`].
 //!
-//! Gates (as the reference): `candle_closed` ingest is always on;
-//! `candle_forming` and `debug/ingest_state` need `enable_debug_api`; the
-//! batch ingest needs `enable_dev_api`. A disabled route answers
-//! `404 {"detail":"not_found"}` exactly like an unknown one.
+//! Gates: `candle_closed` ingest needs `enable_ingest_api` (`--ingest-api`,
+//! on by default only for a loopback listen address); `candle_forming` and
+//! `debug/ingest_state` need `enable_debug_api`; the batch ingest needs
+//! `enable_dev_api`. A disabled route answers `404 {"detail":"not_found"}`
+//! exactly like an unknown one. The ingest bodies and what they refuse are
+//! `shell::api::ingest`.
 //!
-//! Order of checks: Origin (403) → route lookup (404) → preflight (204) →
-//! shared secret (401) → method (405) → the handler.
+//! Order of checks: Origin (403) → preflight (204, on any path: a browser's
+//! call to a route we do not serve then fails as a plain 404, not a CORS
+//! error) → route lookup (404) → shared secret (401) → method (405) → the
+//! handler.
 
 use crate::wire::http::{Request, Response};
 use crate::engine::{Engine, Gauges, Input};
-use crate::model::{Candle, SeriesId};
-use serde::{Deserialize, Serialize};
-use std::fmt::Write as _;
+use crate::model::SeriesId;
+use crate::shell::api::health::{self, uptime_s};
+use crate::shell::api::ingest;
+use crate::shell::api::metrics::{self, Exposition};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpConfig {
@@ -27,7 +32,9 @@ pub struct HttpConfig {
     pub cors_origins: Vec<String>,
     pub enable_debug_api: bool,
     pub enable_dev_api: bool,
-    /// Shared secret for every route but `/health` and preflights.
+    /// `POST /api/market/ingest/candle_closed` is served (`--ingest-api`).
+    pub enable_ingest_api: bool,
+    /// Shared secret for every route but `/health`, `/health/ready` and preflights.
     pub auth_token: Option<String>,
     /// Upper bound of `limit` on `GET /api/market/candles`.
     pub max_candles_limit: usize,
@@ -39,6 +46,7 @@ impl Default for HttpConfig {
             cors_origins: vec!["http://localhost:5173".into(), "http://127.0.0.1:5173".into()],
             enable_debug_api: false,
             enable_dev_api: false,
+            enable_ingest_api: true,
             auth_token: None,
             max_candles_limit: 5000,
         }
@@ -55,7 +63,11 @@ pub struct ShellStats {
     pub ws_frames_out: u64,
     pub ws_bytes_out: u64,
     pub upstream_frames_in: u64,
+    /// Exchange connections open now.
     pub upstream_connected: u64,
+    /// Why each market's last exchange connection failed (spot, futures);
+    /// `None` once one connects.
+    pub upstream_last_error: [Option<String>; 2],
     pub store_ok: bool,
     /// Why the store is not ok (the last failed write, or read-only at start);
     /// `None` once a write succeeds.
@@ -103,23 +115,14 @@ pub enum Routed {
     Directory { stream: bool, cors: Vec<(String, String)> },
 }
 
-/// How to answer an ingest once the engine has taken it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ApplyReply {
-    /// `candle_closed` and `candle_forming`: `{"ok","series_id","candle_time"}`.
-    Candle { series_id: String, candle_time: i64 },
-    /// The dev batch: `{"ok","series_id","count","first_candle_time","last_candle_time"}`.
-    Batch { series_id: String, count: usize, first_candle_time: Option<i64>, last_candle_time: Option<i64> },
-}
-
-/// Most candles one dev batch may carry (reference: 1..20000).
-pub const MAX_BATCH_CANDLES: usize = 20_000;
+pub use crate::shell::api::ingest::{ApplyReply, MAX_BATCH_CANDLES};
 const DEFAULT_CANDLES_LIMIT: usize = 500;
 const PREFLIGHT_MAX_AGE_S: &str = "600";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Endpoint {
     Health,
+    Ready,
     Metrics,
     Candles,
     Whitelist,
@@ -139,16 +142,18 @@ enum Gate {
     Always,
     DebugApi,
     DevApi,
+    IngestApi,
 }
 
 /// (path, method, endpoint, gate). One method per path.
 const ROUTES: &[(&str, &str, Endpoint, Gate)] = &[
     ("/health", "GET", Endpoint::Health, Gate::Always),
+    ("/health/ready", "GET", Endpoint::Ready, Gate::Always),
     ("/metrics", "GET", Endpoint::Metrics, Gate::Always),
     ("/api/market/candles", "GET", Endpoint::Candles, Gate::Always),
     ("/api/market/whitelist", "GET", Endpoint::Whitelist, Gate::Always),
     ("/api/market/debug/ingest_state", "GET", Endpoint::IngestState, Gate::DebugApi),
-    ("/api/market/ingest/candle_closed", "POST", Endpoint::IngestClosed, Gate::Always),
+    ("/api/market/ingest/candle_closed", "POST", Endpoint::IngestClosed, Gate::IngestApi),
     ("/api/market/ingest/candle_forming", "POST", Endpoint::IngestForming, Gate::DebugApi),
     ("/api/dev/market/ingest/candles_closed_batch", "POST", Endpoint::DevBatch, Gate::DevApi),
     ("/ws/market", "GET", Endpoint::WsMarket, Gate::Always),
@@ -165,6 +170,7 @@ fn lookup(path: &str, cfg: &HttpConfig) -> Option<(&'static str, Endpoint)> {
         Gate::Always => true,
         Gate::DebugApi => cfg.enable_debug_api,
         Gate::DevApi => cfg.enable_dev_api,
+        Gate::IngestApi => cfg.enable_ingest_api,
     };
     enabled.then_some((method, endpoint))
 }
@@ -176,13 +182,16 @@ pub fn route(req: &Request, engine: &Engine, stats: &ShellStats, cfg: &HttpConfi
             return Routed::Reply(with_cors(Response::error(403, "origin_not_allowed"), req, cfg));
         }
     }
-    let Some((method, endpoint)) = lookup(&req.path, cfg) else {
+    let found = lookup(&req.path, cfg);
+    // A preflight is answered on any path a browser may ask about: the call
+    // itself then gets its 404, which the front end can read.
+    if req.method == "OPTIONS" && (found.is_some() || req.header("origin").is_some()) {
+        return reply(preflight(found.map(|(method, _)| method)), req, cfg);
+    }
+    let Some((method, endpoint)) = found else {
         return reply(Response::error(404, "not_found"), req, cfg);
     };
-    if req.method == "OPTIONS" {
-        return reply(preflight(method), req, cfg);
-    }
-    if endpoint != Endpoint::Health && !authorized(req, cfg) {
+    if !matches!(endpoint, Endpoint::Health | Endpoint::Ready) && !authorized(req, cfg) {
         let denied = Response::error(401, "unauthorized").with_header("WWW-Authenticate", "Bearer");
         return reply(denied, req, cfg);
     }
@@ -191,7 +200,8 @@ pub fn route(req: &Request, engine: &Engine, stats: &ShellStats, cfg: &HttpConfi
         return reply(Response::error(405, "method_not_allowed").with_header("Allow", &allow), req, cfg);
     }
     match endpoint {
-        Endpoint::Health => reply(health(engine, stats), req, cfg),
+        Endpoint::Health => reply(health::health(engine, stats), req, cfg),
+        Endpoint::Ready => reply(health::ready(engine), req, cfg),
         Endpoint::Metrics => reply(metrics(engine, stats), req, cfg),
         Endpoint::Candles => reply(candles(req, engine, cfg), req, cfg),
         Endpoint::Whitelist => {
@@ -199,9 +209,9 @@ pub fn route(req: &Request, engine: &Engine, stats: &ShellStats, cfg: &HttpConfi
             reply(Response::json(200, &body), req, cfg)
         }
         Endpoint::IngestState => reply(Response::json(200, &engine.ingest_state()), req, cfg),
-        Endpoint::IngestClosed => ingest_one(req, cfg, false),
-        Endpoint::IngestForming => ingest_one(req, cfg, true),
-        Endpoint::DevBatch => ingest_batch(req, cfg),
+        Endpoint::IngestClosed => to_apply(ingest::ingest_one(req, false, ingest_now_s(engine, stats)), req, cfg),
+        Endpoint::IngestForming => to_apply(ingest::ingest_one(req, true, ingest_now_s(engine, stats)), req, cfg),
+        Endpoint::DevBatch => to_apply(ingest::ingest_batch(req, ingest_now_s(engine, stats)), req, cfg),
         Endpoint::KlineHealth => reply(crate::shell::api::kline_health::kline_health(req, engine), req, cfg),
         Endpoint::SeriesHealth => reply(crate::shell::api::kline_health::series_health(req, engine), req, cfg),
         Endpoint::TopMarkets | Endpoint::TopMarketsStream => Routed::Directory {
@@ -216,37 +226,26 @@ pub fn route(req: &Request, engine: &Engine, stats: &ShellStats, cfg: &HttpConfi
 }
 
 /// The reply to an ingest the engine has handled (`result` is what
-/// `Engine::handle` returned). Store failures (`ingest_pipeline_failed…`)
-/// are 500 with the reference's detail; anything else the engine refused is
-/// the caller's fault: 400.
+/// `Engine::handle` returned), with CORS.
 pub fn apply_reply(reply: ApplyReply, result: Result<(), String>, req: &Request, cfg: &HttpConfig) -> Response {
-    let response = match result {
-        Err(e) if e.starts_with("ingest_pipeline_failed") => Response::error(500, &e),
-        Err(e) => Response::error(400, &e),
-        Ok(()) => match reply {
-            ApplyReply::Candle { series_id, candle_time } => {
-                serialized(200, &CandleReply { ok: true, series_id: &series_id, candle_time })
-            }
-            ApplyReply::Batch { series_id, count, first_candle_time, last_candle_time } => serialized(
-                200,
-                &BatchReply { ok: true, series_id: &series_id, count, first_candle_time, last_candle_time },
-            ),
-        },
-    };
-    with_cors(response, req, cfg)
+    with_cors(ingest::engine_reply(reply, result), req, cfg)
+}
+
+/// The time ingest candles are checked against: the loop's clock this turn
+/// (the engine's own time when that is later, as in tests with no shell).
+fn ingest_now_s(engine: &Engine, stats: &ShellStats) -> i64 {
+    engine.now().as_secs().max(stats.now_unix_s.floor() as i64)
+}
+
+fn to_apply(decided: Result<(Input, ApplyReply), Response>, req: &Request, cfg: &HttpConfig) -> Routed {
+    match decided {
+        Ok((input, reply)) => Routed::Apply { input, reply },
+        Err(refusal) => reply(refusal, req, cfg),
+    }
 }
 
 fn reply(response: Response, req: &Request, cfg: &HttpConfig) -> Routed {
     Routed::Reply(with_cors(response, req, cfg))
-}
-
-/// A JSON body from a typed value, keeping its field order (a `Value` would
-/// sort keys; the reference's shapes list them in struct order).
-fn serialized<T: Serialize>(status: u16, value: &T) -> Response {
-    match serde_json::to_vec(value) {
-        Ok(body) => Response::text(status, "application/json", body),
-        Err(e) => Response::error(500, &format!("serialization_failed: {e}")),
-    }
 }
 
 // ------------------------------------------------------------- CORS, auth
@@ -270,9 +269,11 @@ fn with_cors(mut response: Response, req: &Request, cfg: &HttpConfig) -> Respons
     response.with_header("Vary", "Origin")
 }
 
-fn preflight(method: &str) -> Response {
+/// 204 with the CORS answer; `Allow` names the route's method when it is one we serve.
+fn preflight(method: Option<&str>) -> Response {
+    let allow = method.map_or_else(|| "OPTIONS".to_string(), |m| format!("{m}, OPTIONS"));
     Response::empty(204)
-        .with_header("Allow", &format!("{method}, OPTIONS"))
+        .with_header("Allow", &allow)
         .with_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
         .with_header("Access-Control-Allow-Headers", "Content-Type, Authorization")
         .with_header("Access-Control-Max-Age", PREFLIGHT_MAX_AGE_S)
@@ -310,7 +311,7 @@ fn candles(req: &Request, engine: &Engine, cfg: &HttpConfig) -> Response {
         Err(detail) => return Response::error(400, &detail),
     };
     match engine.read_candles(&query.series_id, query.since, query.limit) {
-        Ok(reply) => serialized(200, &reply),
+        Ok(reply) => ingest::serialized(200, &reply),
         Err(e) => Response::error(500, &format!("store_read_failed: {e}")),
     }
 }
@@ -347,111 +348,7 @@ impl CandlesQuery {
     }
 }
 
-/// `/health`: always 200 while the process answers; `status` says whether
-/// anything needs attention, `reasons` says what.
-fn health(engine: &Engine, stats: &ShellStats) -> Response {
-    let g = engine.gauges();
-    let mut reasons = Vec::new();
-    if !stats.store_ok {
-        reasons.push("store_unavailable");
-    }
-    if g.store_backlog_candles > 0 {
-        // Closed candles waiting for a store retry (not the normal flush buffers).
-        reasons.push("store_backlog");
-    }
-    // Jobs exist but none has a live stream (lost connection, failing TLS,
-    // breaker open): the data is not flowing.
-    if g.jobs_running + g.jobs_starting + g.jobs_dead > 0 && g.jobs_running == 0 {
-        reasons.push("upstream_disconnected");
-    }
-    if g.jobs_dead > 0 {
-        reasons.push("ingest_jobs_dead");
-    }
-    let status = if reasons.is_empty() { "ok" } else { "degraded" };
-    let c = engine.counters();
-    let body = serde_json::json!({
-        "status": status,
-        "reasons": reasons,
-        "store": {
-            "ok": stats.store_ok,
-            "last_error": stats.store_last_error,
-            "path": stats.store_path,
-            "writes": stats.store_write_count,
-            "write_errors": c.store_write_errors,
-            "backlog_candles": g.store_backlog_candles,
-            "unpersisted_candles": g.unpersisted_candles,
-        },
-        "upstream": {
-            "connections": g.upstream_connections,
-            "connected": stats.upstream_connected,
-            "streams": g.upstream_streams,
-            "reconnects": g.upstream_reconnects,
-            "rotations": g.upstream_rotations,
-        },
-        "clients": g.clients,
-        "tls": stats.client_tls,
-        "subscriptions": g.subscriptions,
-        "jobs": { "starting": g.jobs_starting, "running": g.jobs_running, "dead": g.jobs_dead },
-        "uptime_s": uptime_s(stats),
-    });
-    Response::json(200, &body)
-}
-
-fn uptime_s(stats: &ShellStats) -> f64 {
-    (stats.now_unix_s - stats.started_unix_s).max(0.0)
-}
-
 // --------------------------------------------------------------- metrics
-
-/// Prometheus text exposition format 0.0.4, written by hand: a few dozen
-/// lines do not need a metrics library.
-struct Exposition {
-    out: String,
-}
-
-impl Exposition {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = write!(self.out, "# HELP klinegate_{name} {help}\n# TYPE klinegate_{name} {kind}\n");
-    }
-
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
-        self.out.push_str("klinegate_");
-        self.out.push_str(name);
-        if !labels.is_empty() {
-            self.out.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
-                let sep = if i == 0 { "" } else { "," };
-                let _ = write!(self.out, "{sep}{k}=\"{}\"", escape_label(v));
-            }
-            self.out.push('}');
-        }
-        let _ = writeln!(self.out, " {}", prom_float(value));
-    }
-
-    fn counter(&mut self, name: &str, help: &str, value: u64) {
-        self.family(name, "counter", help);
-        self.sample(name, &[], value as f64);
-    }
-
-    fn gauge(&mut self, name: &str, help: &str, value: f64) {
-        self.family(name, "gauge", help);
-        self.sample(name, &[], value);
-    }
-}
-
-fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
-fn prom_float(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".into()
-    } else if v.is_infinite() {
-        if v > 0.0 { "+Inf".into() } else { "-Inf".into() }
-    } else {
-        format!("{v}")
-    }
-}
 
 fn metrics(engine: &Engine, stats: &ShellStats) -> Response {
     let g = engine.gauges();
@@ -497,6 +394,7 @@ fn metrics(engine: &Engine, stats: &ShellStats) -> Response {
     m.counter("jobs_started_total", "Ingest jobs started.", c.jobs_started);
     m.counter("jobs_stopped_total", "Ingest jobs stopped.", c.jobs_stopped);
     m.counter("engine_inputs_total", "Inputs handled by the engine.", c.inputs);
+    metrics::engine_activity(&mut m, engine);
     Response::text(200, "text/plain; version=0.0.4; charset=utf-8", m.out)
 }
 
@@ -574,91 +472,6 @@ fn engine_gauges(m: &mut Exposition, g: &Gauges) {
     m.gauge("gap_ledger_entries", "Series with a range healing could not fill yet (retried).", g.gap_ledger_entries as f64);
 }
 
-// ---------------------------------------------------------------- ingest
-
-#[derive(Deserialize)]
-struct IngestOneBody {
-    series_id: String,
-    candle: Candle,
-}
-
-#[derive(Deserialize)]
-struct IngestBatchBody {
-    series_id: String,
-    candles: Vec<Candle>,
-    /// Accepted for compatibility; the engine always publishes what it stores.
-    #[serde(default)]
-    #[allow(dead_code)]
-    publish_ws: bool,
-}
-
-#[derive(Serialize)]
-struct CandleReply<'a> {
-    ok: bool,
-    series_id: &'a str,
-    candle_time: i64,
-}
-
-#[derive(Serialize)]
-struct BatchReply<'a> {
-    ok: bool,
-    series_id: &'a str,
-    count: usize,
-    first_candle_time: Option<i64>,
-    last_candle_time: Option<i64>,
-}
-
-fn ingest_one(req: &Request, cfg: &HttpConfig, forming: bool) -> Routed {
-    let body: IngestOneBody = match json_body(req) {
-        Ok(b) => b,
-        Err(refusal) => return reply(refusal, req, cfg),
-    };
-    if let Err(e) = SeriesId::parse(&body.series_id) {
-        return reply(Response::error(400, &e.to_string()), req, cfg);
-    }
-    let reply = ApplyReply::Candle { series_id: body.series_id.clone(), candle_time: body.candle.candle_time };
-    let input = if forming {
-        Input::IngestForming { series_id: body.series_id, candle: body.candle }
-    } else {
-        Input::IngestClosed { series_id: body.series_id, candles: vec![body.candle] }
-    };
-    Routed::Apply { input, reply }
-}
-
-fn ingest_batch(req: &Request, cfg: &HttpConfig) -> Routed {
-    let body: IngestBatchBody = match json_body(req) {
-        Ok(b) => b,
-        Err(refusal) => return reply(refusal, req, cfg),
-    };
-    if let Err(e) = SeriesId::parse(&body.series_id) {
-        return reply(Response::error(400, &e.to_string()), req, cfg);
-    }
-    if body.candles.is_empty() || body.candles.len() > MAX_BATCH_CANDLES {
-        let detail = format!("candles must hold 1 to {MAX_BATCH_CANDLES} items (got {})", body.candles.len());
-        return reply(Response::error(400, &detail), req, cfg);
-    }
-    let reply = ApplyReply::Batch {
-        series_id: body.series_id.clone(),
-        count: body.candles.len(),
-        first_candle_time: body.candles.first().map(|c| c.candle_time),
-        last_candle_time: body.candles.last().map(|c| c.candle_time),
-    };
-    Routed::Apply { input: Input::IngestClosed { series_id: body.series_id, candles: body.candles }, reply }
-}
-
-/// Parses a JSON body. A Content-Type other than JSON is refused (415): a
-/// browser may send text/plain cross-origin without a preflight, so this is
-/// also what keeps other sites from posting candles.
-fn json_body<T: for<'de> Deserialize<'de>>(req: &Request) -> Result<T, Response> {
-    if let Some(ct) = req.header("content-type") {
-        let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-        if mime != "application/json" && !mime.ends_with("+json") {
-            return Err(Response::error(415, "Content-Type must be application/json"));
-        }
-    }
-    serde_json::from_slice(&req.body).map_err(|e| Response::error(400, &format!("invalid JSON body: {e}")))
-}
-
 // ---------------------------------------------------------------- upgrade
 
 /// Validates an RFC 6455 opening handshake and builds the 101 head.
@@ -696,6 +509,7 @@ fn is_websocket_key(key: &str) -> bool {
 mod tests {
     use super::*;
     use crate::cli::settings::Settings;
+    use crate::model::Candle;
     use crate::store::MemoryStore;
     use crate::time::Timestamp;
     use serde_json::{json, Value};
@@ -828,11 +642,11 @@ mod tests {
         let r = run(&state, &e, &on);
         assert_eq!(r.status, 200);
         assert!(body_json(&r)["jobs"].is_array());
-        let body = json!({"series_id": S, "candle": candle(1)}).to_string();
+        let body = json!({"series_id": S, "candle": candle(60)}).to_string();
         let forming = req("POST", "/api/market/ingest/candle_forming", &[], &body);
         assert_eq!(run(&forming, &e, &off).status, 404);
         assert!(matches!(route(&forming, &e, &ShellStats::default(), &on), Routed::Apply { .. }));
-        let batch = req("POST", "/api/dev/market/ingest/candles_closed_batch", &[], &json!({"series_id":S,"candles":[candle(1)]}).to_string());
+        let batch = req("POST", "/api/dev/market/ingest/candles_closed_batch", &[], &json!({"series_id":S,"candles":[candle(60)]}).to_string());
         assert_eq!(run(&batch, &e, &off).status, 404);
         assert!(matches!(route(&batch, &e, &ShellStats::default(), &on), Routed::Apply { .. }));
     }
@@ -843,7 +657,8 @@ mod tests {
         let cfg = HttpConfig::default();
         let body = json!({"series_id": S, "candle": candle(1_700_000_040)}).to_string();
         let r = req("POST", "/api/market/ingest/candle_closed", &[("Content-Type", "application/json")], &body);
-        let Routed::Apply { input, reply } = route(&r, &e, &ShellStats::default(), &cfg) else { panic!("not an apply") };
+        let now = ShellStats { now_unix_s: 1_700_000_200.0, ..ShellStats::default() };
+        let Routed::Apply { input, reply } = route(&r, &e, &now, &cfg) else { panic!("not an apply") };
         assert_eq!(input, Input::IngestClosed { series_id: S.into(), candles: vec![candle(1_700_000_040)] });
         let result = e.handle(input, Timestamp::from_secs(1_700_000_200));
         let resp = apply_reply(reply, result, &r, &cfg);
@@ -909,6 +724,59 @@ mod tests {
             assert_eq!(r.status, status, "{body}");
             assert!(body_json(&r)["detail"].is_string());
         }
+    }
+
+    #[test]
+    fn candle_closed_is_404_when_the_ingest_api_is_off() {
+        let e = engine();
+        let off = HttpConfig { enable_ingest_api: false, ..HttpConfig::default() };
+        let body = json!({"series_id": S, "candle": candle(60)}).to_string();
+        let r = run(&req("POST", "/api/market/ingest/candle_closed", &[], &body), &e, &off);
+        assert_eq!((r.status, body_json(&r)), (404, json!({"detail":"not_found"})));
+        let on = route(&req("POST", "/api/market/ingest/candle_closed", &[], &body), &e, &ShellStats::default(), &HttpConfig::default());
+        assert!(matches!(on, Routed::Apply { .. }));
+    }
+
+    #[test]
+    fn ingest_refuses_off_grid_and_future_candles_and_accepts_unbounded_high_low() {
+        let mut e = engine(); // now = 1000 s: the 1m candle open now is 960
+        let cfg = HttpConfig::default();
+        let post = |c: Candle| req("POST", "/api/market/ingest/candle_closed", &[], &json!({"series_id": S, "candle": c}).to_string());
+        for (t, want) in [(940, "candle_time_misaligned"), (1020, "candle_time_in_future"), (99_999_999_960, "candle_time_in_future")] {
+            let r = run(&post(candle(t)), &e, &cfg);
+            assert_eq!(r.status, 400, "{t}");
+            assert!(body_json(&r)["detail"].as_str().unwrap().starts_with(want), "{t}: {:?}", body_json(&r));
+        }
+        let batch = json!({"series_id": S, "candles": [candle(60), candle(90)]}).to_string();
+        let dev = HttpConfig { enable_dev_api: true, ..HttpConfig::default() };
+        let r = run(&req("POST", "/api/dev/market/ingest/candles_closed_batch", &[], &batch), &e, &dev);
+        assert!(body_json(&r)["detail"].as_str().unwrap().starts_with("candle_time_misaligned"));
+        // The shell's clock counts when it is ahead of the engine's.
+        let later = ShellStats { now_unix_s: 1100.5, ..ShellStats::default() };
+        assert!(matches!(route(&post(candle(1080)), &e, &later, &cfg), Routed::Apply { .. }));
+        // High below open is stored (the reference accepts it), the open candle too.
+        let odd = Candle { candle_time: 960, open: 5.0, high: 1.0, low: 0.5, close: 1.5, volume: 1.0 };
+        let Routed::Apply { input, reply } = route(&post(odd), &e, &ShellStats::default(), &cfg) else { panic!() };
+        let result = e.handle(input, Timestamp::from_secs(1000));
+        assert_eq!(apply_reply(reply, result, &post(odd), &cfg).status, 200);
+        assert_eq!(e.store().head_time(S).unwrap(), Some(960));
+    }
+
+    #[test]
+    fn preflight_on_any_path_is_204_with_cors() {
+        let e = engine();
+        let cfg = HttpConfig::default();
+        let pre = req("OPTIONS", "/api/not/served", &[("Origin", ORIGIN), ("Access-Control-Request-Method", "GET")], "");
+        let r = run(&pre, &e, &cfg);
+        assert_eq!(r.status, 204);
+        assert_eq!(r.header("access-control-allow-origin"), Some(ORIGIN));
+        assert_eq!(r.header("access-control-allow-methods"), Some("GET, POST, OPTIONS"));
+        let gated = req("OPTIONS", "/api/market/debug/ingest_state", &[("Origin", ORIGIN)], "");
+        assert_eq!(run(&gated, &e, &cfg).status, 204);
+        // Without an Origin it is no preflight: an unknown path stays 404.
+        assert_eq!(run(&req("OPTIONS", "/api/not/served", &[], ""), &e, &cfg).status, 404);
+        let evil = req("OPTIONS", "/api/not/served", &[("Origin", "https://evil.example")], "");
+        assert_eq!(run(&evil, &e, &cfg).status, 403);
     }
 
     #[test]
@@ -1066,7 +934,7 @@ mod tests {
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("# TYPE ") {
                 let (name, kind) = rest.split_once(' ').unwrap();
-                assert!(["counter", "gauge", "summary"].contains(&kind), "{line}");
+                assert!(["counter", "gauge", "summary", "histogram"].contains(&kind), "{line}");
                 assert!(typed.insert(name.to_string(), kind.to_string()).is_none(), "duplicate TYPE {name}");
                 continue;
             }
@@ -1087,7 +955,9 @@ mod tests {
                     }
                 }
             }
-            let family = ["_sum", "_count"].iter().find_map(|s| name.strip_suffix(s).filter(|f| typed.get(*f).is_some_and(|k| k == "summary")));
+            let family = ["_sum", "_count", "_bucket"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s).filter(|f| typed.get(*f).is_some_and(|k| k == "summary" || k == "histogram")));
             let family = family.unwrap_or(name);
             assert!(typed.contains_key(family), "sample before its TYPE: {line}");
             if typed[family] == "counter" {
@@ -1099,11 +969,18 @@ mod tests {
         assert!(text.contains("klinegate_store_write_seconds_sum 0.0125\n"));
         assert!(text.contains("klinegate_store_write_seconds_count 3\n"));
         assert!(text.contains("klinegate_candles_persisted_total 2\n"));
+        assert!(text.contains("# TYPE klinegate_exchange_to_queue_seconds histogram\n"));
+        assert!(text.contains("klinegate_exchange_to_queue_seconds_bucket{le=\"+Inf\"} 0\n"));
+        assert!(text.contains("klinegate_exchange_to_queue_seconds_count 0\n"));
+        for name in ["rest_requests_total", "rest_failures_total", "rest_weight_total", "heals_started_total", "heals_done_total", "heals_failed_total", "late_close_fetches_total"] {
+            assert!(text.contains(&format!("# TYPE klinegate_{name} counter\n")), "{name}");
+        }
         assert!(text.ends_with('\n'));
     }
 
     #[test]
     fn label_values_are_escaped() {
+        use crate::shell::api::metrics::{escape_label, prom_float};
         assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
         assert_eq!(prom_float(f64::INFINITY), "+Inf");
         assert_eq!(prom_float(3.0), "3");

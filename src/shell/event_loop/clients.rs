@@ -154,6 +154,7 @@ impl Server {
     /// Answers one request; true when the connection became a WebSocket.
     fn handle_request(&mut self, key: usize, req: crate::wire::http::Request) -> bool {
         self.refresh_store_stats();
+        self.refresh_upstream_stats();
         let routed = routes::route(&req, &self.engine, &self.stats, &self.http_cfg);
         let response = match routed {
             Routed::Reply(r) => {

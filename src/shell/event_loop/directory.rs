@@ -65,7 +65,7 @@ impl Server {
                 return with_cors(Response::error(429, "rate_limited").with_header("Retry-After", &every), cors);
             }
         }
-        self.start_directory_fetches(query.market, query.force);
+        self.start_directory_fetches(query.market, query.force, true);
         if !self.directory.busy(query.market) {
             return with_cors(self.directory_answer(&query, self.mono), cors);
         }
@@ -84,10 +84,11 @@ impl Server {
         }
     }
 
-    /// Starts the fetches the directory wants for `market`. One that cannot
-    /// even start counts as failed at once.
-    fn start_directory_fetches(&mut self, market: crate::model::Market, force: bool) {
-        for kind in self.directory.needed(market, force, self.mono) {
+    /// Starts the fetches the directory wants for `market` (`client`: for a
+    /// client's request, not an event stream's tick). One that cannot even
+    /// start counts as failed at once.
+    fn start_directory_fetches(&mut self, market: crate::model::Market, force: bool, client: bool) {
+        for kind in self.directory.needed_for(market, force, client, self.mono) {
             let base = self.cfg.rest_base_url(market);
             let path = kind.path(market);
             let limits = RestLimits { max_body_bytes: self.directory.config().max_body_bytes, ..RestLimits::default() };
@@ -219,7 +220,7 @@ impl Server {
     /// an event or a ping; the stream ends after `max_events`.
     fn tick_event_stream(&mut self, key: usize) {
         let Some(query) = self.sse.get(&key).map(|s| s.query.top.clone()) else { return };
-        self.start_directory_fetches(query.market, false);
+        self.start_directory_fetches(query.market, false, false);
         if self.directory.busy(query.market) {
             if let Some(s) = self.sse.get_mut(&key) {
                 s.waiting = true;

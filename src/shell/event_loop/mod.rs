@@ -71,7 +71,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 enum Conn {
     Http(HttpConn),
     Ws(WsConn),
-    Upstream { engine_conn: u64, conn: UpstreamConn },
+    Upstream { engine_conn: u64, market: crate::model::Market, conn: UpstreamConn },
     /// One REST request the engine asked for (`RestRequest { id }`).
     Rest { id: u64, conn: RestConn },
     /// One market-directory fetch (`shell::api::markets`), not the engine's.
@@ -198,6 +198,7 @@ impl Server {
             cors_origins: cfg.cors_origins.clone(),
             enable_debug_api: cfg.enable_debug_api,
             enable_dev_api: cfg.enable_dev_api,
+            enable_ingest_api: cfg.ingest_api,
             auth_token: cfg.auth_token.clone(),
             ..HttpConfig::default()
         };
@@ -393,7 +394,7 @@ impl Server {
     fn drain_outputs(&mut self) {
         while let Some(out) = self.engine.poll_output() {
             match out {
-                Output::UpstreamConnect { conn, url, .. } => self.open_upstream(conn, &url),
+                Output::UpstreamConnect { conn, market, url } => self.open_upstream(conn, market, &url),
                 Output::UpstreamSend { conn, text } => self.send_upstream(conn, text),
                 Output::UpstreamClose { conn, reason } => self.close_upstream(conn, &reason),
                 Output::ClientReady { client } => self.ready_clients.push(client),

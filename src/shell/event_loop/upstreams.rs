@@ -9,6 +9,7 @@
 
 use super::{Conn, Server, REST_TIMEOUT};
 use crate::engine::{Input, LogLevel};
+use crate::model::Market;
 use crate::shell::dns::Answer;
 use crate::shell::conn::rest::{RestConn, RestOutcome};
 use crate::shell::conn::upstream::{UpstreamConn, UpstreamEvent};
@@ -78,22 +79,34 @@ impl Server {
 
     // ------------------------------------------------------------ upstream
 
-    pub(super) fn open_upstream(&mut self, engine_conn: u64, url: &str) {
+    pub(super) fn open_upstream(&mut self, engine_conn: u64, market: Market, url: &str) {
         let entry = self.conns.vacant_entry();
         let token = Token(entry.key());
         match UpstreamConn::connect(url, &self.tls, self.poll.registry(), token) {
             Ok(conn) => {
-                entry.insert(Conn::Upstream { engine_conn, conn });
+                entry.insert(Conn::Upstream { engine_conn, market, conn });
                 self.upstreams.insert(engine_conn, token.0);
                 self.await_resolution(token.0);
             }
             Err(e) => {
-                self.pending_inputs.push_back(Input::UpstreamDisconnected {
-                    conn: engine_conn,
-                    reason: format!("connect failed: {e}"),
-                });
+                let reason = format!("connect failed: {e}");
+                self.note_upstream_error(market, &reason);
+                self.pending_inputs.push_back(Input::UpstreamDisconnected { conn: engine_conn, reason });
             }
         }
+    }
+
+    /// Why `market`'s last exchange connection failed (DNS, connect, TLS, a
+    /// close by the exchange), for `/health`; cleared when one connects.
+    fn note_upstream_error(&mut self, market: Market, reason: &str) {
+        self.stats.upstream_last_error[market.index()] = Some(reason.to_string());
+    }
+
+    /// `upstream_connected` is the exchange connections open now (counted,
+    /// never accumulated: closes and reconnects keep it true).
+    pub(super) fn refresh_upstream_stats(&mut self) {
+        let open = self.upstreams.values().filter(|k| matches!(self.conns.get(**k), Some(Conn::Upstream { conn, .. }) if conn.is_open()));
+        self.stats.upstream_connected = open.count() as u64;
     }
 
     pub(super) fn send_upstream(&mut self, engine_conn: u64, text: String) {
@@ -118,10 +131,11 @@ impl Server {
 
     /// The connection ended on our side of the shell; tell the engine if asked.
     pub(super) fn drop_upstream(&mut self, key: usize, reason: &str, notify: bool) {
-        if let Some(Conn::Upstream { engine_conn, mut conn }) = self.conns.try_remove(key) {
+        if let Some(Conn::Upstream { engine_conn, market, mut conn }) = self.conns.try_remove(key) {
             let _ = conn.deregister(self.poll.registry());
             self.upstreams.remove(&engine_conn);
             if notify {
+                self.note_upstream_error(market, reason);
                 self.pending_inputs.push_back(Input::UpstreamDisconnected { conn: engine_conn, reason: reason.into() });
             }
         }
@@ -129,22 +143,22 @@ impl Server {
 
     pub(super) fn on_upstream_event(&mut self, key: usize, readable: bool, writable: bool) {
         let mut evs = Vec::new();
-        let engine_conn = match self.conns.get_mut(key) {
-            Some(Conn::Upstream { engine_conn, conn }) => {
+        let (engine_conn, market) = match self.conns.get_mut(key) {
+            Some(Conn::Upstream { engine_conn, market, conn }) => {
                 conn.on_event(readable, writable, &mut evs);
                 let _ = conn.reregister(self.poll.registry(), Token(key));
-                *engine_conn
+                (*engine_conn, *market)
             }
             _ => return,
         };
-        self.dispatch_upstream_events(key, engine_conn, evs);
+        self.dispatch_upstream_events(key, engine_conn, market, evs);
     }
 
-    fn dispatch_upstream_events(&mut self, key: usize, engine_conn: u64, evs: Vec<UpstreamEvent>) {
+    fn dispatch_upstream_events(&mut self, key: usize, engine_conn: u64, market: Market, evs: Vec<UpstreamEvent>) {
         for ev in evs {
             match ev {
                 UpstreamEvent::Connected => {
-                    self.stats.upstream_connected += 1;
+                    self.stats.upstream_last_error[market.index()] = None;
                     let _ = self.apply(Input::UpstreamConnected { conn: engine_conn });
                 }
                 UpstreamEvent::Text(text) => {
@@ -155,6 +169,7 @@ impl Server {
                     let _ = self.apply(Input::UpstreamPing { conn: engine_conn });
                 }
                 UpstreamEvent::Closed { reason } => {
+                    self.note_upstream_error(market, &reason);
                     self.drop_upstream(key, &reason, false);
                     let _ = self.apply(Input::UpstreamDisconnected { conn: engine_conn, reason });
                     return;
@@ -222,11 +237,11 @@ impl Server {
         let waiting = |host: Option<&str>| host.is_some_and(|h| crate::wire::dns::normalize(h) == answer.host);
         let registry = self.poll.registry();
         match self.conns.get_mut(key) {
-            Some(Conn::Upstream { engine_conn, conn }) if waiting(conn.resolving_host()) => {
+            Some(Conn::Upstream { engine_conn, market, conn }) if waiting(conn.resolving_host()) => {
                 let mut evs = Vec::new();
                 conn.on_resolved(result, registry, &mut evs);
-                let engine_conn = *engine_conn;
-                self.dispatch_upstream_events(key, engine_conn, evs);
+                let (engine_conn, market) = (*engine_conn, *market);
+                self.dispatch_upstream_events(key, engine_conn, market, evs);
             }
             Some(Conn::Rest { id, conn }) if waiting(conn.resolving_host()) => {
                 let id = *id;
