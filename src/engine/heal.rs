@@ -154,11 +154,13 @@ impl Engine {
     }
 
     /// A heal page came back (or failed): keep its closed rows, go on, or finish.
-    pub(super) fn on_heal_response(&mut self, job: SeriesIdx, page_end: i64, result: Result<String, (Option<u16>, String)>) {
+    pub(super) fn on_heal_response(&mut self, id: u64, job: SeriesIdx, page_end: i64, result: Result<String, (Option<u16>, String)>) {
         let now = self.now;
         let max_attempts = self.cfg.heal.max_attempts;
         let Some(j) = self.jobs.get_mut(&job) else { return };
-        let Some(task) = j.heal.as_mut() else { return };
+        // A page of a heal that was cancelled (its job stopped, maybe started
+        // again since) belongs to no running task.
+        let Some(task) = j.heal.as_mut().filter(|t| t.request == Some(id)) else { return };
         task.request = None;
         let tf = j.base_id.timeframe().seconds();
         match result {
@@ -256,6 +258,26 @@ impl Engine {
         self.sync_gap_ledger(job);
         self.flush_job(job);
         self.release_held(job);
+    }
+
+    /// The job is going away mid-heal (reaped, evicted, shut down, unlisted):
+    /// the heal ends with a `heal_cancelled` line (every `heal_started` has an
+    /// end), what it fetched so far joins the job's buffer, and the gate opens
+    /// so the job's final flush writes the live candles that waited behind it.
+    /// Its in-flight page, if any, is ignored when it comes back (no task).
+    pub(super) fn cancel_heal(&mut self, job: SeriesIdx, why: &str) {
+        let now = self.now;
+        self.rest.cancel_queued(|p| matches!(p, RestPurpose::Heal { job: j, .. } if *j == job));
+        let Some(j) = self.jobs.get_mut(&job) else { return };
+        let Some(task) = j.heal.take() else { return };
+        let fetched = task.rows.len();
+        let (_, behind) = j.absorb_healed(task.rows);
+        j.heal_state.fail(now, format!("cancelled: {why}"));
+        let line = format!("heal_cancelled series_id={} candles={fetched} reason={} cause={why}", j.base_id, task.reason);
+        self.log(LogLevel::Info, line);
+        if !behind.is_empty() {
+            self.write_behind_head(job, behind);
+        }
     }
 
     /// Mirrors the job's hole into the store's gap ledger (kept across restarts).

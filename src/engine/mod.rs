@@ -285,7 +285,7 @@ impl Engine {
     ) {
         let Some((_, purpose)) = self.rest.complete(id, status, retry_after_s, used_weight, self.now) else { return };
         match purpose {
-            RestPurpose::Heal { job, page_end } => self.on_heal_response(job, page_end, result),
+            RestPurpose::Heal { job, page_end } => self.on_heal_response(id, job, page_end, result),
         }
     }
 
