@@ -108,3 +108,108 @@ fn a_job_reaped_or_evicted_mid_heal_logs_heal_cancelled() {
         assert!(started >= 1 && started == ended, "{series}: {started} heal_started, {ended} ends");
     }
 }
+
+// ------------------------------------------------------ point 4: unknown symbols
+
+const TYPO: &str = "binance:spot:BTC/USTD:1m";
+const TYPO_ERROR: &str = "unknown symbol: BTC/USTD is not listed on binance spot";
+
+fn error_frame(message: &str) -> Value {
+    json!({"type":"error","code":"bad_request","message":message})
+}
+
+/// The first frame of `c` that is an `error`, within `timeout`.
+fn next_error(c: &mut Client, timeout: Duration) -> Option<Value> {
+    c.until(timeout, |f| f["type"] == "error").into_iter().find(|f| f["type"] == "error")
+}
+
+fn listed_spot(ex: &FakeExchange) {
+    ex.set_markets(SPOT, vec![FakeSymbol::new("BTC", "USDT"), FakeSymbol::new("ETH", "USDT")]);
+}
+
+#[test]
+fn a_symbol_the_known_list_lacks_is_answered_and_costs_no_stream_and_no_rest() {
+    let ex = FakeExchange::start(FakeOptions::spot());
+    listed_spot(&ex);
+    let mut live = start(&ex, &["--max-client-messages-per-s", "1000"]);
+    assert!(live.wait_log("symbols_listed market=spot count=2", 10 * SEC).is_some(), "the spot list is fetched at start");
+
+    let mut c = live.ws();
+    subscribe(&mut c, TYPO);
+    assert_eq!(next_error(&mut c, 5 * SEC), Some(error_frame(TYPO_ERROR)));
+    let (status, body) = live.get(&format!("/api/market/candles?series_id={TYPO}"));
+    assert_eq!((status, serde_json::from_str::<Value>(&body).unwrap()), (404, json!({"detail": TYPO_ERROR})));
+
+    // 256 made-up symbols from one unauthenticated client.
+    let mut flood = live.ws();
+    for i in 0..256 {
+        subscribe(&mut flood, &format!("binance:spot:FAKE{i}/USDT:1m"));
+    }
+    let mut answered = 0;
+    let end = Instant::now() + 10 * SEC;
+    while answered < 256 && Instant::now() < end {
+        match flood.next(Duration::from_millis(250)) {
+            Some(f) if f["message"].as_str().is_some_and(|m| m.starts_with("unknown symbol: FAKE")) => answered += 1,
+            _ => {}
+        }
+    }
+    std::thread::sleep(SEC); // anything they would have started has had time to
+    let klines = ex.rest_requests_to("/klines").len();
+    let streams = live.metric("klinegate_upstream_streams");
+    eprintln!("256 made-up symbols: {answered} answered, {klines} REST klines requests, {streams} upstream streams");
+    assert_eq!(answered, 256, "every made-up symbol is answered");
+    assert_eq!(klines, 0, "no REST request for a symbol the list lacks");
+    assert_eq!(streams, 0.0, "no upstream stream for a symbol the list lacks");
+    assert!(ex.subscriptions().is_empty(), "nothing subscribed upstream: {:?}", ex.subscriptions());
+    assert!(!live.seen_logs.iter().any(|l| l.contains("job_started")), "no job started");
+}
+
+#[test]
+fn without_a_list_the_first_invalid_symbol_answer_ends_the_job_and_its_subscriptions() {
+    // No markets scripted: the fake's exchangeInfo lists nothing, which is not a usable list.
+    let ex = FakeExchange::start(FakeOptions::spot());
+    let mut live = start(&ex, &["--derived", "5m"]);
+    assert!(live.wait_log("symbols_list_ignored market=spot", 10 * SEC).is_some());
+
+    let mut a = live.ws();
+    let mut b = live.ws();
+    subscribe(&mut a, TYPO);
+    subscribe(&mut b, "binance:spot:BTC/USTD:5m");
+    // The job starts (nothing says the symbol is unknown yet); its first history page gets -1121.
+    assert_eq!(next_error(&mut a, 10 * SEC), Some(error_frame(TYPO_ERROR)));
+    assert_eq!(next_error(&mut b, 5 * SEC), Some(error_frame(TYPO_ERROR)));
+    assert!(live.wait_log("job_stopped series_id=binance:spot:BTC/USTD:1m reason=unlisted", 5 * SEC).is_some());
+    assert!(
+        eventually(5 * SEC, || !ex.subscriptions().iter().any(|s| s.starts_with("btcustd@"))),
+        "the stream is unsubscribed upstream: {:?}",
+        ex.subscriptions()
+    );
+    assert!(eventually(5 * SEC, || live.metric("klinegate_subscriptions") == 0.0), "both subscriptions removed");
+    assert_eq!(ex.rest_requests_to("/klines").len(), 1, "one history request found it out");
+
+    // Remembered: asking again is answered at once, with no new job and no REST.
+    subscribe(&mut a, TYPO);
+    assert_eq!(next_error(&mut a, 5 * SEC), Some(error_frame(TYPO_ERROR)));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(ex.rest_requests_to("/klines").len(), 1);
+    let (started, ended) = heal_lines(&mut live, "binance:spot:BTC/USTD:1m");
+    assert_eq!(started, ended, "the heal that met -1121 has its end line");
+}
+
+#[test]
+fn the_list_arriving_later_ends_a_job_it_does_not_list() {
+    let ex = FakeExchange::start(FakeOptions::spot());
+    listed_spot(&ex);
+    // The first spot exchangeInfo fails: the list is not known when the client subscribes.
+    ex.rest_fail_next_on("/api/v3/exchangeInfo", 1, 503, "{}");
+    let mut live = start(&ex, &["--heal", "false"]);
+    assert!(live.wait_log("market_directory_fetch_failed path=/api/v3/exchangeInfo", 10 * SEC).is_some());
+    let mut c = live.ws();
+    subscribe(&mut c, TYPO);
+    assert!(ex.wait_for_subscriptions(&["btcustd@kline_1m"], 10 * SEC), "the job starts while nothing is known");
+    // The retry (5 s after the failure) brings the list, which ends the job.
+    assert!(live.wait_log("symbols_listed market=spot count=2", 15 * SEC).is_some());
+    assert_eq!(next_error(&mut c, 5 * SEC), Some(error_frame(TYPO_ERROR)));
+    assert!(eventually(5 * SEC, || ex.subscriptions().is_empty()), "unsubscribed upstream: {:?}", ex.subscriptions());
+    assert!(eventually(5 * SEC, || live.metric("klinegate_subscriptions") == 0.0));
+}

@@ -192,8 +192,13 @@ impl Engine {
                 let _ = body;
             }
             Err((Some(status), body)) if (400..500).contains(&status) => {
-                // The exchange refuses this request (e.g. an unknown symbol): retrying won't help.
-                return self.finish_heal(job, Some(rest::error_text(status, &body)));
+                // The exchange refuses this request: retrying won't help. An
+                // unknown symbol also ends the job and its subscriptions.
+                self.finish_heal(job, Some(rest::error_text(status, &body)));
+                if rest::error_code(&body) == Some(rest::INVALID_SYMBOL) {
+                    self.on_symbol_refused(job);
+                }
+                return;
             }
             Err((status, reason)) => return self.heal_failed_attempt(job, status, reason, max_attempts),
         }

@@ -22,6 +22,7 @@ pub mod guardrail;
 pub mod heal;
 pub mod hub;
 pub mod ingest;
+pub mod listing;
 pub mod rate;
 pub mod rest;
 pub mod series;
@@ -32,6 +33,7 @@ mod fasthash;
 mod flush;
 mod io;
 mod jobs;
+mod unlisted;
 
 pub use io::{Counters, Input, LogLevel, Output};
 
@@ -136,6 +138,8 @@ pub struct Engine {
     /// Non-empty exactly while the FlushAll timer is armed.
     flush_pending: std::collections::BTreeSet<SeriesIdx>,
     rest: rest::RestScheduler<RestPurpose>,
+    /// Symbols each market lists (or refused), handed in by the shell.
+    listings: listing::Listings,
     heal_retry_at: Option<Timestamp>,
     rest_calls: Vec<rest::RestCall>,
     outputs: VecDeque<Output>,
@@ -166,6 +170,7 @@ impl Engine {
             backlog: StoreBacklog::new(cfg.store_backlog_max_candles),
             flush_pending: std::collections::BTreeSet::new(),
             rest: rest::RestScheduler::new(cfg.rest.clone()),
+            listings: listing::Listings::default(),
             heal_retry_at: None,
             rest_calls: Vec::new(),
             outputs: VecDeque::new(),
@@ -268,6 +273,10 @@ impl Engine {
             Input::RestFailed { id, reason } => {
                 self.counters.rest_failures += 1;
                 self.on_rest_done(id, None, None, None, Err((None, reason)));
+                Ok(())
+            }
+            Input::SymbolsListed { market, symbols } => {
+                self.on_symbols_listed(market, symbols);
                 Ok(())
             }
         };
@@ -425,7 +434,7 @@ impl Engine {
                 let frame = wire::error_frame("limit", &msg, Some(raw));
                 return self.hub.send_to(client, frame, &mut self.outputs);
             }
-            match self.supervisor.subscribe(&id, self.now, &mut self.effects) {
+            match self.admit_series(&id) {
                 SubscribeOutcome::Accepted => {}
                 SubscribeOutcome::Capacity => {
                     self.counters.capacity_rejects += 1;
@@ -472,6 +481,27 @@ impl Engine {
             Err(SubscribeError::UnknownClient) => {}
             Err(SubscribeError::TooManySubscriptions(_)) => {}
         }
+    }
+
+    /// A new subscriber or reader for `id`: refused when it can never be
+    /// ingested (unsupported, or a symbol its market does not list, which then
+    /// costs no job, stream or REST), else the supervisor's answer.
+    fn admit_series(&mut self, id: &SeriesId) -> SubscribeOutcome {
+        if let Err(msg) = self.supervisor.validate(id) {
+            return SubscribeOutcome::Unsupported(msg);
+        }
+        if let Err(msg) = self.listings.check(id) {
+            self.counters.unknown_symbol_rejects += 1;
+            return SubscribeOutcome::Unsupported(msg);
+        }
+        self.supervisor.subscribe(id, self.now, &mut self.effects)
+    }
+
+    /// `Some(detail)` when `series_id`'s market is known not to list its
+    /// symbol (`GET /api/market/candles` answers 404 with it).
+    pub fn unlisted_symbol(&self, series_id: &str) -> Option<String> {
+        let id = SeriesId::parse(series_id).ok()?;
+        self.listings.check(&id).err()
     }
 
     fn has_history(&self, idx: SeriesIdx) -> bool {
@@ -553,7 +583,7 @@ impl Engine {
         if self.series.lookup(base.as_str()).is_some_and(|i| self.jobs.contains_key(&i)) {
             return Ok(());
         }
-        match self.supervisor.subscribe(&id, self.now, &mut self.effects) {
+        match self.admit_series(&id) {
             SubscribeOutcome::Accepted => {
                 // No subscriber holds it: the job idles and is reaped after the TTL.
                 self.supervisor.unsubscribe(&id, self.now);
