@@ -213,3 +213,33 @@ fn the_list_arriving_later_ends_a_job_it_does_not_list() {
     assert!(eventually(5 * SEC, || ex.subscriptions().is_empty()), "unsubscribed upstream: {:?}", ex.subscriptions());
     assert!(eventually(5 * SEC, || live.metric("klinegate_subscriptions") == 0.0));
 }
+
+// ---------------------------------------------- point 4: paging stops at the listing
+
+#[test]
+fn paging_over_history_stops_at_the_first_empty_page_not_at_heal_max_candles() {
+    const SOL: &str = "binance:spot:SOL/USDT:1m";
+    let ex = FakeExchange::start(FakeOptions::spot());
+    let now = now_minute_ms();
+    // SOLUSDT was listed 300 minutes ago: nothing exists before that.
+    ex.fill_history(SPOT, "SOLUSDT", "1m", now - 300 * MIN_MS, now, price);
+    let mut live = start(&ex, &["--heal-max-candles", "20000"]);
+    let mut c = live.ws();
+    let since = (now - 20_000 * MIN_MS) / 1000;
+    c.send(json!({"type":"subscribe","series_id":SOL,"since":since,"supports_batch":true}));
+    let frames = c.until(15 * SEC, |f| f["type"] == "candles_batch");
+    let batch = frames.iter().find(|f| f["type"] == "candles_batch").expect("catch-up");
+    let got = batch["candles"].as_array().map_or(0, Vec::len);
+    assert!(got >= 299, "the whole listed history comes back ({got})");
+    assert!(eventually(5 * SEC, || {
+        let (started, ended) = heal_lines(&mut live, SOL);
+        started >= 1 && started == ended
+    }));
+    std::thread::sleep(2 * SEC); // a heal still to come (a hole retried) has had time to start
+    let (started, ended) = heal_lines(&mut live, SOL);
+    assert_eq!(started, ended);
+    let requests = ex.rest_requests_to("/klines");
+    let pages = requests.len();
+    eprintln!("klines pages for 20,000 minutes asked, 300 listed: {pages}: {requests:?}");
+    assert!(pages <= 2, "paging stops at the listing, not after 20 pages of nothing ({pages} requests)");
+}

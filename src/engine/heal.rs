@@ -143,7 +143,11 @@ impl Engine {
         }
         let tf = j.base_id.timeframe();
         let limit = rest::max_limit(j.market);
-        let page_end = task.to.min(task.next_from + (limit as i64 - 1) * tf.seconds());
+        // The page asks for the whole rest of the range: the exchange answers
+        // with the first `limit` candles that exist from `next_from` on, so
+        // the time before a symbol's listing costs no page, and a short or
+        // empty page means the range is exhausted.
+        let page_end = task.to;
         let symbol = rest::symbol_from_stream(&j.stream);
         let path = rest::klines_path(j.market, &symbol, tf, task.next_from, page_end, limit);
         let weight = rest::klines_weight(j.market, limit);
@@ -178,7 +182,13 @@ impl Engine {
                             .filter(|r| r.close_time_ms < now_ms && forming.is_none_or(|f| r.candle.candle_time < f))
                             .map(|r| r.candle),
                     );
-                    task.next_from = page_end + tf;
+                    // A full page may have more behind it; anything shorter
+                    // (an empty page included) ends the range.
+                    let newest = rows.iter().map(|r| r.candle.candle_time).max();
+                    task.next_from = match newest {
+                        Some(t) if rows.len() + skipped >= rest::max_limit(j.market) => t.max(lo) + tf,
+                        _ => page_end + tf,
+                    };
                     task.attempts = 0;
                     j.heal_state.progress(now, task.rows.len() as i64);
                     if task.next_from > task.to {
@@ -243,6 +253,11 @@ impl Engine {
                     j.hole = None;
                 }
             }
+        }
+        // A hole left for after this task (an older range asked for while it
+        // ran) is due now or at its backoff: arm the retry, whatever made it.
+        if let Some(at) = j.hole.as_ref().map(|h| h.retry_at) {
+            self.heal_retry_at = Some(self.heal_retry_at.map_or(at, |t| t.min(at)));
         }
         let (ahead, behind) = j.absorb_healed(task.rows);
         match &error {

@@ -89,7 +89,7 @@ enum TimerKey {
 /// Why a REST request was made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RestPurpose {
-    /// One page of a job's heal, covering open times up to `page_end`.
+    /// One page of a job's heal, asking for open times up to `page_end`.
     Heal { job: SeriesIdx, page_end: i64 },
 }
 
