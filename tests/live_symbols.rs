@@ -185,15 +185,20 @@ fn without_a_list_the_first_invalid_symbol_answer_ends_the_job_and_its_subscript
         ex.subscriptions()
     );
     assert!(eventually(5 * SEC, || live.metric("klinegate_subscriptions") == 0.0), "both subscriptions removed");
-    assert_eq!(ex.rest_requests_to("/klines").len(), 1, "one history request found it out");
+    // The 1m heal's first page and the 5m fill's first page went out together; nothing after.
+    std::thread::sleep(Duration::from_millis(500));
+    let spent = ex.rest_requests_to("/klines").len();
+    assert!((1..=2).contains(&spent), "one request per fetch that was already under way ({spent})");
 
     // Remembered: asking again is answered at once, with no new job and no REST.
     subscribe(&mut a, TYPO);
     assert_eq!(next_error(&mut a, 5 * SEC), Some(error_frame(TYPO_ERROR)));
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(ex.rest_requests_to("/klines").len(), 1);
-    let (started, ended) = heal_lines(&mut live, "binance:spot:BTC/USTD:1m");
-    assert_eq!(started, ended, "the heal that met -1121 has its end line");
+    assert_eq!(ex.rest_requests_to("/klines").len(), spent, "no new request for a refused symbol");
+    for series in ["binance:spot:BTC/USTD:1m", "binance:spot:BTC/USTD:5m"] {
+        let (started, ended) = heal_lines(&mut live, series);
+        assert_eq!(started, ended, "{series}: every heal that met -1121 (or was cut short by it) has its end line");
+    }
 }
 
 #[test]
@@ -242,4 +247,100 @@ fn paging_over_history_stops_at_the_first_empty_page_not_at_heal_max_candles() {
     let pages = requests.len();
     eprintln!("klines pages for 20,000 minutes asked, 300 listed: {pages}: {requests:?}");
     assert!(pages <= 2, "paging stops at the listing, not after 20 pages of nothing ({pages} requests)");
+}
+
+// ------------------------------------- point 6: derived timeframes on a first visit
+
+const BTC: &str = "binance:spot:BTC/USDT";
+
+/// Closed candles the HTTP API serves for `series` (limit 5000).
+fn served(live: &Live, series: &str) -> Vec<Value> {
+    let v = live.get_json(&format!("/api/market/candles?series_id={series}&limit=5000"));
+    v["candles"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn a_first_visit_to_a_derived_timeframe_fills_2000_bars_from_the_native_interval() {
+    let ex = FakeExchange::start(FakeOptions::spot());
+    let now = now_minute_ms();
+    let day = 1440 * MIN_MS;
+    // The exchange holds ~2,100 candles of every interval.
+    for (interval, step) in [("1m", MIN_MS), ("5m", 5 * MIN_MS), ("1h", 60 * MIN_MS), ("4h", 240 * MIN_MS), ("1d", day)] {
+        ex.fill_history(SPOT, "BTCUSDT", interval, now - 2100 * step, now + step, price);
+    }
+    let mut live = start(&ex, &["--derived", "5m,15m,1h,4h,1d"]);
+    let mut c = live.ws();
+    let mut counts = Vec::new();
+    for tf in ["5m", "1h", "4h", "1d"] {
+        let series = format!("{BTC}:{tf}");
+        subscribe(&mut c, &series);
+        let frames = c.until(15 * SEC, |f| f["type"] == "candles_batch" && f["series_id"] == series.as_str());
+        assert!(frames.iter().any(|f| f["type"] == "candles_batch"), "{series}: a catch-up");
+        assert!(live.wait_log(&format!("heal_done series_id={series} "), 15 * SEC).is_some(), "{series}: the fill ends");
+        counts.push((tf, served(&live, &series).len()));
+    }
+    eprintln!("bars after a first visit: {counts:?}");
+    for (tf, n) in &counts {
+        assert!((1999..=2000).contains(n), "{tf}: {n} bars, not ~2,000 from the native interval");
+    }
+    let native = ex.rest_requests_to("/klines").iter().filter(|r| r.params.get("interval").is_some_and(|i| i != "1m")).count();
+    assert!(native <= 8, "two pages per timeframe at most ({native})");
+}
+
+#[test]
+fn a_stored_derived_candle_is_never_written_over_by_a_different_value() {
+    let ex = FakeExchange::start(FakeOptions::spot());
+    let now = now_minute_ms();
+    ex.fill_history(SPOT, "BTCUSDT", "1m", now - 100 * MIN_MS, now + MIN_MS, price);
+    let dir = tempfile::tempdir().unwrap();
+    let url = ex.ws_url();
+    let args = ["--spot-ws-url", &url, "--futures-ws-url", &url, "--pin", "", "--derived", "5m", "--heal-first-visit-candles", "60"];
+    let mut live = Live::start_in(dir, &args);
+    // A 5m bucket the 1m history will also complete is already stored with other values.
+    let bucket = (now - 30 * MIN_MS) / 1000 / 300 * 300;
+    let five = format!("{BTC}:5m");
+    let seeded = json!({"series_id": five, "candle": {"candle_time": bucket, "open": 1.0, "high": 2.0, "low": 0.5, "close": 1.5, "volume": 42.0}});
+    let (status, body) = live.post("/api/market/ingest/candle_closed", &seeded.to_string());
+    assert_eq!(status, 200, "{body}");
+    // The 1m first-visit heal rolls 60 minutes up into 5m buckets, that one included.
+    let mut c = live.ws();
+    subscribe(&mut c, &format!("{BTC}:1m"));
+    assert!(live.wait_log(&format!("heal_done series_id={BTC}:1m "), 15 * SEC).is_some());
+    let rows = served(&live, &five);
+    assert!(rows.len() >= 10, "the rollup wrote the other buckets ({})", rows.len());
+    let row = rows.iter().find(|r| r["candle_time"] == bucket).expect("the seeded bucket");
+    assert_eq!((row["close"].as_f64(), row["volume"].as_f64()), (Some(1.5), Some(42.0)), "written over: {row}");
+}
+
+#[test]
+fn a_derived_volume_prints_the_exchanges_exact_decimal() {
+    let ex = FakeExchange::start(FakeOptions::spot());
+    let now = now_minute_ms();
+    // Five minutes whose float sum is 13048.056999999999; the exchange's 5m says 13048.057.
+    let volumes = [2797.964, 3606.372, 4154.893, 1375.438, 1113.39];
+    let first = (now - 60 * MIN_MS) / (5 * MIN_MS) * (5 * MIN_MS);
+    let candles = (0..40)
+        .map(|i| {
+            let t = first + i * MIN_MS;
+            fake_exchange::RestCandle::new(t, "1m", 100.0, 101.0, 99.0, 100.5, volumes[(i % 5) as usize])
+        })
+        .collect();
+    ex.upsert_history(SPOT, "BTCUSDT", "1m", candles);
+    let mut live = start(&ex, &["--derived", "5m", "--heal-first-visit-candles", "70"]);
+    let mut c = live.ws();
+    subscribe(&mut c, &format!("{BTC}:1m"));
+    assert!(live.wait_log(&format!("heal_done series_id={BTC}:1m "), 15 * SEC).is_some());
+    let (status, body) = live.get(&format!("/api/market/candles?series_id={BTC}:5m&limit=100"));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"volume\":13048.057"), "exact decimal volume: {body}");
+    assert!(!body.contains("13048.056999"), "float noise on the wire: {body}");
+    let conn = rusqlite::Connection::open(live.db_path()).unwrap();
+    let stored: Vec<f64> = conn
+        .prepare("SELECT volume FROM candles WHERE series_id = ?")
+        .unwrap()
+        .query_map([format!("{BTC}:5m")], |r| r.get(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert!(!stored.is_empty() && stored.iter().all(|v| v.to_string() == "13048.057"), "stored: {stored:?}");
 }

@@ -374,6 +374,7 @@ impl Engine {
             return;
         }
         self.cancel_heal(idx, reason);
+        self.cancel_native(idx, reason);
         self.flush_job(idx);
         let Some(job) = self.jobs.remove(&idx) else { return };
         for th in &job.throttles {

@@ -33,6 +33,7 @@ mod fasthash;
 mod flush;
 mod io;
 mod jobs;
+mod native;
 mod unlisted;
 
 pub use io::{Counters, Input, LogLevel, Output};
@@ -91,6 +92,8 @@ enum TimerKey {
 pub enum RestPurpose {
     /// One page of a job's heal, asking for open times up to `page_end`.
     Heal { job: SeriesIdx, page_end: i64 },
+    /// One page of a derived series' history in its own interval (`native.rs`).
+    Native { series: SeriesIdx, page_end: i64 },
 }
 
 /// `GET /api/market/candles` reply.
@@ -140,6 +143,8 @@ pub struct Engine {
     rest: rest::RestScheduler<RestPurpose>,
     /// Symbols each market lists (or refused), handed in by the shell.
     listings: listing::Listings,
+    /// Running fills of derived series from the exchange's own intervals.
+    native: std::collections::BTreeMap<SeriesIdx, native::NativeFill>,
     heal_retry_at: Option<Timestamp>,
     rest_calls: Vec<rest::RestCall>,
     outputs: VecDeque<Output>,
@@ -171,6 +176,7 @@ impl Engine {
             flush_pending: std::collections::BTreeSet::new(),
             rest: rest::RestScheduler::new(cfg.rest.clone()),
             listings: listing::Listings::default(),
+            native: std::collections::BTreeMap::new(),
             heal_retry_at: None,
             rest_calls: Vec::new(),
             outputs: VecDeque::new(),
@@ -295,6 +301,7 @@ impl Engine {
         let Some((_, purpose)) = self.rest.complete(id, status, retry_after_s, used_weight, self.now) else { return };
         match purpose {
             RestPurpose::Heal { job, page_end } => self.on_heal_response(id, job, page_end, result),
+            RestPurpose::Native { series, page_end } => self.on_native_response(id, series, page_end, result),
         }
     }
 
@@ -454,7 +461,9 @@ impl Engine {
             }
             self.apply_effects();
         }
-        let hold = self.catchup_heal(&id, since);
+        // A derived series' own history comes from the exchange's klines of
+        // its interval; anything else heals its base series.
+        let hold = if self.native_applies(&id) { self.native_fill(&id, since) } else { self.catchup_heal(&id, since) };
         let result = self.hub.subscribe(
             client,
             idx,
@@ -580,22 +589,23 @@ impl Engine {
     fn touch_series(&mut self, raw: &str) -> Result<(), String> {
         let id = SeriesId::parse(raw).map_err(|e| e.to_string())?;
         let base = self.supervisor.normalize(&id);
-        if self.series.lookup(base.as_str()).is_some_and(|i| self.jobs.contains_key(&i)) {
-            return Ok(());
-        }
-        match self.admit_series(&id) {
-            SubscribeOutcome::Accepted => {
-                // No subscriber holds it: the job idles and is reaped after the TTL.
-                self.supervisor.unsubscribe(&id, self.now);
-                self.apply_effects();
-                Ok(())
+        if !self.series.lookup(base.as_str()).is_some_and(|i| self.jobs.contains_key(&i)) {
+            match self.admit_series(&id) {
+                SubscribeOutcome::Accepted => {
+                    // No subscriber holds it: the job idles and is reaped after the TTL.
+                    self.supervisor.unsubscribe(&id, self.now);
+                    self.apply_effects();
+                }
+                SubscribeOutcome::Capacity => {
+                    self.apply_effects();
+                    return Err("ondemand_ingest_capacity".into());
+                }
+                SubscribeOutcome::Unsupported(msg) => return Err(msg),
             }
-            SubscribeOutcome::Capacity => {
-                self.apply_effects();
-                Err("ondemand_ingest_capacity".into())
-            }
-            SubscribeOutcome::Unsupported(msg) => Err(msg),
         }
+        // A derived series read for the first time fills from its own interval.
+        self.native_fill(&id, None);
+        Ok(())
     }
 
     fn ingest_forming(&mut self, raw: &str, candle: Candle) -> Result<(), String> {

@@ -770,7 +770,8 @@ impl Supervisor {
     }
 }
 
-fn is_binance_interval(tf: Timeframe) -> bool {
+/// Whether the exchange serves klines of this interval (REST and streams).
+pub fn is_binance_interval(tf: Timeframe) -> bool {
     BINANCE_INTERVALS.iter().any(|(secs, _)| i64::from(*secs) == tf.seconds())
 }
 
