@@ -134,12 +134,6 @@ fn a_symbol_the_known_list_lacks_is_answered_and_costs_no_stream_and_no_rest() {
     let mut live = start(&ex, &["--max-client-messages-per-s", "1000"]);
     assert!(live.wait_log("symbols_listed market=spot count=2", 10 * SEC).is_some(), "the spot list is fetched at start");
 
-    let mut c = live.ws();
-    subscribe(&mut c, TYPO);
-    assert_eq!(next_error(&mut c, 5 * SEC), Some(error_frame(TYPO_ERROR)));
-    let (status, body) = live.get(&format!("/api/market/candles?series_id={TYPO}"));
-    assert_eq!((status, serde_json::from_str::<Value>(&body).unwrap()), (404, json!({"detail": TYPO_ERROR})));
-
     // 256 made-up symbols from one unauthenticated client.
     let mut flood = live.ws();
     for i in 0..256 {
@@ -162,6 +156,14 @@ fn a_symbol_the_known_list_lacks_is_answered_and_costs_no_stream_and_no_rest() {
     assert_eq!(streams, 0.0, "no upstream stream for a symbol the list lacks");
     assert!(ex.subscriptions().is_empty(), "nothing subscribed upstream: {:?}", ex.subscriptions());
     assert!(!live.seen_logs.iter().any(|l| l.contains("job_started")), "no job started");
+
+    // The exact answers: the WebSocket error frame and the HTTP 404 with its detail.
+    let mut c = live.ws();
+    subscribe(&mut c, TYPO);
+    assert_eq!(next_error(&mut c, 5 * SEC), Some(error_frame(TYPO_ERROR)));
+    let (status, body) = live.get(&format!("/api/market/candles?series_id={TYPO}"));
+    assert_eq!((status, serde_json::from_str::<Value>(&body).unwrap()), (404, json!({"detail": TYPO_ERROR})));
+    assert!(ex.rest_requests_to("/klines").is_empty() && ex.subscriptions().is_empty());
 }
 
 #[test]
@@ -228,7 +230,8 @@ fn paging_over_history_stops_at_the_first_empty_page_not_at_heal_max_candles() {
     let now = now_minute_ms();
     // SOLUSDT was listed 300 minutes ago: nothing exists before that.
     ex.fill_history(SPOT, "SOLUSDT", "1m", now - 300 * MIN_MS, now, price);
-    let mut live = start(&ex, &["--heal-max-candles", "20000"]);
+    // A first visit 20,000 minutes deep: 20 pages of 1,000 if paging went on to the end.
+    let mut live = start(&ex, &["--heal-max-candles", "20000", "--heal-first-visit-candles", "20000"]);
     let mut c = live.ws();
     let since = (now - 20_000 * MIN_MS) / 1000;
     c.send(json!({"type":"subscribe","series_id":SOL,"since":since,"supports_batch":true}));
@@ -245,7 +248,7 @@ fn paging_over_history_stops_at_the_first_empty_page_not_at_heal_max_candles() {
     assert_eq!(started, ended);
     let requests = ex.rest_requests_to("/klines");
     let pages = requests.len();
-    eprintln!("klines pages for 20,000 minutes asked, 300 listed: {pages}: {requests:?}");
+    eprintln!("klines pages for 20,000 minutes asked, 300 listed: {pages}");
     assert!(pages <= 2, "paging stops at the listing, not after 20 pages of nothing ({pages} requests)");
 }
 
@@ -274,12 +277,19 @@ fn a_first_visit_to_a_derived_timeframe_fills_2000_bars_from_the_native_interval
     for tf in ["5m", "1h", "4h", "1d"] {
         let series = format!("{BTC}:{tf}");
         subscribe(&mut c, &series);
-        let frames = c.until(15 * SEC, |f| f["type"] == "candles_batch" && f["series_id"] == series.as_str());
-        assert!(frames.iter().any(|f| f["type"] == "candles_batch"), "{series}: a catch-up");
-        assert!(live.wait_log(&format!("heal_done series_id={series} "), 15 * SEC).is_some(), "{series}: the fill ends");
-        counts.push((tf, served(&live, &series).len()));
+        let frames = c.until(10 * SEC, |f| f["type"] == "candles_batch" && f["series_id"] == series.as_str());
+        let caught_up = frames.iter().any(|f| f["type"] == "candles_batch");
+        let filled = live.wait_log(&format!("heal_done series_id={series} "), 10 * SEC).is_some();
+        counts.push((tf, served(&live, &series).len(), caught_up, filled));
     }
-    eprintln!("bars after a first visit: {counts:?}");
+    eprintln!("bars after a first visit (timeframe, bars, catch-up sent, fill done): {counts:?}");
+    let counts: Vec<(&str, usize)> = counts
+        .into_iter()
+        .map(|(tf, n, caught_up, filled)| {
+            assert!(caught_up && filled, "{tf}: catch-up {caught_up}, fill done {filled}");
+            (tf, n)
+        })
+        .collect();
     for (tf, n) in &counts {
         assert!((1999..=2000).contains(n), "{tf}: {n} bars, not ~2,000 from the native interval");
     }
