@@ -168,8 +168,10 @@ fn a_symbol_the_known_list_lacks_is_answered_and_costs_no_stream_and_no_rest() {
 
 #[test]
 fn without_a_list_the_first_invalid_symbol_answer_ends_the_job_and_its_subscriptions() {
-    // No markets scripted: the fake's exchangeInfo lists nothing, which is not a usable list.
+    // No markets scripted: the fake's exchangeInfo lists nothing, which is not a usable list;
+    // its klines answer BTCUSTD with Binance's -1121.
     let ex = FakeExchange::start(FakeOptions::spot());
+    ex.rest_fail_symbol_with("BTCUSTD", 400, r#"{"code":-1121,"msg":"Invalid symbol."}"#);
     let mut live = start(&ex, &["--derived", "5m"]);
     assert!(live.wait_log("symbols_list_ignored market=spot", 10 * SEC).is_some());
 
