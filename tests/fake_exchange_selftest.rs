@@ -873,6 +873,8 @@ fn generated_history_and_the_stream_agree() {
     let times = open_times(rows.as_array().unwrap());
     let five = current - current.rem_euclid(300_000);
     assert_eq!(times, vec![five - 600_000, five - 300_000, five]);
+    // A spot market with a scripted list that lacks ETHUSDT, and no spot history of it.
+    ex.set_markets("spot", vec![FakeSymbol::new("BTC", "USDT")]);
     assert!(
         get(&ex, "/api/v3/klines?symbol=ETHUSDT&interval=5m").status == 400,
         "spot does not know it"
@@ -907,6 +909,8 @@ fn generated_history_and_the_stream_agree() {
 fn unknown_symbols_and_bad_parameters_get_binance_errors() {
     let ex = rest_exchange();
     btc_history(&ex, "spot");
+    // With a scripted symbol list, what it lacks (and has no history of) is unknown.
+    ex.set_markets("spot", vec![FakeSymbol::new("ETH", "USDT")]);
     let cases = [
         ("/api/v3/klines?symbol=NOPEUSDT&interval=1m", -1121),
         ("/api/v3/klines?symbol=btcusdt&interval=1m", -1121),

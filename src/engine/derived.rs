@@ -45,11 +45,26 @@ fn merge<'a>(bucket_open: i64, candles: impl IntoIterator<Item = &'a Candle>) ->
                 m.high = m.high.max(c.high);
                 m.low = m.low.min(c.low);
                 m.close = c.close;
-                m.volume += c.volume;
+                m.volume = add_volumes(m.volume, c.volume);
             }
         }
     }
     merged
+}
+
+/// Volume decimals the exchange prints (Binance: 8, `"14274.62500000"`).
+const VOLUME_DECIMALS: i32 = 8;
+
+/// `a + b` summed exactly at the exchange's precision: both are taken as whole
+/// units of 10^-8 and the integer sum is turned back into the nearest `f64`, so
+/// a derived volume prints what the exchange's own interval kline prints
+/// (`14274.625`, never the float noise `14274.625000000002` of `a + b`).
+/// Beyond 2^53 units (volumes over ~90 million) the result is the nearest
+/// `f64` of the exact sum, which is all an `f64` can hold.
+fn add_volumes(a: f64, b: f64) -> f64 {
+    let scale = 10f64.powi(VOLUME_DECIMALS);
+    let units = |v: f64| (v * scale).round() as i128;
+    (units(a) + units(b)) as f64 / scale
 }
 
 /// How many base candles make one bucket of `tf`, when `tf` is a whole
@@ -581,6 +596,20 @@ mod tests {
     }
 
     /// Reference: test_rollup_closed_candles_5m_happy_path.
+    #[test]
+    fn derived_volume_is_the_exact_decimal_sum() {
+        let v = [2797.964, 3606.372, 4154.893, 1375.438, 1113.39];
+        let naive: f64 = v.iter().sum();
+        assert_eq!(naive.to_string(), "13048.056999999999", "the float sum carries noise");
+        let base: Vec<Candle> = v.iter().enumerate().map(|(i, v)| c(i as i64 * 60, 1.0, 1.0, 1.0, 1.0, *v)).collect();
+        let rolled = rollup(&base, tf("1m"), tf("5m"));
+        assert_eq!(rolled[0].volume.to_string(), "13048.057");
+        let mut f = fold(&["5m"]);
+        let out = closed(&mut f, &base);
+        assert_eq!(out[0].1.volume.to_string(), "13048.057", "the live fold sums the same way");
+        assert_eq!(add_volumes(0.1, 0.2).to_string(), "0.3");
+    }
+
     #[test]
     fn rollup_5m_happy_path() {
         let base = vec![

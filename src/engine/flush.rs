@@ -92,6 +92,13 @@ impl Engine {
     /// `strict` (HTTP ingest) reports a store failure instead of queueing it.
     pub(super) fn persist_and_publish(&mut self, mut set: FlushSet, strict: bool) -> Result<(), String> {
         set.sort_by(|a, b| self.series.get(a.0).id.as_str().cmp(self.series.get(b.0).id.as_str()));
+        if !strict {
+            // A tool's ingest may correct a row; the engine's own derived rows never replace one.
+            self.drop_stored_derived(&mut set);
+            if set.is_empty() {
+                return Ok(());
+            }
+        }
         if !strict && !self.backlog.is_empty() {
             self.keep_for_retry(set);
             return Ok(());

@@ -143,7 +143,11 @@ impl Engine {
         }
         let tf = j.base_id.timeframe();
         let limit = rest::max_limit(j.market);
-        let page_end = task.to.min(task.next_from + (limit as i64 - 1) * tf.seconds());
+        // The page asks for the whole rest of the range: the exchange answers
+        // with the first `limit` candles that exist from `next_from` on, so
+        // the time before a symbol's listing costs no page, and a short or
+        // empty page means the range is exhausted.
+        let page_end = task.to;
         let symbol = rest::symbol_from_stream(&j.stream);
         let path = rest::klines_path(j.market, &symbol, tf, task.next_from, page_end, limit);
         let weight = rest::klines_weight(j.market, limit);
@@ -154,11 +158,13 @@ impl Engine {
     }
 
     /// A heal page came back (or failed): keep its closed rows, go on, or finish.
-    pub(super) fn on_heal_response(&mut self, job: SeriesIdx, page_end: i64, result: Result<String, (Option<u16>, String)>) {
+    pub(super) fn on_heal_response(&mut self, id: u64, job: SeriesIdx, page_end: i64, result: Result<String, (Option<u16>, String)>) {
         let now = self.now;
         let max_attempts = self.cfg.heal.max_attempts;
         let Some(j) = self.jobs.get_mut(&job) else { return };
-        let Some(task) = j.heal.as_mut() else { return };
+        // A page of a heal that was cancelled (its job stopped, maybe started
+        // again since) belongs to no running task.
+        let Some(task) = j.heal.as_mut().filter(|t| t.request == Some(id)) else { return };
         task.request = None;
         let tf = j.base_id.timeframe().seconds();
         match result {
@@ -176,7 +182,13 @@ impl Engine {
                             .filter(|r| r.close_time_ms < now_ms && forming.is_none_or(|f| r.candle.candle_time < f))
                             .map(|r| r.candle),
                     );
-                    task.next_from = page_end + tf;
+                    // A full page may have more behind it; anything shorter
+                    // (an empty page included) ends the range.
+                    let newest = rows.iter().map(|r| r.candle.candle_time).max();
+                    task.next_from = match newest {
+                        Some(t) if rows.len() + skipped >= rest::max_limit(j.market) => t.max(lo) + tf,
+                        _ => page_end + tf,
+                    };
                     task.attempts = 0;
                     j.heal_state.progress(now, task.rows.len() as i64);
                     if task.next_from > task.to {
@@ -190,8 +202,13 @@ impl Engine {
                 let _ = body;
             }
             Err((Some(status), body)) if (400..500).contains(&status) => {
-                // The exchange refuses this request (e.g. an unknown symbol): retrying won't help.
-                return self.finish_heal(job, Some(rest::error_text(status, &body)));
+                // The exchange refuses this request: retrying won't help. An
+                // unknown symbol also ends the job and its subscriptions.
+                self.finish_heal(job, Some(rest::error_text(status, &body)));
+                if rest::error_code(&body) == Some(rest::INVALID_SYMBOL) {
+                    self.on_symbol_refused(job);
+                }
+                return;
             }
             Err((status, reason)) => return self.heal_failed_attempt(job, status, reason, max_attempts),
         }
@@ -237,6 +254,11 @@ impl Engine {
                 }
             }
         }
+        // A hole left for after this task (an older range asked for while it
+        // ran) is due now or at its backoff: arm the retry, whatever made it.
+        if let Some(at) = j.hole.as_ref().map(|h| h.retry_at) {
+            self.heal_retry_at = Some(self.heal_retry_at.map_or(at, |t| t.min(at)));
+        }
         let (ahead, behind) = j.absorb_healed(task.rows);
         match &error {
             None => j.heal_state.succeed(now, healed as i64),
@@ -260,6 +282,26 @@ impl Engine {
         self.sync_gap_ledger(job);
         self.flush_job(job);
         self.release_held(job);
+    }
+
+    /// The job is going away mid-heal (reaped, evicted, shut down, unlisted):
+    /// the heal ends with a `heal_cancelled` line (every `heal_started` has an
+    /// end), what it fetched so far joins the job's buffer, and the gate opens
+    /// so the job's final flush writes the live candles that waited behind it.
+    /// Its in-flight page, if any, is ignored when it comes back (no task).
+    pub(super) fn cancel_heal(&mut self, job: SeriesIdx, why: &str) {
+        let now = self.now;
+        self.rest.cancel_queued(|p| matches!(p, RestPurpose::Heal { job: j, .. } if *j == job));
+        let Some(j) = self.jobs.get_mut(&job) else { return };
+        let Some(task) = j.heal.take() else { return };
+        let fetched = task.rows.len();
+        let (_, behind) = j.absorb_healed(task.rows);
+        j.heal_state.fail(now, format!("cancelled: {why}"));
+        let line = format!("heal_cancelled series_id={} candles={fetched} reason={} cause={why}", j.base_id, task.reason);
+        self.log(LogLevel::Info, line);
+        if !behind.is_empty() {
+            self.write_behind_head(job, behind);
+        }
     }
 
     /// Mirrors the job's hole into the store's gap ledger (kept across restarts).

@@ -583,6 +583,15 @@ impl Hub {
         self.session(client).map_or(0, |s| s.queued_bytes)
     }
 
+    /// The clients subscribed to `idx`, ascending (to end a series' subscriptions).
+    pub fn subscribers(&self, idx: SeriesIdx, series: &SeriesTable) -> Vec<u64> {
+        let mut ids: Vec<u64> =
+            series.get(idx).subscribers.iter().filter_map(|slot| self.slots.get(*slot)?.as_ref().map(|s| s.id)).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
     /// Every connected client id, ascending (for shutdown).
     pub fn client_ids(&self) -> Vec<u64> {
         let mut ids: Vec<u64> = self.slots.iter().flatten().map(|s| s.id).collect();

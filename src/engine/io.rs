@@ -43,6 +43,9 @@ pub enum Input {
     },
     /// A `RestRequest` could not be carried out (connect, TLS, timeout, …).
     RestFailed { id: u64, reason: String },
+    /// The market's symbol list (from its `exchangeInfo`) as `BASE/QUOTE`
+    /// pairs: series of any other symbol are unknown (see `listing.rs`).
+    SymbolsListed { market: Market, symbols: Vec<String> },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -118,6 +121,10 @@ pub struct Counters {
     /// Exchange event time (`E`) of a kline frame → the first client frame
     /// it caused being queued (see `Engine::observe_queue_latency`).
     pub exchange_to_queue: super::histogram::Histogram,
+    /// Subscribes and reads refused because the market does not list the symbol.
+    pub unknown_symbol_rejects: u64,
+    /// Jobs ended because their symbol turned out not to be listed (`-1121` or the list).
+    pub jobs_ended_unlisted: u64,
 }
 
 impl Counters {

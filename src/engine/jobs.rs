@@ -399,6 +399,8 @@ impl Engine {
         if !self.jobs.contains_key(&idx) {
             return;
         }
+        self.cancel_heal(idx, reason);
+        self.cancel_native(idx, reason);
         self.flush_job(idx);
         let Some(job) = self.jobs.remove(&idx) else { return };
         for th in &job.throttles {
@@ -409,7 +411,6 @@ impl Engine {
         if let Some(t) = job.watchdog {
             self.timers.cancel(t);
         }
-        self.rest.cancel_queued(|p| matches!(p, super::RestPurpose::Heal { job, .. } if *job == idx));
         self.stream_jobs[job.market.index()].remove(job.stream.as_bytes());
         self.pool.detach(&job.stream, job.market, self.now, &mut self.outputs);
         self.counters.jobs_stopped += 1;

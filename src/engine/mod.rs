@@ -23,6 +23,7 @@ pub mod heal;
 pub mod histogram;
 pub mod hub;
 pub mod ingest;
+pub mod listing;
 pub mod rate;
 pub mod rest;
 pub mod series;
@@ -33,6 +34,8 @@ mod fasthash;
 mod flush;
 mod io;
 mod jobs;
+mod native;
+mod unlisted;
 
 pub use io::{Counters, Input, LogLevel, Output};
 
@@ -88,8 +91,10 @@ enum TimerKey {
 /// Why a REST request was made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RestPurpose {
-    /// One page of a job's heal, covering open times up to `page_end`.
+    /// One page of a job's heal, asking for open times up to `page_end`.
     Heal { job: SeriesIdx, page_end: i64 },
+    /// One page of a derived series' history in its own interval (`native.rs`).
+    Native { series: SeriesIdx, page_end: i64 },
 }
 
 /// `GET /api/market/candles` reply.
@@ -155,6 +160,10 @@ pub struct Engine {
     /// Non-empty exactly while the FlushAll timer is armed.
     flush_pending: std::collections::BTreeSet<SeriesIdx>,
     rest: rest::RestScheduler<RestPurpose>,
+    /// Symbols each market lists (or refused), handed in by the shell.
+    listings: listing::Listings,
+    /// Running fills of derived series from the exchange's own intervals.
+    native: std::collections::BTreeMap<SeriesIdx, native::NativeFill>,
     heal_retry_at: Option<Timestamp>,
     rest_calls: Vec<rest::RestCall>,
     outputs: VecDeque<Output>,
@@ -185,6 +194,8 @@ impl Engine {
             backlog: StoreBacklog::new(cfg.store_backlog_max_candles),
             flush_pending: std::collections::BTreeSet::new(),
             rest: rest::RestScheduler::new(cfg.rest.clone()),
+            listings: listing::Listings::default(),
+            native: std::collections::BTreeMap::new(),
             heal_retry_at: None,
             rest_calls: Vec::new(),
             outputs: VecDeque::new(),
@@ -289,6 +300,10 @@ impl Engine {
                 self.on_rest_done(id, None, None, None, Err((None, reason)));
                 Ok(())
             }
+            Input::SymbolsListed { market, symbols } => {
+                self.on_symbols_listed(market, symbols);
+                Ok(())
+            }
         };
         self.pump_rest();
         result
@@ -304,7 +319,8 @@ impl Engine {
     ) {
         let Some((_, purpose)) = self.rest.complete(id, status, retry_after_s, used_weight, self.now) else { return };
         match purpose {
-            RestPurpose::Heal { job, page_end } => self.on_heal_response(job, page_end, result),
+            RestPurpose::Heal { job, page_end } => self.on_heal_response(id, job, page_end, result),
+            RestPurpose::Native { series, page_end } => self.on_native_response(id, series, page_end, result),
         }
     }
 
@@ -444,7 +460,7 @@ impl Engine {
                 let frame = wire::error_frame("limit", &msg, Some(raw));
                 return self.hub.send_to(client, frame, &mut self.outputs);
             }
-            match self.supervisor.subscribe(&id, self.now, &mut self.effects) {
+            match self.admit_series(&id) {
                 SubscribeOutcome::Accepted => {}
                 SubscribeOutcome::Capacity => {
                     self.counters.capacity_rejects += 1;
@@ -464,7 +480,9 @@ impl Engine {
             }
             self.apply_effects();
         }
-        let hold = self.catchup_heal(&id, since);
+        // A derived series' own history comes from the exchange's klines of
+        // its interval; anything else heals its base series.
+        let hold = if self.native_applies(&id) { self.native_fill(&id, since) } else { self.catchup_heal(&id, since) };
         let result = self.hub.subscribe(
             client,
             idx,
@@ -491,6 +509,27 @@ impl Engine {
             Err(SubscribeError::UnknownClient) => {}
             Err(SubscribeError::TooManySubscriptions(_)) => {}
         }
+    }
+
+    /// A new subscriber or reader for `id`: refused when it can never be
+    /// ingested (unsupported, or a symbol its market does not list, which then
+    /// costs no job, stream or REST), else the supervisor's answer.
+    fn admit_series(&mut self, id: &SeriesId) -> SubscribeOutcome {
+        if let Err(msg) = self.supervisor.validate(id) {
+            return SubscribeOutcome::Unsupported(msg);
+        }
+        if let Err(msg) = self.listings.check(id) {
+            self.counters.unknown_symbol_rejects += 1;
+            return SubscribeOutcome::Unsupported(msg);
+        }
+        self.supervisor.subscribe(id, self.now, &mut self.effects)
+    }
+
+    /// `Some(detail)` when `series_id`'s market is known not to list its
+    /// symbol (`GET /api/market/candles` answers 404 with it).
+    pub fn unlisted_symbol(&self, series_id: &str) -> Option<String> {
+        let id = SeriesId::parse(series_id).ok()?;
+        self.listings.check(&id).err()
     }
 
     fn has_history(&self, idx: SeriesIdx) -> bool {
@@ -569,22 +608,23 @@ impl Engine {
     fn touch_series(&mut self, raw: &str) -> Result<(), String> {
         let id = SeriesId::parse(raw).map_err(|e| e.to_string())?;
         let base = self.supervisor.normalize(&id);
-        if self.series.lookup(base.as_str()).is_some_and(|i| self.jobs.contains_key(&i)) {
-            return Ok(());
-        }
-        match self.supervisor.subscribe(&id, self.now, &mut self.effects) {
-            SubscribeOutcome::Accepted => {
-                // No subscriber holds it: the job idles and is reaped after the TTL.
-                self.supervisor.unsubscribe(&id, self.now);
-                self.apply_effects();
-                Ok(())
+        if !self.series.lookup(base.as_str()).is_some_and(|i| self.jobs.contains_key(&i)) {
+            match self.admit_series(&id) {
+                SubscribeOutcome::Accepted => {
+                    // No subscriber holds it: the job idles and is reaped after the TTL.
+                    self.supervisor.unsubscribe(&id, self.now);
+                    self.apply_effects();
+                }
+                SubscribeOutcome::Capacity => {
+                    self.apply_effects();
+                    return Err("ondemand_ingest_capacity".into());
+                }
+                SubscribeOutcome::Unsupported(msg) => return Err(msg),
             }
-            SubscribeOutcome::Capacity => {
-                self.apply_effects();
-                Err("ondemand_ingest_capacity".into())
-            }
-            SubscribeOutcome::Unsupported(msg) => Err(msg),
         }
+        // A derived series read for the first time fills from its own interval.
+        self.native_fill(&id, None);
+        Ok(())
     }
 
     fn ingest_forming(&mut self, raw: &str, candle: Candle) -> Result<(), String> {

@@ -174,6 +174,8 @@ pub enum StopReason {
     /// Idle past the TTL, or dead with nobody holding it.
     Reaped,
     Shutdown,
+    /// The exchange does not list the symbol (`-1121`, or its symbol list).
+    Unlisted,
 }
 
 impl StopReason {
@@ -182,6 +184,7 @@ impl StopReason {
             StopReason::Evicted => "evicted",
             StopReason::Reaped => "reaped",
             StopReason::Shutdown => "shutdown",
+            StopReason::Unlisted => "unlisted",
         }
     }
 }
@@ -615,6 +618,14 @@ impl Supervisor {
         next
     }
 
+    /// The series can never be ingested (its symbol is not listed): its job,
+    /// pinned or not, is removed with `Stop{Unlisted}` and not restarted.
+    pub fn end_unlisted(&mut self, series: &SeriesId, out: &mut Vec<Effect>) {
+        self.deadline_cache.set(None);
+        let base = self.normalize(series);
+        self.remove_job(&base, StopReason::Unlisted, out);
+    }
+
     /// Stops every job (`Stop{Shutdown}`, dead ones included, for their
     /// buffers) and refuses to start any afterwards.
     pub fn shutdown(&mut self, out: &mut Vec<Effect>) {
@@ -759,7 +770,8 @@ impl Supervisor {
     }
 }
 
-fn is_binance_interval(tf: Timeframe) -> bool {
+/// Whether the exchange serves klines of this interval (REST and streams).
+pub fn is_binance_interval(tf: Timeframe) -> bool {
     BINANCE_INTERVALS.iter().any(|(secs, _)| i64::from(*secs) == tf.seconds())
 }
 

@@ -93,6 +93,14 @@ pub fn parse_klines(body: &str) -> Result<(Vec<RestKline>, usize), String> {
     Ok((out, skipped))
 }
 
+/// The exchange's error code for a symbol it does not list.
+pub const INVALID_SYMBOL: i64 = -1121;
+
+/// The `code` of an exchange error body (`{"code":-1121,"msg":"Invalid symbol."}`).
+pub fn error_code(body: &str) -> Option<i64> {
+    serde_json::from_str::<Value>(body).ok()?.get("code")?.as_i64()
+}
+
 /// An exchange error body (`{"code":-1121,"msg":"Invalid symbol."}`) as text.
 pub fn error_text(status: u16, body: &str) -> String {
     match serde_json::from_str::<Value>(body) {
@@ -151,5 +159,7 @@ mod tests {
         assert_eq!(skipped, 2, "a short row and high < open");
         assert!(parse_klines("{}").is_err());
         assert_eq!(error_text(400, r#"{"code":-1121,"msg":"Invalid symbol."}"#), "HTTP 400: Invalid symbol. (code -1121)");
+        assert_eq!(error_code(r#"{"code":-1121,"msg":"Invalid symbol."}"#), Some(INVALID_SYMBOL));
+        assert_eq!(error_code("<html>"), None);
     }
 }

@@ -192,6 +192,9 @@ struct MarketCache {
     listings: Option<Cached<Vec<Listing>>>,
     /// Keyed by symbol id; looked up only, never iterated for output.
     tickers: Option<Cached<HashMap<String, Ticker>>>,
+    /// Every symbol exchangeInfo lists (any status or contract) as
+    /// `BASE/QUOTE`, fetched but not yet handed to the engine.
+    new_pairs: Option<Vec<String>>,
     in_flight: [bool; 2],
     /// No new fetch of that kind before this (after a failure or a 429/418).
     blocked_until: [Option<Instant>; 2],
@@ -323,6 +326,26 @@ impl Directory {
         out
     }
 
+    /// Whether `market`'s exchangeInfo should be fetched now to keep the
+    /// engine's symbol list fresh (missing or older than its TTL, not under
+    /// way, not refused recently); when so it is marked in flight.
+    pub fn symbol_list_due(&mut self, market: Market, now: Instant) -> bool {
+        let ttl = self.cfg.exchange_info_ttl;
+        let cache = &mut self.markets[market.index()];
+        let i = FetchKind::ExchangeInfo.index();
+        if cache.in_flight[i] || cache.blocked_until[i].is_some_and(|t| now < t) {
+            return false;
+        }
+        let stale = cache.fetched_at(FetchKind::ExchangeInfo).is_none_or(|at| now.saturating_duration_since(at) >= ttl);
+        cache.in_flight[i] |= stale;
+        stale
+    }
+
+    /// The symbols of the last exchangeInfo fetched, once (`BASE/QUOTE`).
+    pub fn take_new_pairs(&mut self, market: Market) -> Option<Vec<String>> {
+        self.markets[market.index()].new_pairs.take()
+    }
+
     /// True while a fetch for `market` is under way (answers wait for it).
     pub fn busy(&self, market: Market) -> bool {
         self.markets[market.index()].in_flight.iter().any(|f| *f)
@@ -359,8 +382,9 @@ impl Directory {
         cache.in_flight[i] = false;
         let parsed = match outcome {
             Ok((200, body, _)) => match kind {
-                FetchKind::ExchangeInfo => parse_exchange_info(market, body).map(|l| {
+                FetchKind::ExchangeInfo => parse_exchange_info(market, body).map(|(l, pairs)| {
                     cache.listings = Some(Cached { value: l, at: now });
+                    cache.new_pairs = Some(pairs);
                 }),
                 FetchKind::Tickers => parse_tickers(body).map(|t| {
                     cache.tickers = Some(Cached { value: t, at: now });
@@ -456,17 +480,23 @@ struct RawSymbol {
     contract_type: Option<String>,
 }
 
-/// TRADING symbols; on futures, PERPETUAL contracts only.
-fn parse_exchange_info(market: Market, body: &str) -> Result<Vec<Listing>, String> {
+/// The directory's listings (TRADING symbols; on futures, PERPETUAL contracts
+/// only) and every listed pair `BASE/QUOTE` (any status or contract: a
+/// symbol on a break still has history).
+fn parse_exchange_info(market: Market, body: &str) -> Result<(Vec<Listing>, Vec<String>), String> {
     let raw: RawExchangeInfo =
         serde_json::from_str(body).map_err(|e| format!("{}: unreadable exchangeInfo: {e}", market.as_str()))?;
-    Ok(raw
+    let mut pairs: Vec<String> = raw.symbols.iter().map(|s| format!("{}/{}", s.base_asset, s.quote_asset)).collect();
+    pairs.sort_unstable();
+    pairs.dedup();
+    let listings = raw
         .symbols
         .into_iter()
         .filter(|s| s.status == "TRADING")
         .filter(|s| market == Market::Spot || s.contract_type.as_deref() == Some("PERPETUAL"))
         .map(|s| Listing { symbol_id: s.symbol, base_asset: s.base_asset, quote_asset: s.quote_asset })
-        .collect())
+        .collect();
+    Ok((listings, pairs))
 }
 
 #[derive(Deserialize)]
@@ -656,9 +686,10 @@ mod tests {
             {"symbol":"BTCUSDT_250627","status":"TRADING","baseAsset":"BTC","quoteAsset":"USDT","contractType":"CURRENT_QUARTER"},
         ]})
         .to_string();
-        let l = parse_exchange_info(Market::Futures, &body).unwrap();
+        let (l, pairs) = parse_exchange_info(Market::Futures, &body).unwrap();
         assert_eq!(l.len(), 1);
-        assert_eq!(parse_exchange_info(Market::Spot, &body).unwrap().len(), 2);
+        assert_eq!(pairs, vec!["BTC/USDT".to_string()], "every listed pair, once, for the engine's symbol check");
+        assert_eq!(parse_exchange_info(Market::Spot, &body).unwrap().0.len(), 2);
     }
 
     #[test]

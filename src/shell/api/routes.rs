@@ -310,6 +310,10 @@ fn candles(req: &Request, engine: &Engine, cfg: &HttpConfig) -> Response {
         Ok(q) => q,
         Err(detail) => return Response::error(400, &detail),
     };
+    // A symbol its market does not list: 404, and no job is started for it.
+    if let Some(detail) = engine.unlisted_symbol(&query.series_id) {
+        return Response::error(404, &detail);
+    }
     match engine.read_candles(&query.series_id, query.since, query.limit) {
         Ok(reply) => ingest::serialized(200, &reply),
         Err(e) => Response::error(500, &format!("store_read_failed: {e}")),

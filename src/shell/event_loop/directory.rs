@@ -89,20 +89,39 @@ impl Server {
     /// start counts as failed at once.
     fn start_directory_fetches(&mut self, market: crate::model::Market, force: bool, client: bool) {
         for kind in self.directory.needed_for(market, force, client, self.mono) {
-            let base = self.cfg.rest_base_url(market);
-            let path = kind.path(market);
-            let limits = RestLimits { max_body_bytes: self.directory.config().max_body_bytes, ..RestLimits::default() };
-            let entry = self.conns.vacant_entry();
-            let token = Token(entry.key());
-            match RestConn::start(base, path, &self.tls, self.poll.registry(), token) {
-                Ok(conn) => {
-                    entry.insert(Conn::Directory { market, kind, conn: conn.with_limits(limits) });
-                    self.await_resolution(token.0);
-                }
-                Err(e) => {
-                    let reason = format!("GET {base}{path}: {e}");
-                    self.record_directory_fetch(market, kind, Err(reason));
-                }
+            self.start_directory_fetch(market, kind);
+        }
+    }
+
+    /// Keeps the engine's symbol lists fresh: each market's exchangeInfo is
+    /// fetched at start and again after its TTL (in the roles that run
+    /// ingest jobs; a `read` node starts none, so needs none).
+    pub(super) fn refresh_symbol_lists(&mut self) {
+        if !self.cfg.engine.supervisor.role.runs_ingest_jobs() || self.shutdown_at.is_some() {
+            return;
+        }
+        for market in [crate::model::Market::Spot, crate::model::Market::Futures] {
+            if self.directory.symbol_list_due(market, self.mono) {
+                self.start_directory_fetch(market, FetchKind::ExchangeInfo);
+            }
+        }
+    }
+
+    /// Starts one fetch the directory marked in flight.
+    fn start_directory_fetch(&mut self, market: crate::model::Market, kind: FetchKind) {
+        let base = self.cfg.rest_base_url(market);
+        let path = kind.path(market);
+        let limits = RestLimits { max_body_bytes: self.directory.config().max_body_bytes, ..RestLimits::default() };
+        let entry = self.conns.vacant_entry();
+        let token = Token(entry.key());
+        match RestConn::start(base, path, &self.tls, self.poll.registry(), token) {
+            Ok(conn) => {
+                entry.insert(Conn::Directory { market, kind, conn: conn.with_limits(limits) });
+                self.await_resolution(token.0);
+            }
+            Err(e) => {
+                let reason = format!("GET {base}{path}: {e}");
+                self.record_directory_fetch(market, kind, Err(reason));
             }
         }
     }
@@ -141,6 +160,10 @@ impl Server {
         match self.directory.on_fetched(market, kind, result, self.mono) {
             Ok(()) => self.log(LogLevel::Debug, &format!("market_directory_fetched path={path}")),
             Err(e) => self.log(LogLevel::Warn, &format!("market_directory_fetch_failed path={path} error={e:?}")),
+        }
+        // The engine checks subscribed symbols against the market's list.
+        if let Some(symbols) = self.directory.take_new_pairs(market) {
+            let _ = self.apply(crate::engine::Input::SymbolsListed { market, symbols });
         }
     }
 

@@ -50,6 +50,7 @@ impl Server {
         self.refresh_store_stats();
         self.expire_rest();
         self.expire_directory_fetches();
+        self.refresh_symbol_lists();
         if let Some(j) = self.journal.as_mut() {
             let _ = j.flush();
         }

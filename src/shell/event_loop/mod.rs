@@ -292,6 +292,7 @@ impl Server {
             ),
         );
         let _ = self.apply(Input::Start);
+        self.refresh_symbol_lists();
         let mut events = Events::with_capacity(1024);
         loop {
             let timeout = self.poll_timeout();

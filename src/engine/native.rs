@@ -1,0 +1,217 @@
+//! History of a derived timeframe from the exchange's own interval klines. A
+//! first visit to a derived series (`BTC/USDT:1h`), or a `since` older than
+//! what the store holds of it, fetches up to `first_visit_candles` candles of
+//! that timeframe (`interval=1h`) and stores them as that series' history;
+//! the live fold from the base timeframe carries on at the head. Folding
+//! 2,000 base minutes gives only 33 hours; the exchange's 1h klines give 2,000.
+//!
+//! One fill per derived series at a time (bounded by the derived series of
+//! running jobs); it logs `heal_started` and ends in `heal_done`,
+//! `heal_failed` or `heal_cancelled` like every heal. Its rows go through the
+//! same persist-then-publish path as every derived candle, where a bucket
+//! already stored is never written over (`drop_stored_derived`). Subscriptions
+//! waiting for it get their catch-up when it ends (or at the gate timeout).
+//! These are `Engine` methods. Never reads a clock.
+
+use super::flush::FlushSet;
+use super::series::SeriesIdx;
+use super::{Engine, LogLevel, RestPurpose, TimerKey};
+use crate::model::{Candle, SeriesId, Timeframe};
+use crate::wire::binance_rest as rest;
+use std::collections::BTreeSet;
+
+/// A running fill of one derived series.
+#[derive(Debug)]
+pub struct NativeFill {
+    /// The base job whose stream feeds the series live.
+    pub job: SeriesIdx,
+    pub tf: Timeframe,
+    pub to: i64,
+    pub next_from: i64,
+    pub request: Option<u64>,
+    pub stored: usize,
+}
+
+impl Engine {
+    /// A subscriber or reader asked for derived series `id`: fill its history
+    /// from the exchange's `id.timeframe()` klines when the store lacks the
+    /// last `first_visit_candles` of them (or what is older than `since`).
+    /// Returns whether a fill is running for it (its catch-up should wait).
+    pub(super) fn native_fill(&mut self, id: &SeriesId, since: Option<i64>) -> bool {
+        if !self.native_applies(id) {
+            return false;
+        }
+        let base = self.supervisor.normalize(id);
+        let Some(job) = self.series.lookup(base.as_str()).filter(|i| self.jobs.contains_key(i)) else { return false };
+        let idx = self.series.intern(id);
+        if self.native.contains_key(&idx) {
+            return true;
+        }
+        let tf = id.timeframe();
+        let latest = tf.expected_latest_closed(self.now.as_secs());
+        let mut from = latest - (self.cfg.heal.first_visit_candles.max(1) as i64 - 1) * tf.seconds();
+        if let Some(s) = since {
+            from = from.max(tf.bucket_open(s) + tf.seconds());
+        }
+        let to = match self.store.first_time(id.as_str()) {
+            Ok(None) => latest,
+            Ok(Some(first)) => first - tf.seconds(),
+            Err(_) => {
+                self.counters.store_read_errors += 1;
+                return false;
+            }
+        };
+        if from > to || to <= 0 {
+            return false;
+        }
+        let from = from.max(tf.seconds());
+        self.native.insert(idx, NativeFill { job, tf, to, next_from: from, request: None, stored: 0 });
+        self.counters.heals_started += 1;
+        self.log(LogLevel::Info, format!("heal_started series_id={id} from={from} to={to} reason=native_interval"));
+        let at = self.now.add(self.cfg.heal.gate_timeout);
+        self.timers.insert(at, TimerKey::ReleaseHeld(job));
+        self.request_native_page(idx);
+        self.native.contains_key(&idx)
+    }
+
+    /// A derived series of an interval the exchange serves, with healing on:
+    /// its history comes from the exchange's own klines of that interval.
+    pub(super) fn native_applies(&self, id: &SeriesId) -> bool {
+        self.cfg.heal.enabled
+            && super::supervisor::is_binance_interval(id.timeframe())
+            && self.supervisor.normalize(id) != *id
+    }
+
+    fn request_native_page(&mut self, idx: SeriesIdx) {
+        let Some(fill) = self.native.get(&idx) else { return };
+        let Some(j) = self.jobs.get(&fill.job) else { return };
+        let limit = rest::max_limit(j.market);
+        let symbol = rest::symbol_from_stream(&j.stream);
+        let path = rest::klines_path(j.market, &symbol, fill.tf, fill.next_from, fill.to, limit);
+        let weight = rest::klines_weight(j.market, limit);
+        let page_end = fill.to;
+        match self.rest.submit(j.market, path, weight, RestPurpose::Native { series: idx, page_end }) {
+            Some(id) => {
+                if let Some(f) = self.native.get_mut(&idx) {
+                    f.request = Some(id);
+                }
+            }
+            None => self.end_native(idx, Some("REST queue full".to_string())),
+        }
+    }
+
+    /// A page of a fill came back: store its closed rows, go on, or end.
+    pub(super) fn on_native_response(
+        &mut self,
+        id: u64,
+        idx: SeriesIdx,
+        page_end: i64,
+        result: Result<String, (Option<u16>, String)>,
+    ) {
+        let now_ms = (self.now.as_nanos() / 1_000_000) as i64;
+        let Some(fill) = self.native.get_mut(&idx).filter(|f| f.request == Some(id)) else { return };
+        fill.request = None;
+        let (job, tf, lo) = (fill.job, fill.tf.seconds(), fill.next_from);
+        let Some(market) = self.jobs.get(&job).map(|j| j.market) else { return };
+        let body = match result {
+            Ok(body) => body,
+            Err((Some(status), body)) => {
+                if rest::error_code(&body) == Some(rest::INVALID_SYMBOL) {
+                    self.end_native(idx, Some(rest::error_text(status, &body)));
+                    return self.on_symbol_refused(job);
+                }
+                return self.end_native(idx, Some(rest::error_text(status, &body)));
+            }
+            Err((None, reason)) => return self.end_native(idx, Some(reason)),
+        };
+        let (rows, skipped) = match rest::parse_klines(&body) {
+            Ok(parsed) => parsed,
+            Err(e) => return self.end_native(idx, Some(e)),
+        };
+        self.counters.rest_rows_skipped += skipped as u64;
+        // Closed rows of this page only (the newest row is often still forming).
+        let mut candles: Vec<Candle> = rows
+            .iter()
+            .filter(|r| r.candle.candle_time >= lo && r.candle.candle_time <= page_end && r.close_time_ms < now_ms)
+            .map(|r| r.candle)
+            .collect();
+        candles.sort_by_key(|c| c.candle_time);
+        candles.dedup_by_key(|c| c.candle_time);
+        let newest = rows.iter().map(|r| r.candle.candle_time).max();
+        let next_from = match newest {
+            Some(t) if rows.len() + skipped >= rest::max_limit(market) => t.max(lo) + tf,
+            _ => page_end + tf,
+        };
+        if !candles.is_empty() {
+            let n = candles.len();
+            let _ = self.persist_and_publish(vec![(idx, candles)], false);
+            if let Some(f) = self.native.get_mut(&idx) {
+                f.stored += n;
+            }
+        }
+        let Some(fill) = self.native.get_mut(&idx) else { return };
+        fill.next_from = next_from;
+        if fill.next_from > fill.to {
+            return self.end_native(idx, None);
+        }
+        self.request_native_page(idx);
+    }
+
+    /// Ends a fill (done or failed) and releases the catch-up waiting for it.
+    fn end_native(&mut self, idx: SeriesIdx, error: Option<String>) {
+        let Some(fill) = self.native.remove(&idx) else { return };
+        let name = self.series.get(idx).id.to_string();
+        self.counters.candles_healed += fill.stored as u64;
+        let line = match &error {
+            None => format!("heal_done series_id={name} candles={} reason=native_interval", fill.stored),
+            Some(e) => format!("heal_failed series_id={name} candles={} reason=native_interval error={e:?}", fill.stored),
+        };
+        self.log(if error.is_none() { LogLevel::Info } else { LogLevel::Warn }, line);
+        let now_s = self.now.as_secs();
+        self.hub.release_held(idx, now_s, &self.series, self.store.as_ref(), &mut self.outputs, &mut self.counters);
+    }
+
+    /// The job is going away: its fills end with `heal_cancelled`.
+    pub(super) fn cancel_native(&mut self, job: SeriesIdx, why: &str) {
+        let ended: Vec<SeriesIdx> = self.native.iter().filter(|(_, f)| f.job == job).map(|(i, _)| *i).collect();
+        if ended.is_empty() {
+            return;
+        }
+        self.rest.cancel_queued(|p| matches!(p, RestPurpose::Native { series, .. } if ended.contains(series)));
+        for idx in ended {
+            let Some(fill) = self.native.remove(&idx) else { continue };
+            let name = self.series.get(idx).id.to_string();
+            self.log(
+                LogLevel::Info,
+                format!("heal_cancelled series_id={name} candles={} reason=native_interval cause={why}", fill.stored),
+            );
+        }
+    }
+
+    /// A derived candle is never written over: candles of derived series in
+    /// `set` whose bucket is already stored are dropped (the first closed
+    /// value of a bucket stands, whichever path — live fold, a healed
+    /// rollup, the exchange's own interval kline — wrote it). Buckets newer
+    /// than the series' newest known close skip the store read.
+    pub(super) fn drop_stored_derived(&mut self, set: &mut FlushSet) {
+        for (idx, candles) in set.iter_mut() {
+            let (Some(first), Some(last)) = (candles.first().map(|c| c.candle_time), candles.last().map(|c| c.candle_time))
+            else {
+                continue;
+            };
+            let entry = self.series.get(*idx);
+            if entry.last_closed.is_some_and(|known| first > known) || self.supervisor.normalize(&entry.id) == entry.id {
+                continue;
+            }
+            let (lo, hi) = (first.min(last), first.max(last));
+            match self.store.read_range(entry.id.as_str(), lo, hi, usize::MAX) {
+                Ok(stored) => {
+                    let have: BTreeSet<i64> = stored.iter().map(|c| c.candle_time).collect();
+                    candles.retain(|c| !have.contains(&c.candle_time));
+                }
+                Err(_) => self.counters.store_read_errors += 1,
+            }
+        }
+        set.retain(|(_, c)| !c.is_empty());
+    }
+}
