@@ -209,15 +209,18 @@ struct RunArgs {
     /// Most kline streams on one upstream connection (capped at 1024)
     #[arg(long, value_name = "N", default_value = "200", help_heading = "Upstream")]
     streams_per_connection: String,
-    /// Control messages per second sent on one spot connection
-    #[arg(long, value_name = "N", default_value = "4", help_heading = "Upstream")]
+    /// Messages per second on one spot connection, evenly spaced, pongs included (Binance allows 5)
+    #[arg(long, value_name = "N", default_value = "2", help_heading = "Upstream")]
     control_rate_spot: String,
-    /// Control messages per second sent on one futures connection
-    #[arg(long, value_name = "N", default_value = "8", help_heading = "Upstream")]
+    /// Messages per second on one USD-M futures connection, evenly spaced, pongs included (Binance allows 10)
+    #[arg(long, value_name = "N", default_value = "5", help_heading = "Upstream")]
     control_rate_futures: String,
     /// Seconds without any frame before an upstream connection is replaced
     #[arg(long, value_name = "SECONDS", default_value = "60", help_heading = "Upstream")]
     upstream_silence_s: String,
+    /// Seconds without a kline frame on one live stream before it is resubscribed, logged (stream_stalled) and counted (0 = off)
+    #[arg(long, value_name = "SECONDS", default_value = "10", help_heading = "Upstream")]
+    stream_stall_s: String,
     /// Seconds after which an upstream connection is rotated (make-before-break, < 24 h)
     #[arg(long, value_name = "SECONDS", default_value = "82800", help_heading = "Upstream")]
     upstream_rotate_s: String,
@@ -648,6 +651,7 @@ fn build(l: &mut Layers<'_>, known: &[String]) -> Result<RunConfig, RunConfigErr
         spot_ws_url: l.value("spot_ws_url", |s| parse_url(s, WS_SCHEMES))?,
         futures_ws_url: l.value("futures_ws_url", |s| parse_url(s, WS_SCHEMES))?,
         upstream_silence_s: l.value("upstream_silence_s", parse_u64)?,
+        stream_stall_s: l.value("stream_stall_s", parse_u64)?,
         upstream_rotate_s: l.value("upstream_rotate_s", parse_u64)?,
         breaker_crash_budget: l.value("breaker_crash_budget", parse_u32)?,
         breaker_window_s: l.value("breaker_window_s", parse_u64)?,

@@ -22,9 +22,11 @@ pub mod guardrail;
 pub mod heal;
 pub mod hub;
 pub mod ingest;
+pub mod pacer;
 pub mod rate;
 pub mod rest;
 pub mod series;
+mod stall;
 pub mod supervisor;
 pub mod upstream;
 
@@ -54,6 +56,8 @@ pub struct EngineConfig {
     pub supervisor: SupervisorConfig,
     pub hub: HubConfig,
     pub upstream: UpstreamConfig,
+    /// A live stream with no kline frame for this long is resubscribed (0 = off).
+    pub stream_stall: Duration,
     /// Minimum spacing of forming updates per series (0 = every update).
     pub forming_interval: Duration,
     /// Flush the closed buffer when it holds this many candles.
@@ -76,12 +80,16 @@ enum TimerKey {
     Flush(SeriesIdx),
     /// Trailing edge of a forming throttle: job, throttle index (0 = base).
     Forming(SeriesIdx, u16),
-    /// Late-close watchdog of a job.
+    /// Late-close watchdog of a job (a newer candle is live, an older one never closed).
     Watchdog(SeriesIdx),
+    /// A job's current candle closed `late_close` ago by the clock: is it here?
+    CloseDue(SeriesIdx),
     /// Subscriptions held for a catch-up heal get their catch-up by then.
     ReleaseHeld(SeriesIdx),
     /// End of the current step: flush every job that asked (one transaction).
     FlushAll,
+    /// The earliest moment a live stream may have gone silent too long.
+    StallCheck,
 }
 
 /// Why a REST request was made.
@@ -135,6 +143,8 @@ pub struct Engine {
     /// Jobs whose buffers flush at the end of this step (`TimerKey::FlushAll`).
     /// Non-empty exactly while the FlushAll timer is armed.
     flush_pending: std::collections::BTreeSet<SeriesIdx>,
+    /// The stall-check timer and its deadline (see `stall.rs`).
+    stall_timer: Option<(Timestamp, crate::timer::TimerId)>,
     rest: rest::RestScheduler<RestPurpose>,
     heal_retry_at: Option<Timestamp>,
     rest_calls: Vec<rest::RestCall>,
@@ -165,6 +175,7 @@ impl Engine {
             timers: TimerWheel::new(now),
             backlog: StoreBacklog::new(cfg.store_backlog_max_candles),
             flush_pending: std::collections::BTreeSet::new(),
+            stall_timer: None,
             rest: rest::RestScheduler::new(cfg.rest.clone()),
             heal_retry_at: None,
             rest_calls: Vec::new(),
@@ -242,7 +253,7 @@ impl Engine {
                 Ok(())
             }
             Input::UpstreamPing { conn } => {
-                self.pool.on_activity(conn, self.now, false);
+                self.pool.on_ping(conn, self.now);
                 Ok(())
             }
             Input::UpstreamDisconnected { conn, reason } => {
@@ -317,8 +328,10 @@ impl Engine {
                 }
                 TimerKey::Forming(job, i) => self.fire_forming(job, i as usize),
                 TimerKey::Watchdog(job) => self.fire_watchdog(job),
+                TimerKey::CloseDue(job) => self.fire_close_due(job),
                 TimerKey::ReleaseHeld(job) => self.release_held(job),
                 TimerKey::FlushAll => self.flush_pending_jobs(),
+                TimerKey::StallCheck => self.fire_stall_check(),
             }
         }
         self.fired = fired;
