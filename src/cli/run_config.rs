@@ -993,6 +993,24 @@ mod tests {
     }
 
     #[test]
+    fn stream_stall_s_is_layered_and_reaches_the_engine() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write_file(&dir, "k.toml", "stream_stall_s = 30\n");
+        let env = [("KLINEGATE_STREAM_STALL_S", "20")];
+        let stall = |args: &[&str], env: &[(&str, &str)]| parse_with(args, env).unwrap().settings.stream_stall_s;
+        assert_eq!(stall(&[], &[]), 10);
+        assert_eq!(stall(&["--config", &file], &[]), 30);
+        assert_eq!(stall(&["--config", &file], &env), 20);
+        assert_eq!(stall(&["--config", &file, "--stream-stall-s", "5"], &env), 5);
+        let c = parse(&["--stream-stall-s", "0"]).unwrap();
+        assert_eq!(c.engine.stream_stall, crate::time::Duration::ZERO, "0 turns it off");
+        assert!(parse(&["--stream-stall-s", "soon"]).is_err());
+        // A journal header without the key (recorded before) replays with it off.
+        let old: Settings = serde_json::from_str(r#"{"pins":[]}"#).unwrap();
+        assert_eq!(old.stream_stall_s, 0);
+    }
+
+    #[test]
     fn pin_precedence_and_list_forms() {
         let dir = tempfile::tempdir().unwrap();
         let file = write_file(&dir, "k.toml", "pin = [\"binance:spot:ETH/USDT:1m\"]\n");
