@@ -213,15 +213,18 @@ struct RunArgs {
     /// Most kline streams on one upstream connection (capped at 1024)
     #[arg(long, value_name = "N", default_value = "200", help_heading = "Upstream")]
     streams_per_connection: String,
-    /// Control messages per second sent on one spot connection
-    #[arg(long, value_name = "N", default_value = "4", help_heading = "Upstream")]
+    /// Messages per second on one spot connection, evenly spaced, pongs included (Binance allows 5)
+    #[arg(long, value_name = "N", default_value = "2", help_heading = "Upstream")]
     control_rate_spot: String,
-    /// Control messages per second sent on one futures connection
-    #[arg(long, value_name = "N", default_value = "8", help_heading = "Upstream")]
+    /// Messages per second on one USD-M futures connection, evenly spaced, pongs included (Binance allows 10)
+    #[arg(long, value_name = "N", default_value = "5", help_heading = "Upstream")]
     control_rate_futures: String,
     /// Seconds without any frame before an upstream connection is replaced
     #[arg(long, value_name = "SECONDS", default_value = "60", help_heading = "Upstream")]
     upstream_silence_s: String,
+    /// Seconds without a kline frame on one live stream before it is resubscribed, logged (stream_stalled) and counted (0 = off)
+    #[arg(long, value_name = "SECONDS", default_value = "10", help_heading = "Upstream")]
+    stream_stall_s: String,
     /// Seconds after which an upstream connection is rotated (make-before-break, < 24 h)
     #[arg(long, value_name = "SECONDS", default_value = "82800", help_heading = "Upstream")]
     upstream_rotate_s: String,
@@ -659,6 +662,7 @@ fn build(l: &mut Layers<'_>, known: &[String]) -> Result<RunConfig, RunConfigErr
         spot_ws_url: l.value("spot_ws_url", |s| parse_url(s, WS_SCHEMES))?,
         futures_ws_url: l.value("futures_ws_url", |s| parse_url(s, WS_SCHEMES))?,
         upstream_silence_s: l.value("upstream_silence_s", parse_u64)?,
+        stream_stall_s: l.value("stream_stall_s", parse_u64)?,
         upstream_rotate_s: l.value("upstream_rotate_s", parse_u64)?,
         breaker_crash_budget: l.value("breaker_crash_budget", parse_u32)?,
         breaker_window_s: l.value("breaker_window_s", parse_u64)?,
@@ -1002,6 +1006,24 @@ mod tests {
         assert_eq!(parse(&["--config", &file, "--batch-max=200"]).unwrap().settings.batch_max, 200);
         // Env beats the default without a file.
         assert_eq!(parse_with(&[], &env).unwrap().settings.batch_max, 8);
+    }
+
+    #[test]
+    fn stream_stall_s_is_layered_and_reaches_the_engine() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write_file(&dir, "k.toml", "stream_stall_s = 30\n");
+        let env = [("KLINEGATE_STREAM_STALL_S", "20")];
+        let stall = |args: &[&str], env: &[(&str, &str)]| parse_with(args, env).unwrap().settings.stream_stall_s;
+        assert_eq!(stall(&[], &[]), 10);
+        assert_eq!(stall(&["--config", &file], &[]), 30);
+        assert_eq!(stall(&["--config", &file], &env), 20);
+        assert_eq!(stall(&["--config", &file, "--stream-stall-s", "5"], &env), 5);
+        let c = parse(&["--stream-stall-s", "0"]).unwrap();
+        assert_eq!(c.engine.stream_stall, crate::time::Duration::ZERO, "0 turns it off");
+        assert!(parse(&["--stream-stall-s", "soon"]).is_err());
+        // A journal header without the key (recorded before) replays with it off.
+        let old: Settings = serde_json::from_str(r#"{"pins":[]}"#).unwrap();
+        assert_eq!(old.stream_stall_s, 0);
     }
 
     #[test]

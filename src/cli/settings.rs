@@ -46,6 +46,11 @@ pub struct Settings {
     pub spot_ws_url: String,
     pub futures_ws_url: String,
     pub upstream_silence_s: u64,
+    /// A live stream with no kline frame for this long is resubscribed; 0 =
+    /// off. A journal without this key replays with it off, as recorded
+    /// before the core detected frozen streams.
+    #[serde(default)]
+    pub stream_stall_s: u64,
     pub upstream_rotate_s: u64,
     pub breaker_crash_budget: u32,
     pub breaker_window_s: u64,
@@ -82,11 +87,12 @@ impl Default for Settings {
             max_client_messages_per_s: 50,
             max_client_message_bytes: 64 << 10,
             streams_per_connection: 200,
-            control_rate_spot: 4,
-            control_rate_futures: 8,
+            control_rate_spot: 2,
+            control_rate_futures: 5,
             spot_ws_url: "wss://stream.binance.com:9443/stream".into(),
             futures_ws_url: "wss://fstream.binance.com/market/stream".into(),
             upstream_silence_s: 60,
+            stream_stall_s: 10,
             upstream_rotate_s: 23 * 3600,
             breaker_crash_budget: 5,
             breaker_window_s: 60,
@@ -213,6 +219,7 @@ impl Settings {
                 guardrail,
                 ..UpstreamConfig::default()
             },
+            stream_stall: Duration::from_secs(self.stream_stall_s),
             forming_interval: Duration::from_millis(self.forming_interval_ms),
             batch_max: positive("batch-max", self.batch_max as u64)? as usize,
             flush_interval: Duration::from_millis(positive("flush-ms", self.flush_ms)?),

@@ -14,7 +14,7 @@ use super::series::SeriesIdx;
 use super::{Engine, LogLevel, RestPurpose, TimerKey};
 use crate::model::Candle;
 use crate::wire::binance_rest as rest;
-use crate::time::Duration;
+use crate::time::{Duration, Timestamp};
 
 #[derive(Clone, Debug)]
 pub struct HealConfig {
@@ -173,13 +173,20 @@ impl Engine {
                     self.counters.rest_rows_skipped += skipped as u64;
                     let forming = j.latest_forming.map(|c| c.candle_time);
                     let now_ms = (now.as_nanos() / 1_000_000) as i64;
+                    let grace_ms = self.cfg.heal.late_close.as_millis() as i64;
                     let lo = task.next_from;
                     // Only candles whose close is past, inside the page, and older than
                     // the live forming candle are closed: the last row is often still open.
+                    // A candle closed longer than the late-close grace ago is closed even
+                    // if it is the last one the stream showed forming (its close never came).
                     task.rows.extend(
                         rows.iter()
                             .filter(|r| r.candle.candle_time >= lo && r.candle.candle_time <= page_end)
-                            .filter(|r| r.close_time_ms < now_ms && forming.is_none_or(|f| r.candle.candle_time < f))
+                            .filter(|r| {
+                                r.close_time_ms < now_ms
+                                    && (forming.is_none_or(|f| r.candle.candle_time < f)
+                                        || r.close_time_ms + grace_ms < now_ms)
+                            })
                             .map(|r| r.candle),
                     );
                     // A full page may have more behind it; anything shorter
@@ -412,6 +419,48 @@ impl Engine {
         if j.newest_closed() > i64::MIN && newest_open > j.newest_closed() + tf {
             j.watchdog = Some(self.timers.insert(now.add(delay), TimerKey::Watchdog(job)));
         }
+    }
+
+    /// Arms the clock watchdog at the close of the job's current candle plus
+    /// the grace, whatever frames arrive or not (at job start, every candle
+    /// before the current one is covered by the start heal).
+    pub(super) fn arm_close_due(&mut self, job: SeriesIdx) {
+        if !self.cfg.heal.enabled {
+            return;
+        }
+        let grace = self.cfg.heal.late_close;
+        let checked_at = Timestamp(self.now.0.saturating_sub(grace.0));
+        let Some(j) = self.jobs.get_mut(&job) else { return };
+        let tf = j.base_id.timeframe();
+        let current = tf.bucket_open(checked_at.as_secs());
+        if j.close_checked == i64::MIN {
+            j.close_checked = current - tf.seconds();
+        }
+        let at = Timestamp::from_secs((current + tf.seconds()).max(0) as u64).add(grace);
+        j.close_timer = Some(self.timers.insert(at, TimerKey::CloseDue(job)));
+    }
+
+    /// The clock watchdog: candles that closed `late_close` ago or more and
+    /// never arrived (no closing frame, maybe no frame at all) are fetched
+    /// over REST, once; then the next candle's close is watched.
+    pub(super) fn fire_close_due(&mut self, job: SeriesIdx) {
+        let grace = self.cfg.heal.late_close;
+        let checked_at = Timestamp(self.now.0.saturating_sub(grace.0));
+        let Some(j) = self.jobs.get_mut(&job) else { return };
+        j.close_timer = None;
+        let tf = j.base_id.timeframe();
+        let due = tf.expected_latest_closed(checked_at.as_secs());
+        let newest = j.newest_closed();
+        if due > j.close_checked {
+            let from = newest.max(j.close_checked).saturating_add(tf.seconds());
+            j.close_checked = due;
+            // A series with no history at all is the start heal's business.
+            if newest > i64::MIN && from <= due {
+                self.counters.late_close_fetches += 1;
+                self.start_heal(job, from, due, "late_close", false);
+            }
+        }
+        self.arm_close_due(job);
     }
 
     pub(super) fn fire_watchdog(&mut self, job: SeriesIdx) {

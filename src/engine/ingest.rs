@@ -157,6 +157,13 @@ pub struct Job {
     pub heal_state: HealState,
     /// Late-close watchdog timer.
     pub watchdog: Option<TimerId>,
+    /// The last kline frame (or the acknowledgement) of the live stream;
+    /// `None` while the stream is not live. See `engine/stall.rs`.
+    pub last_frame_at: Option<Timestamp>,
+    /// The clock-armed late-close check (`heal.rs`) and the newest open time
+    /// it has checked (candles up to it closed or were fetched).
+    pub close_timer: Option<TimerId>,
+    pub close_checked: i64,
     /// The stream was lost; heal when it is live again.
     pub lost: bool,
     /// A range a heal could not fill: retried later, ungated, with backoff.
@@ -216,6 +223,9 @@ impl Job {
             heal: None,
             heal_state: HealState { state: "idle", ..HealState::default() },
             watchdog: None,
+            last_frame_at: None,
+            close_timer: None,
+            close_checked: i64::MIN,
             lost: false,
             hole: None,
             pending_event_ms: None,

@@ -18,7 +18,8 @@ pub enum Input {
     ClientDisconnected { client: u64 },
     UpstreamConnected { conn: u64 },
     UpstreamText { conn: u64, text: String },
-    /// A WebSocket ping (answered by the shell) — proof the connection lives.
+    /// A WebSocket ping, already answered by the shell with a pong — proof the
+    /// connection lives, and a message counted against the exchange's limit.
     UpstreamPing { conn: u64 },
     UpstreamDisconnected { conn: u64, reason: String },
     /// `POST /api/market/ingest/candle_closed` (one candle) or the dev batch route.
@@ -114,6 +115,8 @@ pub struct Counters {
     pub heals_failed: u64,
     pub candles_healed: u64,
     pub late_close_fetches: u64,
+    /// Live streams resubscribed after delivering no frame for `stream_stall`.
+    pub stream_stalls: u64,
     pub late_closes_upserted: u64,
     pub rest_requests: u64,
     pub rest_failures: u64,

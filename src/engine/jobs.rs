@@ -70,6 +70,9 @@ impl Engine {
         self.counters.kline_frames += 1;
         if let Some(j) = self.jobs.get_mut(&job_idx) {
             j.pending_event_ms = Some(event.event_time_ms);
+            if j.last_frame_at.is_some() {
+                j.last_frame_at = Some(self.now);
+            }
         }
         let candle = event.candle;
         if event.is_final {
@@ -372,6 +375,7 @@ impl Engine {
         self.pool.attach(&stream, market, now, &mut self.outputs);
         self.load_gap_ledger(idx);
         self.heal_on_start(idx, head);
+        self.arm_close_due(idx);
     }
 
     fn make_fold(&self, base: &SeriesId) -> Option<DerivedFold> {
@@ -408,7 +412,7 @@ impl Engine {
                 self.timers.cancel(t);
             }
         }
-        if let Some(t) = job.watchdog {
+        for t in [job.watchdog, job.close_timer].into_iter().flatten() {
             self.timers.cancel(t);
         }
         self.stream_jobs[job.market.index()].remove(job.stream.as_bytes());
@@ -425,6 +429,7 @@ impl Engine {
                     if let Some(idx) = self.stream_jobs[market.index()].get(stream.as_bytes()).copied() {
                         let id = self.series.get(idx).id.clone();
                         self.supervisor.job_running(&id, self.now);
+                        self.stream_live(idx);
                         if self.jobs.get_mut(&idx).is_some_and(|j| std::mem::take(&mut j.lost)) {
                             self.heal_on_reconnect(idx);
                         }
@@ -436,6 +441,7 @@ impl Engine {
                         self.supervisor.job_failed(&id, self.now, reason);
                         if let Some(j) = self.jobs.get_mut(&idx) {
                             j.lost = true;
+                            j.last_frame_at = None;
                         }
                     }
                 }

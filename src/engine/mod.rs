@@ -24,9 +24,11 @@ pub mod histogram;
 pub mod hub;
 pub mod ingest;
 pub mod listing;
+pub mod pacer;
 pub mod rate;
 pub mod rest;
 pub mod series;
+mod stall;
 pub mod supervisor;
 pub mod upstream;
 
@@ -58,6 +60,8 @@ pub struct EngineConfig {
     pub supervisor: SupervisorConfig,
     pub hub: HubConfig,
     pub upstream: UpstreamConfig,
+    /// A live stream with no kline frame for this long is resubscribed (0 = off).
+    pub stream_stall: Duration,
     /// Minimum spacing of forming updates per series (0 = every update).
     pub forming_interval: Duration,
     /// Flush the closed buffer when it holds this many candles.
@@ -80,12 +84,16 @@ enum TimerKey {
     Flush(SeriesIdx),
     /// Trailing edge of a forming throttle: job, throttle index (0 = base).
     Forming(SeriesIdx, u16),
-    /// Late-close watchdog of a job.
+    /// Late-close watchdog of a job (a newer candle is live, an older one never closed).
     Watchdog(SeriesIdx),
+    /// A job's current candle closed `late_close` ago by the clock: is it here?
+    CloseDue(SeriesIdx),
     /// Subscriptions held for a catch-up heal get their catch-up by then.
     ReleaseHeld(SeriesIdx),
     /// End of the current step: flush every job that asked (one transaction).
     FlushAll,
+    /// The earliest moment a live stream may have gone silent too long.
+    StallCheck,
 }
 
 /// Why a REST request was made.
@@ -159,6 +167,8 @@ pub struct Engine {
     /// Jobs whose buffers flush at the end of this step (`TimerKey::FlushAll`).
     /// Non-empty exactly while the FlushAll timer is armed.
     flush_pending: std::collections::BTreeSet<SeriesIdx>,
+    /// The stall-check timer and its deadline (see `stall.rs`).
+    stall_timer: Option<(Timestamp, crate::timer::TimerId)>,
     rest: rest::RestScheduler<RestPurpose>,
     /// Symbols each market lists (or refused), handed in by the shell.
     listings: listing::Listings,
@@ -193,6 +203,7 @@ impl Engine {
             timers: TimerWheel::new(now),
             backlog: StoreBacklog::new(cfg.store_backlog_max_candles),
             flush_pending: std::collections::BTreeSet::new(),
+            stall_timer: None,
             rest: rest::RestScheduler::new(cfg.rest.clone()),
             listings: listing::Listings::default(),
             native: std::collections::BTreeMap::new(),
@@ -272,7 +283,7 @@ impl Engine {
                 Ok(())
             }
             Input::UpstreamPing { conn } => {
-                self.pool.on_activity(conn, self.now, false);
+                self.pool.on_ping(conn, self.now);
                 Ok(())
             }
             Input::UpstreamDisconnected { conn, reason } => {
@@ -352,8 +363,10 @@ impl Engine {
                 }
                 TimerKey::Forming(job, i) => self.fire_forming(job, i as usize),
                 TimerKey::Watchdog(job) => self.fire_watchdog(job),
+                TimerKey::CloseDue(job) => self.fire_close_due(job),
                 TimerKey::ReleaseHeld(job) => self.release_held(job),
                 TimerKey::FlushAll => self.flush_pending_jobs(),
+                TimerKey::StallCheck => self.fire_stall_check(),
             }
         }
         self.fired = fired;

@@ -1,8 +1,10 @@
 //! The upstream pool: which exchange connections exist, which kline streams
 //! each carries, and the control traffic that keeps them so. Streams of one
 //! market share connections (combined stream + live SUBSCRIBE/UNSUBSCRIBE), at
-//! most `streams_per_connection` each; control messages are paced under the
-//! exchange's per-connection rate; connection attempts are paced under the
+//! most `streams_per_connection` each; control messages batch many stream
+//! names each and are spaced evenly under the exchange's per-connection rate,
+//! pongs counted ([`Pacer`]); a stream that went silent on a live connection
+//! is resubscribed on request; connection attempts are paced under the
 //! per-IP budget; lost connections come back with exponential backoff and
 //! seeded jitter; connections are rotated make-before-break before the 24 h
 //! cut-off; a silent connection is replaced.
@@ -11,6 +13,7 @@
 //! to the engine as [`PoolEvent`]s. It never touches a socket or a clock.
 
 use super::guardrail::{Guardrail, GuardrailConfig};
+use super::pacer::Pacer;
 use super::Output;
 use crate::model::Market;
 use crate::wire::binance;
@@ -23,7 +26,8 @@ pub struct UpstreamConfig {
     pub spot_url: String,
     pub futures_url: String,
     pub streams_per_connection: usize,
-    /// Control messages per rolling second, per connection.
+    /// Messages per second, evenly spaced, per connection: SUBSCRIBE and
+    /// UNSUBSCRIBE plus the pongs answering the exchange's pings.
     pub control_rate_spot: usize,
     pub control_rate_futures: usize,
     /// Stream names per SUBSCRIBE/UNSUBSCRIBE message.
@@ -45,8 +49,8 @@ impl Default for UpstreamConfig {
             spot_url: "wss://stream.binance.com:9443/stream".into(),
             futures_url: "wss://fstream.binance.com/market/stream".into(),
             streams_per_connection: 200,
-            control_rate_spot: 4,
-            control_rate_futures: 8,
+            control_rate_spot: 2,
+            control_rate_futures: 5,
             names_per_request: 200,
             silence_timeout: Duration::from_secs(60),
             rotate_after: Duration::from_secs(23 * 3600),
@@ -93,7 +97,9 @@ struct Conn {
     to_unsubscribe: VecDeque<String>,
     inflight: BTreeMap<u64, (Method, Vec<String>)>,
     acked: BTreeSet<String>,
-    sent_at: VecDeque<Timestamp>,
+    pacer: Pacer,
+    /// The kind of the last control message sent (SUBSCRIBE and UNSUBSCRIBE take turns).
+    last_method: Method,
     /// This connection replaces `replaces` (rotation) and takes its streams once live.
     replaces: Option<u64>,
     /// A replacement is being opened for this connection.
@@ -278,7 +284,8 @@ impl UpstreamPool {
             to_unsubscribe: VecDeque::new(),
             inflight: BTreeMap::new(),
             acked: BTreeSet::new(),
-            sent_at: VecDeque::new(),
+            pacer: Pacer::new(self.rate(market)),
+            last_method: Method::Subscribe,
             replaces: None,
             replaced_by: None,
             received_data: false,
@@ -290,6 +297,13 @@ impl UpstreamPool {
         };
         out.push_back(Output::UpstreamConnect { conn: id, market, url });
         Some(id)
+    }
+
+    fn rate(&self, market: Market) -> usize {
+        match market {
+            Market::Spot => self.cfg.control_rate_spot,
+            Market::Futures => self.cfg.control_rate_futures,
+        }
     }
 
     fn close(&mut self, id: u64, reason: &str, out: &mut VecDeque<Output>) {
@@ -325,6 +339,35 @@ impl UpstreamPool {
                 self.markets[conn.market.index()].guardrail.on_success();
             }
         }
+    }
+
+    /// The exchange pinged the connection and the shell answered with a pong
+    /// at once: the pong counts against the same message limit, so the next
+    /// paced message waits a full gap after it.
+    pub fn on_ping(&mut self, id: u64, now: Timestamp) {
+        self.on_activity(id, now, false);
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.pacer.sent(now);
+        }
+    }
+
+    /// A stream delivered nothing for too long while its connection lives:
+    /// UNSUBSCRIBE then SUBSCRIBE it again on the same connection (paced like
+    /// any control message). `StreamLive` follows the new acknowledgement.
+    /// Returns false when no open connection carries the stream acknowledged
+    /// (it is being (re)subscribed already).
+    pub fn resubscribe(&mut self, stream: &str, market: Market, now: Timestamp, out: &mut VecDeque<Output>) -> bool {
+        let holder = self.conns.iter().find(|(_, c)| {
+            c.market == market && c.state == ConnState::Open && c.streams.contains(stream) && c.acked.contains(stream)
+        });
+        let Some(id) = holder.map(|(id, _)| *id) else { return false };
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.acked.remove(stream);
+            conn.to_unsubscribe.push_back(stream.to_string());
+            conn.to_subscribe.push_back(stream.to_string());
+        }
+        self.pump(id, now, out);
+        true
     }
 
     /// A control response (`{"result":…,"id":…}` or an error) arrived.
@@ -445,46 +488,45 @@ impl UpstreamPool {
         }
     }
 
-    /// Sends queued control messages while the rate window allows.
+    /// Sends the next queued control message if the pacer allows: every name
+    /// queued (up to `names_per_request`) goes in that one message, so a burst
+    /// of new streams costs one message per gap, not one per stream.
     fn pump(&mut self, id: u64, now: Timestamp, out: &mut VecDeque<Output>) {
-        let rate_for = |m: Market, cfg: &UpstreamConfig| match m {
-            Market::Spot => cfg.control_rate_spot,
-            Market::Futures => cfg.control_rate_futures,
-        };
         let per_msg = self.cfg.names_per_request.max(1);
         let Some(conn) = self.conns.get_mut(&id) else { return };
-        if conn.state != ConnState::Open {
+        if conn.state != ConnState::Open || !conn.pacer.ready(now) {
             return;
         }
-        let rate = rate_for(conn.market, &self.cfg).max(1);
-        loop {
-            while conn.sent_at.front().is_some_and(|t| now.since(*t) >= Duration::from_secs(1)) {
-                conn.sent_at.pop_front();
+        // Both kinds waiting: they take turns (neither starves under churn),
+        // except that a stream waiting for both is unsubscribed first.
+        let unsubscribe_first = match (conn.to_unsubscribe.is_empty(), conn.to_subscribe.is_empty()) {
+            (true, true) => return,
+            (false, true) => true,
+            (true, false) => false,
+            (false, false) => {
+                conn.last_method == Method::Subscribe
+                    || conn.to_subscribe.iter().any(|s| conn.to_unsubscribe.contains(s))
             }
-            if conn.sent_at.len() >= rate {
-                return;
-            }
-            let (method, queue) = if !conn.to_unsubscribe.is_empty() {
-                (Method::Unsubscribe, &mut conn.to_unsubscribe)
-            } else if !conn.to_subscribe.is_empty() {
-                (Method::Subscribe, &mut conn.to_subscribe)
-            } else {
-                return;
-            };
-            let n = queue.len().min(per_msg);
-            let names: Vec<String> = queue.drain(..n).collect();
-            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-            let request = self.next_request;
-            self.next_request += 1;
-            let text = match method {
-                Method::Subscribe => binance::subscribe_request(request, &refs),
-                Method::Unsubscribe => binance::unsubscribe_request(request, &refs),
-            };
-            conn.inflight.insert(request, (method, names));
-            conn.sent_at.push_back(now);
-            self.control_sent += 1;
-            out.push_back(Output::UpstreamSend { conn: id, text });
-        }
+        };
+        let (method, queue) = if unsubscribe_first {
+            (Method::Unsubscribe, &mut conn.to_unsubscribe)
+        } else {
+            (Method::Subscribe, &mut conn.to_subscribe)
+        };
+        let n = queue.len().min(per_msg);
+        let names: Vec<String> = queue.drain(..n).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let request = self.next_request;
+        self.next_request += 1;
+        let text = match method {
+            Method::Subscribe => binance::subscribe_request(request, &refs),
+            Method::Unsubscribe => binance::unsubscribe_request(request, &refs),
+        };
+        conn.inflight.insert(request, (method, names));
+        conn.last_method = method;
+        conn.pacer.sent(now);
+        self.control_sent += 1;
+        out.push_back(Output::UpstreamSend { conn: id, text });
     }
 
     /// The earliest time `on_timeout` has something to do.
@@ -500,14 +542,8 @@ impl UpstreamPool {
                 consider(opened.add(self.cfg.rotate_after));
             }
             let queued = !c.to_subscribe.is_empty() || !c.to_unsubscribe.is_empty();
-            let rate = match c.market {
-                Market::Spot => self.cfg.control_rate_spot,
-                Market::Futures => self.cfg.control_rate_futures,
-            };
-            if queued && c.state == ConnState::Open && c.sent_at.len() >= rate.max(1) {
-                if let Some(front) = c.sent_at.front() {
-                    consider(front.add(Duration::from_secs(1)));
-                }
+            if queued && c.state == ConnState::Open {
+                consider(c.pacer.ready_at());
             }
         }
         for ms in &self.markets {

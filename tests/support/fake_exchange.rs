@@ -95,6 +95,11 @@ pub struct FakeOptions {
     pub pong_timeout: Option<Duration>,
     /// Start of the fake clock in ms since the epoch; default: the wall clock.
     pub clock_start_ms: Option<i64>,
+    /// Network delay variation on the way in: each message is seen by the rate
+    /// limit up to this much later than it was read (a seeded pseudo-random
+    /// amount per message, order kept), so messages sent evenly can arrive
+    /// bunched, as over a real network. Zero: seen when read.
+    pub arrival_jitter: Duration,
 }
 
 impl Default for FakeOptions {
@@ -106,6 +111,7 @@ impl Default for FakeOptions {
             ping_interval: None,
             pong_timeout: None,
             clock_start_ms: None,
+            arrival_jitter: Duration::ZERO,
         }
     }
 }
@@ -655,6 +661,9 @@ struct State {
     outbound_overflow: u64,
     synth: BTreeMap<String, SynthCandle>,
     cadence: BTreeSet<String>,
+    /// Streams whose frames are withheld (the connection, pings and replies go
+    /// on) until a client SUBSCRIBEs to them again: a frozen stream.
+    frozen: BTreeSet<String>,
     workers: Vec<JoinHandle<()>>,
 }
 
@@ -686,6 +695,9 @@ impl State {
     /// Sends `data` to every connection subscribed to `stream`, wrapped or raw
     /// per connection. Returns how many connections it was queued for.
     fn push_data(&mut self, stream: &str, data: &str) -> usize {
+        if self.frozen.contains(stream) {
+            return 0;
+        }
         let targets: Vec<(u64, bool)> = self
             .conns
             .values()
@@ -709,6 +721,9 @@ impl State {
     }
 
     fn push_text_to_subscribers(&mut self, stream: &str, text: &str) -> usize {
+        if self.frozen.contains(stream) {
+            return 0;
+        }
         let targets: Vec<u64> = self
             .conns
             .values()
@@ -1133,6 +1148,18 @@ impl FakeExchange {
     /// replies) and nothing is read, so the client sees a stalled exchange.
     pub fn set_silent(&self, silent: bool) {
         self.shared.silent.store(silent, Ordering::SeqCst);
+    }
+
+    /// Freezes `stream`: its frames are dropped while the connection stays open,
+    /// pings continue and control requests are answered, until a client sends a
+    /// SUBSCRIBE naming it (a resubscription thaws it, as it does on Binance).
+    pub fn freeze_stream(&self, stream: &str) {
+        self.shared.state().frozen.insert(stream.to_string());
+    }
+
+    /// Whether `stream` is still frozen (no SUBSCRIBE for it since `freeze_stream`).
+    pub fn is_frozen(&self, stream: &str) -> bool {
+        self.shared.state().frozen.contains(stream)
     }
 
     /// `true`: accept TCP and close at once. `false`: normal service.
@@ -1716,6 +1743,10 @@ struct Conn {
     ws: WebSocket<ServerStream>,
     rx: Receiver<Outbound>,
     recent: VecDeque<Instant>,
+    /// When the previous message was seen (arrivals keep their order) and the
+    /// state of the jitter generator.
+    last_arrival: Option<Instant>,
+    jitter_seed: u64,
     outstanding_pings: Vec<(Vec<u8>, usize, Instant)>,
     next_ping: Option<Instant>,
     closing_until: Option<Instant>,
@@ -1748,6 +1779,8 @@ impl Conn {
             ws,
             rx,
             recent: VecDeque::new(),
+            last_arrival: None,
+            jitter_seed: id.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
             outstanding_pings: Vec::new(),
             next_ping,
             closing_until: None,
@@ -1923,7 +1956,7 @@ impl Conn {
             Message::Close(_) => (IncomingKind::Close, String::new()),
             Message::Frame(_) => return,
         };
-        let now = Instant::now();
+        let now = self.arrival(Instant::now());
         self.record_incoming(kind, text, now);
         if self.closing_until.is_some() {
             return;
@@ -1945,6 +1978,21 @@ impl Conn {
             // tungstenite answers pings itself and the close handshake too.
             _ => {}
         }
+    }
+
+    /// When the exchange sees a message read at `read_at` (see `arrival_jitter`).
+    fn arrival(&mut self, read_at: Instant) -> Instant {
+        let max = self.shared.opts.arrival_jitter.as_micros() as u64;
+        let mut at = read_at;
+        if max > 0 {
+            self.jitter_seed ^= self.jitter_seed << 13;
+            self.jitter_seed ^= self.jitter_seed >> 7;
+            self.jitter_seed ^= self.jitter_seed << 17;
+            at += Duration::from_micros(self.jitter_seed % (max + 1));
+        }
+        let at = self.last_arrival.map_or(at, |last| at.max(last));
+        self.last_arrival = Some(at);
+        at
     }
 
     fn record_incoming(&self, kind: IncomingKind, text: String, at: Instant) {
@@ -2105,7 +2153,11 @@ impl Conn {
                     entry.info.subscriptions.push(name.clone());
                 }
             }
-            entry.info.subscriptions.len()
+            let total = entry.info.subscriptions.len();
+            for name in names {
+                state.frozen.remove(name);
+            }
+            total
         };
         if total > max {
             self.shared.state().violation(

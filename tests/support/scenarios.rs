@@ -130,7 +130,9 @@ pub fn reconnect_backoff() -> String {
 /// Every connection attempt fails at once until the breaker has opened twice;
 /// then the half-open probe connects and delivers data. Recorded reactively.
 pub fn breaker_open_then_half_open_recovers() -> String {
-    let settings = Settings { pins: vec![BTC1.into()], derived: "".into(), heal: false, ..Settings::default() };
+    // Scripted streams are quieter than Binance's (no frame every 1-2 s): no stall checks.
+    let settings =
+        Settings { pins: vec![BTC1.into()], derived: "".into(), heal: false, stream_stall_s: 0, ..Settings::default() };
     let start = Timestamp::from_secs(T0 as u64);
     let mut rec = Recorder::new(settings, start);
     let mut outs = rec.handle(start, Input::Start);
@@ -279,6 +281,8 @@ fn heal_settings(first_visit: usize, derived: &str) -> Settings {
         derived: derived.into(),
         heal_first_visit_candles: first_visit,
         upstream_silence_s: 3600,
+        // Scripted streams are quieter than Binance's (no frame every 1-2 s): no stall checks.
+        stream_stall_s: 0,
         ..Settings::default()
     }
 }

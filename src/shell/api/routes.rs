@@ -362,6 +362,11 @@ fn metrics(engine: &Engine, stats: &ShellStats) -> Response {
     engine_gauges(&mut m, &g);
     m.counter("upstream_frames_total", "Exchange frames the engine handled.", c.upstream_frames);
     m.counter("upstream_kline_frames_total", "Exchange kline frames parsed.", c.kline_frames);
+    m.counter(
+        "stream_stalls_total",
+        "Live kline streams resubscribed after no frame for --stream-stall-s.",
+        c.stream_stalls,
+    );
     m.family("upstream_rejects_total", "counter", "Exchange frames rejected, by reason.");
     for (kind, n) in &c.upstream_rejects_by_kind {
         m.sample("upstream_rejects_total", &[("kind", kind)], *n as f64);
