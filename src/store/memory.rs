@@ -116,6 +116,13 @@ impl Store for MemoryStore {
         Ok(tail)
     }
 
+    fn tail_start(&self, series_id: &str, count: usize) -> StoreResult<Option<i64>> {
+        let Some(rows) = self.rows(series_id) else {
+            return Ok(None);
+        };
+        Ok(rows.keys().rev().take(count).last().copied())
+    }
+
     fn read_after(&self, series_id: &str, since: i64, limit: usize) -> StoreResult<Vec<Candle>> {
         let Some(rows) = self.rows(series_id) else {
             return Ok(Vec::new());
