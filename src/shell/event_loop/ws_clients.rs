@@ -142,6 +142,8 @@ impl Server {
         }
         self.ready_clients = ready;
         self.frames = frames;
+        // A drained queue may have asked for the next catch-up page.
+        self.drain_outputs();
     }
 
     pub(super) fn close_client(&mut self, client: u64, code: u16, reason: &str) {
