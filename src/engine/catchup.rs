@@ -195,3 +195,106 @@ impl CatchUp {
         Step::More
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::settings::Settings;
+    use crate::engine::{Engine, Input, Output};
+    use crate::model::{Candle, Timeframe};
+    use crate::store::MemoryStore;
+    use crate::time::Timestamp;
+
+    fn candles(times: &[i64]) -> StoreReadResult {
+        StoreReadResult::Candles(
+            times.iter().map(|t| Candle { candle_time: *t, open: 1.0, high: 2.0, low: 0.5, close: 1.5, volume: 1.0 }).collect(),
+        )
+    }
+
+    fn ctx() -> PageCtx<'static> {
+        PageCtx { name: "binance:spot:BTC/USDT:1m", tf: 60, supports_batch: false, window: ClosedWindow::new(1_000_000, Timeframe::M1, None) }
+    }
+
+    fn after(q: &StoreQuery) -> Option<(i64, usize)> {
+        match q {
+            StoreQuery::After { after, limit, .. } => Some((*after, *limit)),
+            StoreQuery::TailStart { .. } => None,
+        }
+    }
+
+    /// The race the effect opens: a live candle is published (and skipped)
+    /// while a page is in flight; the short page predates it, so it is read again.
+    #[test]
+    fn a_page_in_flight_when_a_live_candle_was_skipped_is_read_again() {
+        let (mut cursor, mut frames, mut counters) = (Some(0), Vec::new(), Counters::default());
+        let mut c = CatchUp::new(Some(0), 5000);
+        assert_eq!(after(&c.query(StoreOp(0), "s", 500)), Some((0, 500)));
+        c.skipped_live(180);
+        assert_eq!(c.answer(candles(&[60, 120]), &ctx(), &mut cursor, &mut frames, &mut counters), Step::More);
+        assert_eq!((cursor, frames.len()), (Some(120), 2));
+        assert_eq!(after(&c.query(StoreOp(1), "s", 500)), Some((120, 500)), "read again from the cursor");
+        assert_eq!(c.answer(candles(&[180]), &ctx(), &mut cursor, &mut frames, &mut counters), Step::Done);
+        assert_eq!((cursor, frames.len(), c.sent), (Some(180), 3, 3));
+    }
+
+    #[test]
+    fn pages_continue_while_full_and_the_tail_starts_where_the_store_says() {
+        let (mut cursor, mut frames, mut counters) = (None, Vec::new(), Counters::default());
+        let mut c = CatchUp::new(None, 5);
+        assert!(matches!(c.query(StoreOp(0), "s", 2), StoreQuery::TailStart { count: 5, .. }));
+        assert_eq!(c.answer(StoreReadResult::TailStart(Some(600)), &ctx(), &mut cursor, &mut frames, &mut counters), Step::More);
+        assert_eq!(after(&c.query(StoreOp(1), "s", 2)), Some((599, 2)));
+        assert_eq!(c.answer(candles(&[600, 660]), &ctx(), &mut cursor, &mut frames, &mut counters), Step::More);
+        assert_eq!(after(&c.query(StoreOp(2), "s", 2)), Some((660, 2)));
+        assert_eq!(c.answer(candles(&[720, 780]), &ctx(), &mut cursor, &mut frames, &mut counters), Step::More);
+        assert_eq!(after(&c.query(StoreOp(3), "s", 2)), Some((780, 1)), "the limit caps the last page");
+        assert_eq!(c.answer(candles(&[840]), &ctx(), &mut cursor, &mut frames, &mut counters), Step::Done);
+        assert_eq!((cursor, frames.len(), counters.catchup_candles), (Some(840), 5, 5));
+    }
+
+    #[test]
+    fn a_failed_read_ends_the_catchup_with_an_unavailable_error() {
+        let (mut cursor, mut frames, mut counters) = (Some(0), Vec::new(), Counters::default());
+        let mut c = CatchUp::new(Some(0), 5000);
+        c.query(StoreOp(0), "s", 500);
+        let failed = StoreReadResult::Failed("store read_after failed: disk I/O error".into());
+        assert_eq!(c.answer(failed, &ctx(), &mut cursor, &mut frames, &mut counters), Step::Done);
+        let text = String::from_utf8(frames[0].to_vec()).unwrap();
+        assert!(text.contains("\"unavailable\"") && text.contains("disk I/O error"), "{text}");
+        assert_eq!(counters.store_read_errors, 1);
+    }
+
+    /// An answer to a read made for an earlier subscription (the client
+    /// re-subscribed meanwhile) is dropped; the new catch-up reads for itself.
+    #[test]
+    fn a_stale_answer_after_a_resubscribe_is_dropped() {
+        let settings = Settings { pins: vec![], heal: false, ..Settings::default() };
+        let now = Timestamp::from_secs(10_000);
+        let mut e = Engine::new(settings.to_engine_config().unwrap(), Box::new(MemoryStore::new()), now);
+        let sub = |since: i64| Input::ClientText {
+            client: 1,
+            text: format!(r#"{{"type":"subscribe","series_id":"binance:spot:BTC/USDT:1m","since":{since}}}"#),
+        };
+        let reads = |e: &mut Engine| -> Vec<(StoreOp, StoreQuery)> {
+            std::iter::from_fn(|| e.poll_output())
+                .filter_map(|o| match o {
+                    Output::ReadStore { op, query } => Some((op, query)),
+                    _ => None,
+                })
+                .collect()
+        };
+        e.handle(Input::ClientConnected { client: 1 }, now).unwrap();
+        e.handle(sub(60), now).unwrap();
+        let first = reads(&mut e);
+        assert_eq!(first.len(), 1);
+        e.handle(sub(600), now).unwrap();
+        assert_eq!(reads(&mut e), vec![], "one read in flight per client");
+        e.handle(Input::StoreRead { op: first[0].0, result: candles(&[120, 180]) }, now).unwrap();
+        let next = reads(&mut e);
+        assert_eq!(next.len(), 1);
+        assert_eq!(after(&next[0].1), Some((600, 500)), "the new subscription's own read");
+        let mut frames = Vec::new();
+        e.take_client_frames(1, &mut frames);
+        assert!(frames.is_empty(), "nothing from the stale page");
+    }
+}
