@@ -120,7 +120,11 @@ impl Store for MemoryStore {
         let Some(rows) = self.rows(series_id) else {
             return Ok(None);
         };
-        Ok(rows.keys().rev().take(count).last().copied())
+        if count == 0 {
+            return Ok(None);
+        }
+        // Fewer rows than asked: the tail is all of them.
+        Ok(rows.keys().nth_back(count - 1).or_else(|| rows.keys().next()).copied())
     }
 
     fn read_after(&self, series_id: &str, since: i64, limit: usize) -> StoreResult<Vec<Candle>> {
