@@ -413,6 +413,7 @@ impl Hub {
         if let Some((catchup, since, batch, cursor)) = done {
             // The newest forming update held back meanwhile, if still ahead.
             if let Some((_, frame)) = catchup.forming.filter(|(t, _)| cursor.is_none_or(|c| *t > c)) {
+                counters.frames_forming += 1;
                 match self.enqueue(slot, frame, false, out) {
                     Some(seq) => {
                         if let Some(sub) = self.sub_mut(slot, idx) {

@@ -5,6 +5,8 @@
 //!
 //! It never takes frames from the engine for a client whose socket is backed
 //! up: the backlog stays in the engine's bounded queue (slow-consumer policy).
+//! A take may make the engine ask for the client's next catch-up page
+//! (`ReadStore`), so outputs are drained after the takes of a turn.
 
 use super::{Conn, Server, CLIENT_READ_BUDGET};
 use crate::engine::{Input, LogLevel};
