@@ -92,8 +92,10 @@ fn engine_with_clients(clients: u64) -> (Engine, u64) {
 fn drain_all(e: &mut Engine, frames: &mut Vec<klinegate::engine::hub::Frame>) -> usize {
     frames.clear();
     while let Some(out) = e.poll_output() {
-        if let Output::ClientReady { client } = out {
-            e.take_client_frames(client, frames);
+        match out {
+            Output::ClientReady { client } => e.take_client_frames(client, frames),
+            Output::ReadStore { op, query } => e.answer_read_from_own_store(op, &query, e.now()),
+            _ => {}
         }
     }
     frames.len()

@@ -104,11 +104,15 @@ fn engine_batch(kind: Kind, derived: &str) -> (f64, usize) {
             e.handle_timeout(now);
         }
         while let Some(out) = e.poll_output() {
-            if let Output::ClientReady { client } = out {
-                e.take_client_frames(client, &mut frames);
-                delivered += frames.len();
-                black_box(&frames);
-                frames.clear();
+            match out {
+                Output::ClientReady { client } => {
+                    e.take_client_frames(client, &mut frames);
+                    delivered += frames.len();
+                    black_box(&frames);
+                    frames.clear();
+                }
+                Output::ReadStore { op, query } => e.answer_read_from_own_store(op, &query, e.now()),
+                _ => {}
             }
         }
     }

@@ -161,8 +161,10 @@ fn slow_consumer_is_closed_and_others_keep_receiving() {
         let candle = klinegate::model::Candle { candle_time: 60 * k, open: 1.0, high: 2.0, low: 0.5, close: 1.5, volume: 1.0 };
         e.handle(Input::IngestClosed { series_id: s.into(), candles: vec![candle] }, now).unwrap();
         while let Some(o) = e.poll_output() {
-            if let Output::ClientClose { client, code, reason } = o {
-                closed.push((client, code, reason));
+            match o {
+                Output::ClientClose { client, code, reason } => closed.push((client, code, reason)),
+                Output::ReadStore { op, query } => e.answer_read_from_own_store(op, &query, now),
+                _ => {}
             }
         }
         e.take_client_frames(2, &mut fast_frames); // client 2 reads; client 1 never does

@@ -36,6 +36,7 @@ fn drain(e: &mut Engine, now: Timestamp, conns: &mut Vec<(u64, Market)>) {
                 let v: Value = serde_json::from_str(&text).unwrap();
                 acks.push((conn, v["id"].as_u64().unwrap()));
             }
+            Output::ReadStore { op, query } => e.answer_read_from_own_store(op, &query, now),
             _ => {}
         }
     }

@@ -212,6 +212,18 @@ fn non_finite_values_are_refused_and_nothing_is_written<S: Store>(mut s: S) {
     }
 }
 
+fn tail_start_is_where_read_tail_starts<S: Store>(mut s: S) {
+    assert_eq!(s.tail_start(SID, 3).unwrap(), None, "no rows");
+    seed_ten(&mut s);
+    s.write_batches(&[batch("other:spot:X/Y:1m", vec![candle(30, 1.0)])]).unwrap();
+    for n in [0usize, 1, 3, 10, 11, usize::MAX] {
+        let expected = s.read_tail(SID, n).unwrap().first().map(|c| c.candle_time);
+        assert_eq!(s.tail_start(SID, n).unwrap(), expected, "count {n}");
+    }
+    assert_eq!(s.tail_start(SID, 3).unwrap(), Some(480));
+    assert_eq!(s.tail_start(SID, 100).unwrap(), Some(60), "fewer rows than asked: the first");
+}
+
 macro_rules! conformance {
     ($($check:ident),* $(,)?) => {
         mod memory {
@@ -242,6 +254,7 @@ conformance!(
     older_times_can_be_inserted_any_time,
     head_and_first,
     tail_is_the_newest_rows_ascending,
+    tail_start_is_where_read_tail_starts,
     after_is_exclusive_first_rows_ascending,
     range_is_inclusive_ascending_limited,
     counts_are_inclusive,

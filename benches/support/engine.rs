@@ -5,8 +5,16 @@
 use klinegate::engine::{Engine, Input, Output};
 use klinegate::time::Timestamp;
 
+/// Every output, catch-up reads answered from the engine's own store.
 pub fn drain(e: &mut Engine) -> Vec<Output> {
-    std::iter::from_fn(|| e.poll_output()).collect()
+    let mut outs = Vec::new();
+    while let Some(o) = e.poll_output() {
+        if let Output::ReadStore { op, query } = &o {
+            e.answer_read_from_own_store(*op, query, e.now());
+        }
+        outs.push(o);
+    }
+    outs
 }
 
 /// Starts the engine and answers its connection and SUBSCRIBE like the

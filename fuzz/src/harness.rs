@@ -399,6 +399,8 @@ impl Harness {
                 self.to_close.push(client);
             }
             Output::RestRequest { id, .. } => self.rest_pending.push(id),
+            // Answered at once from the engine's own store, as a replay without recorded reads does.
+            Output::ReadStore { op, query } => self.engine.answer_read_from_own_store(op, &query, self.now),
             Output::Log { .. } => {}
         }
     }

@@ -206,6 +206,7 @@ impl Settings {
                     self.max_subscriptions_per_client as u64,
                 )? as usize,
                 max_messages_per_s: self.max_client_messages_per_s,
+                ..HubConfig::default()
             },
             upstream: UpstreamConfig {
                 spot_url: self.spot_ws_url.clone(),

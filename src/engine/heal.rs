@@ -385,7 +385,7 @@ impl Engine {
         series.extend(j.derived.iter().copied());
         let now_s = self.now.as_secs();
         for idx in series {
-            self.hub.release_held(idx, now_s, &self.series, self.store.as_ref(), &mut self.outputs, &mut self.counters);
+            self.hub.release_held(idx, now_s, &self.series, &mut self.outputs);
         }
     }
 

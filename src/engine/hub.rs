@@ -1,27 +1,36 @@
 //! The hub: client sessions, their subscriptions and cursors, catch-up from the
 //! store, live fan-out, gap notices, and each client's bounded outbound queue.
 //!
-//! Ordering rules it guarantees by construction (everything runs inside one
-//! engine step, so there is no race to lose):
-//! - a subscription's catch-up frames are queued before any live frame for it;
+//! Ordering rules it guarantees by construction:
+//! - a subscription's catch-up frames are queued before any live frame for it
+//!   (the catch-up is read from the store a page at a time, see [`super::catchup`];
+//!   live frames wait for it to end);
 //! - per (client, series), closed candles are strictly increasing and never
 //!   repeated; a cursor only moves forward except by the client's own re-subscribe;
 //! - a forming candle at or before the cursor is never sent.
 //!
+//! Catch-up pages are store reads the hub emits as effects (`Output::ReadStore`,
+//! answered by `Input::StoreRead`): at most one in flight per client, asked for
+//! only while the client's queue is below `catchup_low_water_bytes` — so the
+//! shell's takes, made as the socket drains, pace it, and a client's catch-up
+//! bytes in memory stay under the low-water mark plus one page.
+//!
 //! Broadcast frames are serialized once per publish and shared (`Bytes`, a
 //! reference-counted buffer the shell hands to the WebSocket layer without a copy).
 //! Forming frames coalesce per series while still queued. A client whose
-//! queued bytes pass `max_backlog_bytes` is closed with [`SLOW_CONSUMER_CLOSE`];
-//! it can reconnect and resume with `since`.
+//! queued live bytes (catch-up bytes, which the hub chose to produce, do not
+//! count) pass `max_backlog_bytes` is closed with [`SLOW_CONSUMER_CLOSE`]; it
+//! can reconnect and resume with `since`. A closed client gets no second close.
 //!
-//! Never reads a clock: the catch-up clamp uses the engine time passed in.
+//! Never reads a clock or the store: the catch-up clamp uses the engine time passed in.
 
+use super::catchup::{CatchUp, PageCtx, Step};
 use super::rate::MessageRate;
 use super::series::{SeriesIdx, SeriesTable};
-use super::{Counters, Output};
+use super::{Counters, LogLevel, Output, StoreOp};
 use crate::model::{Candle, Timeframe};
+use crate::store::StoreReadResult;
 use crate::wire::client as wire;
-use crate::store::Store;
 use super::fasthash::FastMap;
 use std::collections::{BTreeMap, VecDeque};
 
@@ -40,6 +49,11 @@ pub struct HubConfig {
     pub max_subscriptions_per_client: usize,
     /// Messages a client may send per second (bursts of twice that); 0 = no limit.
     pub max_messages_per_s: u32,
+    /// Candles per catch-up read (one page).
+    pub catchup_page_candles: usize,
+    /// The next catch-up page is read only while the client's queue holds
+    /// fewer bytes than this.
+    pub catchup_low_water_bytes: usize,
 }
 
 impl Default for HubConfig {
@@ -49,6 +63,8 @@ impl Default for HubConfig {
             max_backlog_bytes: 4 << 20,
             max_subscriptions_per_client: 256,
             max_messages_per_s: 0,
+            catchup_page_candles: 500,
+            catchup_low_water_bytes: 64 << 10,
         }
     }
 }
@@ -62,11 +78,17 @@ struct Subscription {
     forming_seq: Option<u64>,
     /// Waiting for healed history: `Some(since)`; nothing is sent meanwhile.
     held: Option<Option<i64>>,
+    /// Catching up from the store; live frames wait until it is over.
+    catchup: Option<CatchUp>,
+    /// The `since` the client gave (for the log line).
+    since: Option<i64>,
 }
 
 #[derive(Debug)]
 struct QueuedFrame {
     bytes: Frame,
+    /// Produced by a catch-up page (not counted against the backlog limit).
+    catchup: bool,
 }
 
 #[derive(Debug)]
@@ -77,9 +99,14 @@ struct ClientSession {
     /// Sequence number of `queue.front()`.
     front_seq: u64,
     queued_bytes: usize,
+    /// The part of `queued_bytes` that catch-up pages queued.
+    catchup_bytes: usize,
+    /// The catch-up read in flight for this client (at most one).
+    reading: Option<(StoreOp, SeriesIdx)>,
     /// A `ClientReady` was emitted and the queue has not been drained since.
     ready_signalled: bool,
-    /// A close was requested (slow consumer); nothing more is queued.
+    /// A close was requested (slow consumer); nothing more is queued, and
+    /// no other close is sent (not even at shutdown).
     closing: bool,
     rate: MessageRate,
     /// When the last `rate_limited` error was queued: refused messages are
@@ -92,11 +119,19 @@ struct ClientSession {
 pub const RATE_ERROR_EVERY: crate::time::Duration = crate::time::Duration::from_secs(1);
 
 impl ClientSession {
-    fn push(&mut self, bytes: Frame) -> u64 {
+    fn push(&mut self, bytes: Frame, catchup: bool) -> u64 {
         let seq = self.front_seq + self.queue.len() as u64;
         self.queued_bytes += bytes.len();
-        self.queue.push_back(QueuedFrame { bytes });
+        if catchup {
+            self.catchup_bytes += bytes.len();
+        }
+        self.queue.push_back(QueuedFrame { bytes, catchup });
         seq
+    }
+
+    /// Queued bytes the backlog limit applies to.
+    fn live_bytes(&self) -> usize {
+        self.queued_bytes - self.catchup_bytes
     }
 
     fn replace(&mut self, seq: u64, bytes: Frame) -> bool {
@@ -104,6 +139,9 @@ impl ClientSession {
         match self.queue.get_mut(pos as usize) {
             Some(slot) => {
                 self.queued_bytes = self.queued_bytes - slot.bytes.len() + bytes.len();
+                if slot.catchup {
+                    self.catchup_bytes = self.catchup_bytes - slot.bytes.len() + bytes.len();
+                }
                 slot.bytes = bytes;
                 true
             }
@@ -112,13 +150,13 @@ impl ClientSession {
     }
 }
 
-/// What a subscribe did, for the engine's bookkeeping and logs.
+/// What a subscribe did, for the engine's bookkeeping and logs (the catch-up
+/// itself is logged when it ends: `market_ws_catchup_done`).
 #[derive(Debug, Default, PartialEq)]
 pub struct SubscribeReport {
     /// The catch-up waits for healing.
     pub held: bool,
-    pub catchup_count: usize,
-    pub gap_emitted: bool,
+    /// Where the catch-up starts (the clamped `since`).
     pub cursor: Option<i64>,
 }
 
@@ -136,6 +174,11 @@ pub struct Hub {
     // Lookup only, never iterated.
     by_id: FastMap<u64, usize>,
     scratch: Vec<u8>,
+    next_op: u64,
+    /// Catch-up reads in flight: op → client. Lookup only, never iterated.
+    reads: FastMap<u64, u64>,
+    /// Frames of one catch-up page (reused).
+    page: Vec<Frame>,
 }
 
 impl Hub {
@@ -166,6 +209,8 @@ impl Hub {
             queue: VecDeque::new(),
             front_seq: 0,
             queued_bytes: 0,
+            catchup_bytes: 0,
+            reading: None,
             ready_signalled: false,
             closing: false,
             rate: MessageRate::new(self.cfg.max_messages_per_s),
@@ -225,7 +270,7 @@ impl Hub {
         if session.rate_error_at.is_none_or(|at| now.since(at) >= RATE_ERROR_EVERY) {
             session.rate_error_at = Some(now);
             let message = format!("too many messages: limit {} per second", session.rate.per_s());
-            self.enqueue(slot, wire::error_frame("rate_limited", &message, None).into(), out);
+            self.enqueue(slot, wire::error_frame("rate_limited", &message, None).into(), false, out);
         }
         false
     }
@@ -233,29 +278,31 @@ impl Hub {
     /// Queues a frame addressed to one client (errors, replies).
     pub fn send_to(&mut self, client: u64, bytes: Vec<u8>, out: &mut VecDeque<Output>) {
         let Some(slot) = self.by_id.get(&client).copied() else { return };
-        self.enqueue(slot, bytes.into(), out);
+        self.enqueue(slot, bytes.into(), false, out);
     }
 
-    /// Queues a frame; `None` when the client is over its backlog limit (the
-    /// caller then closes it) — frames for a closing client are dropped silently.
-    fn enqueue(&mut self, slot: usize, bytes: Frame, out: &mut VecDeque<Output>) -> Option<u64> {
+    /// Queues a frame; `None` when the client's live backlog is over its limit
+    /// (the caller then closes it) — frames for a closing client are dropped
+    /// silently. Catch-up frames are not counted against the limit.
+    fn enqueue(&mut self, slot: usize, bytes: Frame, catchup: bool, out: &mut VecDeque<Output>) -> Option<u64> {
         let max = self.cfg.max_backlog_bytes;
         let session = self.slots[slot].as_mut()?;
         if session.closing {
             return Some(u64::MAX);
         }
-        let seq = session.push(bytes);
+        let seq = session.push(bytes, catchup);
         if !session.ready_signalled {
             session.ready_signalled = true;
             out.push_back(Output::ClientReady { client: session.id });
         }
-        if session.queued_bytes > max {
+        if session.live_bytes() > max {
             return None;
         }
         Some(seq)
     }
 
-    /// Subscribes (or re-subscribes) a client and queues its catch-up (§2.4-2.6).
+    /// Subscribes (or re-subscribes) a client and starts its catch-up
+    /// (§2.4-2.6), read from the store a page at a time as the client drains.
     /// With `hold`, the catch-up waits (and live frames are not sent) until
     /// [`Hub::release_held`]: the engine is healing history the client asked for.
     #[allow(clippy::too_many_arguments)]
@@ -268,131 +315,123 @@ impl Hub {
         hold: bool,
         now_s: i64,
         series: &mut SeriesTable,
-        store: &dyn Store,
         out: &mut VecDeque<Output>,
-        counters: &mut Counters,
     ) -> Result<SubscribeReport, SubscribeError> {
         let slot = *self.by_id.get(&client).ok_or(SubscribeError::UnknownClient)?;
         let max_subs = self.cfg.max_subscriptions_per_client;
-        {
-            let session = self.slots[slot].as_mut().ok_or(SubscribeError::UnknownClient)?;
-            if !session.subs.contains_key(&idx) && session.subs.len() >= max_subs {
-                return Err(SubscribeError::TooManySubscriptions(max_subs));
-            }
-        }
-        let (frames, report) = if hold {
-            (Vec::new(), SubscribeReport { held: true, ..SubscribeReport::default() })
-        } else {
-            self.catchup(idx, since, supports_batch, now_s, series, store, counters)
-        };
         let session = self.slots[slot].as_mut().ok_or(SubscribeError::UnknownClient)?;
-        let held = hold.then_some(since);
-        let sub = Subscription { cursor: report.cursor, supports_batch, forming_seq: None, held };
+        if !session.subs.contains_key(&idx) && session.subs.len() >= max_subs {
+            return Err(SubscribeError::TooManySubscriptions(max_subs));
+        }
+        let (held, effective, catchup) = if hold {
+            (Some(since), None, None)
+        } else {
+            let effective = effective_since(since, now_s, series, idx);
+            (None, effective, Some(CatchUp::new(effective, self.cfg.catchup_limit)))
+        };
+        let sub = Subscription { cursor: effective, supports_batch, forming_seq: None, held, catchup, since };
         if session.subs.insert(idx, sub).is_none() {
             series.get_mut(idx).subscribers.push(slot);
         }
-        self.queue_frames(slot, frames, out, counters);
-        Ok(report)
+        self.pump(slot, series, out);
+        Ok(SubscribeReport { held: hold, cursor: effective })
     }
 
-    /// Runs the catch-up of every held subscription to `idx` (healing ended).
-    pub fn release_held(
+    /// Starts the catch-up of every held subscription to `idx` (healing ended).
+    pub fn release_held(&mut self, idx: SeriesIdx, now_s: i64, series: &SeriesTable, out: &mut VecDeque<Output>) {
+        let limit = self.cfg.catchup_limit;
+        let slots: Vec<usize> = series.get(idx).subscribers.clone();
+        for slot in slots {
+            let Some(sub) = self.sub_mut(slot, idx) else { continue };
+            let Some(since) = sub.held.take() else { continue };
+            let effective = effective_since(since, now_s, series, idx);
+            sub.cursor = effective;
+            sub.catchup = Some(CatchUp::new(effective, limit));
+            self.pump(slot, series, out);
+        }
+    }
+
+    /// Asks for the client's next catch-up page if it has none in flight, its
+    /// queue is below the low-water mark and a subscription is catching up.
+    fn pump(&mut self, slot: usize, series: &SeriesTable, out: &mut VecDeque<Output>) {
+        let Some(session) = self.slots[slot].as_mut() else { return };
+        if session.closing || session.reading.is_some() || session.queued_bytes >= self.cfg.catchup_low_water_bytes {
+            return;
+        }
+        let client = session.id;
+        let waiting = session.subs.iter_mut().find(|(_, sub)| sub.held.is_none() && sub.catchup.is_some());
+        let Some((&idx, sub)) = waiting else { return };
+        let Some(catchup) = sub.catchup.as_mut() else { return };
+        let op = StoreOp(self.next_op);
+        self.next_op += 1;
+        let query = catchup.query(op, series.get(idx).id.as_str(), self.cfg.catchup_page_candles);
+        session.reading = Some((op, idx));
+        self.reads.insert(op.0, client);
+        out.push_back(Output::ReadStore { op, query });
+    }
+
+    /// A catch-up page (or tail start) read from the store: queues its frames,
+    /// ends the catch-up or asks for the next page. A stale answer (the client
+    /// left, re-subscribed or unsubscribed meanwhile) is dropped.
+    pub fn on_store_read(
         &mut self,
-        idx: SeriesIdx,
+        op: StoreOp,
+        result: StoreReadResult,
         now_s: i64,
         series: &SeriesTable,
-        store: &dyn Store,
         out: &mut VecDeque<Output>,
         counters: &mut Counters,
     ) {
-        let slots: Vec<usize> = series.get(idx).subscribers.clone();
-        for slot in slots {
-            let Some((since, batch)) =
-                self.slots[slot].as_ref().and_then(|s| s.subs.get(&idx)).and_then(|sub| sub.held.map(|h| (h, sub.supports_batch)))
-            else {
-                continue;
-            };
-            let (frames, report) = self.catchup(idx, since, batch, now_s, series, store, counters);
-            if let Some(sub) = self.sub_mut(slot, idx) {
-                sub.held = None;
-                sub.cursor = report.cursor;
-            }
-            self.queue_frames(slot, frames, out, counters);
+        let Some(client) = self.reads.remove(&op.0) else { return };
+        let Some(slot) = self.by_id.get(&client).copied() else { return };
+        let Some(session) = self.slots[slot].as_mut() else { return };
+        let Some((_, idx)) = session.reading.filter(|(o, _)| *o == op) else { return };
+        session.reading = None;
+        if session.closing {
+            return;
         }
-    }
-
-    fn queue_frames(&mut self, slot: usize, frames: Vec<Vec<u8>>, out: &mut VecDeque<Output>, counters: &mut Counters) {
-        for f in frames {
-            if self.enqueue(slot, f.into(), out).is_none() {
-                self.close_slow(slot, out, counters);
-                break;
-            }
-        }
-    }
-
-    /// The catch-up frames for a subscription from `since` (clamped), and the
-    /// cursor they leave.
-    #[allow(clippy::too_many_arguments)]
-    fn catchup(
-        &self,
-        idx: SeriesIdx,
-        since: Option<i64>,
-        supports_batch: bool,
-        now_s: i64,
-        series: &SeriesTable,
-        store: &dyn Store,
-        counters: &mut Counters,
-    ) -> (Vec<Vec<u8>>, SubscribeReport) {
         let entry = series.get(idx);
-        let tf = entry.tf_s;
-        let name = entry.id.as_str();
-        let window = ClosedWindow::new(now_s, entry.id.timeframe(), entry.last_closed);
-        let effective = since.map(|s| window.clamp(s));
-        let read = match effective {
-            None => store.read_tail(name, self.cfg.catchup_limit),
-            Some(s) => store.read_after(name, s, self.cfg.catchup_limit),
-        };
-        let mut frames: Vec<Vec<u8>> = Vec::new();
-        let mut report = SubscribeReport::default();
-        let candles = match read {
-            Ok(c) => window.filter_ahead(c),
-            Err(e) => {
-                counters.store_read_errors += 1;
-                frames.push(wire::error_frame(
-                    "unavailable",
-                    &format!("history unavailable ({e}); live data continues"),
-                    Some(name),
-                ));
-                Vec::new()
-            }
-        };
-        if let (Some(eff), Some(first)) = (effective, candles.first()) {
-            let expected = eff + tf;
-            if eff > 0 && first.candle_time > expected {
-                let mut buf = Vec::with_capacity(96);
-                wire::write_gap_frame(&mut buf, name, expected, first.candle_time);
-                frames.push(buf);
-                report.gap_emitted = true;
-                counters.gaps_sent += 1;
-            }
-        }
-        if !candles.is_empty() {
-            if supports_batch {
-                let mut buf = Vec::with_capacity(64 + candles.len() * 120);
-                wire::write_batch_frame(&mut buf, name, &candles);
-                frames.push(buf);
-            } else {
-                for c in &candles {
-                    let mut buf = Vec::with_capacity(160);
-                    wire::write_candle_frame(&mut buf, false, name, c);
-                    frames.push(buf);
+        let mut page = std::mem::take(&mut self.page);
+        let mut done = None;
+        if let Some(sub) = session.subs.get_mut(&idx) {
+            if let Some(catchup) = sub.catchup.as_mut().filter(|c| c.pending == Some(op)) {
+                let ctx = PageCtx {
+                    name: entry.id.as_str(),
+                    tf: entry.tf_s,
+                    supports_batch: sub.supports_batch,
+                    window: ClosedWindow::new(now_s, entry.id.timeframe(), entry.last_closed),
+                };
+                if catchup.answer(result, &ctx, &mut sub.cursor, &mut page, counters) == Step::Done {
+                    done = sub.catchup.take().map(|c| (c, sub.since, sub.supports_batch, sub.cursor));
                 }
             }
         }
-        report.catchup_count = candles.len();
-        report.cursor = candles.last().map(|c| c.candle_time).or(effective);
-        counters.catchup_candles += candles.len() as u64;
-        (frames, report)
+        for f in page.drain(..) {
+            self.enqueue(slot, f, true, out);
+        }
+        self.page = page;
+        if let Some((catchup, since, batch, cursor)) = done {
+            // The newest forming update held back meanwhile, if still ahead.
+            if let Some((_, frame)) = catchup.forming.filter(|(t, _)| cursor.is_none_or(|c| *t > c)) {
+                counters.frames_forming += 1;
+                match self.enqueue(slot, frame, false, out) {
+                    Some(seq) => {
+                        if let Some(sub) = self.sub_mut(slot, idx) {
+                            sub.forming_seq = Some(seq);
+                        }
+                    }
+                    None => self.close_slow(slot, out, counters),
+                }
+            }
+            out.push_back(Output::Log {
+                level: LogLevel::Debug,
+                line: format!(
+                    "market_ws_catchup_done client={client} series_id={} since={since:?} supports_batch={batch} catchup_count={} gap_emitted={} last_sent={cursor:?}",
+                    entry.id, catchup.sent, catchup.gap_emitted
+                ),
+            });
+        }
+        self.pump(slot, series, out);
     }
 
     /// Removes one subscription; returns whether it existed.
@@ -431,17 +470,22 @@ impl Hub {
                     Frame::copy_from_slice(&self.scratch)
                 })
                 .clone();
+            if let Some(catchup) = sub.catchup.as_mut() {
+                // Sent when the catch-up ends (the newest only), if still ahead.
+                catchup.forming = Some((candle.candle_time, bytes));
+                continue;
+            }
             counters.frames_forming += 1;
             if let Some(seq) = sub.forming_seq {
                 if session.replace(seq, bytes.clone()) {
                     counters.forming_coalesced += 1;
-                    if session.queued_bytes > self.cfg.max_backlog_bytes {
+                    if session.live_bytes() > self.cfg.max_backlog_bytes {
                         slow.push(slot);
                     }
                     continue;
                 }
             }
-            match self.enqueue(slot, bytes, out) {
+            match self.enqueue(slot, bytes, false, out) {
                 Some(seq) => {
                     if let Some(sub) = self.sub_mut(slot, idx) {
                         sub.forming_seq = Some(seq);
@@ -482,7 +526,7 @@ impl Hub {
         // One subscriber's frames at a time; the buffer is reused, not reallocated.
         let mut frames: Vec<Frame> = Vec::new();
         for &slot in &entry.subscribers {
-            let Some(sub) = self.slots[slot].as_ref().and_then(|s| s.subs.get(&idx)) else {
+            let Some(sub) = self.slots[slot].as_mut().and_then(|s| s.subs.get_mut(&idx)) else {
                 continue;
             };
             if sub.held.is_some() {
@@ -493,6 +537,11 @@ impl Hub {
                 Some(c) => candles.partition_point(|x| x.candle_time <= c),
             };
             if start == candles.len() {
+                continue;
+            }
+            if let Some(catchup) = sub.catchup.as_mut() {
+                // Persisted before this publish: a catch-up page reads them.
+                catchup.skipped_live(candles[start].candle_time);
                 continue;
             }
             let sendable = &candles[start..];
@@ -539,7 +588,7 @@ impl Hub {
                 sub.forming_seq = None;
             }
             for f in frames.drain(..) {
-                if self.enqueue(slot, f, out).is_none() {
+                if self.enqueue(slot, f, false, out).is_none() {
                     slow.push(slot);
                     break;
                 }
@@ -560,23 +609,28 @@ impl Hub {
         counters.queue_drops += session.queue.len() as u64;
         session.queue.clear();
         session.queued_bytes = 0;
+        session.catchup_bytes = 0;
         let (code, reason) = SLOW_CONSUMER_CLOSE;
         out.push_back(Output::ClientClose { client: session.id, code, reason: reason.to_string() });
         // The engine releases the subscriptions when the shell reports the close;
         // until then nothing more is queued for this client (`closing`).
     }
 
-    /// Moves every queued frame of a client into `dst` (one write per loop turn).
-    pub fn take_frames(&mut self, client: u64, dst: &mut Vec<Frame>) {
+    /// Moves every queued frame of a client into `dst` (one write per loop
+    /// turn, as its socket drains); the drained queue may ask for the next
+    /// catch-up page.
+    pub fn take_frames(&mut self, client: u64, dst: &mut Vec<Frame>, series: &SeriesTable, out: &mut VecDeque<Output>) {
         let Some(slot) = self.by_id.get(&client).copied() else { return };
         let Some(session) = self.slots[slot].as_mut() else { return };
         session.front_seq += session.queue.len() as u64;
         dst.extend(session.queue.drain(..).map(|q| q.bytes));
         session.queued_bytes = 0;
+        session.catchup_bytes = 0;
         session.ready_signalled = false;
         for sub in session.subs.values_mut() {
             sub.forming_seq = None;
         }
+        self.pump(slot, series, out);
     }
 
     pub fn queued_bytes(&self, client: u64) -> usize {
@@ -592,12 +646,20 @@ impl Hub {
         ids
     }
 
-    /// Every connected client id, ascending (for shutdown).
-    pub fn client_ids(&self) -> Vec<u64> {
-        let mut ids: Vec<u64> = self.slots.iter().flatten().map(|s| s.id).collect();
+    /// Every connected client not already being closed, ascending (for
+    /// shutdown: a client closed as a slow consumer gets no second close).
+    pub fn open_client_ids(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self.slots.iter().flatten().filter(|s| !s.closing).map(|s| s.id).collect();
         ids.sort_unstable();
         ids
     }
+}
+
+/// `since` clamped to the series' closed window (§2.5).
+fn effective_since(since: Option<i64>, now_s: i64, series: &SeriesTable, idx: SeriesIdx) -> Option<i64> {
+    let entry = series.get(idx);
+    let window = ClosedWindow::new(now_s, entry.id.timeframe(), entry.last_closed);
+    since.map(|s| window.clamp(s))
 }
 
 fn gap_frame(name: &str, tf: i64, cursor: Option<i64>, next: i64) -> Option<Frame> {

@@ -3,6 +3,7 @@
 //! it asks the shell to do) and [`Counters`] (what it has seen, in items).
 
 use crate::model::{Candle, Market};
+use crate::store::{StoreQuery, StoreReadResult};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -47,7 +48,14 @@ pub enum Input {
     /// The market's symbol list (from its `exchangeInfo`) as `BASE/QUOTE`
     /// pairs: series of any other symbol are unknown (see `listing.rs`).
     SymbolsListed { market: Market, symbols: Vec<String> },
+    /// The answer to a `ReadStore` (journaled, so a replay needs no database).
+    StoreRead { op: StoreOp, result: StoreReadResult },
 }
+
+/// Names one `ReadStore` effect and its `StoreRead` answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct StoreOp(pub u64);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -75,6 +83,9 @@ pub enum Output {
     Log { level: LogLevel, line: String },
     /// `GET <the market's REST base URL><path>`; answer with `RestResponse` or `RestFailed`.
     RestRequest { id: u64, market: Market, path: String },
+    /// Run `query` against the store (`StoreQuery::run`) and answer with
+    /// `StoreRead { op, .. }`, in a later step.
+    ReadStore { op: StoreOp, query: StoreQuery },
 }
 
 /// Monotonic counters, in items (never time), for metrics and tests.

@@ -17,6 +17,7 @@
 //! threads or sockets, and nothing iterates a hash map in a way that reaches
 //! an output. Files are touched only through the [`Store`] trait.
 
+mod catchup;
 pub mod derived;
 pub mod guardrail;
 pub mod heal;
@@ -39,7 +40,7 @@ mod jobs;
 mod native;
 mod unlisted;
 
-pub use io::{Counters, Input, LogLevel, Output};
+pub use io::{Counters, Input, LogLevel, Output, StoreOp};
 
 use crate::model::{Candle, Market, SeriesId};
 use crate::wire::client::{self as wire, ClientRequest, RequestError};
@@ -306,6 +307,11 @@ impl Engine {
                 self.on_rest_done(id, Some(status), retry_after_s, used_weight, result);
                 Ok(())
             }
+            Input::StoreRead { op, result } => {
+                let now_s = self.now.as_secs();
+                self.hub.on_store_read(op, result, now_s, &self.series, &mut self.outputs, &mut self.counters);
+                Ok(())
+            }
             Input::RestFailed { id, reason } => {
                 self.counters.rest_failures += 1;
                 self.on_rest_done(id, None, None, None, Err((None, reason)));
@@ -407,9 +413,18 @@ impl Engine {
     }
 
     /// Moves every frame queued for `client` into `dst`; the shell writes them
-    /// in one go when the socket is writable.
+    /// in one go when the socket is writable. The drained queue may ask for the
+    /// client's next catch-up page: drain `poll_output` after takes too.
     pub fn take_client_frames(&mut self, client: u64, dst: &mut Vec<Frame>) {
-        self.hub.take_frames(client, dst);
+        self.hub.take_frames(client, dst, &self.series, &mut self.outputs);
+    }
+
+    /// Answers a `ReadStore` at once from the engine's own store — what a replay
+    /// without recorded reads, a journal generator or a test driver does where
+    /// the shell would run the read and feed `StoreRead` back.
+    pub fn answer_read_from_own_store(&mut self, op: StoreOp, query: &crate::store::StoreQuery, now: Timestamp) {
+        let result = query.run(self.store.as_ref());
+        let _ = self.handle(Input::StoreRead { op, result }, now);
     }
 
     pub fn client_queued_bytes(&self, client: u64) -> usize {
@@ -504,9 +519,7 @@ impl Engine {
             hold,
             self.now.as_secs(),
             &mut self.series,
-            self.store.as_ref(),
             &mut self.outputs,
-            &mut self.counters,
         );
         match result {
             Ok(report) => {
@@ -514,8 +527,8 @@ impl Engine {
                 self.log(
                     LogLevel::Debug,
                     format!(
-                        "market_ws_subscribe_handled client={client} series_id={} since={since:?} supports_batch={supports_batch} catchup_count={} gap_emitted={} last_sent={:?} held_for_heal={}",
-                        id, report.catchup_count, report.gap_emitted, report.cursor, report.held
+                        "market_ws_subscribe_handled client={client} series_id={} since={since:?} supports_batch={supports_batch} effective_since={:?} held_for_heal={}",
+                        id, report.cursor, report.held
                     ),
                 );
             }
@@ -584,7 +597,7 @@ impl Engine {
             self.retry_backlog();
         }
         let (code, reason) = hub::SHUTDOWN_CLOSE;
-        for client in self.hub.client_ids() {
+        for client in self.hub.open_client_ids() {
             self.outputs.push_back(Output::ClientClose { client, code, reason: reason.to_string() });
         }
         let left = self.backlog.candles();

@@ -168,7 +168,7 @@ impl Engine {
         };
         self.log(if error.is_none() { LogLevel::Info } else { LogLevel::Warn }, line);
         let now_s = self.now.as_secs();
-        self.hub.release_held(idx, now_s, &self.series, self.store.as_ref(), &mut self.outputs, &mut self.counters);
+        self.hub.release_held(idx, now_s, &self.series, &mut self.outputs);
     }
 
     /// The job is going away: its fills end with `heal_cancelled`.

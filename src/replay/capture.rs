@@ -230,6 +230,8 @@ impl Sim {
                     retry_after_s: None,
                     used_weight: None,
                 }),
+                // Answered as a replay without recorded reads answers it.
+                Output::ReadStore { op, query } => engine.answer_read_from_own_store(op, &query, engine.now()),
                 _ => {}
             }
         }

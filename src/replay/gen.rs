@@ -367,6 +367,7 @@ impl Peer {
                     let input = Input::RestResponse { id, status: 200, body: "[]".into(), retry_after_s: None, used_weight: None };
                     self.schedule(now.add(ACK_LATENCY), input, None);
                 }
+                Output::ReadStore { op, query } => engine.answer_read_from_own_store(op, &query, now),
                 Output::Log { .. } => {}
             }
         }

@@ -12,7 +12,14 @@
 //! made them, so a replay makes exactly the same calls: frames coalesce, and a
 //! slow consumer is closed, exactly as they did live. Without recorded takes
 //! (hand-written and converted journals) a client's frames are taken as soon
-//! as it has any. Hand-written and converted journals
+//! as it has any.
+//!
+//! Store reads the core asks for (`ReadStore`, catch-up pages) are answered by
+//! `store_read` inputs. A live recording holds them (header `recorded_reads`),
+//! so its replay reproduces every catch-up without the database it ran on;
+//! a journal without them (hand-written, converted, generated) has each read
+//! answered at once, at the same `now`, from the replay's own store.
+//! Hand-written and converted journals
 //! may set `auto_timers`: then the replayer fires each due timer at its exact
 //! deadline before the next line (and up to an optional `{"now":…,"end":true}`).
 //!
@@ -43,6 +50,9 @@ pub struct Header {
     /// Every take of a client's frames is a record of its own (live recordings).
     #[serde(default, skip_serializing_if = "is_false")]
     pub recorded_takes: bool,
+    /// Every store read's answer is an input of its own (live recordings).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub recorded_reads: bool,
 }
 
 impl Header {
@@ -54,12 +64,19 @@ impl Header {
             auto_timers,
             settings,
             recorded_takes: false,
+            recorded_reads: false,
         }
     }
 
     /// For a live recording: the shell records each take of a client's frames.
     pub fn with_recorded_takes(mut self) -> Header {
         self.recorded_takes = true;
+        self
+    }
+
+    /// For a live recording: the shell records each store read's answer.
+    pub fn with_recorded_reads(mut self) -> Header {
+        self.recorded_reads = true;
         self
     }
 }
@@ -162,6 +179,7 @@ pub struct Replayer<W: Write> {
     engine: Engine,
     auto_timers: bool,
     recorded_takes: bool,
+    recorded_reads: bool,
     out: W,
     frames: Vec<crate::engine::hub::Frame>,
     line: Vec<u8>,
@@ -191,6 +209,7 @@ impl<W: Write> Replayer<W> {
             engine,
             auto_timers: header.auto_timers,
             recorded_takes: header.recorded_takes,
+            recorded_reads: header.recorded_reads,
             out,
             frames: Vec::new(),
             line: Vec::with_capacity(512),
@@ -239,6 +258,8 @@ impl<W: Write> Replayer<W> {
         }
         if let Some(client) = rec.take {
             self.emit_frames(now, client)?;
+            // The drained queue may ask for the next catch-up page.
+            self.drain(now)?;
         }
         Ok(())
     }
@@ -300,6 +321,12 @@ impl<W: Write> Replayer<W> {
             let _ = serde_json::to_writer(&mut self.line, &output);
             self.line.push(b'}');
             self.emit_line()?;
+            if let Output::ReadStore { op, query } = output {
+                // A recording holds the answer as an input of its own.
+                if !self.recorded_reads {
+                    self.engine.answer_read_from_own_store(op, &query, now);
+                }
+            }
         }
         Ok(())
     }

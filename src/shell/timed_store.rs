@@ -69,6 +69,10 @@ impl<S: Store> Store for TimedStore<S> {
         self.inner.read_tail(series_id, limit)
     }
 
+    fn tail_start(&self, series_id: &str, count: usize) -> StoreResult<Option<i64>> {
+        self.inner.tail_start(series_id, count)
+    }
+
     fn read_after(&self, series_id: &str, since: i64, limit: usize) -> StoreResult<Vec<Candle>> {
         self.inner.read_after(series_id, since, limit)
     }

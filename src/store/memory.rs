@@ -116,6 +116,17 @@ impl Store for MemoryStore {
         Ok(tail)
     }
 
+    fn tail_start(&self, series_id: &str, count: usize) -> StoreResult<Option<i64>> {
+        let Some(rows) = self.rows(series_id) else {
+            return Ok(None);
+        };
+        if count == 0 {
+            return Ok(None);
+        }
+        // Fewer rows than asked: the tail is all of them.
+        Ok(rows.keys().nth_back(count - 1).or_else(|| rows.keys().next()).copied())
+    }
+
     fn read_after(&self, series_id: &str, since: i64, limit: usize) -> StoreResult<Vec<Candle>> {
         let Some(rows) = self.rows(series_id) else {
             return Ok(Vec::new());

@@ -8,9 +8,11 @@ use std::fmt;
 
 pub mod memory;
 pub mod postgres;
+pub mod query;
 pub mod sqlite;
 
 pub use memory::MemoryStore;
+pub use query::{StoreQuery, StoreReadResult};
 pub use sqlite::SqliteStore;
 
 /// The closed candles of one series inside a flush.
@@ -66,6 +68,12 @@ pub trait Store {
 
     /// The first `limit` rows with `candle_time > since` (exclusive), ascending.
     fn read_after(&self, series_id: &str, since: i64, limit: usize) -> StoreResult<Vec<Candle>>;
+
+    /// The `candle_time` of the first of the last `count` rows (where
+    /// `read_tail(count)` starts), `None` when the series has no rows.
+    fn tail_start(&self, series_id: &str, count: usize) -> StoreResult<Option<i64>> {
+        Ok(self.read_tail(series_id, count)?.first().map(|c| c.candle_time))
+    }
 
     /// Rows with `start <= candle_time <= end`, ascending, at most `limit`.
     fn read_range(&self, series_id: &str, start: i64, end: i64, limit: usize)

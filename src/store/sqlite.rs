@@ -85,6 +85,8 @@ const SELECT_HEAD: &str = "SELECT MAX(candle_time) FROM candles WHERE series_id 
 const SELECT_FIRST: &str = "SELECT MIN(candle_time) FROM candles WHERE series_id = ?1";
 const SELECT_TAIL_DESC: &str = "SELECT candle_time, open, high, low, close, volume FROM candles
      WHERE series_id = ?1 ORDER BY candle_time DESC LIMIT ?2";
+const SELECT_TAIL_START: &str = "SELECT MIN(candle_time) FROM (SELECT candle_time FROM candles
+     WHERE series_id = ?1 ORDER BY candle_time DESC LIMIT ?2)";
 const SELECT_AFTER: &str = "SELECT candle_time, open, high, low, close, volume FROM candles
      WHERE series_id = ?1 AND candle_time > ?2 ORDER BY candle_time ASC LIMIT ?3";
 const SELECT_RANGE: &str = "SELECT candle_time, open, high, low, close, volume FROM candles
@@ -559,6 +561,12 @@ impl Store for SqliteStore {
         )?;
         tail.reverse();
         Ok(tail)
+    }
+
+    fn tail_start(&self, series_id: &str, count: usize) -> StoreResult<Option<i64>> {
+        const OP: &str = "tail_start";
+        let mut stmt = self.conn.prepare_cached(SELECT_TAIL_START).map_err(err(OP))?;
+        stmt.query_row(params![series_id, sql_limit(count)], |row| row.get(0)).map_err(err(OP))
     }
 
     fn read_after(&self, series_id: &str, since: i64, limit: usize) -> StoreResult<Vec<Candle>> {

@@ -49,12 +49,17 @@ impl Recorder {
     fn drain(&mut self) -> Vec<Output> {
         let mut outs = Vec::new();
         while let Some(o) = self.engine.poll_output() {
-            if let Output::ClientReady { client } = o {
-                let mut frames = Vec::new();
-                self.engine.take_client_frames(client, &mut frames);
-                for f in frames {
-                    self.frames.push((client, serde_json::from_slice(&f).expect("frames are JSON")));
+            match &o {
+                Output::ClientReady { client } => {
+                    let mut frames = Vec::new();
+                    self.engine.take_client_frames(*client, &mut frames);
+                    for f in frames {
+                        self.frames.push((*client, serde_json::from_slice(&f).expect("frames are JSON")));
+                    }
                 }
+                // Not recorded: a replay answers it the same way, at the same point.
+                Output::ReadStore { op, query } => self.engine.answer_read_from_own_store(*op, query, self.now),
+                _ => {}
             }
             outs.push(o);
         }

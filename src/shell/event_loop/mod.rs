@@ -189,7 +189,7 @@ impl Server {
             None => None,
             Some(path) => {
                 let file = File::create(path).map_err(|e| format!("--record {}: {e}", path.display()))?;
-                let header = Header::new(cfg.settings.clone(), now, false).with_recorded_takes();
+                let header = Header::new(cfg.settings.clone(), now, false).with_recorded_takes().with_recorded_reads();
                 Some(JournalWriter::new(BufWriter::new(file), &header).map_err(|e| format!("--record: {e}"))?)
             }
         };
@@ -402,6 +402,13 @@ impl Server {
                 Output::ClientClose { client, code, reason } => self.close_client(client, code, &reason),
                 Output::Log { level, line } => self.log(level, &line),
                 Output::RestRequest { id, market, path } => self.start_rest(id, market, &path),
+                Output::ReadStore { op, query } => {
+                    // The store lives in the engine until the shell owns it
+                    // (issue #11 A); the answer is an input of its own, in a later
+                    // step, recorded like any other.
+                    let result = query.run(self.engine.store());
+                    self.pending_inputs.push_back(Input::StoreRead { op, result });
+                }
             }
         }
     }

@@ -5,6 +5,8 @@
 //!
 //! It never takes frames from the engine for a client whose socket is backed
 //! up: the backlog stays in the engine's bounded queue (slow-consumer policy).
+//! A take may make the engine ask for the client's next catch-up page
+//! (`ReadStore`), so outputs are drained after the takes of a turn.
 
 use super::{Conn, Server, CLIENT_READ_BUDGET};
 use crate::engine::{Input, LogLevel};
@@ -143,6 +145,8 @@ impl Server {
         }
         self.ready_clients = ready;
         self.frames = frames;
+        // A drained queue may have asked for the next catch-up page.
+        self.drain_outputs();
     }
 
     pub(super) fn close_client(&mut self, client: u64, code: u16, reason: &str) {
