@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
+use support::live::connect_from;
 use support::live::{http_request, metric_value, Client, Live};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::handshake::HandshakeError;
@@ -52,13 +53,6 @@ fn ws_connect(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> Resul
     }
 }
 
-/// Opens a TCP connection from `source` (any 127.0.0.0/8 address is loopback).
-fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.bind(&format!("{source}:0").parse::<SocketAddr>().unwrap().into()).unwrap();
-    sock.connect(&addr.into()).unwrap();
-    sock.into()
-}
 
 fn request_on(mut s: TcpStream, target: &str) -> (u16, Value) {
     s.set_read_timeout(Some(5 * SEC)).unwrap();

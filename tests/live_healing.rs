@@ -15,6 +15,7 @@ use fake_exchange::{FakeExchange, FakeOptions, SPOT};
 use serde_json::{json, Value};
 use std::time::Duration;
 use support::closed_times;
+use support::live::now_minute_ms;
 use support::live::Live;
 
 const S1: &str = "binance:spot:BTC/USDT:1m";
@@ -22,10 +23,6 @@ const STREAM: &str = "btcusdt@kline_1m";
 const SEC: Duration = Duration::from_secs(1);
 const MIN_MS: i64 = 60_000;
 
-fn now_minute_ms() -> i64 {
-    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
-    ms / MIN_MS * MIN_MS
-}
 
 fn price(t: i64) -> f64 {
     100.0 + ((t / MIN_MS) % 50) as f64

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
+use support::live::now_minute_ms;
 use support::live::Live;
 
 const S1: &str = "binance:spot:BTC/USDT:1m";
@@ -30,10 +31,6 @@ fn start(ex: &FakeExchange, extra: &[&str]) -> Live {
     Live::start(&args)
 }
 
-fn now_minute_ms() -> i64 {
-    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
-    ms / MIN_MS * MIN_MS
-}
 
 fn json_of(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("JSON body ({e}): {body}"))
@@ -204,12 +201,21 @@ fn backfill_recent_follows_updated_at_while_the_heal_is_unfinished() {
 
 // ------------------------------------------------- point 7: directory, CORS
 
+/// exchangeInfo is fetched at start (the engine's symbol lists): those fetches
+/// end first, so a scripted failure hits the request's own fetch (of tickers;
+/// exchangeInfo is then cached), not a start-up fetch racing it.
+fn symbol_lists_fetched(live: &mut Live) {
+    assert!(live.wait_log("symbols_listed market=spot", 10 * SEC).is_some());
+    assert!(live.wait_log("market=futures", 10 * SEC).is_some());
+}
+
 #[test]
 fn top_markets_answers_200_once_the_exchange_recovers() {
     let ex = FakeExchange::start(FakeOptions::spot());
     ex.set_markets("spot", vec![fake_exchange::FakeSymbol::new("BTC", "USDT").with_ticker("60000", "5000000", "1")]);
-    let live = start(&ex, &[]);
-    ex.rest_fail_next(2, 500, r#"{"code":-1000,"msg":"boom"}"#);
+    let mut live = start(&ex, &[]);
+    symbol_lists_fetched(&mut live);
+    ex.rest_fail_next(1, 500, r#"{"code":-1000,"msg":"boom"}"#);
     let (status, body) = live.get(&format!("{TOP}?force=true"));
     assert_eq!(status, 502, "{body}");
     // The exchange is back: the next request (forced or not) is answered.
@@ -219,8 +225,9 @@ fn top_markets_answers_200_once_the_exchange_recovers() {
 
     let ex = FakeExchange::start(FakeOptions::spot());
     ex.set_markets("spot", vec![fake_exchange::FakeSymbol::new("BTC", "USDT").with_ticker("60000", "5000000", "1")]);
-    let live = start(&ex, &[]);
-    ex.rest_fail_next(2, 500, r#"{"code":-1000,"msg":"boom"}"#);
+    let mut live = start(&ex, &[]);
+    symbol_lists_fetched(&mut live);
+    ex.rest_fail_next(1, 500, r#"{"code":-1000,"msg":"boom"}"#);
     assert_eq!(live.get(TOP).0, 502);
     let (status, body) = live.get(TOP);
     assert_eq!(status, 200, "a failure is not cached as the answer: {body}");

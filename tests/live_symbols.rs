@@ -14,15 +14,12 @@ mod fake_exchange;
 use fake_exchange::{FakeExchange, FakeOptions, FakeSymbol, SPOT};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
+use support::live::now_minute_ms;
 use support::live::{Client, Live};
 
 const SEC: Duration = Duration::from_secs(1);
 const MIN_MS: i64 = 60_000;
 
-fn now_minute_ms() -> i64 {
-    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
-    ms / MIN_MS * MIN_MS
-}
 
 fn price(t: i64) -> f64 {
     100.0 + ((t / MIN_MS) % 50) as f64

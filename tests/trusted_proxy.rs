@@ -15,12 +15,9 @@ use support::live::Live;
 
 const SEC: Duration = Duration::from_secs(1);
 
-/// A TCP connection from `source` (any 127.0.0.0/8 address is loopback).
+/// A TCP connection from `source`, with a read timeout.
 fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.bind(&format!("{source}:0").parse::<SocketAddr>().unwrap().into()).unwrap();
-    sock.connect(&addr.into()).unwrap();
-    let s: TcpStream = sock.into();
+    let s = support::live::connect_from(source, addr);
     s.set_read_timeout(Some(5 * SEC)).unwrap();
     s
 }

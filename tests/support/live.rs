@@ -273,3 +273,18 @@ impl Client {
         None
     }
 }
+
+/// The current minute's open time in unix milliseconds (live tests script the
+/// fake exchange around the real clock's minute).
+pub fn now_minute_ms() -> i64 {
+    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    ms / 60_000 * 60_000
+}
+
+/// A TCP connection to `addr` from `source` (any 127.0.0.0/8 address is loopback).
+pub fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&format!("{source}:0").parse::<SocketAddr>().unwrap().into()).unwrap();
+    sock.connect(&addr.into()).unwrap();
+    sock.into()
+}
