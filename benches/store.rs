@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use klinegate::cli::settings::Settings;
 use klinegate::engine::{Engine, Input, Output};
 use klinegate::model::Candle;
+use klinegate::replay::hosted;
 use klinegate::store::{MemoryStore, SeriesBatch, SqliteStore, Store};
 use klinegate::time::Timestamp;
 use rusqlite::{params, Connection};
@@ -157,9 +158,9 @@ fn kline_text(i: usize, minute: i64) -> String {
 
 /// Answers the engine's connects and SUBSCRIBEs at once, until it is quiet;
 /// notes which connection carries each stream.
-fn answer(e: &mut Engine, now: Timestamp, stream_conn: &mut HashMap<String, u64>) {
+fn answer(e: &mut Engine, store: &mut dyn Store, now: Timestamp, stream_conn: &mut HashMap<String, u64>) {
     loop {
-        let outs: Vec<Output> = std::iter::from_fn(|| e.poll_output()).collect();
+        let outs: Vec<Output> = hosted::drain(e, store, now);
         if outs.is_empty() {
             return;
         }
@@ -183,14 +184,14 @@ fn answer(e: &mut Engine, now: Timestamp, stream_conn: &mut HashMap<String, u64>
 
 /// Closed candles persisted per second (base + derived) through the engine:
 /// 500 pinned series, each closing one candle per minute of engine time.
-fn engine_closed(store: Box<dyn Store>, budget: Duration) -> (f64, f64) {
+fn engine_closed(mut store: Box<dyn Store>, budget: Duration) -> (f64, f64) {
     let settings = Settings { pins: (0..SERIES).map(|i| series_id(i, "1m")).collect(), heal: false, ..Settings::default() };
     // Set up shortly before the first close, well inside the silence timeout.
     let mut now = Timestamp::from_secs(T0 as u64 + 50);
-    let mut e = Engine::new(settings.to_engine_config().expect("settings"), store, now);
+    let mut e = Engine::new(settings.to_engine_config().expect("settings"), now);
     e.handle(Input::Start, now).expect("start");
     let mut stream_conn = HashMap::new();
-    answer(&mut e, now, &mut stream_conn);
+    answer(&mut e, store.as_mut(), now, &mut stream_conn);
     assert_eq!(e.gauges().jobs_running, SERIES, "every pinned stream is live");
     let conns: Vec<u64> =
         (0..SERIES).map(|i| stream_conn[&format!("{}usdt@kline_1m", symbol(i).to_ascii_lowercase())]).collect();
@@ -212,7 +213,8 @@ fn engine_closed(store: Box<dyn Store>, budget: Duration) -> (f64, f64) {
                 e.handle_timeout(now);
             }
             let _ = e.handle(input, now);
-            while e.poll_output().is_some() {}
+            // Each flush's write carried out at once, as one shell slice.
+            hosted::drain(&mut e, store.as_mut(), now);
         }
         timed += t.elapsed();
         frames += SERIES as u64;

@@ -63,5 +63,7 @@ impl Server {
         self.stats.store_write_count = st.writes;
         self.stats.store_write_seconds_sum = st.write_seconds_sum;
         self.stats.store_write_seconds_max = st.write_seconds_max;
+        self.stats.store_queue = self.store.queued() as u64;
+        self.stats.store_slice_seconds_max = self.store.worst_slice_s;
     }
 }

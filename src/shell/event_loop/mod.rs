@@ -37,6 +37,7 @@ use crate::wire::http::HttpLimits;
 use crate::shell::logger::Logger;
 use crate::shell::api::markets::{Directory, DirectoryConfig, FetchKind, SseStream};
 use crate::shell::api::routes::{HttpConfig, ShellStats};
+use crate::shell::store_host::StoreHost;
 use crate::shell::timed_store::{StoreStats, TimedStore};
 use crate::shell::conn::rest::RestConn;
 use crate::shell::conn::tls_server::ServerTls;
@@ -85,6 +86,13 @@ const STORE_BUSY_TIMEOUT: Duration = Duration::from_millis(50);
 const REST_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Maps the wall clock to engine time: never backwards, read once per turn.
+/// A closed-candle ingest waiting for the engine's `IngestDone`.
+struct ParkedIngest {
+    key: usize,
+    reply: crate::shell::api::ingest::ApplyReply,
+    req: crate::wire::http::Request,
+}
+
 struct Clock {
     origin_unix: Duration,
     origin: Instant,
@@ -112,6 +120,11 @@ pub struct Server {
     signals: UnixStream,
     conns: Slab<Conn>,
     engine: Engine,
+    /// The store, and the core's store effects waiting to be carried out.
+    store: StoreHost,
+    /// Closed-candle ingests waiting for `IngestDone`, by request.
+    ingest_waiting: BTreeMap<u64, ParkedIngest>,
+    next_ingest: u64,
     journal: Option<JournalWriter<BufWriter<File>>>,
     tls: TlsSetup,
     /// TLS for clients (`--tls-cert`/`--tls-key`): every accepted socket is a rustls
@@ -189,11 +202,12 @@ impl Server {
             None => None,
             Some(path) => {
                 let file = File::create(path).map_err(|e| format!("--record {}: {e}", path.display()))?;
-                let header = Header::new(cfg.settings.clone(), now, false).with_recorded_takes().with_recorded_reads();
+                let header = Header::new(cfg.settings.clone(), now, false).with_recorded_takes().with_recorded_store();
                 Some(JournalWriter::new(BufWriter::new(file), &header).map_err(|e| format!("--record: {e}"))?)
             }
         };
-        let engine = Engine::new(cfg.engine.clone(), Box::new(store), now);
+        let engine = Engine::new(cfg.engine.clone(), now);
+        let store = StoreHost::new(Box::new(store));
         let http_cfg = HttpConfig {
             cors_origins: cfg.cors_origins.clone(),
             enable_debug_api: cfg.enable_debug_api,
@@ -235,6 +249,9 @@ impl Server {
             signals,
             conns: Slab::with_capacity(1024),
             engine,
+            store,
+            ingest_waiting: BTreeMap::new(),
+            next_ingest: 0,
             journal,
             tls,
             client_tls,
@@ -303,6 +320,7 @@ impl Server {
                 }
             }
             let (now, mono) = self.clock.now();
+            let turn = Instant::now();
             self.now = now;
             self.mono = mono;
             self.stats.now_unix_s = unix_secs(now);
@@ -326,6 +344,7 @@ impl Server {
                 self.fire_timers();
             }
             self.process_pending_inputs();
+            self.run_store_slice();
             self.resolver.handle_timeout(self.poll.registry(), self.mono);
             self.deliver_dns_answers();
             self.tick_event_streams();
@@ -336,7 +355,14 @@ impl Server {
             if self.shutdown_finished() {
                 return self.finish();
             }
+            self.note_turn(turn);
         }
+    }
+
+    fn note_turn(&mut self, started: Instant) {
+        let took = started.elapsed();
+        self.stats.loop_turn.observe(crate::time::Duration(took.as_nanos() as u64));
+        self.stats.loop_turn_seconds_max = self.stats.loop_turn_seconds_max.max(took.as_secs_f64());
     }
 
     fn poll_timeout(&self) -> Duration {
@@ -357,7 +383,11 @@ impl Server {
         if self.resolver.wants_poll() {
             wait = Duration::ZERO;
         }
-        if !self.pending_inputs.is_empty() || self.any_upstream_wants_read() || self.any_client_wants_read() {
+        if !self.pending_inputs.is_empty()
+            || self.store.has_work()
+            || self.any_upstream_wants_read()
+            || self.any_client_wants_read()
+        {
             wait = Duration::ZERO;
         }
         wait
@@ -402,15 +432,30 @@ impl Server {
                 Output::ClientClose { client, code, reason } => self.close_client(client, code, &reason),
                 Output::Log { level, line } => self.log(level, &line),
                 Output::RestRequest { id, market, path } => self.start_rest(id, market, &path),
-                Output::ReadStore { op, query } => {
-                    // The store lives in the engine until the shell owns it
-                    // (issue #11 A); the answer is an input of its own, in a later
-                    // step, recorded like any other.
-                    let result = query.run(self.engine.store());
-                    self.pending_inputs.push_back(Input::StoreRead { op, result });
+                effect @ (Output::ReadStore { .. } | Output::Persist { .. }) => {
+                    // Carried out in order by `run_store_slice`; the answer is
+                    // an input of its own, recorded like any other.
+                    let _ = self.store.offer(effect);
                 }
+                Output::IngestDone { request, error } => self.finish_ingest(request, error),
             }
         }
+    }
+
+    /// Carries the engine's store effects out, in order, for at most one
+    /// slice (`store_host::SLICE`) after the first, feeding each answer back.
+    fn run_store_slice(&mut self) {
+        if !self.store.has_work() {
+            return;
+        }
+        let started = Instant::now();
+        while let Some(answer) = self.store.run_one() {
+            let _ = self.apply(answer);
+            if started.elapsed() >= crate::shell::store_host::SLICE {
+                break;
+            }
+        }
+        self.store.slice_took(started);
     }
 
     fn on_conn_event(&mut self, key: usize, readable: bool, writable: bool) {
