@@ -135,6 +135,7 @@ enum Endpoint {
     SeriesHealth,
     TopMarkets,
     TopMarketsStream,
+    OpenApi,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,6 +163,7 @@ const ROUTES: &[(&str, &str, Endpoint, Gate)] = &[
     ("/api/market/debug/series_health", "GET", Endpoint::SeriesHealth, Gate::DebugApi),
     ("/api/market/top_markets", "GET", Endpoint::TopMarkets, Gate::Always),
     ("/api/market/top_markets/stream", "GET", Endpoint::TopMarketsStream, Gate::Always),
+    ("/openapi.json", "GET", Endpoint::OpenApi, Gate::Always),
 ];
 
 fn lookup(path: &str, cfg: &HttpConfig) -> Option<(&'static str, Endpoint)> {
@@ -212,6 +214,7 @@ pub fn route(req: &Request, engine: &Engine, stats: &ShellStats, cfg: &HttpConfi
         Endpoint::IngestClosed => to_apply(ingest::ingest_one(req, false, ingest_now_s(engine, stats)), req, cfg),
         Endpoint::IngestForming => to_apply(ingest::ingest_one(req, true, ingest_now_s(engine, stats)), req, cfg),
         Endpoint::DevBatch => to_apply(ingest::ingest_batch(req, ingest_now_s(engine, stats)), req, cfg),
+        Endpoint::OpenApi => reply(crate::shell::api::docs::openapi(), req, cfg),
         Endpoint::KlineHealth => reply(crate::shell::api::kline_health::kline_health(req, engine), req, cfg),
         Endpoint::SeriesHealth => reply(crate::shell::api::kline_health::series_health(req, engine), req, cfg),
         Endpoint::TopMarkets | Endpoint::TopMarketsStream => Routed::Directory {
