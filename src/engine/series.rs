@@ -175,6 +175,7 @@ impl<T> IdxMap<T> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PinnedClose {
     pub series_id: String,
+    pub tf_s: i64,
     /// Close time (open time + timeframe, unix seconds) of the newest closed
     /// candle known; `None` before the first one.
     pub closed_at: Option<i64>,
@@ -189,9 +190,10 @@ impl super::Engine {
             .whitelist
             .iter()
             .map(|id| {
+                let tf_s = id.timeframe().seconds();
                 let entry = self.series.lookup(id.as_str()).map(|i| self.series.get(i));
-                let closed_at = entry.and_then(|e| e.last_closed.map(|t| t + e.tf_s));
-                PinnedClose { series_id: id.as_str().to_string(), closed_at }
+                let closed_at = entry.and_then(|e| e.last_closed.map(|t| t + tf_s));
+                PinnedClose { series_id: id.as_str().to_string(), tf_s, closed_at }
             })
             .collect()
     }

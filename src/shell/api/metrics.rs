@@ -107,7 +107,8 @@ pub fn engine_activity(m: &mut Exposition, engine: &Engine) {
     );
 }
 
-/// `klinegate_pinned_series_lag_seconds{series_id}`: the engine's time minus
+/// `klinegate_pinned_series_lag_seconds{series_id}` (and each pinned
+/// series' `klinegate_pinned_series_timeframe_seconds`): the engine's time minus
 /// the close time of each pinned series' newest closed candle. Healthy, it
 /// stays under one timeframe plus the exchange's close delay. A pinned series
 /// with no closed candle yet has no sample.
@@ -118,10 +119,15 @@ fn pinned_lag(m: &mut Exposition, engine: &Engine) {
         "Seconds since the newest closed candle of each pinned series closed (engine time minus open time plus timeframe).",
     );
     let now_s = engine.now().as_secs();
-    for pin in engine.pinned_closes() {
+    let pins = engine.pinned_closes();
+    for pin in &pins {
         if let Some(closed_at) = pin.closed_at {
             m.sample("pinned_series_lag_seconds", &[("series_id", &pin.series_id)], (now_s - closed_at).max(0) as f64);
         }
+    }
+    m.family("pinned_series_timeframe_seconds", "gauge", "Timeframe of each pinned series (the lag alert compares the lag with it).");
+    for pin in &pins {
+        m.sample("pinned_series_timeframe_seconds", &[("series_id", &pin.series_id)], pin.tf_s as f64);
     }
 }
 
@@ -157,6 +163,7 @@ mod tests {
         let text = rendered(&e);
         // Closed at 900 + 60 = 960; the engine's time is 1000.
         assert!(text.contains("klinegate_pinned_series_lag_seconds{series_id=\"binance:spot:BTC/USDT:1m\"} 40\n"), "{text}");
+        assert!(text.contains("klinegate_pinned_series_timeframe_seconds{series_id=\"binance:spot:BTC/USDT:1m\"} 60\n"), "{text}");
         assert!(text.contains("# TYPE klinegate_rest_weight_budget gauge\n"));
         assert!(text.contains("klinegate_rest_weight_budget{market=\"spot\"} 3000\n"), "{text}");
         assert!(text.contains("klinegate_rest_weight_budget{market=\"futures\"} 1200\n"), "{text}");
