@@ -143,6 +143,7 @@ enum Endpoint {
     SeriesHealth,
     TopMarkets,
     TopMarketsStream,
+    OpenApi,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -170,6 +171,7 @@ const ROUTES: &[(&str, &str, Endpoint, Gate)] = &[
     ("/api/market/debug/series_health", "GET", Endpoint::SeriesHealth, Gate::DebugApi),
     ("/api/market/top_markets", "GET", Endpoint::TopMarkets, Gate::Always),
     ("/api/market/top_markets/stream", "GET", Endpoint::TopMarketsStream, Gate::Always),
+    ("/openapi.json", "GET", Endpoint::OpenApi, Gate::Always),
 ];
 
 fn lookup(path: &str, cfg: &HttpConfig) -> Option<(&'static str, Endpoint)> {
@@ -222,6 +224,7 @@ pub fn route(req: &Request, engine: &Engine, store: &dyn Store, stats: &ShellSta
         Endpoint::IngestClosed => to_apply(ingest::ingest_one(req, false, ingest_now_s(engine, stats)), req, cfg),
         Endpoint::IngestForming => to_apply(ingest::ingest_one(req, true, ingest_now_s(engine, stats)), req, cfg),
         Endpoint::DevBatch => to_apply(ingest::ingest_batch(req, ingest_now_s(engine, stats)), req, cfg),
+        Endpoint::OpenApi => reply(crate::shell::api::docs::openapi(), req, cfg),
         Endpoint::KlineHealth => reply(crate::shell::api::kline_health::kline_health(req, engine, store), req, cfg),
         Endpoint::SeriesHealth => reply(crate::shell::api::kline_health::series_health(req, engine, store), req, cfg),
         Endpoint::TopMarkets | Endpoint::TopMarketsStream => Routed::Directory {
