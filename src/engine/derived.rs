@@ -519,6 +519,11 @@ impl DerivedFold {
     }
 }
 
+/// Example tests state the expected candles as literal numbers (worked out
+/// by hand from `minute(t)`'s prices), never by calling `merge`/`rollup`: a
+/// wrong merge rule must fail them, not agree with itself. The property tests
+/// at the end compare the streaming fold with the batch `rollup` on purpose
+/// (two code paths that must agree), and `rollup` has literal tests of its own.
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -673,9 +678,10 @@ mod tests {
         assert_eq!(next.len(), 2);
         assert_eq!(next[0].1, Candle { candle_time: 300, ..minute(300) });
         // The 15m forming includes the closed minutes already held.
-        assert_eq!(next[1].1, merge(0, minutes(0..240).iter().chain([minute(300)].iter())).unwrap());
+        // Minutes 0..240 (prices 100..103) and the forming 300 (105).
+        assert_eq!(next[1].1, c(0, 100.0, 106.0, 99.0, 105.5, 5.0));
         let out = closed(&mut f, &[minute(240)]);
-        assert_eq!(out, vec![(0, rollup(&minutes(0..300), Timeframe::M1, tf("5m"))[0])]);
+        assert_eq!(out, vec![(0, c(0, 100.0, 105.0, 99.0, 104.5, 5.0))]);
     }
 
     #[test]
@@ -683,7 +689,7 @@ mod tests {
         let mut f = fold(&["5m"]);
         closed(&mut f, &minutes(0..120));
         let out = forming(&mut f, minute(120));
-        assert_eq!(out, vec![(0, merge(0, &minutes(0..180)).unwrap())]);
+        assert_eq!(out, vec![(0, c(0, 100.0, 103.0, 99.0, 102.5, 3.0))]);
         // Forming for a time already closed is stale.
         assert!(forming(&mut f, minute(60)).is_empty());
         // Forming of an emitted bucket is stale too.
@@ -700,7 +706,7 @@ mod tests {
         let out = closed(&mut f, &base);
         assert_eq!(out.iter().map(|(_, c)| c.candle_time).collect::<Vec<_>>(), vec![300, 600]);
         let out = closed(&mut f, &[late]);
-        assert_eq!(out, vec![(0, rollup(&minutes(0..300), Timeframe::M1, tf("5m"))[0])]);
+        assert_eq!(out, vec![(0, c(0, 100.0, 105.0, 99.0, 104.5, 5.0))]);
         // Healing the same range again changes nothing.
         assert!(closed(&mut f, &minutes(0..900)).is_empty());
         assert_eq!(f.dropped_incomplete(), 0);
@@ -718,10 +724,10 @@ mod tests {
         f.restore(&stored, &[(0, Some(0)), (1, None)], &mut out);
         assert!(out.is_empty(), "bucket 0 is already stored: {out:?}");
         let out = closed(&mut f, &minutes(480..600));
-        assert_eq!(out, vec![(0, rollup(&minutes(300..600), Timeframe::M1, tf("5m"))[0])]);
+        assert_eq!(out, vec![(0, c(300, 105.0, 110.0, 104.0, 109.5, 5.0))]);
         let out = closed(&mut f, &minutes(600..3600));
         let hour: Vec<_> = out.iter().filter(|(i, _)| *i == 1).map(|(_, c)| *c).collect();
-        assert_eq!(hour, rollup(&minutes(0..3600), Timeframe::M1, tf("1h")));
+        assert_eq!(hour, vec![c(0, 100.0, 160.0, 99.0, 159.5, 60.0)]);
     }
 
     #[test]
@@ -730,7 +736,7 @@ mod tests {
         let mut f = fold(&["5m"]);
         let mut out = Vec::new();
         f.restore(&stored, &[(0, Some(0))], &mut out);
-        assert_eq!(out, vec![(0, rollup(&minutes(300..600), Timeframe::M1, tf("5m"))[0])]);
+        assert_eq!(out, vec![(0, c(300, 105.0, 110.0, 104.0, 109.5, 5.0))]);
     }
 
     #[test]
@@ -745,9 +751,8 @@ mod tests {
         let per_target = |i: usize| out.iter().filter(|(j, _)| *j == i).count();
         assert_eq!([0, 1, 2, 3, 4].map(per_target), [288, 96, 24, 6, 1]);
         let daily: Vec<_> = out.iter().filter(|(i, _)| *i == 4).map(|(_, c)| *c).collect();
-        assert_eq!(daily, rollup(&base, Timeframe::M1, tf("1d")));
-        assert_eq!(daily[0].candle_time, day);
-        assert_eq!(daily[0].volume, 1440.0);
+        // Prices 100 + minute number: 28,368,100 at the day's first minute.
+        assert_eq!(daily, vec![c(day, 28_368_100.0, 28_369_540.0, 28_368_099.0, 28_369_539.5, 1440.0)]);
     }
 
     #[test]
