@@ -280,3 +280,77 @@ fn the_late_close_watchdog_fires_from_the_clock_without_any_newer_frame() {
     let stored = run.store.read_tail("binance:spot:BTC/USDT:1m", 10).unwrap();
     assert_eq!(stored.iter().map(|c| c.candle_time).collect::<Vec<_>>(), vec![T0 as i64 - 60, T0 as i64]);
 }
+
+/// 300 new series arriving within a few seconds (one every 8 ms, as the live
+/// test's clients do) are all subscribed within 10 s of engine time, on spot
+/// (limit 5/s) and USD-M (10/s), with at most `limit - 1` messages in any
+/// rolling second on any connection. (The live test reports the wall-clock
+/// figure; the bound is checked here, where time is an input.)
+#[test]
+fn three_hundred_new_series_are_subscribed_within_10_s_under_the_limit() {
+    for (market, limit) in [("spot", 5usize), ("futures", 10)] {
+        let mut run = Run::new(quiet_settings());
+        run.input(Input::Start);
+        let start = run.now;
+        let (mut connected, mut acked) = (0usize, 0usize);
+        let mut step = |run: &mut Run| {
+            // The exchange opens every connection asked for and acks every request.
+            let opens: Vec<u64> = run
+                .outs
+                .iter()
+                .filter_map(|(_, o)| match o {
+                    Output::UpstreamConnect { conn, .. } => Some(*conn),
+                    _ => None,
+                })
+                .collect();
+            for conn in opens[connected..].to_vec() {
+                run.input(Input::UpstreamConnected { conn });
+            }
+            connected = opens.len();
+            let sends: Vec<(u64, u64)> = run
+                .outs
+                .iter()
+                .filter_map(|(_, o)| match o {
+                    Output::UpstreamSend { conn, text } => {
+                        serde_json::from_str::<Value>(text).ok()?.get("id")?.as_u64().map(|id| (*conn, id))
+                    }
+                    _ => None,
+                })
+                .collect();
+            for (conn, id) in sends[acked..].to_vec() {
+                run.input(Input::UpstreamText { conn, text: ack(id) });
+            }
+            acked = sends.len();
+        };
+        for i in 0..300u64 {
+            run.input(Input::ClientConnected { client: i });
+            let text = format!(r#"{{"type":"subscribe","series_id":"binance:{market}:B{i:03}/USDT:1m"}}"#);
+            run.input(Input::ClientText { client: i, text });
+            step(&mut run);
+            run.run_until(run.now.add(Duration(8 * MS)));
+        }
+        while run.now < start.add(Duration::from_secs(10)) {
+            step(&mut run);
+            run.run_until(run.now.add(Duration(50 * MS)));
+        }
+        let mut subscribed: Vec<(Timestamp, String)> = Vec::new();
+        let mut per_conn: std::collections::BTreeMap<u64, Vec<u64>> = Default::default();
+        for (t, o) in &run.outs {
+            if let Output::UpstreamSend { conn, text } = o {
+                let v: Value = serde_json::from_str(text).unwrap();
+                per_conn.entry(*conn).or_default().push((t.0 - start.0) / MS);
+                if v["method"] == "SUBSCRIBE" {
+                    for p in v["params"].as_array().unwrap() {
+                        subscribed.push((*t, p.as_str().unwrap().to_string()));
+                    }
+                }
+            }
+        }
+        assert_eq!(subscribed.len(), 300, "{market}: every new series subscribed once");
+        let last = subscribed.iter().map(|(t, _)| *t).max().unwrap();
+        assert!(last <= start.add(Duration::from_secs(10)), "{market}: the last SUBSCRIBE left {} ms after the first arrival", (last.0 - start.0) / MS);
+        for (conn, times) in &per_conn {
+            assert!(max_in_window(times, 1000) < limit, "{market} conn {conn}: {times:?}");
+        }
+    }
+}

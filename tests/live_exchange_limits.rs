@@ -72,7 +72,8 @@ fn burst_of_new_series(market: &str, opts: FakeOptions) {
     assert_eq!(ex.violation_count(), 0, "{:?}", ex.violations());
     assert!(worst_second(&ex) < limit, "a message of headroom in every second, pongs included");
     assert!(all, "all 300 subscribed: {}", ex.subscriptions().len());
-    assert!(took <= 10 * SEC, "subscribed within 10 s: {took:?}");
+    // `took` is reported above, not bounded here (no wall-clock bound in a
+    // test): tests/exchange_pacing.rs checks the 10 s in engine time.
     drop(clients);
 }
 
