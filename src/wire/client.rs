@@ -378,7 +378,7 @@ mod tests {
                 .split('"')
                 .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit() || b == b'.'));
             for t in decimals {
-                let Some(v) = crate::wire::binance::parse_decimal(t) else { continue };
+                let Some(v) = crate::wire::json_scan::parse_decimal(t) else { continue };
                 assert_eq!(ours_text(v), ryu_text(v), "{t}");
                 checked += 1;
             }
