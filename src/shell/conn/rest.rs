@@ -37,10 +37,9 @@ use mio::{Interest, Registry, Token};
 
 use crate::shell::conn::transport::{describe_io_error, describe_tls_handshake_error, Transport};
 use crate::wire::http::response::{Received, ResponseReader};
-use crate::shell::conn::upstream::{
-    connect_next, literal_addrs, parse_url_with_schemes, start_transport, tcp_connect_result, Registration, TlsSetup,
-    WsUrl,
-};
+use crate::shell::conn::dial::{connect_next, literal_addrs, start_transport, tcp_connect_result, Registration};
+use crate::shell::conn::tls_client::TlsSetup;
+use crate::shell::conn::url::{parse_url_with_schemes, WsUrl};
 
 /// Bytes read from the socket per `read` call.
 const READ_CHUNK: usize = 16 * 1024;
