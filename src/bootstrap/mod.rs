@@ -14,7 +14,6 @@
 //! reader does); rows with missing, non-finite, negative or inconsistent values
 //! are skipped and counted by reason; gaps stay gaps (nothing is filled); writes
 //! are upserts, so importing twice leaves the store as importing once.
-//! Reference: shared/spec/reference-system.md §7, shared/data/SOURCES.md §2.
 //!
 //! Files: `naming` (file names ↔ series ids), `discovery` (what a datadir
 //! holds), `read` (one file to clean candles) with its formats `json`

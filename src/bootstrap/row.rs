@@ -38,7 +38,7 @@ impl RawTimeUnit {
 }
 
 /// The unit of an untyped integer time column, from its largest magnitude —
-/// reference §7.4 (`> 1e14` ns, `> 1e11` ms, else s), refined so that
+/// the reference system's rule (`> 1e14` ns, `> 1e11` ms, else s), refined so that
 /// microseconds are recognised too: every real-world time after 1973 is above
 /// 1e17 in ns, above 1e14 in µs, above 1e11 in ms and below 1e11 in s.
 pub fn infer_time_unit(max_abs: i64) -> RawTimeUnit {
@@ -91,7 +91,7 @@ mod tests {
         assert_eq!(infer_time_unit(t * 1000), RawTimeUnit::Millis);
         assert_eq!(infer_time_unit(t * 1_000_000), RawTimeUnit::Micros);
         assert_eq!(infer_time_unit(t * 1_000_000_000), RawTimeUnit::Nanos);
-        // Reference §7.4 boundaries: ≤ 1e11 is seconds, just above is ms.
+        // The reference system's boundaries: ≤ 1e11 is seconds, just above is ms.
         assert_eq!(infer_time_unit(100_000_000_000), RawTimeUnit::Seconds);
         assert_eq!(infer_time_unit(100_000_000_001), RawTimeUnit::Millis);
         assert_eq!(infer_time_unit(0), RawTimeUnit::Seconds);

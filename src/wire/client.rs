@@ -51,7 +51,7 @@ impl fmt::Display for RequestError {
     }
 }
 
-/// Parses one text frame, in the reference's validation order (§2.2).
+/// Parses one text frame, in the reference system's validation order.
 pub fn parse_request(text: &str) -> Result<ClientRequest, RequestError> {
     let value: Value = serde_json::from_str(text).map_err(|_| RequestError::InvalidJson)?;
     let Value::Object(obj) = value else {

@@ -11,7 +11,7 @@ use crate::engine::guardrail::GuardrailConfig;
 use crate::model::{SeriesId, Timeframe};
 use crate::time::Duration;
 
-/// Whether this instance runs ingest jobs (§4.9). klinegate always honours the
+/// Whether this instance runs ingest jobs. klinegate always honours the
 /// role (the reference's role guard is permanently on).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Role {

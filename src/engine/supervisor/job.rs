@@ -96,7 +96,7 @@ impl Job {
     }
 }
 
-/// What the reaper does with one job at one instant (§4.5, decided purely).
+/// What the reaper does with one job at one instant (decided purely).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum ReaperAction {
     Keep,

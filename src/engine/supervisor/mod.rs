@@ -1,4 +1,4 @@
-//! Supervisor of ingest jobs (reference §4): which base series have an ingest
+//! Supervisor of ingest jobs: which base series have an ingest
 //! job, who holds them (pinned whitelist entries or refcounted on-demand
 //! subscribers), when they are started, restarted, evicted and reaped.
 //!
@@ -21,7 +21,7 @@
 //!        └── (removed) ◄──Stop{Reaped|Evicted|Shutdown}──── … ◄──── Dead ──retry due──► Start
 //! ```
 //!
-//! Deliberate differences from the reference (spec §11 items 3, 4, 5, 8, 9, 10):
+//! Deliberate differences from the reference system this replaces:
 //! - re-subscribing to a dead job keeps its refcount and crash counters (the
 //!   reference replaced it with a fresh refcount-1 job);
 //! - an unsupported exchange / market / symbol / timeframe is rejected up front
@@ -70,7 +70,7 @@ const MIN_IDLE_TTL: Duration = Duration::from_secs(1);
 /// The `source` the debug snapshot reports for every job (reference binding name).
 const SOURCE_NAME: &str = "binance_ws";
 
-/// The on-demand capacity decision for a new job (§4.4).
+/// The on-demand capacity decision for a new job.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum CapacityPlan {
     Accept,
@@ -136,7 +136,7 @@ impl Supervisor {
     }
 
     /// The base series that feeds `s`: a derived timeframe maps to the derived
-    /// base (same exchange/market/symbol), anything else to itself (§4.2).
+    /// base (same exchange/market/symbol), anything else to itself.
     pub fn normalize(&self, s: &SeriesId) -> SeriesId {
         if self.derived.contains(&s.timeframe()) {
             s.with_timeframe(self.cfg.derived_base)
@@ -245,7 +245,7 @@ impl Supervisor {
         }
     }
 
-    /// A client no longer wants `requested` (§4.3). The refcount floors at 0;
+    /// A client no longer wants `requested`. The refcount floors at 0;
     /// reaching (or staying at) 0 starts the idle clock. Pinned, unknown,
     /// unsupported series and the `read` role are no-ops.
     pub fn unsubscribe(&mut self, requested: &SeriesId, now: Timestamp) {
@@ -316,7 +316,7 @@ impl Supervisor {
         job.retry_at = now.add(wait);
     }
 
-    /// The reaper at `now` (§4.5): reaps idle-past-TTL jobs and dead unwanted
+    /// The reaper at `now`: reaps idle-past-TTL jobs and dead unwanted
     /// ones (each with `Stop{Reaped}` so the engine flushes what the job still
     /// buffers), then restarts dead wanted jobs whose retry time has come and
     /// whose breaker allows an attempt. Calling it early is harmless.
@@ -376,7 +376,7 @@ impl Supervisor {
         }
     }
 
-    /// The debug snapshot (§4.11 shape; times are Unix seconds from the engine
+    /// The debug snapshot (the reference system's shape; times are Unix seconds from the engine
     /// clock). Extra per-job fields: `state`, `pinned`, `next_retry_at`.
     pub fn snapshot(&self, now: Timestamp) -> Value {
         let jobs: Vec<Value> =
@@ -438,7 +438,7 @@ impl Supervisor {
         job.last_zero_at.map(|idle_since| idle_since.add(self.cfg.idle_ttl))
     }
 
-    /// §4.4: the cap counts non-pinned jobs, dead ones included; the victim is
+    /// The cap counts non-pinned jobs, dead ones included; the victim is
     /// the job idle the longest (ties: lowest series id). Dead jobs that still
     /// have subscribers are never idle, so never victims.
     fn plan_capacity(&self) -> CapacityPlan {

@@ -60,7 +60,7 @@ fn rc(sup: &Supervisor, s: &str) -> i64 {
     sup.job(&sid(s)).unwrap().refcount
 }
 
-// ---- §4.7 transition table, row by row ----
+// ---- the job transition table, row by row ----
 
 #[test]
 fn row1_start_whitelist_pins_with_refcount_minus_one() {

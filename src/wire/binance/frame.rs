@@ -17,7 +17,7 @@ pub enum Frame<'a> {
     /// A kline update, forming or final.
     Kline(KlineEvent<'a>),
     /// `{"result":null,"id":N}`: a SUBSCRIBE/UNSUBSCRIBE was accepted (which proves
-    /// nothing about the stream existing, spec §3).
+    /// nothing about the stream existing: Binance acknowledges any name).
     ControlAck { id: u64 },
     /// `{"result":[...],"id":N}`: the answer to LIST_SUBSCRIPTIONS.
     ControlList { id: u64, streams: Vec<String> },

@@ -3,7 +3,7 @@
 //! everything a kline connection receives (kline events, control responses,
 //! `serverShutdown`).
 //!
-//! Owns: the exact byte shapes Binance sends and accepts (spec `binance.md` §1–4).
+//! Owns: the exact byte shapes Binance sends and accepts.
 //! Never: keeps state, does I/O, reads a clock, panics on input, or allocates while
 //! parsing a kline frame. Control responses and errors are rare and may allocate.
 //!

@@ -11,7 +11,7 @@ use crate::model::{Market, Timeframe};
 /// Combined-stream endpoint for spot (streams in `?streams=` or via `SUBSCRIBE`).
 pub const SPOT_WS_URL: &str = "wss://stream.binance.com:9443/stream";
 /// Combined-stream endpoint for USD-M futures on the routed `/market` path (since
-/// 2026 the un-routed root delivers no klines; spec §1).
+/// 2026 the un-routed root delivers no klines).
 pub const FUTURES_WS_URL: &str = "wss://fstream.binance.com/market/stream";
 
 
@@ -41,7 +41,7 @@ pub fn combined_stream_url<S: AsRef<str>>(base: &str, streams: &[S]) -> String {
 // Intervals and stream names
 // ---------------------------------------------------------------------------
 
-/// Binance kline intervals our [`Timeframe`] can express (spec §1: `1s` and `1M`
+/// Binance kline intervals our [`Timeframe`] can express (`1s` and `1M`
 /// exist on Binance but are not whole-minute/week multiples we support).
 const SUPPORTED_INTERVALS: [(&str, u32); 14] = [
     ("1m", 60),
@@ -134,8 +134,8 @@ impl std::error::Error for StreamNameError {}
 
 /// Kline stream name for a ccxt-style symbol: `BTC/USDT:USDT`, 1h → `btcusdt@kline_1h`.
 /// The part before the first `:` must contain `/`; `/` and `-` are removed and the
-/// rest lowercased (reference §5.2). Built by construction because Binance
-/// acknowledges any name, even one that will never deliver (spec §3).
+/// rest lowercased (as the reference system names streams). Built by construction
+/// because Binance acknowledges any name, even one that will never deliver.
 pub fn stream_name(symbol: &str, tf: Timeframe) -> Result<String, StreamNameError> {
     let pair = symbol
         .split_once(':')
