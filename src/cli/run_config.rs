@@ -265,6 +265,9 @@ struct RunArgs {
     /// Log line format: kv (key=value) or json
     #[arg(long, value_name = "FORMAT", default_value = "kv", help_heading = "Logging")]
     log_format: String,
+    /// Candle store: sqlite:PATH (default sqlite:./klinegate.db; --db PATH is its shorthand) or postgres://USER[:PASS]@HOST:PORT/DB[?schema=NAME]
+    #[arg(long, value_name = "URL", help_heading = "Server")]
+    store_url: Option<String>,
 }
 
 /// Everything `klinegate run` needs, validated.
@@ -315,6 +318,8 @@ pub struct RunConfig {
     pub ingest_api: bool,
     pub auth_token: Option<String>,
     pub shutdown_grace_s: u64,
+    /// `--store-url`: SQLite (the file is `db`) or PostgreSQL.
+    pub store: crate::cli::store_url::StoreBackend,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -617,6 +622,7 @@ fn build(l: &mut Layers<'_>, known: &[String]) -> Result<RunConfig, RunConfigErr
     let listen = l.value("listen", parse_listen)?;
     let db = l.path("db")?.ok_or_else(|| l.invalid("db", "must not be empty"))?;
     in_existing_dir(&db).map_err(|r| l.invalid("db", r))?;
+    let (db, store) = resolve_store_url(l, db)?;
     let record = l.path("record")?;
     if let Some(p) = &record {
         in_existing_dir(p).map_err(|r| l.invalid("record", r))?;
@@ -710,6 +716,7 @@ fn build(l: &mut Layers<'_>, known: &[String]) -> Result<RunConfig, RunConfigErr
         ingest_api: l.value("ingest_api", |s| parse_loopback_switch(s, &listen))?,
         auth_token: l.optional("auth_token")?,
         shutdown_grace_s: l.value("shutdown_grace_s", parse_u64)?,
+        store,
         engine: settings.to_engine_config().map_err(|e| engine_error(l, e))?,
         settings,
     };
@@ -924,6 +931,31 @@ fn in_existing_dir(path: &Path) -> Result<(), String> {
     }
 }
 
+/// `--store-url` against `--db` (its shorthand): both given is an error;
+/// `sqlite:PATH` replaces the SQLite file (relative to the config file's
+/// directory when it comes from the file).
+fn resolve_store_url(
+    l: &mut Layers<'_>,
+    db: PathBuf,
+) -> Result<(PathBuf, crate::cli::store_url::StoreBackend), RunConfigError> {
+    use crate::cli::store_url::{parse_store_url, StoreBackend, StoreUrl};
+    let Some(text) = l.optional("store_url")? else { return Ok((db, StoreBackend::Sqlite)) };
+    if l.given("db") {
+        return Err(l.invalid("store_url", "--db PATH is short for --store-url sqlite:PATH; give one of them, not both"));
+    }
+    match parse_store_url(&text).map_err(|r| l.invalid("store_url", r))? {
+        StoreUrl::Postgres(cfg) => Ok((db, StoreBackend::Postgres(cfg))),
+        StoreUrl::Sqlite(path) => {
+            let path = match (&l.file, l.origins.get("store_url")) {
+                (Some(file), Some(Origin::File { .. })) if path.is_relative() => file.dir.join(path),
+                _ => path,
+            };
+            in_existing_dir(&path).map_err(|r| l.invalid("store_url", r))?;
+            Ok((path, StoreBackend::Sqlite))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1131,6 +1163,24 @@ mod tests {
         assert!(error(&["--config", "/nonexistent/k.toml"], &[]).starts_with("invalid setting --config:"));
         assert!(error(&["--db", "/nonexistent-dir/k.db"], &[]).starts_with("invalid setting --db: directory"));
         assert!(error(&["--breaker-crash-budget", "99999999999"], &[]).contains("too large"));
+    }
+
+    #[test]
+    fn store_url_from_flag_env_and_file_and_db_beside_it_is_refused() {
+        use crate::cli::store_url::StoreBackend;
+        let c = parse(&["--store-url", "postgres://kg@127.0.0.1:5432/test?schema=kg1"]).unwrap();
+        let StoreBackend::Postgres(pg) = &c.store else { panic!("not postgres: {:?}", c.store) };
+        assert_eq!(pg.schema, "kg1");
+        let c = parse_with(&[], &[("KLINEGATE_STORE_URL", "sqlite:other.db")]).unwrap();
+        assert_eq!((c.db.clone(), c.store), (PathBuf::from("other.db"), StoreBackend::Sqlite));
+        assert_eq!(parse(&[]).unwrap().store, StoreBackend::Sqlite);
+        let line = error(&["--db", "a.db", "--store-url", "sqlite:b.db"], &[]);
+        assert!(line.starts_with("invalid setting --store-url") && line.contains("not both"), "{line}");
+        let line = error(&["--store-url", "mysql://h/db"], &[]);
+        assert!(line.contains("expected sqlite:PATH or postgres://"), "{line}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = write_file(&dir, "k.toml", "store_url = \"sqlite:k.db\"\n");
+        assert_eq!(parse(&["--config", &file]).unwrap().db, dir.path().join("k.db"));
     }
 
     #[test]
