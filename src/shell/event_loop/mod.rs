@@ -18,7 +18,8 @@
 //! - `directory`: the market directory (`top_markets`) and its event streams;
 //! - `housekeeping`: timeouts, pings, journal flush, store statistics;
 //! - `shutdown`: the signal pipe, graceful shutdown and the exit code;
-//! - `startup`: store notes and the freqtrade bootstrap run by `new`.
+//! - `startup`: opening the store (SQLite notes and freqtrade bootstrap, or PostgreSQL) for `new`;
+//! - `store_reads`: a PostgreSQL store's socket and pump, and HTTP requests parked for its reads.
 
 mod clients;
 mod directory;

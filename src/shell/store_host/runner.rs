@@ -222,3 +222,56 @@ impl Store for PgRunner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{StoreQuery, StoreReadResult};
+
+    fn closed_port() -> SocketAddr {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    }
+
+    fn cfg() -> PgConfig {
+        crate::store::postgres::parse_pg_url("postgres://kg@127.0.0.1:1/db?schema=kg").expect("url")
+    }
+
+    /// No server: effects wait at most HOLD for a connection, then fail in
+    /// the order emitted (the core's backlog policy takes over); HTTP reads
+    /// fail at once; the host says why.
+    #[test]
+    fn without_a_server_effects_fail_after_the_hold_in_order_and_reads_at_once() {
+        let runner = PgRunner::new(cfg(), closed_port()).expect("runner");
+        let write = StoreWrite {
+            batches: vec![SeriesBatch {
+                series_id: "s".into(),
+                candles: vec![Candle { candle_time: 60, open: 1.0, high: 1.0, low: 1.0, close: 1.0, volume: 1.0 }],
+            }],
+            ..StoreWrite::default()
+        };
+        let offered = Instant::now();
+        runner.offer(Output::Persist { op: StoreOp(1), write });
+        runner.offer(Output::ReadStore { op: StoreOp(2), query: StoreQuery::Bounds { series_id: "s".into() } });
+        let mut answers = Vec::new();
+        while answers.len() < 2 {
+            runner.turn(Duration::from_millis(50));
+            answers.extend(runner.take_answers());
+        }
+        assert!(offered.elapsed() >= super::super::pg::HOLD, "held for a connection first");
+        match (&answers[0], &answers[1]) {
+            (
+                Input::Persisted { op: StoreOp(1), result: PersistOutcome::Failed(w) },
+                Input::StoreRead { op: StoreOp(2), result: StoreReadResult::Failed(r) },
+            ) => {
+                assert!(w.contains("postgres unavailable") && w.contains("connect to"), "{w}");
+                assert_eq!(w, r);
+            }
+            other => panic!("unexpected answers {other:?}"),
+        }
+        assert_eq!(runner.outstanding(), 0);
+        let read = runner.head_time("s");
+        assert!(read.as_ref().is_err_and(|e| e.message.contains("postgres unavailable")), "{read:?}");
+        assert!(runner.host_mut().down_reason().is_some());
+    }
+}
