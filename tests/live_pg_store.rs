@@ -9,6 +9,7 @@
 //!   nothing, never closes the client;
 //! - the run is recorded, and `klinegate replay` of the journal (no database)
 //!   gives the client exactly the frames it saw.
+//!
 //! Skips (printing why) without a server outside CI; fails under `CI=true`.
 
 mod support;

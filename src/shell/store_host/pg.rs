@@ -177,7 +177,7 @@ impl PgHost {
 
     /// The oldest effect's answer, once it has one.
     pub fn run_one(&mut self) -> Option<Input> {
-        if !self.effects.front().is_some_and(|e| e.answer.is_some()) {
+        if self.effects.front().is_none_or(|e| e.answer.is_none()) {
             return None;
         }
         self.effects.pop_front().and_then(|e| e.answer)
