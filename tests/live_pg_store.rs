@@ -8,7 +8,9 @@
 //!   closes (published once stored after recovery), loses and duplicates
 //!   nothing, never closes the client;
 //! - the run is recorded, and `klinegate replay` of the journal (no database)
-//!   gives the client exactly the frames it saw.
+//!   gives the client exactly the frames it saw;
+//! - HTTP reads park while the database is slow, the loop keeps answering,
+//!   and past the bound (256 parked) a request is answered 503 `store_busy`.
 //!
 //! Skips (printing why) without a server outside CI; fails under `CI=true`.
 
@@ -146,5 +148,55 @@ fn postgres_store_serves_history_stores_closes_once_and_rides_out_an_outage() {
     let replayed = replay_frames(&journal);
     let ids = client_ids(&journal);
     assert_eq!(replayed.get(&ids[0]), Some(&seen), "the replay, with no database, gives the client exactly its frames");
+    pg.simple(&format!("DROP SCHEMA {schema} CASCADE"));
+}
+
+/// `MAX_PARKED_READS` in `shell/event_loop/store_reads.rs`.
+const MAX_PARKED: usize = 256;
+
+#[test]
+fn postgres_reads_park_while_the_database_is_slow_bounded_then_answered() {
+    let Some((cfg, addr)) = pg_or_skip("postgres_reads_park_while_the_database_is_slow_bounded_then_answered") else {
+        return;
+    };
+    let schema = unique("kg_park");
+    let proxy = TcpProxy::start(addr);
+    let mut url = format!("postgres://{}@{}/{}?schema={schema}", cfg.user, proxy.addr, cfg.database);
+    if let Some(p) = &cfg.password {
+        url = url.replacen('@', &format!(":{p}@"), 1);
+    }
+    let ex = FakeExchange::start(FakeOptions::spot());
+    let ws = ex.ws_url();
+    let mut live = Live::start(&["--store-url", &url, "--spot-ws-url", &ws, "--futures-ws-url", &ws, "--heal", "false"]);
+    assert!(live.wait_log("store_schema_ready", 10 * SEC).is_some());
+    // The database stops answering (the connection stays open).
+    proxy.freeze(true);
+    let request = "GET /api/market/candles?series_id=binance:spot:BTC/USDT:1m HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let mut parked: Vec<std::net::TcpStream> = (0..MAX_PARKED)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(live.addr).expect("connect");
+            std::io::Write::write_all(&mut s, request.as_bytes()).expect("send");
+            s
+        })
+        .collect();
+    assert!(
+        wait_until(20 * SEC, || metric_value(&live.get("/metrics").1, "klinegate_store_http_parked") == Some(MAX_PARKED as f64)),
+        "every request parked; the loop answers /metrics meanwhile"
+    );
+    let (status, body) = live.get("/api/market/candles?series_id=binance:spot:BTC/USDT:1m");
+    assert_eq!(status, 503, "past the bound: {body}");
+    assert!(body.contains("store_busy"), "{body}");
+    assert_eq!(live.get("/health").0, 200, "the loop is not blocked");
+    // The database answers again: every parked request gets its 200.
+    proxy.freeze(false);
+    for s in parked.iter_mut() {
+        s.set_read_timeout(Some(20 * SEC)).expect("timeout");
+        let mut reply = String::new();
+        let _ = std::io::Read::read_to_string(s, &mut reply);
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    }
+    assert_eq!(metric_value(&live.get("/metrics").1, "klinegate_store_http_parked"), Some(0.0));
+    assert_eq!(live.terminate(10 * SEC), Some(0));
+    let mut pg = PgClient::connect(&cfg, addr, 4);
     pg.simple(&format!("DROP SCHEMA {schema} CASCADE"));
 }

@@ -1,7 +1,9 @@
 //! A loopback TCP proxy a test can cut and restore, to take a server away
 //! from the process under test without stopping the (shared) server itself.
 //! Cutting shuts every proxied connection down and refuses new ones until
-//! restored. Threads, blocking sockets: test support only.
+//! restored; freezing keeps the connections open but holds every byte until
+//! thawed (a server that stopped answering). Threads, blocking sockets: test
+//! support only.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -12,6 +14,7 @@ use std::sync::{Arc, Mutex};
 pub struct TcpProxy {
     pub addr: SocketAddr,
     cut: Arc<AtomicBool>,
+    frozen: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
 }
 
@@ -22,7 +25,8 @@ impl TcpProxy {
         let addr = listener.local_addr().expect("proxy address");
         let cut = Arc::new(AtomicBool::new(false));
         let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
-        let (cut2, conns2) = (cut.clone(), conns.clone());
+        let frozen = Arc::new(AtomicBool::new(false));
+        let (cut2, conns2, frozen2) = (cut.clone(), conns.clone(), frozen.clone());
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
@@ -41,11 +45,11 @@ impl TcpProxy {
                         list.push(b);
                     }
                 }
-                pipe(client, s2);
-                pipe(server, c2);
+                pipe(client, s2, frozen2.clone());
+                pipe(server, c2, frozen2.clone());
             }
         });
-        TcpProxy { addr, cut, conns }
+        TcpProxy { addr, cut, frozen, conns }
     }
 
     /// Shuts every proxied connection down; new ones are refused until [`TcpProxy::restore`].
@@ -58,19 +62,27 @@ impl TcpProxy {
         }
     }
 
+    /// Holds every byte in both directions (connections stay open) until `false`.
+    pub fn freeze(&self, frozen: bool) {
+        self.frozen.store(frozen, Ordering::SeqCst);
+    }
+
     pub fn restore(&self) {
         self.cut.store(false, Ordering::SeqCst);
     }
 }
 
 /// Copies `from` → `to` until either side ends, then shuts both down.
-fn pipe(mut from: TcpStream, mut to: TcpStream) {
+fn pipe(mut from: TcpStream, mut to: TcpStream, frozen: Arc<AtomicBool>) {
     std::thread::spawn(move || {
         let mut buf = [0u8; 16 * 1024];
         loop {
             match from.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
+                    while frozen.load(Ordering::SeqCst) {
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
                     if to.write_all(&buf[..n]).is_err() {
                         break;
                     }

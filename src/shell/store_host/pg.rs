@@ -11,9 +11,11 @@
 //! restore range depends on the head) holds the effects behind it until that
 //! request is on the wire.
 //!
-//! Bounds: at most [`MAX_IN_FLIGHT`] requests on the connection (the rest wait
-//! in the effect queue, which the core bounds: see `store_host`), at most
-//! `MAX_PARKED_READS` HTTP reads (the loop answers 503 past it).
+//! Bounds: at most [`MAX_IN_FLIGHT`] requests on the connection; the rest
+//! wait in the effect queue (which the core bounds: see `store_host`) or the
+//! HTTP read queue (bounded by the loop's `MAX_PARKED_READS` requests, each
+//! asking for a few reads per round; the loop answers 503 past it). Effects
+//! go first when both wait for room.
 //!
 //! The database down or failing — the decision:
 //! - Start: klinegate starts DEGRADED, it does not wait for the database.
@@ -91,6 +93,7 @@ pub struct PgHost {
     barriers: usize,
     bootstrap: Option<Bootstrap>,
     schema_ready: bool,
+    http_queue: VecDeque<(u64, Call)>,
     http_done: VecDeque<(u64, Call, CallResult)>,
     notes: VecDeque<(LogLevel, String)>,
     last_progress: Instant,
@@ -116,6 +119,7 @@ impl PgHost {
             barriers: 0,
             bootstrap: None,
             schema_ready: false,
+            http_queue: VecDeque::new(),
             http_done: VecDeque::new(),
             notes: VecDeque::new(),
             last_progress: now,
@@ -184,20 +188,35 @@ impl PgHost {
     }
 
     /// Queues a read for an HTTP request (`ticket`); its result comes back
-    /// from [`PgHost::poll_http`]. Without a usable connection it fails at once.
+    /// from [`PgHost::poll_http`]. Without a usable connection it fails at
+    /// once; with one it waits for room on the connection (the loop bounds
+    /// the requests parked, and each asks for a few reads at a time).
     pub fn read_for_http(&mut self, ticket: u64, call: Call) {
-        if !self.available() || self.driver.proto.pending() >= MAX_IN_FLIGHT {
-            let why = self.down_reason().unwrap_or_else(|| "postgres queue full".to_string());
+        if let Some(why) = self.down_reason() {
             self.http_done.push_back((ticket, call, Err(StoreError { op: "read", message: why })));
             return;
         }
-        match self.driver.proto.submit(call_request(&self.schema, &call)) {
-            Ok(id) => {
-                self.touch_progress();
-                self.owners.insert(id, Owner::Http(ticket, call));
+        self.http_queue.push_back((ticket, call));
+        self.submit_http();
+    }
+
+    fn submit_http(&mut self) {
+        while self.available() && self.driver.proto.pending() < MAX_IN_FLIGHT {
+            let Some((ticket, call)) = self.http_queue.pop_front() else { return };
+            match self.driver.proto.submit(call_request(&self.schema, &call)) {
+                Ok(id) => {
+                    self.touch_progress();
+                    self.owners.insert(id, Owner::Http(ticket, call));
+                }
+                Err(full) => {
+                    self.http_done.push_back((ticket, call, Err(StoreError { op: "read", message: full.to_string() })))
+                }
             }
-            Err(full) => {
-                self.http_done.push_back((ticket, call, Err(StoreError { op: "read", message: full.to_string() })))
+        }
+        if let Some(why) = self.down_reason() {
+            // The connection went away while they waited: they fail now.
+            for (ticket, call) in self.http_queue.drain(..) {
+                self.http_done.push_back((ticket, call, Err(StoreError { op: "read", message: why.clone() })));
             }
         }
     }
@@ -244,6 +263,7 @@ impl PgHost {
             self.collect(now, registry);
         }
         self.submit_queued(now);
+        self.submit_http();
         self.driver.flush(now, registry);
         self.collect(now, registry);
     }
