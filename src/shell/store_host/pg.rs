@@ -419,6 +419,10 @@ impl PgHost {
 
     fn on_bootstrap_answer(&mut self, answer: Answer, now: Instant, registry: &Registry) {
         let Some(mut b) = self.bootstrap.take() else { return };
+        if answer.as_ref().is_err_and(|e| e.is_disconnect()) {
+            // The connection dropped under it: it runs again on the next one.
+            return;
+        }
         match b.on_answer(answer) {
             BootstrapStep::Send(req) => {
                 if let Ok(id) = self.driver.proto.submit(req) {
