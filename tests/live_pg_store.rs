@@ -9,6 +9,8 @@
 //!   nothing, never closes the client;
 //! - the run is recorded, and `klinegate replay` of the journal (no database)
 //!   gives the client exactly the frames it saw;
+//! - started while the database is unreachable, the server runs degraded and
+//!   bootstraps and serves once it comes up;
 //! - HTTP reads park while the database is slow, the loop keeps answering,
 //!   and past the bound (256 parked) a request is answered 503 `store_busy`.
 //!
@@ -196,6 +198,36 @@ fn postgres_reads_park_while_the_database_is_slow_bounded_then_answered() {
         assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     }
     assert_eq!(metric_value(&live.get("/metrics").1, "klinegate_store_http_parked"), Some(0.0));
+    assert_eq!(live.terminate(10 * SEC), Some(0));
+    let mut pg = PgClient::connect(&cfg, addr, 4);
+    pg.simple(&format!("DROP SCHEMA {schema} CASCADE"));
+}
+
+#[test]
+fn postgres_unreachable_at_start_runs_degraded_then_connects() {
+    let Some((cfg, addr)) = pg_or_skip("postgres_unreachable_at_start_runs_degraded_then_connects") else { return };
+    let schema = unique("kg_down");
+    let proxy = TcpProxy::start(addr);
+    proxy.cut();
+    let mut url = format!("postgres://{}@{}/{}?schema={schema}", cfg.user, proxy.addr, cfg.database);
+    if let Some(p) = &cfg.password {
+        url = url.replacen('@', &format!(":{p}@"), 1);
+    }
+    let ex = FakeExchange::start(FakeOptions::spot());
+    let ws = ex.ws_url();
+    let mut live = Live::start(&["--store-url", &url, "--spot-ws-url", &ws, "--futures-ws-url", &ws, "--heal", "false"]);
+    let h = live.get_json("/health");
+    assert_eq!((h["status"].clone(), h["store"]["backend"].clone()), (json!("degraded"), json!("postgres")), "{h}");
+    assert_eq!(h["store"]["connected"], json!(false), "{h}");
+    assert!(h["store"]["last_error"].as_str().is_some_and(|e| e.contains("postgres")), "{h}");
+    let (status, body) = live.get("/api/market/candles?series_id=binance:spot:BTC/USDT:1m");
+    assert_eq!(status, 500, "a read without a database fails at once: {body}");
+    assert_eq!(metric_value(&live.get("/metrics").1, "klinegate_store_connected"), Some(0.0));
+    proxy.restore();
+    assert!(live.wait_log("store_schema_ready", 20 * SEC).is_some(), "bootstrapped once the database came up");
+    assert!(wait_until(10 * SEC, || live.get_json("/health")["store"]["connected"] == json!(true)));
+    let (status, body) = live.get("/api/market/candles?series_id=binance:spot:BTC/USDT:1m");
+    assert_eq!(status, 200, "{body}");
     assert_eq!(live.terminate(10 * SEC), Some(0));
     let mut pg = PgClient::connect(&cfg, addr, 4);
     pg.simple(&format!("DROP SCHEMA {schema} CASCADE"));
