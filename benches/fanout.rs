@@ -71,31 +71,30 @@ fn kline_text(t_s: u64, close: f64, n: u64) -> String {
 use support::drain;
 
 /// Pinned series, upstream connected and acked, `clients` clients subscribed.
-fn engine_with_clients(clients: u64) -> (Engine, u64) {
+fn engine_with_clients(clients: u64) -> (Engine, MemoryStore, u64) {
     // Derived timeframes off: the figure is the hub's fan-out, not the folds.
     let settings = Settings { pins: vec![SERIES.into()], derived: String::new(), heal: false, ..Settings::default() };
     let now = Timestamp::from_secs(T0 - 2);
     let cfg = settings.to_engine_config().expect("bench settings are valid");
-    let mut e = Engine::new(cfg, Box::new(MemoryStore::new()), now);
-    let conn = support::start_live(&mut e, now);
+    let mut e = Engine::new(cfg, now);
+    let mut store = MemoryStore::new();
+    let conn = support::start_live(&mut e, &mut store, now);
     let sub = format!("{{\"type\":\"subscribe\",\"series_id\":\"{SERIES}\"}}");
     for client in 1..=clients {
         e.handle(Input::ClientConnected { client }, now).expect("client");
         e.handle(Input::ClientText { client, text: sub.clone() }, now).expect("subscribe");
     }
-    drain(&mut e);
+    drain(&mut e, &mut store);
     assert_eq!(e.subscription_count(), clients as usize);
-    (e, conn)
+    (e, store, conn)
 }
 
 /// Drains every output and every client's queue; returns the frames taken.
-fn drain_all(e: &mut Engine, frames: &mut Vec<klinegate::engine::hub::Frame>) -> usize {
+fn drain_all(e: &mut Engine, store: &mut MemoryStore, frames: &mut Vec<klinegate::engine::hub::Frame>) -> usize {
     frames.clear();
-    while let Some(out) = e.poll_output() {
-        match out {
-            Output::ClientReady { client } => e.take_client_frames(client, frames),
-            Output::ReadStore { op, query } => e.answer_read_from_own_store(op, &query, e.now()),
-            _ => {}
+    for out in drain(e, store) {
+        if let Output::ClientReady { client } = out {
+            e.take_client_frames(client, frames);
         }
     }
     frames.len()
@@ -113,7 +112,7 @@ struct Figures {
 
 /// Timed publishes into `clients` subscribers.
 fn measure(clients: u64, budget: Duration) -> Figures {
-    let (mut e, conn) = engine_with_clients(clients);
+    let (mut e, mut store, conn) = engine_with_clients(clients);
     let mut frames = Vec::with_capacity(clients as usize);
     let mut n = 0u64;
     // One forming update per second of engine time: never throttled (250 ms).
@@ -128,7 +127,7 @@ fn measure(clients: u64, budget: Duration) -> Figures {
     for _ in 0..3 {
         let (now, input) = next(&mut n);
         e.handle(input, now).expect("frame");
-        assert_eq!(drain_all(&mut e, &mut frames), clients as usize, "every client gets the frame");
+        assert_eq!(drain_all(&mut e, &mut store, &mut frames), clients as usize, "every client gets the frame");
     }
     let first = &frames[0];
     // `Bytes` clones share one buffer: the same data pointer for every client.
@@ -152,7 +151,7 @@ fn measure(clients: u64, budget: Duration) -> Figures {
             allocs += allocations() - a0;
             publishes += 1;
             let t = Instant::now();
-            let got = drain_all(&mut e, &mut frames);
+            let got = drain_all(&mut e, &mut store, &mut frames);
             drain_time += t.elapsed();
             debug_assert_eq!(got, clients as usize);
             black_box(got);
@@ -168,7 +167,7 @@ fn measure(clients: u64, budget: Duration) -> Figures {
             e.handle(input, now).expect("frame");
         }
         fig.coalesce_ns = fig.coalesce_ns.min(t.elapsed().as_nanos() as f64 / per_round as f64);
-        assert_eq!(drain_all(&mut e, &mut frames), clients as usize, "coalesced to one frame per client");
+        assert_eq!(drain_all(&mut e, &mut store, &mut frames), clients as usize, "coalesced to one frame per client");
     }
     fig.allocs_per_publish = allocs as f64 / publishes as f64;
     fig

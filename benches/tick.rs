@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use klinegate::cli::settings::Settings;
 use klinegate::engine::{Engine, Input, Output};
 use klinegate::wire::binance::{parse_frame, Frame};
+use klinegate::replay::hosted;
 use klinegate::store::MemoryStore;
 use klinegate::time::Timestamp;
 
@@ -68,26 +69,27 @@ fn frame(kind: Kind, i: usize) -> (Timestamp, String) {
 
 /// An engine with the series pinned, its upstream connected and acked, and
 /// one client (id 1) subscribed to the base series.
-fn live_engine(derived: &str) -> (Engine, u64, Timestamp) {
+fn live_engine(derived: &str) -> (Engine, MemoryStore, u64, Timestamp) {
     let settings = Settings { pins: vec![SERIES.into()], derived: derived.into(), heal: false, ..Settings::default() };
     let now = Timestamp::from_secs(T0 - 2);
     let cfg = settings.to_engine_config().expect("bench settings are valid");
-    let mut e = Engine::new(cfg, Box::new(MemoryStore::new()), now);
-    let conn = support::start_live(&mut e, now);
+    let mut e = Engine::new(cfg, now);
+    let mut store = MemoryStore::new();
+    let conn = support::start_live(&mut e, &mut store, now);
     e.handle(Input::ClientConnected { client: 1 }, now).expect("client");
     let sub = format!("{{\"type\":\"subscribe\",\"series_id\":\"{SERIES}\"}}");
     e.handle(Input::ClientText { client: 1, text: sub }, now).expect("subscribe");
-    drain(&mut e);
+    drain(&mut e, &mut store);
     let mut frames = Vec::new();
     e.take_client_frames(1, &mut frames);
-    (e, conn, now)
+    (e, store, conn, now)
 }
 
 use support::drain;
 
 /// One timed batch through a fresh engine: ns per frame, frames delivered.
 fn engine_batch(kind: Kind, derived: &str) -> (f64, usize) {
-    let (mut e, conn, _) = live_engine(derived);
+    let (mut e, mut store, conn, _) = live_engine(derived);
     let inputs: Vec<(Timestamp, Input)> = (0..BATCH)
         .map(|i| {
             let (now, text) = frame(kind, i);
@@ -111,8 +113,9 @@ fn engine_batch(kind: Kind, derived: &str) -> (f64, usize) {
                     black_box(&frames);
                     frames.clear();
                 }
-                Output::ReadStore { op, query } => e.answer_read_from_own_store(op, &query, e.now()),
-                _ => {}
+                o => {
+                    hosted::carry(&mut e, &mut store, &o, now);
+                }
             }
         }
     }

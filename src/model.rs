@@ -317,6 +317,15 @@ impl Market {
     }
 }
 
+/// Where a restart must start refolding stored base candles: the open of the
+/// earliest bucket, over `targets`, that the candle after `base_head` falls
+/// in. Pure: the store's job-start read (`StoreQuery::JobStart`)
+/// and `DerivedFold::restore_start` share it.
+pub fn restore_start(base_tf: Timeframe, targets: &[Timeframe], base_head: i64) -> i64 {
+    let next = base_head.saturating_add(base_tf.seconds());
+    targets.iter().map(|tf| tf.bucket_open(next)).min().unwrap_or(next)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -107,7 +107,7 @@ fn memory_per_client_stays_bounded_whatever_the_history_size() {
     for i in 0..260 {
         j.take(start + 2.0 + i as f64 * 0.01, 1);
     }
-    let (lines, _) = replay_with_store(&j.text(), Box::new(history(N)));
+    let (lines, _, _) = replay_with_store(&j.text(), Box::new(history(N)));
     assert_eq!(closes(&lines), vec![], "a reading client is never closed");
     let frames = taken(&lines, 1);
     // What one take hands over is what the engine held for the client.
@@ -137,7 +137,7 @@ fn a_client_that_stops_reading_is_closed_for_live_frames_not_for_its_catchup() {
     for k in 0..3_000 {
         j.ingest(live_from + k as f64 * 0.01, T0 + 60 * (N + k));
     }
-    let (lines, _) = replay_with_store(&j.text(), Box::new(history(N)));
+    let (lines, _, _) = replay_with_store(&j.text(), Box::new(history(N)));
     let frames: Vec<Value> = frames_for(&lines, 1);
     assert_eq!(closed_times(&frames), (0..N).map(|k| T0 + 60 * k).collect::<Vec<_>>(), "the whole catch-up, read");
     let closed: Vec<(u64, Value)> =
@@ -168,7 +168,7 @@ fn live_candles_during_the_catchup_come_after_it_without_gap_or_duplicate() {
         for i in 0..4 {
             j.take(start + 5.0 + i as f64 * 0.01, 1);
         }
-        let (lines, _) = replay_with_store(&j.text(), Box::new(history(N)));
+        let (lines, _, _) = replay_with_store(&j.text(), Box::new(history(N)));
         let frames = frames_for(&lines, 1);
         assert_eq!(closed_times(&frames), (0..N + 12).map(|k| T0 + 60 * k).collect::<Vec<_>>(), "batch={batch}");
         assert!(frames.iter().all(|f| f["type"] != "gap"), "no spurious gap (batch={batch})");
@@ -198,7 +198,7 @@ fn when_the_catchup_limit_is_spent_live_candles_follow_after_a_gap() {
         j.ingest(t, T0 + 60 * (N + i));
         j.take(t + 0.02, 1);
     }
-    let (lines, _) = replay_with_store(&j.text(), Box::new(history(N)));
+    let (lines, _, _) = replay_with_store(&j.text(), Box::new(history(N)));
     let frames = frames_for(&lines, 1);
     let expected: Vec<i64> = (0..1_000).chain(N..N + 6).map(|k| T0 + 60 * k).collect();
     assert_eq!(closed_times(&frames), expected);
@@ -220,7 +220,7 @@ fn a_client_closed_as_a_slow_consumer_gets_no_second_close_at_shutdown() {
     }
     // Shut down before the shell reported the closed client gone.
     j.input(start + 5.0, json!({"type":"shutdown"}));
-    let (lines, _) = replay_with_store(&j.text(), Box::new(MemoryStore::new()));
+    let (lines, _, _) = replay_with_store(&j.text(), Box::new(MemoryStore::new()));
     let got: Vec<(u64, u64)> = closes(&lines).into_iter().map(|(c, code, _)| (c, code)).collect();
     assert_eq!(got, vec![(1, 1008), (2, 1001)], "client 1 closed once; the healthy client at shutdown");
     assert!(outputs_of(&lines, "client_close").len() == 2);

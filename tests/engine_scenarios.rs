@@ -5,6 +5,7 @@
 //! store failures and shutdown. Each is a journal replayed through the engine.
 
 mod support;
+use klinegate::replay::hosted::Hosted;
 use klinegate::store::{MemoryStore, Store};
 use serde_json::json;
 use support::*;
@@ -13,7 +14,7 @@ use support::scenarios::*;
 
 #[test]
 fn one_subscription_upstream_for_1m_and_5m_and_derived_closes_once() {
-    let (lines, engine) = replay_with_store(&derived_shares_base_job(), Box::new(MemoryStore::new()));
+    let (lines, engine, store) = replay_with_store(&derived_shares_base_job(), Box::new(MemoryStore::new()));
 
     let sends = outputs_of(&lines, "upstream_send");
     assert_eq!(sends.len(), 1, "one SUBSCRIBE for both timeframes: {sends:?}");
@@ -52,7 +53,6 @@ fn one_subscription_upstream_for_1m_and_5m_and_derived_closes_once() {
     assert_eq!(last_forming5["candle"]["close"], 104.2);
 
     // Persisted before published: both series are in the store.
-    let store = engine.store();
     assert_eq!(store.read_tail(BTC1, 10).unwrap().len(), 5);
     assert_eq!(store.read_tail(BTC5, 10).unwrap().len(), 1);
 }
@@ -92,9 +92,9 @@ fn capacity_full_rejects_without_catchup_and_idle_job_is_evicted() {
 
 #[test]
 fn idle_job_is_reaped_after_ttl_and_pinned_job_never() {
-    let (lines, engine) = replay_with_store(&reaper_ttl_and_pinned(59.0), Box::new(MemoryStore::new()));
+    let (lines, engine, _) = replay_with_store(&reaper_ttl_and_pinned(59.0), Box::new(MemoryStore::new()));
     assert_eq!(engine.job_count(), 2, "not reaped before the TTL: {lines:#?}");
-    let (lines, engine) = replay_with_store(&reaper_ttl_and_pinned(3600.0), Box::new(MemoryStore::new()));
+    let (lines, engine, _) = replay_with_store(&reaper_ttl_and_pinned(3600.0), Box::new(MemoryStore::new()));
     assert_eq!(engine.job_count(), 1, "the on-demand job is reaped, the pinned one stays");
     let logs: Vec<String> =
         outputs_of(&lines, "log").iter().map(|l| l["line"].as_str().unwrap().to_string()).collect();
@@ -123,7 +123,7 @@ fn repeated_failures_open_the_breaker_then_half_open_probe_recovers() {
     // then the 5th failure within 60 s opens the breaker for 30 s; the failed
     // half-open probe re-opens it; the next probe succeeds and data closes it.
     let journal = breaker_open_then_half_open_recovers();
-    let (lines, engine) = replay_with_store(&journal, Box::new(MemoryStore::new()));
+    let (lines, engine, _) = replay_with_store(&journal, Box::new(MemoryStore::new()));
     let secs: Vec<f64> = parse(&lines)
         .into_iter()
         .filter(|v| v["out"]["type"] == "upstream_connect")
@@ -149,8 +149,8 @@ fn slow_consumer_is_closed_and_others_keep_receiving() {
     use klinegate::engine::{Engine, Input, Output};
     use klinegate::time::Timestamp;
     let settings = Settings { pins: vec![], client_max_backlog_bytes: 4000, ..Settings::default() };
-    let mut e = Engine::new(settings.to_engine_config().unwrap(), Box::new(MemoryStore::new()), Timestamp::from_secs(1000));
     let now = Timestamp::from_secs(1000);
+    let mut e = Hosted::new(Engine::new(settings.to_engine_config().unwrap(), now), MemoryStore::new());
     for c in [1, 2] {
         e.handle(Input::ClientConnected { client: c }, now).unwrap();
         e.handle(Input::ClientText { client: c, text: json!({"type":"subscribe","series_id":s}).to_string() }, now).unwrap();
@@ -159,98 +159,70 @@ fn slow_consumer_is_closed_and_others_keep_receiving() {
     let mut fast_frames = Vec::new();
     for k in 0..100i64 {
         let candle = klinegate::model::Candle { candle_time: 60 * k, open: 1.0, high: 2.0, low: 0.5, close: 1.5, volume: 1.0 };
-        e.handle(Input::IngestClosed { series_id: s.into(), candles: vec![candle] }, now).unwrap();
+        e.handle(Input::IngestClosed { request: 0, series_id: s.into(), candles: vec![candle] }, now).unwrap();
         while let Some(o) = e.poll_output() {
-            match o {
-                Output::ClientClose { client, code, reason } => closed.push((client, code, reason)),
-                Output::ReadStore { op, query } => e.answer_read_from_own_store(op, &query, now),
-                _ => {}
+            if let Output::ClientClose { client, code, reason } = o {
+                closed.push((client, code, reason));
             }
         }
-        e.take_client_frames(2, &mut fast_frames); // client 2 reads; client 1 never does
+        e.engine.take_client_frames(2, &mut fast_frames); // client 2 reads; client 1 never does
     }
     assert_eq!(closed.len(), 1, "{closed:?}");
     assert_eq!(closed[0].0, 1);
     assert_eq!(closed[0].1, 1008);
     assert!(closed[0].2.starts_with("slow_consumer"));
     assert_eq!(fast_frames.len(), 100, "the reading client got every candle");
-    assert_eq!(e.counters().slow_consumer_closes, 1);
+    assert_eq!(e.engine.counters().slow_consumer_closes, 1);
     // The shell reports the close; the slow client's subscriptions are released.
     e.handle(Input::ClientDisconnected { client: 1 }, now).unwrap();
-    assert_eq!(e.subscription_count(), 1);
+    assert_eq!(e.engine.subscription_count(), 1);
 }
 
 #[test]
 fn store_failure_keeps_the_batch_and_persists_it_on_recovery() {
     use klinegate::cli::settings::Settings;
     use klinegate::engine::{Engine, Input};
-    use klinegate::store::{SeriesBatch, StoreResult};
     use klinegate::time::{Duration, Timestamp};
-    use std::cell::Cell;
-    use std::rc::Rc;
 
-    /// A memory store whose writes fail while `down` is set.
-    struct Flaky {
-        inner: MemoryStore,
-        down: Rc<Cell<bool>>,
-    }
-    impl Store for Flaky {
-        fn write_batches(&mut self, b: &[SeriesBatch]) -> StoreResult<()> {
-            self.inner.fail_writes(self.down.get());
-            self.inner.write_batches(b)
-        }
-        fn head_time(&self, s: &str) -> StoreResult<Option<i64>> { self.inner.head_time(s) }
-        fn first_time(&self, s: &str) -> StoreResult<Option<i64>> { self.inner.first_time(s) }
-        fn read_tail(&self, s: &str, l: usize) -> StoreResult<Vec<klinegate::model::Candle>> { self.inner.read_tail(s, l) }
-        fn read_after(&self, s: &str, a: i64, l: usize) -> StoreResult<Vec<klinegate::model::Candle>> { self.inner.read_after(s, a, l) }
-        fn read_range(&self, s: &str, a: i64, b: i64, l: usize) -> StoreResult<Vec<klinegate::model::Candle>> { self.inner.read_range(s, a, b, l) }
-        fn count_range(&self, s: &str, a: i64, b: i64) -> StoreResult<u64> { self.inner.count_range(s, a, b) }
-        fn put_gap(&mut self, g: &klinegate::store::GapRecord) -> StoreResult<()> { self.inner.put_gap(g) }
-        fn delete_gap(&mut self, s: &str) -> StoreResult<()> { self.inner.delete_gap(s) }
-        fn gaps(&self) -> StoreResult<Vec<klinegate::store::GapRecord>> { self.inner.gaps() }
-    }
-
-    let down = Rc::new(Cell::new(false));
-    let store = Flaky { inner: MemoryStore::new(), down: down.clone() };
     let settings =
         Settings { pins: vec![BTC1.into()], derived: "".into(), upstream_silence_s: 600, ..Settings::default() };
     let mut now = Timestamp::from_secs(T0 as u64 - 2);
-    let mut e = Engine::new(settings.to_engine_config().unwrap(), Box::new(store), now);
-    let step = |e: &mut Engine, now: Timestamp, input: Input| {
+    let mut e = Hosted::new(Engine::new(settings.to_engine_config().unwrap(), now), MemoryStore::new());
+    let step = |e: &mut Hosted<MemoryStore>, now: Timestamp, input: Input| {
         e.handle(input, now).unwrap();
-        while e.poll_output().is_some() {}
+        e.take_outputs();
     };
     step(&mut e, now, Input::Start);
     step(&mut e, now, Input::UpstreamConnected { conn: 1 });
     step(&mut e, now, Input::UpstreamText { conn: 1, text: ack(1) });
-    down.set(true);
+    e.store.fail_writes(true);
     for k in 0..3i64 {
         now = Timestamp::from_secs((T0 + 60 * k + 61) as u64);
         e.handle_timeout(now);
         step(&mut e, now, Input::UpstreamText { conn: 1, text: kline(STREAM, T0 + 60 * k, 100.0, true) });
     }
-    assert_eq!(e.unpersisted_candles(), 3, "kept, not dropped");
-    assert!(e.counters().store_write_errors >= 1);
-    down.set(false);
+    assert_eq!(e.engine.unpersisted_candles(), 3, "kept, not dropped");
+    assert!(e.engine.counters().store_write_errors >= 1);
+    e.store.fail_writes(false);
     // The retry timer brings the store up to date, in order.
     let until = now.add(Duration::from_secs(10));
-    while let Some(at) = e.poll_timeout() {
+    while let Some(at) = e.engine.poll_timeout() {
         if at > until {
             break;
         }
         e.handle_timeout(at);
-        while e.poll_output().is_some() {}
+        e.take_outputs();
     }
-    assert_eq!(e.unpersisted_candles(), 0);
-    let stored: Vec<i64> = e.store().read_tail(BTC1, 10).unwrap().iter().map(|c| c.candle_time).collect();
+    assert_eq!(e.engine.unpersisted_candles(), 0);
+    let stored: Vec<i64> = e.store.read_tail(BTC1, 10).unwrap().iter().map(|c| c.candle_time).collect();
     assert_eq!(stored, vec![T0, T0 + 60, T0 + 120]);
 }
 
 #[test]
 fn shutdown_flushes_buffers_and_closes_clients_with_1001() {
     // batch_max large and flush_ms long: the closed candles sit in the buffer.
-    let (lines, engine) = replay_with_store(&shutdown_flushes(), Box::new(MemoryStore::new()));
-    assert_eq!(engine.store().read_tail(BTC1, 10).unwrap().len(), 2);
+    let (lines, engine, store) = replay_with_store(&shutdown_flushes(), Box::new(MemoryStore::new()));
+    assert_eq!(store.read_tail(BTC1, 10).unwrap().len(), 2);
     let closes = outputs_of(&lines, "client_close");
     assert_eq!(closes, vec![json!({"type":"client_close","client":1,"code":1001,"reason":"server_shutdown"})]);
     assert_eq!(engine.unpersisted_candles(), 0);
@@ -267,7 +239,7 @@ fn malformed_and_unknown_exchange_frames_are_counted_and_skipped() {
         .upstream(t(1.0), 1, kline(STREAM, T0, 1.0, false).replace("\"o\":\"1.00\"", "\"o\":\"-1.00\""))
         .upstream(t(2.0), 1, kline(STREAM, T0, 7.0, false))
         .end(t(3.0));
-    let (lines, engine) = replay_with_store(&j.text(), Box::new(MemoryStore::new()));
+    let (lines, engine, _) = replay_with_store(&j.text(), Box::new(MemoryStore::new()));
     let c = engine.counters();
     assert_eq!(c.upstream_rejects, 6, "{:?}", c.upstream_rejects_by_kind);
     assert_eq!(c.upstream_rejects_by_kind.get("unknown_stream"), Some(&1));
@@ -276,3 +248,42 @@ fn malformed_and_unknown_exchange_frames_are_counted_and_skipped() {
     assert_eq!(briefs(&frames_for(&lines, 1)), ["forming 1700000100 c=7.0"]);
 }
 
+
+/// A subscription waiting for its store read holds a job reference only when
+/// it made one: a re-subscribe (with a `since` that needs the store's bounds)
+/// whose client leaves before the answer must not release the reference its
+/// existing subscription holds — the other subscriber keeps the job wanted.
+#[test]
+fn a_resubscribe_pending_on_the_store_releases_no_reference_it_did_not_take() {
+    use klinegate::cli::settings::Settings;
+    use klinegate::engine::{Engine, Input, Output};
+    use klinegate::store::StoreQuery;
+    use klinegate::time::Timestamp;
+    let now = Timestamp::from_secs(T0 as u64);
+    let settings = Settings { pins: vec![], derived: String::new(), ..Settings::default() };
+    let mut e = Hosted::new(Engine::new(settings.to_engine_config().unwrap(), now), MemoryStore::new());
+    let sub = |client: u64, since: Option<i64>| Input::ClientText {
+        client,
+        text: json!({"type":"subscribe","series_id":BTC1,"since":since}).to_string(),
+    };
+    for client in [1, 2] {
+        e.handle(Input::ClientConnected { client }, now).unwrap();
+        e.handle(sub(client, None), now).unwrap();
+    }
+    let refcount = |e: &Hosted<MemoryStore>| e.engine.ingest_state()["jobs"][0]["refcount"].as_i64();
+    assert_eq!(refcount(&e), Some(2));
+    // Client 1 re-subscribes from an old time; the shell has not answered
+    // the bounds read when the client goes away.
+    e.engine.handle(sub(1, Some(T0 - 3600)), now).unwrap();
+    let pending: Vec<Output> = std::iter::from_fn(|| e.engine.poll_output())
+        .filter(|o| matches!(o, Output::ReadStore { query: StoreQuery::Bounds { .. }, .. }))
+        .collect();
+    assert_eq!(pending.len(), 1, "the re-subscribe waits for the series' bounds");
+    e.handle(Input::ClientDisconnected { client: 1 }, now).unwrap();
+    assert_eq!(refcount(&e), Some(1), "client 2 still holds the job");
+    // The late answer changes nothing.
+    if let Some(answer) = klinegate::replay::hosted::answer(&mut e.store, &pending[0]) {
+        e.handle(answer, now).unwrap();
+    }
+    assert_eq!(refcount(&e), Some(1));
+}

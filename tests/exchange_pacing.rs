@@ -7,7 +7,8 @@ mod support;
 
 use klinegate::cli::settings::Settings;
 use klinegate::engine::{Engine, Input, Output};
-use klinegate::store::memory::MemoryStore;
+use klinegate::replay::hosted;
+use klinegate::store::{memory::MemoryStore, Store};
 use klinegate::time::{Duration, Timestamp};
 use proptest::prelude::*;
 use serde_json::Value;
@@ -18,6 +19,7 @@ const MS: u64 = 1_000_000;
 
 struct Run {
     engine: Engine,
+    store: MemoryStore,
     now: Timestamp,
     /// (time, output) of every output.
     outs: Vec<(Timestamp, Output)>,
@@ -27,11 +29,12 @@ impl Run {
     fn new(settings: Settings) -> Run {
         let cfg = settings.to_engine_config().unwrap();
         let now = Timestamp::from_secs(T0);
-        Run { engine: Engine::new(cfg, Box::new(MemoryStore::new()), now), now, outs: Vec::new() }
+        Run { engine: Engine::new(cfg, now), store: MemoryStore::new(), now, outs: Vec::new() }
     }
 
     fn drain(&mut self) {
         while let Some(o) = self.engine.poll_output() {
+            hosted::carry(&mut self.engine, &mut self.store, &o, self.now);
             self.outs.push((self.now, o));
         }
     }
@@ -274,6 +277,6 @@ fn the_late_close_watchdog_fires_from_the_clock_without_any_newer_frame() {
     assert_eq!(run.engine.counters().late_close_fetches, 1);
     run.input(Input::RestResponse { id: fetches[0].1, status: 200, body: format!("[{}]", row(T0)), retry_after_s: None, used_weight: None });
     run.run_until(Timestamp::from_secs(T0 + 70));
-    let stored = run.engine.store().read_tail("binance:spot:BTC/USDT:1m", 10).unwrap();
+    let stored = run.store.read_tail("binance:spot:BTC/USDT:1m", 10).unwrap();
     assert_eq!(stored.iter().map(|c| c.candle_time).collect::<Vec<_>>(), vec![T0 as i64 - 60, T0 as i64]);
 }

@@ -162,6 +162,11 @@ const FORBIDDEN: &[&str] = &[
     "thread_rng",
     "RandomState::new",
     "getrandom",
+    // The store is an effect: the core holds no store and calls none.
+    "dyn Store",
+    "Box<dyn Store",
+    "SqliteStore",
+    "MemoryStore",
 ];
 
 fn core_sources() -> Vec<PathBuf> {

@@ -265,11 +265,9 @@ fn stream_reports_errors_and_ends_on_disconnect_and_shutdown() {
     let ex = FakeExchange::start(FakeOptions::spot());
     ex.set_markets("spot", spot_symbols("9000000"));
     let mut live = start(&ex);
-    // exchangeInfo is fetched at start (the engine's symbol lists): let those
-    // fetches end first, so the one scripted failure hits the stream's fetch
-    // (of tickers; exchangeInfo is cached).
-    assert!(live.wait_log("symbols_listed market=spot", 10 * SEC).is_some());
-    assert!(live.wait_log("market=futures", 10 * SEC).is_some());
+    // Let the start-up fetches end first, so the one scripted failure hits the
+    // stream's fetch (of tickers; exchangeInfo is cached).
+    live.wait_startup_fetches();
     ex.rest_fail_next(1, 500, r#"{"code":-1000,"msg":"boom"}"#);
     let mut failing = Sse::open(&live, "interval_s=0.2&max_events=1");
     let (id, event, data) = failing.event(5 * SEC).expect("error event");

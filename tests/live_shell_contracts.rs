@@ -201,20 +201,12 @@ fn backfill_recent_follows_updated_at_while_the_heal_is_unfinished() {
 
 // ------------------------------------------------- point 7: directory, CORS
 
-/// exchangeInfo is fetched at start (the engine's symbol lists): those fetches
-/// end first, so a scripted failure hits the request's own fetch (of tickers;
-/// exchangeInfo is then cached), not a start-up fetch racing it.
-fn symbol_lists_fetched(live: &mut Live) {
-    assert!(live.wait_log("symbols_listed market=spot", 10 * SEC).is_some());
-    assert!(live.wait_log("market=futures", 10 * SEC).is_some());
-}
-
 #[test]
 fn top_markets_answers_200_once_the_exchange_recovers() {
     let ex = FakeExchange::start(FakeOptions::spot());
     ex.set_markets("spot", vec![fake_exchange::FakeSymbol::new("BTC", "USDT").with_ticker("60000", "5000000", "1")]);
     let mut live = start(&ex, &[]);
-    symbol_lists_fetched(&mut live);
+    live.wait_startup_fetches();
     ex.rest_fail_next(1, 500, r#"{"code":-1000,"msg":"boom"}"#);
     let (status, body) = live.get(&format!("{TOP}?force=true"));
     assert_eq!(status, 502, "{body}");
@@ -226,7 +218,7 @@ fn top_markets_answers_200_once_the_exchange_recovers() {
     let ex = FakeExchange::start(FakeOptions::spot());
     ex.set_markets("spot", vec![fake_exchange::FakeSymbol::new("BTC", "USDT").with_ticker("60000", "5000000", "1")]);
     let mut live = start(&ex, &[]);
-    symbol_lists_fetched(&mut live);
+    live.wait_startup_fetches();
     ex.rest_fail_next(1, 500, r#"{"code":-1000,"msg":"boom"}"#);
     assert_eq!(live.get(TOP).0, 502);
     let (status, body) = live.get(TOP);

@@ -93,7 +93,7 @@ fn real_captures_store_every_close_once_and_respect_throttle_and_derived_merge()
         let mut journal = Vec::new();
         let series = capture::capture_to_journal(&cap, ConvertOptions::default(), &mut journal).expect("converts");
         let journal = String::from_utf8(journal).unwrap();
-        let (lines, engine) = replay_with_store(&journal, Box::new(MemoryStore::new()));
+        let (lines, _, store) = replay_with_store(&journal, Box::new(MemoryStore::new()));
         assert_eq!(lines, replay_text(&journal), "{name}: replay is repeatable");
         let inputs = klines_in(&cap);
         let frames: Vec<(u64, Value)> = parse(&lines)
@@ -105,7 +105,7 @@ fn real_captures_store_every_close_once_and_respect_throttle_and_derived_merge()
         // 1. Every close stored exactly once with the frame's values, and delivered once.
         let finals: Vec<&KlineIn> = inputs.iter().filter(|k| k.is_final).collect();
         for k in &finals {
-            let stored = engine.store().read_range(&k.series, k.candle.candle_time, k.candle.candle_time, 10).unwrap();
+            let stored = store.read_range(&k.series, k.candle.candle_time, k.candle.candle_time, 10).unwrap();
             assert_eq!(stored, vec![k.candle], "{name}: stored close of {} at {}", k.series, k.candle.candle_time);
             let delivered = frames
                 .iter()
@@ -118,7 +118,7 @@ fn real_captures_store_every_close_once_and_respect_throttle_and_derived_merge()
             assert_eq!(delivered, 1, "{name}: close of {} delivered once", k.series);
         }
         for s in &series {
-            let n = engine.store().count_range(s, 0, i64::MAX).unwrap();
+            let n = store.count_range(s, 0, i64::MAX).unwrap();
             let expected = finals.iter().filter(|k| &k.series == s).count() as u64;
             assert_eq!(n, expected, "{name}: {s} holds exactly the closed candles");
         }

@@ -4,7 +4,8 @@
 use klinegate::cli::settings::Settings;
 use klinegate::engine::{Engine, Input, Output};
 use klinegate::model::Market;
-use klinegate::store::MemoryStore;
+use klinegate::replay::hosted::Hosted;
+use klinegate::store::{MemoryStore, Store};
 use klinegate::time::Timestamp;
 use serde_json::Value;
 
@@ -23,7 +24,7 @@ fn kline(stream: &str, t: i64, is_final: bool) -> String {
 /// Drains outputs, answering like a shell and an exchange that opens every
 /// connection and acks every control request. Returns the market of each
 /// connection opened.
-fn drain(e: &mut Engine, now: Timestamp, conns: &mut Vec<(u64, Market)>) {
+fn drain(e: &mut Hosted<MemoryStore>, now: Timestamp, conns: &mut Vec<(u64, Market)>) {
     let mut acks = Vec::new();
     let mut opened = Vec::new();
     while let Some(out) = e.poll_output() {
@@ -36,7 +37,6 @@ fn drain(e: &mut Engine, now: Timestamp, conns: &mut Vec<(u64, Market)>) {
                 let v: Value = serde_json::from_str(&text).unwrap();
                 acks.push((conn, v["id"].as_u64().unwrap()));
             }
-            Output::ReadStore { op, query } => e.answer_read_from_own_store(op, &query, now),
             _ => {}
         }
     }
@@ -72,7 +72,7 @@ fn drain(e: &mut Engine, now: Timestamp, conns: &mut Vec<(u64, Market)>) {
 fn spot_and_futures_series_of_one_symbol_keep_their_own_candles() {
     let settings = Settings { pins: vec![], derived: String::new(), ..Settings::default() };
     let now = Timestamp::from_secs((T0 + 90) as u64);
-    let mut e = Engine::new(settings.to_engine_config().unwrap(), Box::new(MemoryStore::new()), now);
+    let mut e = Hosted::new(Engine::new(settings.to_engine_config().unwrap(), now), MemoryStore::new());
     let mut conns = Vec::new();
     e.handle(Input::ClientConnected { client: 1 }, now).unwrap();
     for s in ["binance:spot:ETH/USDT:1m", "binance:futures:ETH/USDT:1m"] {
@@ -87,7 +87,7 @@ fn spot_and_futures_series_of_one_symbol_keep_their_own_candles() {
     while e.poll_output().is_some() {}
 
     let times = |series: &str| -> Vec<i64> {
-        e.store().read_tail(series, 10).unwrap().iter().map(|c| c.candle_time).collect()
+        e.store.read_tail(series, 10).unwrap().iter().map(|c| c.candle_time).collect()
     };
     // Today: [] and [T0] — the spot candle is stored as a futures candle.
     assert_eq!(times("binance:spot:ETH/USDT:1m"), vec![T0], "the spot candle belongs to the spot series");
@@ -113,7 +113,7 @@ fn a_frame_on_the_rotated_out_connection_after_the_new_ack_is_kept() {
         ..Settings::default()
     };
     let mut now = Timestamp::from_secs(T0 as u64);
-    let mut e = Engine::new(settings.to_engine_config().unwrap(), Box::new(MemoryStore::new()), now);
+    let mut e = Hosted::new(Engine::new(settings.to_engine_config().unwrap(), now), MemoryStore::new());
     let mut conns = Vec::new();
     e.handle(Input::Start, now).unwrap();
     drain(&mut e, now, &mut conns);
@@ -127,6 +127,6 @@ fn a_frame_on_the_rotated_out_connection_after_the_new_ack_is_kept() {
     e.handle(Input::UpstreamText { conn: old, text: kline("btcusdt@kline_1m", T0 - 60, true) }, now).unwrap();
     now = Timestamp::from_secs(T0 as u64 + 12);
     e.handle_timeout(now);
-    let stored = e.store().read_tail("binance:spot:BTC/USDT:1m", 10).unwrap();
+    let stored = e.store.read_tail("binance:spot:BTC/USDT:1m", 10).unwrap();
     assert_eq!(stored.iter().map(|c| c.candle_time).collect::<Vec<_>>(), vec![T0 - 60]);
 }

@@ -3,15 +3,17 @@
 #![allow(dead_code)]
 
 use klinegate::engine::{Engine, Input, Output};
+use klinegate::replay::hosted;
+use klinegate::store::Store;
 use klinegate::time::Timestamp;
 
-/// Every output, catch-up reads answered from the engine's own store.
-pub fn drain(e: &mut Engine) -> Vec<Output> {
+/// Every output, store effects carried out at once on `store` (as the
+/// shell does, without its slicing).
+pub fn drain(e: &mut Engine, store: &mut dyn Store) -> Vec<Output> {
     let mut outs = Vec::new();
     while let Some(o) = e.poll_output() {
-        if let Output::ReadStore { op, query } = &o {
-            e.answer_read_from_own_store(*op, query, e.now());
-        }
+        let now = e.now();
+        hosted::carry(e, store, &o, now);
         outs.push(o);
     }
     outs
@@ -19,9 +21,9 @@ pub fn drain(e: &mut Engine) -> Vec<Output> {
 
 /// Starts the engine and answers its connection and SUBSCRIBE like the
 /// exchange does; returns the connection id.
-pub fn start_live(e: &mut Engine, now: Timestamp) -> u64 {
+pub fn start_live(e: &mut Engine, store: &mut dyn Store, now: Timestamp) -> u64 {
     e.handle(Input::Start, now).expect("start");
-    let conn = drain(e)
+    let conn = drain(e, store)
         .into_iter()
         .find_map(|o| match o {
             Output::UpstreamConnect { conn, .. } => Some(conn),
@@ -29,7 +31,7 @@ pub fn start_live(e: &mut Engine, now: Timestamp) -> u64 {
         })
         .expect("the pinned series opens a connection");
     e.handle(Input::UpstreamConnected { conn }, now).expect("connected");
-    let id = drain(e)
+    let id = drain(e, store)
         .into_iter()
         .find_map(|o| match o {
             Output::UpstreamSend { text, .. } => serde_json::from_str::<serde_json::Value>(&text).ok()?.get("id")?.as_u64(),

@@ -37,12 +37,11 @@ use klinegate::cli::settings::Settings;
 use klinegate::engine::{Engine, Input, Output};
 use klinegate::model::{Candle, SeriesId};
 use klinegate::wire::client::{parse_request, ClientRequest};
-use klinegate::store::{MemoryStore, SeriesBatch, Store, StoreResult};
+use klinegate::replay::hosted;
+use klinegate::store::{MemoryStore, Store};
 use klinegate::time::{Duration, Timestamp};
 use serde_json::Value;
-use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
-use std::rc::Rc;
 
 /// Open time of the first candle the harness talks about: a multiple of 5 min.
 pub const T0: i64 = 1_699_999_800;
@@ -132,40 +131,6 @@ impl SimSettings {
     }
 }
 
-/// A memory store whose writes fail while the shared switch is on.
-pub struct FlakyStore {
-    inner: MemoryStore,
-    down: Rc<Cell<bool>>,
-}
-
-impl Store for FlakyStore {
-    fn write_batches(&mut self, b: &[SeriesBatch]) -> StoreResult<()> {
-        self.inner.fail_writes(self.down.get());
-        self.inner.write_batches(b)
-    }
-    fn head_time(&self, s: &str) -> StoreResult<Option<i64>> {
-        self.inner.head_time(s)
-    }
-    fn first_time(&self, s: &str) -> StoreResult<Option<i64>> {
-        self.inner.first_time(s)
-    }
-    fn read_tail(&self, s: &str, l: usize) -> StoreResult<Vec<Candle>> {
-        self.inner.read_tail(s, l)
-    }
-    fn read_after(&self, s: &str, a: i64, l: usize) -> StoreResult<Vec<Candle>> {
-        self.inner.read_after(s, a, l)
-    }
-    fn read_range(&self, s: &str, a: i64, b: i64, l: usize) -> StoreResult<Vec<Candle>> {
-        self.inner.read_range(s, a, b, l)
-    }
-    fn count_range(&self, s: &str, a: i64, b: i64) -> StoreResult<u64> {
-        self.inner.count_range(s, a, b)
-    }
-    fn put_gap(&mut self, g: &klinegate::store::GapRecord) -> StoreResult<()> { self.inner.put_gap(g) }
-    fn delete_gap(&mut self, s: &str) -> StoreResult<()> { self.inner.delete_gap(s) }
-    fn gaps(&self) -> StoreResult<Vec<klinegate::store::GapRecord>> { self.inner.gaps() }
-}
-
 #[derive(Debug, Default)]
 struct ClientModel {
     stalled: bool,
@@ -232,7 +197,10 @@ impl Stats {
 pub struct Harness {
     pub engine: Engine,
     pub now: Timestamp,
-    store_down: Rc<Cell<bool>>,
+    /// The engine's store, its effects carried out at once; its writes fail
+    /// while `store_down`.
+    pub store: MemoryStore,
+    store_down: bool,
     clients: BTreeMap<u64, ClientModel>,
     /// Clients the engine asked to close, to be reported disconnected.
     to_close: Vec<u64>,
@@ -284,12 +252,11 @@ impl Harness {
     pub fn new(sim: &SimSettings, start: Timestamp) -> Harness {
         let settings = sim.to_settings();
         let cfg = settings.to_engine_config().expect("harness settings are valid");
-        let down = Rc::new(Cell::new(false));
-        let store = FlakyStore { inner: MemoryStore::new(), down: down.clone() };
         let mut h = Harness {
-            engine: Engine::new(cfg, Box::new(store), start),
+            engine: Engine::new(cfg, start),
             now: start,
-            store_down: down,
+            store: MemoryStore::new(),
+            store_down: false,
             clients: BTreeMap::new(),
             to_close: Vec::new(),
             rest_pending: Vec::new(),
@@ -399,8 +366,11 @@ impl Harness {
                 self.to_close.push(client);
             }
             Output::RestRequest { id, .. } => self.rest_pending.push(id),
-            // Answered at once from the engine's own store, as a replay without recorded reads does.
-            Output::ReadStore { op, query } => self.engine.answer_read_from_own_store(op, &query, self.now),
+            // Carried out at once on the harness's store, as a replay without recorded answers does.
+            o @ (Output::ReadStore { .. } | Output::Persist { .. }) => {
+                hosted::carry(&mut self.engine, &mut self.store, &o, self.now);
+            }
+            Output::IngestDone { .. } => {}
             Output::Log { .. } => {}
         }
     }
@@ -619,7 +589,7 @@ impl Harness {
     // ------------------------------------------------------------ other inputs
 
     pub fn ingest_closed(&mut self, series: &str, candles: Vec<Candle>) {
-        let _ = self.input(Input::IngestClosed { series_id: series.to_string(), candles });
+        let _ = self.input(Input::IngestClosed { request: 0, series_id: series.to_string(), candles });
     }
 
     pub fn ingest_forming(&mut self, series: &str, candle: Candle) {
@@ -627,10 +597,11 @@ impl Harness {
     }
 
     pub fn set_store_down(&mut self, down: bool) {
-        if down && !self.store_down.get() {
+        if down && !self.store_down {
             self.stats.store_failures += 1;
         }
-        self.store_down.set(down);
+        self.store_down = down;
+        self.store.fail_writes(down);
     }
 
     pub fn shutdown(&mut self) {
@@ -697,7 +668,7 @@ impl Harness {
     fn missing_accepted(&self) -> Vec<(String, i64)> {
         self.accepted
             .iter()
-            .filter(|(s, t)| self.engine.store().count_range(s, *t, *t).unwrap_or(0) == 0)
+            .filter(|(s, t)| self.store.count_range(s, *t, *t).unwrap_or(0) == 0)
             .cloned()
             .collect()
     }

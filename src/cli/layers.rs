@@ -82,7 +82,7 @@ impl Origin {
 pub(super) struct FileLayer {
     path: PathBuf,
     /// Relative paths in the file are taken from here.
-    dir: PathBuf,
+    pub(super) dir: PathBuf,
     values: BTreeMap<String, (String, toml::Value)>,
 }
 

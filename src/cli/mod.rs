@@ -5,6 +5,7 @@
 //! - [`run_config`]: the `run` command's flags, environment and TOML file,
 //!   layered (flag > environment > file > default) into a `RunConfig`; the flags
 //!   are declared in [`run_args`] and the layering is [`layers`].
+//! - [`store_url`]: `--store-url` (SQLite or PostgreSQL).
 //!
 //! Owns: parsing and validating configuration. The engine never reads it
 //! directly; the shell and tools hand the resulting values in.
@@ -14,3 +15,4 @@ pub mod layers;
 pub mod run_args;
 pub mod run_config;
 pub mod settings;
+pub mod store_url;

@@ -234,6 +234,9 @@ pub(super) struct RunArgs {
     /// Log line format: kv (key=value) or json
     #[arg(long, value_name = "FORMAT", default_value = "kv", help_heading = "Logging")]
     log_format: String,
+    /// Candle store: sqlite:PATH (default sqlite:./klinegate.db; --db PATH is its shorthand) or postgres://USER[:PASS]@HOST:PORT/DB[?schema=NAME]
+    #[arg(long, value_name = "URL", help_heading = "Server")]
+    store_url: Option<String>,
 }
 
 /// The clap command of `klinegate run`, with each flag's environment variable

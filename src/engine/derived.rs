@@ -469,8 +469,8 @@ impl DerivedFold {
     ///
     /// [`restore`]: DerivedFold::restore
     pub fn restore_start(&self, base_head: i64) -> i64 {
-        let next = base_head.saturating_add(self.base_tf.seconds());
-        self.targets.iter().map(|t| t.tf.bucket_open(next)).min().unwrap_or(next)
+        let tfs: Vec<Timeframe> = self.targets.iter().map(|t| t.tf).collect();
+        crate::model::restore_start(self.base_tf, &tfs, base_head)
     }
 
     /// Rebuilds the fold at job start so restarts lose no bucket.

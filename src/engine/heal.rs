@@ -14,6 +14,7 @@ use super::series::SeriesIdx;
 use super::{Engine, LogLevel, RestPurpose, TimerKey};
 use crate::model::Candle;
 use crate::wire::binance_rest as rest;
+use crate::store::LedgerChange;
 use crate::time::{Duration, Timestamp};
 
 #[derive(Clone, Debug)]
@@ -314,8 +315,8 @@ impl Engine {
     /// Mirrors the job's hole into the store's gap ledger (kept across restarts).
     pub(super) fn sync_gap_ledger(&mut self, job: SeriesIdx) {
         let Some(j) = self.jobs.get(&job) else { return };
-        let result = match &j.hole {
-            Some(h) => self.store.put_gap(&crate::store::GapRecord {
+        let change = match &j.hole {
+            Some(h) => LedgerChange::Put(crate::store::GapRecord {
                 series_id: j.base_id.as_str().to_string(),
                 from: h.from,
                 to: h.to,
@@ -323,30 +324,27 @@ impl Engine {
                 attempts: h.attempts,
                 updated_at: self.now.as_secs(),
             }),
-            None => self.store.delete_gap(j.base_id.as_str()),
+            None => LedgerChange::Delete(j.base_id.as_str().to_string()),
         };
-        if result.is_err() {
-            self.counters.store_write_errors += 1;
-        }
+        let write = crate::store::StoreWrite { ledger: vec![change], ..Default::default() };
+        self.write_store(write, super::store_ops::WriteFor::Quiet(super::store_ops::Quiet::GapLedger));
     }
 
     /// At job start: a ledger entry left by an earlier run becomes the job's
     /// hole, retried now.
-    pub(super) fn load_gap_ledger(&mut self, job: SeriesIdx) {
+    pub(super) fn load_gap(&mut self, job: SeriesIdx, g: crate::store::GapRecord) {
         let now = self.now;
-        let Ok(gaps) = self.store.gaps() else { return };
         let Some(j) = self.jobs.get_mut(&job) else { return };
-        if let Some(g) = gaps.into_iter().find(|g| g.series_id == j.base_id.as_str()) {
-            j.hole = Some(Hole { from: g.from, to: g.to, attempts: g.attempts, retry_at: now, error: g.reason });
-            self.heal_retry_at = Some(now);
-        }
+        j.hole = Some(Hole { from: g.from, to: g.to, attempts: g.attempts, retry_at: now, error: g.reason });
+        self.heal_retry_at = Some(now);
     }
 
     /// A subscriber asked for history older than the store holds: heal it
     /// first (bounded by `max_candles`; what stays missing shows as a gap) and
     /// hold that subscription's catch-up until the heal ends. Returns whether
     /// the subscription must be held.
-    pub(super) fn catchup_heal(&mut self, id: &crate::model::SeriesId, since: Option<i64>) -> bool {
+    /// `have_from`: the oldest stored open time of `id`.
+    pub(super) fn catchup_heal(&mut self, id: &crate::model::SeriesId, since: Option<i64>, have_from: Option<i64>) -> bool {
         let Some(since) = since else { return false };
         if !self.cfg.heal.enabled || since <= 0 {
             return false;
@@ -355,10 +353,6 @@ impl Engine {
         let Some(job) = self.series.lookup(base.as_str()).filter(|i| self.jobs.contains_key(i)) else { return false };
         let base_tf = base.timeframe().seconds();
         let want_from = id.timeframe().bucket_open(since) + id.timeframe().seconds();
-        let have_from = match self.store.first_time(id.as_str()) {
-            Ok(first) => first,
-            Err(_) => return false,
-        };
         let Some(latest) = self.latest_closed_for(job) else { return false };
         let to = have_from.map_or(latest, |f| f - base_tf).min(latest);
         if want_from > to {
@@ -404,7 +398,7 @@ impl Engine {
                 }
             }
         }
-        let _ = self.persist_and_publish(set, false);
+        self.persist_and_publish(set);
     }
 
     /// Watchdog: a newer candle is live while an older one never closed.

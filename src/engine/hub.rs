@@ -174,7 +174,8 @@ pub struct Hub {
     // Lookup only, never iterated.
     by_id: FastMap<u64, usize>,
     scratch: Vec<u8>,
-    next_op: u64,
+    /// Op ids, shared with the rest of the engine (one sequence for every store effect).
+    ops: super::store_ops::OpIds,
     /// Catch-up reads in flight: op → client. Lookup only, never iterated.
     reads: FastMap<u64, u64>,
     /// Frames of one catch-up page (reused).
@@ -182,8 +183,8 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(cfg: HubConfig) -> Self {
-        Hub { cfg, ..Hub::default() }
+    pub fn new(cfg: HubConfig, ops: super::store_ops::OpIds) -> Self {
+        Hub { cfg, ops, ..Hub::default() }
     }
 
     pub fn client_count(&self) -> usize {
@@ -244,8 +245,10 @@ impl Hub {
     }
 
     /// Whether a new subscription would pass the per-connection limit.
-    pub fn at_subscription_limit(&self, client: u64) -> bool {
-        self.session(client).is_some_and(|s| s.subs.len() >= self.cfg.max_subscriptions_per_client)
+    /// Whether one more subscription would pass the per-client limit, with
+    /// `pending` more still waiting for their store read.
+    pub fn at_subscription_limit(&self, client: u64, pending: usize) -> bool {
+        self.session(client).is_some_and(|s| s.subs.len() + pending >= self.cfg.max_subscriptions_per_client)
     }
 
     /// Whether the client holds a subscription to `idx`.
@@ -362,8 +365,7 @@ impl Hub {
         let waiting = session.subs.iter_mut().find(|(_, sub)| sub.held.is_none() && sub.catchup.is_some());
         let Some((&idx, sub)) = waiting else { return };
         let Some(catchup) = sub.catchup.as_mut() else { return };
-        let op = StoreOp(self.next_op);
-        self.next_op += 1;
+        let op = self.ops.next();
         let query = catchup.query(op, series.get(idx).id.as_str(), self.cfg.catchup_page_candles);
         session.reading = Some((op, idx));
         self.reads.insert(op.0, client);

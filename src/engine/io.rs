@@ -3,7 +3,7 @@
 //! it asks the shell to do) and [`Counters`] (what it has seen, in items).
 
 use crate::model::{Candle, Market};
-use crate::store::{StoreQuery, StoreReadResult};
+use crate::store::{PersistOutcome, StoreQuery, StoreReadResult, StoreWrite};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -23,8 +23,14 @@ pub enum Input {
     /// connection lives, and a message counted against the exchange's limit.
     UpstreamPing { conn: u64 },
     UpstreamDisconnected { conn: u64, reason: String },
-    /// `POST /api/market/ingest/candle_closed` (one candle) or the dev batch route.
-    IngestClosed { series_id: String, candles: Vec<Candle> },
+    /// `POST /api/market/ingest/candle_closed` (one candle) or the dev batch
+    /// route. Answered by `IngestDone { request }` once stored (or refused).
+    IngestClosed {
+        #[serde(default)]
+        request: u64,
+        series_id: String,
+        candles: Vec<Candle>,
+    },
     /// `POST /api/market/ingest/candle_forming`.
     IngestForming { series_id: String, candle: Candle },
     /// SIGINT/SIGTERM: flush everything, close clients with 1001.
@@ -50,9 +56,11 @@ pub enum Input {
     SymbolsListed { market: Market, symbols: Vec<String> },
     /// The answer to a `ReadStore` (journaled, so a replay needs no database).
     StoreRead { op: StoreOp, result: StoreReadResult },
+    /// The answer to a `Persist` (journaled, so a replay needs no database).
+    Persisted { op: StoreOp, result: PersistOutcome },
 }
 
-/// Names one `ReadStore` effect and its `StoreRead` answer.
+/// Names one store effect (`ReadStore`, `Persist`) and its answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct StoreOp(pub u64);
@@ -84,8 +92,20 @@ pub enum Output {
     /// `GET <the market's REST base URL><path>`; answer with `RestResponse` or `RestFailed`.
     RestRequest { id: u64, market: Market, path: String },
     /// Run `query` against the store (`StoreQuery::run`) and answer with
-    /// `StoreRead { op, .. }`, in a later step.
+    /// `StoreRead { op, .. }`, in a later step. Store effects (`ReadStore`,
+    /// `Persist`) are carried out in the order they are emitted, as one FIFO,
+    /// so a read sees every write emitted before it.
     ReadStore { op: StoreOp, query: StoreQuery },
+    /// Carry `write` out (`StoreWrite::run`) and answer with
+    /// `Persisted { op, .. }`, in a later step.
+    Persist { op: StoreOp, write: StoreWrite },
+    /// The answer to `IngestClosed { request }`: `None` when stored and
+    /// published, else why not (the HTTP reply's error).
+    IngestDone {
+        request: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
 }
 
 /// Monotonic counters, in items (never time), for metrics and tests.

@@ -119,10 +119,8 @@ impl Engine {
     fn upsert_late_close(&mut self, job_idx: SeriesIdx, candle: Candle) {
         let Some(job) = self.jobs.get(&job_idx) else { return };
         let batch = crate::store::SeriesBatch { series_id: job.base_id.as_str().to_string(), candles: vec![candle] };
-        match self.store.write_batches(&[batch]) {
-            Ok(()) => self.counters.late_closes_upserted += 1,
-            Err(_) => self.counters.store_write_errors += 1,
-        }
+        let write = crate::store::StoreWrite { batches: vec![batch], ..Default::default() };
+        self.write_store(write, super::store_ops::WriteFor::Quiet(super::store_ops::Quiet::LateClose));
     }
 
     fn on_forming(&mut self, job_idx: SeriesIdx, candle: Candle) {
@@ -222,7 +220,7 @@ impl Engine {
     pub(super) fn flush_job(&mut self, job_idx: SeriesIdx) {
         let set = self.collect_flush(job_idx);
         if !set.is_empty() {
-            let _ = self.persist_and_publish(set, false);
+            self.persist_and_publish(set);
         }
     }
 
@@ -236,7 +234,7 @@ impl Engine {
             set.extend(self.collect_flush(job));
         }
         if !set.is_empty() {
-            let _ = self.persist_and_publish(set, false);
+            self.persist_and_publish(set);
         }
     }
 
@@ -312,14 +310,34 @@ impl Engine {
         self.effects = effects;
     }
 
-    /// Creates the job (or re-attaches its stream if it exists): stream name,
-    /// derived fold restored from the store, cursor from the store head.
+    /// Creates the job (or re-attaches its stream if it exists). What the
+    /// store holds of it (head, derived heads, the base candles a restart
+    /// refolds, its gap-ledger entry) is asked for first; the job starts when
+    /// the answer comes (`finish_job_start`).
     fn start_job(&mut self, base: &SeriesId) {
         let now = self.now;
         let idx = self.series.intern(base);
         if let Some(job) = self.jobs.get(&idx) {
             let (stream, market) = (job.stream.clone(), job.market);
             self.pool.attach(&stream, market, now, &mut self.outputs);
+            return;
+        }
+        if self.store_ops.job_starting(idx) {
+            return;
+        }
+        let derived: Vec<String> = self
+            .make_fold(base)
+            .map(|f| f.targets().iter().map(|t| t.series().as_str().to_string()).collect())
+            .unwrap_or_default();
+        let query = crate::store::StoreQuery::JobStart { series_id: base.as_str().to_string(), derived };
+        self.read_store(query, super::store_ops::ReadFor::JobStart(idx));
+    }
+
+    /// The second half of a job start, with what the store holds of it.
+    pub(super) fn finish_job_start(&mut self, idx: SeriesIdx, history: crate::store::JobHistory) {
+        let now = self.now;
+        let base = self.series.get(idx).id.clone();
+        if self.jobs.contains_key(&idx) {
             return;
         }
         let (Some(market), Ok(stream)) =
@@ -329,27 +347,16 @@ impl Engine {
             self.log(LogLevel::Error, format!("job_start_invalid series_id={base}"));
             return;
         };
-        let head = self.read_head(base.as_str());
-        let mut fold = self.make_fold(base);
+        let head = history.head;
+        let mut fold = self.make_fold(&base);
         let mut derived = Vec::new();
         let mut restored: Vec<(usize, Candle)> = Vec::new();
         if let Some(f) = fold.as_mut() {
             derived = f.targets().iter().map(|t| self.series.intern(t.series())).collect();
-            if let Some(h) = head {
-                let heads: Vec<(usize, Option<i64>)> = f
-                    .targets()
-                    .iter()
-                    .enumerate()
-                    .map(|(i, t)| (i, self.read_head(t.series().as_str())))
-                    .collect();
-                let start = f.restore_start(h);
-                match self.store.read_range(base.as_str(), start, h, usize::MAX) {
-                    Ok(base_candles) => f.restore(&base_candles, &heads, &mut restored),
-                    Err(e) => {
-                        self.counters.store_read_errors += 1;
-                        self.log(LogLevel::Warn, format!("derived_restore_failed series_id={base} error={:?}", e.to_string()));
-                    }
-                }
+            if head.is_some() {
+                let heads: Vec<(usize, Option<i64>)> =
+                    (0..f.targets().len()).map(|i| (i, history.derived_heads.get(i).copied().flatten())).collect();
+                f.restore(&history.restore, &heads, &mut restored);
             }
         }
         if let Some(h) = head {
@@ -359,7 +366,8 @@ impl Engine {
         self.jobs.insert(idx, job);
         self.stream_jobs[market.index()].insert(super::fasthash::NameKey::new(&stream), idx);
         self.counters.jobs_started += 1;
-        self.log(LogLevel::Info, format!("job_started series_id={base} stream={stream} head_time={head:?}"));
+        let head_time = head.map_or("none".to_string(), |h| h.to_string());
+        self.log(LogLevel::Info, format!("job_started series_id={base} stream={stream} head_time={head_time}"));
         if !restored.is_empty() {
             // Buckets the store shows complete whose derived rows were never written.
             let mut set: Vec<(SeriesIdx, Vec<Candle>)> = Vec::new();
@@ -370,10 +378,12 @@ impl Engine {
                     None => set.push((didx, vec![c])),
                 }
             }
-            let _ = self.persist_and_publish(set, false);
+            self.persist_and_publish(set);
         }
         self.pool.attach(&stream, market, now, &mut self.outputs);
-        self.load_gap_ledger(idx);
+        if let Some(gap) = history.gap {
+            self.load_gap(idx, gap);
+        }
         self.heal_on_start(idx, head);
         self.arm_close_due(idx);
     }
@@ -387,19 +397,10 @@ impl Engine {
         (!fold.targets().is_empty()).then_some(fold)
     }
 
-    fn read_head(&mut self, series: &str) -> Option<i64> {
-        match self.store.head_time(series) {
-            Ok(h) => h,
-            Err(e) => {
-                self.counters.store_read_errors += 1;
-                self.log(LogLevel::Warn, format!("store_head_failed series_id={series} error={:?}", e.to_string()));
-                None
-            }
-        }
-    }
-
     /// Flushes the job's buffer first (nothing accepted is lost), then detaches.
     pub(super) fn stop_job(&mut self, idx: SeriesIdx, reason: &str) {
+        // A job still waiting for its store read never starts.
+        self.store_ops.forget_job_start(idx);
         if !self.jobs.contains_key(&idx) {
             return;
         }

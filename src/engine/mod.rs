@@ -14,8 +14,10 @@
 //!
 //! Architecture invariants (checked by `tests/fixtures.rs` and clippy.toml): nothing here
 //! reads a clock, the environment, randomness (only the seeded [`Rng`]),
-//! threads or sockets, and nothing iterates a hash map in a way that reaches
-//! an output. Files are touched only through the [`Store`] trait.
+//! threads, sockets or a store, and nothing iterates a hash map in a way that
+//! reaches an output. The store is an effect: reads that decide something
+//! and every write leave as `Output::ReadStore`/`Output::Persist` and come
+//! back as `Input::StoreRead`/`Input::Persisted` (`store_ops.rs`).
 
 mod catchup;
 pub mod derived;
@@ -38,6 +40,7 @@ mod flush;
 mod io;
 mod jobs;
 mod native;
+mod store_ops;
 mod unlisted;
 
 pub use io::{Counters, Input, LogLevel, Output, StoreOp};
@@ -45,10 +48,10 @@ pub use io::{Counters, Input, LogLevel, Output, StoreOp};
 use crate::model::{Candle, Market, SeriesId};
 use crate::wire::client::{self as wire, ClientRequest, RequestError};
 use crate::rng::Rng;
-use crate::store::Store;
 use crate::time::{Duration, Timestamp};
 use crate::timer::TimerWheel;
-use flush::StoreBacklog;
+use flush::WriteQueue;
+use store_ops::{PendingSub, ReadFor, StoreOps, WriteFor};
 use hub::{Frame, Hub, HubConfig, SubscribeError};
 use ingest::Job;
 use series::{SeriesIdx, SeriesTable};
@@ -153,7 +156,6 @@ pub struct Gauges {
 pub struct Engine {
     cfg: EngineConfig,
     now: Timestamp,
-    store: Box<dyn Store>,
     series: SeriesTable,
     hub: Hub,
     supervisor: Supervisor,
@@ -164,7 +166,10 @@ pub struct Engine {
     /// names). Lookup only, never iterated.
     stream_jobs: [fasthash::FastMap<fasthash::NameKey, SeriesIdx>; 2],
     timers: TimerWheel<TimerKey>,
-    backlog: StoreBacklog,
+    /// Flushes from made to published (`flush.rs`).
+    writes: WriteQueue,
+    /// Store effects in flight and what each is for (`store_ops.rs`).
+    store_ops: StoreOps,
     /// Jobs whose buffers flush at the end of this step (`TimerKey::FlushAll`).
     /// Non-empty exactly while the FlushAll timer is armed.
     flush_pending: std::collections::BTreeSet<SeriesIdx>,
@@ -186,23 +191,26 @@ pub struct Engine {
     /// Throttles that emit for the current forming update (reused).
     emit_scratch: Vec<usize>,
     shut_down: bool,
+    /// The shutdown's client closes went out (see `settle_shutdown`).
+    shutdown_done: bool,
 }
 
 impl Engine {
-    pub fn new(cfg: EngineConfig, store: Box<dyn Store>, now: Timestamp) -> Engine {
+    pub fn new(cfg: EngineConfig, now: Timestamp) -> Engine {
         let mut rng = Rng::new(cfg.rng_seed);
         let pool = UpstreamPool::new(cfg.upstream.clone(), Rng::new(rng.next_u64()));
+        let store_ops = StoreOps::default();
         Engine {
-            hub: Hub::new(cfg.hub.clone()),
+            hub: Hub::new(cfg.hub.clone(), store_ops.ids.clone()),
             supervisor: Supervisor::new(cfg.supervisor.clone()),
             pool,
             now,
-            store,
             series: SeriesTable::default(),
             jobs: series::IdxMap::new(),
             stream_jobs: Default::default(),
             timers: TimerWheel::new(now),
-            backlog: StoreBacklog::new(cfg.store_backlog_max_candles),
+            writes: WriteQueue::new(cfg.store_backlog_max_candles),
+            store_ops,
             flush_pending: std::collections::BTreeSet::new(),
             stall_timer: None,
             rest: rest::RestScheduler::new(cfg.rest.clone()),
@@ -218,6 +226,7 @@ impl Engine {
             scratch: Vec::new(),
             emit_scratch: Vec::new(),
             shut_down: false,
+            shutdown_done: false,
             cfg,
         }
     }
@@ -230,18 +239,15 @@ impl Engine {
         &self.counters
     }
 
-    pub fn store(&self) -> &dyn Store {
-        self.store.as_ref()
-    }
-
     fn advance(&mut self, now: Timestamp) {
         if now > self.now {
             self.now = now;
         }
     }
 
-    /// Handles one input. Only the ingest inputs can fail (their error text is
-    /// the HTTP reply); everything else answers through outputs.
+    /// Handles one input. Only the ingest inputs can fail at once (their
+    /// error text is the HTTP reply; a stored ingest is answered by
+    /// `Output::IngestDone`); everything else answers through outputs.
     pub fn handle(&mut self, input: Input, now: Timestamp) -> Result<(), String> {
         self.advance(now);
         self.counters.inputs += 1;
@@ -295,7 +301,7 @@ impl Engine {
                 self.apply_pool_events();
                 Ok(())
             }
-            Input::IngestClosed { series_id, candles } => self.ingest_closed(&series_id, candles),
+            Input::IngestClosed { request, series_id, candles } => self.ingest_closed(request, &series_id, candles),
             Input::IngestForming { series_id, candle } => self.ingest_forming(&series_id, candle),
             Input::TouchSeries { series_id } => self.touch_series(&series_id),
             Input::Shutdown => {
@@ -308,8 +314,11 @@ impl Engine {
                 Ok(())
             }
             Input::StoreRead { op, result } => {
-                let now_s = self.now.as_secs();
-                self.hub.on_store_read(op, result, now_s, &self.series, &mut self.outputs, &mut self.counters);
+                self.on_store_read(op, result);
+                Ok(())
+            }
+            Input::Persisted { op, result } => {
+                self.on_persisted(op, result);
                 Ok(())
             }
             Input::RestFailed { id, reason } => {
@@ -384,8 +393,8 @@ impl Engine {
             self.supervisor.on_tick(now, &mut self.effects);
             self.apply_effects();
         }
-        if self.backlog.retry_at().is_some_and(|t| t <= now) {
-            self.retry_backlog();
+        if self.writes.retry_at().is_some_and(|t| t <= now) {
+            self.pump_writes();
         }
         if self.heal_retry_at.is_some_and(|t| t <= now) {
             self.retry_heals();
@@ -399,7 +408,7 @@ impl Engine {
             self.timers.next_deadline(),
             self.pool.next_deadline(),
             self.supervisor.next_deadline(),
-            self.backlog.retry_at(),
+            self.writes.retry_at(),
             self.heal_retry_at,
             self.rest.next_deadline(),
         ]
@@ -417,14 +426,6 @@ impl Engine {
     /// client's next catch-up page: drain `poll_output` after takes too.
     pub fn take_client_frames(&mut self, client: u64, dst: &mut Vec<Frame>) {
         self.hub.take_frames(client, dst, &self.series, &mut self.outputs);
-    }
-
-    /// Answers a `ReadStore` at once from the engine's own store — what a replay
-    /// without recorded reads, a journal generator or a test driver does where
-    /// the shell would run the read and feed `StoreRead` back.
-    pub fn answer_read_from_own_store(&mut self, op: StoreOp, query: &crate::store::StoreQuery, now: Timestamp) {
-        let result = query.run(self.store.as_ref());
-        let _ = self.handle(Input::StoreRead { op, result }, now);
     }
 
     pub fn client_queued_bytes(&self, client: u64) -> usize {
@@ -480,8 +481,13 @@ impl Engine {
             }
         };
         let idx = self.series.intern(&id);
+        if self.store_ops.pending_subs().any(|(_, p)| p.client == client && p.idx == idx) {
+            return; // the same subscription is waiting for its store read
+        }
+        let (mut unsupported, mut counted) = (None, false);
         if !self.hub.is_subscribed(client, idx) {
-            if self.hub.at_subscription_limit(client) {
+            let pending = self.store_ops.pending_subs().filter(|(_, p)| p.client == client).count();
+            if self.hub.at_subscription_limit(client, pending) {
                 self.counters.client_limit_rejects += 1;
                 let max = self.cfg.hub.max_subscriptions_per_client;
                 let msg = format!("too many subscriptions on this connection (max {max})");
@@ -489,7 +495,7 @@ impl Engine {
                 return self.hub.send_to(client, frame, &mut self.outputs);
             }
             match self.admit_series(&id) {
-                SubscribeOutcome::Accepted => {}
+                SubscribeOutcome::Accepted => counted = true,
                 SubscribeOutcome::Capacity => {
                     self.counters.capacity_rejects += 1;
                     self.log(LogLevel::Info, format!("market_ws_subscribe_rejected series_id={raw} reason=capacity"));
@@ -498,19 +504,53 @@ impl Engine {
                     return self.hub.send_to(client, frame, &mut self.outputs);
                 }
                 SubscribeOutcome::Unsupported(msg) => {
-                    // Series seeded by a tool (HTTP ingest) stay subscribable without a job.
-                    if !self.has_history(idx) {
-                        self.counters.client_bad_requests += 1;
-                        let frame = wire::error_frame("bad_request", &msg, None);
-                        return self.hub.send_to(client, frame, &mut self.outputs);
+                    // Series seeded by a tool (HTTP ingest) stay subscribable
+                    // without a job, when the store has rows of them.
+                    if self.series.get(idx).last_closed.is_none() {
+                        unsupported = Some(msg);
                     }
                 }
             }
             self.apply_effects();
         }
+        let p = PendingSub { client, idx, id, since, supports_batch, unsupported, counted };
+        // Whether to hold for a heal depends on what the store holds.
+        let needs_bounds = p.unsupported.is_some()
+            || self.native_applies(&p.id)
+            || (self.cfg.heal.enabled && since.is_some_and(|s| s > 0));
+        if needs_bounds {
+            let query = crate::store::StoreQuery::Bounds { series_id: p.id.as_str().to_string() };
+            self.read_store(query, ReadFor::Subscribe(p));
+        } else {
+            self.finish_subscribe(p, None);
+        }
+    }
+
+    /// The second half of a subscribe, once the series' stored bounds
+    /// (`(first, head)`) are known, when they matter.
+    fn finish_subscribe(&mut self, p: PendingSub, bounds: Option<(Option<i64>, Option<i64>)>) {
+        let PendingSub { client, idx, id, since, supports_batch, unsupported, counted } = p;
+        if !self.hub.contains(client) {
+            if counted {
+                self.supervisor.unsubscribe(&id, self.now);
+            }
+            return;
+        }
+        if let Some(msg) = unsupported {
+            if !bounds.is_some_and(|(_, head)| head.is_some()) {
+                self.counters.client_bad_requests += 1;
+                let frame = wire::error_frame("bad_request", &msg, None);
+                return self.hub.send_to(client, frame, &mut self.outputs);
+            }
+        }
+        let first = bounds.and_then(|(first, _)| first);
         // A derived series' own history comes from the exchange's klines of
         // its interval; anything else heals its base series.
-        let hold = if self.native_applies(&id) { self.native_fill(&id, since) } else { self.catchup_heal(&id, since) };
+        let hold = if self.native_applies(&id) {
+            self.native_fill(&id, since, first)
+        } else {
+            self.catchup_heal(&id, since, first)
+        };
         let result = self.hub.subscribe(
             client,
             idx,
@@ -558,20 +598,30 @@ impl Engine {
         self.listings.check(&id).err()
     }
 
-    fn has_history(&self, idx: SeriesIdx) -> bool {
-        let entry = self.series.get(idx);
-        entry.last_closed.is_some() || matches!(self.store.head_time(entry.id.as_str()), Ok(Some(_)))
-    }
-
     fn unsubscribe(&mut self, client: u64, raw: &str) {
         let Ok(id) = SeriesId::parse(raw) else { return };
         let Some(idx) = self.series.lookup(id.as_str()) else { return };
+        self.drop_pending_subs(|p| p.client == client && p.idx == idx);
         if self.hub.unsubscribe(client, idx, &mut self.series) {
             self.supervisor.unsubscribe(&id, self.now);
         }
     }
 
+    /// Subscriptions still waiting for a store read that their client gave
+    /// up: the answer is ignored, the supervisor's count released.
+    fn drop_pending_subs(&mut self, which: impl Fn(&PendingSub) -> bool) {
+        let ops: Vec<StoreOp> = self.store_ops.pending_subs().filter(|(_, p)| which(p)).map(|(op, _)| *op).collect();
+        for op in ops {
+            if let Some(ReadFor::Subscribe(p)) = self.store_ops.take_read(op) {
+                if p.counted {
+                    self.supervisor.unsubscribe(&p.id, self.now);
+                }
+            }
+        }
+    }
+
     fn on_client_gone(&mut self, client: u64) {
+        self.drop_pending_subs(|p| p.client == client);
         let released = self.hub.disconnect(client, &mut self.series);
         for idx in released {
             let id = self.series.get(idx).id.clone();
@@ -593,14 +643,24 @@ impl Engine {
         for idx in rest {
             self.stop_job(idx, "shutdown");
         }
-        if !self.backlog.is_empty() {
-            self.retry_backlog();
+        self.retry_writes_now();
+        self.settle_shutdown();
+    }
+
+    /// Ends a shutdown once no write is awaiting its answer: the closes a
+    /// write was storing are published first, then every client is closed
+    /// `1001` and `shutdown_complete` logged (once; candles a failing store
+    /// still holds are counted there and in the shell's exit code).
+    fn settle_shutdown(&mut self) {
+        if !self.shut_down || self.shutdown_done || self.writes.awaiting_answer() {
+            return;
         }
+        self.shutdown_done = true;
         let (code, reason) = hub::SHUTDOWN_CLOSE;
         for client in self.hub.open_client_ids() {
             self.outputs.push_back(Output::ClientClose { client, code, reason: reason.to_string() });
         }
-        let left = self.backlog.candles();
+        let left = self.unpersisted_candles();
         self.log(LogLevel::Info, format!("shutdown_complete unpersisted_candles={left}"));
     }
 
@@ -608,14 +668,20 @@ impl Engine {
         self.shut_down
     }
 
-    /// Closed candles accepted but not yet persisted (buffers plus store backlog).
+    /// Closed candles accepted but not yet persisted and published (buffers
+    /// plus the write queue).
     pub fn unpersisted_candles(&self) -> usize {
-        self.backlog.candles() + self.jobs.values().map(Job::buffered).sum::<usize>()
+        self.writes.candles() + self.jobs.values().map(Job::buffered).sum::<usize>()
+    }
+
+    /// Store effects emitted and not answered yet.
+    pub fn store_effects_in_flight(&self) -> usize {
+        self.store_ops.in_flight()
     }
 
     // ---------------------------------------------------------- HTTP ingest
 
-    fn ingest_closed(&mut self, raw: &str, candles: Vec<Candle>) -> Result<(), String> {
+    fn ingest_closed(&mut self, request: u64, raw: &str, candles: Vec<Candle>) -> Result<(), String> {
         let id = SeriesId::parse(raw).map_err(|e| e.to_string())?;
         for c in &candles {
             if let Some(why) = c.value_error() {
@@ -625,10 +691,15 @@ impl Engine {
         let idx = self.series.intern(&id);
         let candles = ingest::dedupe_closed(candles, i64::MIN);
         if candles.is_empty() {
+            self.outputs.push_back(Output::IngestDone { request, error: None });
             return Ok(());
         }
-        self.persist_and_publish(vec![(idx, candles)], true)
-            .map_err(|e| format!("ingest_pipeline_failed:store.upsert_many_closed:{id}: {e}"))
+        // A tool's ingest may correct a row: it upserts, and bypasses the
+        // write queue (its failure is the HTTP reply, not a retry).
+        let batch = crate::store::SeriesBatch { series_id: id.as_str().to_string(), candles: candles.clone() };
+        let write = crate::store::StoreWrite { batches: vec![batch], ..Default::default() };
+        self.write_store(write, WriteFor::Ingest { request, set: vec![(idx, candles)] });
+        Ok(())
     }
 
     fn touch_series(&mut self, raw: &str) -> Result<(), String> {
@@ -649,7 +720,10 @@ impl Engine {
             }
         }
         // A derived series read for the first time fills from its own interval.
-        self.native_fill(&id, None);
+        if self.native_applies(&id) {
+            let query = crate::store::StoreQuery::Bounds { series_id: id.as_str().to_string() };
+            self.read_store(query, ReadFor::Touch(id));
+        }
         Ok(())
     }
 
@@ -686,8 +760,7 @@ impl Engine {
                 .collect();
             obj.insert("healing".into(), healing.into());
             obj.insert("rest".into(), serde_json::json!({"queued": self.rest.queued(), "inflight": self.rest.inflight()}));
-            let ledger = self.store.gaps().map(|g| serde_json::to_value(g).unwrap_or_default()).unwrap_or_default();
-            obj.insert("gap_ledger".into(), ledger);
+            obj.insert("store_effects_in_flight".into(), self.store_ops.in_flight().into());
         }
         v
     }
@@ -726,20 +799,12 @@ impl Engine {
         }
     }
 
-    /// `GET /api/market/candles` (§8.1): the tail when `since` is absent, else
-    /// the first `limit` candles after it; "ahead" rows hidden; `since` clamped.
-    pub fn read_candles(&self, series_id: &str, since: Option<i64>, limit: usize) -> Result<CandlesReply, String> {
-        let id = SeriesId::parse(series_id).map_err(|e| e.to_string())?;
-        let name = id.as_str();
-        let known = self.series.lookup(name).and_then(|i| self.series.get(i).last_closed);
-        let window = hub::ClosedWindow::new(self.now.as_secs(), id.timeframe(), known);
-        let read = match since {
-            None => self.store.read_tail(name, limit),
-            Some(s) => self.store.read_after(name, window.clamp(s), limit),
-        };
-        let candles = window.filter_ahead(read.map_err(|e| e.to_string())?);
-        let server_head_time = self.store.head_time(name).map_err(|e| e.to_string())?;
-        Ok(CandlesReply { series_id: name.to_string(), server_head_time, candles })
+    /// The window of closed candles a reader of `id` may see now (rows
+    /// "ahead" of it are hidden; `since` is clamped to it). The shell reads
+    /// the store for `GET /api/market/candles` within it.
+    pub fn closed_window(&self, id: &SeriesId) -> hub::ClosedWindow {
+        let known = self.series.lookup(id.as_str()).and_then(|i| self.series.get(i).last_closed);
+        hub::ClosedWindow::new(self.now.as_secs(), id.timeframe(), known)
     }
 
     /// The configured whitelist (pins), as given.
@@ -762,7 +827,7 @@ impl Engine {
             upstream_reconnects: self.pool.reconnects,
             upstream_rotations: self.pool.rotations,
             unpersisted_candles: self.unpersisted_candles(),
-            store_backlog_candles: self.backlog.candles(),
+            store_backlog_candles: self.writes.backlog_candles(),
             gap_ledger_entries: self.jobs.values().filter(|j| j.hole.is_some()).count(),
         }
     }

@@ -9,16 +9,14 @@
 //! running jobs); it logs `heal_started` and ends in `heal_done`,
 //! `heal_failed` or `heal_cancelled` like every heal. Its rows go through the
 //! same persist-then-publish path as every derived candle, where a bucket
-//! already stored is never written over (`drop_stored_derived`). Subscriptions
+//! already stored is never written over (written insert-if-absent, `flush.rs`). Subscriptions
 //! waiting for it get their catch-up when it ends (or at the gate timeout).
 //! These are `Engine` methods. Never reads a clock.
 
-use super::flush::FlushSet;
 use super::series::SeriesIdx;
 use super::{Engine, LogLevel, RestPurpose, TimerKey};
 use crate::model::{Candle, SeriesId, Timeframe};
 use crate::wire::binance_rest as rest;
-use std::collections::BTreeSet;
 
 /// A running fill of one derived series.
 #[derive(Debug)]
@@ -37,7 +35,8 @@ impl Engine {
     /// from the exchange's `id.timeframe()` klines when the store lacks the
     /// last `first_visit_candles` of them (or what is older than `since`).
     /// Returns whether a fill is running for it (its catch-up should wait).
-    pub(super) fn native_fill(&mut self, id: &SeriesId, since: Option<i64>) -> bool {
+    /// `first`: the oldest stored open time of `id` (what the store holds).
+    pub(super) fn native_fill(&mut self, id: &SeriesId, since: Option<i64>, first: Option<i64>) -> bool {
         if !self.native_applies(id) {
             return false;
         }
@@ -53,13 +52,9 @@ impl Engine {
         if let Some(s) = since {
             from = from.max(tf.bucket_open(s) + tf.seconds());
         }
-        let to = match self.store.first_time(id.as_str()) {
-            Ok(None) => latest,
-            Ok(Some(first)) => first - tf.seconds(),
-            Err(_) => {
-                self.counters.store_read_errors += 1;
-                return false;
-            }
+        let to = match first {
+            None => latest,
+            Some(first) => first - tf.seconds(),
         };
         if from > to || to <= 0 {
             return false;
@@ -144,7 +139,7 @@ impl Engine {
         };
         if !candles.is_empty() {
             let n = candles.len();
-            let _ = self.persist_and_publish(vec![(idx, candles)], false);
+            self.persist_and_publish(vec![(idx, candles)]);
             if let Some(f) = self.native.get_mut(&idx) {
                 f.stored += n;
             }
@@ -186,32 +181,5 @@ impl Engine {
                 format!("heal_cancelled series_id={name} candles={} reason=native_interval cause={why}", fill.stored),
             );
         }
-    }
-
-    /// A derived candle is never written over: candles of derived series in
-    /// `set` whose bucket is already stored are dropped (the first closed
-    /// value of a bucket stands, whichever path — live fold, a healed
-    /// rollup, the exchange's own interval kline — wrote it). Buckets newer
-    /// than the series' newest known close skip the store read.
-    pub(super) fn drop_stored_derived(&mut self, set: &mut FlushSet) {
-        for (idx, candles) in set.iter_mut() {
-            let (Some(first), Some(last)) = (candles.first().map(|c| c.candle_time), candles.last().map(|c| c.candle_time))
-            else {
-                continue;
-            };
-            let entry = self.series.get(*idx);
-            if entry.last_closed.is_some_and(|known| first > known) || self.supervisor.normalize(&entry.id) == entry.id {
-                continue;
-            }
-            let (lo, hi) = (first.min(last), first.max(last));
-            match self.store.read_range(entry.id.as_str(), lo, hi, usize::MAX) {
-                Ok(stored) => {
-                    let have: BTreeSet<i64> = stored.iter().map(|c| c.candle_time).collect();
-                    candles.retain(|c| !have.contains(&c.candle_time));
-                }
-                Err(_) => self.counters.store_read_errors += 1,
-            }
-        }
-        set.retain(|(_, c)| !c.is_empty());
     }
 }

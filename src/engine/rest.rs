@@ -209,6 +209,14 @@ impl<P> RestScheduler<P> {
     }
 }
 
+impl super::Engine {
+    /// The REST weight budget per UTC minute we allow ourselves: spot, USD-M
+    /// futures (`rest_figures().used_weight` is measured against it). Read-only.
+    pub fn rest_weight_budget(&self) -> [u32; 2] {
+        [self.rest.budget(Market::Spot), self.rest.budget(Market::Futures)]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -171,6 +171,34 @@ impl<T> IdxMap<T> {
     }
 }
 
+/// One pinned series' newest closed candle, for the pinned-lag metric.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PinnedClose {
+    pub series_id: String,
+    pub tf_s: i64,
+    /// Close time (open time + timeframe, unix seconds) of the newest closed
+    /// candle known; `None` before the first one.
+    pub closed_at: Option<i64>,
+}
+
+impl super::Engine {
+    /// Each pinned series (the whitelist, in its order) with the close time of
+    /// its newest closed candle. Read-only.
+    pub fn pinned_closes(&self) -> Vec<PinnedClose> {
+        self.cfg
+            .supervisor
+            .whitelist
+            .iter()
+            .map(|id| {
+                let tf_s = id.timeframe().seconds();
+                let entry = self.series.lookup(id.as_str()).map(|i| self.series.get(i));
+                let closed_at = entry.and_then(|e| e.last_closed.map(|t| t + tf_s));
+                PinnedClose { series_id: id.as_str().to_string(), tf_s, closed_at }
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -133,22 +133,23 @@ pub fn capture_to_journal<W: Write>(
     opts.settings.pins = series.clone();
     let header = Header::new(opts.settings.clone(), capture.connect_at, true);
     let cfg = opts.settings.to_engine_config().map_err(|e| CaptureError::Format(e.to_string()))?;
-    let mut engine = Engine::new(cfg.clone(), Box::new(MemoryStore::new()), capture.connect_at);
+    let mut engine = Engine::new(cfg.clone(), capture.connect_at);
     let mut journal = JournalWriter::new(out, &header)?;
-    let mut sim = Sim { conn: None, pending: VecDeque::new() };
+    let mut sim = Sim { conn: None, pending: VecDeque::new(), store: MemoryStore::new() };
 
-    let step = |engine: &mut Engine, journal: &mut JournalWriter<W>, now: Timestamp, input: Input| {
-        run_timers(engine, now);
+    // The replay answers store effects from its own store; so does the converter.
+    let step = |engine: &mut Engine, journal: &mut JournalWriter<W>, sim: &mut Sim, now: Timestamp, input: Input| {
+        run_timers(engine, &mut sim.store, now);
         journal.input(now, &input)?;
         let _ = engine.handle(input, now);
         Ok::<(), std::io::Error>(())
     };
 
     let t0 = capture.connect_at;
-    step(&mut engine, &mut journal, t0, Input::Start)?;
+    step(&mut engine, &mut journal, &mut sim, t0, Input::Start)?;
     sim.answer(&mut engine);
     if opts.subscribe_client {
-        step(&mut engine, &mut journal, t0, Input::ClientConnected { client: 1 })?;
+        step(&mut engine, &mut journal, &mut sim, t0, Input::ClientConnected { client: 1 })?;
         for s in &series {
             let mut ids = vec![s.clone()];
             if let Ok(id) = crate::model::SeriesId::parse(s) {
@@ -158,7 +159,7 @@ pub fn capture_to_journal<W: Write>(
             }
             for id in ids {
                 let text = serde_json::json!({"type":"subscribe","series_id":id,"supports_batch":true}).to_string();
-                step(&mut engine, &mut journal, t0, Input::ClientText { client: 1, text })?;
+                step(&mut engine, &mut journal, &mut sim, t0, Input::ClientText { client: 1, text })?;
             }
         }
     }
@@ -166,17 +167,17 @@ pub fn capture_to_journal<W: Write>(
     loop {
         sim.answer(&mut engine);
         let Some(input) = sim.pending.pop_front() else { break };
-        step(&mut engine, &mut journal, t0, input)?;
+        step(&mut engine, &mut journal, &mut sim, t0, input)?;
     }
     let conn = sim.conn.ok_or_else(|| CaptureError::Format("engine opened no upstream connection".into()))?;
     let mut last = t0;
     for (t, frame) in &capture.frames {
         let now = (*t).max(last);
         last = now;
-        step(&mut engine, &mut journal, now, Input::UpstreamText { conn, text: frame.clone() })?;
+        step(&mut engine, &mut journal, &mut sim, now, Input::UpstreamText { conn, text: frame.clone() })?;
         sim.answer(&mut engine);
         while let Some(input) = sim.pending.pop_front() {
-            step(&mut engine, &mut journal, now, input)?;
+            step(&mut engine, &mut journal, &mut sim, now, input)?;
             sim.answer(&mut engine);
         }
     }
@@ -185,13 +186,14 @@ pub fn capture_to_journal<W: Write>(
     Ok(series)
 }
 
-fn run_timers(engine: &mut Engine, until: Timestamp) {
+fn run_timers(engine: &mut Engine, store: &mut MemoryStore, until: Timestamp) {
     while let Some(t) = engine.poll_timeout() {
         if t > until {
             break;
         }
-        engine.handle_timeout(t.max(engine.now()));
-        while engine.poll_output().is_some() {}
+        let at = t.max(engine.now());
+        engine.handle_timeout(at);
+        crate::replay::hosted::drain(engine, store, at);
         if engine.poll_timeout() == Some(t) {
             break;
         }
@@ -202,6 +204,7 @@ fn run_timers(engine: &mut Engine, until: Timestamp) {
 struct Sim {
     conn: Option<u64>,
     pending: VecDeque<Input>,
+    store: MemoryStore,
 }
 
 impl Sim {
@@ -230,9 +233,11 @@ impl Sim {
                     retry_after_s: None,
                     used_weight: None,
                 }),
-                // Answered as a replay without recorded reads answers it.
-                Output::ReadStore { op, query } => engine.answer_read_from_own_store(op, &query, engine.now()),
-                _ => {}
+                // Answered as a replay without recorded answers answers it.
+                other => {
+                    let now = engine.now();
+                    crate::replay::hosted::carry(engine, &mut self.store, &other, now);
+                }
             }
         }
     }

@@ -323,6 +323,8 @@ struct Peer {
     connections: u64,
     client_frames: u64,
     frames: Vec<crate::engine::hub::Frame>,
+    /// Answers store effects as the replay's own store will.
+    store: MemoryStore,
 }
 
 impl Peer {
@@ -367,8 +369,10 @@ impl Peer {
                     let input = Input::RestResponse { id, status: 200, body: "[]".into(), retry_after_s: None, used_weight: None };
                     self.schedule(now.add(ACK_LATENCY), input, None);
                 }
-                Output::ReadStore { op, query } => engine.answer_read_from_own_store(op, &query, now),
-                Output::Log { .. } => {}
+                Output::Log { .. } | Output::IngestDone { .. } => {}
+                effect @ (Output::ReadStore { .. } | Output::Persist { .. }) => {
+                    crate::replay::hosted::carry(engine, &mut self.store, &effect, now);
+                }
             }
         }
     }
@@ -467,7 +471,7 @@ pub fn generate_journal<W: Write>(out: W, opts: &GenOptions) -> io::Result<GenSt
     let cfg = settings.to_engine_config().map_err(|e| invalid(format!("gen-journal: {e}")))?;
     let header = Header::new(settings, START, true);
     let mut run = Run {
-        engine: Engine::new(cfg.clone(), Box::new(MemoryStore::new()), START),
+        engine: Engine::new(cfg.clone(), START),
         journal: JournalWriter::new(out, &header)?,
         peer: Peer {
             pending: VecDeque::new(),
@@ -476,6 +480,7 @@ pub fn generate_journal<W: Write>(out: W, opts: &GenOptions) -> io::Result<GenSt
             connections: 0,
             client_frames: 0,
             frames: Vec::new(),
+            store: MemoryStore::new(),
         },
         timers_held: false,
         records: 0,
@@ -596,7 +601,7 @@ mod tests {
     fn replay(text: &[u8]) -> (Engine, Vec<String>) {
         let mut out = Vec::new();
         let (replayer, _) = journal::replay(text, Box::new(MemoryStore::new()), &mut out).expect("journal replays");
-        let (engine, _) = replayer.into_parts();
+        let (engine, _, _) = replayer.into_parts();
         let lines = String::from_utf8(out).expect("utf8").lines().map(str::to_string).collect();
         (engine, lines)
     }

@@ -14,11 +14,12 @@
 //! (hand-written and converted journals) a client's frames are taken as soon
 //! as it has any.
 //!
-//! Store reads the core asks for (`ReadStore`, catch-up pages) are answered by
-//! `store_read` inputs. A live recording holds them (header `recorded_reads`),
-//! so its replay reproduces every catch-up without the database it ran on;
-//! a journal without them (hand-written, converted, generated) has each read
-//! answered at once, at the same `now`, from the replay's own store.
+//! Store effects the core asks for (`ReadStore`, `Persist`) are answered by
+//! `store_read` and `persisted` inputs. A live recording holds them (header
+//! `recorded_store`), so its replay needs no database at all and reproduces
+//! every job start, catch-up and store outage exactly; a journal without them
+//! (hand-written, converted, generated) has each effect carried out at once,
+//! at the same `now`, against the replay's own store.
 //! Hand-written and converted journals
 //! may set `auto_timers`: then the replayer fires each due timer at its exact
 //! deadline before the next line (and up to an optional `{"now":…,"end":true}`).
@@ -50,9 +51,9 @@ pub struct Header {
     /// Every take of a client's frames is a record of its own (live recordings).
     #[serde(default, skip_serializing_if = "is_false")]
     pub recorded_takes: bool,
-    /// Every store read's answer is an input of its own (live recordings).
+    /// Every store effect's answer is an input of its own (live recordings).
     #[serde(default, skip_serializing_if = "is_false")]
-    pub recorded_reads: bool,
+    pub recorded_store: bool,
 }
 
 impl Header {
@@ -64,7 +65,7 @@ impl Header {
             auto_timers,
             settings,
             recorded_takes: false,
-            recorded_reads: false,
+            recorded_store: false,
         }
     }
 
@@ -74,9 +75,9 @@ impl Header {
         self
     }
 
-    /// For a live recording: the shell records each store read's answer.
-    pub fn with_recorded_reads(mut self) -> Header {
-        self.recorded_reads = true;
+    /// For a live recording: the shell records each store effect's answer.
+    pub fn with_recorded_store(mut self) -> Header {
+        self.recorded_store = true;
         self
     }
 }
@@ -177,9 +178,12 @@ pub struct ReplayStats {
 /// Drives a fresh engine from a journal and writes its outputs.
 pub struct Replayer<W: Write> {
     engine: Engine,
+    /// Answers store effects a journal does not hold (never touched when
+    /// the journal is a live recording: `recorded_store`).
+    store: Box<dyn Store>,
     auto_timers: bool,
     recorded_takes: bool,
-    recorded_reads: bool,
+    recorded_store: bool,
     out: W,
     frames: Vec<crate::engine::hub::Frame>,
     line: Vec<u8>,
@@ -204,12 +208,13 @@ pub fn read_header(line: &str) -> Result<Header, JournalError> {
 impl<W: Write> Replayer<W> {
     pub fn new(header: &Header, store: Box<dyn Store>, out: W) -> Result<Self, JournalError> {
         let cfg = header.settings.to_engine_config().map_err(|e| JournalError::Config(e.to_string()))?;
-        let engine = Engine::new(cfg, store, Timestamp(header.start_ns));
+        let engine = Engine::new(cfg, Timestamp(header.start_ns));
         Ok(Replayer {
             engine,
+            store,
             auto_timers: header.auto_timers,
             recorded_takes: header.recorded_takes,
-            recorded_reads: header.recorded_reads,
+            recorded_store: header.recorded_store,
             out,
             frames: Vec::new(),
             line: Vec::with_capacity(512),
@@ -225,8 +230,14 @@ impl<W: Write> Replayer<W> {
         &mut self.engine
     }
 
-    pub fn into_parts(self) -> (Engine, W) {
-        (self.engine, self.out)
+    pub fn into_parts(self) -> (Engine, Box<dyn Store>, W) {
+        (self.engine, self.store, self.out)
+    }
+
+    /// Whether the journal holds the answers to store effects (then the
+    /// replay needs no database).
+    pub fn store_recorded(&self) -> bool {
+        self.recorded_store
     }
 
     /// Applies one record.
@@ -321,11 +332,9 @@ impl<W: Write> Replayer<W> {
             let _ = serde_json::to_writer(&mut self.line, &output);
             self.line.push(b'}');
             self.emit_line()?;
-            if let Output::ReadStore { op, query } = output {
-                // A recording holds the answer as an input of its own.
-                if !self.recorded_reads {
-                    self.engine.answer_read_from_own_store(op, &query, now);
-                }
+            // A recording holds the answer as an input of its own.
+            if !self.recorded_store {
+                super::hosted::carry(&mut self.engine, self.store.as_mut(), &output, now);
             }
         }
         Ok(())
@@ -555,7 +564,7 @@ mod tests {
             }
             let text = w.into_inner();
             let (replayer, _) = replay(&text[..], Box::new(crate::store::MemoryStore::new()), Vec::new()).unwrap();
-            let (_, out) = replayer.into_parts();
+            let (_, _, out) = replayer.into_parts();
             String::from_utf8(out).unwrap().lines().filter(|l| l.contains("\"frame\"")).map(str::to_string).collect()
         };
         let at = |lines: &[String]| -> Vec<String> {

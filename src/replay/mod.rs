@@ -10,4 +10,5 @@
 #![allow(clippy::disallowed_methods)]
 pub mod capture;
 pub mod gen;
+pub mod hosted;
 pub mod journal;

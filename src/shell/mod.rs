@@ -21,6 +21,7 @@ pub mod conn;
 pub mod dns;
 pub mod event_loop;
 pub mod logger;
+pub mod store_host;
 #[cfg(test)]
 pub(crate) mod test_support;
 pub mod timed_store;

@@ -1,6 +1,7 @@
-//! The candle store: a small synchronous trait the core persists through, with a
-//! durable SQLite implementation ([`sqlite`]) and an in-memory one for tests
-//! ([`memory`]). Rows are keyed by (series_id, candle_time); the last write wins.
+//! The candle store: a small synchronous trait the SHELL implements and owns,
+//! with a durable SQLite implementation ([`sqlite`]) and an in-memory one for
+//! tests ([`memory`]). The core never holds a store: it asks for reads and
+//! writes as values ([`query`], [`write`]) and gets their answers as inputs. Rows are keyed by (series_id, candle_time); the last write wins.
 //! Both implementations have identical semantics; a shared test suite pins them.
 
 use crate::model::Candle;
@@ -10,13 +11,15 @@ pub mod memory;
 pub mod postgres;
 pub mod query;
 pub mod sqlite;
+pub mod write;
 
 pub use memory::MemoryStore;
-pub use query::{StoreQuery, StoreReadResult};
+pub use query::{JobHistory, StoreQuery, StoreReadResult};
+pub use write::{KeptRows, LedgerChange, PersistOutcome, StoreWrite};
 pub use sqlite::SqliteStore;
 
 /// The closed candles of one series inside a flush.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SeriesBatch {
     pub series_id: String,
     /// Ascending by `candle_time`, no duplicate times.
@@ -42,7 +45,7 @@ pub type StoreResult<T> = Result<T, StoreError>;
 
 /// The gap ledger: candles (opening in `[from, to]`) that healing could not
 /// fill for a series, kept across restarts and retried until healed.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct GapRecord {
     pub series_id: String,
     pub from: i64,

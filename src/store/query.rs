@@ -6,8 +6,8 @@
 //!
 //! Owns no state; never decides anything about what an answer means.
 
-use super::Store;
-use crate::model::Candle;
+use super::{GapRecord, Store};
+use crate::model::{Candle, SeriesId};
 use serde::{Deserialize, Serialize};
 
 /// One read the core needs answered.
@@ -19,6 +19,24 @@ pub enum StoreQuery {
     /// The open time of the oldest of the newest `count` candles (where a
     /// tail of `count` candles starts); none when the series has no rows.
     TailStart { series_id: String, count: usize },
+    /// The oldest and newest stored open times of a series.
+    Bounds { series_id: String },
+    /// What a job needs to start: its head, each derived series' head, the
+    /// base candles a restart must refold (from where the bucket of the
+    /// coarsest derived series that the head falls in opens — see
+    /// `model::restore_start`), and its gap-ledger entry.
+    JobStart { series_id: String, derived: Vec<String> },
+}
+
+/// The answer to [`StoreQuery::JobStart`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobHistory {
+    pub head: Option<i64>,
+    /// One per `derived` name, in order.
+    pub derived_heads: Vec<Option<i64>>,
+    /// Ascending; empty when there is no head or no derived series.
+    pub restore: Vec<Candle>,
+    pub gap: Option<GapRecord>,
 }
 
 /// The answer to a [`StoreQuery`].
@@ -27,6 +45,8 @@ pub enum StoreQuery {
 pub enum StoreReadResult {
     Candles(Vec<Candle>),
     TailStart(Option<i64>),
+    Bounds { first: Option<i64>, head: Option<i64> },
+    JobStart(JobHistory),
     /// The read failed: the store's error, as a user reads it.
     Failed(String),
 }
@@ -41,7 +61,28 @@ impl StoreQuery {
             StoreQuery::TailStart { series_id, count } => {
                 store.tail_start(series_id, *count).map(StoreReadResult::TailStart)
             }
+            StoreQuery::Bounds { series_id } => store.first_time(series_id).and_then(|first| {
+                Ok(StoreReadResult::Bounds { first, head: store.head_time(series_id)? })
+            }),
+            StoreQuery::JobStart { series_id, derived } => job_history(store, series_id, derived).map(StoreReadResult::JobStart),
         };
         result.unwrap_or_else(|e| StoreReadResult::Failed(e.to_string()))
     }
+}
+
+fn job_history(store: &dyn Store, series_id: &str, derived: &[String]) -> super::StoreResult<JobHistory> {
+    let head = store.head_time(series_id)?;
+    let mut history = JobHistory { head, ..JobHistory::default() };
+    for name in derived {
+        history.derived_heads.push(store.head_time(name)?);
+    }
+    if let (Some(h), Ok(base)) = (head, SeriesId::parse(series_id)) {
+        let targets: Vec<_> = derived.iter().filter_map(|d| SeriesId::parse(d).ok()).map(|d| d.timeframe()).collect();
+        if !targets.is_empty() {
+            let start = crate::model::restore_start(base.timeframe(), &targets, h);
+            history.restore = store.read_range(series_id, start, h, usize::MAX)?;
+        }
+    }
+    history.gap = store.gaps()?.into_iter().find(|g| g.series_id == series_id);
+    Ok(history)
 }

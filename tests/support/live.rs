@@ -42,7 +42,7 @@ impl Live {
         if !args.contains(&"--listen") {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
-        if !args.contains(&"--db") {
+        if !args.contains(&"--db") && !args.contains(&"--store-url") {
             cmd.arg("--db").arg(&db);
         }
         // REST goes to the same fake exchange as the streams (never the real one).
@@ -103,6 +103,16 @@ impl Live {
             }
         }
         None
+    }
+
+    /// Waits for the REST fetches every start makes: each market's symbol
+    /// list and the default pin's first-visit heal (the fake exchange has no
+    /// history for it: one empty page). A test that scripts a REST failure
+    /// for its own request waits for these first, or one of them may take it.
+    pub fn wait_startup_fetches(&mut self) {
+        assert!(self.wait_log("symbols_listed market=spot", Duration::from_secs(10)).is_some(), "spot symbols listed");
+        assert!(self.wait_log("market=futures", Duration::from_secs(10)).is_some(), "futures symbols fetched");
+        assert!(self.wait_log("heal_done", Duration::from_secs(10)).is_some(), "the pinned series' first heal ended");
     }
 
     pub fn drain_logs(&mut self) {

@@ -5,6 +5,8 @@
 pub mod exchange_model;
 pub mod live;
 pub mod recorder;
+pub mod replay_frames;
+pub mod tcp_proxy;
 pub mod scenarios;
 
 use klinegate::replay::journal::{self, Header};
@@ -107,12 +109,14 @@ pub fn replay_text(text: &str) -> Vec<String> {
     replay_with_store(text, Box::new(MemoryStore::new())).0
 }
 
-pub fn replay_with_store(text: &str, store: Box<dyn Store>) -> (Vec<String>, klinegate::engine::Engine) {
+/// Replays journal text on `store`; returns the output lines, the engine
+/// and the store as the replay left them.
+pub fn replay_with_store(text: &str, store: Box<dyn Store>) -> (Vec<String>, klinegate::engine::Engine, Box<dyn Store>) {
     let mut out = Vec::new();
     let (replayer, _) = journal::replay(text.as_bytes(), store, &mut out).expect("journal replays");
-    let (engine, _) = replayer.into_parts();
+    let (engine, store, _) = replayer.into_parts();
     let lines = String::from_utf8(out).expect("utf8").lines().map(str::to_string).collect();
-    (lines, engine)
+    (lines, engine, store)
 }
 
 pub fn parse(lines: &[String]) -> Vec<Value> {

@@ -5,12 +5,15 @@
 
 use klinegate::cli::settings::Settings;
 use klinegate::engine::{Engine, Input, Output};
+use klinegate::replay::hosted;
 use klinegate::replay::journal::{Header, JournalWriter};
 use klinegate::store::MemoryStore;
 use klinegate::time::Timestamp;
 
 pub struct Recorder {
     pub engine: Engine,
+    /// The store the engine's effects are carried out against, at once.
+    pub store: MemoryStore,
     journal: JournalWriter<Vec<u8>>,
     pub now: Timestamp,
     /// Client frames delivered so far and not yet taken: (client, frame).
@@ -22,7 +25,7 @@ impl Recorder {
         let cfg = settings.to_engine_config().expect("valid settings");
         let header = Header::new(settings, start, false);
         let journal = JournalWriter::new(Vec::new(), &header).expect("write to memory");
-        Recorder { engine: Engine::new(cfg, Box::new(MemoryStore::new()), start), journal, now: start, frames: Vec::new() }
+        Recorder { engine: Engine::new(cfg, start), store: MemoryStore::new(), journal, now: start, frames: Vec::new() }
     }
 
     /// One input at `now`; returns the outputs it produced (client frames drained).
@@ -57,9 +60,11 @@ impl Recorder {
                         self.frames.push((*client, serde_json::from_slice(&f).expect("frames are JSON")));
                     }
                 }
-                // Not recorded: a replay answers it the same way, at the same point.
-                Output::ReadStore { op, query } => self.engine.answer_read_from_own_store(*op, query, self.now),
-                _ => {}
+                // Store effects are not recorded: a replay on its own store
+                // answers them the same way, at the same point.
+                _ => {
+                    hosted::carry(&mut self.engine, &mut self.store, &o, self.now);
+                }
             }
             outs.push(o);
         }

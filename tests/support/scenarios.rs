@@ -263,7 +263,7 @@ pub fn start_secs(text: &str) -> f64 {
 // and the model (what the client saw, what REST was asked).
 
 use super::exchange_model::{candle, ExchangeModel};
-use klinegate::engine::Engine;
+use klinegate::store::Store;
 
 pub struct Healed {
     pub journal: String,
@@ -287,11 +287,11 @@ fn heal_settings(first_visit: usize, derived: &str) -> Settings {
     }
 }
 
-fn stored(engine: &Engine, series: &[&str]) -> Vec<(String, Vec<i64>)> {
+fn stored(store: &dyn klinegate::store::Store, series: &[&str]) -> Vec<(String, Vec<i64>)> {
     series
         .iter()
         .map(|s| {
-            let times = engine.store().read_tail(s, 100_000).unwrap().iter().map(|c| c.candle_time).collect();
+            let times = store.read_tail(s, 100_000).unwrap().iter().map(|c| c.candle_time).collect();
             (s.to_string(), times)
         })
         .collect()
@@ -306,8 +306,8 @@ fn finish(rec: Recorder, model: ExchangeModel, series: &[&str]) -> Healed {
 }
 
 fn finish_with(rec: Recorder, model: ExchangeModel, series: &[&str], gaps_midway: Vec<klinegate::store::GapRecord>) -> Healed {
-    let engine_store = stored(&rec.engine, series);
-    let gaps = rec.engine.store().gaps().unwrap_or_default();
+    let engine_store = stored(&rec.store, series);
+    let gaps = rec.store.gaps().unwrap_or_default();
     Healed { journal: rec.journal_text(), model, engine_store, gaps, gaps_midway }
 }
 
@@ -399,7 +399,7 @@ pub fn heal_rest_failure() -> Healed {
     // Five failed attempts (backoff 2+4+8+16 s) end the heal; the hole is
     // retried 60 s later: look at the ledger in between.
     model.run_until(&mut rec, ts(T0 + 361 + 60));
-    let midway = rec.engine.store().gaps().unwrap_or_default();
+    let midway = rec.store.gaps().unwrap_or_default();
     model.run_until(&mut rec, ts(T0 + 361 + 600));
     finish_with(rec, model, &[BTC1], midway)
 }

@@ -21,7 +21,7 @@
 //! Files: [`crate::cli::run_args`] declares the flags, [`crate::cli::layers`] picks
 //! each setting's winning text; this module parses and validates the values.
 
-use crate::cli::layers::{split_list, Layers};
+use crate::cli::layers::{split_list, Layers, Origin};
 use crate::cli::settings::{parse_role, parse_timeframe_list, ConfigError, Settings};
 use crate::engine::EngineConfig;
 use crate::model::SeriesId;
@@ -89,6 +89,8 @@ pub struct RunConfig {
     pub ingest_api: bool,
     pub auth_token: Option<String>,
     pub shutdown_grace_s: u64,
+    /// `--store-url`: SQLite (the file is `db`) or PostgreSQL.
+    pub store: crate::cli::store_url::StoreBackend,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -167,6 +169,7 @@ fn build(l: &mut Layers<'_>, known: &[String]) -> Result<RunConfig, RunConfigErr
     let listen = l.value("listen", parse_listen)?;
     let db = l.path("db")?.ok_or_else(|| l.invalid("db", "must not be empty"))?;
     in_existing_dir(&db).map_err(|r| l.invalid("db", r))?;
+    let (db, store) = resolve_store_url(l, db)?;
     let record = l.path("record")?;
     if let Some(p) = &record {
         in_existing_dir(p).map_err(|r| l.invalid("record", r))?;
@@ -260,6 +263,7 @@ fn build(l: &mut Layers<'_>, known: &[String]) -> Result<RunConfig, RunConfigErr
         ingest_api: l.value("ingest_api", |s| parse_loopback_switch(s, &listen))?,
         auth_token: l.optional("auth_token")?,
         shutdown_grace_s: l.value("shutdown_grace_s", parse_u64)?,
+        store,
         engine: settings.to_engine_config().map_err(|e| engine_error(l, e))?,
         settings,
     };
@@ -465,6 +469,31 @@ fn existing_file(path: &Path) -> Result<(), String> {
 }
 
 /// Files we create (store, journal) need their directory to exist already.
+/// `--store-url` against `--db` (its shorthand): both given is an error;
+/// `sqlite:PATH` replaces the SQLite file (relative to the config file's
+/// directory when it comes from the file).
+fn resolve_store_url(
+    l: &mut Layers<'_>,
+    db: PathBuf,
+) -> Result<(PathBuf, crate::cli::store_url::StoreBackend), RunConfigError> {
+    use crate::cli::store_url::{parse_store_url, StoreBackend, StoreUrl};
+    let Some(text) = l.optional("store_url")? else { return Ok((db, StoreBackend::Sqlite)) };
+    if l.given("db") {
+        return Err(l.invalid("store_url", "--db PATH is short for --store-url sqlite:PATH; give one of them, not both"));
+    }
+    match parse_store_url(&text).map_err(|r| l.invalid("store_url", r))? {
+        StoreUrl::Postgres(cfg) => Ok((db, StoreBackend::Postgres(cfg))),
+        StoreUrl::Sqlite(path) => {
+            let path = match (&l.file, l.origins.get("store_url")) {
+                (Some(file), Some(Origin::File { .. })) if path.is_relative() => file.dir.join(path),
+                _ => path,
+            };
+            in_existing_dir(&path).map_err(|r| l.invalid("store_url", r))?;
+            Ok((path, StoreBackend::Sqlite))
+        }
+    }
+}
+
 fn in_existing_dir(path: &Path) -> Result<(), String> {
     match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => {

@@ -210,6 +210,24 @@ fn bad_values_give_one_line_naming_the_flag() {
 }
 
 #[test]
+fn store_url_from_flag_env_and_file_and_db_beside_it_is_refused() {
+    use crate::cli::store_url::StoreBackend;
+    let c = parse(&["--store-url", "postgres://kg@127.0.0.1:5432/test?schema=kg1"]).unwrap();
+    let StoreBackend::Postgres(pg) = &c.store else { panic!("not postgres: {:?}", c.store) };
+    assert_eq!(pg.schema, "kg1");
+    let c = parse_with(&[], &[("KLINEGATE_STORE_URL", "sqlite:other.db")]).unwrap();
+    assert_eq!((c.db.clone(), c.store), (PathBuf::from("other.db"), StoreBackend::Sqlite));
+    assert_eq!(parse(&[]).unwrap().store, StoreBackend::Sqlite);
+    let line = error(&["--db", "a.db", "--store-url", "sqlite:b.db"], &[]);
+    assert!(line.starts_with("invalid setting --store-url") && line.contains("not both"), "{line}");
+    let line = error(&["--store-url", "mysql://h/db"], &[]);
+    assert!(line.contains("expected sqlite:PATH or postgres://"), "{line}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_file(&dir, "k.toml", "store_url = \"sqlite:k.db\"\n");
+    assert_eq!(parse(&["--config", &file]).unwrap().db, dir.path().join("k.db"));
+}
+
+#[test]
 fn store_max_mb_from_every_source_and_zero_means_no_cap() {
     let dir = tempfile::tempdir().unwrap();
     let file = write_file(&dir, "k.toml", "store-max-mb = 64\n");

@@ -71,7 +71,7 @@ pub fn ingest_one(req: &Request, forming: bool, now_s: i64) -> Result<(Input, Ap
     let input = if forming {
         Input::IngestForming { series_id: body.series_id, candle: body.candle }
     } else {
-        Input::IngestClosed { series_id: body.series_id, candles: vec![body.candle] }
+        Input::IngestClosed { request: 0, series_id: body.series_id, candles: vec![body.candle] }
     };
     Ok((input, reply))
 }
@@ -91,7 +91,7 @@ pub fn ingest_batch(req: &Request, now_s: i64) -> Result<(Input, ApplyReply), Re
         first_candle_time: body.candles.first().map(|c| c.candle_time),
         last_candle_time: body.candles.last().map(|c| c.candle_time),
     };
-    Ok((Input::IngestClosed { series_id: body.series_id, candles: body.candles }, reply))
+    Ok((Input::IngestClosed { request: 0, series_id: body.series_id, candles: body.candles }, reply))
 }
 
 /// Every `candle_time` must open a candle of the series' timeframe and not

@@ -62,7 +62,7 @@ fn backfill_json(state: Option<&(HealState, Option<Hole>)>, now: i64, tf: i64, m
 }
 
 /// `GET /api/market/health?series_id=&now_time=`.
-pub fn kline_health(req: &Request, engine: &Engine) -> Response {
+pub fn kline_health(req: &Request, engine: &Engine, store: &dyn crate::store::Store) -> Response {
     let id = match series_param(req) {
         Ok(id) => id,
         Err(r) => return r,
@@ -74,7 +74,7 @@ pub fn kline_health(req: &Request, engine: &Engine) -> Response {
     let tf = id.timeframe();
     let tf_s = tf.seconds();
     let expected = tf.expected_latest_closed(now);
-    let head = match engine.store().head_time(id.as_str()) {
+    let head = match store.head_time(id.as_str()) {
         Ok(h) => h,
         Err(e) => return Response::error(500, &format!("store_read_failed: {e}")),
     };
@@ -109,7 +109,7 @@ pub fn kline_health(req: &Request, engine: &Engine) -> Response {
 }
 
 /// `GET /api/market/debug/series_health?series_id=&max_recent_gaps=&recent_base_buckets=`.
-pub fn series_health(req: &Request, engine: &Engine) -> Response {
+pub fn series_health(req: &Request, engine: &Engine, store: &dyn crate::store::Store) -> Response {
     let id = match series_param(req) {
         Ok(id) => id,
         Err(r) => return r,
@@ -123,7 +123,6 @@ pub fn series_health(req: &Request, engine: &Engine) -> Response {
     };
     let now = engine.now().as_secs();
     let tf = id.timeframe().seconds();
-    let store = engine.store();
     let read = || -> Result<Value, String> {
         let first = store.first_time(id.as_str()).map_err(|e| e.to_string())?;
         let head = store.head_time(id.as_str()).map_err(|e| e.to_string())?;
@@ -182,19 +181,22 @@ mod tests {
     use crate::engine::Input;
     use crate::model::Candle;
     use crate::wire::http::{parse_request, HttpLimits, Parse};
+    use crate::replay::hosted::Hosted;
     use crate::store::MemoryStore;
     use crate::time::Timestamp;
 
-    fn engine(now: u64) -> Engine {
+    type Fx = Hosted<MemoryStore>;
+
+    fn engine(now: u64) -> Fx {
         let s = Settings { pins: vec![], heal: false, ..Settings::default() };
-        Engine::new(s.to_engine_config().unwrap(), Box::new(MemoryStore::new()), Timestamp::from_secs(now))
+        Hosted::new(Engine::new(s.to_engine_config().unwrap(), Timestamp::from_secs(now)), MemoryStore::new())
     }
 
-    fn seed(e: &mut Engine, series: &str, times: &[i64]) {
+    fn seed(e: &mut Fx, series: &str, times: &[i64]) {
         let candles =
             times.iter().map(|t| Candle { candle_time: *t, open: 1.0, high: 1.0, low: 1.0, close: 1.0, volume: 1.0 }).collect();
-        let now = e.now();
-        e.handle(Input::IngestClosed { series_id: series.into(), candles }, now).unwrap();
+        let now = e.engine.now();
+        e.handle(Input::IngestClosed { request: 0, series_id: series.into(), candles }, now).unwrap();
     }
 
     fn get(target: &str) -> Request {
@@ -214,7 +216,7 @@ mod tests {
         let mut e = engine(1000);
         seed(&mut e, "binance:spot:BTC/USDT:1m", &[300, 360, 420, 540, 600, 660]);
         seed(&mut e, "binance:spot:BTC/USDT:5m", &[300, 900]);
-        let r = series_health(&get("/x?series_id=binance:spot:BTC/USDT:5m&max_recent_gaps=3&recent_base_buckets=2"), &e);
+        let r = series_health(&get("/x?series_id=binance:spot:BTC/USDT:5m&max_recent_gaps=3&recent_base_buckets=2"), &e.engine, &e.store);
         let v = body(&r);
         assert_eq!(v["gap_count"], 1);
         assert_eq!(v["max_gap_seconds"], 600);
@@ -230,19 +232,19 @@ mod tests {
     fn kline_health_status_rules() {
         let s = "binance:spot:BTC/USDT:1m";
         let mut e = engine(100_000);
-        let v = body(&kline_health(&get(&format!("/x?series_id={s}")), &e));
+        let v = body(&kline_health(&get(&format!("/x?series_id={s}")), &e.engine, &e.store));
         assert_eq!((v["status"].as_str(), v["status_reason"].as_str()), (Some("red"), Some("missing_head")));
         assert!(v["missing_seconds"].is_null());
         seed(&mut e, s, &[99_900]);
-        let v = body(&kline_health(&get(&format!("/x?series_id={s}&now_time=99930")), &e));
+        let v = body(&kline_health(&get(&format!("/x?series_id={s}&now_time=99930")), &e.engine, &e.store));
         assert_eq!(v["status_reason"], "head_ahead_of_closed_window", "99900 is still forming at 99930");
-        let v = body(&kline_health(&get(&format!("/x?series_id={s}&now_time=100010")), &e));
+        let v = body(&kline_health(&get(&format!("/x?series_id={s}&now_time=100010")), &e.engine, &e.store));
         assert_eq!((v["status"].as_str(), v["status_reason"].as_str()), (Some("green"), Some("up_to_date")));
-        let v = body(&kline_health(&get(&format!("/x?series_id={s}&now_time=100500")), &e));
+        let v = body(&kline_health(&get(&format!("/x?series_id={s}&now_time=100500")), &e.engine, &e.store));
         assert_eq!(v["status_reason"], "lagging_no_recent_backfill");
         assert_eq!(v["missing_candles"], 9, "99960..=100440");
-        assert_eq!(kline_health(&get("/x?series_id=nope"), &e).status, 400);
-        assert_eq!(kline_health(&get(&format!("/x?series_id={s}&now_time=-1")), &e).status, 400);
+        assert_eq!(kline_health(&get("/x?series_id=nope"), &e.engine, &e.store).status, 400);
+        assert_eq!(kline_health(&get(&format!("/x?series_id={s}&now_time=-1")), &e.engine, &e.store).status, 400);
     }
 
     #[test]

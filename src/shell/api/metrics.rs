@@ -2,7 +2,8 @@
 //! engine activity families: REST requests, failures and weight, heals
 //! started/done/failed, late-close fetches, and the histogram of exchange
 //! event time → frame queued for clients
-//! (`klinegate_exchange_to_queue_seconds`). The route table and the other
+//! (`klinegate_exchange_to_queue_seconds`), the REST weight budget and each
+//! pinned series' lag behind its last close. The route table and the other
 //! families are `shell::api::routes::metrics`.
 //!
 //! It only reads the engine's figures; it never changes them.
@@ -87,6 +88,11 @@ pub fn engine_activity(m: &mut Exposition, engine: &Engine) {
     for market in [Market::Spot, Market::Futures] {
         m.sample("rest_weight_used", &[("market", market.as_str())], f64::from(rest.used_weight[market.index()]));
     }
+    m.family("rest_weight_budget", "gauge", "Exchange REST weight we allow ourselves per UTC minute, by market.");
+    for (market, budget) in [Market::Spot, Market::Futures].into_iter().zip(engine.rest_weight_budget()) {
+        m.sample("rest_weight_budget", &[("market", market.as_str())], f64::from(budget));
+    }
+    pinned_lag(m, engine);
     m.counter("rest_rows_skipped_total", "Exchange REST kline rows skipped as malformed.", c.rest_rows_skipped);
     m.counter("heals_started_total", "History heals started (first visit, restart, reconnect, late close, catch-up).", c.heals_started);
     m.counter("heals_done_total", "History heals that ended with every page fetched.", c.heals_succeeded);
@@ -99,4 +105,68 @@ pub fn engine_activity(m: &mut Exposition, engine: &Engine) {
         "Exchange event time of a kline frame to the first client frame it caused being queued.",
         &c.exchange_to_queue,
     );
+}
+
+/// `klinegate_pinned_series_lag_seconds{series_id}` (and each pinned
+/// series' `klinegate_pinned_series_timeframe_seconds`): the engine's time minus
+/// the close time of each pinned series' newest closed candle. Healthy, it
+/// stays under one timeframe plus the exchange's close delay. A pinned series
+/// with no closed candle yet has no sample.
+fn pinned_lag(m: &mut Exposition, engine: &Engine) {
+    m.family(
+        "pinned_series_lag_seconds",
+        "gauge",
+        "Seconds since the newest closed candle of each pinned series closed (engine time minus open time plus timeframe).",
+    );
+    let now_s = engine.now().as_secs();
+    let pins = engine.pinned_closes();
+    for pin in &pins {
+        if let Some(closed_at) = pin.closed_at {
+            m.sample("pinned_series_lag_seconds", &[("series_id", &pin.series_id)], (now_s - closed_at).max(0) as f64);
+        }
+    }
+    m.family("pinned_series_timeframe_seconds", "gauge", "Timeframe of each pinned series (the lag alert compares the lag with it).");
+    for pin in &pins {
+        m.sample("pinned_series_timeframe_seconds", &[("series_id", &pin.series_id)], pin.tf_s as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::settings::Settings;
+    use crate::store::{SeriesBatch, Store};
+    use crate::model::Candle;
+    use crate::replay::hosted::Hosted;
+    use crate::store::MemoryStore;
+    use crate::time::Timestamp;
+
+    const PIN: &str = "binance:spot:BTC/USDT:1m";
+
+    fn rendered(engine: &Engine) -> String {
+        let mut m = Exposition { out: String::new() };
+        engine_activity(&mut m, engine);
+        m.out
+    }
+
+    #[test]
+    fn pinned_lag_is_engine_time_minus_the_last_close_and_budgets_are_per_market() {
+        let cfg = |pins: Vec<String>| Settings { pins, ..Default::default() }.to_engine_config().unwrap();
+        let unseeded = Engine::new(cfg(vec![PIN.into()]), Timestamp::from_secs(1000));
+        assert!(!rendered(&unseeded).contains("klinegate_pinned_series_lag_seconds{"), "no sample before a close");
+
+        // The pinned job starts from the stored head: the 1m candle opened at 900.
+        let mut store = MemoryStore::new();
+        let c = Candle { candle_time: 900, open: 1.0, high: 2.0, low: 0.5, close: 1.5, volume: 1.0 };
+        store.write_batches(&[SeriesBatch { series_id: PIN.into(), candles: vec![c] }]).unwrap();
+        let mut e = Hosted::new(Engine::new(cfg(vec![PIN.into()]), Timestamp::from_secs(1000)), store);
+        e.handle(crate::engine::Input::Start, Timestamp::from_secs(1000)).unwrap();
+        let text = rendered(&e.engine);
+        // Closed at 900 + 60 = 960; the engine's time is 1000.
+        assert!(text.contains("klinegate_pinned_series_lag_seconds{series_id=\"binance:spot:BTC/USDT:1m\"} 40\n"), "{text}");
+        assert!(text.contains("klinegate_pinned_series_timeframe_seconds{series_id=\"binance:spot:BTC/USDT:1m\"} 60\n"), "{text}");
+        assert!(text.contains("# TYPE klinegate_rest_weight_budget gauge\n"));
+        assert!(text.contains("klinegate_rest_weight_budget{market=\"spot\"} 3000\n"), "{text}");
+        assert!(text.contains("klinegate_rest_weight_budget{market=\"futures\"} 1200\n"), "{text}");
+    }
 }

@@ -1,6 +1,7 @@
 //! The HTTP API: routes, health and metrics views, the market directory.
 //!
 //! - [`routes`]: the HTTP routes and the `/ws/market` upgrade decision.
+//! - [`docs`]: `/openapi.json`, the committed OpenAPI document.
 //! - [`health`]: `/health` and `/health/ready`.
 //! - [`ingest`]: the candle ingest routes' bodies, checks and replies.
 //! - [`kline_health`]: `/api/market/health` and the series-health debug view.
@@ -9,6 +10,7 @@
 //!
 //! Owns: answers built from a request and read-only engine state. Never
 //! changes engine state except through the inputs the loop hands it.
+pub mod docs;
 pub mod health;
 pub mod ingest;
 pub mod kline_health;

@@ -19,7 +19,8 @@
 //! handler.
 
 use crate::wire::http::{Request, Response};
-use crate::engine::{Engine, Gauges, Input};
+use crate::engine::{CandlesReply, Engine, Gauges, Input};
+use crate::store::Store;
 use crate::model::SeriesId;
 use crate::shell::api::health::{self, uptime_s};
 use crate::shell::api::ingest;
@@ -76,6 +77,13 @@ pub struct ShellStats {
     pub store_write_count: u64,
     pub store_write_seconds_sum: f64,
     pub store_write_seconds_max: f64,
+    /// Store effects waiting for the shell's store slice.
+    pub store_queue: u64,
+    /// The longest store slice of one loop turn, in seconds.
+    pub store_slice_seconds_max: f64,
+    /// How long each loop turn's work took (poll wake-up to the next poll).
+    pub loop_turn: crate::engine::histogram::Histogram,
+    pub loop_turn_seconds_max: f64,
     pub connections_rejected: u64,
     /// Of those, refused by --max-connections-per-ip.
     pub connections_rejected_per_ip: u64,
@@ -95,6 +103,12 @@ pub struct ShellStats {
     pub dns: crate::shell::dns::DnsStats,
     pub started_unix_s: f64,
     pub now_unix_s: f64,
+    /// `sqlite` or `postgres` (empty reads as `sqlite`).
+    pub store_backend: &'static str,
+    /// PostgreSQL: connected and bootstrapped; SQLite: always true.
+    pub store_connected: bool,
+    /// HTTP requests parked for a PostgreSQL read now.
+    pub store_http_parked: u64,
 }
 
 /// The routing decision for one request.
@@ -135,6 +149,7 @@ enum Endpoint {
     SeriesHealth,
     TopMarkets,
     TopMarketsStream,
+    OpenApi,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,6 +177,7 @@ const ROUTES: &[(&str, &str, Endpoint, Gate)] = &[
     ("/api/market/debug/series_health", "GET", Endpoint::SeriesHealth, Gate::DebugApi),
     ("/api/market/top_markets", "GET", Endpoint::TopMarkets, Gate::Always),
     ("/api/market/top_markets/stream", "GET", Endpoint::TopMarketsStream, Gate::Always),
+    ("/openapi.json", "GET", Endpoint::OpenApi, Gate::Always),
 ];
 
 fn lookup(path: &str, cfg: &HttpConfig) -> Option<(&'static str, Endpoint)> {
@@ -176,7 +192,9 @@ fn lookup(path: &str, cfg: &HttpConfig) -> Option<(&'static str, Endpoint)> {
 }
 
 /// Decides what to do with one request.
-pub fn route(req: &Request, engine: &Engine, stats: &ShellStats, cfg: &HttpConfig) -> Routed {
+/// `store` serves the reads that change no engine state (candles, health
+/// views); everything that changes state goes to the engine as an input.
+pub fn route(req: &Request, engine: &Engine, store: &dyn Store, stats: &ShellStats, cfg: &HttpConfig) -> Routed {
     if let Some(origin) = req.header("origin") {
         if !cfg.cors_origins.is_empty() && !origin_allowed(origin, cfg) {
             return Routed::Reply(with_cors(Response::error(403, "origin_not_allowed"), req, cfg));
@@ -203,17 +221,18 @@ pub fn route(req: &Request, engine: &Engine, stats: &ShellStats, cfg: &HttpConfi
         Endpoint::Health => reply(health::health(engine, stats), req, cfg),
         Endpoint::Ready => reply(health::ready(engine), req, cfg),
         Endpoint::Metrics => reply(metrics(engine, stats), req, cfg),
-        Endpoint::Candles => reply(candles(req, engine, cfg), req, cfg),
+        Endpoint::Candles => reply(candles(req, engine, store, cfg), req, cfg),
         Endpoint::Whitelist => {
             let body = serde_json::json!({ "series_ids": engine.whitelist() });
             reply(Response::json(200, &body), req, cfg)
         }
-        Endpoint::IngestState => reply(Response::json(200, &engine.ingest_state()), req, cfg),
+        Endpoint::IngestState => reply(Response::json(200, &ingest_state(engine, store)), req, cfg),
         Endpoint::IngestClosed => to_apply(ingest::ingest_one(req, false, ingest_now_s(engine, stats)), req, cfg),
         Endpoint::IngestForming => to_apply(ingest::ingest_one(req, true, ingest_now_s(engine, stats)), req, cfg),
         Endpoint::DevBatch => to_apply(ingest::ingest_batch(req, ingest_now_s(engine, stats)), req, cfg),
-        Endpoint::KlineHealth => reply(crate::shell::api::kline_health::kline_health(req, engine), req, cfg),
-        Endpoint::SeriesHealth => reply(crate::shell::api::kline_health::series_health(req, engine), req, cfg),
+        Endpoint::OpenApi => reply(crate::shell::api::docs::openapi(), req, cfg),
+        Endpoint::KlineHealth => reply(crate::shell::api::kline_health::kline_health(req, engine, store), req, cfg),
+        Endpoint::SeriesHealth => reply(crate::shell::api::kline_health::series_health(req, engine, store), req, cfg),
         Endpoint::TopMarkets | Endpoint::TopMarketsStream => Routed::Directory {
             stream: endpoint == Endpoint::TopMarketsStream,
             cors: with_cors(Response::empty(200), req, cfg).headers,
@@ -305,7 +324,40 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 // ---------------------------------------------------------------- reads
 
-fn candles(req: &Request, engine: &Engine, cfg: &HttpConfig) -> Response {
+/// `GET /api/market/debug/ingest_state`: the engine's snapshot plus the
+/// store's gap ledger.
+fn ingest_state(engine: &Engine, store: &dyn Store) -> serde_json::Value {
+    let mut v = engine.ingest_state();
+    if let Some(obj) = v.as_object_mut() {
+        let ledger = store.gaps().map(|g| serde_json::to_value(g).unwrap_or_default()).unwrap_or_default();
+        obj.insert("gap_ledger".into(), ledger);
+    }
+    v
+}
+
+/// `GET /api/market/candles` (§8.1): the tail when `since` is absent, else
+/// the first `limit` candles after it; rows "ahead" of the engine's closed
+/// window hidden, `since` clamped to it.
+fn read_candles(
+    engine: &Engine,
+    store: &dyn Store,
+    series_id: &str,
+    since: Option<i64>,
+    limit: usize,
+) -> Result<CandlesReply, String> {
+    let id = SeriesId::parse(series_id).map_err(|e| e.to_string())?;
+    let name = id.as_str();
+    let window = engine.closed_window(&id);
+    let read = match since {
+        None => store.read_tail(name, limit),
+        Some(s) => store.read_after(name, window.clamp(s), limit),
+    };
+    let candles = window.filter_ahead(read.map_err(|e| e.to_string())?);
+    let server_head_time = store.head_time(name).map_err(|e| e.to_string())?;
+    Ok(CandlesReply { series_id: name.to_string(), server_head_time, candles })
+}
+
+fn candles(req: &Request, engine: &Engine, store: &dyn Store, cfg: &HttpConfig) -> Response {
     let query = match CandlesQuery::from_request(req, cfg) {
         Ok(q) => q,
         Err(detail) => return Response::error(400, &detail),
@@ -314,7 +366,7 @@ fn candles(req: &Request, engine: &Engine, cfg: &HttpConfig) -> Response {
     if let Some(detail) = engine.unlisted_symbol(&query.series_id) {
         return Response::error(404, &detail);
     }
-    match engine.read_candles(&query.series_id, query.since, query.limit) {
+    match read_candles(engine, store, &query.series_id, query.since, query.limit) {
         Ok(reply) => ingest::serialized(200, &reply),
         Err(e) => Response::error(500, &format!("store_read_failed: {e}")),
     }
@@ -450,6 +502,12 @@ fn shell_metrics(m: &mut Exposition, s: &ShellStats) {
     m.sample("store_write_seconds_sum", &[], s.store_write_seconds_sum);
     m.sample("store_write_seconds_count", &[], s.store_write_count as f64);
     m.gauge("store_write_seconds_max", "Longest store write.", s.store_write_seconds_max);
+    m.gauge("store_queue", "Store effects (reads, writes) waiting for the loop's store slice.", s.store_queue as f64);
+    m.gauge("store_slice_seconds_max", "Longest time one loop turn spent carrying out store effects.", s.store_slice_seconds_max);
+    m.gauge("store_connected", "1 when the store can be used (PostgreSQL: connected, schema ready; SQLite: always).", if s.store_connected || s.store_backend.is_empty() { 1.0 } else { 0.0 });
+    m.gauge("store_http_parked", "HTTP requests waiting for a PostgreSQL read.", s.store_http_parked as f64);
+    m.histogram("loop_turn_seconds", "Time each event-loop turn spent working (from poll's return to the next poll).", &s.loop_turn);
+    m.gauge("loop_turn_seconds_max", "Longest event-loop turn.", s.loop_turn_seconds_max);
 }
 
 fn dns_metrics(m: &mut Exposition, d: &crate::shell::dns::DnsStats) {
@@ -526,18 +584,22 @@ mod tests {
     const S: &str = "binance:futures:BTC/USDT:1m";
     const ORIGIN: &str = "http://localhost:5173";
 
-    fn engine() -> Engine {
+    /// An engine and the store that answers its effects at once.
+    type Fx = crate::replay::hosted::Hosted<MemoryStore>;
+
+    fn engine() -> Fx {
         let cfg = Settings { pins: vec![], ..Default::default() }.to_engine_config().unwrap();
-        Engine::new(cfg, Box::new(MemoryStore::new()), Timestamp::from_secs(1000))
+        Fx::new(Engine::new(cfg, Timestamp::from_secs(1000)), MemoryStore::new())
     }
 
     fn candle(t: i64) -> Candle {
         Candle { candle_time: t, open: 1.0, high: 2.0, low: 0.5, close: 1.5, volume: 10.0 }
     }
 
-    fn seeded(times: &[i64]) -> Engine {
+    fn seeded(times: &[i64]) -> Fx {
         let mut e = engine();
-        let input = Input::IngestClosed { series_id: S.into(), candles: times.iter().map(|t| candle(*t)).collect() };
+        let candles = times.iter().map(|t| candle(*t)).collect();
+        let input = Input::IngestClosed { request: 1, series_id: S.into(), candles };
         e.handle(input, Timestamp::from_secs(1000)).unwrap();
         e
     }
@@ -565,8 +627,8 @@ mod tests {
         }
     }
 
-    fn run(r: &Request, e: &Engine, cfg: &HttpConfig) -> Response {
-        reply_of(route(r, e, &ShellStats::default(), cfg))
+    fn run(r: &Request, e: &Fx, cfg: &HttpConfig) -> Response {
+        reply_of(route(r, &e.engine, &e.store, &ShellStats::default(), cfg))
     }
 
     fn body_json(r: &Response) -> Value {
@@ -635,7 +697,7 @@ mod tests {
         let cfg = Settings { pins: vec!["binance:spot:BTC/USDT:1m".into()], ..Default::default() }
             .to_engine_config()
             .unwrap();
-        let e = Engine::new(cfg, Box::new(MemoryStore::new()), Timestamp::from_secs(1000));
+        let e = Fx::new(Engine::new(cfg, Timestamp::from_secs(1000)), MemoryStore::new());
         let r = run(&get("/api/market/whitelist"), &e, &HttpConfig::default());
         assert_eq!(body_json(&r), json!({"series_ids":["binance:spot:BTC/USDT:1m"]}));
     }
@@ -654,10 +716,10 @@ mod tests {
         let body = json!({"series_id": S, "candle": candle(60)}).to_string();
         let forming = req("POST", "/api/market/ingest/candle_forming", &[], &body);
         assert_eq!(run(&forming, &e, &off).status, 404);
-        assert!(matches!(route(&forming, &e, &ShellStats::default(), &on), Routed::Apply { .. }));
+        assert!(matches!(route(&forming, &e.engine, &e.store, &ShellStats::default(), &on), Routed::Apply { .. }));
         let batch = req("POST", "/api/dev/market/ingest/candles_closed_batch", &[], &json!({"series_id":S,"candles":[candle(60)]}).to_string());
         assert_eq!(run(&batch, &e, &off).status, 404);
-        assert!(matches!(route(&batch, &e, &ShellStats::default(), &on), Routed::Apply { .. }));
+        assert!(matches!(route(&batch, &e.engine, &e.store, &ShellStats::default(), &on), Routed::Apply { .. }));
     }
 
     #[test]
@@ -667,13 +729,13 @@ mod tests {
         let body = json!({"series_id": S, "candle": candle(1_700_000_040)}).to_string();
         let r = req("POST", "/api/market/ingest/candle_closed", &[("Content-Type", "application/json")], &body);
         let now = ShellStats { now_unix_s: 1_700_000_200.0, ..ShellStats::default() };
-        let Routed::Apply { input, reply } = route(&r, &e, &now, &cfg) else { panic!("not an apply") };
-        assert_eq!(input, Input::IngestClosed { series_id: S.into(), candles: vec![candle(1_700_000_040)] });
+        let Routed::Apply { input, reply } = route(&r, &e.engine, &e.store, &now, &cfg) else { panic!("not an apply") };
+        assert_eq!(input, Input::IngestClosed { request: 0, series_id: S.into(), candles: vec![candle(1_700_000_040)] });
         let result = e.handle(input, Timestamp::from_secs(1_700_000_200));
         let resp = apply_reply(reply, result, &r, &cfg);
         assert_eq!(resp.status, 200);
         assert_eq!(String::from_utf8(resp.body).unwrap(), format!(r#"{{"ok":true,"series_id":"{S}","candle_time":1700000040}}"#));
-        assert_eq!(e.store().head_time(S).unwrap(), Some(1_700_000_040));
+        assert_eq!(e.store.head_time(S).unwrap(), Some(1_700_000_040));
     }
 
     #[test]
@@ -681,14 +743,14 @@ mod tests {
         let cfg = HttpConfig { enable_debug_api: true, enable_dev_api: true, ..HttpConfig::default() };
         let mut e = engine();
         let r = req("POST", "/api/market/ingest/candle_forming", &[], &json!({"series_id": S, "candle": candle(60)}).to_string());
-        let Routed::Apply { input, reply } = route(&r, &e, &ShellStats::default(), &cfg) else { panic!() };
+        let Routed::Apply { input, reply } = route(&r, &e.engine, &e.store, &ShellStats::default(), &cfg) else { panic!() };
         assert!(matches!(input, Input::IngestForming { .. }));
         let result = e.handle(input, Timestamp::from_secs(1000));
         assert_eq!(body_json(&apply_reply(reply, result, &r, &cfg)), json!({"ok":true,"series_id":S,"candle_time":60}));
 
         let batch = json!({"series_id": S, "candles": [candle(60), candle(120), candle(180)], "publish_ws": true});
         let r = req("POST", "/api/dev/market/ingest/candles_closed_batch", &[], &batch.to_string());
-        let Routed::Apply { input, reply } = route(&r, &e, &ShellStats::default(), &cfg) else { panic!() };
+        let Routed::Apply { input, reply } = route(&r, &e.engine, &e.store, &ShellStats::default(), &cfg) else { panic!() };
         let result = e.handle(input, Timestamp::from_secs(1000));
         let text = String::from_utf8(apply_reply(reply, result, &r, &cfg).body).unwrap();
         assert_eq!(text, format!(r#"{{"ok":true,"series_id":"{S}","count":3,"first_candle_time":60,"last_candle_time":180}}"#));
@@ -708,11 +770,10 @@ mod tests {
         assert_eq!(failed.status, 500);
         assert!(body_json(&failed)["detail"].as_str().unwrap().starts_with("ingest_pipeline_failed:"));
         // And the engine really produces the 500 prefix when the store fails.
-        let mut store = MemoryStore::new();
-        store.fail_writes(true);
-        let ecfg = Settings { pins: vec![], ..Default::default() }.to_engine_config().unwrap();
-        let mut e = Engine::new(ecfg, Box::new(store), Timestamp::from_secs(1000));
-        let result = e.handle(Input::IngestClosed { series_id: S.into(), candles: vec![candle(60)] }, Timestamp::from_secs(1000));
+        let mut e = engine();
+        e.store.fail_writes(true);
+        let input = Input::IngestClosed { request: 1, series_id: S.into(), candles: vec![candle(60)] };
+        let result = e.handle(input, Timestamp::from_secs(1000));
         assert_eq!(apply_reply(reply(), result, &r, &cfg).status, 500);
     }
 
@@ -742,7 +803,7 @@ mod tests {
         let body = json!({"series_id": S, "candle": candle(60)}).to_string();
         let r = run(&req("POST", "/api/market/ingest/candle_closed", &[], &body), &e, &off);
         assert_eq!((r.status, body_json(&r)), (404, json!({"detail":"not_found"})));
-        let on = route(&req("POST", "/api/market/ingest/candle_closed", &[], &body), &e, &ShellStats::default(), &HttpConfig::default());
+        let on = route(&req("POST", "/api/market/ingest/candle_closed", &[], &body), &e.engine, &e.store, &ShellStats::default(), &HttpConfig::default());
         assert!(matches!(on, Routed::Apply { .. }));
     }
 
@@ -762,13 +823,13 @@ mod tests {
         assert!(body_json(&r)["detail"].as_str().unwrap().starts_with("candle_time_misaligned"));
         // The shell's clock counts when it is ahead of the engine's.
         let later = ShellStats { now_unix_s: 1100.5, ..ShellStats::default() };
-        assert!(matches!(route(&post(candle(1080)), &e, &later, &cfg), Routed::Apply { .. }));
+        assert!(matches!(route(&post(candle(1080)), &e.engine, &e.store, &later, &cfg), Routed::Apply { .. }));
         // High below open is stored (the reference accepts it), the open candle too.
         let odd = Candle { candle_time: 960, open: 5.0, high: 1.0, low: 0.5, close: 1.5, volume: 1.0 };
-        let Routed::Apply { input, reply } = route(&post(odd), &e, &ShellStats::default(), &cfg) else { panic!() };
+        let Routed::Apply { input, reply } = route(&post(odd), &e.engine, &e.store, &ShellStats::default(), &cfg) else { panic!() };
         let result = e.handle(input, Timestamp::from_secs(1000));
         assert_eq!(apply_reply(reply, result, &post(odd), &cfg).status, 200);
-        assert_eq!(e.store().head_time(S).unwrap(), Some(960));
+        assert_eq!(e.store.head_time(S).unwrap(), Some(960));
     }
 
     #[test]
@@ -850,7 +911,7 @@ mod tests {
     #[test]
     fn websocket_upgrade_uses_the_rfc_accept_key() {
         let r = req("GET", "/ws/market", &ws_headers("dGhlIHNhbXBsZSBub25jZQ=="), "");
-        let Routed::Upgrade { response } = route(&r, &engine(), &ShellStats::default(), &HttpConfig::default()) else {
+        let Routed::Upgrade { response } = route(&r, &engine().engine, &MemoryStore::new(), &ShellStats::default(), &HttpConfig::default()) else {
             panic!("not an upgrade")
         };
         assert_eq!(
@@ -879,7 +940,7 @@ mod tests {
         assert_eq!(run(&req("GET", "/ws/market", &h, ""), &e, &cfg).status, 403);
         let mut h = ws_headers(key);
         h.push(("Origin", ORIGIN));
-        assert!(matches!(route(&req("GET", "/ws/market", &h, ""), &e, &ShellStats::default(), &cfg), Routed::Upgrade { .. }));
+        assert!(matches!(route(&req("GET", "/ws/market", &h, ""), &e.engine, &e.store, &ShellStats::default(), &cfg), Routed::Upgrade { .. }));
     }
 
     #[test]
@@ -899,9 +960,9 @@ mod tests {
         let mut h = ws_headers("dGhlIHNhbXBsZSBub25jZQ==");
         assert_eq!(run(&req("GET", "/ws/market", &h, ""), &e, &cfg).status, 401);
         h.push(("Authorization", "Bearer s3cret"));
-        assert!(matches!(route(&req("GET", "/ws/market", &h, ""), &e, &ShellStats::default(), &cfg), Routed::Upgrade { .. }));
+        assert!(matches!(route(&req("GET", "/ws/market", &h, ""), &e.engine, &e.store, &ShellStats::default(), &cfg), Routed::Upgrade { .. }));
         assert!(matches!(
-            route(&req("GET", "/ws/market?token=s3cret", &ws_headers("dGhlIHNhbXBsZSBub25jZQ=="), ""), &e, &ShellStats::default(), &cfg),
+            route(&req("GET", "/ws/market?token=s3cret", &ws_headers("dGhlIHNhbXBsZSBub25jZQ=="), ""), &e.engine, &e.store, &ShellStats::default(), &cfg),
             Routed::Upgrade { .. }
         ));
     }
@@ -918,7 +979,7 @@ mod tests {
     fn health_reports_status_and_reasons() {
         let e = seeded(&[60]);
         let stats = ShellStats { store_ok: true, store_path: "m.db".into(), started_unix_s: 1000.0, now_unix_s: 1012.5, ..Default::default() };
-        let r = reply_of(route(&get("/health"), &e, &stats, &HttpConfig::default()));
+        let r = reply_of(route(&get("/health"), &e.engine, &e.store, &stats, &HttpConfig::default()));
         let v = body_json(&r);
         assert_eq!((r.status, v["status"].clone(), v["uptime_s"].clone()), (200, json!("ok"), json!(12.5)));
         for key in ["store", "upstream", "clients", "jobs", "subscriptions", "reasons"] {
@@ -927,7 +988,7 @@ mod tests {
         assert_eq!(v["jobs"], json!({"starting":0,"running":0,"dead":0}));
         assert_eq!(v["store"]["last_error"], json!(null));
         let down = ShellStats { store_ok: false, store_last_error: Some("store write_batches failed: full".into()), ..stats };
-        let v = body_json(&reply_of(route(&get("/health"), &e, &down, &HttpConfig::default())));
+        let v = body_json(&reply_of(route(&get("/health"), &e.engine, &e.store, &down, &HttpConfig::default())));
         assert_eq!((v["status"].clone(), v["reasons"].clone()), (json!("degraded"), json!(["store_unavailable"])));
         assert_eq!(v["store"]["last_error"], json!("store write_batches failed: full"));
     }
@@ -936,7 +997,7 @@ mod tests {
     fn metrics_are_valid_prometheus_text() {
         let e = seeded(&[60, 120]);
         let stats = ShellStats { store_ok: true, store_write_count: 3, store_write_seconds_sum: 0.0125, http_requests: 7, ..Default::default() };
-        let r = reply_of(route(&get("/metrics"), &e, &stats, &HttpConfig::default()));
+        let r = reply_of(route(&get("/metrics"), &e.engine, &e.store, &stats, &HttpConfig::default()));
         assert_eq!((r.status, r.header("content-type")), (200, Some("text/plain; version=0.0.4; charset=utf-8")));
         let text = String::from_utf8(r.body).unwrap();
         let mut typed = std::collections::BTreeMap::new();

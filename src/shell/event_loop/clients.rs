@@ -7,7 +7,7 @@
 //! It never writes to a socket that is not ready: what does not fit stays queued
 //! on the connection until a writable event.
 
-use super::{Conn, Server};
+use super::{Conn, ParkedIngest, Server};
 use crate::engine::{Input, LogLevel};
 use crate::shell::conn::client::HttpConn;
 use crate::wire::http::Response;
@@ -155,20 +155,42 @@ impl Server {
     fn handle_request(&mut self, key: usize, req: crate::wire::http::Request) -> bool {
         self.refresh_store_stats();
         self.refresh_upstream_stats();
-        let routed = routes::route(&req, &self.engine, &self.stats, &self.http_cfg);
+        // Parked for PostgreSQL reads: answered by `store_reads` later.
+        let Some(routed) = self.route_with_store(key, &req) else { return false };
         let response = match routed {
             Routed::Reply(r) => {
-                // First visit: reading a series starts its job, which fills history.
-                if req.method == "GET" && req.path == "/api/market/candles" && r.status == 200 {
-                    if let Some(series_id) = req.query_param("series_id") {
-                        let _ = self.apply(Input::TouchSeries { series_id: series_id.to_string() });
-                    }
-                }
+                self.touch_after_read(&req, &r);
                 r
             }
-            Routed::Apply { input, reply } => {
-                let result = self.apply(input);
-                routes::apply_reply(reply, result, &req, &self.http_cfg)
+            Routed::Apply { mut input, reply } => {
+                // A closed-candle ingest is answered once stored (`IngestDone`):
+                // the connection waits for it, requests behind it too.
+                let request = match &mut input {
+                    Input::IngestClosed { request, .. } => {
+                        self.next_ingest += 1;
+                        *request = self.next_ingest;
+                        Some(*request)
+                    }
+                    _ => None,
+                };
+                if let Some(request) = request {
+                    if let Some(Conn::Http(h)) = self.conns.get_mut(key) {
+                        h.awaiting_reply = true;
+                    }
+                    self.ingest_waiting.insert(request, ParkedIngest { key, reply: reply.clone(), req: req.clone() });
+                }
+                match self.apply(input) {
+                    Ok(()) if request.is_some() => return false,
+                    result => {
+                        if let Some(request) = request {
+                            self.ingest_waiting.remove(&request);
+                            if let Some(Conn::Http(h)) = self.conns.get_mut(key) {
+                                h.awaiting_reply = false;
+                            }
+                        }
+                        routes::apply_reply(reply, result, &req, &self.http_cfg)
+                    }
+                }
             }
             Routed::Directory { stream, cors } => match self.directory_request(key, &req, stream, cors) {
                 Some(r) => r,
@@ -197,15 +219,34 @@ impl Server {
         if response.status == 401 {
             self.stats.http_unauthorized += 1;
         }
+        self.send_response(key, &response, req.keep_alive);
+        false
+    }
+
+    pub(super) fn send_response(&mut self, key: usize, response: &crate::wire::http::Response, keep_alive: bool) {
         if let Some(Conn::Http(h)) = self.conns.get_mut(key) {
             let mut buf = Vec::with_capacity(256 + response.body.len());
-            response.write_to(&mut buf, req.keep_alive);
+            response.write_to(&mut buf, keep_alive);
             h.queue(&buf);
-            if !req.keep_alive {
+            if !keep_alive {
                 h.close_after_write = true;
             }
         }
-        false
+    }
+
+    /// The engine stored (or could not store) a parked ingest: its reply.
+    pub(super) fn finish_ingest(&mut self, request: u64, error: Option<String>) {
+        let Some(p) = self.ingest_waiting.remove(&request) else { return };
+        let result = error.map_or(Ok(()), Err);
+        let response = routes::apply_reply(p.reply, result, &p.req, &self.http_cfg);
+        let keep_alive = p.req.keep_alive;
+        match self.conns.get_mut(p.key) {
+            Some(Conn::Http(h)) => h.awaiting_reply = false,
+            // The connection went away (or its slot is another kind now).
+            _ => return,
+        }
+        self.send_response(p.key, &response, keep_alive);
+        self.finish_http_io(p.key);
     }
 
     pub(super) fn finish_http_io(&mut self, key: usize) {
@@ -265,6 +306,7 @@ impl Server {
         let Some(conn) = self.conns.try_remove(key) else { return };
         self.sse.remove(&key);
         self.parked.retain(|p| p.key != key);
+        self.store_reads.forget(key);
         self.stats.connections_open = self.stats.connections_open.saturating_sub(1);
         match conn {
             Conn::Http(mut h) => {

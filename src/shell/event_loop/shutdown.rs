@@ -47,7 +47,11 @@ impl Server {
     pub(super) fn shutdown_finished(&self) -> bool {
         let Some(at) = self.shutdown_at else { return false };
         let grace = Duration::from_secs(self.cfg.shutdown_grace_s);
-        self.clients.is_empty() || self.mono.duration_since(at) >= grace
+        // Done when every client is gone and the store has carried out what
+        // the engine asked (the engine closes clients only once its writes
+        // are answered); the grace bounds both.
+        let settled = self.clients.is_empty() && !self.store.has_work() && self.engine.store_effects_in_flight() == 0;
+        settled || self.mono.duration_since(at) >= grace
     }
 
     pub(super) fn finish(mut self) -> i32 {
