@@ -34,6 +34,17 @@ const S1: &str = "binance:spot:BTC/USDT:1m";
 const STREAM: &str = "btcusdt@kline_1m";
 const SEC: Duration = Duration::from_secs(1);
 
+/// Drops the test's schema when the test ends, passed or not.
+struct DropSchema((klinegate::store::postgres::PgConfig, std::net::SocketAddr), String);
+
+impl Drop for DropSchema {
+    fn drop(&mut self) {
+        let (cfg, addr) = &self.0;
+        let mut pg = PgClient::connect(cfg, *addr, 4);
+        let _ = pg.run(klinegate::store::postgres::Request::Simple(format!("DROP SCHEMA IF EXISTS {} CASCADE", self.1)));
+    }
+}
+
 fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + limit;
     while Instant::now() < end {
@@ -51,6 +62,7 @@ fn postgres_store_serves_history_stores_closes_once_and_rides_out_an_outage() {
         return;
     };
     let schema = unique("kg_live");
+    let _drop = DropSchema((cfg.clone(), addr), schema.clone());
     let mut pg = PgClient::connect(&cfg, addr, 8);
     // The reference's own table, seeded before klinegate ever saw it.
     let last_seeded = now_minute_ms() / 1000 - 15 * 60;
@@ -150,7 +162,6 @@ fn postgres_store_serves_history_stores_closes_once_and_rides_out_an_outage() {
     let replayed = replay_frames(&journal);
     let ids = client_ids(&journal);
     assert_eq!(replayed.get(&ids[0]), Some(&seen), "the replay, with no database, gives the client exactly its frames");
-    pg.simple(&format!("DROP SCHEMA {schema} CASCADE"));
 }
 
 /// `MAX_PARKED_READS` in `shell/event_loop/store_reads.rs`.
@@ -162,6 +173,7 @@ fn postgres_reads_park_while_the_database_is_slow_bounded_then_answered() {
         return;
     };
     let schema = unique("kg_park");
+    let _drop = DropSchema((cfg.clone(), addr), schema.clone());
     let proxy = TcpProxy::start(addr);
     let mut url = format!("postgres://{}@{}/{}?schema={schema}", cfg.user, proxy.addr, cfg.database);
     if let Some(p) = &cfg.password {
@@ -199,14 +211,13 @@ fn postgres_reads_park_while_the_database_is_slow_bounded_then_answered() {
     }
     assert_eq!(metric_value(&live.get("/metrics").1, "klinegate_store_http_parked"), Some(0.0));
     assert_eq!(live.terminate(10 * SEC), Some(0));
-    let mut pg = PgClient::connect(&cfg, addr, 4);
-    pg.simple(&format!("DROP SCHEMA {schema} CASCADE"));
 }
 
 #[test]
 fn postgres_unreachable_at_start_runs_degraded_then_connects() {
     let Some((cfg, addr)) = pg_or_skip("postgres_unreachable_at_start_runs_degraded_then_connects") else { return };
     let schema = unique("kg_down");
+    let _drop = DropSchema((cfg.clone(), addr), schema.clone());
     let proxy = TcpProxy::start(addr);
     proxy.cut();
     let mut url = format!("postgres://{}@{}/{}?schema={schema}", cfg.user, proxy.addr, cfg.database);
@@ -229,6 +240,4 @@ fn postgres_unreachable_at_start_runs_degraded_then_connects() {
     let (status, body) = live.get("/api/market/candles?series_id=binance:spot:BTC/USDT:1m");
     assert_eq!(status, 200, "{body}");
     assert_eq!(live.terminate(10 * SEC), Some(0));
-    let mut pg = PgClient::connect(&cfg, addr, 4);
-    pg.simple(&format!("DROP SCHEMA {schema} CASCADE"));
 }
