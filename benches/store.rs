@@ -417,7 +417,15 @@ fn postgres_engine(budget: Duration) -> Result<(f64, f64), String> {
     cfg.schema = netservers::unique("kg_bench");
     let runner = PgRunner::new(cfg.clone(), addr)?;
     runner.wait_available()?;
-    let figures = engine_closed(&mut Pg(runner), budget);
+    let mut carrier = Pg(runner);
+    let figures = engine_closed(&mut carrier, budget);
+    let st = carrier.0.host_mut().stats.clone();
+    println!(
+        "  postgres: {} writes in {} requests (writes queued back to back share one transaction, at most {})",
+        st.writes,
+        st.write_requests,
+        klinegate::shell::store_host::pg::MAX_GROUP
+    );
     let mut c = netservers::PgClient::connect(&cfg, addr, 4);
     let _ = c.run(klinegate::store::postgres::Request::Simple(format!("DROP SCHEMA {} CASCADE", cfg.schema)));
     Ok(figures)

@@ -643,8 +643,11 @@ fn postgres_store_host_answers_every_effect_as_the_memory_store() {
     for (g, e) in got.iter().zip(&expected) {
         assert_eq!(g, e);
     }
-    // And nothing was left unanswered.
+    // And nothing was left unanswered; the three writes queued back to back
+    // (behind the job start) went out as one transaction.
     assert_eq!(pg.runner.outstanding(), 0);
+    let stats = pg.runner.host_mut().stats.clone();
+    assert_eq!((stats.writes, stats.write_requests), (5, 2), "{stats:?}");
     let _ = StoreOp(0);
 
     trait IntoEffect {

@@ -9,7 +9,8 @@
 //! them in that order, so a read sees every write emitted before it. An
 //! effect that needs a second request (a job start with derived series: its
 //! restore range depends on the head) holds the effects behind it until that
-//! request is on the wire.
+//! request is on the wire. Writes queued back to back go out as one request
+//! (up to [`MAX_GROUP`]): one transaction, one commit for a burst of flushes.
 //!
 //! Bounds: at most [`MAX_IN_FLIGHT`] requests on the connection; the rest
 //! wait in the effect queue (which the core bounds: see `store_host`) or the
@@ -42,7 +43,7 @@ use super::http_reads::{Call, CallResult, Value};
 use super::pg_plan::{self, Next, Step};
 use crate::engine::{Input, LogLevel, Output};
 use crate::shell::conn::stream_driver::{Backoff, Driver, LinkState, SansIo};
-use crate::store::postgres::{ops, Answer, Bootstrap, BootstrapStep, PgConfig, PgConn, PgEvent, RequestId, Schema};
+use crate::store::postgres::{ops, Answer, Bootstrap, BootstrapStep, PgConfig, PgConn, PgEvent, Request, RequestId, Schema};
 use crate::store::{PersistOutcome, StoreError, StoreReadResult};
 use mio::{Registry, Token};
 use std::collections::{HashMap, VecDeque};
@@ -55,11 +56,16 @@ pub const PG_TOKEN: Token = Token(usize::MAX - 16);
 pub const MAX_IN_FLIGHT: usize = 256;
 /// How long an effect waits for a usable connection before it fails.
 pub const HOLD: Duration = Duration::from_secs(2);
+/// Most writes queued back to back that go out as ONE request (one
+/// transaction, one commit): a burst of flushes costs one round trip.
+pub const MAX_GROUP: usize = 64;
 /// A connection that answers nothing for this long while requests wait is closed.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 enum Owner {
     Effect(u64),
+    /// Writes sent as one transaction: each effect and its statement count.
+    Writes(Vec<(u64, usize)>),
     Http(u64, Call),
     Bootstrap,
 }
@@ -76,6 +82,8 @@ struct Effect {
 #[derive(Clone, Debug, Default)]
 pub struct PgStats {
     pub writes: u64,
+    /// Requests (transactions) the writes went out in.
+    pub write_requests: u64,
     pub write_seconds_sum: f64,
     pub write_seconds_max: f64,
     pub last_write_ok: bool,
@@ -299,9 +307,74 @@ impl PgHost {
                 }
                 Some(Next::Send(req, step)) => {
                     let seq = self.push_effect(None, &effect, now);
-                    self.send_step(seq, req, step);
+                    match step.write_statements() {
+                        Some(n) => self.send_writes(seq, n, req, step, now),
+                        None => self.send_step(seq, req, step),
+                    }
                 }
                 None => {}
+            }
+        }
+    }
+
+    /// Sends the write `first` and the writes queued right behind it (at
+    /// most [`MAX_GROUP`]) as one request: their statements share one Sync,
+    /// so they commit together, in order, or fail together (then each is
+    /// answered failed and the core retries it).
+    fn send_writes(&mut self, first: u64, n: usize, req: Request, step: Step, now: Instant) {
+        let mut stmts = statements(req);
+        let mut members = vec![(first, n)];
+        if let Some(e) = self.effect_mut(first) {
+            e.step = Some(step);
+        }
+        while members.len() < MAX_GROUP && matches!(self.queue.front(), Some((_, Output::Persist { .. }))) {
+            let Some((_, effect)) = self.queue.pop_front() else { break };
+            match pg_plan::start(&self.schema, &effect) {
+                Some(Next::Send(req, step)) if step.write_statements().is_some() => {
+                    let n = step.write_statements().unwrap_or(0);
+                    let seq = self.push_effect(None, &effect, now);
+                    if let Some(e) = self.effect_mut(seq) {
+                        e.step = Some(step);
+                    }
+                    stmts.extend(statements(req));
+                    members.push((seq, n));
+                }
+                Some(Next::Answer(input)) => {
+                    self.push_effect(Some(input), &effect, now);
+                }
+                // A write is a write: nothing else comes from a Persist.
+                Some(Next::Send(..)) | None => {}
+            }
+        }
+        match self.driver.proto.submit(Request::Extended(stmts)) {
+            Ok(id) => {
+                self.touch_progress();
+                self.stats.write_requests += 1;
+                self.owners.insert(id, Owner::Writes(members));
+            }
+            Err(full) => {
+                for (seq, _) in members {
+                    if let Some(step) = self.effect_mut(seq).and_then(|e| e.step.take()) {
+                        self.finish_effect(seq, step_failed(&step, &full.to_string()));
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_writes_answer(&mut self, members: Vec<(u64, usize)>, answer: Answer) {
+        match answer {
+            Ok(sets) => {
+                let mut sets = sets.into_iter();
+                for (seq, n) in members {
+                    let part: Vec<_> = sets.by_ref().take(n).collect();
+                    self.on_effect_answer(seq, Ok(part));
+                }
+            }
+            Err(e) => {
+                for (seq, _) in members {
+                    self.on_effect_answer(seq, Err(e.clone()));
+                }
             }
         }
     }
@@ -324,7 +397,7 @@ impl PgHost {
         self.effects.get_mut(idx)
     }
 
-    fn send_step(&mut self, seq: u64, req: crate::store::postgres::Request, step: Step) {
+    fn send_step(&mut self, seq: u64, req: Request, step: Step) {
         let barrier = step.is_barrier();
         match self.driver.proto.submit(req) {
             Ok(id) => {
@@ -385,6 +458,7 @@ impl PgHost {
                     self.last_progress = now;
                     match self.owners.remove(&id) {
                         Some(Owner::Effect(seq)) => self.on_effect_answer(seq, answer),
+                        Some(Owner::Writes(members)) => self.on_writes_answer(members, answer),
                         Some(Owner::Http(ticket, call)) => {
                             let result = decode_call(&call, answer);
                             self.http_done.push_back((ticket, call, result));
@@ -482,8 +556,16 @@ fn step_failed(step: &Step, why: &str) -> Input {
     }
 }
 
+/// The statements of an extended request (a simple one becomes one statement).
+fn statements(req: Request) -> Vec<crate::store::postgres::Statement> {
+    match req {
+        Request::Extended(s) => s,
+        Request::Simple(sql) => vec![crate::store::postgres::Statement::new(sql, vec![])],
+    }
+}
+
 /// The request answering an HTTP route's [`Call`].
-pub fn call_request(s: &Schema, call: &Call) -> crate::store::postgres::Request {
+pub fn call_request(s: &Schema, call: &Call) -> Request {
     match call {
         Call::HeadTime(id) => ops::head_time(s, id),
         Call::FirstTime(id) => ops::first_time(s, id),

@@ -43,6 +43,14 @@ impl Step {
     pub fn is_barrier(&self) -> bool {
         matches!(self, Step::JobHeads { .. })
     }
+
+    /// For a write: how many statements (result sets) its request carries.
+    pub fn write_statements(&self) -> Option<usize> {
+        match self {
+            Step::Write { upsert, keep, ledger, .. } => Some(usize::from(*upsert) + keep.len() + ledger),
+            _ => None,
+        }
+    }
 }
 
 pub enum Next {

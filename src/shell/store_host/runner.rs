@@ -53,13 +53,10 @@ impl PgRunner {
         Ok(())
     }
 
-    /// Hands an effect to the host (`ReadStore` / `Persist`).
+    /// Hands an effect to the host (`ReadStore` / `Persist`); it goes out at
+    /// the next [`PgRunner::turn`] (as the loop's pump sends a turn's effects).
     pub fn offer(&self, effect: Output) {
-        let mut i = self.inner.borrow_mut();
-        let _ = i.host.offer(effect);
-        let now = Instant::now();
-        let Inner { poll, host, .. } = &mut *i;
-        host.pump(now, poll.registry());
+        let _ = self.inner.borrow_mut().host.offer(effect);
     }
 
     /// One turn: waits at most `max_wait` for the socket, collects answers.
