@@ -9,7 +9,11 @@
 //! validation). Engine level: closed frames of 500 pinned series, one per
 //! series per minute, through the whole core (ingest, derived folds, one
 //! transaction per job flush, publish) into `SqliteStore`, against the same
-//! with `MemoryStore`.
+//! with `MemoryStore`, and the same through the server's PostgreSQL store
+//! host (pipelined on one connection, a schema of its own, dropped after)
+//! beside SQLite in the same run — skipped with a printed line when no
+//! server answers at `KLINEGATE_TEST_PG_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/test`).
 //!
 //! `cargo bench --bench store`; `KLINEGATE_BENCH_QUICK=1` for a short run.
 
@@ -22,7 +26,11 @@ use klinegate::cli::settings::Settings;
 use klinegate::engine::{Engine, Input, Output};
 use klinegate::model::Candle;
 use klinegate::replay::hosted;
+use klinegate::shell::store_host::runner::PgRunner;
 use klinegate::store::{MemoryStore, SeriesBatch, SqliteStore, Store};
+
+#[path = "../tests/support/netservers.rs"]
+mod netservers;
 use klinegate::time::Timestamp;
 use rusqlite::{params, Connection};
 
@@ -156,13 +164,77 @@ fn kline_text(i: usize, minute: i64) -> String {
     )
 }
 
+/// Carries the engine's store effects out, as the shell's store host does.
+trait Carrier {
+    /// Carries out (or sends) the store effects queued now, feeds back the
+    /// answers that are in; the other outputs.
+    fn drain(&mut self, e: &mut Engine, now: Timestamp) -> Vec<Output>;
+    /// Waits until every effect sent is answered (answers fed back).
+    fn settle(&mut self, e: &mut Engine, now: Timestamp);
+    /// Effects sent and not yet answered.
+    fn busy(&self) -> bool;
+}
+
+/// A synchronous store: each effect run at once.
+struct Sync(Box<dyn Store>);
+
+impl Carrier for Sync {
+    fn drain(&mut self, e: &mut Engine, now: Timestamp) -> Vec<Output> {
+        hosted::drain(e, self.0.as_mut(), now)
+    }
+    fn settle(&mut self, _: &mut Engine, _: Timestamp) {}
+    fn busy(&self) -> bool {
+        false
+    }
+}
+
+/// The PostgreSQL store host on its own poll: effects pipelined.
+struct Pg(PgRunner);
+
+impl Carrier for Pg {
+    fn drain(&mut self, e: &mut Engine, now: Timestamp) -> Vec<Output> {
+        let mut others = Vec::new();
+        loop {
+            while let Some(o) = e.poll_output() {
+                match o {
+                    Output::ReadStore { .. } | Output::Persist { .. } => self.0.offer(o),
+                    other => others.push(other),
+                }
+            }
+            self.0.turn(Duration::ZERO);
+            let answers = self.0.take_answers();
+            if answers.is_empty() {
+                return others;
+            }
+            for a in answers {
+                let _ = e.handle(a, now);
+            }
+        }
+    }
+    fn settle(&mut self, e: &mut Engine, now: Timestamp) {
+        while self.0.outstanding() > 0 {
+            self.0.turn(Duration::from_millis(5));
+            for a in self.0.take_answers() {
+                let _ = e.handle(a, now);
+            }
+        }
+    }
+    fn busy(&self) -> bool {
+        self.0.outstanding() > 0
+    }
+}
+
 /// Answers the engine's connects and SUBSCRIBEs at once, until it is quiet;
 /// notes which connection carries each stream.
-fn answer(e: &mut Engine, store: &mut dyn Store, now: Timestamp, stream_conn: &mut HashMap<String, u64>) {
+fn answer(e: &mut Engine, store: &mut dyn Carrier, now: Timestamp, stream_conn: &mut HashMap<String, u64>) {
     loop {
-        let outs: Vec<Output> = hosted::drain(e, store, now);
+        let outs: Vec<Output> = store.drain(e, now);
         if outs.is_empty() {
-            return;
+            if !store.busy() {
+                return;
+            }
+            store.settle(e, now);
+            continue;
         }
         for o in outs {
             let input = match o {
@@ -184,14 +256,14 @@ fn answer(e: &mut Engine, store: &mut dyn Store, now: Timestamp, stream_conn: &m
 
 /// Closed candles persisted per second (base + derived) through the engine:
 /// 500 pinned series, each closing one candle per minute of engine time.
-fn engine_closed(mut store: Box<dyn Store>, budget: Duration) -> (f64, f64) {
+fn engine_closed(store: &mut dyn Carrier, budget: Duration) -> (f64, f64) {
     let settings = Settings { pins: (0..SERIES).map(|i| series_id(i, "1m")).collect(), heal: false, ..Settings::default() };
     // Set up shortly before the first close, well inside the silence timeout.
     let mut now = Timestamp::from_secs(T0 as u64 + 50);
     let mut e = Engine::new(settings.to_engine_config().expect("settings"), now);
     e.handle(Input::Start, now).expect("start");
     let mut stream_conn = HashMap::new();
-    answer(&mut e, store.as_mut(), now, &mut stream_conn);
+    answer(&mut e, store, now, &mut stream_conn);
     assert_eq!(e.gauges().jobs_running, SERIES, "every pinned stream is live");
     let conns: Vec<u64> =
         (0..SERIES).map(|i| stream_conn[&format!("{}usdt@kline_1m", symbol(i).to_ascii_lowercase())]).collect();
@@ -213,9 +285,11 @@ fn engine_closed(mut store: Box<dyn Store>, budget: Duration) -> (f64, f64) {
                 e.handle_timeout(now);
             }
             let _ = e.handle(input, now);
-            // Each flush's write carried out at once, as one shell slice.
-            hosted::drain(&mut e, store.as_mut(), now);
+            // Each flush's write carried out at once, as one shell slice
+            // (PostgreSQL: sent, answers fed back as they come).
+            store.drain(&mut e, now);
         }
+        store.settle(&mut e, now);
         timed += t.elapsed();
         frames += SERIES as u64;
         minute += 60;
@@ -272,11 +346,9 @@ fn main() {
             target: true,
         });
     }
-    let (eng_sq, frames_sq) = engine_closed(
-        Box::new(SqliteStore::open(&dir.path().join("engine.db")).expect("open engine db")),
-        budget,
-    );
-    let (eng_mem, frames_mem) = engine_closed(Box::new(MemoryStore::new()), budget);
+    let (eng_sq, frames_sq) =
+        engine_closed(&mut Sync(Box::new(SqliteStore::open(&dir.path().join("engine.db")).expect("open engine db"))), budget);
+    let (eng_mem, frames_mem) = engine_closed(&mut Sync(Box::new(MemoryStore::new())), budget);
     detail.push(format!(
         "  engine: closed frames/s SqliteStore {frames_sq:.0}, MemoryStore {frames_mem:.0} (each frame = one job flush = one transaction)"
     ));
@@ -287,6 +359,22 @@ fn main() {
         baseline: eng_mem,
         target: true,
     });
+
+    match postgres_engine(budget) {
+        Ok((eng_pg, frames_pg)) => {
+            detail.push(format!(
+                "  engine: closed frames/s PostgreSQL {frames_pg:.0} (store host, pipelined on one connection), SqliteStore {frames_sq:.0}"
+            ));
+            rows.push(Row {
+                name: "engine closed path, 500 series, PostgreSQL".into(),
+                figure: eng_pg,
+                baseline_name: "same run, SqliteStore".into(),
+                baseline: eng_sq,
+                target: true,
+            });
+        }
+        Err(why) => println!("SKIPPED PostgreSQL engine figure: {why}"),
+    }
 
     println!(
         "{:<44} {:>14} {:<26} {:>14} {:>7} {:>12} {:>7}",
@@ -314,4 +402,31 @@ fn main() {
     for d in detail {
         println!("{d}");
     }
+}
+
+/// The engine's closed path through the PostgreSQL store host, on a schema
+/// of its own (dropped after); `Err` (why) when no server answers.
+fn postgres_engine(budget: Duration) -> Result<(f64, f64), String> {
+    let url = std::env::var("KLINEGATE_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+    let mut cfg = klinegate::store::postgres::parse_pg_url(&url)?;
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&(cfg.host.as_str(), cfg.port))
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or("no address")?;
+    std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| format!("{url}: {e}"))?;
+    cfg.schema = netservers::unique("kg_bench");
+    let runner = PgRunner::new(cfg.clone(), addr)?;
+    runner.wait_available()?;
+    let mut carrier = Pg(runner);
+    let figures = engine_closed(&mut carrier, budget);
+    let st = carrier.0.host_mut().stats.clone();
+    println!(
+        "  postgres: {} writes in {} requests (writes queued back to back share one transaction, at most {})",
+        st.writes,
+        st.write_requests,
+        klinegate::shell::store_host::pg::MAX_GROUP
+    );
+    let mut c = netservers::PgClient::connect(&cfg, addr, 4);
+    let _ = c.run(klinegate::store::postgres::Request::Simple(format!("DROP SCHEMA {} CASCADE", cfg.schema)));
+    Ok(figures)
 }

@@ -184,7 +184,9 @@ fn rust_files_below(dir: &Path, out: &mut Vec<PathBuf>) {
         let path = e.path();
         if path.is_dir() {
             rust_files_below(&path, out);
-        } else if path.extension().is_some_and(|x| x == "rs") {
+        } else if path.extension().is_some_and(|x| x == "rs") && !path.ends_with("tests.rs") {
+            // A sibling `tests.rs` is a unit-test module (`#[cfg(test)] mod tests;`),
+            // like the `#[cfg(test)]` tail of a file: it may read files.
             out.push(path);
         }
     }

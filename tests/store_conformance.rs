@@ -1,9 +1,17 @@
 //! One behaviour suite for every `Store` implementation: each check is a
-//! generic function run against `MemoryStore`, `SqliteStore::open_in_memory`
-//! and a file-backed `SqliteStore`, so the backends cannot drift apart. Then
+//! generic function run against `MemoryStore`, `SqliteStore::open_in_memory`,
+//! a file-backed `SqliteStore`, and PostgreSQL through the server's store host
+//! (a schema of its own per test, dropped after; skipped with a printed reason
+//! when no server is reachable, a failure under `CI=true`), so the backends
+//! cannot drift apart. Then
 //! SQLite-only checks (durability, WAL, rollback, schema versioning), a
 //! property test comparing the two backends on random writes, and an ignored
 //! throughput measurement that prints figures and asserts nothing about time.
+
+#[path = "support/netservers.rs"]
+mod netservers;
+#[path = "support/pg_host_store.rs"]
+mod pg_host_store;
 
 use klinegate::model::Candle;
 use klinegate::store::{MemoryStore, SeriesBatch, SqliteStore, Store};
@@ -241,6 +249,15 @@ macro_rules! conformance {
                 fn $check() {
                     let dir = tempfile::tempdir().unwrap();
                     super::$check(SqliteStore::open(&dir.path().join("candles.db")).unwrap())
+                }
+            )*
+        }
+        mod postgres_through_store_host {
+            $(
+                #[test]
+                fn $check() {
+                    let Some(store) = crate::pg_host_store::PgHostStore::open(stringify!($check)) else { return };
+                    super::$check(store)
                 }
             )*
         }
@@ -555,7 +572,10 @@ fn gap_ledger_put_replace_delete_and_survive_reopen() {
     };
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("k.db");
-    let stores: Vec<Box<dyn Store>> = vec![Box::new(MemoryStore::new()), Box::new(SqliteStore::open(&path).unwrap())];
+    let mut stores: Vec<Box<dyn Store>> = vec![Box::new(MemoryStore::new()), Box::new(SqliteStore::open(&path).unwrap())];
+    if let Some(pg) = pg_host_store::PgHostStore::open("gap_ledger_put_replace_delete_and_survive_reopen") {
+        stores.push(Box::new(pg));
+    }
     for mut s in stores {
         assert!(s.gaps().unwrap().is_empty());
         s.put_gap(&g(60, 1)).unwrap();
@@ -567,4 +587,80 @@ fn gap_ledger_put_replace_delete_and_survive_reopen() {
     }
     let reopened = SqliteStore::open(&path).unwrap();
     assert_eq!(reopened.gaps().unwrap(), vec![g(180, 3)]);
+}
+
+/// Every kind of store effect the core emits (job starts with and without
+/// derived series and a gap entry, bounds, tail starts, catch-up pages, writes
+/// with insert-if-absent batches and ledger changes), offered to the
+/// PostgreSQL store host all at once (pipelined), answers exactly as the
+/// memory store answers them one by one, in the same order.
+#[test]
+fn postgres_store_host_answers_every_effect_as_the_memory_store() {
+    use klinegate::engine::{Input, Output, StoreOp};
+    use klinegate::store::{GapRecord, LedgerChange, StoreQuery, StoreWrite};
+    let Some(pg) = pg_host_store::PgHostStore::open("postgres_store_host_answers_every_effect_as_the_memory_store") else {
+        return;
+    };
+    let base = "binance:spot:BTC/USDT:1m";
+    let (d5, d1h) = ("binance:spot:BTC/USDT:5m", "binance:spot:BTC/USDT:1h");
+    let t0 = 1_700_000_400; // a 5m and 1h boundary
+    let minutes: Vec<Candle> = (0..90).map(|i| candle(t0 + i * 60, 100.0 + i as f64)).collect();
+    let gap = GapRecord { series_id: base.into(), from: t0 - 600, to: t0 - 60, reason: "HTTP 500".into(), attempts: 2, updated_at: 9 };
+    let write = |batches: Vec<SeriesBatch>, keep: Vec<usize>, ledger: Vec<LedgerChange>| StoreWrite { batches, keep_existing: keep, ledger };
+    let job = StoreQuery::JobStart { series_id: base.into(), derived: vec![d5.into(), d1h.into()] };
+    let effects: Vec<Output> = vec![
+        StoreQuery::Bounds { series_id: base.into() }.into_effect(1),
+        job.clone().into_effect(2),
+        write(vec![batch(base, minutes[..60].to_vec())], vec![], vec![LedgerChange::Put(gap.clone())]).into_effect(3),
+        write(vec![batch(d5, vec![candle(t0, 1.0), candle(t0 + 300, 2.0)])], vec![0], vec![]).into_effect(4),
+        // The 5m bucket at t0 is kept, t0 + 600 is new; the base upserts beside it.
+        write(vec![batch(base, minutes[60..].to_vec()), batch(d5, vec![candle(t0, 9.0), candle(t0 + 600, 3.0)])], vec![1], vec![])
+            .into_effect(5),
+        job.into_effect(6),
+        StoreQuery::JobStart { series_id: base.into(), derived: vec![] }.into_effect(7),
+        StoreQuery::Bounds { series_id: d5.into() }.into_effect(8),
+        StoreQuery::TailStart { series_id: base.into(), count: 30 }.into_effect(9),
+        StoreQuery::TailStart { series_id: base.into(), count: 1000 }.into_effect(10),
+        StoreQuery::After { series_id: base.into(), after: t0 + 600, limit: 7 }.into_effect(11),
+        write(vec![], vec![], vec![LedgerChange::Delete(base.into())]).into_effect(12),
+        StoreQuery::JobStart { series_id: "binance:spot:ETH/USDT:1m".into(), derived: vec![d5.into()] }.into_effect(13),
+        write(vec![], vec![], vec![]).into_effect(14),
+    ];
+    let mut memory = MemoryStore::new();
+    let expected: Vec<Input> = effects.iter().filter_map(|e| klinegate::replay::hosted::answer(&mut memory, e)).collect();
+    for e in effects.iter().cloned() {
+        pg.runner.offer(e);
+    }
+    let mut got = Vec::new();
+    for _ in 0..2000 {
+        if got.len() == expected.len() {
+            break;
+        }
+        pg.runner.turn(std::time::Duration::from_millis(20));
+        got.extend(pg.runner.take_answers());
+    }
+    assert_eq!(got.len(), expected.len(), "answers: {got:#?}");
+    for (g, e) in got.iter().zip(&expected) {
+        assert_eq!(g, e);
+    }
+    // And nothing was left unanswered; the three writes queued back to back
+    // (behind the job start) went out as one transaction.
+    assert_eq!(pg.runner.outstanding(), 0);
+    let stats = pg.runner.host_mut().stats.clone();
+    assert_eq!((stats.writes, stats.write_requests), (5, 2), "{stats:?}");
+    let _ = StoreOp(0);
+
+    trait IntoEffect {
+        fn into_effect(self, op: u64) -> Output;
+    }
+    impl IntoEffect for StoreQuery {
+        fn into_effect(self, op: u64) -> Output {
+            Output::ReadStore { op: StoreOp(op), query: self }
+        }
+    }
+    impl IntoEffect for StoreWrite {
+        fn into_effect(self, op: u64) -> Output {
+            Output::Persist { op: StoreOp(op), write: self }
+        }
+    }
 }

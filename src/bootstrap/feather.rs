@@ -15,7 +15,7 @@ use arrow_array::types::{
 use arrow_array::{Array, ArrowPrimitiveType, RecordBatch};
 use arrow_schema::{DataType, TimeUnit};
 
-use super::read::{RawRow, RawTimeUnit, RawTimes};
+use super::row::{RawRow, RawTimeUnit, RawTimes};
 use super::{io_error, ImportError};
 
 /// The OHLCV columns of a feather file, by name (freqtrade's names).

@@ -159,7 +159,7 @@ fn write_in_batches(
     Ok(())
 }
 
-/// Run-time bootstrap of one series (reference §7.1 `maybe_bootstrap`): if a
+/// Run-time bootstrap of one series (the reference system's `maybe_bootstrap`): if a
 /// freqtrade file exists for it, upserts its newest `max(limit, 1)` candles and
 /// returns how many; `Ok(0)` when there is no file. Does not look at the store's
 /// head: the caller decides when a series needs it (no stored head).

@@ -6,7 +6,7 @@ use std::fs;
 use std::io::Read;
 use std::path::Path;
 
-use super::read::{RawRow, RawTimes};
+use super::row::{RawRow, RawTimes};
 use super::{io_error, ImportError};
 
 /// One json row: `[date, open, high, low, close, volume]`; pandas writes NaN as null.

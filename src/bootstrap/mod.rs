@@ -14,7 +14,6 @@
 //! reader does); rows with missing, non-finite, negative or inconsistent values
 //! are skipped and counted by reason; gaps stay gaps (nothing is filled); writes
 //! are upserts, so importing twice leaves the store as importing once.
-//! Reference: shared/spec/reference-system.md §7, shared/data/SOURCES.md §2.
 //!
 //! Files: `naming` (file names ↔ series ids), `discovery` (what a datadir
 //! holds), `read` (one file to clean candles) with its formats `json`
@@ -31,6 +30,7 @@ mod json;
 mod naming;
 mod read;
 mod report;
+mod row;
 
 pub use discovery::{discover, discover_detailed, DiscoveredFile, Discovery, SkippedFile};
 pub use import::{bootstrap_series, bootstrap_series_closed_by, count_gaps, import, run_import_cli};
@@ -38,9 +38,8 @@ pub use naming::{
     candidate_files, parse_file_name, sanitize_pair, series_for_name, timeframe_file_name, CandleType,
     FileFormat, FreqtradeName,
 };
-pub use read::{
-    infer_time_unit, read_ohlcv, read_ohlcv_file, OhlcvRead, RawTimeUnit, SKIP_DUPLICATE, SKIP_UNALIGNED,
-};
+pub use read::{read_ohlcv, read_ohlcv_file, OhlcvRead, SKIP_DUPLICATE, SKIP_UNALIGNED};
+pub use row::{infer_time_unit, RawTimeUnit};
 pub use report::{utc_string, ImportReport, SeriesReport};
 
 use std::fmt;

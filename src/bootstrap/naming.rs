@@ -141,7 +141,7 @@ pub fn timeframe_file_name(tf: &str) -> String {
 /// Every path freqtrade could have stored `series` at, best first: by format
 /// (feather, json, json.gz), then root (`datadir`, `datadir/<exchange>`), then,
 /// for futures, `futures/` before the root itself and the candidate pair names of
-/// reference §7.3 (`BTC_USDT`, `BTC_USDT_USDT`). Only names, no file-system access.
+/// freqtrade (`BTC_USDT`, `BTC_USDT_USDT`). Only names, no file-system access.
 pub fn candidate_files(datadir: &Path, series: &SeriesId) -> Vec<PathBuf> {
     let tf = timeframe_file_name(&series.timeframe().to_string());
     let roots = [datadir.to_path_buf(), datadir.join(series.exchange())];
@@ -175,7 +175,7 @@ pub fn candidate_files(datadir: &Path, series: &SeriesId) -> Vec<PathBuf> {
     out
 }
 
-/// Reference §7.3: the symbol as given, the symbol without its `:SETTLE`, and
+/// The names freqtrade may have used: the symbol as given, the symbol without its `:SETTLE`, and
 /// `BASE/QUOTE:SETTLE` (settle = the part after `:`, else the quote); sanitized,
 /// deduplicated, in that order.
 fn futures_pair_candidates(symbol: &str) -> Vec<String> {

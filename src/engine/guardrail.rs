@@ -1,5 +1,5 @@
 //! Loop guardrail: the per-series circuit breaker that paces restarts of a
-//! failing ingest job (reference §4.8).
+//! failing ingest job, as the reference system paces them.
 //!
 //! It owns the failure window, the consecutive-failure count, the exponential
 //! backoff and the open / half-open / closed state. It is a pure state machine:
@@ -211,7 +211,7 @@ impl Guardrail {
         self.consecutive_failures
     }
 
-    /// The reference's debug JSON (§4.8), with `last_failure_at` in Unix seconds.
+    /// The reference system's debug JSON shape, with `last_failure_at` in Unix seconds.
     pub fn snapshot(&self, now: Timestamp) -> Value {
         let next_retry_in =
             self.open_until().map(|until| until.since(now)).unwrap_or(Duration::ZERO);

@@ -287,7 +287,7 @@ impl Job {
     }
 
     /// Takes the buffer for a flush: sorted, last duplicate wins, nothing at or
-    /// before `last_emitted` (§5.7). Advances `last_emitted`: the caller owns
+    /// before `last_emitted`. Advances `last_emitted`: the caller owns
     /// the returned candles until they are persisted (it retries on failure).
     pub fn take_flush(&mut self, now: Timestamp) -> Vec<Candle> {
         self.last_flush_at = now;

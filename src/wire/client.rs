@@ -51,7 +51,7 @@ impl fmt::Display for RequestError {
     }
 }
 
-/// Parses one text frame, in the reference's validation order (§2.2).
+/// Parses one text frame, in the reference system's validation order.
 pub fn parse_request(text: &str) -> Result<ClientRequest, RequestError> {
     let value: Value = serde_json::from_str(text).map_err(|_| RequestError::InvalidJson)?;
     let Value::Object(obj) = value else {
@@ -378,7 +378,7 @@ mod tests {
                 .split('"')
                 .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit() || b == b'.'));
             for t in decimals {
-                let Some(v) = crate::wire::binance::parse_decimal(t) else { continue };
+                let Some(v) = crate::wire::json_scan::parse_decimal(t) else { continue };
                 assert_eq!(ours_text(v), ryu_text(v), "{t}");
                 checked += 1;
             }

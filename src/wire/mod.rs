@@ -1,13 +1,16 @@
 //! Every pure codec: Binance kline frames and control messages ([`binance`]),
-//! Binance REST replies ([`binance_rest`]), the client `/ws/market` protocol
+//! Binance REST replies ([`binance::rest`]), the no-alloc JSON scanner the kline
+//! parser is built on ([`json_scan`]), the client `/ws/market` protocol
 //! ([`client`]), HTTP/1.1 heads ([`http`]), DNS messages ([`dns`]) and the
 //! client address behind a trusted proxy ([`forwarded`]).
 //!
 //! Owns: parsing and encoding bytes. Never holds state between calls, never
 //! touches a socket, a clock or a store; each codec is fuzzed (see `fuzz/`).
 pub mod binance;
-pub mod binance_rest;
+/// The old path of [`binance::rest`], kept while `engine/heal.rs` and `engine/native.rs` name it.
+pub use binance::rest as binance_rest;
 pub mod client;
 pub mod dns;
 pub mod forwarded;
+pub mod json_scan;
 pub mod http;

@@ -42,7 +42,7 @@ impl Live {
         if !args.contains(&"--listen") {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
-        if !args.contains(&"--db") {
+        if !args.contains(&"--db") && !args.contains(&"--store-url") {
             cmd.arg("--db").arg(&db);
         }
         // REST goes to the same fake exchange as the streams (never the real one).

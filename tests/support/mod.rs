@@ -5,6 +5,8 @@
 pub mod exchange_model;
 pub mod live;
 pub mod recorder;
+pub mod replay_frames;
+pub mod tcp_proxy;
 pub mod scenarios;
 
 use klinegate::replay::journal::{self, Header};

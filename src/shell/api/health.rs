@@ -41,6 +41,8 @@ pub fn health(engine: &Engine, stats: &ShellStats) -> Response {
             "ok": stats.store_ok,
             "last_error": stats.store_last_error,
             "path": stats.store_path,
+            "backend": if stats.store_backend.is_empty() { "sqlite" } else { stats.store_backend },
+            "connected": stats.store_connected || stats.store_backend.is_empty(),
             "writes": stats.store_write_count,
             "write_errors": c.store_write_errors,
             "backlog_candles": g.store_backlog_candles,

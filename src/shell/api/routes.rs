@@ -103,6 +103,12 @@ pub struct ShellStats {
     pub dns: crate::shell::dns::DnsStats,
     pub started_unix_s: f64,
     pub now_unix_s: f64,
+    /// `sqlite` or `postgres` (empty reads as `sqlite`).
+    pub store_backend: &'static str,
+    /// PostgreSQL: connected and bootstrapped; SQLite: always true.
+    pub store_connected: bool,
+    /// HTTP requests parked for a PostgreSQL read now.
+    pub store_http_parked: u64,
 }
 
 /// The routing decision for one request.
@@ -498,6 +504,8 @@ fn shell_metrics(m: &mut Exposition, s: &ShellStats) {
     m.gauge("store_write_seconds_max", "Longest store write.", s.store_write_seconds_max);
     m.gauge("store_queue", "Store effects (reads, writes) waiting for the loop's store slice.", s.store_queue as f64);
     m.gauge("store_slice_seconds_max", "Longest time one loop turn spent carrying out store effects.", s.store_slice_seconds_max);
+    m.gauge("store_connected", "1 when the store can be used (PostgreSQL: connected, schema ready; SQLite: always).", if s.store_connected || s.store_backend.is_empty() { 1.0 } else { 0.0 });
+    m.gauge("store_http_parked", "HTTP requests waiting for a PostgreSQL read.", s.store_http_parked as f64);
     m.histogram("loop_turn_seconds", "Time each event-loop turn spent working (from poll's return to the next poll).", &s.loop_turn);
     m.gauge("loop_turn_seconds_max", "Longest event-loop turn.", s.loop_turn_seconds_max);
 }

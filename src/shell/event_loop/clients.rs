@@ -155,15 +155,11 @@ impl Server {
     fn handle_request(&mut self, key: usize, req: crate::wire::http::Request) -> bool {
         self.refresh_store_stats();
         self.refresh_upstream_stats();
-        let routed = routes::route(&req, &self.engine, self.store.store(), &self.stats, &self.http_cfg);
+        // Parked for PostgreSQL reads: answered by `store_reads` later.
+        let Some(routed) = self.route_with_store(key, &req) else { return false };
         let response = match routed {
             Routed::Reply(r) => {
-                // First visit: reading a series starts its job, which fills history.
-                if req.method == "GET" && req.path == "/api/market/candles" && r.status == 200 {
-                    if let Some(series_id) = req.query_param("series_id") {
-                        let _ = self.apply(Input::TouchSeries { series_id: series_id.to_string() });
-                    }
-                }
+                self.touch_after_read(&req, &r);
                 r
             }
             Routed::Apply { mut input, reply } => {
@@ -227,7 +223,7 @@ impl Server {
         false
     }
 
-    fn send_response(&mut self, key: usize, response: &crate::wire::http::Response, keep_alive: bool) {
+    pub(super) fn send_response(&mut self, key: usize, response: &crate::wire::http::Response, keep_alive: bool) {
         if let Some(Conn::Http(h)) = self.conns.get_mut(key) {
             let mut buf = Vec::with_capacity(256 + response.body.len());
             response.write_to(&mut buf, keep_alive);
@@ -310,6 +306,7 @@ impl Server {
         let Some(conn) = self.conns.try_remove(key) else { return };
         self.sse.remove(&key);
         self.parked.retain(|p| p.key != key);
+        self.store_reads.forget(key);
         self.stats.connections_open = self.stats.connections_open.saturating_sub(1);
         match conn {
             Conn::Http(mut h) => {

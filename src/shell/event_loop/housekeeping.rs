@@ -57,6 +57,17 @@ impl Server {
     }
 
     pub(super) fn refresh_store_stats(&mut self) {
+        if let Some(h) = self.store.pg() {
+            let (down, st) = (h.down_reason(), h.stats.clone());
+            self.stats.store_connected = down.is_none();
+            self.stats.store_ok = down.is_none() && st.last_write_ok;
+            self.stats.store_last_error = down.or(st.last_write_error);
+            self.stats.store_write_count = st.writes;
+            self.stats.store_write_seconds_sum = st.write_seconds_sum;
+            self.stats.store_write_seconds_max = st.write_seconds_max;
+            self.stats.store_queue = self.store.queued() as u64;
+            return;
+        }
         let st = self.store_stats.borrow();
         self.stats.store_ok = st.last_write_ok;
         self.stats.store_last_error.clone_from(&st.last_error);
@@ -64,6 +75,6 @@ impl Server {
         self.stats.store_write_seconds_sum = st.write_seconds_sum;
         self.stats.store_write_seconds_max = st.write_seconds_max;
         self.stats.store_queue = self.store.queued() as u64;
-        self.stats.store_slice_seconds_max = self.store.worst_slice_s;
+        self.stats.store_slice_seconds_max = self.store.worst_slice_s();
     }
 }

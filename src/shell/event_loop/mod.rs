@@ -18,19 +18,20 @@
 //! - `directory`: the market directory (`top_markets`) and its event streams;
 //! - `housekeeping`: timeouts, pings, journal flush, store statistics;
 //! - `shutdown`: the signal pipe, graceful shutdown and the exit code;
-//! - `startup`: store notes and the freqtrade bootstrap run by `new`.
+//! - `startup`: opening the store (SQLite notes and freqtrade bootstrap, or PostgreSQL) for `new`;
+//! - `store_reads`: a PostgreSQL store's socket and pump, and HTTP requests parked for its reads.
 
 mod clients;
 mod directory;
 mod housekeeping;
 mod shutdown;
 mod startup;
+mod store_reads;
 mod upstreams;
 mod ws_clients;
 
 use directory::Parked;
 use shutdown::install_signal_pipe;
-use startup::{bootstrap_pins, store_cannot_ingest, store_open_notes, READ_ONLY_NOTE};
 use crate::shell::conn::client::{HttpConn, WsConn};
 use crate::shell::dns::{Resolver, ResolverFiles};
 use crate::wire::http::HttpLimits;
@@ -38,14 +39,13 @@ use crate::shell::logger::Logger;
 use crate::shell::api::markets::{Directory, DirectoryConfig, FetchKind, SseStream};
 use crate::shell::api::routes::{HttpConfig, ShellStats};
 use crate::shell::store_host::StoreHost;
-use crate::shell::timed_store::{StoreStats, TimedStore};
+use crate::shell::timed_store::StoreStats;
 use crate::shell::conn::rest::RestConn;
 use crate::shell::conn::tls_server::ServerTls;
 use crate::shell::conn::upstream::{TlsSetup, UpstreamConn};
 use crate::engine::{Engine, Input, LogLevel, Output};
 use crate::replay::journal::{Header, JournalWriter};
 use crate::cli::run_config::RunConfig;
-use crate::store::SqliteStore;
 use crate::time::Timestamp;
 use mio::net::{TcpListener, UnixStream};
 use mio::{Events, Interest, Poll, Token};
@@ -78,9 +78,6 @@ enum Conn {
     /// One market-directory fetch (`shell::api::markets`), not the engine's.
     Directory { market: crate::model::Market, kind: FetchKind, conn: RestConn },
 }
-
-/// The longest a store write waits for another process's lock.
-const STORE_BUSY_TIMEOUT: Duration = Duration::from_millis(50);
 
 /// A REST request that takes longer than this is answered `RestFailed`.
 const REST_TIMEOUT: Duration = Duration::from_secs(15);
@@ -159,6 +156,8 @@ pub struct Server {
     resolver: Resolver,
     /// Host name → slab keys of the connections waiting for its addresses.
     dns_waiters: BTreeMap<String, Vec<usize>>,
+    /// HTTP requests waiting for PostgreSQL reads (`store_reads`).
+    store_reads: store_reads::ParkedReads,
 }
 
 fn unix_secs(t: Timestamp) -> f64 {
@@ -169,20 +168,11 @@ impl Server {
     /// Opens the store, binds the port, installs signal handlers. Errors are
     /// one line for the user (exit code 2).
     pub fn new(cfg: RunConfig) -> Result<Server, String> {
-        let mut store = SqliteStore::open(&cfg.db).map_err(|e| format!("--db {}: {e}", cfg.db.display()))?;
-        let store_notes = store_open_notes(&cfg, &mut store)?;
-        let read_only = store_cannot_ingest(&cfg, &store).then(|| READ_ONLY_NOTE.to_string());
-        let bootstrapped = bootstrap_pins(&cfg, &mut store);
-        // One thread serves everything: a write must not wait seconds for another
-        // process's lock. A locked store fails fast; the engine keeps the batch
-        // and retries with backoff.
-        store
-            .set_busy_timeout(STORE_BUSY_TIMEOUT)
-            .map_err(|e| format!("--db {}: {e}", cfg.db.display()))?;
-        let (store, store_stats) = TimedStore::new(store);
-        if let Some(why) = &read_only {
-            store_stats.borrow_mut().mark_failing(why.clone());
-        }
+        let opened = match &cfg.store {
+            crate::cli::store_url::StoreBackend::Postgres(pg) => startup::open_postgres(&cfg, pg)?,
+            crate::cli::store_url::StoreBackend::Sqlite => startup::open_sqlite(&cfg)?,
+        };
+        let startup::OpenedStore { host: store, stats: store_stats, notes: store_notes, read_only, bootstrapped } = opened;
         let tls = TlsSetup::new(cfg.extra_ca.as_deref()).map_err(|e| format!("--extra-ca: {e}"))?;
         let client_tls = match (&cfg.tls_cert, &cfg.tls_key) {
             (Some(cert), Some(key)) => Some(ServerTls::from_pem_files(cert, key)?),
@@ -207,7 +197,6 @@ impl Server {
             }
         };
         let engine = Engine::new(cfg.engine.clone(), now);
-        let store = StoreHost::new(Box::new(store));
         let http_cfg = HttpConfig {
             cors_origins: cfg.cors_origins.clone(),
             enable_debug_api: cfg.enable_debug_api,
@@ -223,7 +212,9 @@ impl Server {
         let stats = ShellStats {
             store_ok: read_only.is_none(),
             store_last_error: read_only,
-            store_path: cfg.db.display().to_string(),
+            store_path: store.pg_url().map_or_else(|| cfg.db.display().to_string(), str::to_string),
+            store_backend: store.backend(),
+            store_connected: store.pg_url().is_none(),
             started_unix_s: unix_secs(now),
             now_unix_s: unix_secs(now),
             client_tls: client_tls.is_some(),
@@ -283,6 +274,7 @@ impl Server {
             sse: BTreeMap::new(),
             resolver,
             dns_waiters: BTreeMap::new(),
+            store_reads: store_reads::ParkedReads::default(),
             cfg,
         })
     }
@@ -303,7 +295,7 @@ impl Server {
             &format!(
                 "server_started listen={addr} tls={} db={} pins={} record={}",
                 self.client_tls.is_some(),
-                self.cfg.db.display(),
+                self.stats.store_path,
                 self.cfg.settings.pins.join(","),
                 self.cfg.record.as_ref().map_or("off".into(), |p| p.display().to_string())
             ),
@@ -332,6 +324,7 @@ impl Server {
                             return 130;
                         }
                     }
+                    token if self.store_owns(token) => self.on_store_event(event.is_readable() || event.is_read_closed(), event.is_writable()),
                     token if self.resolver.owns(token) => {
                         self.resolver.on_readable(token, self.poll.registry(), self.mono)
                     }
@@ -345,6 +338,7 @@ impl Server {
             }
             self.process_pending_inputs();
             self.run_store_slice();
+            self.pump_store();
             self.resolver.handle_timeout(self.poll.registry(), self.mono);
             self.deliver_dns_answers();
             self.tick_event_streams();
@@ -379,6 +373,9 @@ impl Server {
             // Rounded up like the engine's deadline: never woken before the retry is due.
             let left = due.saturating_duration_since(self.mono);
             wait = wait.min(Duration::from_micros(left.as_micros().div_ceil(1000) as u64 * 1000));
+        }
+        if let Some(store) = self.store_wait() {
+            wait = wait.min(store);
         }
         if self.resolver.wants_poll() {
             wait = Duration::ZERO;

@@ -1,5 +1,7 @@
-//! The PostgreSQL store, as pieces the effect-driven store plugs in (issue
-//! #13): nothing here blocks, and nothing here is called by the engine yet.
+//! The PostgreSQL store, as pieces the shell's store host plugs in
+//! (`shell::store_host::pg`, issue #13): nothing here blocks, and the engine
+//! never calls any of it (it emits store effects; the host turns them into
+//! these requests).
 //!
 //! - [`url`] — `postgres://USER[:PASS]@HOST:PORT/DB[?schema=NAME]`.
 //! - [`conn`] — one connection as a sans-IO state machine on the

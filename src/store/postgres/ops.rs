@@ -72,6 +72,81 @@ pub fn write_batches(s: &Schema, batches: &[SeriesBatch]) -> StoreResult<Option<
     Ok(Some(one(sql, params)))
 }
 
+/// The insert-if-absent of one batch: rows already stored stay as they are;
+/// the statement returns the `candle_time` of each row it DID insert, so the
+/// caller knows which ones were kept (`StoreWrite::keep_existing`). `None`
+/// when the batch is empty. Non-finite values refuse the write.
+pub fn insert_absent(s: &Schema, batch: &SeriesBatch) -> StoreResult<Option<Statement>> {
+    reject_non_finite(std::slice::from_ref(batch))?;
+    if batch.candles.is_empty() {
+        return Ok(None);
+    }
+    let n = batch.candles.len();
+    let mut times = Vec::with_capacity(n);
+    let mut cols: [Vec<f64>; 5] = std::array::from_fn(|_| Vec::with_capacity(n));
+    for c in &batch.candles {
+        times.push(c.candle_time);
+        for (v, x) in cols.iter_mut().zip([c.open, c.high, c.low, c.close, c.volume]) {
+            v.push(x);
+        }
+    }
+    let [o, h, l, cl, v] = cols;
+    let sql = format!(
+        "INSERT INTO {} (series_id, candle_time, open, high, low, close, volume)
+         SELECT $1, t.* FROM unnest($2::int8[], $3::float8[], $4::float8[], $5::float8[], $6::float8[], $7::float8[]) AS t
+         ON CONFLICT (series_id, candle_time) DO NOTHING RETURNING candle_time",
+        s.table("candles")
+    );
+    let params = vec![
+        Param::Text(batch.series_id.clone()),
+        Param::I64Array(times),
+        Param::F64Array(o),
+        Param::F64Array(h),
+        Param::F64Array(l),
+        Param::F64Array(cl),
+        Param::F64Array(v),
+    ];
+    Ok(Some(Statement::new(sql, params)))
+}
+
+/// The open time of the oldest of the newest `n` rows (where `read_tail(n)`
+/// starts); decode with [`decode_opt_time`].
+pub fn tail_start(s: &Schema, series_id: &str, n: usize) -> Request {
+    let sql = format!(
+        "SELECT MIN(candle_time) FROM (SELECT candle_time FROM {} WHERE series_id = $1 \
+         ORDER BY candle_time DESC LIMIT $2) AS tail",
+        s.table("candles")
+    );
+    one(sql, vec![Param::Text(series_id.to_string()), limit(n)])
+}
+
+/// The statements of several single-statement requests as ONE request: one
+/// Sync, so they run in one transaction and come back as one answer with a
+/// result set per statement, in order.
+pub fn together(requests: Vec<Request>) -> Request {
+    let mut stmts = Vec::new();
+    for r in requests {
+        match r {
+            Request::Extended(s) => stmts.extend(s),
+            Request::Simple(sql) => stmts.push(Statement::new(sql, vec![])),
+        }
+    }
+    Request::Extended(stmts)
+}
+
+/// Splits a multi-statement answer into one single-set answer per
+/// statement, for the decoders above; an error fails every part.
+pub fn split(answer: Answer, parts: usize) -> Vec<Answer> {
+    match answer {
+        Ok(sets) => {
+            let mut out: Vec<Answer> = sets.into_iter().map(|s| Ok(vec![s])).collect();
+            out.resize_with(parts.max(out.len()), || Ok(Vec::new()));
+            out
+        }
+        Err(e) => vec![Err(e); parts],
+    }
+}
+
 pub fn head_time(s: &Schema, series_id: &str) -> Request {
     let sql = format!("SELECT MAX(candle_time) FROM {} WHERE series_id = $1", s.table("candles"));
     one(sql, vec![Param::Text(series_id.to_string())])

@@ -1,4 +1,4 @@
-//! The shell's store: it owns the [`Store`] and carries the core's store
+//! The synchronous backend of the shell's store host (SQLite, memory): it owns the [`Store`] and carries the core's store
 //! effects (`Output::ReadStore`, `Output::Persist`) out in the order they were
 //! emitted, a bounded slice per loop turn, handing each answer back as an
 //! input. A slice runs at least one effect and stops once it has run for
@@ -14,7 +14,7 @@
 //! gauge (`klinegate_store_queue`).
 //!
 //! Reads that change no core state (HTTP candle reads, health views) go
-//! straight to [`StoreHost::store`]. Never decides what an answer means.
+//! straight to [`SyncHost::store`]. Never decides what an answer means.
 
 use crate::engine::{Input, Output};
 use crate::replay::hosted;
@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 /// How long one loop turn may spend on store effects (after the first).
 pub const SLICE: Duration = Duration::from_millis(2);
 
-pub struct StoreHost {
+pub struct SyncHost {
     store: Box<dyn Store>,
     queue: VecDeque<Output>,
     /// The longest slice so far, in seconds, and the most effects queued.
@@ -33,9 +33,9 @@ pub struct StoreHost {
     pub max_queued: usize,
 }
 
-impl StoreHost {
-    pub fn new(store: Box<dyn Store>) -> StoreHost {
-        StoreHost { store, queue: VecDeque::new(), worst_slice_s: 0.0, max_queued: 0 }
+impl SyncHost {
+    pub fn new(store: Box<dyn Store>) -> SyncHost {
+        SyncHost { store, queue: VecDeque::new(), worst_slice_s: 0.0, max_queued: 0 }
     }
 
     pub fn store(&self) -> &dyn Store {
