@@ -305,7 +305,7 @@ impl Hub {
     }
 
     /// Subscribes (or re-subscribes) a client and starts its catch-up
-    /// (§2.4-2.6), read from the store a page at a time as the client drains.
+    /// (`docs/ws-market.asyncapi.json`: `since`, batch frames), read from the store a page at a time as the client drains.
     /// With `hold`, the catch-up waits (and live frames are not sent) until
     /// [`Hub::release_held`]: the engine is healing history the client asked for.
     #[allow(clippy::too_many_arguments)]
@@ -506,7 +506,8 @@ impl Hub {
     }
 
     /// Fans closed candles (ascending, unique times) out to every subscriber,
-    /// with per-subscriber cursor filtering and gap notices (§3.2).
+    /// with per-subscriber cursor filtering and gap notices (`gap` in
+    /// `docs/ws-market.asyncapi.json`).
     pub fn publish_closed(
         &mut self,
         idx: SeriesIdx,
@@ -657,7 +658,7 @@ impl Hub {
     }
 }
 
-/// `since` clamped to the series' closed window (§2.5).
+/// `since` clamped to the series' closed window ([`ClosedWindow`]).
 fn effective_since(since: Option<i64>, now_s: i64, series: &SeriesTable, idx: SeriesIdx) -> Option<i64> {
     let entry = series.get(idx);
     let window = ClosedWindow::new(now_s, entry.id.timeframe(), entry.last_closed);
@@ -673,7 +674,7 @@ fn gap_frame(name: &str, tf: i64, cursor: Option<i64>, next: i64) -> Option<Fram
     })
 }
 
-/// The "latest closed" window of §2.5, computed from engine time and extended
+/// The "latest closed" window (how far back `since` may reach), computed from engine time and extended
 /// by the newest closed candle the exchange confirmed (so a lagging local clock
 /// never hides a candle the exchange already closed).
 #[derive(Clone, Copy, Debug)]

@@ -739,7 +739,7 @@ impl Engine {
 
     // ------------------------------------------------------- debug snapshots
 
-    /// `GET /api/market/debug/ingest_state`: the supervisor snapshot (§4.11)
+    /// `GET /api/market/debug/ingest_state`: the supervisor snapshot (the reference's shape)
     /// plus the upstream pool and engine counters.
     pub fn ingest_state(&self) -> serde_json::Value {
         let mut v = self.supervisor.snapshot(self.now);

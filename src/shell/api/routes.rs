@@ -2,7 +2,7 @@
 //! a pure function of one parsed [`Request`], read-only engine state, the
 //! shell's own figures ([`ShellStats`]) and [`HttpConfig`]. It owns the route
 //! table, CORS, the optional shared-secret check and the reply shapes of
-//! reference-system.md §8. It never mutates the engine: writes come back as
+//! `docs/openapi.json` (the reference's). It never mutates the engine: writes come back as
 //! [`Routed::Apply`] so the shell feeds them through `Engine::handle` (and the
 //! journal records them), then builds the reply with [`apply_reply`].
 //!
@@ -335,7 +335,7 @@ fn ingest_state(engine: &Engine, store: &dyn Store) -> serde_json::Value {
     v
 }
 
-/// `GET /api/market/candles` (§8.1): the tail when `since` is absent, else
+/// `GET /api/market/candles`: the tail when `since` is absent, else
 /// the first `limit` candles after it; rows "ahead" of the engine's closed
 /// window hidden, `since` clamped to it.
 fn read_candles(
