@@ -42,8 +42,10 @@ mod jobs;
 mod native;
 mod store_ops;
 mod unlisted;
+mod window;
 
-pub use io::{Counters, Input, LogLevel, Output, StoreOp};
+pub use io::{Counters, Frame, Input, LogLevel, Output, StoreOp};
+pub use window::ClosedWindow;
 
 use crate::model::{Candle, Market, SeriesId};
 use crate::wire::client::{self as wire, ClientRequest, RequestError};
@@ -52,7 +54,7 @@ use crate::time::{Duration, Timestamp};
 use crate::timer::TimerWheel;
 use flush::WriteQueue;
 use store_ops::{PendingSub, ReadFor, StoreOps, WriteFor};
-use hub::{Frame, Hub, HubConfig, SubscribeError};
+use hub::{Hub, HubConfig, SubscribeError};
 use ingest::Job;
 use series::{SeriesIdx, SeriesTable};
 use std::collections::VecDeque;
@@ -802,9 +804,9 @@ impl Engine {
     /// The window of closed candles a reader of `id` may see now (rows
     /// "ahead" of it are hidden; `since` is clamped to it). The shell reads
     /// the store for `GET /api/market/candles` within it.
-    pub fn closed_window(&self, id: &SeriesId) -> hub::ClosedWindow {
+    pub fn closed_window(&self, id: &SeriesId) -> ClosedWindow {
         let known = self.series.lookup(id.as_str()).and_then(|i| self.series.get(i).last_closed);
-        hub::ClosedWindow::new(self.now.as_secs(), id.timeframe(), known)
+        ClosedWindow::new(self.now.as_secs(), id.timeframe(), known)
     }
 
     /// The configured whitelist (pins), as given.

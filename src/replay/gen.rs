@@ -326,7 +326,7 @@ struct Peer {
     /// Replies waiting to be delivered, in time order.
     pending: VecDeque<Pending>,
     client_frames: u64,
-    frames: Vec<crate::engine::hub::Frame>,
+    frames: Vec<crate::engine::Frame>,
     store: MemoryStore,
 }
 

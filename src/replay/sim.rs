@@ -196,7 +196,7 @@ pub struct Harness {
     /// Closed candles the engine accepted from the exchange: (series, time).
     accepted: BTreeSet<(String, i64)>,
     pinned: BTreeSet<String>,
-    frames: Vec<crate::engine::hub::Frame>,
+    frames: Vec<crate::engine::Frame>,
     pub stats: Stats,
 }
 
