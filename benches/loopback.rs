@@ -20,9 +20,10 @@
 //! used and counted. The user-space read time is reported beside it.
 //!
 //! CPU per delivered message: user + system CPU time of the server process
-//! (`/proc/PID/stat`, what `getrusage` reports for it) over the measured
-//! updates, divided by updates × clients; for klinegate and for the raw writer.
-//! The resolution is one clock tick (10 ms) over the whole window.
+//! over the measured updates (the scheduler's `se.sum_exec_runtime` of each of
+//! its threads in `/proc/PID/task/*/sched`, ns; the total `getrusage` reports
+//! for it; clock ticks from `/proc/PID/stat` where that file is missing),
+//! divided by updates × clients; for klinegate and for the raw writer.
 //!
 //! `cargo bench --bench loopback`; `KLINEGATE_BENCH_QUICK=1` for a smoke run;
 //! `KLINEGATE_BENCH_PROFILE=N[:UPDATES]` for one klinegate run to attach a
@@ -78,6 +79,10 @@ fn main() {
     if let Ok(spec) = std::env::var(PROFILE_ENV) {
         return profile_run(&spec);
     }
+    // Sockets with receive timestamps on keep the kernel's timestamping switched
+    // on; when the last one closes (between runs) it is switched off, and turning
+    // it back on is deferred: a run's first segments would come unstamped.
+    let _keep_stamping = keep_receive_timestamps_on();
     let quick = quick();
     let sizes: &[usize] = if quick { &[200, 1_000] } else { &[1_000, 10_000] };
     let plan = Plan { updates: if quick { 10 } else { 60 }, timeout: Duration::from_secs(if quick { 2 } else { 5 }) };
@@ -333,8 +338,8 @@ fn report_run(name: &str, n: usize, r: &RunResult) {
         percentile(&r.first_user_ms, 50.0),
         r.cpu_us_per_msg(),
         r.last_ms.len(),
-        r.unstamped,
         r.missed,
+        r.unstamped,
         r.payload_len,
         r.setup_s
     );
@@ -376,7 +381,7 @@ fn measure(
     before_measure();
 
     let mut result = RunResult { setup_s, ..RunResult::default() };
-    let cpu_before = cpu_ticks(server_pid);
+    let cpu_before = cpu_seconds(server_pid);
     for k in 0..plan.updates as i64 {
         let s = MAX_WARMUPS + k;
         // A short pause so the previous update's tail work is not measured.
@@ -395,13 +400,28 @@ fn measure(
             None => result.missed += 1,
         }
     }
-    if let (Some(before), Some(after)) = (cpu_before, cpu_ticks(server_pid)) {
-        result.cpu_s = after.saturating_sub(before) as f64 / clock_ticks_per_sec();
+    if let (Some(before), Some(after)) = (cpu_before, cpu_seconds(server_pid)) {
+        result.cpu_s = (after - before).max(0.0);
     }
     stop.store(true, Ordering::Relaxed);
     result.unstamped = receiver.join().unwrap_or(0);
     result.payload_len = payload_len.load(Ordering::Relaxed);
     result
+}
+
+/// CPU time (user + system) process `pid` has used, in seconds: the sum of its
+/// threads' `se.sum_exec_runtime` (ms with ns digits), else clock ticks.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let from_sched = || -> Option<f64> {
+        let mut total_ms = 0.0;
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+            let text = std::fs::read_to_string(task.ok()?.path().join("sched")).ok()?;
+            let line = text.lines().find(|l| l.starts_with("se.sum_exec_runtime"))?;
+            total_ms += line.rsplit(':').next()?.trim().parse::<f64>().ok()?;
+        }
+        Some(total_ms / 1e3)
+    };
+    from_sched().or_else(|| Some(cpu_ticks(pid)? as f64 / clock_ticks_per_sec()))
 }
 
 /// Nanoseconds since the Unix epoch: the clock of `SO_TIMESTAMPNS`.
@@ -507,6 +527,13 @@ fn receive(socks: Vec<TcpStream>, slots: usize, tx: Sender<Done>, stop: &AtomicB
         }
     }
     unstamped
+}
+
+/// A socket with `SO_TIMESTAMPNS` kept open for the whole bench (see `main`).
+fn keep_receive_timestamps_on() -> Option<std::net::UdpSocket> {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
+    enable_receive_timestamps(socket.as_raw_fd()).ok()?;
+    Some(socket)
 }
 
 /// Asks the kernel to stamp received data (`SO_TIMESTAMPNS`, CLOCK_REALTIME).
