@@ -609,6 +609,12 @@ impl UpstreamConn {
 
     fn ws_config(&self) -> WebSocketConfig {
         WebSocketConfig::default()
+            // tungstenite zero-fills its read buffer out to this size on every
+            // read (the one that finds nothing included): at the 128 KiB default
+            // that memset was most of the time from an exchange frame's arrival
+            // to the first client's write. Kline frames are ~300 bytes; the
+            // buffer grows as a bigger message needs.
+            .read_buffer_size(4096)
             .max_message_size(Some(self.config.max_message_size))
             .max_frame_size(Some(self.config.max_message_size))
             // We flush after every write anyway; no batching threshold, so a frame goes to
