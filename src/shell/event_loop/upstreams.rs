@@ -141,17 +141,28 @@ impl Server {
         }
     }
 
+    /// Reads the connection a message at a time, each handed to the engine (and
+    /// its outputs carried out) before the next is read, up to the connection's
+    /// per-event budget; past it, the rest is read next turn (`wants_read`).
     pub(super) fn on_upstream_event(&mut self, key: usize, readable: bool, writable: bool) {
-        let mut evs = Vec::new();
-        let (engine_conn, market) = match self.conns.get_mut(key) {
-            Some(Conn::Upstream { engine_conn, market, conn }) => {
-                conn.on_event(readable, writable, &mut evs);
-                let _ = conn.reregister(self.poll.registry(), Token(key));
-                (*engine_conn, *market)
+        let mut budget = None;
+        loop {
+            let mut evs = Vec::new();
+            let (engine_conn, market, more, left) = match self.conns.get_mut(key) {
+                Some(Conn::Upstream { engine_conn, market, conn }) => {
+                    let left = budget.get_or_insert(conn.messages_per_event());
+                    *left = left.saturating_sub(1);
+                    conn.on_event_one(readable, writable, &mut evs);
+                    let _ = conn.reregister(self.poll.registry(), Token(key));
+                    (*engine_conn, *market, conn.wants_read(), *left)
+                }
+                _ => return,
+            };
+            self.dispatch_upstream_events(key, engine_conn, market, evs);
+            if !more || left == 0 {
+                return;
             }
-            _ => return,
-        };
-        self.dispatch_upstream_events(key, engine_conn, market, evs);
+        }
     }
 
     fn dispatch_upstream_events(&mut self, key: usize, engine_conn: u64, market: Market, evs: Vec<UpstreamEvent>) {
