@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 
 use klinegate::cli::settings::Settings;
 use klinegate::engine::{Engine, Input, Output};
+use klinegate::replay::hosted;
 use klinegate::store::MemoryStore;
 use klinegate::time::Timestamp;
 
@@ -55,6 +56,8 @@ fn subscribe(series: &str) -> String {
 
 struct Driver {
     e: Engine,
+    /// The store's effects are carried out at once (`replay::hosted`).
+    store: MemoryStore,
     reader: Reader,
     got: Received,
     frames: Vec<klinegate::engine::hub::Frame>,
@@ -71,9 +74,10 @@ impl Driver {
         };
         let mut cfg = settings.to_engine_config().expect("valid settings");
         cfg.hub.defer_forming_fanout = defer;
-        let mut e = Engine::new(cfg, Box::new(MemoryStore::new()), now);
-        let conn = engine_support::start_live(&mut e, now);
-        (Driver { e, reader, got: Received::default(), frames: Vec::new() }, conn)
+        let mut e = Engine::new(cfg, now);
+        let mut store = MemoryStore::new();
+        let conn = engine_support::start_live(&mut e, &mut store, now);
+        (Driver { e, store, reader, got: Received::default(), frames: Vec::new() }, conn)
     }
 
     fn take(&mut self, client: u64) {
@@ -98,12 +102,11 @@ impl Driver {
                         Reader::AtOnce => self.take(client),
                         Reader::AfterDrain => ready.push(client),
                     },
-                    Output::ReadStore { op, query } => {
-                        let now = self.e.now();
-                        self.e.answer_read_from_own_store(op, &query, now);
-                    }
                     Output::ClientClose { client, .. } => self.got.closed.push(client),
-                    _ => {}
+                    other => {
+                        let now = self.e.now();
+                        hosted::carry(&mut self.e, &mut self.store, &other, now);
+                    }
                 }
             }
             if ready.is_empty() {
