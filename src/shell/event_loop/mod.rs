@@ -40,7 +40,7 @@ use crate::shell::api::markets::{Directory, DirectoryConfig, FetchKind, SseStrea
 use crate::shell::api::routes::{HttpConfig, ShellStats};
 use crate::shell::store_host::StoreHost;
 use crate::shell::timed_store::StoreStats;
-use crate::shell::conn::rest::RestConn;
+use crate::shell::conn::rest::{RestConn, RestPool};
 use crate::shell::conn::tls_server::ServerTls;
 use crate::shell::conn::upstream::{TlsSetup, UpstreamConn};
 use crate::engine::fasthash::FastMap;
@@ -160,6 +160,8 @@ pub struct Server {
     dns_waiters: BTreeMap<String, Vec<usize>>,
     /// HTTP requests waiting for PostgreSQL reads (`store_reads`).
     store_reads: store_reads::ParkedReads,
+    /// Kept-alive exchange REST connections between requests.
+    rest_pool: RestPool,
 }
 
 fn unix_secs(t: Timestamp) -> f64 {
@@ -281,6 +283,7 @@ impl Server {
             resolver,
             dns_waiters: BTreeMap::new(),
             store_reads: store_reads::ParkedReads::default(),
+            rest_pool: RestPool::default(),
             cfg,
         })
     }

@@ -23,7 +23,7 @@ impl Server {
         let base = self.cfg.rest_base_url(market);
         let entry = self.conns.vacant_entry();
         let token = Token(entry.key());
-        match RestConn::start(base, path, &self.tls, self.poll.registry(), token) {
+        match RestConn::start_pooled(base, path, &self.tls, &mut self.rest_pool, self.poll.registry(), token) {
             Ok(conn) => {
                 entry.insert(Conn::Rest { id, conn });
                 self.await_resolution(token.0);
@@ -45,10 +45,11 @@ impl Server {
         self.finish_rest(key, id, outcome);
     }
 
-    /// The engine's REST request `id` at `key` ended: drop it and tell the engine.
+    /// The engine's REST request `id` at `key` ended: keep its connection for the
+    /// next request when the answer allows, and tell the engine.
     fn finish_rest(&mut self, key: usize, id: u64, outcome: RestOutcome) {
-        if let Some(Conn::Rest { mut conn, .. }) = self.conns.try_remove(key) {
-            let _ = conn.deregister(self.poll.registry());
+        if let Some(Conn::Rest { conn, .. }) = self.conns.try_remove(key) {
+            self.keep_rest_conn(conn);
         }
         let input = match outcome {
             RestOutcome::Response { status, body, retry_after_s, used_weight_1m, .. } => {
@@ -59,8 +60,19 @@ impl Server {
         let _ = self.apply(input);
     }
 
-    /// REST requests past their deadline are answered as failed.
+    /// A finished REST connection: into the pool when its answer left it reusable,
+    /// else closed.
+    pub(super) fn keep_rest_conn(&mut self, mut conn: RestConn) {
+        let _ = conn.deregister(self.poll.registry());
+        if let Some(idle) = conn.into_idle(self.mono) {
+            self.rest_pool.put(idle);
+        }
+    }
+
+    /// REST requests past their deadline are answered as failed; idle kept-alive
+    /// connections past their time are closed.
     pub(super) fn expire_rest(&mut self) {
+        self.rest_pool.expire(self.mono);
         let mut late = Vec::new();
         for (key, conn) in self.conns.iter() {
             if let Conn::Rest { id, conn } = conn {
