@@ -26,6 +26,8 @@
 //! divided by updates × clients; for klinegate and for the raw writer.
 //!
 //! `cargo bench --bench loopback`; `KLINEGATE_BENCH_QUICK=1` for a smoke run;
+//! `KLINEGATE_BENCH_SOURCES=N` spreads the clients over 127.0.0.1 … 127.0.0.N;
+//! `KLINEGATE_BENCH_SIZES=1000,10000` sets the client counts;
 //! `KLINEGATE_BENCH_PROFILE=N[:UPDATES]` for one klinegate run to attach a
 //! profiler to; `KLINEGATE_BENCH_PIN=1` pins server and receiver to CPUs 0/1.
 //! Never reaches beyond 127.0.0.1; every wait is bounded.
@@ -84,14 +86,20 @@ fn main() {
     // it back on is deferred: a run's first segments would come unstamped.
     let _keep_stamping = keep_receive_timestamps_on();
     let quick = quick();
-    let sizes: &[usize] = if quick { &[200, 1_000] } else { &[1_000, 10_000] };
+    let default_sizes: &[usize] = if quick { &[200, 1_000] } else { &[1_000, 10_000] };
+    let sizes: Vec<usize> = std::env::var("KLINEGATE_BENCH_SIZES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .filter(|v: &Vec<usize>| !v.is_empty())
+        .unwrap_or_else(|| default_sizes.to_vec());
     let plan = Plan { updates: if quick { 10 } else { 60 }, timeout: Duration::from_secs(if quick { 2 } else { 5 }) };
     let hop_plan = Plan { updates: if quick { 30 } else { 100 }, ..plan };
     let started = Instant::now();
     println!(
-        "loopback fan-out bench ({} mode); server and receiver {}",
+        "loopback fan-out bench ({} mode); server and receiver {}; clients from {} source address(es) (KLINEGATE_BENCH_SOURCES)",
         if quick { "quick" } else { "full" },
-        if pinning() { "pinned to CPUs 0 and 1" } else { "unpinned" }
+        if pinning() { "pinned to CPUs 0 and 1" } else { "unpinned" },
+        source_addresses()
     );
 
     let fake1 = run_klinegate(1, &hop_plan, Feed::Fake);
@@ -121,7 +129,7 @@ fn main() {
     let rounds = if quick { 1 } else { 3 };
     let round_plan = Plan { updates: plan.updates / rounds, ..plan };
     let mut rows = Vec::new();
-    for &n in sizes {
+    for &n in &sizes {
         let mut row = Row { n, fake: RunResult::default(), direct: RunResult::default(), raw: RunResult::default() };
         for _ in 0..rounds {
             row.fake.absorb(run_klinegate(n, &round_plan, Feed::Fake));
