@@ -35,7 +35,7 @@ mod stall;
 pub mod supervisor;
 pub mod upstream;
 
-mod fasthash;
+pub mod fasthash;
 mod flush;
 mod io;
 mod jobs;
@@ -251,6 +251,7 @@ impl Engine {
     /// error text is the HTTP reply; a stored ingest is answered by
     /// `Output::IngestDone`); everything else answers through outputs.
     pub fn handle(&mut self, input: Input, now: Timestamp) -> Result<(), String> {
+        self.settle_fanout();
         self.advance(now);
         self.counters.inputs += 1;
         let result = match input {
@@ -371,6 +372,7 @@ impl Engine {
         fired.clear();
         self.timers.expire(now, &mut fired);
         for (_, key) in fired.drain(..) {
+            self.settle_fanout();
             match key {
                 TimerKey::Flush(job) => {
                     if let Some(j) = self.jobs.get_mut(&job) {
@@ -387,6 +389,7 @@ impl Engine {
             }
         }
         self.fired = fired;
+        self.settle_fanout();
         if self.pool.next_deadline().is_some_and(|t| t <= now) {
             self.pool.on_timeout(now, &mut self.outputs, &mut self.pool_events);
             self.apply_pool_events();
@@ -419,8 +422,19 @@ impl Engine {
         .min()
     }
 
+    /// The next thing the shell must do. A deferred forming fan-out
+    /// (`HubConfig::defer_forming_fanout`) goes on here, one ready client at a
+    /// time, once everything queued before it is out.
     pub fn poll_output(&mut self) -> Option<Output> {
+        if self.outputs.is_empty() {
+            self.hub.step_deferred(&self.series, &mut self.outputs, &mut self.counters);
+        }
         self.outputs.pop_front()
+    }
+
+    /// Finishes a deferred forming fan-out before anything else changes the hub.
+    fn settle_fanout(&mut self) {
+        self.hub.settle(&self.series, &mut self.outputs, &mut self.counters);
     }
 
     /// Moves every frame queued for `client` into `dst`; the shell writes them

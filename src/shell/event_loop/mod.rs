@@ -41,9 +41,10 @@ use crate::shell::api::routes::HttpConfig;
 use crate::shell::api::stats::ShellStats;
 use crate::shell::store_host::StoreHost;
 use crate::shell::timed_store::StoreStats;
-use crate::shell::conn::rest::RestConn;
+use crate::shell::conn::rest::{RestConn, RestPool};
 use crate::shell::conn::tls_server::ServerTls;
 use crate::shell::conn::upstream::{TlsSetup, UpstreamConn};
+use crate::engine::fasthash::FastMap;
 use crate::engine::{Engine, Input, LogLevel, Output};
 use crate::replay::journal::{Header, JournalWriter};
 use crate::cli::run_config::RunConfig;
@@ -138,7 +139,8 @@ pub struct Server {
     store_stats: Rc<RefCell<StoreStats>>,
     // Lookups only, never iterated for output.
     upstreams: HashMap<u64, usize>,
-    clients: HashMap<u64, usize>,
+    /// Looked up once per client write: a fast hash (ids are ours, not a peer's).
+    clients: FastMap<u64, usize>,
     per_ip: HashMap<IpAddr, usize>,
     next_client: u64,
     ready_clients: Vec<u64>,
@@ -159,6 +161,8 @@ pub struct Server {
     dns_waiters: BTreeMap<String, Vec<usize>>,
     /// HTTP requests waiting for PostgreSQL reads (`store_reads`).
     store_reads: store_reads::ParkedReads,
+    /// Kept-alive exchange REST connections between requests.
+    rest_pool: RestPool,
 }
 
 fn unix_secs(t: Timestamp) -> f64 {
@@ -197,7 +201,11 @@ impl Server {
                 Some(JournalWriter::new(BufWriter::new(file), &header).map_err(|e| format!("--record: {e}"))?)
             }
         };
-        let engine = Engine::new(cfg.engine.clone(), now);
+        let mut engine_cfg = cfg.engine.clone();
+        // The shell writes each ready client at once (`drain_outputs`), so the
+        // forming fan-out is formed a client at a time as outputs are polled.
+        engine_cfg.hub.defer_forming_fanout = true;
+        let engine = Engine::new(engine_cfg, now);
         let http_cfg = HttpConfig {
             cors_origins: cfg.cors_origins.clone(),
             enable_debug_api: cfg.enable_debug_api,
@@ -256,7 +264,7 @@ impl Server {
             stats,
             store_stats,
             upstreams: HashMap::new(),
-            clients: HashMap::new(),
+            clients: FastMap::default(),
             per_ip: HashMap::new(),
             next_client: 1,
             ready_clients: Vec::new(),
@@ -276,6 +284,7 @@ impl Server {
             resolver,
             dns_waiters: BTreeMap::new(),
             store_reads: store_reads::ParkedReads::default(),
+            rest_pool: RestPool::default(),
             cfg,
         })
     }
@@ -426,7 +435,9 @@ impl Server {
                 Output::UpstreamConnect { conn, market, url } => self.open_upstream(conn, market, &url),
                 Output::UpstreamSend { conn, text } => self.send_upstream(conn, text),
                 Output::UpstreamClose { conn, reason } => self.close_upstream(conn, &reason),
-                Output::ClientReady { client } => self.ready_clients.push(client),
+                // Written at once: the first client of a fan-out goes out
+                // before the engine forms the rest (deferred forming fan-out).
+                Output::ClientReady { client } => self.write_client(client),
                 Output::ClientClose { client, code, reason } => self.close_client(client, code, &reason),
                 Output::Log { level, line } => self.log(level, &line),
                 Output::RestRequest { id, market, path } => self.start_rest(id, market, &path),
