@@ -60,7 +60,7 @@ struct Driver {
     store: MemoryStore,
     reader: Reader,
     got: Received,
-    frames: Vec<klinegate::engine::hub::Frame>,
+    frames: Vec<klinegate::engine::Frame>,
 }
 
 impl Driver {
