@@ -40,6 +40,7 @@ mod flush;
 mod io;
 mod jobs;
 mod native;
+pub mod reload;
 mod store_ops;
 mod unlisted;
 
@@ -306,6 +307,10 @@ impl Engine {
             Input::TouchSeries { series_id } => self.touch_series(&series_id),
             Input::Shutdown => {
                 self.shutdown();
+                Ok(())
+            }
+            Input::Reload { settings } => {
+                self.reload(settings);
                 Ok(())
             }
             Input::RestResponse { id, status, body, retry_after_s, used_weight } => {
