@@ -257,7 +257,7 @@ impl Engine {
 
     pub(super) fn on_flush_persisted(&mut self, _op: super::StoreOp, seqs: Vec<u64>, result: PersistOutcome) {
         match result {
-            PersistOutcome::Stored { kept } => {
+            PersistOutcome::Stored { kept, .. } => {
                 if self.writes.stored(&seqs, kept) {
                     let left = self.writes.backlog_candles();
                     self.log(LogLevel::Info, format!("store_recovered backlog_candles={left}"));

@@ -96,6 +96,10 @@ impl<S: Store> Store for TimedStore<S> {
     fn gaps(&self) -> StoreResult<Vec<GapRecord>> {
         self.inner.gaps()
     }
+
+    fn prune_before(&mut self, timeframe: &str, before: i64, limit: usize) -> StoreResult<u64> {
+        self.inner.prune_before(timeframe, before, limit)
+    }
 }
 
 #[cfg(test)]

@@ -77,6 +77,28 @@ pub(crate) fn reject_non_finite(batches: &[SeriesBatch]) -> StoreResult<()> {
 }
 
 impl Store for MemoryStore {
+    fn prune_before(&mut self, timeframe: &str, before: i64, limit: usize) -> StoreResult<u64> {
+        if self.fail_writes {
+            return Err(StoreError { op: "prune", message: "injected failure (MemoryStore::fail_writes is on)".into() });
+        }
+        let mut left = limit;
+        for (id, rows) in self.series.iter_mut() {
+            if left == 0 {
+                break;
+            }
+            if !super::of_timeframe(id, timeframe) {
+                continue;
+            }
+            let old: Vec<i64> = rows.range(..before).map(|(t, _)| *t).take(left).collect();
+            left -= old.len();
+            for t in old {
+                rows.remove(&t);
+            }
+        }
+        self.series.retain(|_, rows| !rows.is_empty());
+        Ok((limit - left) as u64)
+    }
+
     fn write_batches(&mut self, batches: &[SeriesBatch]) -> StoreResult<()> {
         if self.fail_writes {
             return Err(StoreError {

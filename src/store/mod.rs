@@ -11,11 +11,12 @@ pub mod memory;
 pub mod postgres;
 pub mod query;
 pub mod sqlite;
+mod sqlite_prune;
 pub mod write;
 
 pub use memory::MemoryStore;
 pub use query::{JobHistory, StoreQuery, StoreReadResult};
-pub use write::{KeptRows, LedgerChange, PersistOutcome, StoreWrite};
+pub use write::{KeptRows, LedgerChange, PersistOutcome, Prune, StoreWrite};
 pub use sqlite::SqliteStore;
 
 /// The closed candles of one series inside a flush.
@@ -93,4 +94,18 @@ pub trait Store {
 
     /// Every ledger entry, by series id.
     fn gaps(&self) -> StoreResult<Vec<GapRecord>>;
+
+    /// Retention: deletes at most `limit` candles with `candle_time < before`
+    /// of the series whose id ends in `:<timeframe>`, oldest first within
+    /// each series (series in id order); returns how many went. A store
+    /// without retention refuses.
+    fn prune_before(&mut self, timeframe: &str, before: i64, limit: usize) -> StoreResult<u64> {
+        let _ = (timeframe, before, limit);
+        Err(StoreError { op: "prune", message: "this store does not prune".into() })
+    }
+}
+
+/// Whether `series_id` is a series of `timeframe` (`…:<timeframe>`).
+pub fn of_timeframe(series_id: &str, timeframe: &str) -> bool {
+    series_id.rsplit_once(':').is_some_and(|(_, tf)| tf == timeframe)
 }

@@ -536,6 +536,11 @@ fn sql_limit(limit: usize) -> i64 {
 }
 
 impl Store for SqliteStore {
+    fn prune_before(&mut self, timeframe: &str, before: i64, limit: usize) -> StoreResult<u64> {
+        self.prepare_write();
+        super::sqlite_prune::prune(&mut self.conn, timeframe, before, limit).map_err(|e| self.write_failed("prune", None, e))
+    }
+
     fn write_batches(&mut self, batches: &[SeriesBatch]) -> StoreResult<()> {
         if batches.iter().all(|b| b.candles.is_empty()) {
             return Ok(()); // nothing to write: don't take the write lock

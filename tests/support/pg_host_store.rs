@@ -42,6 +42,9 @@ impl Drop for PgHostStore {
 }
 
 impl Store for PgHostStore {
+    fn prune_before(&mut self, tf: &str, before: i64, limit: usize) -> StoreResult<u64> {
+        self.runner.prune_before(tf, before, limit)
+    }
     fn write_batches(&mut self, b: &[SeriesBatch]) -> StoreResult<()> {
         self.runner.write_batches(b)
     }

@@ -109,6 +109,30 @@ pub fn insert_absent(s: &Schema, batch: &SeriesBatch) -> StoreResult<Option<Stat
     Ok(Some(Statement::new(sql, params)))
 }
 
+/// One retention batch (`Store::prune_before`): the series are listed by a
+/// skip scan of the primary key (one probe per distinct series), those of
+/// the timeframe lose their oldest rows before the cutoff, at most
+/// `limit` in all. Returns one row per candle deleted.
+pub fn prune(s: &Schema, p: &crate::store::Prune) -> Request {
+    let c = s.table("candles");
+    let sql = format!(
+        "WITH RECURSIVE ids(id) AS (
+           (SELECT series_id FROM {c} ORDER BY series_id LIMIT 1)
+           UNION ALL
+           SELECT (SELECT series_id FROM {c} WHERE series_id > ids.id ORDER BY series_id LIMIT 1)
+           FROM ids WHERE ids.id IS NOT NULL),
+         v AS (
+           SELECT x.series_id, x.candle_time FROM ids CROSS JOIN LATERAL (
+             SELECT series_id, candle_time FROM {c}
+             WHERE series_id = ids.id AND candle_time < $2 ORDER BY candle_time LIMIT $3) AS x
+           WHERE ids.id IS NOT NULL AND right(ids.id, length($1::text)) = $1::text
+           LIMIT $3)
+         DELETE FROM {c} AS d USING v
+         WHERE d.series_id = v.series_id AND d.candle_time = v.candle_time RETURNING 1"
+    );
+    one(sql, vec![Param::Text(format!(":{}", p.timeframe)), Param::I64(p.before), limit(p.limit)])
+}
+
 /// The open time of the oldest of the newest `n` rows (where `read_tail(n)`
 /// starts); decode with [`decode_opt_time`].
 pub fn tail_start(s: &Schema, series_id: &str, n: usize) -> Request {
