@@ -67,6 +67,11 @@ pub struct Settings {
     pub heal_gate_ms: u64,
     pub rest_weight_budget_spot: u32,
     pub rest_weight_budget_futures: u32,
+    /// Per-timeframe retention, e.g. `1m=90d,5m=2y`; empty keeps everything.
+    /// A journal without this key replays with none (and none is not written,
+    /// so journals recorded without retention are unchanged).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub retention: String,
 }
 
 impl Default for Settings {
@@ -108,6 +113,7 @@ impl Default for Settings {
             heal_gate_ms: 3000,
             rest_weight_budget_spot: 3000,
             rest_weight_budget_futures: 1200,
+            retention: String::new(),
         }
     }
 }
@@ -242,6 +248,10 @@ impl Settings {
                 weight_budget_futures: positive("rest-weight-budget-futures", self.rest_weight_budget_futures as u64)?
                     as u32,
                 ..RestConfig::default()
+            },
+            retention: crate::engine::retention::RetentionConfig {
+                keep: crate::engine::retention::parse_retention(&self.retention).map_err(|e| bad("retention", e))?,
+                ..Default::default()
             },
         })
     }

@@ -41,6 +41,7 @@ mod io;
 mod jobs;
 mod native;
 pub mod reload;
+pub mod retention;
 mod store_ops;
 mod unlisted;
 
@@ -80,6 +81,8 @@ pub struct EngineConfig {
     pub rng_seed: u64,
     pub heal: heal::HealConfig,
     pub rest: rest::RestConfig,
+    /// `--retention`: old candles pruned in batches (`retention.rs`).
+    pub retention: retention::RetentionConfig,
 }
 
 /// Timers the engine schedules on its wheel.
@@ -191,6 +194,8 @@ pub struct Engine {
     scratch: Vec<(usize, Candle)>,
     /// Throttles that emit for the current forming update (reused).
     emit_scratch: Vec<usize>,
+    /// Retention passes and their figures (`retention.rs`).
+    retention: retention::Retention,
     shut_down: bool,
     /// The shutdown's client closes went out (see `settle_shutdown`).
     shutdown_done: bool,
@@ -226,6 +231,7 @@ impl Engine {
             fired: Vec::new(),
             scratch: Vec::new(),
             emit_scratch: Vec::new(),
+            retention: retention::Retention::default(),
             shut_down: false,
             shutdown_done: false,
             cfg,
@@ -256,6 +262,7 @@ impl Engine {
             Input::Start => {
                 self.supervisor.start_whitelist(self.now, &mut self.effects);
                 self.apply_effects();
+                self.retention_arm();
                 Ok(())
             }
             Input::ClientConnected { client } => {
@@ -404,6 +411,7 @@ impl Engine {
         if self.heal_retry_at.is_some_and(|t| t <= now) {
             self.retry_heals();
         }
+        self.retention_timeout();
         self.pump_rest();
     }
 
@@ -416,6 +424,7 @@ impl Engine {
             self.writes.retry_at(),
             self.heal_retry_at,
             self.rest.next_deadline(),
+            self.retention.next_deadline(),
         ]
         .into_iter()
         .flatten()

@@ -29,6 +29,9 @@ pub struct Reloadable {
     pub max_client_messages_per_s: u32,
     pub rest_weight_budget_spot: u32,
     pub rest_weight_budget_futures: u32,
+    /// `--retention`'s rules (a pass starts at once when they change).
+    #[serde(default)]
+    pub retention: Vec<super::retention::RetentionRule>,
 }
 
 impl Reloadable {
@@ -44,6 +47,7 @@ impl Reloadable {
             max_client_messages_per_s: cfg.hub.max_messages_per_s,
             rest_weight_budget_spot: cfg.rest.weight_budget_spot,
             rest_weight_budget_futures: cfg.rest.weight_budget_futures,
+            retention: cfg.retention.keep.clone(),
         }
     }
 }
@@ -97,6 +101,7 @@ impl Engine {
         self.cfg.rest.weight_budget_spot = r.rest_weight_budget_spot.max(1);
         self.cfg.rest.weight_budget_futures = r.rest_weight_budget_futures.max(1);
         self.rest.set_budgets(self.cfg.rest.weight_budget_spot, self.cfg.rest.weight_budget_futures);
+        self.retention_reload(r.retention);
         let rejected: Vec<String> = self
             .supervisor
             .whitelist_rejections()

@@ -32,6 +32,17 @@ impl PgHostStore {
     }
 }
 
+impl PgHostStore {
+    /// A `--store-url` for the real binary on this store's schema.
+    pub fn url(&self) -> String {
+        let auth = match &self.cfg.password {
+            Some(p) => format!("{}:{p}", self.cfg.user),
+            None => self.cfg.user.clone(),
+        };
+        format!("postgres://{auth}@{}/{}?schema={}", self.addr, self.cfg.database, self.cfg.schema)
+    }
+}
+
 impl Drop for PgHostStore {
     fn drop(&mut self) {
         let mut c = PgClient::connect(&self.cfg, self.addr, 4);

@@ -97,6 +97,7 @@ impl Server {
         s.max_client_messages_per_s = new.settings.max_client_messages_per_s;
         s.rest_weight_budget_spot = new.settings.rest_weight_budget_spot;
         s.rest_weight_budget_futures = new.settings.rest_weight_budget_futures;
+        s.retention.clone_from(&new.settings.retention);
         self.logger = Logger::new(new.log_level, self.cfg.log_format);
         let tls_reloaded = tls.is_some();
         if let Some(tls) = tls {
