@@ -634,7 +634,7 @@ fn postgres_store_host_answers_every_effect_as_the_memory_store() {
     let t0 = 1_700_000_400; // a 5m and 1h boundary
     let minutes: Vec<Candle> = (0..90).map(|i| candle(t0 + i * 60, 100.0 + i as f64)).collect();
     let gap = GapRecord { series_id: base.into(), from: t0 - 600, to: t0 - 60, reason: "HTTP 500".into(), attempts: 2, updated_at: 9 };
-    let write = |batches: Vec<SeriesBatch>, keep: Vec<usize>, ledger: Vec<LedgerChange>| StoreWrite { batches, keep_existing: keep, ledger, prune: None };
+    let write = |batches: Vec<SeriesBatch>, keep: Vec<usize>, ledger: Vec<LedgerChange>| StoreWrite { batches, keep_existing: keep, ledger, prune: None, ext: vec![] };
     let job = StoreQuery::JobStart { series_id: base.into(), derived: vec![d5.into(), d1h.into()] };
     let effects: Vec<Output> = vec![
         StoreQuery::Bounds { series_id: base.into() }.into_effect(1),

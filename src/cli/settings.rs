@@ -72,6 +72,11 @@ pub struct Settings {
     /// so journals recorded without retention are unchanged).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub retention: String,
+    /// Keep and store the whole kline (quote volume, trades, taker-buy
+    /// volumes). `klinegate run` turns it on by default; a journal without
+    /// the key replays with it off, as recorded before it existed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub full_klines: bool,
 }
 
 impl Default for Settings {
@@ -114,6 +119,7 @@ impl Default for Settings {
             rest_weight_budget_spot: 3000,
             rest_weight_budget_futures: 1200,
             retention: String::new(),
+            full_klines: false,
         }
     }
 }
@@ -253,6 +259,7 @@ impl Settings {
                 keep: crate::engine::retention::parse_retention(&self.retention).map_err(|e| bad("retention", e))?,
                 ..Default::default()
             },
+            full_klines: self.full_klines,
         })
     }
 }

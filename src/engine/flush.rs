@@ -222,6 +222,7 @@ impl Engine {
                 write.batches.push(SeriesBatch { series_id: entry.id.as_str().to_string(), candles: candles.clone() });
             }
         }
+        self.attach_kline_ext(&mut write);
         write
     }
 

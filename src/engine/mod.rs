@@ -39,6 +39,7 @@ mod fasthash;
 mod flush;
 mod io;
 mod jobs;
+mod kline_ext;
 mod native;
 pub mod reload;
 pub mod retention;
@@ -83,6 +84,9 @@ pub struct EngineConfig {
     pub rest: rest::RestConfig,
     /// `--retention`: old candles pruned in batches (`retention.rs`).
     pub retention: retention::RetentionConfig,
+    /// Keep the whole kline (quote volume, trades, taker-buy volumes) of
+    /// closes and store it with them (`kline_ext.rs`).
+    pub full_klines: bool,
 }
 
 /// Timers the engine schedules on its wheel.
@@ -196,6 +200,8 @@ pub struct Engine {
     emit_scratch: Vec<usize>,
     /// Retention passes and their figures (`retention.rs`).
     retention: retention::Retention,
+    /// The whole kline of recent closes and derived buckets (`kline_ext.rs`).
+    kline_ext: kline_ext::ExtTable,
     shut_down: bool,
     /// The shutdown's client closes went out (see `settle_shutdown`).
     shutdown_done: bool,
@@ -232,6 +238,7 @@ impl Engine {
             scratch: Vec::new(),
             emit_scratch: Vec::new(),
             retention: retention::Retention::default(),
+            kline_ext: kline_ext::ExtTable::default(),
             shut_down: false,
             shutdown_done: false,
             cfg,

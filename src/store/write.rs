@@ -35,6 +35,17 @@ pub struct StoreWrite {
     /// write, in the same transaction where the store has one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prune: Option<Prune>,
+    /// The whole kline's extra fields of candles in `batches` (#15 §4),
+    /// written with them; a store without the columns ignores them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ext: Vec<ExtRows>,
+}
+
+/// The extra fields of some candles of one series, by open time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExtRows {
+    pub series_id: String,
+    pub rows: Vec<(i64, crate::kline_ext::KlineExt)>,
 }
 
 /// One retention batch: at most `limit` candles of the series of
@@ -121,6 +132,11 @@ impl StoreWrite {
                 return PersistOutcome::Failed(e.to_string());
             }
         }
+        if !self.ext.is_empty() {
+            if let Err(e) = store.write_ext(&self.ext) {
+                return PersistOutcome::Failed(e.to_string());
+            }
+        }
         for change in &self.ledger {
             let result = match change {
                 LedgerChange::Put(gap) => store.put_gap(gap),
@@ -167,6 +183,7 @@ mod tests {
             keep_existing: vec![1],
             ledger: vec![],
             prune: None,
+            ext: vec![],
         };
         let out = second.run(&mut store);
         assert_eq!(out, PersistOutcome::Stored { kept: vec![KeptRows { batch: 1, times: vec![300] }], pruned: 0 });

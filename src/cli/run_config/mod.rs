@@ -236,6 +236,7 @@ fn build(l: &mut Layers<'_>, known: &[String]) -> Result<RunConfig, RunConfigErr
         heal_gate_ms: l.value("heal_gate_ms", parse_u64)?,
         rest_weight_budget_spot: l.value("rest_weight_budget_spot", parse_u32)?,
         rest_weight_budget_futures: l.value("rest_weight_budget_futures", parse_u32)?,
+        full_klines: l.value("full_klines", parse_bool)?,
         retention: l.value("retention", |s| {
             crate::engine::retention::parse_retention(s).map(|_| s.trim().to_string())
         })?,
