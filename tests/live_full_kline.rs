@@ -7,6 +7,10 @@
 mod support;
 #[path = "support/fake_exchange.rs"]
 mod fake_exchange;
+#[path = "support/netservers.rs"]
+mod netservers;
+#[path = "support/pg_host_store.rs"]
+mod pg_host_store;
 
 use fake_exchange::{FakeExchange, FakeOptions};
 use serde_json::{json, Value};
@@ -19,9 +23,22 @@ const SEC: Duration = Duration::from_secs(1);
 
 #[test]
 fn closes_keep_the_whole_kline_in_the_store_and_fields_full_serves_it() {
+    serves_the_whole_kline(&[]);
+}
+
+#[test]
+fn on_postgres_too() {
+    let Some(store) = pg_host_store::PgHostStore::open("live_full_kline_on_postgres") else { return };
+    let url = store.url();
+    serves_the_whole_kline(&["--store-url", &url]);
+}
+
+fn serves_the_whole_kline(store_args: &[&str]) {
     let ex = FakeExchange::start(FakeOptions::spot());
     let ws = ex.ws_url();
-    let mut live = Live::start(&["--spot-ws-url", &ws, "--futures-ws-url", &ws, "--pin", S1, "--derived", "", "--heal", "false"]);
+    let mut args = vec!["--spot-ws-url", &ws, "--futures-ws-url", &ws, "--pin", S1, "--derived", "", "--heal", "false"];
+    args.extend_from_slice(store_args);
+    let mut live = Live::start(&args);
     assert!(ex.wait_for_subscriptions(&[STREAM], 10 * SEC));
     assert!(live.wait_log("job_started", 10 * SEC).is_some());
     let t0 = support::live::now_minute_ms() - 10 * 60_000;

@@ -259,6 +259,23 @@ fn prune_deletes_old_rows_of_the_timeframe_in_batches<S: Store>(mut s: S) {
     assert_eq!(s.first_time(five).unwrap(), Some(1500));
 }
 
+/// The whole kline (#15 §4): fields written for stored rows only, read back
+/// by range, kept by a candle upsert, gone with the row.
+fn whole_kline_fields_round_trip<S: Store>(mut s: S) {
+    use klinegate::kline_ext::KlineExt;
+    use klinegate::store::ExtRows;
+    let e = |i: u64| KlineExt { quote_volume: i as f64 * 1.5, trades: i, taker_buy_base_volume: 0.25, taker_buy_quote_volume: 0.5 };
+    seed_ten(&mut s);
+    s.write_ext(&[ExtRows { series_id: SID.into(), rows: vec![(60, e(1)), (120, e(2)), (9_999, e(3))] }]).unwrap();
+    assert_eq!(s.read_ext(SID, 0, 1_000_000).unwrap(), vec![(60, e(1)), (120, e(2))], "only stored rows");
+    assert_eq!(s.read_ext(SID, 100, 200).unwrap(), vec![(120, e(2))], "inclusive range");
+    s.write_batches(&[batch(SID, vec![candle(120, 99.0)])]).unwrap();
+    assert_eq!(s.read_ext(SID, 120, 120).unwrap(), vec![(120, e(2))], "a candle upsert keeps them");
+    assert!(s.read_ext("other:spot:X/Y:1m", 0, 1_000_000).unwrap().is_empty());
+    assert_eq!(s.prune_before("1m", 100, 10).unwrap(), 1);
+    assert_eq!(s.read_ext(SID, 0, 1_000_000).unwrap(), vec![(120, e(2))], "gone with the row");
+}
+
 macro_rules! conformance {
     ($($check:ident),* $(,)?) => {
         mod memory {
@@ -308,6 +325,7 @@ conformance!(
     values_round_trip_exactly,
     non_finite_values_are_refused_and_nothing_is_written,
     prune_deletes_old_rows_of_the_timeframe_in_batches,
+    whole_kline_fields_round_trip,
 );
 
 // ------------------------------------------------------------ SQLite only

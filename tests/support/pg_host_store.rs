@@ -56,6 +56,12 @@ impl Store for PgHostStore {
     fn prune_before(&mut self, tf: &str, before: i64, limit: usize) -> StoreResult<u64> {
         self.runner.prune_before(tf, before, limit)
     }
+    fn write_ext(&mut self, rows: &[klinegate::store::ExtRows]) -> StoreResult<()> {
+        self.runner.write_ext(rows)
+    }
+    fn read_ext(&self, s: &str, a: i64, b: i64) -> StoreResult<Vec<(i64, klinegate::kline_ext::KlineExt)>> {
+        self.runner.read_ext(s, a, b)
+    }
     fn write_batches(&mut self, b: &[SeriesBatch]) -> StoreResult<()> {
         self.runner.write_batches(b)
     }

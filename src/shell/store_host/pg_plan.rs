@@ -34,7 +34,8 @@ pub enum Step {
     /// insert-if-absent statement (in order, after it), its batch index and
     /// the times it carried; `ledger` statements follow, then the retention
     /// `prune` when there is one (it returns one row per candle deleted).
-    Write { op: StoreOp, upsert: bool, keep: Vec<(usize, Vec<i64>)>, ledger: usize, prune: bool },
+    /// `ext`: the whole kline's fields follow the insert-if-absent statements.
+    Write { op: StoreOp, upsert: bool, keep: Vec<(usize, Vec<i64>)>, ext: bool, ledger: usize, prune: bool },
 }
 
 impl Step {
@@ -48,8 +49,8 @@ impl Step {
     /// For a write: how many statements (result sets) its request carries.
     pub fn write_statements(&self) -> Option<usize> {
         match self {
-            Step::Write { upsert, keep, ledger, prune, .. } => {
-                Some(usize::from(*upsert) + keep.len() + ledger + usize::from(*prune))
+            Step::Write { upsert, keep, ext, ledger, prune, .. } => {
+                Some(usize::from(*upsert) + keep.len() + usize::from(*ext) + ledger + usize::from(*prune))
             }
             _ => None,
         }
@@ -125,6 +126,13 @@ fn persist(s: &Schema, op: StoreOp, write: &StoreWrite) -> Next {
             Err(e) => return write_failed(op, &e),
         }
     }
+    let ext = match ops::write_ext(s, &write.ext) {
+        Some(stmt) => {
+            reqs.push(Request::Extended(vec![stmt]));
+            true
+        }
+        None => false,
+    };
     for change in &write.ledger {
         reqs.push(match change {
             LedgerChange::Put(gap) => ops::put_gap(s, gap),
@@ -137,7 +145,7 @@ fn persist(s: &Schema, op: StoreOp, write: &StoreWrite) -> Next {
     if reqs.is_empty() {
         return Next::Answer(Input::Persisted { op, result: PersistOutcome::Stored { kept: vec![], pruned: 0 } });
     }
-    let step = Step::Write { op, upsert, keep, ledger: write.ledger.len(), prune: write.prune.is_some() };
+    let step = Step::Write { op, upsert, keep, ext, ledger: write.ledger.len(), prune: write.prune.is_some() };
     Next::Send(ops::together(reqs), step)
 }
 
@@ -170,7 +178,9 @@ pub fn next(s: &Schema, step: Step, answer: Answer) -> Next {
             }
             Err(e) => read_failed(op, &e),
         },
-        Step::Write { op, upsert, keep, ledger, prune } => written(op, upsert, keep, ledger, prune, answer),
+        Step::Write { op, upsert, keep, ext, ledger, prune } => {
+            written(op, upsert, keep, usize::from(ext) + ledger, prune, answer)
+        }
     }
 }
 

@@ -223,6 +223,15 @@ impl Store for PgRunner {
             _ => Err(kind("gaps")),
         }
     }
+    fn write_ext(&mut self, rows: &[crate::store::ExtRows]) -> StoreResult<()> {
+        self.persist(StoreWrite { ext: rows.to_vec(), ..StoreWrite::default() }, "write_ext")
+    }
+    fn read_ext(&self, s: &str, a: i64, b: i64) -> StoreResult<Vec<(i64, crate::kline_ext::KlineExt)>> {
+        match self.call(Call::ReadExt(s.into(), a, b), "read_ext")? {
+            Value::Ext(e) => Ok(e),
+            _ => Err(kind("read_ext")),
+        }
+    }
     fn prune_before(&mut self, timeframe: &str, before: i64, limit: usize) -> StoreResult<u64> {
         let prune = Some(crate::store::Prune { timeframe: timeframe.to_string(), before, limit });
         self.persist_counted(StoreWrite { prune, ..StoreWrite::default() }, "prune")
