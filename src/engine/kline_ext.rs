@@ -16,9 +16,12 @@ use crate::kline_ext::KlineExt;
 use crate::store::{ExtRows, StoreWrite};
 use std::collections::BTreeMap;
 
-/// Closed base candles whose fields are kept per series (for their flush;
-/// a store backlog longer than this writes the oldest without them).
-const BASE_KEEP: usize = 512;
+/// Closed base candles whose fields are kept per series, until their flush
+/// (normally within `--flush-ms`); a store backlog longer than this many
+/// closes writes the oldest without them. Bounded: this many per series the
+/// engine has seen (the series table's own bound), plus two running sums per
+/// derived timeframe.
+const BASE_KEEP: usize = 64;
 
 /// One derived bucket's running sum.
 #[derive(Clone, Copy, Debug, PartialEq)]
