@@ -87,6 +87,13 @@ impl Engine {
                 let n = count(&base);
                 counts.insert(base, n);
             }
+            // Subscribes still waiting for their store read will hold the job too
+            // (they never add a reference to a pinned series when they complete).
+            for (_, p) in self.store_ops.pending_subs().filter(|(_, p)| p.counted) {
+                if let Some(n) = counts.get_mut(&sup.normalize(&p.id)) {
+                    *n += 1;
+                }
+            }
             counts
         };
         let lookup = |base: &SeriesId| holders.get(base).copied().unwrap_or(0);
