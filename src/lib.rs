@@ -11,8 +11,9 @@
 //! - [`engine`]: the sans-IO core. `handle(input, now)`, `handle_timeout(now)`,
 //!   `poll_output()`, `poll_timeout()`. Never reads a clock, a socket, the
 //!   environment or randomness.
-//! - [`store`]: the candle store trait, SQLite and in-memory implementations;
-//!   the PostgreSQL connection, schema and operations (not wired in yet).
+//! - [`store`]: the candle store the shell owns: SQLite, in-memory, and
+//!   PostgreSQL (its sans-IO connection, schema and operations).
+//! - [`sans_io`]: the contract of a protocol machine the shell's socket driver steps.
 //! - [`bus`]: the Redis connection, Streams and leader lease between nodes
 //!   (not wired in yet).
 //! - [`replay`]: record/replay journals, capture conversion, the journal generator.
@@ -26,6 +27,7 @@ pub mod model;
 pub mod kline_ext;
 pub mod rng;
 pub mod timer;
+pub mod sans_io;
 pub mod wire;
 pub mod engine;
 pub mod store;

@@ -13,10 +13,9 @@
 //! what is oldest and already accepted; newer holes are healed from the
 //! exchange's REST history once the store is back).
 
-use super::series::SeriesIdx;
+use super::series::FlushSet;
 use super::store_ops::WriteFor;
 use super::{Engine, LogLevel};
-use crate::model::Candle;
 use crate::store::{KeptRows, PersistOutcome, SeriesBatch, StoreWrite};
 use crate::time::{Duration, Timestamp};
 use std::collections::VecDeque;
@@ -26,9 +25,6 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 /// One write carries at most this many candles (more flushes go in the next):
 /// the shell's store slice per loop turn stays small.
 pub const MAX_WRITE_CANDLES: usize = 5_000;
-
-/// Per-series candles of one flush, in publish order (sorted by series id).
-pub type FlushSet = Vec<(SeriesIdx, Vec<Candle>)>;
 
 #[derive(Debug, PartialEq)]
 enum State {
@@ -309,6 +305,7 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::series::SeriesIdx;
     use crate::model::Candle;
 
     fn set(t: i64) -> FlushSet {

@@ -27,8 +27,9 @@
 use super::catchup::{CatchUp, PageCtx, Step};
 use super::rate::MessageRate;
 use super::series::{SeriesIdx, SeriesTable};
-use super::{Counters, LogLevel, Output, StoreOp};
-use crate::model::{Candle, Timeframe};
+use super::window::ClosedWindow;
+use super::{Counters, Frame, LogLevel, Output, StoreOp};
+use crate::model::Candle;
 use crate::store::StoreReadResult;
 use crate::wire::client as wire;
 use super::fasthash::FastMap;
@@ -39,8 +40,6 @@ pub const SLOW_CONSUMER_CLOSE: (u16, &str) =
     (1008, "slow_consumer: backlog limit exceeded; reconnect and resubscribe with since");
 /// Close code and reason on shutdown (as the reference).
 pub const SHUTDOWN_CLOSE: (u16, &str) = (1001, "server_shutdown");
-
-pub type Frame = bytes::Bytes;
 
 #[derive(Clone, Debug)]
 pub struct HubConfig {
@@ -311,7 +310,7 @@ impl Hub {
     }
 
     /// Subscribes (or re-subscribes) a client and starts its catch-up
-    /// (§2.4-2.6), read from the store a page at a time as the client drains.
+    /// (`docs/ws-market.asyncapi.json`: `since`, batch frames), read from the store a page at a time as the client drains.
     /// With `hold`, the catch-up waits (and live frames are not sent) until
     /// [`Hub::release_held`]: the engine is healing history the client asked for.
     #[allow(clippy::too_many_arguments)]
@@ -512,7 +511,8 @@ impl Hub {
     }
 
     /// Fans closed candles (ascending, unique times) out to every subscriber,
-    /// with per-subscriber cursor filtering and gap notices (§3.2).
+    /// with per-subscriber cursor filtering and gap notices (`gap` in
+    /// `docs/ws-market.asyncapi.json`).
     pub fn publish_closed(
         &mut self,
         idx: SeriesIdx,
@@ -663,7 +663,7 @@ impl Hub {
     }
 }
 
-/// `since` clamped to the series' closed window (§2.5).
+/// `since` clamped to the series' closed window ([`ClosedWindow`]).
 fn effective_since(since: Option<i64>, now_s: i64, series: &SeriesTable, idx: SeriesIdx) -> Option<i64> {
     let entry = series.get(idx);
     let window = ClosedWindow::new(now_s, entry.id.timeframe(), entry.last_closed);
@@ -679,46 +679,3 @@ fn gap_frame(name: &str, tf: i64, cursor: Option<i64>, next: i64) -> Option<Fram
     })
 }
 
-/// The "latest closed" window of §2.5, computed from engine time and extended
-/// by the newest closed candle the exchange confirmed (so a lagging local clock
-/// never hides a candle the exchange already closed).
-#[derive(Clone, Copy, Debug)]
-pub struct ClosedWindow {
-    latest: i64,
-    tf: i64,
-}
-
-impl ClosedWindow {
-    pub fn new(now_s: i64, tf: Timeframe, known_closed: Option<i64>) -> Self {
-        let by_clock = tf.expected_latest_closed(now_s);
-        ClosedWindow { latest: known_closed.map_or(by_clock, |k| k.max(by_clock)), tf: tf.seconds() }
-    }
-
-    pub fn latest(&self) -> i64 {
-        self.latest
-    }
-
-    fn plausible(&self, t: i64) -> bool {
-        t <= self.latest.saturating_add(2 * self.tf)
-    }
-
-    /// A plausible future cursor is clamped down to the latest closed candle;
-    /// an implausibly far one is kept (nothing is sent until candles pass it).
-    pub fn clamp(&self, since: i64) -> i64 {
-        if self.plausible(since) {
-            since.min(self.latest)
-        } else {
-            since
-        }
-    }
-
-    /// Hides candles that are not closed yet ("ahead" rows).
-    pub fn filter_ahead(&self, mut candles: Vec<Candle>) -> Vec<Candle> {
-        if let Some(last) = candles.last() {
-            if self.plausible(last.candle_time) {
-                candles.retain(|c| c.candle_time <= self.latest);
-            }
-        }
-        candles
-    }
-}

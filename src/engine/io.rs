@@ -7,6 +7,9 @@ use crate::store::{PersistOutcome, StoreQuery, StoreReadResult, StoreWrite};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// One client frame, serialized once and shared by every client it goes to.
+pub type Frame = bytes::Bytes;
+
 /// One event from outside. Time is not part of it: it comes with the call.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

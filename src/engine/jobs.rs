@@ -250,7 +250,7 @@ impl Engine {
 
     /// Takes a job's buffer for a flush: dedupe, fold into derived timeframes;
     /// empty while a heal gates it (then a flush timer is armed for the gate).
-    fn collect_flush(&mut self, job_idx: SeriesIdx) -> super::flush::FlushSet {
+    fn collect_flush(&mut self, job_idx: SeriesIdx) -> super::series::FlushSet {
         let now = self.now;
         let Some(job) = self.jobs.get_mut(&job_idx) else { return Vec::new() };
         if let Some(t) = job.flush_timer.take() {

@@ -45,8 +45,10 @@ pub mod reload;
 pub mod retention;
 mod store_ops;
 mod unlisted;
+mod window;
 
-pub use io::{Counters, Input, LogLevel, Output, StoreOp};
+pub use io::{Counters, Frame, Input, LogLevel, Output, StoreOp};
+pub use window::ClosedWindow;
 
 use crate::model::{Candle, Market, SeriesId};
 use crate::wire::client::{self as wire, ClientRequest, RequestError};
@@ -55,7 +57,7 @@ use crate::time::{Duration, Timestamp};
 use crate::timer::TimerWheel;
 use flush::WriteQueue;
 use store_ops::{PendingSub, ReadFor, StoreOps, WriteFor};
-use hub::{Frame, Hub, HubConfig, SubscribeError};
+use hub::{Hub, HubConfig, SubscribeError};
 use ingest::Job;
 use series::{SeriesIdx, SeriesTable};
 use std::collections::VecDeque;
@@ -760,7 +762,7 @@ impl Engine {
 
     // ------------------------------------------------------- debug snapshots
 
-    /// `GET /api/market/debug/ingest_state`: the supervisor snapshot (§4.11)
+    /// `GET /api/market/debug/ingest_state`: the supervisor snapshot (the reference's shape)
     /// plus the upstream pool and engine counters.
     pub fn ingest_state(&self) -> serde_json::Value {
         let mut v = self.supervisor.snapshot(self.now);
@@ -823,9 +825,9 @@ impl Engine {
     /// The window of closed candles a reader of `id` may see now (rows
     /// "ahead" of it are hidden; `since` is clamped to it). The shell reads
     /// the store for `GET /api/market/candles` within it.
-    pub fn closed_window(&self, id: &SeriesId) -> hub::ClosedWindow {
+    pub fn closed_window(&self, id: &SeriesId) -> ClosedWindow {
         let known = self.series.lookup(id.as_str()).and_then(|i| self.series.get(i).last_closed);
-        hub::ClosedWindow::new(self.now.as_secs(), id.timeframe(), known)
+        ClosedWindow::new(self.now.as_secs(), id.timeframe(), known)
     }
 
     /// The configured whitelist (pins), as given.

@@ -62,7 +62,7 @@ pub(super) enum WriteFor {
     /// Entries of the write queue (`flush.rs`), by sequence number.
     Flush(Vec<u64>),
     /// A tool's HTTP ingest: publish once stored, then answer `request`.
-    Ingest { request: u64, set: super::flush::FlushSet },
+    Ingest { request: u64, set: super::series::FlushSet },
     /// A write nothing waits for: its failure is counted, never retried.
     Quiet(Quiet),
     /// A retention batch of the rule at this index (`retention.rs`).

@@ -185,7 +185,7 @@ pub struct Replayer<W: Write> {
     recorded_takes: bool,
     recorded_store: bool,
     out: W,
-    frames: Vec<crate::engine::hub::Frame>,
+    frames: Vec<crate::engine::Frame>,
     line: Vec<u8>,
     pub stats: ReplayStats,
 }

@@ -19,3 +19,4 @@ pub mod kline_health;
 pub mod markets;
 pub mod metrics;
 pub mod routes;
+pub mod stats;

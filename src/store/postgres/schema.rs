@@ -11,7 +11,7 @@
 //! does (`{schema}.candles`), after [`check_schema_name`] — the same rule
 //! the reference applies — so the same name reaches the same schema.
 //!
-//! Deliberate differences from the reference bootstrap (§6.2):
+//! Deliberate differences from the reference's bootstrap:
 //! - `CREATE EXTENSION timescaledb` only when the server offers it (the
 //!   reference fails without it); then `create_hypertable` with an explicit
 //!   30-day `chunk_time_interval`, which TimescaleDB requires for an integer
