@@ -3,7 +3,8 @@
 //!
 //! Map of the crate:
 //! - [`time`], [`model`]: timestamps, series ids, timeframes, candles;
-//!   [`calendar`]: unix seconds <-> RFC 3339 text.
+//!   [`calendar`]: unix seconds <-> RFC 3339 text; [`kline_ext`]: the whole
+//!   kline's extra fields (quote volume, trades, taker-buy volumes).
 //! - [`timer`]: the hierarchical timer wheel the core schedules with.
 //! - [`wire`]: every pure codec — Binance kline frames and control messages,
 //!   the client `/ws/market` protocol, HTTP/1.1 heads, DNS messages.
@@ -23,6 +24,7 @@
 pub mod time;
 pub mod calendar;
 pub mod model;
+pub mod kline_ext;
 pub mod rng;
 pub mod timer;
 pub mod sans_io;

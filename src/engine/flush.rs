@@ -218,6 +218,7 @@ impl Engine {
                 write.batches.push(SeriesBatch { series_id: entry.id.as_str().to_string(), candles: candles.clone() });
             }
         }
+        self.attach_kline_ext(&mut write);
         write
     }
 
@@ -253,7 +254,7 @@ impl Engine {
 
     pub(super) fn on_flush_persisted(&mut self, _op: super::StoreOp, seqs: Vec<u64>, result: PersistOutcome) {
         match result {
-            PersistOutcome::Stored { kept } => {
+            PersistOutcome::Stored { kept, .. } => {
                 if self.writes.stored(&seqs, kept) {
                     let left = self.writes.backlog_candles();
                     self.log(LogLevel::Info, format!("store_recovered backlog_candles={left}"));

@@ -223,6 +223,12 @@ impl Hub {
         Hub { cfg, ops, ..Hub::default() }
     }
 
+    /// New limits (`SIGHUP`), for every later decision; a connected client
+    /// keeps the message rate it started with.
+    pub fn set_config(&mut self, cfg: HubConfig) {
+        self.cfg = cfg;
+    }
+
     pub fn client_count(&self) -> usize {
         self.by_id.len()
     }

@@ -38,6 +38,9 @@ pub enum Input {
     IngestForming { series_id: String, candle: Candle },
     /// SIGINT/SIGTERM: flush everything, close clients with 1001.
     Shutdown,
+    /// SIGHUP: the whitelist and limits re-read from the configuration
+    /// (`engine::reload`; the shell refuses a bad file before this).
+    Reload { settings: super::reload::Reloadable },
     /// A reader asked for a series (`GET /api/market/candles`): start its job
     /// if it has none, so its history is filled (debounced: a no-op while the
     /// job exists; the job is reaped after the idle TTL like any other).

@@ -76,6 +76,7 @@ impl Engine {
         }
         let candle = event.candle;
         if event.is_final {
+            self.note_kline_ext(job_idx, candle.candle_time, event.ext);
             self.on_closed(job_idx, candle);
         } else {
             self.on_forming(job_idx, candle);

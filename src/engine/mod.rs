@@ -39,7 +39,10 @@ pub mod fasthash;
 mod flush;
 mod io;
 mod jobs;
+mod kline_ext;
 mod native;
+pub mod reload;
+pub mod retention;
 mod store_ops;
 mod unlisted;
 mod window;
@@ -81,6 +84,11 @@ pub struct EngineConfig {
     pub rng_seed: u64,
     pub heal: heal::HealConfig,
     pub rest: rest::RestConfig,
+    /// `--retention`: old candles pruned in batches (`retention.rs`).
+    pub retention: retention::RetentionConfig,
+    /// Keep the whole kline (quote volume, trades, taker-buy volumes) of
+    /// closes and store it with them (`kline_ext.rs`).
+    pub full_klines: bool,
 }
 
 /// Timers the engine schedules on its wheel.
@@ -192,6 +200,10 @@ pub struct Engine {
     scratch: Vec<(usize, Candle)>,
     /// Throttles that emit for the current forming update (reused).
     emit_scratch: Vec<usize>,
+    /// Retention passes and their figures (`retention.rs`).
+    retention: retention::Retention,
+    /// The whole kline of recent closes and derived buckets (`kline_ext.rs`).
+    kline_ext: kline_ext::ExtTable,
     shut_down: bool,
     /// The shutdown's client closes went out (see `settle_shutdown`).
     shutdown_done: bool,
@@ -227,6 +239,8 @@ impl Engine {
             fired: Vec::new(),
             scratch: Vec::new(),
             emit_scratch: Vec::new(),
+            retention: retention::Retention::default(),
+            kline_ext: kline_ext::ExtTable::default(),
             shut_down: false,
             shutdown_done: false,
             cfg,
@@ -258,6 +272,7 @@ impl Engine {
             Input::Start => {
                 self.supervisor.start_whitelist(self.now, &mut self.effects);
                 self.apply_effects();
+                self.retention_arm();
                 Ok(())
             }
             Input::ClientConnected { client } => {
@@ -309,6 +324,10 @@ impl Engine {
             Input::TouchSeries { series_id } => self.touch_series(&series_id),
             Input::Shutdown => {
                 self.shutdown();
+                Ok(())
+            }
+            Input::Reload { settings } => {
+                self.reload(settings);
                 Ok(())
             }
             Input::RestResponse { id, status, body, retry_after_s, used_weight } => {
@@ -404,6 +423,7 @@ impl Engine {
         if self.heal_retry_at.is_some_and(|t| t <= now) {
             self.retry_heals();
         }
+        self.retention_timeout();
         self.pump_rest();
     }
 
@@ -416,6 +436,7 @@ impl Engine {
             self.writes.retry_at(),
             self.heal_retry_at,
             self.rest.next_deadline(),
+            self.retention.next_deadline(),
         ]
         .into_iter()
         .flatten()

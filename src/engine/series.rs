@@ -64,6 +64,11 @@ impl SeriesTable {
         self.entries.len()
     }
 
+    /// Every series seen, in interning order.
+    pub fn entries(&self) -> impl Iterator<Item = &SeriesEntry> {
+        self.entries.iter()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

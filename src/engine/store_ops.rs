@@ -65,6 +65,8 @@ pub(super) enum WriteFor {
     Ingest { request: u64, set: super::series::FlushSet },
     /// A write nothing waits for: its failure is counted, never retried.
     Quiet(Quiet),
+    /// A retention batch of the rule at this index (`retention.rs`).
+    Prune(usize),
 }
 
 /// The writes nothing waits for.
@@ -185,6 +187,7 @@ impl Engine {
                 };
                 self.outputs.push_back(Output::IngestDone { request, error });
             }
+            WriteFor::Prune(rule) => self.on_pruned(rule, result),
             WriteFor::Quiet(what) => match result {
                 PersistOutcome::Stored { .. } => {
                     if what == Quiet::LateClose {

@@ -96,6 +96,7 @@ pub fn engine_activity(m: &mut Exposition, engine: &Engine) {
         m.sample("rest_weight_budget", &[("market", market.as_str())], f64::from(budget));
     }
     pinned_lag(m, engine);
+    retention(m, engine);
     m.counter("rest_rows_skipped_total", "Exchange REST kline rows skipped as malformed.", c.rest_rows_skipped);
     m.counter("heals_started_total", "History heals started (first visit, restart, reconnect, late close, catch-up).", c.heals_started);
     m.counter("heals_done_total", "History heals that ended with every page fetched.", c.heals_succeeded);
@@ -108,6 +109,17 @@ pub fn engine_activity(m: &mut Exposition, engine: &Engine) {
         "Exchange event time of a kline frame to the first client frame it caused being queued.",
         &c.exchange_to_queue,
     );
+}
+
+/// `--retention`'s figures: candles pruned, batches, failures, and when the
+/// last pass ended (0 before the first).
+fn retention(m: &mut Exposition, engine: &Engine) {
+    let f = engine.retention_figures();
+    m.counter("retention_pruned_candles_total", "Candles deleted by --retention (old candles of a timeframe with a limit).", f.pruned_candles);
+    m.counter("retention_prune_batches_total", "Retention batches carried out (each deletes at most a few hundred candles).", f.batches);
+    m.counter("retention_prune_failures_total", "Retention batches the store failed (the pass is retried after the interval).", f.failures);
+    let last = f.last_pass_at.map_or(0.0, |t| t.as_secs_f64());
+    m.gauge("retention_last_prune_timestamp_seconds", "Unix time the last retention pass ended (0: none yet).", last);
 }
 
 /// `klinegate_pinned_series_lag_seconds{series_id}` (and each pinned

@@ -311,6 +311,7 @@ fn candles(req: &Request, engine: &Engine, store: &dyn Store, cfg: &HttpConfig) 
         return Response::error(404, &detail);
     }
     match read_candles(engine, store, &query.series_id, query.since, query.limit) {
+        Ok(reply) if query.full => super::full_candles::respond(reply, store),
         Ok(reply) => ingest::serialized(200, &reply),
         Err(e) => Response::error(500, &format!("store_read_failed: {e}")),
     }
@@ -320,6 +321,8 @@ struct CandlesQuery {
     series_id: String,
     since: Option<i64>,
     limit: usize,
+    /// `fields=full` (`full_candles`).
+    full: bool,
 }
 
 impl CandlesQuery {
@@ -344,7 +347,8 @@ impl CandlesQuery {
                 _ => return Err(format!("limit must be an integer from 1 to {max} (got {s:?})")),
             },
         };
-        Ok(CandlesQuery { series_id: series_id.to_string(), since, limit })
+        let full = super::full_candles::wants_full(req)?;
+        Ok(CandlesQuery { series_id: series_id.to_string(), since, limit, full })
     }
 }
 

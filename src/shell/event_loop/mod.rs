@@ -24,6 +24,7 @@
 mod clients;
 mod directory;
 mod housekeeping;
+mod reload;
 mod shutdown;
 mod startup;
 mod store_reads;
@@ -62,6 +63,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
+/// The SIGHUP pipe (`reload`).
+const RELOAD: Token = Token(usize::MAX - 24);
 /// The resolver's UDP sockets (IPv4, IPv6).
 const DNS: [Token; 2] = [Token(usize::MAX - 8), Token(usize::MAX - 9)];
 /// Messages read from one client per readiness event.
@@ -117,6 +120,8 @@ pub struct Server {
     poll: Poll,
     listener: Option<TcpListener>,
     signals: UnixStream,
+    /// SIGHUP: reload the configuration (`reload`).
+    reload_pipe: UnixStream,
     conns: Slab<Conn>,
     engine: Engine,
     /// The store, and the core's store effects waiting to be carried out.
@@ -191,6 +196,7 @@ impl Server {
             .register(&mut listener, LISTENER, Interest::READABLE)
             .map_err(|e| format!("cannot register the listener: {e}"))?;
         let signals = install_signal_pipe(&poll)?;
+        let reload_pipe = reload::install_reload_pipe(&poll)?;
         let mut clock = Clock::new();
         let (now, mono) = clock.now();
         let journal = match &cfg.record {
@@ -247,6 +253,7 @@ impl Server {
             poll,
             listener: Some(listener),
             signals,
+            reload_pipe,
             conns: Slab::with_capacity(1024),
             engine,
             store,
@@ -334,6 +341,7 @@ impl Server {
                             return 130;
                         }
                     }
+                    RELOAD => self.on_reload_signal(),
                     token if self.store_owns(token) => self.on_store_event(event.is_readable() || event.is_read_closed(), event.is_writable()),
                     token if self.resolver.owns(token) => {
                         self.resolver.on_readable(token, self.poll.registry(), self.mono)
