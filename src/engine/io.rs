@@ -58,6 +58,21 @@ pub enum Input {
     StoreRead { op: StoreOp, result: StoreReadResult },
     /// The answer to a `Persist` (journaled, so a replay needs no database).
     Persisted { op: StoreOp, result: PersistOutcome },
+    /// Read role: closed candles the ingest leader stored, from the bus
+    /// stream entry `entry` (its id, the bus sequence number). Published to
+    /// subscribers without persisting; candles at or before the newest one
+    /// already delivered for the series are dropped.
+    BusClosed { series_id: String, candles: Vec<Candle>, entry: String },
+    /// Read role: a forming update from the bus (at most once).
+    BusForming { series_id: String, candle: Candle },
+    /// Read role: the bus may have lost entries for this node (the stream
+    /// was trimmed past the last entry read, a new leader took over, the
+    /// leader dropped entries at its bound): every live subscription reads
+    /// what it missed from the store, after its cursor.
+    BusResync { reason: String },
+    /// Ingest role: this node holds the leader lease (`fence`): start the
+    /// pinned jobs and accept on-demand ones. Until then it is a standby.
+    BusLeader { fence: u64 },
 }
 
 /// Names one store effect (`ReadStore`, `Persist`) and its answer.
@@ -106,6 +121,11 @@ pub enum Output {
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// Ingest role: append these closes (already stored, published here in
+    /// the same order) to the bus's closed-candle stream.
+    BusPublish { series_id: String, candles: Vec<Candle> },
+    /// Ingest role: a forming update for read nodes (at most once).
+    BusForming { series_id: String, candle: Candle },
 }
 
 /// Monotonic counters, in items (never time), for metrics and tests.
@@ -159,6 +179,13 @@ pub struct Counters {
     pub unknown_symbol_rejects: u64,
     /// Jobs ended because their symbol turned out not to be listed (`-1121` or the list).
     pub jobs_ended_unlisted: u64,
+    /// Closed candles handed to the bus (ingest) / taken from it and
+    /// published (read), and bus candles dropped as already delivered.
+    pub bus_closed_out: u64,
+    pub bus_closed_in: u64,
+    pub bus_closed_dropped: u64,
+    pub bus_forming_out: u64,
+    pub bus_resyncs: u64,
 }
 
 impl Counters {

@@ -19,6 +19,7 @@
 //! and every write leave as `Output::ReadStore`/`Output::Persist` and come
 //! back as `Input::StoreRead`/`Input::Persisted` (`store_ops.rs`).
 
+mod bus;
 mod catchup;
 pub mod derived;
 pub mod guardrail;
@@ -200,9 +201,12 @@ impl Engine {
         let mut rng = Rng::new(cfg.rng_seed);
         let pool = UpstreamPool::new(cfg.upstream.clone(), Rng::new(rng.next_u64()));
         let store_ops = StoreOps::default();
+        let mut supervisor = Supervisor::new(cfg.supervisor.clone());
+        // An ingest node is a standby until the bus says it leads.
+        supervisor.set_standby(cfg.supervisor.role == supervisor::Role::Ingest);
         Engine {
             hub: Hub::new(cfg.hub.clone(), store_ops.ids.clone()),
-            supervisor: Supervisor::new(cfg.supervisor.clone()),
+            supervisor,
             pool,
             now,
             series: SeriesTable::default(),
@@ -328,6 +332,22 @@ impl Engine {
             }
             Input::SymbolsListed { market, symbols } => {
                 self.on_symbols_listed(market, symbols);
+                Ok(())
+            }
+            Input::BusClosed { series_id, candles, entry } => {
+                self.on_bus_closed(&series_id, candles, &entry);
+                Ok(())
+            }
+            Input::BusForming { series_id, candle } => {
+                self.on_bus_forming(&series_id, candle);
+                Ok(())
+            }
+            Input::BusResync { reason } => {
+                self.on_bus_resync(&reason);
+                Ok(())
+            }
+            Input::BusLeader { fence } => {
+                self.on_bus_leader(fence);
                 Ok(())
             }
         };

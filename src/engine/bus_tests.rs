@@ -1,0 +1,113 @@
+//! The core's bus behaviour by role, on a memory store carried out at once.
+
+use crate::cli::settings::Settings;
+use crate::engine::{Engine, Input, Output};
+use crate::model::Candle;
+use crate::replay::hosted::Hosted;
+use crate::store::{MemoryStore, SeriesBatch, Store};
+use crate::time::Timestamp;
+use serde_json::Value;
+
+const S1: &str = "binance:spot:BTC/USDT:1m";
+
+fn engine(role: &str) -> Hosted<MemoryStore> {
+    let cfg = Settings { pins: vec![S1.into()], role: role.into(), heal: false, ..Default::default() }
+        .to_engine_config()
+        .unwrap();
+    Hosted::new(Engine::new(cfg, Timestamp::from_secs(10_000)), MemoryStore::new())
+}
+
+fn c(t: i64) -> Candle {
+    Candle { candle_time: t, open: 1.0, high: 2.0, low: 0.5, close: 1.5, volume: 1.0 }
+}
+
+fn now() -> Timestamp {
+    Timestamp::from_secs(10_000)
+}
+
+/// Closed candle times the client was sent since the last call.
+fn closed(h: &mut Hosted<MemoryStore>, client: u64) -> Vec<i64> {
+    h.take_outputs();
+    let mut frames = Vec::new();
+    h.engine.take_client_frames(client, &mut frames);
+    h.take_outputs();
+    let mut times = Vec::new();
+    for f in frames {
+        let v: Value = serde_json::from_slice(&f).unwrap();
+        match v["type"].as_str() {
+            Some("candle_closed") => times.push(v["candle"]["candle_time"].as_i64().unwrap()),
+            Some("candles_batch") => {
+                times.extend(v["candles"].as_array().unwrap().iter().map(|c| c["candle_time"].as_i64().unwrap()))
+            }
+            _ => {}
+        }
+    }
+    times
+}
+
+fn bus_closed(h: &mut Hosted<MemoryStore>, times: &[i64]) {
+    let candles = times.iter().map(|t| c(*t)).collect();
+    h.handle(Input::BusClosed { series_id: S1.into(), candles, entry: "1-0".into() }, now()).unwrap();
+}
+
+#[test]
+fn a_read_node_publishes_bus_closes_once_in_order_and_reads_a_hole_from_the_store() {
+    let mut h = engine("read");
+    h.store.write_batches(&[SeriesBatch { series_id: S1.into(), candles: vec![c(60), c(120)] }]).unwrap();
+    h.handle(Input::Start, now()).unwrap();
+    assert!(!h.take_outputs().iter().any(|o| matches!(o, Output::UpstreamConnect { .. })), "no exchange connection");
+    h.handle(Input::ClientConnected { client: 1 }, now()).unwrap();
+    let sub = format!(r#"{{"type":"subscribe","series_id":"{S1}","supports_batch":false}}"#);
+    h.handle(Input::ClientText { client: 1, text: sub }, now()).unwrap();
+    assert_eq!(closed(&mut h, 1), vec![60, 120], "catch-up from the shared store");
+    bus_closed(&mut h, &[120, 180]);
+    assert_eq!(closed(&mut h, 1), vec![180], "what was delivered is not sent again");
+    bus_closed(&mut h, &[180]);
+    assert_eq!(closed(&mut h, 1), Vec::<i64>::new(), "a resent entry is dropped");
+    assert_eq!(h.engine.counters().bus_closed_dropped, 1, "the series-level drop (the client cursor drops the rest)");
+    // The leader stored 240 and 300, the bus lost them: a resync reads them.
+    h.store.write_batches(&[SeriesBatch { series_id: S1.into(), candles: vec![c(180), c(240), c(300)] }]).unwrap();
+    h.handle(Input::BusResync { reason: "stream_trimmed".into() }, now()).unwrap();
+    assert_eq!(closed(&mut h, 1), vec![240, 300], "the hole, from the store, no duplicate");
+    bus_closed(&mut h, &[300, 360]);
+    assert_eq!(closed(&mut h, 1), vec![360]);
+    assert!(h.store.read_tail(S1, 10).unwrap().iter().all(|c| c.candle_time <= 300), "a read node never writes");
+}
+
+#[test]
+fn an_ingest_node_is_a_standby_until_it_leads_and_publishes_only_what_is_stored() {
+    let mut h = engine("ingest");
+    h.handle(Input::Start, now()).unwrap();
+    assert!(!h.take_outputs().iter().any(|o| matches!(o, Output::UpstreamConnect { .. })), "a standby starts no job");
+    h.handle(Input::BusLeader { fence: 4 }, now()).unwrap();
+    assert!(h.take_outputs().iter().any(|o| matches!(o, Output::UpstreamConnect { .. })), "the leader ingests");
+    // A tool's closes: stored first (the write is carried out at once here),
+    // then published to clients and the bus.
+    h.engine.handle(Input::IngestClosed { request: 1, series_id: S1.into(), candles: vec![c(60), c(120)] }, now()).unwrap();
+    let before: Vec<Output> = std::iter::from_fn(|| h.engine.poll_output()).collect();
+    assert!(before.iter().any(|o| matches!(o, Output::Persist { .. })));
+    assert!(!before.iter().any(|o| matches!(o, Output::BusPublish { .. })), "nothing on the bus before it is stored");
+    for o in &before {
+        crate::replay::hosted::carry(&mut h.engine, &mut h.store, o, now());
+    }
+    let after = h.take_outputs();
+    let published: Vec<_> = after
+        .iter()
+        .filter_map(|o| match o {
+            Output::BusPublish { series_id, candles } => Some((series_id.clone(), candles.iter().map(|c| c.candle_time).collect::<Vec<_>>())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(published, vec![(S1.to_string(), vec![60, 120])]);
+}
+
+#[test]
+fn a_hybrid_node_has_no_bus() {
+    let mut h = engine("hybrid");
+    h.handle(Input::Start, now()).unwrap();
+    h.handle(Input::IngestClosed { request: 1, series_id: S1.into(), candles: vec![c(60)] }, now()).unwrap();
+    h.handle(Input::BusClosed { series_id: S1.into(), candles: vec![c(120)], entry: "1-0".into() }, now()).unwrap();
+    let out = h.take_outputs();
+    assert!(!out.iter().any(|o| matches!(o, Output::BusPublish { .. } | Output::BusForming { .. })));
+    assert_eq!(h.engine.counters().bus_closed_in, 0, "bus input is ignored outside the read role");
+}

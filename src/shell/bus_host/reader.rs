@@ -1,0 +1,305 @@
+//! The read role's side of the bus, on one Redis connection of its own (its
+//! `XREAD BLOCK` holds the connection): every closed-stream entry after the
+//! last one handled becomes `Input::BusClosed`, every forming entry
+//! `Input::BusForming`.
+//!
+//! Resume: the reader keeps the id of the last closed entry it handled. On
+//! every (re)connection it first asks `XINFO STREAM`: on the first
+//! connection it starts at the stream's end (clients get history from the
+//! store); after that it reads on from its last id, and when the stream was
+//! trimmed past that id (`StreamInfo::missed_after`) or reset (its last
+//! generated id is behind ours) it hands the core `Input::BusResync`, so
+//! every subscription reads the hole from the store. An entry written with a
+//! newer fence than the one before (a new leader: the old one may have
+//! stored closes it never published) and a resync marker do the same.
+//!
+//! Owns the connection, the resume ids and the reader's figures. Never
+//! decides what an entry means for a client (the core does).
+
+use super::codec::{self, ClosedEntry};
+use crate::bus::streams::{self, StreamId, StreamInfo};
+use crate::bus::{Command, CommandId, RedisConfig, RedisConn, RedisEvent, Reply, Resp};
+use crate::engine::{Input, LogLevel};
+use crate::shell::conn::stream_driver::{Backoff, Driver, LinkState, SansIo};
+use mio::{Registry, Token};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Entries per stream per read.
+const COUNT: u64 = 512;
+/// How long one `XREAD` blocks on the server (ms).
+const BLOCK_MS: u64 = 1000;
+/// After an error reply (not a disconnect), the next command waits this long.
+const RETRY: Duration = Duration::from_millis(500);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Nothing in flight: the next command goes out when due.
+    Idle,
+    Info(CommandId),
+    Reading(CommandId),
+}
+
+/// Figures for `/health` and `/metrics`.
+#[derive(Clone, Debug, Default)]
+pub struct ReaderStats {
+    pub entries: u64,
+    pub candles: u64,
+    pub forming: u64,
+    pub resyncs: u64,
+    pub bad_entries: u64,
+    /// Unix ms at which the last closed entry was handled, and its id's ms
+    /// (the Redis clock when the leader wrote it).
+    pub last_handled_unix_ms: u64,
+    pub last_entry_ms: u64,
+    pub last_error: Option<String>,
+}
+
+pub struct Reader {
+    driver: Driver<RedisConn>,
+    closed_key: String,
+    forming_key: String,
+    state: State,
+    retry_at: Option<Instant>,
+    /// `None` until the first `XINFO` placed the reader at the stream's end.
+    last: Option<StreamId>,
+    forming_last: Option<StreamId>,
+    last_fence: Option<u64>,
+    inputs: VecDeque<Input>,
+    notes: VecDeque<(LogLevel, String)>,
+    was_up: bool,
+    pub stats: ReaderStats,
+}
+
+impl Reader {
+    pub fn new(cfg: RedisConfig, addr: SocketAddr, token: Token, prefix: &str, now: Instant) -> Self {
+        let backoff = Backoff { base: Duration::from_millis(100), max: Duration::from_secs(2) };
+        Reader {
+            driver: Driver::new(RedisConn::new(cfg, Resp::V2, 4), addr, token, backoff, now),
+            closed_key: format!("{prefix}:closed"),
+            forming_key: format!("{prefix}:forming"),
+            state: State::Idle,
+            retry_at: None,
+            last: None,
+            forming_last: None,
+            last_fence: None,
+            inputs: VecDeque::new(),
+            notes: VecDeque::new(),
+            was_up: false,
+            stats: ReaderStats::default(),
+        }
+    }
+
+    pub fn owns(&self, token: Token) -> bool {
+        token == self.driver.token()
+    }
+
+    pub fn connected(&self) -> bool {
+        self.driver.proto.is_ready()
+    }
+
+    pub fn last_id(&self) -> Option<StreamId> {
+        self.last
+    }
+
+    pub fn poll_input(&mut self) -> Option<Input> {
+        self.inputs.pop_front()
+    }
+
+    pub fn poll_note(&mut self) -> Option<(LogLevel, String)> {
+        self.notes.pop_front()
+    }
+
+    pub fn next_wakeup(&self) -> Option<Instant> {
+        match (self.driver.next_wakeup(), self.retry_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub fn on_event(&mut self, readable: bool, writable: bool, now: Instant, registry: &Registry) {
+        self.driver.on_event(readable, writable, now, registry);
+        self.collect(now);
+        self.pump(now, registry);
+    }
+
+    pub fn pump(&mut self, now: Instant, registry: &Registry) {
+        self.driver.step(now, registry);
+        self.collect(now);
+        if self.retry_at.is_some_and(|t| now >= t) {
+            self.retry_at = None;
+        }
+        if self.state == State::Idle && self.retry_at.is_none() && self.connected() {
+            let cmd = match self.last {
+                None => streams::xinfo_stream(&self.closed_key),
+                Some(last) => self.xread(last),
+            };
+            if let Ok(id) = self.driver.proto.submit(cmd) {
+                self.state = if self.last.is_none() { State::Info(id) } else { State::Reading(id) };
+            }
+        }
+        self.driver.flush(now, registry);
+        self.collect(now);
+    }
+
+    fn xread(&self, last: StreamId) -> Command {
+        let forming = self.forming_last.map_or_else(|| "$".to_string(), |id| id.to_string());
+        Command::new("XREAD")
+            .arg("COUNT")
+            .arg(COUNT.to_string())
+            .arg("BLOCK")
+            .arg(BLOCK_MS.to_string())
+            .arg("STREAMS")
+            .arg(&self.closed_key)
+            .arg(&self.forming_key)
+            .arg(last.to_string())
+            .arg(forming)
+    }
+
+    fn collect(&mut self, now: Instant) {
+        while let Some(ev) = self.driver.proto.poll_event() {
+            match ev {
+                RedisEvent::Ready => {
+                    self.notes.push_back((LogLevel::Info, format!("bus_connected role=read last_id={}", fmt_id(self.last))));
+                    // Every (re)connection checks the stream before reading on.
+                    if let Some(last) = self.last {
+                        if let Ok(id) = self.driver.proto.submit(streams::xinfo_stream(&self.closed_key)) {
+                            self.state = State::Info(id);
+                            self.last = Some(last);
+                        }
+                    }
+                }
+                RedisEvent::Reply { id, reply } => match self.state {
+                    State::Info(i) if i == id => self.on_info(reply, now),
+                    State::Reading(r) if r == id => self.on_read(reply, now),
+                    _ => {}
+                },
+            }
+        }
+        let up = self.driver.state() == LinkState::Up;
+        if self.was_up && !up {
+            let why = self.driver.last_error().unwrap_or("closed").to_string();
+            self.stats.last_error = Some(why.clone());
+            self.notes.push_back((LogLevel::Warn, format!("bus_disconnected role=read last_id={} error={why:?}", fmt_id(self.last))));
+            self.state = State::Idle;
+        }
+        self.was_up = up;
+    }
+
+    fn failed(&mut self, e: crate::bus::RedisError, now: Instant) {
+        self.state = State::Idle;
+        if !e.is_disconnect() {
+            self.retry_at = Some(now + RETRY);
+        }
+        self.stats.last_error = Some(e.to_string());
+    }
+
+    fn on_info(&mut self, reply: Reply, now: Instant) {
+        let info = match streams::decode_xinfo(reply) {
+            Ok(info) => info,
+            // No stream yet: nothing was ever written, nothing was missed.
+            Err(e) if e.message.contains("no such key") => StreamInfo::default(),
+            Err(e) => return self.failed(e, now),
+        };
+        self.state = State::Idle;
+        match self.last {
+            None => {
+                self.last = Some(info.last_generated_id);
+                self.notes.push_back((
+                    LogLevel::Info,
+                    format!("bus_reader_started from={} length={}", info.last_generated_id, info.length),
+                ));
+            }
+            Some(last) => {
+                let reset = info.last_generated_id < last;
+                if reset || info.missed_after(last) {
+                    let why = if reset { "stream_reset" } else { "stream_trimmed" };
+                    self.notes.push_back((
+                        LogLevel::Warn,
+                        format!("bus_hole reason={why} last_id={last} first_id={} action=read_store", fmt_id(info.first_entry_id)),
+                    ));
+                    if reset {
+                        self.last = Some(StreamId::ZERO);
+                    }
+                    self.resync(why);
+                }
+            }
+        }
+    }
+
+    fn resync(&mut self, why: &str) {
+        self.stats.resyncs += 1;
+        self.inputs.push_back(Input::BusResync { reason: why.to_string() });
+    }
+
+    fn on_read(&mut self, reply: Reply, now: Instant) {
+        let streams = match streams::decode_xread(reply) {
+            Ok(s) => s,
+            Err(e) => return self.failed(e, now),
+        };
+        self.state = State::Idle;
+        for (key, entries) in streams {
+            if key == self.forming_key {
+                for e in entries {
+                    self.forming_last = Some(e.id);
+                    match codec::decode_forming(&e) {
+                        Ok((series_id, candle)) => {
+                            self.stats.forming += 1;
+                            self.inputs.push_back(Input::BusForming { series_id, candle });
+                        }
+                        Err(why) => self.bad_entry(why),
+                    }
+                }
+                continue;
+            }
+            for e in entries {
+                self.last = Some(e.id);
+                let entry = e.id.to_string();
+                match codec::decode_closed(&e) {
+                    Ok(ClosedEntry::Closed { series_id, candles, fence }) => {
+                        self.new_fence(fence);
+                        self.stats.entries += 1;
+                        self.stats.candles += candles.len() as u64;
+                        self.stats.last_entry_ms = e.id.ms;
+                        self.stats.last_handled_unix_ms = unix_ms();
+                        self.inputs.push_back(Input::BusClosed { series_id, candles, entry });
+                    }
+                    Ok(ClosedEntry::Resync { fence }) => {
+                        self.new_fence(fence);
+                        self.notes.push_back((LogLevel::Warn, format!("bus_hole reason=leader_dropped entry={entry} action=read_store")));
+                        self.resync("leader_dropped");
+                    }
+                    Err(why) => self.bad_entry(why),
+                }
+            }
+        }
+    }
+
+    /// A newer fence than the last one seen: a new leader, and the closes
+    /// its predecessor stored but never published are read from the store.
+    fn new_fence(&mut self, fence: u64) {
+        match self.last_fence {
+            Some(f) if fence > f => {
+                self.notes.push_back((LogLevel::Warn, format!("bus_new_leader fence={fence} previous={f} action=read_store")));
+                self.last_fence = Some(fence);
+                self.resync("new_leader");
+            }
+            None => self.last_fence = Some(fence),
+            _ => {}
+        }
+    }
+
+    fn bad_entry(&mut self, why: String) {
+        self.stats.bad_entries += 1;
+        self.notes.push_back((LogLevel::Warn, format!("bus_entry_refused error={why:?}")));
+    }
+}
+
+fn fmt_id(id: Option<StreamId>) -> String {
+    id.map_or_else(|| "none".to_string(), |i| i.to_string())
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
