@@ -12,7 +12,7 @@
 //!   from the store (the hub's catch-up, from its cursor).
 //! - `hybrid`: nothing here emits or accepts anything.
 //!
-//! Never touches Redis, a clock or a store.
+//! Never touches Redis, a clock or a store. Tests: `tests/engine_bus.rs`.
 
 use super::series::SeriesIdx;
 use super::supervisor::Role;
@@ -112,7 +112,3 @@ impl Engine {
         self.apply_effects();
     }
 }
-
-#[cfg(test)]
-#[path = "bus_tests.rs"]
-mod tests;

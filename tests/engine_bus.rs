@@ -1,11 +1,15 @@
-//! The core's bus behaviour by role, on a memory store carried out at once.
+//! The core's bus behaviour by role (issue #13), on a memory store carried
+//! out at once: a read node publishes bus closes once, in order, without
+//! writing, and reads a hole from the store on a resync; an ingest node is a
+//! standby until it leads and puts on the bus only what is stored; a hybrid
+//! node has no bus.
 
-use crate::cli::settings::Settings;
-use crate::engine::{Engine, Input, Output};
-use crate::model::Candle;
-use crate::replay::hosted::Hosted;
-use crate::store::{MemoryStore, SeriesBatch, Store};
-use crate::time::Timestamp;
+use klinegate::cli::settings::Settings;
+use klinegate::engine::{Engine, Input, Output};
+use klinegate::model::Candle;
+use klinegate::replay::hosted::Hosted;
+use klinegate::store::{MemoryStore, SeriesBatch, Store};
+use klinegate::time::Timestamp;
 use serde_json::Value;
 
 const S1: &str = "binance:spot:BTC/USDT:1m";
@@ -88,7 +92,7 @@ fn an_ingest_node_is_a_standby_until_it_leads_and_publishes_only_what_is_stored(
     assert!(before.iter().any(|o| matches!(o, Output::Persist { .. })));
     assert!(!before.iter().any(|o| matches!(o, Output::BusPublish { .. })), "nothing on the bus before it is stored");
     for o in &before {
-        crate::replay::hosted::carry(&mut h.engine, &mut h.store, o, now());
+        klinegate::replay::hosted::carry(&mut h.engine, &mut h.store, o, now());
     }
     let after = h.take_outputs();
     let published: Vec<_> = after
