@@ -22,7 +22,7 @@ mod fake_exchange;
 #[path = "support/netservers.rs"]
 mod netservers;
 
-use fake_exchange::{FakeExchange, FakeOptions};
+use fake_exchange::{FakeExchange, FakeOptions, RestCandle};
 use klinegate::bus::{Command, Resp};
 use netservers::{pg_or_skip, redis_or_skip, unique, PgClient, RedisClient};
 use serde_json::{json, Value};
@@ -199,4 +199,109 @@ fn a_read_node_serves_every_close_the_ingest_node_stored_once_in_order() {
     assert_eq!(replayed.get(&ids[0]), Some(&seen), "the read node's journal replays its client's frames exactly");
     assert_eq!(ingest.terminate(10 * SEC), Some(0));
     let _ = shared.redis(Command::new("PING"));
+}
+
+/// Minute `k`'s prices (the live frames and the REST history agree).
+fn px(k: i64) -> (f64, f64, f64, f64) {
+    let o = 100.0 + k as f64;
+    (o, o + 2.0, o - 1.0, o + 1.0)
+}
+
+fn push_close(ex: &FakeExchange, t0: i64, k: i64) {
+    let (o, h, l, c) = px(k);
+    ex.push_kline(STREAM, t0 + k * 60_000, o, h, l, c, 1.0, false);
+    ex.push_kline(STREAM, t0 + k * 60_000, o, h, l, c, 1.0, true);
+}
+
+#[test]
+fn killing_the_ingest_leader_hands_over_without_losing_or_repeating_a_close() {
+    let test = "killing_the_ingest_leader_hands_over_without_losing_or_repeating_a_close";
+    let Some(mut shared) = Shared::new(test) else { return };
+    let ex = FakeExchange::start(FakeOptions::spot());
+    let t0 = (now_minute_ms() - 40 * 60_000) / 300_000 * 300_000;
+    let minute = |k: i64| (t0 + k * 60_000) / 1000;
+    // The exchange's history of the 20 minutes: what a new leader heals from.
+    let rows = (0..20)
+        .map(|k| {
+            let (o, h, l, c) = px(k);
+            RestCandle::new(t0 + k * 60_000, "1m", o, h, l, c, 1.0)
+        })
+        .collect();
+    ex.set_history("spot", "BTCUSDT", "1m", rows);
+    let heal = ["--heal-first-visit-candles", "5", "--bus-lease-ms", "2000"];
+    let mut a = shared.node("ingest", "ingest-a", &ex, &heal);
+    assert!(a.wait_log("bus_lease_acquired node=ingest-a", 10 * SEC).is_some());
+    assert!(a.wait_log("job_started series_id=binance:spot:BTC/USDT:1m", 10 * SEC).is_some());
+    assert!(ex.wait_for_subscriptions(&[STREAM], 10 * SEC));
+    let mut b = shared.node("ingest", "ingest-b", &ex, &heal);
+    let mut r1 = shared.node("read", "read-1", &ex, &[]);
+    let mut r2 = shared.node("read", "read-2", &ex, &[]);
+    for r in [&mut r1, &mut r2] {
+        assert!(r.wait_log("bus_reader_started", 10 * SEC).is_some());
+    }
+    assert!(wait_until(5 * SEC, || b.get_json("/health")["bus"]["connected"] == json!(true)));
+    let hb = b.get_json("/health");
+    assert_eq!((hb["bus"]["leader"].clone(), hb["jobs"]["running"].clone()), (json!(false), json!(0)), "a standby: {hb}");
+    let mut clients = [subscribe(&r1, &[S1, S5]), subscribe(&r1, &[S1]), subscribe(&r2, &[S1, S5])];
+    std::thread::sleep(Duration::from_millis(500));
+    let mut seen: Vec<Vec<Value>> = vec![Vec::new(); clients.len()];
+
+    // Mid-stream: 10 closes through the leader, then it dies.
+    for k in 0..10 {
+        push_close(&ex, t0, k);
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    for (c, s) in clients.iter_mut().zip(seen.iter_mut()) {
+        s.extend(c.until(20 * SEC, |f| closed_times(std::slice::from_ref(f), S1).contains(&minute(9))));
+    }
+    a.kill9();
+    let killed = Instant::now();
+    // The handover window: closes nobody receives live (the REST history has them).
+    for k in 10..15 {
+        assert_eq!(push_close_count(&ex, t0, k), 0, "no live connection while nobody leads");
+    }
+    let took_over = b.wait_log("bus_lease_acquired node=ingest-b", 20 * SEC).expect("the standby takes the lease");
+    let lease_s = killed.elapsed().as_secs_f64();
+    assert!(took_over.contains("fence="), "{took_over}");
+    assert!(b.wait_log("job_started series_id=binance:spot:BTC/USDT:1m", 10 * SEC).is_some());
+    assert!(wait_until(10 * SEC, || ex.subscriptions().iter().any(|s| s == STREAM)));
+    for (c, s) in clients.iter_mut().zip(seen.iter_mut()) {
+        s.extend(c.until(20 * SEC, |f| closed_times(std::slice::from_ref(f), S1).contains(&minute(14))));
+    }
+    let first_close_s = killed.elapsed().as_secs_f64();
+    for k in 15..20 {
+        push_close(&ex, t0, k);
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    for (c, s) in clients.iter_mut().zip(seen.iter_mut()) {
+        s.extend(c.until(20 * SEC, |f| closed_times(std::slice::from_ref(f), S1).contains(&minute(19))));
+        s.extend(c.until(2 * SEC, |_| false));
+    }
+
+    let expected: Vec<i64> = (0..20).map(minute).collect();
+    let expected_5m: Vec<i64> = (0..4).map(|k| minute(5 * k)).collect();
+    assert_eq!(shared.stored(S1), expected, "every close stored exactly once");
+    assert_eq!(shared.stored(S5), expected_5m, "every derived close stored exactly once");
+    for (i, s) in seen.iter().enumerate() {
+        assert_eq!(closed_times(s, S1), expected, "client {i}: every close once, in order");
+    }
+    assert_eq!(closed_times(&seen[0], S5), expected_5m, "derived closes across the handover");
+    assert_eq!(closed_times(&seen[2], S5), expected_5m);
+    let hb = b.get_json("/health");
+    assert_eq!(hb["bus"]["leader"], json!(true), "{hb}");
+    println!(
+        "failover (lease 2000 ms): lease taken {lease_s:.2} s after kill -9, first healed close at the clients {first_close_s:.2} s; \
+         candles expected {} stored {} delivered {:?}",
+        expected.len(),
+        shared.stored(S1).len(),
+        seen.iter().map(|s| closed_times(s, S1).len()).collect::<Vec<_>>()
+    );
+    for live in [&mut b, &mut r1, &mut r2] {
+        assert_eq!(live.terminate(10 * SEC), Some(0));
+    }
+}
+
+fn push_close_count(ex: &FakeExchange, t0: i64, k: i64) -> usize {
+    let (o, h, l, c) = px(k);
+    ex.push_kline(STREAM, t0 + k * 60_000, o, h, l, c, 1.0, true)
 }

@@ -317,6 +317,7 @@ impl Server {
                 self.node_id
             ),
         );
+        self.refresh_bus_health();
         let _ = self.apply(Input::Start);
         self.refresh_symbol_lists();
         let mut events = Events::with_capacity(1024);
