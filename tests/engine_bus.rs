@@ -15,9 +15,11 @@ use serde_json::Value;
 const S1: &str = "binance:spot:BTC/USDT:1m";
 
 fn engine(role: &str) -> Hosted<MemoryStore> {
-    let cfg = Settings { pins: vec![S1.into()], role: role.into(), heal: false, ..Default::default() }
-        .to_engine_config()
-        .unwrap();
+    engine_with(Settings { pins: vec![S1.into()], role: role.into(), heal: false, ..Default::default() })
+}
+
+fn engine_with(settings: Settings) -> Hosted<MemoryStore> {
+    let cfg = settings.to_engine_config().unwrap();
     Hosted::new(Engine::new(cfg, Timestamp::from_secs(10_000)), MemoryStore::new())
 }
 
@@ -114,4 +116,50 @@ fn a_hybrid_node_has_no_bus() {
     let out = h.take_outputs();
     assert!(!out.iter().any(|o| matches!(o, Output::BusPublish { .. } | Output::BusForming { .. })));
     assert_eq!(h.engine.counters().bus_closed_in, 0, "bus input is ignored outside the read role");
+}
+
+#[test]
+fn remote_demand_starts_a_job_counts_per_node_and_capacity_goes_back_to_the_read_node() {
+    let settings = Settings { pins: vec![], role: "ingest".into(), heal: false, max_ondemand_jobs: 1, ..Default::default() };
+    let mut h = engine_with(settings);
+    h.handle(Input::Start, now()).unwrap();
+    h.handle(Input::BusLeader { fence: 1 }, now()).unwrap();
+    h.take_outputs();
+    let eth = "binance:spot:ETH/USDT:1m";
+    let want = |node: &str, s: &str, wanted: bool| Input::RemoteDemand { node: node.into(), series_id: s.into(), wanted };
+    h.handle(want("r1", eth, true), now()).unwrap();
+    h.handle(want("r2", eth, true), now()).unwrap();
+    h.handle(want("r2", eth, true), now()).unwrap();
+    assert!(h.take_outputs().iter().any(|o| matches!(o, Output::UpstreamConnect { .. })), "the job started");
+    assert_eq!(h.engine.job_count(), 1);
+    h.handle(want("r3", "binance:spot:SOL/USDT:1m", true), now()).unwrap();
+    let refused: Vec<Output> = h.take_outputs().into_iter().filter(|o| matches!(o, Output::BusRefused { .. })).collect();
+    assert_eq!(
+        refused,
+        vec![Output::BusRefused { node: "r3".into(), series_id: "binance:spot:SOL/USDT:1m".into(), reason: "capacity".into() }]
+    );
+    // Both nodes release it: the job idles, and is reaped after the idle TTL.
+    h.handle(want("r1", eth, false), now()).unwrap();
+    h.handle(want("r2", eth, false), now()).unwrap();
+    h.handle_timeout(Timestamp::from_secs(10_000 + 61));
+    assert_eq!(h.engine.job_count(), 0, "reaped once no node wants it");
+}
+
+#[test]
+fn a_read_node_turns_a_refusal_into_the_capacity_error_and_tracks_its_demand() {
+    let mut h = engine("read");
+    h.handle(Input::ClientConnected { client: 7 }, now()).unwrap();
+    let sol = "binance:spot:SOL/USDT:1m";
+    h.handle(Input::ClientText { client: 7, text: format!(r#"{{"type":"subscribe","series_id":"{sol}"}}"#) }, now()).unwrap();
+    let demand: Vec<Output> = h.take_outputs().into_iter().filter(|o| matches!(o, Output::BusDemand { .. })).collect();
+    assert_eq!(demand, vec![Output::BusDemand { series_id: sol.into(), wanted: true }]);
+    h.handle(Input::BusRefused { series_id: sol.into(), reason: "capacity".into() }, now()).unwrap();
+    let out = h.take_outputs();
+    assert!(out.contains(&Output::BusDemand { series_id: sol.into(), wanted: false }), "the demand is released");
+    let mut frames = Vec::new();
+    h.engine.take_client_frames(7, &mut frames);
+    let errors: Vec<Value> = frames.iter().map(|f| serde_json::from_slice::<Value>(f).unwrap()).filter(|v| v["type"] == "error").collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!((errors[0]["code"].as_str(), errors[0]["series_id"].as_str()), (Some("capacity"), Some(sol)));
+    assert_eq!(h.engine.subscription_count(), 0);
 }

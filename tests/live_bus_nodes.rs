@@ -157,7 +157,8 @@ fn a_read_node_serves_every_close_the_ingest_node_stored_once_in_order() {
     let mut read = shared.node("read", "read-a", &ex, &["--heal", "false", "--record", &jr]);
     assert!(read.wait_log("bus_reader_started", 10 * SEC).is_some());
     let mut c = subscribe(&read, &[S1, S5]);
-    std::thread::sleep(Duration::from_millis(500));
+    let wants = |ingest: &Live| ingest.get_json("/health")["bus"]["demand"]["read-a"] == json!([S1, S5]);
+    assert!(wait_until(10 * SEC, || wants(&ingest)), "the leader sees what the read node's client wants");
 
     // 20 minutes of closes, starting at a 5m boundary: 20 1m, 4 5m.
     let t0 = (now_minute_ms() - 40 * 60_000) / 300_000 * 300_000;
@@ -304,4 +305,47 @@ fn killing_the_ingest_leader_hands_over_without_losing_or_repeating_a_close() {
 fn push_close_count(ex: &FakeExchange, t0: i64, k: i64) -> usize {
     let (o, h, l, c) = px(k);
     ex.push_kline(STREAM, t0 + k * 60_000, o, h, l, c, 1.0, true)
+}
+
+#[test]
+fn a_read_node_client_makes_the_leader_start_a_job_and_gets_its_capacity_refusal() {
+    let test = "a_read_node_client_makes_the_leader_start_a_job_and_gets_its_capacity_refusal";
+    let Some(shared) = Shared::new(test) else { return };
+    let ex = FakeExchange::start(FakeOptions::spot());
+    let eth = "binance:spot:ETH/USDT:1m";
+    let sol = "binance:spot:SOL/USDT:1m";
+    let lease = ["--heal", "false", "--bus-lease-ms", "1000", "--max-ondemand-jobs", "1", "--idle-ttl", "1"];
+    let mut ingest = shared.node("ingest", "ingest-d", &ex, &lease);
+    assert!(ingest.wait_log("bus_lease_acquired node=ingest-d", 10 * SEC).is_some());
+    let mut read = shared.node("read", "read-d", &ex, &lease);
+    assert!(read.wait_log("bus_reader_started", 10 * SEC).is_some());
+
+    // A client on the read node wants a series nobody ingests: the leader starts it.
+    let mut a = subscribe(&read, &[eth]);
+    assert!(ingest.wait_log("bus_demand_accepted node=read-d series_id=binance:spot:ETH/USDT:1m", 10 * SEC).is_some());
+    assert!(ingest.wait_log("job_started series_id=binance:spot:ETH/USDT:1m", 10 * SEC).is_some());
+    assert!(ex.wait_for_subscriptions(&["ethusdt@kline_1m"], 10 * SEC));
+    let t0 = now_minute_ms() - 10 * 60_000;
+    for k in 0..3 {
+        ex.push_kline("ethusdt@kline_1m", t0 + k * 60_000, 1.0, 2.0, 0.5, 1.5, 1.0, true);
+    }
+    let got = a.until(10 * SEC, |f| closed_times(std::slice::from_ref(f), eth).contains(&((t0 + 120_000) / 1000)));
+    assert_eq!(closed_times(&got, eth), (0..3).map(|k| (t0 + k * 60_000) / 1000).collect::<Vec<_>>());
+
+    // The leader is at its on-demand cap: the next series is refused, and the
+    // read node's client gets the reference's capacity error.
+    let mut b = subscribe(&read, &[sol]);
+    let frames = b.until(10 * SEC, |f| f["type"] == "error");
+    let err = frames.iter().find(|f| f["type"] == "error").unwrap_or_else(|| panic!("no error frame: {frames:?}"));
+    assert_eq!((err["code"].clone(), err["series_id"].clone()), (json!("capacity"), json!(sol)), "{err}");
+    assert!(ingest.wait_log("bus_demand_rejected node=read-d series_id=binance:spot:SOL/USDT:1m reason=capacity", SEC).is_some());
+
+    // The read node dies: its demand lapses (3 leases) and the job is reaped after the idle TTL.
+    read.kill9();
+    let killed = Instant::now();
+    assert!(ingest.wait_log("bus_demand_released node=read-d series_id=binance:spot:ETH/USDT:1m", 10 * SEC).is_some());
+    let lapsed = killed.elapsed().as_secs_f64();
+    assert!(ingest.wait_log("job_stopped series_id=binance:spot:ETH/USDT:1m reason=reaped", 10 * SEC).is_some());
+    println!("demand of a killed read node lapsed after {lapsed:.2} s (lease 1 s, TTL 3 leases)");
+    assert_eq!(ingest.terminate(10 * SEC), Some(0));
 }

@@ -73,6 +73,13 @@ pub enum Input {
     /// Ingest role: this node holds the leader lease (`fence`): start the
     /// pinned jobs and accept on-demand ones. Until then it is a standby.
     BusLeader { fence: u64 },
+    /// Ingest leader: read node `node`'s clients want `series_id` (or no
+    /// longer do). Counted like one subscriber per node: the job starts on
+    /// demand, and is reaped after the idle TTL once no node wants it.
+    RemoteDemand { node: String, series_id: String, wanted: bool },
+    /// Read role: the leader could not start `series_id`'s job (`reason`:
+    /// `capacity`): its subscribers here get the error and are unsubscribed.
+    BusRefused { series_id: String, reason: String },
 }
 
 /// Names one store effect (`ReadStore`, `Persist`) and its answer.
@@ -126,6 +133,12 @@ pub enum Output {
     BusPublish { series_id: String, candles: Vec<Candle> },
     /// Ingest role: a forming update for read nodes (at most once).
     BusForming { series_id: String, candle: Candle },
+    /// Read role: this node's clients want `series_id` (first subscriber) or
+    /// no longer do (last one gone); the leader starts or releases its job.
+    BusDemand { series_id: String, wanted: bool },
+    /// Ingest leader: node `node`'s demand for `series_id` was refused
+    /// (`reason`: `capacity`).
+    BusRefused { node: String, series_id: String, reason: String },
 }
 
 /// Monotonic counters, in items (never time), for metrics and tests.
@@ -186,6 +199,8 @@ pub struct Counters {
     pub bus_closed_dropped: u64,
     pub bus_forming_out: u64,
     pub bus_resyncs: u64,
+    pub bus_remote_demands: u64,
+    pub bus_remote_refusals: u64,
 }
 
 impl Counters {

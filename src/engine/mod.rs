@@ -192,6 +192,8 @@ pub struct Engine {
     /// Throttles that emit for the current forming update (reused).
     emit_scratch: Vec<usize>,
     shut_down: bool,
+    /// Demand across nodes (`bus.rs`).
+    bus: bus::BusBook,
     /// The shutdown's client closes went out (see `settle_shutdown`).
     shutdown_done: bool,
 }
@@ -230,6 +232,7 @@ impl Engine {
             scratch: Vec::new(),
             emit_scratch: Vec::new(),
             shut_down: false,
+            bus: bus::BusBook::default(),
             shutdown_done: false,
             cfg,
         }
@@ -348,6 +351,14 @@ impl Engine {
             }
             Input::BusLeader { fence } => {
                 self.on_bus_leader(fence);
+                Ok(())
+            }
+            Input::RemoteDemand { node, series_id, wanted } => {
+                self.on_remote_demand(&node, &series_id, wanted);
+                Ok(())
+            }
+            Input::BusRefused { series_id, reason } => {
+                self.on_bus_refused(&series_id, &reason);
                 Ok(())
             }
         };
@@ -515,7 +526,10 @@ impl Engine {
                 return self.hub.send_to(client, frame, &mut self.outputs);
             }
             match self.admit_series(&id) {
-                SubscribeOutcome::Accepted => counted = true,
+                SubscribeOutcome::Accepted => {
+                    counted = true;
+                    self.bus_demand_add(&id);
+                }
                 SubscribeOutcome::Capacity => {
                     self.counters.capacity_rejects += 1;
                     self.log(LogLevel::Info, format!("market_ws_subscribe_rejected series_id={raw} reason=capacity"));
@@ -552,7 +566,7 @@ impl Engine {
         let PendingSub { client, idx, id, since, supports_batch, unsupported, counted } = p;
         if !self.hub.contains(client) {
             if counted {
-                self.supervisor.unsubscribe(&id, self.now);
+                self.release_series(&id);
             }
             return;
         }
@@ -623,7 +637,7 @@ impl Engine {
         let Some(idx) = self.series.lookup(id.as_str()) else { return };
         self.drop_pending_subs(|p| p.client == client && p.idx == idx);
         if self.hub.unsubscribe(client, idx, &mut self.series) {
-            self.supervisor.unsubscribe(&id, self.now);
+            self.release_series(&id);
         }
     }
 
@@ -634,7 +648,7 @@ impl Engine {
         for op in ops {
             if let Some(ReadFor::Subscribe(p)) = self.store_ops.take_read(op) {
                 if p.counted {
-                    self.supervisor.unsubscribe(&p.id, self.now);
+                    self.release_series(&p.id);
                 }
             }
         }
@@ -645,7 +659,7 @@ impl Engine {
         let released = self.hub.disconnect(client, &mut self.series);
         for idx in released {
             let id = self.series.get(idx).id.clone();
-            self.supervisor.unsubscribe(&id, self.now);
+            self.release_series(&id);
         }
     }
 

@@ -369,7 +369,7 @@ impl Peer {
                     let input = Input::RestResponse { id, status: 200, body: "[]".into(), retry_after_s: None, used_weight: None };
                     self.schedule(now.add(ACK_LATENCY), input, None);
                 }
-                Output::Log { .. } | Output::IngestDone { .. } | Output::BusPublish { .. } | Output::BusForming { .. } => {}
+                Output::Log { .. } | Output::IngestDone { .. } | Output::BusPublish { .. } | Output::BusForming { .. } | Output::BusDemand { .. } | Output::BusRefused { .. } => {}
                 effect @ (Output::ReadStore { .. } | Output::Persist { .. }) => {
                     crate::replay::hosted::carry(engine, &mut self.store, &effect, now);
                 }

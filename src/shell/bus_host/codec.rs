@@ -33,6 +33,24 @@ pub fn resync_fields(fence: u64, node: &str) -> Vec<(&'static str, Vec<u8>)> {
     vec![("k", b"r".to_vec()), ("f", fence.to_string().into_bytes()), ("n", node.as_bytes().to_vec())]
 }
 
+pub fn refused_fields(node: &str, series_id: &str, reason: &str) -> Vec<(&'static str, Vec<u8>)> {
+    vec![("n", node.as_bytes().to_vec()), ("s", series_id.as_bytes().to_vec()), ("r", reason.as_bytes().to_vec())]
+}
+
+/// A control-stream entry: (node, series_id, reason) of a refusal.
+pub fn decode_refused(e: &Entry) -> Result<(String, String, String), String> {
+    Ok((text(e, "n")?.to_string(), text(e, "s")?.to_string(), text(e, "r")?.to_string()))
+}
+
+/// A read node's demand value: series ids, one a line.
+pub fn demand_value(series: &std::collections::BTreeSet<String>) -> String {
+    series.iter().map(String::as_str).collect::<Vec<_>>().join("\n")
+}
+
+pub fn parse_demand(value: &[u8]) -> std::collections::BTreeSet<String> {
+    String::from_utf8_lossy(value).lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect()
+}
+
 pub fn forming_fields(series_id: &str, candle: &Candle) -> Vec<(&'static str, Vec<u8>)> {
     vec![("s", series_id.as_bytes().to_vec()), ("c", serde_json::to_vec(candle).unwrap_or_default())]
 }

@@ -5,8 +5,12 @@
 //! - `read`: [`reader::Reader`] — `XREAD` of both streams from the last id,
 //!   hole detection, handing entries to the core as inputs.
 //!
-//! Keys, under `--bus-prefix P`: `P:closed` and `P:forming` (streams),
-//! `P:leader` and `P:leader:fence` (the lease). Entry fields: [`codec`].
+//! Keys, under `--bus-prefix P`: `P:closed`, `P:forming` and `P:control`
+//! (streams: closes, forming updates, the leader's refusals), `P:leader` and
+//! `P:leader:fence` (the lease), `P:demand` (the read nodes' names) and
+//! `P:demand:NODE` (a read node's wanted series, newline-separated, with a
+//! TTL of three lease periods it renews every period: a dead node's demand
+//! lapses). Entry fields: [`codec`].
 //!
 //! Owns the choice of side and the status views. Never decides what an
 //! entry means (the core does) and never blocks.
@@ -43,7 +47,9 @@ impl BusHost {
             .next()
             .ok_or_else(|| format!("--bus-url {r}: {} resolves to no address", r.host))?;
         Ok(Some(match role {
-            Role::Read => BusHost::Read(Box::new(reader::Reader::new(r.clone(), addr, BUS_TOKEN, &bus.prefix, now))),
+            Role::Read => {
+                BusHost::Read(Box::new(reader::Reader::new(r.clone(), addr, BUS_TOKEN, &bus.prefix, node, bus.lease_ms, now)))
+            }
             _ => BusHost::Ingest(Box::new(publisher::Publisher::new(
                 r.clone(),
                 addr,
@@ -79,8 +85,9 @@ impl BusHost {
     }
 
     pub fn offer(&mut self, out: Output) {
-        if let BusHost::Ingest(p) = self {
-            p.offer(out);
+        match self {
+            BusHost::Ingest(p) => p.offer(out),
+            BusHost::Read(r) => r.offer(out),
         }
     }
 
@@ -138,6 +145,7 @@ impl BusHost {
                     "candles_dropped": s.candles_dropped,
                     "forming_sent": s.forming_sent,
                     "forming_dropped": s.forming_dropped,
+                    "demand": p.demand_view(),
                     "last_error": s.last_error,
                 })
             }
@@ -151,6 +159,8 @@ impl BusHost {
                     "candles": s.candles,
                     "forming": s.forming,
                     "resyncs": s.resyncs,
+                    "demand_series": r.demand_len(),
+                    "refusals": s.refusals,
                     "bad_entries": s.bad_entries,
                     "lag_s": lag_s,
                     "since_last_entry_s": (s.last_handled_unix_ms > 0).then(|| unix_ms.saturating_sub(s.last_handled_unix_ms) as f64 / 1000.0),

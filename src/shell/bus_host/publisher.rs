@@ -22,17 +22,24 @@
 //! Forming updates are a plain `XADD` on their own stream, sent only while
 //! connected and leading, else dropped (at most once; the next supersedes).
 //!
+//! Demand: while leading, every [`DEMAND_POLL`] one script reads every read
+//! node's wanted series (dropping nodes whose key lapsed); the change since
+//! the last poll goes to the core as `Input::RemoteDemand`. Forming updates
+//! go out only for series some read node wants. A refusal
+//! (`Output::BusRefused`) is an entry on the control stream for the read
+//! node, and is forgotten here so a later want is offered again.
+//!
 //! Owns the connection and those queues. Never reads the engine; never
 //! decides what a candle is.
 
 use super::codec;
 use crate::bus::lease::{self, LeaseKeys};
 use crate::bus::streams;
-use crate::bus::{CommandId, RedisConfig, RedisConn, RedisEvent, Reply, Resp};
+use crate::bus::{Command, CommandId, RedisConfig, RedisConn, RedisEvent, Reply, Resp};
 use crate::engine::{Input, LogLevel, Output};
 use crate::shell::conn::stream_driver::{Backoff, Driver, LinkState, SansIo};
 use mio::{Registry, Token};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -46,6 +53,21 @@ const MAX_FORMING_IN_FLIGHT: usize = 64;
 const FORMING_MAXLEN: u64 = 10_000;
 /// A write refused for a reason other than a disconnect is retried after this.
 const RETRY: Duration = Duration::from_millis(500);
+/// How often the leader reads the read nodes' demand.
+pub const DEMAND_POLL: Duration = Duration::from_millis(300);
+/// The control stream is trimmed to about this many entries.
+const CONTROL_MAXLEN: u64 = 1_000;
+
+/// KEYS[1] the node set; every member NODE's wants are at KEYS[1]:NODE.
+/// Returns [node, value, …]; nodes whose key lapsed are removed.
+const READ_DEMAND: &str = r#"
+local out = {}
+for _, n in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local v = redis.call('GET', KEYS[1] .. ':' .. n)
+  if v then out[#out + 1] = n; out[#out + 1] = v else redis.call('SREM', KEYS[1], n) end
+end
+return out
+"#;
 
 type Fields = Vec<(&'static str, Vec<u8>)>;
 /// One closed-stream entry's fields and its candle count.
@@ -55,6 +77,8 @@ enum Sent {
     Lease(Instant),
     Closed,
     Forming,
+    Demand,
+    Control,
 }
 
 /// Figures for `/health` and `/metrics`.
@@ -94,6 +118,14 @@ pub struct Publisher {
     notes: VecDeque<(LogLevel, String)>,
     fatal: Option<String>,
     was_up: bool,
+    demand_key: String,
+    control_key: String,
+    /// Each read node's wanted series as last handed to the core.
+    demand: BTreeMap<String, BTreeSet<String>>,
+    /// Series any read node wants (forming updates go out for these).
+    wanted: BTreeSet<String>,
+    demand_in_flight: bool,
+    next_demand_at: Instant,
     pub stats: PublisherStats,
 }
 
@@ -124,6 +156,12 @@ impl Publisher {
             notes: VecDeque::new(),
             fatal: None,
             was_up: false,
+            demand_key: format!("{prefix}:demand"),
+            control_key: format!("{prefix}:control"),
+            demand: BTreeMap::new(),
+            wanted: BTreeSet::new(),
+            demand_in_flight: false,
+            next_demand_at: now,
             stats: PublisherStats::default(),
         }
     }
@@ -176,6 +214,9 @@ impl Publisher {
                 self.queue.push_back((codec::closed_fields(&series_id, &candles, 0, &self.node), n));
             }
             Output::BusForming { series_id, candle } => {
+                if !self.wanted.contains(&series_id) {
+                    return;
+                }
                 if self.fence.is_none() || !self.connected() || self.forming_in_flight >= MAX_FORMING_IN_FLIGHT {
                     self.stats.forming_dropped += 1;
                     return;
@@ -188,13 +229,31 @@ impl Publisher {
                     self.stats.forming_sent += 1;
                 }
             }
+            Output::BusRefused { node, series_id, reason } => {
+                if let Some(set) = self.demand.get_mut(&node) {
+                    set.remove(&series_id);
+                }
+                let fields = codec::refused_fields(&node, &series_id, &reason);
+                let args: Vec<(&str, &[u8])> = fields.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+                if let Ok(id) = self.driver.proto.submit(streams::xadd(&self.control_key, Some(CONTROL_MAXLEN), &args)) {
+                    self.sent.insert(id, Sent::Control);
+                }
+            }
             _ => {}
         }
+    }
+
+    /// Each read node's wanted series, as the core was told (for `/health`).
+    pub fn demand_view(&self) -> serde_json::Value {
+        serde_json::json!(self.demand)
     }
 
     /// When the loop must call [`Publisher::pump`] at the latest.
     pub fn next_wakeup(&self) -> Option<Instant> {
         let mut at = Some(self.next_lease_at);
+        if self.fence.is_some() {
+            at = at.map(|a| a.min(self.next_demand_at));
+        }
         for t in [self.driver.next_wakeup(), self.valid_until, self.retry_at].into_iter().flatten() {
             at = Some(at.map_or(t, |a: Instant| a.min(t)));
         }
@@ -223,6 +282,14 @@ impl Publisher {
         }
         if self.retry_at.is_some_and(|t| now >= t) {
             self.retry_at = None;
+        }
+        if self.fence.is_some() && self.connected() && !self.demand_in_flight && now >= self.next_demand_at {
+            let cmd = Command::new("EVAL").arg(READ_DEMAND).arg("1").arg(&self.demand_key);
+            if let Ok(id) = self.driver.proto.submit(cmd) {
+                self.sent.insert(id, Sent::Demand);
+                self.demand_in_flight = true;
+                self.next_demand_at = now + DEMAND_POLL;
+            }
         }
         self.send_closed();
         self.driver.flush(now, registry);
@@ -269,6 +336,15 @@ impl Publisher {
                 RedisEvent::Reply { id, reply } => match self.sent.remove(&id) {
                     Some(Sent::Lease(at)) => self.on_lease(at, reply, now),
                     Some(Sent::Closed) => self.on_closed(id, reply, now),
+                    Some(Sent::Demand) => {
+                        self.demand_in_flight = false;
+                        self.on_demand(reply);
+                    }
+                    Some(Sent::Control) => {
+                        if let Err(e) = reply {
+                            self.stats.last_error = Some(e.to_string());
+                        }
+                    }
                     Some(Sent::Forming) => {
                         self.forming_in_flight = self.forming_in_flight.saturating_sub(1);
                         if let Err(e) = reply {
@@ -349,6 +425,42 @@ impl Publisher {
                 self.stats.last_error = Some(e.to_string());
             }
         }
+    }
+}
+
+impl Publisher {
+    /// The read nodes' demand now: what changed since the last poll goes to
+    /// the core, in order (node, then series).
+    fn on_demand(&mut self, reply: Reply) {
+        let list = match reply.map(|v| v.into_list()) {
+            Ok(Some(list)) => list,
+            Ok(None) => return,
+            Err(e) => {
+                self.stats.last_error = Some(e.to_string());
+                return;
+            }
+        };
+        let mut now_view: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut it = list.into_iter();
+        while let (Some(n), Some(v)) = (it.next(), it.next()) {
+            if let (Some(node), Some(value)) = (n.as_str(), v.as_bytes()) {
+                now_view.insert(node.to_string(), codec::parse_demand(value));
+            }
+        }
+        let empty = BTreeSet::new();
+        let nodes: BTreeSet<String> = self.demand.keys().chain(now_view.keys()).cloned().collect();
+        for node in nodes {
+            let before = self.demand.get(&node).unwrap_or(&empty);
+            let after = now_view.get(&node).unwrap_or(&empty);
+            for s in before.difference(after) {
+                self.inputs.push_back(Input::RemoteDemand { node: node.clone(), series_id: s.clone(), wanted: false });
+            }
+            for s in after.difference(before) {
+                self.inputs.push_back(Input::RemoteDemand { node: node.clone(), series_id: s.clone(), wanted: true });
+            }
+        }
+        self.wanted = now_view.values().flatten().cloned().collect();
+        self.demand = now_view;
     }
 }
 

@@ -13,13 +13,21 @@
 //! newer fence than the one before (a new leader: the old one may have
 //! stored closes it never published) and a resync marker do the same.
 //!
+//! Demand: the series this node's clients want (`Output::BusDemand`) are
+//! written to `P:demand:NODE` (TTL three lease periods, renewed every
+//! period, rewritten at once on a change) and the node named in `P:demand`;
+//! the leader's refusals for this node come on the control stream and go to
+//! the core as `Input::BusRefused`. These commands queue behind a blocking
+//! `XREAD`, which blocks [`BLOCK_MS`] at most.
+//!
 //! Owns the connection, the resume ids and the reader's figures. Never
 //! decides what an entry means for a client (the core does).
 
 use super::codec::{self, ClosedEntry};
 use crate::bus::streams::{self, StreamId, StreamInfo};
 use crate::bus::{Command, CommandId, RedisConfig, RedisConn, RedisEvent, Reply, Resp};
-use crate::engine::{Input, LogLevel};
+use crate::engine::{Input, LogLevel, Output};
+use std::collections::BTreeSet;
 use crate::shell::conn::stream_driver::{Backoff, Driver, LinkState, SansIo};
 use mio::{Registry, Token};
 use std::collections::VecDeque;
@@ -29,7 +37,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// Entries per stream per read.
 const COUNT: u64 = 512;
 /// How long one `XREAD` blocks on the server (ms).
-const BLOCK_MS: u64 = 1000;
+pub const BLOCK_MS: u64 = 200;
 /// After an error reply (not a disconnect), the next command waits this long.
 const RETRY: Duration = Duration::from_millis(500);
 
@@ -49,6 +57,7 @@ pub struct ReaderStats {
     pub forming: u64,
     pub resyncs: u64,
     pub bad_entries: u64,
+    pub refusals: u64,
     /// Unix ms at which the last closed entry was handled, and its id's ms
     /// (the Redis clock when the leader wrote it).
     pub last_handled_unix_ms: u64,
@@ -60,6 +69,16 @@ pub struct Reader {
     driver: Driver<RedisConn>,
     closed_key: String,
     forming_key: String,
+    control_key: String,
+    demand_key: String,
+    node_demand_key: String,
+    node: String,
+    lease: Duration,
+    demand: BTreeSet<String>,
+    demand_dirty: bool,
+    demand_in_flight: Option<CommandId>,
+    next_demand_at: Instant,
+    control_last: StreamId,
     state: State,
     retry_at: Option<Instant>,
     /// `None` until the first `XINFO` placed the reader at the stream's end.
@@ -73,16 +92,29 @@ pub struct Reader {
 }
 
 impl Reader {
-    pub fn new(cfg: RedisConfig, addr: SocketAddr, token: Token, prefix: &str, now: Instant) -> Self {
+    pub fn new(cfg: RedisConfig, addr: SocketAddr, token: Token, prefix: &str, node: &str, lease_ms: u64, now: Instant) -> Self {
+        // Forming and control entries from a second before start on (ids are
+        // Redis's ms clock; a reader reads on from the last one it saw).
+        let start = StreamId { ms: unix_ms().saturating_sub(1000), seq: 0 };
         let backoff = Backoff { base: Duration::from_millis(100), max: Duration::from_secs(2) };
         Reader {
-            driver: Driver::new(RedisConn::new(cfg, Resp::V2, 4), addr, token, backoff, now),
+            driver: Driver::new(RedisConn::new(cfg, Resp::V2, 8), addr, token, backoff, now),
             closed_key: format!("{prefix}:closed"),
             forming_key: format!("{prefix}:forming"),
+            control_key: format!("{prefix}:control"),
+            demand_key: format!("{prefix}:demand"),
+            node_demand_key: format!("{prefix}:demand:{node}"),
+            node: node.to_string(),
+            lease: Duration::from_millis(lease_ms),
+            demand: BTreeSet::new(),
+            demand_dirty: true,
+            demand_in_flight: None,
+            next_demand_at: now,
+            control_last: start,
             state: State::Idle,
             retry_at: None,
             last: None,
-            forming_last: None,
+            forming_last: Some(start),
             last_fence: None,
             inputs: VecDeque::new(),
             notes: VecDeque::new(),
@@ -103,6 +135,31 @@ impl Reader {
         self.last
     }
 
+    pub fn demand_len(&self) -> usize {
+        self.demand.len()
+    }
+
+    pub fn offer(&mut self, out: Output) {
+        if let Output::BusDemand { series_id, wanted } = out {
+            let changed = if wanted { self.demand.insert(series_id) } else { self.demand.remove(&series_id) };
+            self.demand_dirty |= changed;
+        }
+    }
+
+    fn write_demand(&mut self, now: Instant) {
+        if self.demand_in_flight.is_some() || !self.connected() || !(self.demand_dirty || now >= self.next_demand_at) {
+            return;
+        }
+        let ttl = (self.lease * 3).as_millis().to_string();
+        let set = Command::new("SET").arg(&self.node_demand_key).arg(codec::demand_value(&self.demand)).arg("PX").arg(ttl);
+        let add = Command::new("SADD").arg(&self.demand_key).arg(&self.node);
+        if let (Ok(id), Ok(_)) = (self.driver.proto.submit(set), self.driver.proto.submit(add)) {
+            self.demand_in_flight = Some(id);
+            self.demand_dirty = false;
+            self.next_demand_at = now + self.lease;
+        }
+    }
+
     pub fn poll_input(&mut self) -> Option<Input> {
         self.inputs.pop_front()
     }
@@ -112,10 +169,7 @@ impl Reader {
     }
 
     pub fn next_wakeup(&self) -> Option<Instant> {
-        match (self.driver.next_wakeup(), self.retry_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.driver.next_wakeup(), self.retry_at, Some(self.next_demand_at)].into_iter().flatten().min()
     }
 
     pub fn on_event(&mut self, readable: bool, writable: bool, now: Instant, registry: &Registry) {
@@ -130,6 +184,7 @@ impl Reader {
         if self.retry_at.is_some_and(|t| now >= t) {
             self.retry_at = None;
         }
+        self.write_demand(now);
         if self.state == State::Idle && self.retry_at.is_none() && self.connected() {
             let cmd = match self.last {
                 None => streams::xinfo_stream(&self.closed_key),
@@ -145,6 +200,7 @@ impl Reader {
 
     fn xread(&self, last: StreamId) -> Command {
         let forming = self.forming_last.map_or_else(|| "$".to_string(), |id| id.to_string());
+        let control = self.control_last.to_string();
         Command::new("XREAD")
             .arg("COUNT")
             .arg(COUNT.to_string())
@@ -153,14 +209,18 @@ impl Reader {
             .arg("STREAMS")
             .arg(&self.closed_key)
             .arg(&self.forming_key)
+            .arg(&self.control_key)
             .arg(last.to_string())
             .arg(forming)
+            .arg(control)
     }
 
     fn collect(&mut self, now: Instant) {
         while let Some(ev) = self.driver.proto.poll_event() {
             match ev {
                 RedisEvent::Ready => {
+                    // The demand key may have lapsed while the link was down.
+                    self.demand_dirty = true;
                     self.notes.push_back((LogLevel::Info, format!("bus_connected role=read last_id={}", fmt_id(self.last))));
                     // Every (re)connection checks the stream before reading on.
                     if let Some(last) = self.last {
@@ -168,6 +228,13 @@ impl Reader {
                             self.state = State::Info(id);
                             self.last = Some(last);
                         }
+                    }
+                }
+                RedisEvent::Reply { id, reply } if self.demand_in_flight == Some(id) => {
+                    self.demand_in_flight = None;
+                    if let Err(e) = reply {
+                        self.demand_dirty = true;
+                        self.stats.last_error = Some(e.to_string());
                     }
                 }
                 RedisEvent::Reply { id, reply } => match self.state {
@@ -240,6 +307,20 @@ impl Reader {
         };
         self.state = State::Idle;
         for (key, entries) in streams {
+            if key == self.control_key {
+                for e in entries {
+                    self.control_last = e.id;
+                    match codec::decode_refused(&e) {
+                        Ok((node, series_id, reason)) if node == self.node => {
+                            self.stats.refusals += 1;
+                            self.inputs.push_back(Input::BusRefused { series_id, reason });
+                        }
+                        Ok(_) => {}
+                        Err(why) => self.bad_entry(why),
+                    }
+                }
+                continue;
+            }
             if key == self.forming_key {
                 for e in entries {
                     self.forming_last = Some(e.id);

@@ -460,7 +460,10 @@ impl Server {
                     let _ = self.store.offer(effect);
                 }
                 Output::IngestDone { request, error } => self.finish_ingest(request, error),
-                bus @ (Output::BusPublish { .. } | Output::BusForming { .. }) => self.offer_bus(bus),
+                bus @ (Output::BusPublish { .. }
+                | Output::BusForming { .. }
+                | Output::BusDemand { .. }
+                | Output::BusRefused { .. }) => self.offer_bus(bus),
             }
         }
     }
