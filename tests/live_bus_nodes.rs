@@ -257,6 +257,7 @@ fn killing_the_ingest_leader_hands_over_without_losing_or_repeating_a_close() {
     }
     a.kill9();
     let killed = Instant::now();
+    assert!(wait_until(5 * SEC, || ex.connections() == 0), "the fake exchange saw the leader's connection drop");
     // The handover window: closes nobody receives live (the REST history has them).
     for k in 10..15 {
         assert_eq!(push_close_count(&ex, t0, k), 0, "no live connection while nobody leads");
