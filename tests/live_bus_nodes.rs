@@ -350,3 +350,111 @@ fn a_read_node_client_makes_the_leader_start_a_job_and_gets_its_capacity_refusal
     println!("demand of a killed read node lapsed after {lapsed:.2} s (lease 1 s, TTL 3 leases)");
     assert_eq!(ingest.terminate(10 * SEC), Some(0));
 }
+
+/// A redis-server of the test's own on a free loopback port (no persistence:
+/// a restart loses every key), killed on drop.
+struct OwnRedis {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    fn start(test: &str) -> Option<OwnRedis> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+        let mut r = OwnRedis { port, child: None };
+        if let Err(e) = r.spawn() {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("{test}: cannot start redis-server under CI=true: {e}");
+            }
+            eprintln!("SKIPPED {test}: cannot start redis-server ({e})");
+            return None;
+        }
+        Some(r)
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        self.child = Some(child);
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
+        if wait_until(5 * SEC, || std::net::TcpStream::connect(addr).is_ok()) {
+            Ok(())
+        } else {
+            Err("redis-server did not listen".into())
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[test]
+fn restarting_redis_mid_stream_loses_and_repeats_nothing_and_closes_no_client() {
+    let test = "restarting_redis_mid_stream_loses_and_repeats_nothing_and_closes_no_client";
+    let Some(mut shared) = Shared::new(test) else { return };
+    let Some(mut redis) = OwnRedis::start(test) else { return };
+    shared.redis_url = format!("redis://127.0.0.1:{}", redis.port);
+    let ex = FakeExchange::start(FakeOptions::spot());
+    let t0 = (now_minute_ms() - 40 * 60_000) / 300_000 * 300_000;
+    let minute = |k: i64| (t0 + k * 60_000) / 1000;
+    let mut ingest = shared.node("ingest", "ingest-r", &ex, &["--heal", "false"]);
+    assert!(ingest.wait_log("bus_lease_acquired node=ingest-r", 10 * SEC).is_some());
+    assert!(ex.wait_for_subscriptions(&[STREAM], 10 * SEC));
+    let mut read = shared.node("read", "read-r", &ex, &["--heal", "false"]);
+    assert!(read.wait_log("bus_reader_started", 10 * SEC).is_some());
+    let mut c = subscribe(&read, &[S1, S5]);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut seen = Vec::new();
+    for k in 0..8 {
+        push_close(&ex, t0, k);
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    seen.extend(c.until(20 * SEC, |f| closed_times(std::slice::from_ref(f), S1).contains(&minute(7))));
+
+    // Redis dies (every key lost) while closes keep coming, and comes back.
+    redis.kill();
+    let down = Instant::now();
+    for k in 8..12 {
+        push_close(&ex, t0, k);
+        std::thread::sleep(Duration::from_millis(60));
+    }
+    redis.spawn().expect("redis-server restarts");
+    let outage = down.elapsed().as_secs_f64();
+    for k in 12..20 {
+        push_close(&ex, t0, k);
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    seen.extend(c.until(20 * SEC, |f| closed_times(std::slice::from_ref(f), S1).contains(&minute(19))));
+    seen.extend(c.until(2 * SEC, |_| false));
+
+    let expected: Vec<i64> = (0..20).map(minute).collect();
+    let expected_5m: Vec<i64> = (0..4).map(|k| minute(5 * k)).collect();
+    assert_eq!(shared.stored(S1), expected, "every close stored once");
+    assert_eq!(closed_times(&seen, S1), expected, "every close delivered once, in order, across the restart");
+    assert_eq!(closed_times(&seen, S5), expected_5m);
+    assert!(!seen.iter().any(|f| f["type"] == "error"), "{seen:?}");
+    assert!(read.wait_log("bus_hole reason=stream_reset", SEC).is_some(), "the reader saw the stream reset");
+    assert_eq!(ingest.get_json("/health")["bus"]["leader"], json!(true), "the leader led on");
+    println!(
+        "redis restart (no persistence, outage {outage:.2} s): candles expected {} stored {} delivered {}",
+        expected.len(),
+        shared.stored(S1).len(),
+        closed_times(&seen, S1).len()
+    );
+    assert_eq!(read.terminate(10 * SEC), Some(0), "the client was never closed before this");
+    assert_eq!(ingest.terminate(10 * SEC), Some(0));
+}

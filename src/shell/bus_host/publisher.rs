@@ -104,6 +104,9 @@ pub struct Publisher {
     maxlen: u64,
     sent: HashMap<CommandId, Sent>,
     lease_in_flight: bool,
+    /// The lease was confirmed on the current connection: closed entries
+    /// wait for it after every reconnect (Redis may have lost the lease).
+    lease_confirmed: bool,
     next_lease_at: Instant,
     /// The fence while this node leads.
     fence: Option<u64>,
@@ -143,6 +146,7 @@ impl Publisher {
             maxlen,
             sent: HashMap::new(),
             lease_in_flight: false,
+            lease_confirmed: false,
             next_lease_at: now,
             fence: None,
             valid_until: None,
@@ -298,7 +302,7 @@ impl Publisher {
 
     fn send_closed(&mut self) {
         let Some(fence) = self.fence else { return };
-        if !self.connected() || self.retry_at.is_some() || self.fatal.is_some() {
+        if !self.connected() || !self.lease_confirmed || self.retry_at.is_some() || self.fatal.is_some() {
             return;
         }
         while self.in_flight.len() < MAX_IN_FLIGHT {
@@ -332,6 +336,7 @@ impl Publisher {
                 RedisEvent::Ready => {
                     self.notes.push_back((LogLevel::Info, format!("bus_connected role=ingest node={}", self.node)));
                     self.next_lease_at = now;
+                    self.lease_confirmed = false;
                 }
                 RedisEvent::Reply { id, reply } => match self.sent.remove(&id) {
                     Some(Sent::Lease(at)) => self.on_lease(at, reply, now),
@@ -377,6 +382,7 @@ impl Publisher {
         };
         self.stats.holder = Some((state.owner.clone(), state.fence));
         if state.held {
+            self.lease_confirmed = true;
             self.valid_until = Some(sent_at + self.lease);
             self.next_lease_at = sent_at + self.lease / 3;
             if self.fence.is_none() {
@@ -388,7 +394,15 @@ impl Publisher {
                 ));
                 self.inputs.push_back(Input::BusLeader { fence: state.fence });
             } else if self.fence != Some(state.fence) {
-                self.fatal = Some(format!("lease fence moved from {:?} to {}", self.fence, state.fence));
+                // Only a Redis that lost its data (restarted without
+                // persistence) hands the holder a new fence: nobody else held
+                // it in between (this call took it), so the node leads on
+                // with the new fence; unacknowledged entries are resent with it.
+                self.notes.push_back((
+                    LogLevel::Warn,
+                    format!("bus_lease_reacquired node={} fence={} previous={:?} note=\"redis lost the lease (restart without persistence?)\"", self.node, state.fence, self.fence),
+                ));
+                self.fence = Some(state.fence);
             }
         } else {
             if let Some(fence) = self.fence {

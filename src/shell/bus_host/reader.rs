@@ -357,11 +357,12 @@ impl Reader {
         }
     }
 
-    /// A newer fence than the last one seen: a new leader, and the closes
-    /// its predecessor stored but never published are read from the store.
+    /// Another fence than the last one seen: a new leader (the closes its
+    /// predecessor stored but never published are read from the store), or a
+    /// Redis that lost its data and handed out fences anew.
     fn new_fence(&mut self, fence: u64) {
         match self.last_fence {
-            Some(f) if fence > f => {
+            Some(f) if fence != f => {
                 self.notes.push_back((LogLevel::Warn, format!("bus_new_leader fence={fence} previous={f} action=read_store")));
                 self.last_fence = Some(fence);
                 self.resync("new_leader");
