@@ -183,6 +183,10 @@ fn a_read_node_serves_every_close_the_ingest_node_stored_once_in_order() {
     assert_eq!((h["role"].clone(), h["bus"]["connected"].clone()), (json!("read"), json!(true)), "{h}");
     let h = ingest.get_json("/health");
     assert_eq!((h["role"].clone(), h["bus"]["leader"].clone()), (json!("ingest"), json!(true)), "{h}");
+    assert_eq!(ingest.metric("klinegate_bus_leader"), 1.0);
+    assert_eq!(ingest.metric("klinegate_bus_closed_published_total"), 24.0, "20 1m + 4 5m");
+    assert!(wait_until(5 * SEC, || read.metric("klinegate_bus_closed_received_total") == 24.0));
+    assert!(read.get("/metrics").1.contains("klinegate_node_info{role=\"read\",node=\"read-a\"} 1"));
     println!(
         "1 ingest + 1 read: candles expected {} stored {} delivered {} (1m), expected {} stored {} delivered {} (5m)",
         expected_1m.len(),
@@ -457,4 +461,19 @@ fn restarting_redis_mid_stream_loses_and_repeats_nothing_and_closes_no_client() 
     );
     assert_eq!(read.terminate(10 * SEC), Some(0), "the client was never closed before this");
     assert_eq!(ingest.terminate(10 * SEC), Some(0));
+}
+
+#[test]
+fn ingest_and_read_roles_without_a_bus_url_exit_2_with_one_line() {
+    for role in ["ingest", "read"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_klinegate"))
+            .args(["run", "--role", role, "--listen", "127.0.0.1:0"])
+            .env_remove("KLINEGATE_BUS_URL")
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2), "{role}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        assert!(err.contains("--bus-url") && err.contains(&format!("--role {role}")), "{err}");
+    }
 }

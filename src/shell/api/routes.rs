@@ -461,6 +461,7 @@ fn metrics(engine: &Engine, stats: &ShellStats) -> Response {
     m.counter("jobs_stopped_total", "Ingest jobs stopped.", c.jobs_stopped);
     m.counter("engine_inputs_total", "Inputs handled by the engine.", c.inputs);
     metrics::engine_activity(&mut m, engine);
+    super::bus_metrics::bus_metrics(&mut m, engine, stats);
     Response::text(200, "text/plain; version=0.0.4; charset=utf-8", m.out)
 }
 
