@@ -92,8 +92,10 @@ impl Shared {
         let mut args: Vec<&str> = vec![
             "--role", role, "--node-id", name, "--bus-url", &self.redis_url, "--bus-prefix", &self.prefix,
             "--store-url", &self.store_url, "--spot-ws-url", &ws, "--futures-ws-url", &ws, "--pin", S1,
-            "--derived", "5m",
         ];
+        if !extra.contains(&"--derived") {
+            args.extend_from_slice(&["--derived", "5m"]);
+        }
         args.extend_from_slice(extra);
         Live::start(&args)
     }
@@ -476,4 +478,63 @@ fn ingest_and_read_roles_without_a_bus_url_exit_2_with_one_line() {
         assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
         assert!(err.contains("--bus-url") && err.contains(&format!("--role {role}")), "{err}");
     }
+}
+
+#[test]
+fn a_read_node_cut_off_while_the_stream_is_trimmed_past_it_reads_the_hole_from_the_store() {
+    let test = "a_read_node_cut_off_while_the_stream_is_trimmed_past_it_reads_the_hole_from_the_store";
+    let Some(mut shared) = Shared::new(test) else { return };
+    let ex = FakeExchange::start(FakeOptions::spot());
+    let t0 = now_minute_ms() / 60_000 * 60_000 - 400 * 60_000;
+    let minute = |k: i64| (t0 + k * 60_000) / 1000;
+    // A stream trimmed hard.
+    let flags = ["--heal", "false", "--derived", "", "--bus-maxlen", "10", "--batch-max", "1"];
+    let mut ingest = shared.node("ingest", "ingest-t", &ex, &flags);
+    assert!(ingest.wait_log("bus_lease_acquired node=ingest-t", 10 * SEC).is_some());
+    assert!(ex.wait_for_subscriptions(&[STREAM], 10 * SEC));
+    let direct = shared.redis_url.clone();
+    let target: std::net::SocketAddr = direct.trim_start_matches("redis://").split('/').next().unwrap().parse().unwrap();
+    let proxy = support::tcp_proxy::TcpProxy::start(target);
+    shared.redis_url = format!("redis://{}", proxy.addr);
+    let mut read = shared.node("read", "read-t", &ex, &flags);
+    shared.redis_url = direct;
+    assert!(read.wait_log("bus_reader_started", 10 * SEC).is_some());
+    let mut c = subscribe(&read, &[S1]);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut seen = Vec::new();
+    for k in 0..5 {
+        push_close(&ex, t0, k);
+    }
+    seen.extend(c.until(10 * SEC, |f| closed_times(std::slice::from_ref(f), S1).contains(&minute(4))));
+
+    proxy.cut();
+    // One flush (one entry) per close: more than a stream node (100 entries)
+    // goes by, so MAXLEN ~ trims past the reader's last entry.
+    for k in 5..255 {
+        push_close(&ex, t0, k);
+        std::thread::sleep(Duration::from_millis(15));
+    }
+    assert!(wait_until(20 * SEC, || ingest.metric("klinegate_bus_closed_published_total") >= 255.0));
+    let key = format!("{}:closed", shared.prefix);
+    let len = shared.redis(Command::new("XLEN").arg(&key));
+    proxy.restore();
+    if read.wait_log("bus_hole reason=stream_trimmed", 20 * SEC).is_none() {
+        read.drain_logs();
+        let bus: Vec<&String> = read.seen_logs.iter().filter(|l| l.contains("bus_")).collect();
+        panic!("the reader did not see the trim (XLEN {len}): {bus:#?}");
+    }
+    seen.extend(c.until(20 * SEC, |f| closed_times(std::slice::from_ref(f), S1).contains(&minute(254))));
+    for k in 255..260 {
+        push_close(&ex, t0, k);
+    }
+    seen.extend(c.until(10 * SEC, |f| closed_times(std::slice::from_ref(f), S1).contains(&minute(259))));
+    seen.extend(c.until(SEC, |_| false));
+    let expected: Vec<i64> = (0..260).map(minute).collect();
+    assert_eq!(shared.stored(S1), expected);
+    let got = closed_times(&seen, S1);
+    assert_eq!(got, expected, "the hole from the store, the rest from the stream: once each, in order");
+    assert!(!seen.iter().any(|f| f["type"] == "gap"), "no gap frame");
+    println!("trimmed stream (XLEN {len} after 255 entries): candles expected {} stored {} delivered {}", expected.len(), shared.stored(S1).len(), got.len());
+    assert_eq!(read.terminate(10 * SEC), Some(0));
+    assert_eq!(ingest.terminate(10 * SEC), Some(0));
 }

@@ -40,6 +40,10 @@ const COUNT: u64 = 512;
 pub const BLOCK_MS: u64 = 200;
 /// After an error reply (not a disconnect), the next command waits this long.
 const RETRY: Duration = Duration::from_millis(500);
+/// A connection (or connect attempt) that answers nothing for this long is
+/// closed and reopened: a blocking read returns every [`BLOCK_MS`], so
+/// silence means a half-open link.
+pub const STALL: Duration = Duration::from_secs(3);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
@@ -88,6 +92,8 @@ pub struct Reader {
     inputs: VecDeque<Input>,
     notes: VecDeque<(LogLevel, String)>,
     was_up: bool,
+    /// The last reply, handshake or connection state change.
+    last_progress: Instant,
     pub stats: ReaderStats,
 }
 
@@ -119,6 +125,7 @@ impl Reader {
             inputs: VecDeque::new(),
             notes: VecDeque::new(),
             was_up: false,
+            last_progress: now,
             stats: ReaderStats::default(),
         }
     }
@@ -169,7 +176,8 @@ impl Reader {
     }
 
     pub fn next_wakeup(&self) -> Option<Instant> {
-        [self.driver.next_wakeup(), self.retry_at, Some(self.next_demand_at)].into_iter().flatten().min()
+        let stall = (!matches!(self.driver.state(), LinkState::Down { .. })).then_some(self.last_progress + STALL);
+        [self.driver.next_wakeup(), self.retry_at, Some(self.next_demand_at), stall].into_iter().flatten().min()
     }
 
     pub fn on_event(&mut self, readable: bool, writable: bool, now: Instant, registry: &Registry) {
@@ -181,6 +189,13 @@ impl Reader {
     pub fn pump(&mut self, now: Instant, registry: &Registry) {
         self.driver.step(now, registry);
         self.collect(now);
+        let down = matches!(self.driver.state(), LinkState::Down { .. });
+        if !down && now.saturating_duration_since(self.last_progress) >= STALL {
+            let why = format!("no answer from redis in {}s", STALL.as_secs());
+            self.driver.close(now, registry, &why);
+            self.last_progress = now;
+            self.collect(now);
+        }
         if self.retry_at.is_some_and(|t| now >= t) {
             self.retry_at = None;
         }
@@ -219,6 +234,7 @@ impl Reader {
         while let Some(ev) = self.driver.proto.poll_event() {
             match ev {
                 RedisEvent::Ready => {
+                    self.last_progress = now;
                     // The demand key may have lapsed while the link was down.
                     self.demand_dirty = true;
                     self.notes.push_back((LogLevel::Info, format!("bus_connected role=read last_id={}", fmt_id(self.last))));
@@ -231,20 +247,29 @@ impl Reader {
                     }
                 }
                 RedisEvent::Reply { id, reply } if self.demand_in_flight == Some(id) => {
+                    self.last_progress = now;
                     self.demand_in_flight = None;
                     if let Err(e) = reply {
                         self.demand_dirty = true;
                         self.stats.last_error = Some(e.to_string());
                     }
                 }
-                RedisEvent::Reply { id, reply } => match self.state {
-                    State::Info(i) if i == id => self.on_info(reply, now),
-                    State::Reading(r) if r == id => self.on_read(reply, now),
-                    _ => {}
-                },
+                RedisEvent::Reply { id, reply } => {
+                    if !reply.as_ref().is_err_and(|e| e.is_disconnect()) {
+                        self.last_progress = now;
+                    }
+                    match self.state {
+                        State::Info(i) if i == id => self.on_info(reply, now),
+                        State::Reading(r) if r == id => self.on_read(reply, now),
+                        _ => {}
+                    }
+                }
             }
         }
         let up = self.driver.state() == LinkState::Up;
+        if up != self.was_up {
+            self.last_progress = now;
+        }
         if self.was_up && !up {
             let why = self.driver.last_error().unwrap_or("closed").to_string();
             self.stats.last_error = Some(why.clone());
@@ -279,6 +304,16 @@ impl Reader {
                 ));
             }
             Some(last) => {
+                self.notes.push_back((
+                    LogLevel::Debug,
+                    format!(
+                        "bus_stream_info last_id={last} first_id={} last_generated={} length={} entries_added={}",
+                        fmt_id(info.first_entry_id),
+                        info.last_generated_id,
+                        info.length,
+                        info.entries_added
+                    ),
+                ));
                 let reset = info.last_generated_id < last;
                 if reset || info.missed_after(last) {
                     let why = if reset { "stream_reset" } else { "stream_trimmed" };
