@@ -538,3 +538,39 @@ fn a_read_node_cut_off_while_the_stream_is_trimmed_past_it_reads_the_hole_from_t
     assert_eq!(read.terminate(10 * SEC), Some(0));
     assert_eq!(ingest.terminate(10 * SEC), Some(0));
 }
+
+#[test]
+fn postgres_refuses_a_write_from_a_leader_whose_fence_is_behind() {
+    let test = "postgres_refuses_a_write_from_a_leader_whose_fence_is_behind";
+    let Some(mut shared) = Shared::new(test) else { return };
+    let Some(schema) = shared.pg.as_ref().map(|p| p.1.clone()) else {
+        eprintln!("SKIPPED {test}: the fence row is PostgreSQL's (no PostgreSQL here)");
+        return;
+    };
+    let ex = FakeExchange::start(FakeOptions::spot());
+    let t0 = now_minute_ms() - 30 * 60_000;
+    let minute = |k: i64| (t0 + k * 60_000) / 1000;
+    let mut a = shared.node("ingest", "ingest-f", &ex, &["--heal", "false", "--derived", ""]);
+    assert!(a.wait_log("bus_lease_acquired node=ingest-f", 10 * SEC).is_some());
+    assert!(ex.wait_for_subscriptions(&[STREAM], 10 * SEC));
+    push_close(&ex, t0, 0);
+    assert!(wait_until(10 * SEC, || shared.stored(S1) == vec![minute(0)]));
+    assert!(wait_until(5 * SEC, || a.get_json("/health")["bus"]["fence"].is_u64()));
+    let fence = a.get_json("/health")["bus"]["fence"].as_u64().unwrap();
+    let sql = |shared: &mut Shared, q: String| {
+        if let Some((pg, ..)) = shared.pg.as_mut() {
+            pg.simple(&q);
+        }
+    };
+    // A newer leader wrote (as far as the database knows): this node's batch is refused.
+    sql(&mut shared, format!("UPDATE {schema}.klinegate_fence SET fence = {}", fence + 1));
+    push_close(&ex, t0, 1);
+    let refused = a.wait_log("store_write_failed", 10 * SEC).expect("the write is refused");
+    assert!(refused.contains("fenced"), "{refused}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(shared.stored(S1), vec![minute(0)], "nothing of the refused batch is stored");
+    // Back to this node's fence: the retry goes through, in order.
+    sql(&mut shared, format!("UPDATE {schema}.klinegate_fence SET fence = {fence}"));
+    assert!(wait_until(15 * SEC, || shared.stored(S1) == vec![minute(0), minute(1)]), "{:?}", shared.stored(S1));
+    assert_eq!(a.terminate(10 * SEC), Some(0));
+}

@@ -112,6 +112,14 @@ impl BusHost {
         }
     }
 
+    /// Ingest: the fence while this node leads.
+    pub fn fence(&self) -> Option<u64> {
+        match self {
+            BusHost::Ingest(p) => p.fence(),
+            BusHost::Read(_) => None,
+        }
+    }
+
     /// Ingest: why this node must stop now (lease lost; see `publisher`).
     pub fn fatal(&self) -> Option<&str> {
         match self {

@@ -104,6 +104,9 @@ pub struct Publisher {
     maxlen: u64,
     sent: HashMap<CommandId, Sent>,
     lease_in_flight: bool,
+    /// When the lease call in flight was sent: one unanswered for a whole
+    /// lease closes the connection (a half-open link) and reopens it.
+    lease_sent_at: Instant,
     /// The lease was confirmed on the current connection: closed entries
     /// wait for it after every reconnect (Redis may have lost the lease).
     lease_confirmed: bool,
@@ -146,6 +149,7 @@ impl Publisher {
             maxlen,
             sent: HashMap::new(),
             lease_in_flight: false,
+            lease_sent_at: now,
             lease_confirmed: false,
             next_lease_at: now,
             fence: None,
@@ -254,7 +258,7 @@ impl Publisher {
 
     /// When the loop must call [`Publisher::pump`] at the latest.
     pub fn next_wakeup(&self) -> Option<Instant> {
-        let mut at = Some(self.next_lease_at);
+        let mut at = Some(if self.lease_in_flight { self.lease_sent_at + self.lease } else { self.next_lease_at });
         if self.fence.is_some() {
             at = at.map(|a| a.min(self.next_demand_at));
         }
@@ -282,7 +286,14 @@ impl Publisher {
             if let Ok(id) = self.driver.proto.submit(lease::acquire_or_renew(&self.keys, &self.node, ttl)) {
                 self.sent.insert(id, Sent::Lease(now));
                 self.lease_in_flight = true;
+                self.lease_sent_at = now;
             }
+        }
+        if self.lease_in_flight && now.saturating_duration_since(self.lease_sent_at) >= self.lease {
+            let why = format!("no answer from redis in {} ms", self.lease.as_millis());
+            self.driver.close(now, registry, &why);
+            self.lease_in_flight = false;
+            self.collect(now);
         }
         if self.retry_at.is_some_and(|t| now >= t) {
             self.retry_at = None;

@@ -34,8 +34,13 @@ impl Server {
     /// this node must exit now (a leader that lost its lease).
     pub(super) fn pump_bus(&mut self) -> Option<i32> {
         for _ in 0..2 {
-            let Some(b) = self.bus.as_mut() else { return None };
+            let b = self.bus.as_mut()?;
             b.pump(self.mono, self.poll.registry());
+            // Before the core hears it leads: its writes carry the fence.
+            if let (Some(fence), Some(pg)) = (b.fence(), self.store.pg()) {
+                pg.set_fence(fence);
+            }
+            let Some(b) = self.bus.as_mut() else { return None };
             let mut inputs = Vec::new();
             while let Some(input) = b.poll_input() {
                 inputs.push(input);
