@@ -133,9 +133,12 @@ pub struct Publisher {
     demand_in_flight: bool,
     next_demand_at: Instant,
     pub stats: PublisherStats,
+    /// The queue's bound ([`MAX_QUEUED`]; tests lower it).
+    pub max_queued: usize,
 }
 
 impl Publisher {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(cfg: RedisConfig, addr: SocketAddr, token: Token, prefix: &str, node: &str, lease_ms: u64, maxlen: u64, now: Instant) -> Self {
         let conn = RedisConn::new(cfg, Resp::V2, MAX_IN_FLIGHT + MAX_FORMING_IN_FLIGHT + 8);
         let backoff = Backoff { base: Duration::from_millis(100), max: Duration::from_secs(2) };
@@ -171,6 +174,7 @@ impl Publisher {
             demand_in_flight: false,
             next_demand_at: now,
             stats: PublisherStats::default(),
+            max_queued: MAX_QUEUED,
         }
     }
 
@@ -207,12 +211,12 @@ impl Publisher {
     pub fn offer(&mut self, out: Output) {
         match out {
             Output::BusPublish { series_id, candles } => {
-                if self.queue.len() >= MAX_QUEUED {
+                if self.queue.len() >= self.max_queued {
                     self.stats.candles_dropped += candles.len() as u64;
                     if !self.hole {
                         self.notes.push_back((
                             LogLevel::Error,
-                            format!("bus_backlog_full dropped_series={series_id} max_entries={MAX_QUEUED} action=resync_marker"),
+                            format!("bus_backlog_full dropped_series={series_id} max_entries={} action=resync_marker", self.max_queued),
                         ));
                     }
                     self.hole = true;

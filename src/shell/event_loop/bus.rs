@@ -40,7 +40,7 @@ impl Server {
             if let (Some(fence), Some(pg)) = (b.fence(), self.store.pg()) {
                 pg.set_fence(fence);
             }
-            let Some(b) = self.bus.as_mut() else { return None };
+            let b = self.bus.as_mut()?;
             let mut inputs = Vec::new();
             while let Some(input) = b.poll_input() {
                 inputs.push(input);
