@@ -58,12 +58,19 @@ struct Shared {
 
 impl Shared {
     fn new(test: &str) -> Option<Shared> {
+        Shared::with_store(test, true)
+    }
+
+    /// `postgres`: use PostgreSQL when it answers (else the shared SQLite file).
+    fn with_store(test: &str, postgres: bool) -> Option<Shared> {
         let (rcfg, raddr) = redis_or_skip(test)?;
         let redis = RedisClient::connect(&rcfg, raddr, Resp::V2, 64);
         let prefix = unique("kgnodes");
         let dir = tempfile::tempdir().unwrap();
         let quiet = std::env::var("CI").as_deref() != Ok("true");
-        let pg = if quiet && std::net::TcpStream::connect_timeout(&"127.0.0.1:5432".parse().unwrap(), SEC).is_err()
+        let pg = if !postgres {
+            None
+        } else if quiet && std::net::TcpStream::connect_timeout(&"127.0.0.1:5432".parse().unwrap(), SEC).is_err()
             && std::env::var("KLINEGATE_TEST_PG_URL").is_err()
         {
             None
@@ -573,4 +580,73 @@ fn postgres_refuses_a_write_from_a_leader_whose_fence_is_behind() {
     sql(&mut shared, format!("UPDATE {schema}.klinegate_fence SET fence = {fence}"));
     assert!(wait_until(15 * SEC, || shared.stored(S1) == vec![minute(0), minute(1)]), "{:?}", shared.stored(S1));
     assert_eq!(a.terminate(10 * SEC), Some(0));
+}
+
+/// Figures, not asserts: the latency a read node adds over a hybrid node in
+/// the same run (exchange frame pushed → close received by a client, each
+/// client read on a thread of its own), both on SQLite and flushing every
+/// close at once, so the difference is the bus hop. Run with
+/// `cargo test --test live_bus_nodes bench_ -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench_read_node_added_latency_over_a_hybrid_node() {
+    let test = "bench_read_node_added_latency_over_a_hybrid_node";
+    let Some(shared) = Shared::with_store(test, false) else { return };
+    let ex = FakeExchange::start(FakeOptions::spot());
+    let ws = ex.ws_url();
+    let fast = ["--heal", "false", "--derived", "", "--batch-max", "1"];
+    let hybrid = Live::start(&["--spot-ws-url", &ws, "--futures-ws-url", &ws, "--pin", S1, "--derived", "", "--heal", "false", "--batch-max", "1"]);
+    let mut ingest = shared.node("ingest", "ingest-bench", &ex, &fast);
+    assert!(ingest.wait_log("bus_lease_acquired", 10 * SEC).is_some());
+    let mut read = shared.node("read", "read-bench", &ex, &fast);
+    assert!(read.wait_log("bus_reader_started", 10 * SEC).is_some());
+    assert!(wait_until(10 * SEC, || ex.connections() >= 2 && ex.subscriptions().iter().any(|s| s == STREAM)));
+    std::thread::sleep(Duration::from_millis(500));
+    const N: i64 = 300;
+    let t0 = now_minute_ms() - 400 * 60_000;
+    let last = (t0 + (N - 1) * 60_000) / 1000;
+    let spawn = |mut c: support::live::Client| {
+        std::thread::spawn(move || {
+            let mut got: Vec<(i64, Instant)> = Vec::new();
+            let end = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < end && !got.iter().any(|(t, _)| *t == last) {
+                if let Some(f) = c.next(Duration::from_millis(100)) {
+                    for t in closed_times(std::slice::from_ref(&f), S1) {
+                        got.push((t, Instant::now()));
+                    }
+                }
+            }
+            got
+        })
+    };
+    let (th, tr) = (spawn(subscribe(&hybrid, &[S1])), spawn(subscribe(&read, &[S1])));
+    std::thread::sleep(Duration::from_millis(500));
+    let mut pushed = std::collections::BTreeMap::new();
+    for k in 0..N {
+        let (o, h, l, c) = px(k);
+        pushed.insert((t0 + k * 60_000) / 1000, Instant::now());
+        ex.push_kline(STREAM, t0 + k * 60_000, o, h, l, c, 1.0, true);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let lat = |got: Vec<(i64, Instant)>| -> Vec<f64> {
+        let mut v: Vec<f64> = got
+            .iter()
+            .filter_map(|(t, at)| pushed.get(t).map(|p| at.saturating_duration_since(*p).as_secs_f64() * 1000.0))
+            .collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v
+    };
+    let (lh, lr) = (lat(th.join().unwrap()), lat(tr.join().unwrap()));
+    let pct = |v: &[f64], p: f64| v.get(((v.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(f64::NAN);
+    println!(
+        "close latency, exchange push → client (ms; {} / {} closes): hybrid p50 {:.2} p99 {:.2}; read node p50 {:.2} p99 {:.2}; added p50 {:.2} p99 {:.2}",
+        lh.len(),
+        lr.len(),
+        pct(&lh, 0.5),
+        pct(&lh, 0.99),
+        pct(&lr, 0.5),
+        pct(&lr, 0.99),
+        pct(&lr, 0.5) - pct(&lh, 0.5),
+        pct(&lr, 0.99) - pct(&lh, 0.99)
+    );
 }
