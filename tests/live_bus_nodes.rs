@@ -650,3 +650,67 @@ fn bench_read_node_added_latency_over_a_hybrid_node() {
         pct(&lr, 0.99) - pct(&lh, 0.99)
     );
 }
+
+#[test]
+fn the_leaders_postgres_outage_holds_closes_and_read_nodes_get_each_once_after() {
+    let test = "the_leaders_postgres_outage_holds_closes_and_read_nodes_get_each_once_after";
+    let Some(mut shared) = Shared::new(test) else { return };
+    let Some(pg_addr) = shared.pg.as_ref().map(|p| p.3) else {
+        eprintln!("SKIPPED {test}: needs PostgreSQL");
+        return;
+    };
+    let ex = FakeExchange::start(FakeOptions::spot());
+    let t0 = (now_minute_ms() - 60 * 60_000) / 300_000 * 300_000;
+    let minute = |k: i64| (t0 + k * 60_000) / 1000;
+    // The leader reaches PostgreSQL through a proxy the test cuts; the read node directly.
+    let proxy = support::tcp_proxy::TcpProxy::start(pg_addr);
+    let direct = shared.store_url.clone();
+    shared.store_url = direct.replace(&pg_addr.to_string(), &proxy.addr.to_string());
+    let mut ingest = shared.node("ingest", "ingest-p", &ex, &["--heal", "false"]);
+    shared.store_url = direct;
+    assert!(ingest.wait_log("bus_lease_acquired node=ingest-p", 10 * SEC).is_some());
+    assert!(ex.wait_for_subscriptions(&[STREAM], 10 * SEC));
+    let mut read = shared.node("read", "read-p", &ex, &["--heal", "false"]);
+    assert!(read.wait_log("bus_reader_started", 10 * SEC).is_some());
+    let mut c = subscribe(&read, &[S1, S5]);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut seen = Vec::new();
+    for k in 0..5 {
+        push_close(&ex, t0, k);
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    seen.extend(c.until(10 * SEC, |f| closed_times(std::slice::from_ref(f), S1).contains(&minute(4))));
+
+    proxy.cut();
+    let cut = Instant::now();
+    for k in 5..12 {
+        push_close(&ex, t0, k);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(wait_until(10 * SEC, || ingest.metric("klinegate_store_write_errors_total") >= 1.0), "the leader's writes fail");
+    let during = c.until(SEC, |_| false);
+    assert!(closed_times(&during, S1).iter().all(|t| *t < minute(5)), "nothing is published before it is stored: {during:?}");
+    seen.extend(during);
+    std::thread::sleep(Duration::from_secs(5).saturating_sub(cut.elapsed()));
+    proxy.restore();
+    let outage = cut.elapsed().as_secs_f64();
+    for k in 12..20 {
+        push_close(&ex, t0, k);
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    seen.extend(c.until(30 * SEC, |f| closed_times(std::slice::from_ref(f), S1).contains(&minute(19))));
+    seen.extend(c.until(2 * SEC, |_| false));
+    let expected: Vec<i64> = (0..20).map(minute).collect();
+    let expected_5m: Vec<i64> = (0..4).map(|k| minute(5 * k)).collect();
+    assert_eq!(shared.stored(S1), expected, "stored once each");
+    assert_eq!(closed_times(&seen, S1), expected, "delivered once each, in order");
+    assert_eq!(closed_times(&seen, S5), expected_5m);
+    println!(
+        "leader's PostgreSQL cut for {outage:.1} s: candles expected {} stored {} delivered {}",
+        expected.len(),
+        shared.stored(S1).len(),
+        closed_times(&seen, S1).len()
+    );
+    assert_eq!(read.terminate(10 * SEC), Some(0), "the client was never closed before this");
+    assert_eq!(ingest.terminate(10 * SEC), Some(0));
+}

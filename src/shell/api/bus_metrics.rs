@@ -33,6 +33,7 @@ pub fn bus_metrics(m: &mut Exposition, engine: &Engine, s: &ShellStats) {
         m.counter("bus_remote_refusals_total", "Read-node demands refused for capacity.", c.bus_remote_refusals);
     } else {
         m.gauge("bus_lag_seconds", "Redis time of the last closed entry handled → when this node handled it.", num("lag_s").unwrap_or(0.0));
+        m.gauge("bus_lag_entries", "Closed entries in the stream after the last one handled (counted every 2 s, at most 1000).", num("lag_entries").unwrap_or(0.0));
         m.gauge("bus_since_last_entry_seconds", "Seconds since the last closed entry was handled.", num("since_last_entry_s").unwrap_or(0.0));
         m.counter("bus_closed_received_total", "Closed candles taken from the bus and published.", c.bus_closed_in);
         m.counter("bus_closed_duplicates_total", "Closed candles from the bus dropped as already delivered.", c.bus_closed_dropped);

@@ -171,6 +171,7 @@ impl BusHost {
                     "refusals": s.refusals,
                     "bad_entries": s.bad_entries,
                     "lag_s": lag_s,
+                    "lag_entries": s.lag_entries,
                     "since_last_entry_s": (s.last_handled_unix_ms > 0).then(|| unix_ms.saturating_sub(s.last_handled_unix_ms) as f64 / 1000.0),
                     "last_error": s.last_error,
                 })

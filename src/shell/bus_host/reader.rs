@@ -40,6 +40,10 @@ const COUNT: u64 = 512;
 pub const BLOCK_MS: u64 = 200;
 /// After an error reply (not a disconnect), the next command waits this long.
 const RETRY: Duration = Duration::from_millis(500);
+/// How often the reader counts the closed entries after its last id.
+const LAG_EVERY: Duration = Duration::from_secs(2);
+/// The count stops here (`lag_entries` ≥ this means "at least").
+pub const LAG_CAP: u64 = 1000;
 /// A connection (or connect attempt) that answers nothing for this long is
 /// closed and reopened: a blocking read returns every [`BLOCK_MS`], so
 /// silence means a half-open link.
@@ -62,6 +66,9 @@ pub struct ReaderStats {
     pub resyncs: u64,
     pub bad_entries: u64,
     pub refusals: u64,
+    /// Closed entries in the stream after the last one handled, at the last
+    /// count (every 2 s; capped at [`LAG_CAP`]).
+    pub lag_entries: u64,
     /// Unix ms at which the last closed entry was handled, and its id's ms
     /// (the Redis clock when the leader wrote it).
     pub last_handled_unix_ms: u64,
@@ -82,6 +89,8 @@ pub struct Reader {
     demand_dirty: bool,
     demand_in_flight: Option<CommandId>,
     next_demand_at: Instant,
+    lag_in_flight: Option<CommandId>,
+    next_lag_at: Instant,
     control_last: StreamId,
     state: State,
     retry_at: Option<Instant>,
@@ -116,6 +125,8 @@ impl Reader {
             demand_dirty: true,
             demand_in_flight: None,
             next_demand_at: now,
+            lag_in_flight: None,
+            next_lag_at: now + LAG_EVERY,
             control_last: start,
             state: State::Idle,
             retry_at: None,
@@ -177,7 +188,7 @@ impl Reader {
 
     pub fn next_wakeup(&self) -> Option<Instant> {
         let stall = (!matches!(self.driver.state(), LinkState::Down { .. })).then_some(self.last_progress + STALL);
-        [self.driver.next_wakeup(), self.retry_at, Some(self.next_demand_at), stall].into_iter().flatten().min()
+        [self.driver.next_wakeup(), self.retry_at, Some(self.next_demand_at), Some(self.next_lag_at), stall].into_iter().flatten().min()
     }
 
     pub fn on_event(&mut self, readable: bool, writable: bool, now: Instant, registry: &Registry) {
@@ -200,6 +211,12 @@ impl Reader {
             self.retry_at = None;
         }
         self.write_demand(now);
+        if let (None, Some(last), true) = (self.lag_in_flight, self.last, self.connected() && now >= self.next_lag_at) {
+            if let Ok(id) = self.driver.proto.submit(streams::xrange_after(&self.closed_key, last, LAG_CAP)) {
+                self.lag_in_flight = Some(id);
+                self.next_lag_at = now + LAG_EVERY;
+            }
+        }
         if self.state == State::Idle && self.retry_at.is_none() && self.connected() {
             let cmd = match self.last {
                 None => streams::xinfo_stream(&self.closed_key),
@@ -246,6 +263,14 @@ impl Reader {
                         }
                     }
                 }
+                RedisEvent::Reply { id, reply } if self.lag_in_flight == Some(id) => {
+                    self.lag_in_flight = None;
+                    // Entries after the id the count was asked from; the
+                    // reader may have moved on since (the next count says).
+                    if let Ok(entries) = streams::decode_entries(reply) {
+                        self.stats.lag_entries = entries.iter().filter(|e| self.last.is_some_and(|l| e.id > l)).count() as u64;
+                    }
+                }
                 RedisEvent::Reply { id, reply } if self.demand_in_flight == Some(id) => {
                     self.last_progress = now;
                     self.demand_in_flight = None;
@@ -269,6 +294,10 @@ impl Reader {
         let up = self.driver.state() == LinkState::Up;
         if up != self.was_up {
             self.last_progress = now;
+            if !up {
+                self.lag_in_flight = None;
+                self.demand_in_flight = None;
+            }
         }
         if self.was_up && !up {
             let why = self.driver.last_error().unwrap_or("closed").to_string();
