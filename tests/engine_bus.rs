@@ -163,3 +163,19 @@ fn a_read_node_turns_a_refusal_into_the_capacity_error_and_tracks_its_demand() {
     assert_eq!((errors[0]["code"].as_str(), errors[0]["series_id"].as_str()), (Some("capacity"), Some(sol)));
     assert_eq!(h.engine.subscription_count(), 0);
 }
+
+#[test]
+fn a_standby_s_own_subscribers_get_their_jobs_when_it_leads() {
+    let mut h = engine_with(Settings { pins: vec![], role: "ingest".into(), heal: false, ..Default::default() });
+    h.handle(Input::Start, now()).unwrap();
+    h.handle(Input::ClientConnected { client: 3 }, now()).unwrap();
+    let eth = "binance:spot:ETH/USDT:1m";
+    h.handle(Input::ClientText { client: 3, text: format!(r#"{{"type":"subscribe","series_id":"{eth}"}}"#) }, now()).unwrap();
+    h.take_outputs();
+    assert_eq!(h.engine.job_count(), 0, "a standby starts no job");
+    h.handle(Input::BusLeader { fence: 2 }, now()).unwrap();
+    assert_eq!(h.engine.job_count(), 1, "its subscriber's job starts once it leads");
+    h.handle(Input::ClientDisconnected { client: 3 }, now()).unwrap();
+    h.handle_timeout(Timestamp::from_secs(10_000 + 61));
+    assert_eq!(h.engine.job_count(), 0, "and is reaped once the subscriber left");
+}

@@ -212,6 +212,17 @@ impl Engine {
         self.supervisor.set_standby(false);
         self.log(LogLevel::Info, format!("bus_leader fence={fence} action=start_ingest"));
         self.supervisor.start_whitelist(self.now, &mut self.effects);
+        // This node's own clients subscribed while it stood by: each now
+        // counts as the subscriber it would have been (their jobs start).
+        for i in 0..self.series.len() {
+            let idx = SeriesIdx(i as u32);
+            let id = self.series.get(idx).id.clone();
+            for _ in self.hub.subscribers(idx, &self.series) {
+                if let SubscribeOutcome::Capacity = self.supervisor.subscribe(&id, self.now, &mut self.effects) {
+                    self.log(LogLevel::Info, format!("bus_leader_subscriber_refused series_id={id} reason=capacity"));
+                }
+            }
+        }
         self.apply_effects();
     }
 }
