@@ -14,7 +14,9 @@
 //! - a trimmed stream: a read node cut from Redis while the stream is
 //!   trimmed past its last entry reads the hole from the store.
 //!
-//! Skips (printing why) without Redis outside CI; fails under `CI=true`.
+//! Without a Redis on `KLINEGATE_TEST_REDIS_URL` a test starts a
+//! `redis-server` of its own; without one installed it skips (printing why)
+//! outside CI and fails under `CI=true`.
 
 mod support;
 #[path = "support/fake_exchange.rs"]
@@ -54,6 +56,8 @@ struct Shared {
     store_url: String,
     pg: Option<(PgClient, String, klinegate::store::postgres::PgConfig, std::net::SocketAddr)>,
     _dir: tempfile::TempDir,
+    /// A redis-server this test started because none answered.
+    _own: Option<OwnRedis>,
 }
 
 impl Shared {
@@ -63,7 +67,21 @@ impl Shared {
 
     /// `postgres`: use PostgreSQL when it answers (else the shared SQLite file).
     fn with_store(test: &str, postgres: bool) -> Option<Shared> {
-        let (rcfg, raddr) = redis_or_skip(test)?;
+        // The configured Redis, or one of the test's own when none answers
+        // (and redis-server is installed); else skip (fail under CI=true).
+        let url = std::env::var("KLINEGATE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string());
+        let cfg = klinegate::bus::parse_redis_url(&url).expect("KLINEGATE_TEST_REDIS_URL");
+        let up = format!("{}:{}", cfg.host, cfg.port)
+            .parse::<std::net::SocketAddr>()
+            .is_ok_and(|a| std::net::TcpStream::connect_timeout(&a, SEC).is_ok());
+        let own = if up { None } else { OwnRedis::start(test) };
+        let (rcfg, raddr) = match &own {
+            Some(r) => {
+                let addr: std::net::SocketAddr = format!("127.0.0.1:{}", r.port).parse().unwrap();
+                (klinegate::bus::RedisConfig { host: "127.0.0.1".into(), port: r.port, db: 0 }, addr)
+            }
+            None => redis_or_skip(test)?,
+        };
         let redis = RedisClient::connect(&rcfg, raddr, Resp::V2, 64);
         let prefix = unique("kgnodes");
         let dir = tempfile::tempdir().unwrap();
@@ -91,7 +109,8 @@ impl Shared {
                 (format!("sqlite:{}", dir.path().join("shared.db").display()), None)
             }
         };
-        Some(Shared { redis_url: format!("redis://{}:{}/{}", rcfg.host, rcfg.port, rcfg.db), redis, prefix, store_url, pg, _dir: dir })
+        let redis_url = format!("redis://{}:{}/{}", rcfg.host, rcfg.port, rcfg.db);
+        Some(Shared { redis_url, redis, prefix, store_url, pg, _dir: dir, _own: own })
     }
 
     fn node(&self, role: &str, name: &str, ex: &FakeExchange, extra: &[&str]) -> Live {
