@@ -733,3 +733,77 @@ fn the_leaders_postgres_outage_holds_closes_and_read_nodes_get_each_once_after()
     assert_eq!(read.terminate(10 * SEC), Some(0), "the client was never closed before this");
     assert_eq!(ingest.terminate(10 * SEC), Some(0));
 }
+
+/// Figures, not asserts: N clients on one read node, then N on each of two
+/// read nodes, in the same run — the p99 of exchange push → close received.
+/// Run with `cargo test --test live_bus_nodes bench_ -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench_two_read_nodes_carry_twice_the_clients() {
+    let test = "bench_two_read_nodes_carry_twice_the_clients";
+    let Some(shared) = Shared::with_store(test, false) else { return };
+    let ex = FakeExchange::start(FakeOptions::spot());
+    let fast = ["--heal", "false", "--derived", "", "--batch-max", "1"];
+    let mut ingest = shared.node("ingest", "ingest-b2", &ex, &fast);
+    assert!(ingest.wait_log("bus_lease_acquired", 10 * SEC).is_some());
+    assert!(ex.wait_for_subscriptions(&[STREAM], 10 * SEC));
+    let mut r1 = shared.node("read", "read-b1", &ex, &fast);
+    let mut r2 = shared.node("read", "read-b2", &ex, &fast);
+    for r in [&mut r1, &mut r2] {
+        assert!(r.wait_log("bus_reader_started", 10 * SEC).is_some());
+    }
+    const CLIENTS: usize = 50;
+    const N: i64 = 100;
+    let run = |nodes: &[&Live], first_minute: i64| -> Vec<(usize, f64)> {
+        let t0 = now_minute_ms() - 600 * 60_000 + first_minute * 60_000;
+        let last = (t0 + (N - 1) * 60_000) / 1000;
+        let mut threads = Vec::new();
+        for (n, node) in nodes.iter().enumerate() {
+            for _ in 0..CLIENTS {
+                let mut c = subscribe(node, &[S1]);
+                threads.push((n, std::thread::spawn(move || {
+                    let mut got: Vec<(i64, Instant)> = Vec::new();
+                    let end = Instant::now() + Duration::from_secs(60);
+                    while Instant::now() < end && !got.iter().any(|(t, _)| *t == last) {
+                        if let Some(f) = c.next(Duration::from_millis(100)) {
+                            for t in closed_times(std::slice::from_ref(&f), S1) {
+                                got.push((t, Instant::now()));
+                            }
+                        }
+                    }
+                    got
+                })));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        let mut pushed = std::collections::BTreeMap::new();
+        for k in 0..N {
+            let (o, h, l, c) = px(k);
+            pushed.insert((t0 + k * 60_000) / 1000, Instant::now());
+            ex.push_kline(STREAM, t0 + k * 60_000, o, h, l, c, 1.0, true);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut out = Vec::new();
+        for (n, t) in threads {
+            for (time, at) in t.join().unwrap() {
+                if let Some(p) = pushed.get(&time) {
+                    out.push((n, at.saturating_duration_since(*p).as_secs_f64() * 1000.0));
+                }
+            }
+        }
+        out
+    };
+    let p99 = |v: &[(usize, f64)], node: usize| {
+        let mut l: Vec<f64> = v.iter().filter(|(n, _)| *n == node).map(|(_, x)| *x).collect();
+        l.sort_by(|a, b| a.total_cmp(b));
+        (l.len(), l.get(((l.len() as f64 - 1.0) * 0.99).round() as usize).copied().unwrap_or(f64::NAN))
+    };
+    let one = run(&[&r1], 0);
+    let two = run(&[&r1, &r2], 200);
+    let (n1, a) = p99(&one, 0);
+    let (n2a, b) = p99(&two, 0);
+    let (n2b, c) = p99(&two, 1);
+    println!(
+        "{CLIENTS} clients per read node, {N} closes: one node p99 {a:.2} ms ({n1} deliveries); two nodes p99 {b:.2} / {c:.2} ms ({n2a} + {n2b} deliveries)"
+    );
+}
