@@ -807,3 +807,49 @@ fn bench_two_read_nodes_carry_twice_the_clients() {
         "{CLIENTS} clients per read node, {N} closes: one node p99 {a:.2} ms ({n1} deliveries); two nodes p99 {b:.2} / {c:.2} ms ({n2a} + {n2b} deliveries)"
     );
 }
+
+#[test]
+fn a_read_node_that_was_down_catches_its_clients_up_from_the_store_then_the_stream() {
+    let test = "a_read_node_that_was_down_catches_its_clients_up_from_the_store_then_the_stream";
+    let Some(mut shared) = Shared::new(test) else { return };
+    let ex = FakeExchange::start(FakeOptions::spot());
+    let t0 = (now_minute_ms() - 80 * 60_000) / 300_000 * 300_000;
+    let minute = |k: i64| (t0 + k * 60_000) / 1000;
+    let mut ingest = shared.node("ingest", "ingest-c", &ex, &["--heal", "false", "--derived", ""]);
+    assert!(ingest.wait_log("bus_lease_acquired node=ingest-c", 10 * SEC).is_some());
+    assert!(ex.wait_for_subscriptions(&[STREAM], 10 * SEC));
+    let mut read = shared.node("read", "read-c", &ex, &["--heal", "false", "--derived", ""]);
+    assert!(read.wait_log("bus_reader_started", 10 * SEC).is_some());
+    let mut c = subscribe(&read, &[S1]);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut seen = Vec::new();
+    for k in 0..5 {
+        push_close(&ex, t0, k);
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    seen.extend(c.until(10 * SEC, |f| closed_times(std::slice::from_ref(f), S1).contains(&minute(4))));
+    // The read node goes down; the stream and the store move on without it.
+    read.kill9();
+    for k in 5..30 {
+        push_close(&ex, t0, k);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(wait_until(10 * SEC, || shared.stored(S1).len() == 30));
+    // It comes back; the client resumes from the last close it saw.
+    let mut read = shared.node("read", "read-c", &ex, &["--heal", "false", "--derived", ""]);
+    assert!(read.wait_log("bus_reader_started", 10 * SEC).is_some());
+    let mut c = read.ws();
+    c.send(json!({"type":"subscribe","series_id":S1,"since":minute(4)}));
+    seen.extend(c.until(10 * SEC, |f| closed_times(std::slice::from_ref(f), S1).contains(&minute(29))));
+    for k in 30..35 {
+        push_close(&ex, t0, k);
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    seen.extend(c.until(10 * SEC, |f| closed_times(std::slice::from_ref(f), S1).contains(&minute(34))));
+    seen.extend(c.until(SEC, |_| false));
+    let expected: Vec<i64> = (0..35).map(minute).collect();
+    assert_eq!(closed_times(&seen, S1), expected, "the store's hole, then the stream: once each, in order");
+    assert_eq!(shared.stored(S1), expected);
+    assert_eq!(read.terminate(10 * SEC), Some(0));
+    assert_eq!(ingest.terminate(10 * SEC), Some(0));
+}
