@@ -106,6 +106,21 @@ pub(super) struct RunArgs {
     /// Process role: hybrid (ingest and serve), ingest, or read (serve only)
     #[arg(long, value_name = "ROLE", default_value = "hybrid", help_heading = "Ingest")]
     role: String,
+    /// Redis bus between nodes, redis://HOST:PORT[/DB]; required for --role ingest and read
+    #[arg(long, value_name = "URL", help_heading = "Nodes")]
+    bus_url: Option<String>,
+    /// This node's name on the bus (lease owner, demand key); default ROLE-PID
+    #[arg(long, value_name = "NAME", help_heading = "Nodes")]
+    node_id: Option<String>,
+    /// Prefix of every Redis key this deployment uses (streams, lease)
+    #[arg(long, value_name = "PREFIX", default_value = "klinegate", help_heading = "Nodes")]
+    bus_prefix: String,
+    /// Approximate length the closed-candle stream is trimmed to (XADD MAXLEN ~)
+    #[arg(long, value_name = "N", default_value = "100000", help_heading = "Nodes")]
+    bus_maxlen: String,
+    /// Ingest leader lease in milliseconds (renewed every third of it; a standby takes over after it lapses)
+    #[arg(long, value_name = "MS", default_value = "3000", help_heading = "Nodes")]
+    bus_lease_ms: String,
     /// Closed candles kept for retry while the store fails
     #[arg(long, value_name = "N", default_value = "1000000", help_heading = "Ingest")]
     store_backlog_max_candles: String,

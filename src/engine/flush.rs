@@ -294,6 +294,7 @@ impl Engine {
             }
             let queued_before = self.frames_queued();
             self.hub.publish_closed(*idx, candles, &self.series, &mut self.outputs, &mut self.counters);
+            self.bus_publish_closed(*idx, candles);
             if from_exchange {
                 // Base series are jobs; a derived series' frames count with its base's.
                 self.observe_queue_latency(*idx, queued_before);

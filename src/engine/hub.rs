@@ -396,6 +396,21 @@ impl Hub {
         }
     }
 
+    /// Bus resync (read role): every live subscription to `idx` (not held,
+    /// not already catching up) catches up from the store again from its
+    /// cursor, so entries the bus lost are read there (no gap, no duplicate).
+    pub fn resync(&mut self, idx: SeriesIdx, series: &SeriesTable, out: &mut VecDeque<Output>) {
+        let limit = self.cfg.catchup_limit;
+        for slot in series.get(idx).subscribers.clone() {
+            let Some(sub) = self.sub_mut(slot, idx) else { continue };
+            if sub.held.is_some() || sub.catchup.is_some() {
+                continue;
+            }
+            sub.catchup = Some(CatchUp::new(sub.cursor, limit));
+            self.pump(slot, series, out);
+        }
+    }
+
     /// Asks for the client's next catch-up page if it has none in flight, its
     /// queue is below the low-water mark and a subscription is catching up.
     fn pump(&mut self, slot: usize, series: &SeriesTable, out: &mut VecDeque<Output>) {

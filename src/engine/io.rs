@@ -64,6 +64,28 @@ pub enum Input {
     StoreRead { op: StoreOp, result: StoreReadResult },
     /// The answer to a `Persist` (journaled, so a replay needs no database).
     Persisted { op: StoreOp, result: PersistOutcome },
+    /// Read role: closed candles the ingest leader stored, from the bus
+    /// stream entry `entry` (its id, the bus sequence number). Published to
+    /// subscribers without persisting; candles at or before the newest one
+    /// already delivered for the series are dropped.
+    BusClosed { series_id: String, candles: Vec<Candle>, entry: String },
+    /// Read role: a forming update from the bus (at most once).
+    BusForming { series_id: String, candle: Candle },
+    /// Read role: the bus may have lost entries for this node (the stream
+    /// was trimmed past the last entry read, a new leader took over, the
+    /// leader dropped entries at its bound): every live subscription reads
+    /// what it missed from the store, after its cursor.
+    BusResync { reason: String },
+    /// Ingest role: this node holds the leader lease (`fence`): start the
+    /// pinned jobs and accept on-demand ones. Until then it is a standby.
+    BusLeader { fence: u64 },
+    /// Ingest leader: read node `node`'s clients want `series_id` (or no
+    /// longer do). Counted like one subscriber per node: the job starts on
+    /// demand, and is reaped after the idle TTL once no node wants it.
+    RemoteDemand { node: String, series_id: String, wanted: bool },
+    /// Read role: the leader could not start `series_id`'s job (`reason`:
+    /// `capacity`): its subscribers here get the error and are unsubscribed.
+    BusRefused { series_id: String, reason: String },
 }
 
 /// Names one store effect (`ReadStore`, `Persist`) and its answer.
@@ -112,6 +134,17 @@ pub enum Output {
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// Ingest role: append these closes (already stored, published here in
+    /// the same order) to the bus's closed-candle stream.
+    BusPublish { series_id: String, candles: Vec<Candle> },
+    /// Ingest role: a forming update for read nodes (at most once).
+    BusForming { series_id: String, candle: Candle },
+    /// Read role: this node's clients want `series_id` (first subscriber) or
+    /// no longer do (last one gone); the leader starts or releases its job.
+    BusDemand { series_id: String, wanted: bool },
+    /// Ingest leader: node `node`'s demand for `series_id` was refused
+    /// (`reason`: `capacity`).
+    BusRefused { node: String, series_id: String, reason: String },
 }
 
 /// Monotonic counters, in items (never time), for metrics and tests.
@@ -165,6 +198,15 @@ pub struct Counters {
     pub unknown_symbol_rejects: u64,
     /// Jobs ended because their symbol turned out not to be listed (`-1121` or the list).
     pub jobs_ended_unlisted: u64,
+    /// Closed candles handed to the bus (ingest) / taken from it and
+    /// published (read), and bus candles dropped as already delivered.
+    pub bus_closed_out: u64,
+    pub bus_closed_in: u64,
+    pub bus_closed_dropped: u64,
+    pub bus_forming_out: u64,
+    pub bus_resyncs: u64,
+    pub bus_remote_demands: u64,
+    pub bus_remote_refusals: u64,
 }
 
 impl Counters {

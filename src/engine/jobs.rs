@@ -201,19 +201,25 @@ impl Engine {
         let Some(latest) = job.latest_forming else { return };
         if which.first() == Some(&0) {
             self.hub.publish_forming(job.base, &latest, &self.series, &mut self.outputs, &mut self.counters);
+            let base = job.base;
+            self.bus_publish_forming(base, &latest);
         }
+        let Some(job) = self.jobs.get_mut(&job_idx) else { return };
         if which.last().is_none_or(|i| *i == 0) {
             return;
         }
         let Some(fold) = job.fold.as_mut() else { return };
         self.scratch.clear();
         fold.on_base_forming(&latest, &mut self.scratch);
-        for (target, candle) in &self.scratch {
+        let scratch = std::mem::take(&mut self.scratch);
+        for (target, candle) in &scratch {
             if which.contains(&(target + 1)) {
-                let series = job.derived[*target];
+                let Some(series) = self.jobs.get(&job_idx).map(|j| j.derived[*target]) else { continue };
                 self.hub.publish_forming(series, candle, &self.series, &mut self.outputs, &mut self.counters);
+                self.bus_publish_forming(series, candle);
             }
         }
+        self.scratch = scratch;
     }
 
     /// Flushes a job's closed buffer: dedupe, fold into derived timeframes,

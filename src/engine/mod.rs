@@ -19,6 +19,7 @@
 //! and every write leave as `Output::ReadStore`/`Output::Persist` and come
 //! back as `Input::StoreRead`/`Input::Persisted` (`store_ops.rs`).
 
+mod bus;
 mod catchup;
 pub mod derived;
 pub mod guardrail;
@@ -205,6 +206,8 @@ pub struct Engine {
     /// The whole kline of recent closes and derived buckets (`kline_ext.rs`).
     kline_ext: kline_ext::ExtTable,
     shut_down: bool,
+    /// Demand across nodes (`bus.rs`).
+    bus: bus::BusBook,
     /// The shutdown's client closes went out (see `settle_shutdown`).
     shutdown_done: bool,
 }
@@ -214,9 +217,12 @@ impl Engine {
         let mut rng = Rng::new(cfg.rng_seed);
         let pool = UpstreamPool::new(cfg.upstream.clone(), Rng::new(rng.next_u64()));
         let store_ops = StoreOps::default();
+        let mut supervisor = Supervisor::new(cfg.supervisor.clone());
+        // An ingest node is a standby until the bus says it leads.
+        supervisor.set_standby(cfg.supervisor.role == supervisor::Role::Ingest);
         Engine {
             hub: Hub::new(cfg.hub.clone(), store_ops.ids.clone()),
-            supervisor: Supervisor::new(cfg.supervisor.clone()),
+            supervisor,
             pool,
             now,
             series: SeriesTable::default(),
@@ -242,6 +248,7 @@ impl Engine {
             retention: retention::Retention::default(),
             kline_ext: kline_ext::ExtTable::default(),
             shut_down: false,
+            bus: bus::BusBook::default(),
             shutdown_done: false,
             cfg,
         }
@@ -350,6 +357,30 @@ impl Engine {
             }
             Input::SymbolsListed { market, symbols } => {
                 self.on_symbols_listed(market, symbols);
+                Ok(())
+            }
+            Input::BusClosed { series_id, candles, entry } => {
+                self.on_bus_closed(&series_id, candles, &entry);
+                Ok(())
+            }
+            Input::BusForming { series_id, candle } => {
+                self.on_bus_forming(&series_id, candle);
+                Ok(())
+            }
+            Input::BusResync { reason } => {
+                self.on_bus_resync(&reason);
+                Ok(())
+            }
+            Input::BusLeader { fence } => {
+                self.on_bus_leader(fence);
+                Ok(())
+            }
+            Input::RemoteDemand { node, series_id, wanted } => {
+                self.on_remote_demand(&node, &series_id, wanted);
+                Ok(())
+            }
+            Input::BusRefused { series_id, reason } => {
+                self.on_bus_refused(&series_id, &reason);
                 Ok(())
             }
         };
@@ -532,7 +563,10 @@ impl Engine {
                 return self.hub.send_to(client, frame, &mut self.outputs);
             }
             match self.admit_series(&id) {
-                SubscribeOutcome::Accepted => counted = true,
+                SubscribeOutcome::Accepted => {
+                    counted = true;
+                    self.bus_demand_add(&id);
+                }
                 SubscribeOutcome::Capacity => {
                     self.counters.capacity_rejects += 1;
                     self.log(LogLevel::Info, format!("market_ws_subscribe_rejected series_id={raw} reason=capacity"));
@@ -569,7 +603,7 @@ impl Engine {
         let PendingSub { client, idx, id, since, supports_batch, unsupported, counted } = p;
         if !self.hub.contains(client) {
             if counted {
-                self.supervisor.unsubscribe(&id, self.now);
+                self.release_series(&id);
             }
             return;
         }
@@ -640,7 +674,7 @@ impl Engine {
         let Some(idx) = self.series.lookup(id.as_str()) else { return };
         self.drop_pending_subs(|p| p.client == client && p.idx == idx);
         if self.hub.unsubscribe(client, idx, &mut self.series) {
-            self.supervisor.unsubscribe(&id, self.now);
+            self.release_series(&id);
         }
     }
 
@@ -651,7 +685,7 @@ impl Engine {
         for op in ops {
             if let Some(ReadFor::Subscribe(p)) = self.store_ops.take_read(op) {
                 if p.counted {
-                    self.supervisor.unsubscribe(&p.id, self.now);
+                    self.release_series(&p.id);
                 }
             }
         }
@@ -662,7 +696,7 @@ impl Engine {
         let released = self.hub.disconnect(client, &mut self.series);
         for idx in released {
             let id = self.series.get(idx).id.clone();
-            self.supervisor.unsubscribe(&id, self.now);
+            self.release_series(&id);
         }
     }
 

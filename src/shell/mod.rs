@@ -17,6 +17,7 @@
 // Outside the deterministic core: clocks and the rest of clippy.toml's list are allowed here.
 #![allow(clippy::disallowed_methods)]
 pub mod api;
+pub mod bus_host;
 pub mod conn;
 pub mod dns;
 pub mod event_loop;

@@ -93,6 +93,20 @@ pub struct RunConfig {
     pub store: crate::cli::store_url::StoreBackend,
     /// The command line after the program name, parsed again on `SIGHUP`.
     pub argv: Vec<OsString>,
+    /// `--bus-url` and its companions; `Some` exactly for `--role ingest|read`.
+    pub bus: Option<BusSettings>,
+}
+
+/// The Redis bus between nodes (`--bus-url`, `--node-id`, `--bus-prefix`,
+/// `--bus-maxlen`, `--bus-lease-ms`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BusSettings {
+    pub redis: crate::bus::RedisConfig,
+    /// `None`: the shell names the node `ROLE-PID`.
+    pub node_id: Option<String>,
+    pub prefix: String,
+    pub maxlen: u64,
+    pub lease_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -242,7 +256,9 @@ fn build(l: &mut Layers<'_>, known: &[String]) -> Result<RunConfig, RunConfigErr
         })?,
     };
 
+    let bus = resolve_bus(l, &settings.role)?;
     let config = RunConfig {
+        bus,
         config_file,
         listen,
         db,
@@ -316,6 +332,39 @@ fn resolve_tls_files(l: &mut Layers<'_>) -> Result<(Option<PathBuf>, Option<Path
         (Some(_), None) => Err(l.invalid("tls_cert", "--tls-key must be given too (TLS needs the certificate and its key)")),
         (None, Some(_)) => Err(l.invalid("tls_key", "--tls-cert must be given too (TLS needs the certificate and its key)")),
         _ => Ok((cert, key)),
+    }
+}
+
+/// `--bus-url` is required for `--role ingest|read` and refused for hybrid
+/// (which has no bus); the other bus settings are checked whenever given.
+fn resolve_bus(l: &mut Layers<'_>, role: &str) -> Result<Option<BusSettings>, RunConfigError> {
+    let url = l.optional("bus_url")?;
+    let prefix = l.value("bus_prefix", |s| {
+        let t = s.trim();
+        if t.is_empty() || t.contains(char::is_whitespace) {
+            Err(format!("'{s}' is not a key prefix (non-empty, no spaces)"))
+        } else {
+            Ok(t.to_string())
+        }
+    })?;
+    let maxlen = l.value("bus_maxlen", |s| parse_u64(s).and_then(positive))?;
+    let lease_ms = l.value("bus_lease_ms", |s| {
+        parse_u64(s).and_then(|n| if n < 300 { Err("must be at least 300 (ms)".to_string()) } else { Ok(n) })
+    })?;
+    let node_id = l.optional("node_id")?;
+    if let Some(n) = &node_id {
+        if n.trim().is_empty() || n.contains(['|', ' ']) {
+            return Err(l.invalid("node_id", format!("'{n}' is not a node name (non-empty, no spaces or '|')")));
+        }
+    }
+    match (role, url) {
+        ("hybrid", None) => Ok(None),
+        ("hybrid", Some(_)) => Err(l.invalid("bus_url", "needs --role ingest or read (a hybrid node has no bus)")),
+        (_, None) => Err(l.invalid("bus_url", format!("is required for --role {role} (redis://HOST:PORT[/DB])"))),
+        (_, Some(u)) => {
+            let redis = crate::bus::parse_redis_url(u.trim()).map_err(|e| l.invalid("bus_url", e))?;
+            Ok(Some(BusSettings { redis, node_id, prefix, maxlen, lease_ms }))
+        }
     }
 }
 

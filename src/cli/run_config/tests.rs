@@ -479,3 +479,20 @@ fn wiring_as_a_passthrough_subcommand() {
     let c = parse_run_config(std::iter::once(OsString::from(PROG)).chain(args), &no_env).unwrap();
     assert_eq!(c.settings.batch_max, 3);
 }
+
+#[test]
+fn bus_settings_are_required_for_ingest_and_read_and_refused_for_hybrid() {
+    assert!(error(&["--role", "read"], &[]).starts_with("invalid setting --bus-url: is required for --role read"));
+    assert!(error(&["--role", "ingest"], &[]).starts_with("invalid setting --bus-url: is required for --role ingest"));
+    assert!(error(&["--bus-url", "redis://h"], &[]).contains("needs --role ingest or read"));
+    assert!(error(&["--role", "read", "--bus-url", "http://h"], &[]).contains("must start with redis://"));
+    assert!(error(&["--role", "read", "--bus-url", "redis://h", "--bus-lease-ms", "10"], &[]).contains("at least 300"));
+    assert!(error(&["--role", "read", "--bus-url", "redis://h", "--node-id", "a b"], &[]).starts_with("invalid setting --node-id"));
+    assert_eq!(parse(&[]).unwrap().bus, None);
+    let c = parse(&["--role", "ingest", "--bus-url", "redis://127.0.0.1:6380/2", "--node-id", "i1"]).unwrap();
+    let b = c.bus.unwrap();
+    assert_eq!((b.redis.port, b.redis.db, b.node_id.as_deref(), b.prefix.as_str()), (6380, 2, Some("i1"), "klinegate"));
+    assert_eq!((b.maxlen, b.lease_ms), (100_000, 3000));
+    let c = parse_with(&["--role", "read"], &[("KLINEGATE_BUS_URL", "redis://h"), ("KLINEGATE_BUS_PREFIX", "kg1")]).unwrap();
+    assert_eq!(c.bus.map(|b| b.prefix), Some("kg1".to_string()));
+}

@@ -92,6 +92,9 @@ pub struct Supervisor {
     jobs: BTreeMap<SeriesId, Job>,
     /// After `shutdown` nothing starts again.
     shut_down: bool,
+    /// An `ingest` node that does not hold the leader lease: no job starts
+    /// (as in `read`) until [`Supervisor::set_standby`]`(false)`.
+    standby: bool,
     /// `next_deadline`, computed once per change (it is asked after every
     /// engine step; scanning every job each time dominated large replays).
     /// `None`: stale. Every `&mut self` entry point clears it.
@@ -113,6 +116,7 @@ impl Supervisor {
             whitelist_rejections: Vec::new(),
             jobs: BTreeMap::new(),
             shut_down: false,
+            standby: false,
             deadline_cache: Cell::new(None),
         };
         for entry in sup.cfg.whitelist.clone() {
@@ -160,9 +164,19 @@ impl Supervisor {
         self.cfg.whitelist_ingest_enabled && self.pinned.contains(base)
     }
 
-    /// False in the `read` role: no job is ever started.
+    /// False in the `read` role (no job is ever started) and on a standby.
     pub fn ingest_jobs_enabled(&self) -> bool {
-        self.cfg.role.runs_ingest_jobs()
+        self.cfg.role.runs_ingest_jobs() && !self.standby
+    }
+
+    /// A standby `ingest` node starts no job until it holds the leader lease.
+    pub fn set_standby(&mut self, standby: bool) {
+        self.deadline_cache.set(None);
+        self.standby = standby;
+    }
+
+    pub fn is_standby(&self) -> bool {
+        self.standby
     }
 
     /// How many jobs are starting, running and dead (for metrics).

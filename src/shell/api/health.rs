@@ -64,6 +64,9 @@ pub fn health(engine: &Engine, stats: &ShellStats) -> Response {
         "subscriptions": g.subscriptions,
         "jobs": { "starting": g.jobs_starting, "running": g.jobs_running, "dead": g.jobs_dead },
         "uptime_s": uptime_s(stats),
+        "role": if stats.role.is_empty() { "hybrid" } else { stats.role },
+        "node_id": stats.node_id,
+        "bus": stats.bus,
     });
     Response::json(200, &body)
 }

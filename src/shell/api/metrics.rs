@@ -146,46 +146,6 @@ fn pinned_lag(m: &mut Exposition, engine: &Engine) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::cli::settings::Settings;
-    use crate::store::{SeriesBatch, Store};
-    use crate::model::Candle;
-    use crate::replay::hosted::Hosted;
-    use crate::store::MemoryStore;
-    use crate::time::Timestamp;
-
-    const PIN: &str = "binance:spot:BTC/USDT:1m";
-
-    fn rendered(engine: &Engine) -> String {
-        let mut m = Exposition { out: String::new() };
-        engine_activity(&mut m, engine);
-        m.out
-    }
-
-    #[test]
-    fn pinned_lag_is_engine_time_minus_the_last_close_and_budgets_are_per_market() {
-        let cfg = |pins: Vec<String>| Settings { pins, ..Default::default() }.to_engine_config().unwrap();
-        let unseeded = Engine::new(cfg(vec![PIN.into()]), Timestamp::from_secs(1000));
-        assert!(!rendered(&unseeded).contains("klinegate_pinned_series_lag_seconds{"), "no sample before a close");
-
-        // The pinned job starts from the stored head: the 1m candle opened at 900.
-        let mut store = MemoryStore::new();
-        let c = Candle { candle_time: 900, open: 1.0, high: 2.0, low: 0.5, close: 1.5, volume: 1.0 };
-        store.write_batches(&[SeriesBatch { series_id: PIN.into(), candles: vec![c] }]).unwrap();
-        let mut e = Hosted::new(Engine::new(cfg(vec![PIN.into()]), Timestamp::from_secs(1000)), store);
-        e.handle(crate::engine::Input::Start, Timestamp::from_secs(1000)).unwrap();
-        let text = rendered(&e.engine);
-        // Closed at 900 + 60 = 960; the engine's time is 1000.
-        assert!(text.contains("klinegate_pinned_series_lag_seconds{series_id=\"binance:spot:BTC/USDT:1m\"} 40\n"), "{text}");
-        assert!(text.contains("klinegate_pinned_series_timeframe_seconds{series_id=\"binance:spot:BTC/USDT:1m\"} 60\n"), "{text}");
-        assert!(text.contains("# TYPE klinegate_rest_weight_budget gauge\n"));
-        assert!(text.contains("klinegate_rest_weight_budget{market=\"spot\"} 3000\n"), "{text}");
-        assert!(text.contains("klinegate_rest_weight_budget{market=\"futures\"} 1200\n"), "{text}");
-    }
-}
-
 // ------------------------------------------------------------ the page
 
 /// The whole `/metrics` page.
@@ -239,6 +199,7 @@ pub fn page(engine: &Engine, stats: &ShellStats) -> Response {
     m.counter("jobs_stopped_total", "Ingest jobs stopped.", c.jobs_stopped);
     m.counter("engine_inputs_total", "Inputs handled by the engine.", c.inputs);
     engine_activity(&mut m, engine);
+    super::bus_metrics::bus_metrics(&mut m, engine, stats);
     Response::text(200, "text/plain; version=0.0.4; charset=utf-8", m.out)
 }
 
@@ -320,4 +281,44 @@ fn engine_gauges(m: &mut Exposition, g: &Gauges) {
     m.gauge("unpersisted_candles", "Closed candles accepted but not yet stored.", g.unpersisted_candles as f64);
     m.gauge("store_backlog_candles", "Closed candles waiting for a store retry.", g.store_backlog_candles as f64);
     m.gauge("gap_ledger_entries", "Series with a range healing could not fill yet (retried).", g.gap_ledger_entries as f64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::settings::Settings;
+    use crate::store::{SeriesBatch, Store};
+    use crate::model::Candle;
+    use crate::replay::hosted::Hosted;
+    use crate::store::MemoryStore;
+    use crate::time::Timestamp;
+
+    const PIN: &str = "binance:spot:BTC/USDT:1m";
+
+    fn rendered(engine: &Engine) -> String {
+        let mut m = Exposition { out: String::new() };
+        engine_activity(&mut m, engine);
+        m.out
+    }
+
+    #[test]
+    fn pinned_lag_is_engine_time_minus_the_last_close_and_budgets_are_per_market() {
+        let cfg = |pins: Vec<String>| Settings { pins, ..Default::default() }.to_engine_config().unwrap();
+        let unseeded = Engine::new(cfg(vec![PIN.into()]), Timestamp::from_secs(1000));
+        assert!(!rendered(&unseeded).contains("klinegate_pinned_series_lag_seconds{"), "no sample before a close");
+
+        // The pinned job starts from the stored head: the 1m candle opened at 900.
+        let mut store = MemoryStore::new();
+        let c = Candle { candle_time: 900, open: 1.0, high: 2.0, low: 0.5, close: 1.5, volume: 1.0 };
+        store.write_batches(&[SeriesBatch { series_id: PIN.into(), candles: vec![c] }]).unwrap();
+        let mut e = Hosted::new(Engine::new(cfg(vec![PIN.into()]), Timestamp::from_secs(1000)), store);
+        e.handle(crate::engine::Input::Start, Timestamp::from_secs(1000)).unwrap();
+        let text = rendered(&e.engine);
+        // Closed at 900 + 60 = 960; the engine's time is 1000.
+        assert!(text.contains("klinegate_pinned_series_lag_seconds{series_id=\"binance:spot:BTC/USDT:1m\"} 40\n"), "{text}");
+        assert!(text.contains("klinegate_pinned_series_timeframe_seconds{series_id=\"binance:spot:BTC/USDT:1m\"} 60\n"), "{text}");
+        assert!(text.contains("# TYPE klinegate_rest_weight_budget gauge\n"));
+        assert!(text.contains("klinegate_rest_weight_budget{market=\"spot\"} 3000\n"), "{text}");
+        assert!(text.contains("klinegate_rest_weight_budget{market=\"futures\"} 1200\n"), "{text}");
+    }
 }

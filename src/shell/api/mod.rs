@@ -11,6 +11,7 @@
 //!
 //! Owns: answers built from a request and read-only engine state. Never
 //! changes engine state except through the inputs the loop hands it.
+pub mod bus_metrics;
 pub mod docs;
 pub mod full_candles;
 pub mod health;

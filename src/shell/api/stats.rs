@@ -57,4 +57,9 @@ pub struct ShellStats {
     pub store_connected: bool,
     /// HTTP requests parked for a PostgreSQL read now.
     pub store_http_parked: u64,
+    /// `hybrid`, `ingest` or `read` (empty reads as `hybrid`).
+    pub role: &'static str,
+    pub node_id: String,
+    /// The bus host's view (`shell::bus_host::BusHost::health`); null for hybrid.
+    pub bus: serde_json::Value,
 }

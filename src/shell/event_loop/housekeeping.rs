@@ -8,6 +8,7 @@ use std::time::Duration;
 impl Server {
     pub(super) fn housekeeping(&mut self) {
         self.last_housekeeping = self.mono;
+        self.refresh_bus_health();
         let idle = Duration::from_secs(self.cfg.client_idle_timeout_s);
         let ping_every = idle / 3;
         let mut expired = Vec::new();

@@ -21,6 +21,7 @@
 //! - `startup`: opening the store (SQLite notes and freqtrade bootstrap, or PostgreSQL) for `new`;
 //! - `store_reads`: a PostgreSQL store's socket and pump, and HTTP requests parked for its reads.
 
+mod bus;
 mod clients;
 mod directory;
 mod housekeeping;
@@ -168,6 +169,10 @@ pub struct Server {
     store_reads: store_reads::ParkedReads,
     /// Kept-alive exchange REST connections between requests.
     rest_pool: RestPool,
+    /// The Redis bus of an `ingest` or `read` node (`bus`); `None` for hybrid.
+    bus: Option<crate::shell::bus_host::BusHost>,
+    /// This node's name on the bus (`--node-id`, default `ROLE-PID`).
+    node_id: String,
 }
 
 fn unix_secs(t: Timestamp) -> f64 {
@@ -212,6 +217,12 @@ impl Server {
         // forming fan-out is formed a client at a time as outputs are polled.
         engine_cfg.hub.defer_forming_fanout = true;
         let engine = Engine::new(engine_cfg, now);
+        let role = cfg.engine.supervisor.role;
+        let node_id = cfg.bus.as_ref().and_then(|b| b.node_id.clone()).unwrap_or_else(|| format!("{role}-{}", std::process::id()));
+        let bus = match &cfg.bus {
+            Some(b) => crate::shell::bus_host::BusHost::new(role, b, &node_id, mono)?,
+            None => None,
+        };
         let http_cfg = HttpConfig {
             cors_origins: cfg.cors_origins.clone(),
             enable_debug_api: cfg.enable_debug_api,
@@ -233,6 +244,8 @@ impl Server {
             started_unix_s: unix_secs(now),
             now_unix_s: unix_secs(now),
             client_tls: client_tls.is_some(),
+            role: role.as_str(),
+            node_id: node_id.clone(),
             ..ShellStats::default()
         };
         let logger = Logger::new(cfg.log_level, cfg.log_format);
@@ -292,6 +305,8 @@ impl Server {
             dns_waiters: BTreeMap::new(),
             store_reads: store_reads::ParkedReads::default(),
             rest_pool: RestPool::default(),
+            bus,
+            node_id,
             cfg,
         })
     }
@@ -310,13 +325,16 @@ impl Server {
         self.log(
             LogLevel::Info,
             &format!(
-                "server_started listen={addr} tls={} db={} pins={} record={}",
+                "server_started listen={addr} tls={} db={} pins={} record={} role={} node={}",
                 self.client_tls.is_some(),
                 self.stats.store_path,
                 self.cfg.settings.pins.join(","),
-                self.cfg.record.as_ref().map_or("off".into(), |p| p.display().to_string())
+                self.cfg.record.as_ref().map_or("off".into(), |p| p.display().to_string()),
+                self.stats.role,
+                self.node_id
             ),
         );
+        self.refresh_bus_health();
         let _ = self.apply(Input::Start);
         self.refresh_symbol_lists();
         let mut events = Events::with_capacity(1024);
@@ -342,6 +360,7 @@ impl Server {
                         }
                     }
                     RELOAD => self.on_reload_signal(),
+                    token if self.bus_owns(token) => self.on_bus_event(event.is_readable() || event.is_read_closed(), event.is_writable()),
                     token if self.store_owns(token) => self.on_store_event(event.is_readable() || event.is_read_closed(), event.is_writable()),
                     token if self.resolver.owns(token) => {
                         self.resolver.on_readable(token, self.poll.registry(), self.mono)
@@ -357,6 +376,9 @@ impl Server {
             self.process_pending_inputs();
             self.run_store_slice();
             self.pump_store();
+            if let Some(code) = self.pump_bus() {
+                return code;
+            }
             self.resolver.handle_timeout(self.poll.registry(), self.mono);
             self.deliver_dns_answers();
             self.tick_event_streams();
@@ -394,6 +416,9 @@ impl Server {
         }
         if let Some(store) = self.store_wait() {
             wait = wait.min(store);
+        }
+        if let Some(bus) = self.bus_wait() {
+            wait = wait.min(bus);
         }
         if self.resolver.wants_poll() {
             wait = Duration::ZERO;
@@ -455,6 +480,10 @@ impl Server {
                     let _ = self.store.offer(effect);
                 }
                 Output::IngestDone { request, error } => self.finish_ingest(request, error),
+                bus @ (Output::BusPublish { .. }
+                | Output::BusForming { .. }
+                | Output::BusDemand { .. }
+                | Output::BusRefused { .. }) => self.offer_bus(bus),
             }
         }
     }

@@ -64,8 +64,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 enum Owner {
     Effect(u64),
-    /// Writes sent as one transaction: each effect and its statement count.
-    Writes(Vec<(u64, usize)>),
+    /// Writes sent as one transaction: the fence check's result sets to
+    /// skip, then each effect and its statement count.
+    Writes(usize, Vec<(u64, usize)>),
     Http(u64, Call),
     Bootstrap,
 }
@@ -108,6 +109,9 @@ pub struct PgHost {
     was_up: bool,
     pub stats: PgStats,
     pub max_queued: usize,
+    /// The bus lease's fence while this node leads (`set_fence`): every
+    /// write transaction checks it first (`schema::fence_statements`).
+    fence: Option<u64>,
 }
 
 impl PgHost {
@@ -134,7 +138,14 @@ impl PgHost {
             was_up: false,
             stats: PgStats { last_write_ok: true, ..PgStats::default() },
             max_queued: 0,
+            fence: None,
         })
+    }
+
+    /// This node leads the bus with `fence`: from now on every write
+    /// transaction is refused by the database if a higher fence wrote.
+    pub fn set_fence(&mut self, fence: u64) {
+        self.fence = Some(fence);
     }
 
     /// The URL without its password.
@@ -346,11 +357,21 @@ impl PgHost {
                 Some(Next::Send(..)) | None => {}
             }
         }
+        let skip = match self.fence {
+            Some(f) => {
+                let mut fenced = crate::store::postgres::schema::fence_statements(&self.schema, f);
+                let n = fenced.len();
+                fenced.extend(stmts);
+                stmts = fenced;
+                n
+            }
+            None => 0,
+        };
         match self.driver.proto.submit(Request::Extended(stmts)) {
             Ok(id) => {
                 self.touch_progress();
                 self.stats.write_requests += 1;
-                self.owners.insert(id, Owner::Writes(members));
+                self.owners.insert(id, Owner::Writes(skip, members));
             }
             Err(full) => {
                 for (seq, _) in members {
@@ -362,10 +383,10 @@ impl PgHost {
         }
     }
 
-    fn on_writes_answer(&mut self, members: Vec<(u64, usize)>, answer: Answer) {
+    fn on_writes_answer(&mut self, skip: usize, members: Vec<(u64, usize)>, answer: Answer) {
         match answer {
             Ok(sets) => {
-                let mut sets = sets.into_iter();
+                let mut sets = sets.into_iter().skip(skip);
                 for (seq, n) in members {
                     let part: Vec<_> = sets.by_ref().take(n).collect();
                     self.on_effect_answer(seq, Ok(part));
@@ -458,7 +479,7 @@ impl PgHost {
                     self.last_progress = now;
                     match self.owners.remove(&id) {
                         Some(Owner::Effect(seq)) => self.on_effect_answer(seq, answer),
-                        Some(Owner::Writes(members)) => self.on_writes_answer(members, answer),
+                        Some(Owner::Writes(skip, members)) => self.on_writes_answer(skip, members, answer),
                         Some(Owner::Http(ticket, call)) => {
                             let result = decode_call(&call, answer);
                             self.http_done.push_back((ticket, call, result));

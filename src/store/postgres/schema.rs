@@ -91,11 +91,11 @@ impl Bootstrap {
         };
         match self.stage {
             Stage::Tables => {
-                // Results: BEGIN, lock, 4× CREATE, ALTER, INSERT, UPDATE, SELECT version, SELECT ext, COMMIT.
+                // Results: BEGIN, lock, 4× CREATE, ALTER, CREATE fence, INSERT, UPDATE, SELECT version, SELECT ext, COMMIT.
                 let cell = |set: usize| {
                     sets.get(set).and_then(|s| s.rows.first()).and_then(|r| r.first().cloned().flatten())
                 };
-                let version = cell(9).and_then(|b| std::str::from_utf8(&b).ok().and_then(|s| s.parse::<i64>().ok()));
+                let version = cell(10).and_then(|b| std::str::from_utf8(&b).ok().and_then(|s| s.parse::<i64>().ok()));
                 let Some(version) = version else {
                     return BootstrapStep::Failed("postgres schema bootstrap: no schema version row".to_string());
                 };
@@ -106,7 +106,7 @@ impl Bootstrap {
                         self.schema.name()
                     ));
                 }
-                let timescale = cell(10).is_some_and(|b| b.as_ref() == b"t");
+                let timescale = cell(11).is_some_and(|b| b.as_ref() == b"t");
                 if timescale {
                     self.stage = Stage::Hypertable { version };
                     BootstrapStep::Send(Request::Simple(hypertable_sql(&self.schema)))
@@ -124,6 +124,7 @@ fn tables_sql(s: &Schema) -> String {
     let candles = s.table("candles");
     let version = s.table("klinegate_schema");
     let gaps = s.table("klinegate_gaps");
+    let fence = s.table("klinegate_fence");
     format!(
         "BEGIN;
 SELECT pg_advisory_xact_lock({BOOTSTRAP_LOCK});
@@ -141,6 +142,7 @@ CREATE TABLE IF NOT EXISTS {gaps} (
 ALTER TABLE {candles} ADD COLUMN IF NOT EXISTS quote_volume DOUBLE PRECISION,
   ADD COLUMN IF NOT EXISTS trades BIGINT, ADD COLUMN IF NOT EXISTS taker_buy_base_volume DOUBLE PRECISION,
   ADD COLUMN IF NOT EXISTS taker_buy_quote_volume DOUBLE PRECISION;
+CREATE TABLE IF NOT EXISTS {fence} (id INT PRIMARY KEY CHECK (id = 1), fence BIGINT NOT NULL);
 INSERT INTO {version} (id, version, applied_at_ms)
   VALUES (1, {SCHEMA_VERSION}, (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT)
   ON CONFLICT (id) DO NOTHING;
@@ -159,6 +161,30 @@ fn hypertable_sql(s: &Schema) -> String {
 SELECT create_hypertable('{candles}', 'candle_time', chunk_time_interval => 2592000,
   if_not_exists => TRUE, migrate_data => TRUE);"
     )
+}
+
+/// The ingest leader's fence check, run first in every write transaction of
+/// a node that holds the bus lease with `fence`: the highest fence that ever
+/// wrote is kept, and a write under a lower one fails (`fenced …`), so a
+/// deposed leader's late batch is refused by the database itself.
+pub fn fence_statements(s: &Schema, fence: u64) -> Vec<super::conn::Statement> {
+    use super::conn::{Param, Statement};
+    let t = s.table("klinegate_fence");
+    let f = i64::try_from(fence).unwrap_or(i64::MAX);
+    vec![
+        Statement::new(
+            format!(
+                "INSERT INTO {t} (id, fence) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET fence = GREATEST({t}.fence, EXCLUDED.fence)"
+            ),
+            vec![Param::I64(f)],
+        ),
+        Statement::new(
+            format!(
+                "SELECT CASE WHEN fence <= $1 THEN 1 ELSE ('fenced: a newer ingest leader (fence ' || fence || ') wrote; this node''s fence is ' || $1::text)::int END FROM {t} WHERE id = 1"
+            ),
+            vec![Param::I64(f)],
+        ),
+    ]
 }
 
 /// Drops the schema and everything in it (tests; never called by the store).
