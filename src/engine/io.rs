@@ -1,11 +1,10 @@
 //! The engine's boundary values: [`Input`] (everything that can happen to it,
-//! serializable so a journal can record and replay it), [`Output`] (everything
-//! it asks the shell to do) and [`Counters`] (what it has seen, in items).
+//! serializable so a journal can record and replay it) and [`Output`]
+//! (everything it asks the shell to do).
 
 use crate::model::{Candle, Market};
 use crate::store::{PersistOutcome, StoreQuery, StoreReadResult, StoreWrite};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 
 /// One client frame, serialized once and shared by every client it goes to.
 pub type Frame = bytes::Bytes;
@@ -145,79 +144,4 @@ pub enum Output {
     /// Ingest leader: node `node`'s demand for `series_id` was refused
     /// (`reason`: `capacity`).
     BusRefused { node: String, series_id: String, reason: String },
-}
-
-/// Monotonic counters, in items (never time), for metrics and tests.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct Counters {
-    pub inputs: u64,
-    pub upstream_frames: u64,
-    pub kline_frames: u64,
-    pub upstream_rejects: u64,
-    /// Rejected exchange frames by `FrameError::kind()` (plus `unknown_stream`).
-    pub upstream_rejects_by_kind: BTreeMap<&'static str, u64>,
-    pub stale_forming: u64,
-    pub stale_closed: u64,
-    pub closed_accepted: u64,
-    pub flushes: u64,
-    pub candles_persisted: u64,
-    pub store_write_errors: u64,
-    pub store_read_errors: u64,
-    pub closed_dropped_backlog_full: u64,
-    pub frames_forming: u64,
-    pub frames_closed: u64,
-    pub forming_coalesced: u64,
-    pub gaps_sent: u64,
-    pub catchup_candles: u64,
-    pub subscribes: u64,
-    pub client_bad_requests: u64,
-    pub client_limit_rejects: u64,
-    /// Client messages refused for going over the per-client message rate.
-    pub client_messages_rate_limited: u64,
-    pub capacity_rejects: u64,
-    pub slow_consumer_closes: u64,
-    pub queue_drops: u64,
-    pub jobs_started: u64,
-    pub jobs_stopped: u64,
-    pub heals_started: u64,
-    /// Heals that ended with every page fetched / with an error.
-    pub heals_succeeded: u64,
-    pub heals_failed: u64,
-    pub candles_healed: u64,
-    pub late_close_fetches: u64,
-    /// Live streams resubscribed after delivering no frame for `stream_stall`.
-    pub stream_stalls: u64,
-    pub late_closes_upserted: u64,
-    pub rest_requests: u64,
-    pub rest_failures: u64,
-    pub rest_rows_skipped: u64,
-    /// Exchange event time (`E`) of a kline frame → the first client frame
-    /// it caused being queued (see `Engine::observe_queue_latency`).
-    pub exchange_to_queue: super::histogram::Histogram,
-    /// Subscribes and reads refused because the market does not list the symbol.
-    pub unknown_symbol_rejects: u64,
-    /// Jobs ended because their symbol turned out not to be listed (`-1121` or the list).
-    pub jobs_ended_unlisted: u64,
-    /// Closed candles handed to the bus (ingest) / taken from it and
-    /// published (read), and bus candles dropped as already delivered.
-    pub bus_closed_out: u64,
-    pub bus_closed_in: u64,
-    pub bus_closed_dropped: u64,
-    pub bus_forming_out: u64,
-    pub bus_resyncs: u64,
-    pub bus_remote_demands: u64,
-    pub bus_remote_refusals: u64,
-}
-
-impl Counters {
-    pub fn count_reject(&mut self, kind: &'static str) -> u64 {
-        self.upstream_rejects += 1;
-        let n = self.upstream_rejects_by_kind.entry(kind).or_insert(0);
-        *n += 1;
-        *n
-    }
-
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
-    }
 }

@@ -21,6 +21,7 @@
 
 mod bus;
 mod catchup;
+mod counters;
 pub mod derived;
 pub mod guardrail;
 pub mod heal;
@@ -48,7 +49,8 @@ mod store_ops;
 mod unlisted;
 mod window;
 
-pub use io::{Counters, Frame, Input, LogLevel, Output, StoreOp};
+pub use counters::{CounterSample, Counters};
+pub use io::{Frame, Input, LogLevel, Output, StoreOp};
 pub use window::ClosedWindow;
 
 use crate::model::{Candle, Market, SeriesId};

@@ -8,83 +8,17 @@
 //!
 //! It only reads the engine's figures; it never changes them.
 
-use crate::engine::histogram::Histogram;
 use crate::engine::{Engine, Gauges};
 use crate::shell::api::health::uptime_s;
 use crate::shell::api::stats::ShellStats;
 use crate::wire::http::Response;
 use crate::model::Market;
-use std::fmt::Write as _;
-
-/// Prometheus text exposition format 0.0.4, written by hand: a few dozen
-/// lines do not need a metrics library.
-pub struct Exposition {
-    pub out: String,
-}
-
-impl Exposition {
-    pub fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = write!(self.out, "# HELP klinegate_{name} {help}\n# TYPE klinegate_{name} {kind}\n");
-    }
-
-    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
-        self.out.push_str("klinegate_");
-        self.out.push_str(name);
-        if !labels.is_empty() {
-            self.out.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
-                let sep = if i == 0 { "" } else { "," };
-                let _ = write!(self.out, "{sep}{k}=\"{}\"", escape_label(v));
-            }
-            self.out.push('}');
-        }
-        let _ = writeln!(self.out, " {}", prom_float(value));
-    }
-
-    pub fn counter(&mut self, name: &str, help: &str, value: u64) {
-        self.family(name, "counter", help);
-        self.sample(name, &[], value as f64);
-    }
-
-    pub fn gauge(&mut self, name: &str, help: &str, value: f64) {
-        self.family(name, "gauge", help);
-        self.sample(name, &[], value);
-    }
-}
-
-pub fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
-pub fn prom_float(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".into()
-    } else if v.is_infinite() {
-        if v > 0.0 { "+Inf".into() } else { "-Inf".into() }
-    } else {
-        format!("{v}")
-    }
-}
-
-impl Exposition {
-    /// A histogram family: cumulative `_bucket{le=...}`, then `_sum` (seconds) and `_count`.
-    pub fn histogram(&mut self, name: &str, help: &str, h: &Histogram) {
-        self.family(name, "histogram", help);
-        let bucket = format!("{name}_bucket");
-        for (le, n) in h.cumulative() {
-            self.sample(&bucket, &[("le", &prom_float(le))], n as f64);
-        }
-        self.sample(&format!("{name}_sum"), &[], h.sum_seconds());
-        self.sample(&format!("{name}_count"), &[], h.count as f64);
-    }
-}
+use crate::shell::api::exposition::Exposition;
 
 /// What the engine counts about its exchange REST use, healing and latency.
 pub fn engine_activity(m: &mut Exposition, engine: &Engine) {
     let c = engine.counters();
     let rest = engine.rest_figures();
-    m.counter("rest_requests_total", "Exchange REST requests sent (healing, late closes).", c.rest_requests);
-    m.counter("rest_failures_total", "Exchange REST requests that got no answer (connect, DNS, TLS, timeout).", c.rest_failures);
     m.counter("rest_rate_limited_total", "Exchange REST answers 429/418 (the market pauses for Retry-After).", rest.rate_limited);
     m.counter("rest_weight_total", "Request weight of the exchange REST requests sent.", rest.weight_sent);
     m.family("rest_weight_used", "gauge", "Exchange REST weight used in the current minute, by market.");
@@ -97,13 +31,6 @@ pub fn engine_activity(m: &mut Exposition, engine: &Engine) {
     }
     pinned_lag(m, engine);
     retention(m, engine);
-    m.counter("rest_rows_skipped_total", "Exchange REST kline rows skipped as malformed.", c.rest_rows_skipped);
-    m.counter("heals_started_total", "History heals started (first visit, restart, reconnect, late close, catch-up).", c.heals_started);
-    m.counter("heals_done_total", "History heals that ended with every page fetched.", c.heals_succeeded);
-    m.counter("heals_failed_total", "History heals that ended with an error (the range is retried later).", c.heals_failed);
-    m.counter("candles_healed_total", "Candles filled by healing.", c.candles_healed);
-    m.counter("late_close_fetches_total", "REST fetches for a closing frame that came late.", c.late_close_fetches);
-    m.counter("late_closes_upserted_total", "Closed candles filled in by a late-close fetch.", c.late_closes_upserted);
     m.histogram(
         "exchange_to_queue_seconds",
         "Exchange event time of a kline frame to the first client frame it caused being queued.",
@@ -155,51 +82,13 @@ pub fn page(engine: &Engine, stats: &ShellStats) -> Response {
     let mut m = Exposition { out: String::with_capacity(4096) };
     shell_metrics(&mut m, stats);
     engine_gauges(&mut m, &g);
-    m.counter("upstream_frames_total", "Exchange frames the engine handled.", c.upstream_frames);
-    m.counter("upstream_kline_frames_total", "Exchange kline frames parsed.", c.kline_frames);
-    m.counter(
-        "stream_stalls_total",
-        "Live kline streams resubscribed after no frame for --stream-stall-s.",
-        c.stream_stalls,
-    );
+    m.counters(&c.each());
     m.family("upstream_rejects_total", "counter", "Exchange frames rejected, by reason.");
     for (kind, n) in &c.upstream_rejects_by_kind {
         m.sample("upstream_rejects_total", &[("kind", kind)], *n as f64);
     }
-    m.counter("stale_forming_total", "Forming updates older than what was already sent.", c.stale_forming);
-    m.counter("stale_closed_total", "Closed candles at or before the series head, dropped.", c.stale_closed);
-    m.counter("closed_accepted_total", "Closed candles accepted for persistence.", c.closed_accepted);
-    m.counter("flushes_total", "Closed-buffer flushes to the store.", c.flushes);
-    m.counter("candles_persisted_total", "Candles written to the store.", c.candles_persisted);
-    m.counter("store_write_errors_total", "Failed store writes (retried from the backlog).", c.store_write_errors);
-    m.counter("store_read_errors_total", "Failed store reads.", c.store_read_errors);
-    m.counter(
-        "closed_dropped_backlog_full_total",
-        "Closed candles dropped because the store backlog was full.",
-        c.closed_dropped_backlog_full,
-    );
-    m.family("frames_sent_total", "counter", "Candle frames queued to clients, by kind.");
-    m.sample("frames_sent_total", &[("kind", "forming")], c.frames_forming as f64);
-    m.sample("frames_sent_total", &[("kind", "closed")], c.frames_closed as f64);
-    m.counter("forming_coalesced_total", "Forming updates replaced by a newer one before sending.", c.forming_coalesced);
-    m.counter("gaps_sent_total", "Gap notices sent to clients.", c.gaps_sent);
-    m.counter("catchup_candles_total", "Candles sent as subscribe catch-up.", c.catchup_candles);
-    m.counter("subscribes_total", "Subscriptions handled.", c.subscribes);
-    m.counter("client_bad_requests_total", "Client messages refused as malformed.", c.client_bad_requests);
-    m.counter(
-        "client_messages_rate_limited_total",
-        "WebSocket client messages dropped for exceeding --max-client-messages-per-s.",
-        c.client_messages_rate_limited,
-    );
-    m.counter("client_limit_rejects_total", "Subscribes refused by the per-connection limit.", c.client_limit_rejects);
-    m.counter("capacity_rejects_total", "Subscribes refused for on-demand job capacity.", c.capacity_rejects);
-    m.counter("slow_consumer_closes_total", "Clients closed for falling too far behind.", c.slow_consumer_closes);
-    m.counter("queue_drops_total", "Frames dropped from client queues.", c.queue_drops);
-    m.counter("jobs_started_total", "Ingest jobs started.", c.jobs_started);
-    m.counter("jobs_stopped_total", "Ingest jobs stopped.", c.jobs_stopped);
-    m.counter("engine_inputs_total", "Inputs handled by the engine.", c.inputs);
     engine_activity(&mut m, engine);
-    super::bus_metrics::bus_metrics(&mut m, engine, stats);
+    super::bus_metrics::bus_metrics(&mut m, stats);
     Response::text(200, "text/plain; version=0.0.4; charset=utf-8", m.out)
 }
 
@@ -320,5 +209,22 @@ mod tests {
         assert!(text.contains("# TYPE klinegate_rest_weight_budget gauge\n"));
         assert!(text.contains("klinegate_rest_weight_budget{market=\"spot\"} 3000\n"), "{text}");
         assert!(text.contains("klinegate_rest_weight_budget{market=\"futures\"} 1200\n"), "{text}");
+    }
+
+    #[test]
+    fn the_page_names_each_family_once_and_every_engine_counter() {
+        let cfg = Settings { pins: vec![PIN.into()], ..Default::default() }.to_engine_config().unwrap();
+        let engine = Engine::new(cfg, Timestamp::from_secs(1000));
+        let stats = ShellStats { role: "read", bus: serde_json::json!({"connected": true}), ..ShellStats::default() };
+        let Response { body, .. } = page(&engine, &stats);
+        let text = String::from_utf8(body).unwrap();
+        let mut types = std::collections::BTreeSet::new();
+        for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+            assert!(types.insert(line.split(' ').nth(2).unwrap().to_string()), "family twice: {line}");
+        }
+        for c in engine.counters().each() {
+            assert!(types.contains(&format!("klinegate_{}", c.metric)), "no family for {}", c.metric);
+        }
+        assert!(text.contains("klinegate_frames_sent_total{kind=\"closed\"} 0\n"));
     }
 }

@@ -13,6 +13,7 @@
 //! changes engine state except through the inputs the loop hands it.
 pub mod bus_metrics;
 pub mod docs;
+pub mod exposition;
 pub mod full_candles;
 pub mod health;
 pub mod ingest;

@@ -475,7 +475,7 @@ fn metrics_are_valid_prometheus_text() {
 
 #[test]
 fn label_values_are_escaped() {
-    use crate::shell::api::metrics::{escape_label, prom_float};
+    use crate::shell::api::exposition::{escape_label, prom_float};
     assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     assert_eq!(prom_float(f64::INFINITY), "+Inf");
     assert_eq!(prom_float(3.0), "3");
