@@ -90,7 +90,7 @@ fn engine_with_clients(clients: u64) -> (Engine, MemoryStore, u64) {
 }
 
 /// Drains every output and every client's queue; returns the frames taken.
-fn drain_all(e: &mut Engine, store: &mut MemoryStore, frames: &mut Vec<klinegate::engine::hub::Frame>) -> usize {
+fn drain_all(e: &mut Engine, store: &mut MemoryStore, frames: &mut Vec<klinegate::engine::Frame>) -> usize {
     frames.clear();
     for out in drain(e, store) {
         if let Output::ClientReady { client } = out {

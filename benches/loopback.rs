@@ -12,7 +12,22 @@
 //! the raw loop (triggered over its own loopback control socket) does not
 //! pay in full; the hop is measured with one client and reported separately.
 //!
+//! Arrival times are the kernel's receive timestamps (`SO_TIMESTAMPNS`, read
+//! with `recvmsg`): when the bytes reached each client socket, not when the one
+//! receiver thread got round to reading it (at 10,000 sockets that thread's own
+//! pace would be most of a last-client figure). The trigger is stamped on the
+//! same clock (CLOCK_REALTIME). Where the kernel gives no stamp, the read time is
+//! used and counted. The user-space read time is reported beside it.
+//!
+//! CPU per delivered message: user + system CPU time of the server process
+//! over the measured updates (the scheduler's `se.sum_exec_runtime` of each of
+//! its threads in `/proc/PID/task/*/sched`, ns; the total `getrusage` reports
+//! for it; clock ticks from `/proc/PID/stat` where that file is missing),
+//! divided by updates × clients; for klinegate and for the raw writer.
+//!
 //! `cargo bench --bench loopback`; `KLINEGATE_BENCH_QUICK=1` for a smoke run;
+//! `KLINEGATE_BENCH_SOURCES=N` spreads the clients over 127.0.0.1 … 127.0.0.N;
+//! `KLINEGATE_BENCH_SIZES=1000,10000` sets the client counts;
 //! `KLINEGATE_BENCH_PROFILE=N[:UPDATES]` for one klinegate run to attach a
 //! profiler to; `KLINEGATE_BENCH_PIN=1` pins server and receiver to CPUs 0/1.
 //! Never reaches beyond 127.0.0.1; every wait is bounded.
@@ -33,7 +48,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use support::*;
 
 /// Set on the re-executed bench binary: serve as the raw baseline for N clients.
@@ -47,6 +63,9 @@ const SERVER_CPU: usize = 0;
 const RECEIVER_CPU: usize = 1;
 /// Ratio to the raw baseline the issue asks for.
 const TARGET_RATIO: f64 = 1.25;
+/// First client (issue 14 §1): within this ratio of the raw writer's first client, and this p50.
+const FIRST_TARGET_RATIO: f64 = 1.2;
+const FIRST_TARGET_MS: f64 = 0.150;
 /// Warm-up updates (each one a retry) until every client is subscribed.
 const MAX_WARMUPS: i64 = 30;
 
@@ -62,15 +81,25 @@ fn main() {
     if let Ok(spec) = std::env::var(PROFILE_ENV) {
         return profile_run(&spec);
     }
+    // Sockets with receive timestamps on keep the kernel's timestamping switched
+    // on; when the last one closes (between runs) it is switched off, and turning
+    // it back on is deferred: a run's first segments would come unstamped.
+    let _keep_stamping = keep_receive_timestamps_on();
     let quick = quick();
-    let sizes: &[usize] = if quick { &[200, 1_000] } else { &[1_000, 10_000] };
+    let default_sizes: &[usize] = if quick { &[200, 1_000] } else { &[1_000, 10_000] };
+    let sizes: Vec<usize> = std::env::var("KLINEGATE_BENCH_SIZES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .filter(|v: &Vec<usize>| !v.is_empty())
+        .unwrap_or_else(|| default_sizes.to_vec());
     let plan = Plan { updates: if quick { 10 } else { 60 }, timeout: Duration::from_secs(if quick { 2 } else { 5 }) };
     let hop_plan = Plan { updates: if quick { 30 } else { 100 }, ..plan };
     let started = Instant::now();
     println!(
-        "loopback fan-out bench ({} mode); server and receiver {}",
+        "loopback fan-out bench ({} mode); server and receiver {}; clients from {} source address(es) (KLINEGATE_BENCH_SOURCES)",
         if quick { "quick" } else { "full" },
-        if pinning() { "pinned to CPUs 0 and 1" } else { "unpinned" }
+        if pinning() { "pinned to CPUs 0 and 1" } else { "unpinned" },
+        source_addresses()
     );
 
     let fake1 = run_klinegate(1, &hop_plan, Feed::Fake);
@@ -100,7 +129,7 @@ fn main() {
     let rounds = if quick { 1 } else { 3 };
     let round_plan = Plan { updates: plan.updates / rounds, ..plan };
     let mut rows = Vec::new();
-    for &n in sizes {
+    for &n in &sizes {
         let mut row = Row { n, fake: RunResult::default(), direct: RunResult::default(), raw: RunResult::default() };
         for _ in 0..rounds {
             row.fake.absorb(run_klinegate(n, &round_plan, Feed::Fake));
@@ -138,8 +167,18 @@ struct Plan {
 /// the first and to the last client holding it.
 #[derive(Default)]
 struct RunResult {
+    /// By kernel receive timestamps (see the module comment).
     first_ms: Vec<f64>,
     last_ms: Vec<f64>,
+    /// By the receiver thread's read times.
+    first_user_ms: Vec<f64>,
+    last_user_ms: Vec<f64>,
+    /// Reads that came without a kernel timestamp (their read time was used).
+    unstamped: u64,
+    /// Server CPU (user + system) over the measured updates, in seconds, and
+    /// the messages delivered meanwhile (updates × clients).
+    cpu_s: f64,
+    delivered: u64,
     missed: usize,
     payload_len: usize,
     setup_s: f64,
@@ -151,6 +190,11 @@ impl RunResult {
     fn absorb(&mut self, other: RunResult) {
         self.first_ms.extend(other.first_ms);
         self.last_ms.extend(other.last_ms);
+        self.first_user_ms.extend(other.first_user_ms);
+        self.last_user_ms.extend(other.last_user_ms);
+        self.unstamped += other.unstamped;
+        self.cpu_s += other.cpu_s;
+        self.delivered += other.delivered;
         self.write_loop_ms.extend(other.write_loop_ms);
         self.missed += other.missed;
         self.payload_len = other.payload_len;
@@ -163,13 +207,17 @@ impl RunResult {
     fn first_p(&self, p: f64) -> f64 {
         percentile(&self.first_ms, p)
     }
+    /// Server CPU µs per delivered message (NaN when nothing was delivered).
+    fn cpu_us_per_msg(&self) -> f64 {
+        self.cpu_s * 1e6 / self.delivered as f64
+    }
 }
 
 /// Where klinegate's upstream frames come from.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Feed {
-    /// `FakeExchange::push_kline`: its connection thread polls its outbound
-    /// queue between 5 ms read timeouts, so it adds up to ~10 ms per update.
+    /// `FakeExchange::push_kline`: queued for its connection thread, which a
+    /// waker gets out of its poll at once (one thread hand-off per update).
     Fake,
     /// `DirectFeed`: the bench writes the pre-encoded combined kline frame
     /// straight into klinegate's upstream socket, like the raw trigger.
@@ -207,7 +255,8 @@ fn run_klinegate_with(n: usize, plan: &Plan, feed: Feed, before_measure: impl Fn
             server_text_frame(frame.combined_json(STREAM).as_bytes())
         })
         .collect();
-    let result = measure(socks, plan, setup, || before_measure(&live), |seq| {
+    let pid = live.child.id();
+    let result = measure(socks, plan, setup, pid, || before_measure(&live), |seq| {
         match feed {
         Feed::Fake => {
             let (o, h, l, c, v) = forming_prices(seq);
@@ -246,7 +295,8 @@ fn run_raw(n: usize, plan: &Plan) -> RunResult {
             msg
         })
         .collect();
-    let mut result = measure(socks, plan, setup, || {}, |seq| {
+    let pid = child.id();
+    let mut result = measure(socks, plan, setup, pid, || {}, |seq| {
         control.write_all(&messages[seq as usize]).expect("trigger raw server");
     });
     result.write_loop_ms = read_write_loop_times(&mut control, plan.updates);
@@ -288,12 +338,16 @@ fn report_run(name: &str, n: usize, r: &RunResult) {
         );
     }
     println!(
-        "  {name:<9} {n:>6} clients: last p50 {:>8.3} ms p99 {:>8.3} ms | first p50 {:>7.3} ms | {} updates, {} missed, payload {} B, setup {:.1} s",
+        "  {name:<9} {n:>6} clients: last p50 {:>8.3} ms p99 {:>8.3} ms | first p50 {:>7.3} ms | read by receiver: last p50 {:.3} first p50 {:.3} ms | CPU {:.2} µs/msg | {} updates, {} missed, {} unstamped reads, payload {} B, setup {:.1} s",
         r.last_p(50.0),
         r.last_p(99.0),
         r.first_p(50.0),
+        percentile(&r.last_user_ms, 50.0),
+        percentile(&r.first_user_ms, 50.0),
+        r.cpu_us_per_msg(),
         r.last_ms.len(),
         r.missed,
+        r.unstamped,
         r.payload_len,
         r.setup_s
     );
@@ -306,6 +360,7 @@ fn measure(
     socks: Vec<TcpStream>,
     plan: &Plan,
     setup: Instant,
+    server_pid: u32,
     before_measure: impl FnOnce(),
     mut trigger: impl FnMut(i64),
 ) -> RunResult {
@@ -334,31 +389,63 @@ fn measure(
     before_measure();
 
     let mut result = RunResult { setup_s, ..RunResult::default() };
+    let cpu_before = cpu_seconds(server_pid);
     for k in 0..plan.updates as i64 {
         let s = MAX_WARMUPS + k;
         // A short pause so the previous update's tail work is not measured.
         thread::sleep(Duration::from_millis(2));
-        let pushed = Instant::now();
+        let pushed = realtime_ns();
         trigger(s);
         match wait_done(&rx, s, plan.timeout) {
             Some(done) => {
-                result.first_ms.push(done.first.duration_since(pushed).as_secs_f64() * 1e3);
-                result.last_ms.push(done.last.duration_since(pushed).as_secs_f64() * 1e3);
+                let ms = |at: u64| at.saturating_sub(pushed) as f64 / 1e6;
+                result.first_ms.push(ms(done.first));
+                result.last_ms.push(ms(done.last));
+                result.first_user_ms.push(ms(done.first_read));
+                result.last_user_ms.push(ms(done.last_read));
+                result.delivered += n as u64;
             }
             None => result.missed += 1,
         }
     }
+    if let (Some(before), Some(after)) = (cpu_before, cpu_seconds(server_pid)) {
+        result.cpu_s = (after - before).max(0.0);
+    }
     stop.store(true, Ordering::Relaxed);
-    let _ = receiver.join();
+    result.unstamped = receiver.join().unwrap_or(0);
     result.payload_len = payload_len.load(Ordering::Relaxed);
     result
 }
 
-/// Every client holds update `seq` (or a later one).
+/// CPU time (user + system) process `pid` has used, in seconds: the sum of its
+/// threads' `se.sum_exec_runtime` (ms with ns digits), else clock ticks.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let from_sched = || -> Option<f64> {
+        let mut total_ms = 0.0;
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+            let text = std::fs::read_to_string(task.ok()?.path().join("sched")).ok()?;
+            let line = text.lines().find(|l| l.starts_with("se.sum_exec_runtime"))?;
+            total_ms += line.rsplit(':').next()?.trim().parse::<f64>().ok()?;
+        }
+        Some(total_ms / 1e3)
+    };
+    from_sched().or_else(|| Some(cpu_ticks(pid)? as f64 / clock_ticks_per_sec()))
+}
+
+/// Nanoseconds since the Unix epoch: the clock of `SO_TIMESTAMPNS`.
+fn realtime_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Every client holds update `seq` (or a later one). Times in ns since the
+/// epoch: `first`/`last` by kernel receive timestamps (earliest and latest
+/// client), `first_read`/`last_read` when the receiver read them.
 struct Done {
     seq: i64,
-    first: Instant,
-    last: Instant,
+    first: u64,
+    last: u64,
+    first_read: u64,
+    last_read: u64,
 }
 
 fn wait_done(rx: &Receiver<Done>, seq: i64, timeout: Duration) -> Option<Done> {
@@ -384,14 +471,17 @@ struct RxClient {
 }
 
 /// One thread reads every client socket (non-blocking, edge-triggered mio),
-/// timestamps each read, and reports when the last client holds update k.
-fn receive(socks: Vec<TcpStream>, slots: usize, tx: Sender<Done>, stop: &AtomicBool, payload_len: &AtomicUsize) {
+/// takes each read's kernel receive timestamp, and reports when the last client
+/// holds update k. Returns how many reads came without a kernel timestamp.
+fn receive(socks: Vec<TcpStream>, slots: usize, tx: Sender<Done>, stop: &AtomicBool, payload_len: &AtomicUsize) -> u64 {
     pin_current_thread(RECEIVER_CPU);
     let n = socks.len();
     let poll = Poll::new().expect("receiver poll");
     let mut clients: Vec<RxClient> = Vec::with_capacity(n);
     for (i, s) in socks.into_iter().enumerate() {
         s.set_nonblocking(true).expect("nonblocking client");
+        // Without it every read falls back to its read time (counted).
+        let _ = enable_receive_timestamps(s.as_raw_fd());
         let mut stream = mio::net::TcpStream::from_std(s);
         poll.registry().register(&mut stream, Token(i), Interest::READABLE).expect("register client");
         clients.push(RxClient { stream, partial: Vec::new(), seen: -1 });
@@ -399,7 +489,9 @@ fn receive(socks: Vec<TcpStream>, slots: usize, tx: Sender<Done>, stop: &AtomicB
     let mut poll = poll;
     let mut events = Events::with_capacity(4096);
     let mut holders = vec![0usize; slots];
-    let mut first_at: Vec<Option<Instant>> = vec![None; slots];
+    // Per update: earliest and latest kernel stamp, first read time.
+    let mut stamps: Vec<Option<(u64, u64, u64)>> = vec![None; slots];
+    let mut unstamped = 0u64;
     let mut buf = vec![0u8; 64 << 10];
     while !stop.load(Ordering::Relaxed) {
         if poll.poll(&mut events, Some(Duration::from_millis(20))).is_err() {
@@ -408,22 +500,29 @@ fn receive(socks: Vec<TcpStream>, slots: usize, tx: Sender<Done>, stop: &AtomicB
         for ev in events.iter() {
             let c = &mut clients[ev.token().0];
             loop {
-                let got = match c.stream.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(got) => got,
+                let (got, kernel) = match read_stamped(c.stream.as_raw_fd(), &mut buf) {
+                    Ok((0, _)) => break,
+                    Ok(read) => read,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(_) => break,
                 };
-                let now = Instant::now();
+                let read_at = realtime_ns();
+                let at = kernel.unwrap_or_else(|| {
+                    unstamped += 1;
+                    read_at
+                });
                 let newest = newest_seq(c, &buf[..got], payload_len);
                 if let Some(s) = newest.filter(|s| *s > c.seen) {
                     // Every update up to `s` counts as held (a skipped one was coalesced).
                     let from = (c.seen + 1).max(0) as usize;
                     for q in from..=(s as usize).min(slots - 1) {
                         holders[q] += 1;
-                        let first = *first_at[q].get_or_insert(now);
+                        let (first, last, first_read) = stamps[q].get_or_insert((at, at, read_at));
+                        *first = (*first).min(at);
+                        *last = (*last).max(at);
                         if holders[q] == n {
-                            let _ = tx.send(Done { seq: q as i64, first, last: now });
+                            let (first, last, first_read) = (*first, *last, *first_read);
+                            let _ = tx.send(Done { seq: q as i64, first, last, first_read, last_read: read_at });
                         }
                     }
                     c.seen = s;
@@ -435,6 +534,67 @@ fn receive(socks: Vec<TcpStream>, slots: usize, tx: Sender<Done>, stop: &AtomicB
             }
         }
     }
+    unstamped
+}
+
+/// A socket with `SO_TIMESTAMPNS` kept open for the whole bench (see `main`).
+fn keep_receive_timestamps_on() -> Option<std::net::UdpSocket> {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
+    enable_receive_timestamps(socket.as_raw_fd()).ok()?;
+    Some(socket)
+}
+
+/// Asks the kernel to stamp received data (`SO_TIMESTAMPNS`, CLOCK_REALTIME).
+fn enable_receive_timestamps(fd: RawFd) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: `fd` is an open socket; the option value is a live c_int of the given size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// One `recvmsg` into `buf`: the bytes read and, when the kernel attached one,
+/// the receive timestamp of the data (ns since the epoch; for TCP, of the last
+/// segment read).
+fn read_stamped(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<u64>)> {
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // u64s keep the control buffer aligned for cmsghdr.
+    let mut control = [0u64; 16];
+    // SAFETY: a zeroed msghdr is valid; every pointer set below outlives the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: `msg` points at `buf` and `control`, both alive and writable.
+    let got = unsafe { libc::recvmsg(fd, &mut msg, 0) };
+    if got < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut stamp = None;
+    // SAFETY: the CMSG_* walk stays within `msg_controllen` as the kernel set it.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                stamp = Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64);
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Ok((got as usize, stamp))
 }
 
 /// The newest update number in the frames completed by `data`.
@@ -637,6 +797,24 @@ fn print_table(rows: &[Row], hops: &Hops, plan: &Plan) {
                 percentile(&row.raw.write_loop_ms, 50.0),
                 met(q50, q99),
                 met(h50, h99)
+            );
+        }
+    }
+    println!();
+    println!("first client and CPU, same rows (kernel receive timestamps; CPU = server user+system per delivered message)");
+    println!("| clients | feed | klinegate first p50 | raw first p50 | first ratio | target | last p50 ratio | klinegate CPU µs/msg | raw CPU µs/msg | CPU ratio |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for row in rows {
+        for (feed, kg) in [("fake exchange", &row.fake), ("direct", &row.direct)] {
+            let (k, r) = (kg.first_p(50.0), row.raw.first_p(50.0));
+            let (kc, rc) = (kg.cpu_us_per_msg(), row.raw.cpu_us_per_msg());
+            let met = if k / r <= FIRST_TARGET_RATIO && k <= FIRST_TARGET_MS { "met" } else { "missed" };
+            println!(
+                "| {} | {feed} | {k:.3} | {r:.3} | {:.2}x | ≤{FIRST_TARGET_RATIO}x and ≤{FIRST_TARGET_MS} ms: {met} | {:.2}x | {kc:.2} | {rc:.2} | {:.2}x |",
+                row.n,
+                k / r,
+                kg.last_p(50.0) / row.raw.last_p(50.0),
+                kc / rc
             );
         }
     }

@@ -122,6 +122,9 @@ enum Command {
         /// Write here (default for csv: standard output; parquet needs it).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// full: add the whole kline's columns (quote_volume, trades, taker_buy_base_volume, taker_buy_quote_volume; empty/null when unknown)
+        #[arg(long, value_parser = ["full"])]
+        fields: Option<String>,
     },
     /// Convert a recorded Binance capture (`<ts>: <frame>` lines) into a journal.
     JournalFromCapture {
@@ -158,8 +161,9 @@ fn main() -> ExitCode {
             };
             return ExitCode::from(exit_code(tail(&opts, &mut std::io::stdout().lock())));
         }
-        Command::Export { series, from, to, format, db, out } => {
-            let opts = klinegate::tools::export::ExportOptions { series: &series, from, to, format, db: &db, out: out.as_deref() };
+        Command::Export { series, from, to, format, db, out, fields } => {
+            let full = fields.is_some();
+            let opts = klinegate::tools::export::ExportOptions { series: &series, from, to, format, db: &db, out: out.as_deref(), full };
             klinegate::tools::export::export(&opts).map(|n| {
                 eprintln!("klinegate export: {n} candles");
                 ExitCode::SUCCESS

@@ -89,7 +89,7 @@ impl Timeframe {
     }
 
     /// Open time of the most recent fully closed candle at `now_s` (seconds);
-    /// 0 when none has closed since the epoch (reference §1.2).
+    /// 0 when none has closed since the epoch, as the reference computes it.
     pub fn expected_latest_closed(self, now_s: i64) -> i64 {
         let tf = self.seconds();
         let aligned = self.bucket_open(now_s);

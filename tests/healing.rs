@@ -28,8 +28,8 @@ fn first_visit_fetches_recent_history_and_rolls_up_derived() {
     let want5: Vec<i64> = (2..8).map(|b| T0 + 300 * b).collect();
     assert_eq!(closed_times(&h.model.frames_of(2), BTC5), want5);
     assert_eq!(h.engine_store[1].1, want5);
-    assert_eq!(h.model.rest_log.len(), 1, "one page");
-    assert!(h.model.rest_log[0].1.starts_with("/api/v3/klines?symbol=BTCUSDT&interval=1m&"));
+    assert_eq!(h.model.exchange.rest_log.len(), 1, "one page");
+    assert!(h.model.exchange.rest_log[0].1.starts_with("/api/v3/klines?symbol=BTCUSDT&interval=1m&"));
 }
 
 #[test]
@@ -49,7 +49,7 @@ fn late_close_is_fetched_once_and_the_late_frame_is_not_republished() {
     let frames = h.model.frames_of(1);
     let got = closed_times(&frames, BTC1);
     assert_eq!(got, vec![T0 + 60], "fetched by the watchdog, delivered once: {frames:#?}");
-    let fetches: Vec<&String> = h.model.rest_log.iter().map(|(_, p)| p).collect();
+    let fetches: Vec<&String> = h.model.exchange.rest_log.iter().map(|(_, p)| p).collect();
     assert_eq!(fetches.len(), 2, "first visit + one watchdog fetch: {fetches:?}");
     assert!(fetches[1].contains(&format!("startTime={}", (T0 + 60) * 1000)));
     assert_eq!(h.engine_store[0].1, vec![T0, T0 + 60], "stored once");
@@ -72,7 +72,7 @@ fn rest_failure_sends_a_gap_and_the_hole_is_healed_later() {
     for k in 1..=5 {
         assert!(stored.contains(&(T0 + 60 * k)), "minute {k} healed later: {stored:?}");
     }
-    assert!(h.model.rest_log.len() >= 6, "retried: {:?}", h.model.rest_log);
+    assert!(h.model.exchange.rest_log.len() >= 6, "retried: {:?}", h.model.exchange.rest_log);
     // The unfilled range was in the store's gap ledger while it was open, and
     // is removed once healed.
     assert_eq!(h.gaps_midway.len(), 1, "{:?}", h.gaps_midway);

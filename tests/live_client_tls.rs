@@ -490,3 +490,35 @@ fn unusable_tls_files_stop_start_up_with_one_line_and_exit_2() {
         assert!(err.contains(needle), "{args:?}: {err}");
     }
 }
+
+/// `SIGHUP` (#15 §3): a renewed certificate written over the files is served
+/// to new connections without a restart; an unusable one keeps the running
+/// certificate and logs one line.
+#[test]
+fn sighup_serves_a_renewed_certificate_and_keeps_the_old_one_when_the_new_is_bad() {
+    let ex = FakeExchange::start(FakeOptions::spot());
+    let old = Pki::new();
+    let mut live = start(&ex, &old, &[]);
+    let (status, _, _) = https(live.addr, &old.client_config(), "GET", "/health", "");
+    assert_eq!(status, 200);
+
+    let renewed = Pki::new();
+    std::fs::copy(renewed.path("server.crt"), old.path("server.crt")).unwrap();
+    std::fs::copy(renewed.path("server.key"), old.path("server.key")).unwrap();
+    support::live::signal(live.child.id(), "HUP");
+    let line = live.wait_log("config_reload ", 10 * SEC).expect("reloaded");
+    assert!(line.contains("tls_reloaded=true"), "{line}");
+    let (status, _, _) = https(live.addr, &renewed.client_config(), "GET", "/health", "");
+    assert_eq!(status, 200, "a new connection gets the renewed certificate");
+    let mut s = tls_connect(live.addr, &old.client_config(), None);
+    let refused = s.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n").and_then(|()| s.flush());
+    assert!(refused.is_err(), "the old CA no longer verifies the server");
+
+    std::fs::write(old.path("server.key"), "not a key\n").unwrap();
+    support::live::signal(live.child.id(), "HUP");
+    let line = live.wait_log("config_reload_failed", 10 * SEC).expect("one line saying why");
+    assert!(line.contains("server.key") || line.contains("tls"), "{line}");
+    let (status, _, _) = https(live.addr, &renewed.client_config(), "GET", "/health", "");
+    assert_eq!(status, 200, "the running certificate stays");
+    assert_eq!(live.terminate(10 * SEC), Some(0));
+}

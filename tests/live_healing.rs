@@ -204,4 +204,10 @@ fn first_visit_over_http_fills_history_within_seconds_for_spot_and_futures() {
             }
         }
     }
+    // REST connections are kept alive (#14 §5): requests to the one exchange host
+    // share connections instead of paying a connect (and handshake) each.
+    let (requests, connections) = (ex.rest_request_count(), ex.rest_connection_count());
+    eprintln!("REST: {requests} requests over {connections} connections");
+    assert!(requests >= 4, "{requests} requests");
+    assert!((connections as usize) < requests, "{requests} requests over {connections} connections");
 }

@@ -58,7 +58,7 @@ impl PgTestStore {
         let schema = Schema::new(&unique("kg_t")).unwrap();
         let mut client = PgClient::connect(cfg, addr, 64);
         let info = bootstrap(&mut client, &schema).expect("bootstrap");
-        assert_eq!(info.version, 1);
+        assert_eq!(info.version, 2);
         PgTestStore { client: RefCell::new(client), schema }
     }
 
@@ -259,14 +259,14 @@ fn pg_bootstrap_adopts_a_reference_table_and_refuses_a_newer_version() {
          INSERT INTO {s}.candles VALUES ('{SID}', 60, 1, 2, 0.5, 1.5, 10)"
     ));
     let info = bootstrap(&mut c, &schema).expect("reference table adopted");
-    assert_eq!(info, SchemaInfo { version: 1, hypertable: false });
+    assert_eq!(info, SchemaInfo { version: 2, hypertable: false });
     // Idempotent: a second node (or a restart) bootstraps again harmlessly.
-    assert_eq!(bootstrap(&mut c, &schema).unwrap().version, 1);
+    assert_eq!(bootstrap(&mut c, &schema).unwrap().version, 2);
     let rows = ops::decode_candles("read_tail", c.run(ops::read_tail(&schema, SID, 10)), true).unwrap();
     assert_eq!(rows, vec![Candle { candle_time: 60, open: 1.0, high: 2.0, low: 0.5, close: 1.5, volume: 10.0 }]);
     c.simple(&format!("UPDATE {s}.klinegate_schema SET version = 99"));
     let why = bootstrap(&mut c, &schema).unwrap_err();
-    assert!(why.contains("version 99, newer than this build's 1"), "{why}");
+    assert!(why.contains("version 99, newer than this build's 2"), "{why}");
     c.simple(&drop_schema_sql(&schema));
 }
 

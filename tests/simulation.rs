@@ -6,7 +6,7 @@
 //! advances through `poll_timeout()` deadlines. The model shell and its
 //! invariant checks (I1-I8: ordering, gaps, no frame after disconnect,
 //! refcounts, nothing accepted is lost, timers) live in
-//! `fuzz/src/harness.rs`, shared with the `engine_ops` fuzz target.
+//! `src/replay/sim.rs`, shared with the `engine_ops` fuzz target.
 //!
 //! Every run is a function of its seed. On failure the seed is printed with
 //! the command that replays it alone:
@@ -15,9 +15,7 @@
 //! `KLINEGATE_CROSS_MARKET=1` lets spot and futures series share symbols
 //! (fails today: see tests/regressions.rs).
 
-#[path = "../fuzz/src/harness.rs"]
-mod harness;
-
+use klinegate::replay::sim as harness;
 use harness::{series_pool, stream_index, ConnState, Harness, SimSettings, Stats, STREAMS, T0};
 use klinegate::model::Candle;
 use klinegate::rng::Rng;
@@ -50,7 +48,7 @@ struct Exchange {
 
 impl Exchange {
     fn tick(&mut self, h: &mut Harness, rng: &mut Rng, tick: usize) {
-        let conns: Vec<(u64, ConnState)> = h.conns.iter().map(|(id, c)| (*id, c.state)).collect();
+        let conns: Vec<(u64, ConnState)> = h.exchange.conns.iter().map(|(id, c)| (*id, c.state)).collect();
         for (conn, state) in conns {
             match state {
                 ConnState::Opening if chance(rng, 70) => h.up_connected(conn),
@@ -69,14 +67,14 @@ impl Exchange {
 
     /// Acks some control requests, then streams every acked stream of `conn`.
     fn stream(&mut self, h: &mut Harness, rng: &mut Rng, conn: u64, tick: usize) {
-        while chance(rng, 60) && h.conns.get(&conn).is_some_and(|c| !c.outstanding.is_empty()) {
+        while chance(rng, 60) && h.exchange.conns.get(&conn).is_some_and(|c| !c.outstanding.is_empty()) {
             let k = rng.below(4) as usize;
             h.up_ack(conn, k);
         }
         if chance(rng, 3) {
             h.up_text(conn, *pick::<&str>(rng, &["{oops", r#"{"e":"trade"}"#, r#"{"result":[],"id":99}"#]));
         }
-        let streams: Vec<usize> = match h.conns.get(&conn) {
+        let streams: Vec<usize> = match h.exchange.conns.get(&conn) {
             Some(c) => c.streams.iter().filter_map(|s| stream_index(s)).collect(),
             None => return,
         };

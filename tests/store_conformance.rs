@@ -232,6 +232,50 @@ fn tail_start_is_where_read_tail_starts<S: Store>(mut s: S) {
     assert_eq!(s.tail_start(SID, 100).unwrap(), Some(60), "fewer rows than asked: the first");
 }
 
+/// Retention: only the timeframe's series lose rows, only those before the
+/// cutoff, oldest first, at most `limit` per call, until none are left.
+fn prune_deletes_old_rows_of_the_timeframe_in_batches<S: Store>(mut s: S) {
+    let five = "binance:spot:BTC/USDT:5m";
+    let eth = "binance:spot:ETH/USDT:1m";
+    let lookalike = "binance:spot:BTC/USDT:11m";
+    s.write_batches(&[
+        batch(SID, (1..=10).map(|i| candle(i * 60, i as f64)).collect()),
+        batch(eth, (1..=4).map(|i| candle(i * 60, i as f64)).collect()),
+        batch(five, (1..=10).map(|i| candle(i * 300, i as f64)).collect()),
+        batch(lookalike, vec![candle(60, 1.0)]),
+    ])
+    .unwrap();
+    // Before 301: SID 60..300 (5 rows) and ETH 60..240 (4 rows) are old.
+    assert_eq!(s.prune_before("1m", 301, 0).unwrap(), 0, "a zero limit deletes nothing");
+    assert_eq!(s.prune_before("1m", 301, 3).unwrap(), 3, "at most the limit");
+    assert_eq!(s.prune_before("1m", 301, 3).unwrap(), 3);
+    assert_eq!(s.prune_before("1m", 301, 3).unwrap(), 3);
+    assert_eq!(s.prune_before("1m", 301, 3).unwrap(), 0, "nothing old is left");
+    assert_eq!(times(&s.read_tail(SID, 100).unwrap()), vec![360, 420, 480, 540, 600], "recent rows stay");
+    assert!(s.read_tail(eth, 100).unwrap().is_empty());
+    assert_eq!(s.count_range(five, i64::MIN, i64::MAX).unwrap(), 10, "other timeframes untouched");
+    assert_eq!(s.count_range(lookalike, i64::MIN, i64::MAX).unwrap(), 1, "':11m' is not ':1m'");
+    assert_eq!(s.prune_before("5m", 1500, 100).unwrap(), 4);
+    assert_eq!(s.first_time(five).unwrap(), Some(1500));
+}
+
+/// The whole kline (#15 §4): fields written for stored rows only, read back
+/// by range, kept by a candle upsert, gone with the row.
+fn whole_kline_fields_round_trip<S: Store>(mut s: S) {
+    use klinegate::kline_ext::KlineExt;
+    use klinegate::store::ExtRows;
+    let e = |i: u64| KlineExt { quote_volume: i as f64 * 1.5, trades: i, taker_buy_base_volume: 0.25, taker_buy_quote_volume: 0.5 };
+    seed_ten(&mut s);
+    s.write_ext(&[ExtRows { series_id: SID.into(), rows: vec![(60, e(1)), (120, e(2)), (9_999, e(3))] }]).unwrap();
+    assert_eq!(s.read_ext(SID, 0, 1_000_000).unwrap(), vec![(60, e(1)), (120, e(2))], "only stored rows");
+    assert_eq!(s.read_ext(SID, 100, 200).unwrap(), vec![(120, e(2))], "inclusive range");
+    s.write_batches(&[batch(SID, vec![candle(120, 99.0)])]).unwrap();
+    assert_eq!(s.read_ext(SID, 120, 120).unwrap(), vec![(120, e(2))], "a candle upsert keeps them");
+    assert!(s.read_ext("other:spot:X/Y:1m", 0, 1_000_000).unwrap().is_empty());
+    assert_eq!(s.prune_before("1m", 100, 10).unwrap(), 1);
+    assert_eq!(s.read_ext(SID, 0, 1_000_000).unwrap(), vec![(120, e(2))], "gone with the row");
+}
+
 macro_rules! conformance {
     ($($check:ident),* $(,)?) => {
         mod memory {
@@ -280,6 +324,8 @@ conformance!(
     zero_negative_and_extreme_times,
     values_round_trip_exactly,
     non_finite_values_are_refused_and_nothing_is_written,
+    prune_deletes_old_rows_of_the_timeframe_in_batches,
+    whole_kline_fields_round_trip,
 );
 
 // ------------------------------------------------------------ SQLite only
@@ -606,7 +652,7 @@ fn postgres_store_host_answers_every_effect_as_the_memory_store() {
     let t0 = 1_700_000_400; // a 5m and 1h boundary
     let minutes: Vec<Candle> = (0..90).map(|i| candle(t0 + i * 60, 100.0 + i as f64)).collect();
     let gap = GapRecord { series_id: base.into(), from: t0 - 600, to: t0 - 60, reason: "HTTP 500".into(), attempts: 2, updated_at: 9 };
-    let write = |batches: Vec<SeriesBatch>, keep: Vec<usize>, ledger: Vec<LedgerChange>| StoreWrite { batches, keep_existing: keep, ledger };
+    let write = |batches: Vec<SeriesBatch>, keep: Vec<usize>, ledger: Vec<LedgerChange>| StoreWrite { batches, keep_existing: keep, ledger, prune: None, ext: vec![] };
     let job = StoreQuery::JobStart { series_id: base.into(), derived: vec![d5.into(), d1h.into()] };
     let effects: Vec<Output> = vec![
         StoreQuery::Bounds { series_id: base.into() }.into_effect(1),

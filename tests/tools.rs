@@ -164,3 +164,38 @@ fn tail_reports_server_errors_and_connect_failures() {
     let run = tail(&[SERIES, "--url", "http://127.0.0.1:1/"]);
     assert_eq!(run.status.code(), Some(2));
 }
+
+/// `--fields full` (#15 §4): the whole kline's four columns after the usual
+/// ones — values where the store has them, empty (CSV) / null (Parquet) where not.
+#[test]
+fn export_fields_full_adds_the_whole_kline_columns() {
+    use klinegate::kline_ext::KlineExt;
+    use klinegate::store::ExtRows;
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::record::RowAccessor;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("k.db");
+    let all = candles(3);
+    seed(&db, &all);
+    let e = KlineExt { quote_volume: 1234.5, trades: 42, taker_buy_base_volume: 5.25, taker_buy_quote_volume: 600.75 };
+    SqliteStore::open(&db).unwrap().write_ext(&[ExtRows { series_id: SERIES.into(), rows: vec![(T0 + 60, e)] }]).unwrap();
+    let run = klinegate(&["export", SERIES, "--from", "0", "--to", "9999999999", "--db", db.to_str().unwrap(), "--fields", "full"]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let text = String::from_utf8_lossy(&run.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "candle_time,time,open,high,low,close,volume,quote_volume,trades,taker_buy_base_volume,taker_buy_quote_volume");
+    assert!(lines[1].ends_with(",10,,,,"), "no fields: empty cells: {}", lines[1]);
+    assert!(lines[2].ends_with(",1234.5,42,5.25,600.75"), "{}", lines[2]);
+    let out = dir.path().join("full.parquet");
+    let args = ["export", SERIES, "--from", "0", "--to", "9999999999", "--format", "parquet", "--fields", "full"];
+    let run = klinegate(&[&args[..], &["--db", db.to_str().unwrap(), "--out", out.to_str().unwrap()]].concat());
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let reader = SerializedFileReader::new(std::fs::File::open(&out).unwrap()).unwrap();
+    let rows: Vec<_> = reader.get_row_iter(None).unwrap().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 3);
+    assert!(rows[0].get_double(6).is_err(), "null where unknown");
+    assert_eq!((rows[1].get_double(6).unwrap(), rows[1].get_long(7).unwrap()), (1234.5, 42));
+    assert_eq!((rows[1].get_double(8).unwrap(), rows[1].get_double(9).unwrap()), (5.25, 600.75));
+    let plain = klinegate(&["export", SERIES, "--from", "0", "--to", "9999999999", "--db", db.to_str().unwrap()]);
+    assert_eq!(String::from_utf8_lossy(&plain.stdout).lines().next(), Some("candle_time,time,open,high,low,close,volume"));
+}

@@ -1,8 +1,10 @@
 //! Shared by the core benches: an engine whose pinned series is live on an
-//! acknowledged exchange connection, and draining outputs.
+//! acknowledged exchange connection (answered by the library's exchange
+//! model), and draining outputs.
 #![allow(dead_code)]
 
 use klinegate::engine::{Engine, Input, Output};
+use klinegate::replay::exchange::{Answer, ExchangeModel};
 use klinegate::replay::hosted;
 use klinegate::store::Store;
 use klinegate::time::Timestamp;
@@ -19,26 +21,22 @@ pub fn drain(e: &mut Engine, store: &mut dyn Store) -> Vec<Output> {
     outs
 }
 
-/// Starts the engine and answers its connection and SUBSCRIBE like the
-/// exchange does; returns the connection id.
+/// Starts the engine and answers its connection and SUBSCRIBE as the
+/// exchange model does; returns the connection id.
 pub fn start_live(e: &mut Engine, store: &mut dyn Store, now: Timestamp) -> u64 {
+    let mut exchange = ExchangeModel::new(Answer::Auto);
     e.handle(Input::Start, now).expect("start");
-    let conn = drain(e, store)
-        .into_iter()
-        .find_map(|o| match o {
-            Output::UpstreamConnect { conn, .. } => Some(conn),
-            _ => None,
-        })
-        .expect("the pinned series opens a connection");
-    e.handle(Input::UpstreamConnected { conn }, now).expect("connected");
-    let id = drain(e, store)
-        .into_iter()
-        .find_map(|o| match o {
-            Output::UpstreamSend { text, .. } => serde_json::from_str::<serde_json::Value>(&text).ok()?.get("id")?.as_u64(),
-            _ => None,
-        })
-        .expect("the connection subscribes the stream");
-    let ack = format!("{{\"result\":null,\"id\":{id}}}");
-    e.handle(Input::UpstreamText { conn, text: ack }, now).expect("ack");
+    let mut outs = drain(e, store);
+    while !outs.is_empty() {
+        let replies: Vec<_> = outs.iter().filter_map(|o| exchange.on_output(o, now)).flatten().collect();
+        for r in replies {
+            if let Some(input) = exchange.deliver(r) {
+                e.handle(input, now).expect("exchange reply");
+            }
+        }
+        outs = drain(e, store);
+    }
+    let conn = exchange.conns.keys().next().copied().expect("the pinned series opens a connection");
+    assert!(!exchange.conns[&conn].streams.is_empty(), "the connection subscribes the stream");
     conn
 }

@@ -68,7 +68,21 @@ pub fn current_minute_ms() -> i64 {
 /// thousand closed clients leave no TIME_WAIT behind). Servers under test send
 /// nothing unasked, so no frame bytes are lost behind the 101 response.
 pub fn connect_ws(addr: SocketAddr) -> io::Result<TcpStream> {
-    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    connect_ws_from(addr, None)
+}
+
+/// `connect_ws` from the local address `source` (a loopback address other
+/// than 127.0.0.1, so clients come from several addresses); `None`: any.
+pub fn connect_ws_from(addr: SocketAddr, source: Option<std::net::IpAddr>) -> io::Result<TcpStream> {
+    let stream = match source {
+        None => TcpStream::connect_timeout(&addr, Duration::from_secs(5))?,
+        Some(ip) => {
+            let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+            socket.bind(&SocketAddr::new(ip, 0).into())?;
+            socket.connect_timeout(&addr.into(), Duration::from_secs(5))?;
+            socket.into()
+        }
+    };
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     stream.set_nodelay(true)?;
@@ -79,11 +93,20 @@ pub fn connect_ws(addr: SocketAddr) -> io::Result<TcpStream> {
     Ok(ws.into_inner())
 }
 
-/// Connects `n` clients one after the other (the servers accept in order).
+/// `KLINEGATE_BENCH_SOURCES=N`: clients connect from 127.0.0.1 … 127.0.0.N in
+/// turn (issue #14 §4: many source addresses); default 1 (127.0.0.1 only).
+pub fn source_addresses() -> usize {
+    std::env::var("KLINEGATE_BENCH_SOURCES").ok().and_then(|v| v.parse().ok()).unwrap_or(1).clamp(1, 250)
+}
+
+/// Connects `n` clients one after the other (the servers accept in order),
+/// spread over `source_addresses()` loopback addresses.
 pub fn connect_many(addr: SocketAddr, n: usize) -> io::Result<Vec<TcpStream>> {
+    let sources = source_addresses();
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
-        let s = connect_ws(addr).map_err(|e| io::Error::other(format!("client {i} of {n}: {e}")))?;
+        let source = (sources > 1).then(|| std::net::IpAddr::from([127, 0, 0, 1 + (i % sources) as u8]));
+        let s = connect_ws_from(addr, source).map_err(|e| io::Error::other(format!("client {i} of {n}: {e}")))?;
         out.push(s);
     }
     Ok(out)

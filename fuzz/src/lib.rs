@@ -1,3 +1,4 @@
 //! Support for klinegate's fuzz targets: the model shell and invariant checker
-//! ([`harness`]) that `engine_ops` drives and `tests/simulation.rs` shares.
-pub mod harness;
+//! that `engine_ops` drives lives in the library (`klinegate::replay::sim`),
+//! shared with `tests/simulation.rs`.
+pub use klinegate::replay::sim as harness;

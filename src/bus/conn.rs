@@ -23,7 +23,7 @@
 //! the next connection.
 
 use super::url::RedisConfig;
-use crate::shell::conn::stream_driver::SansIo;
+use crate::sans_io::SansIo;
 use bytes::BytesMut;
 use redis_protocol::resp2::types::{BorrowedFrame, OwnedFrame as Frame2};
 use redis_protocol::resp3::types::OwnedFrame as Frame3;

@@ -5,7 +5,7 @@
 
 use super::conn::*;
 use super::url::parse_redis_url;
-use crate::shell::conn::stream_driver::SansIo;
+use crate::sans_io::SansIo;
 
 fn conn(url: &str, resp: Resp) -> RedisConn {
     let mut c = RedisConn::new(parse_redis_url(url).unwrap(), resp, 4);

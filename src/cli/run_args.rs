@@ -124,6 +124,12 @@ pub(super) struct RunArgs {
     /// Closed candles kept for retry while the store fails
     #[arg(long, value_name = "N", default_value = "1000000", help_heading = "Ingest")]
     store_backlog_max_candles: String,
+    /// Per-timeframe retention: candles older than the age are deleted in small batches, e.g. 1m=90d,5m=2y (units s, m, h, d, w, y; empty = keep everything)
+    #[arg(long, value_name = "TF=AGE,...", default_value = "", help_heading = "Ingest")]
+    retention: String,
+    /// Keep the whole kline: quote volume, trade count, taker-buy base and quote volume, stored with each close and served on fields=full
+    #[arg(long, value_name = "BOOL", default_value = "true", num_args = 0..=1, default_missing_value = "true", help_heading = "Ingest")]
+    full_klines: String,
     /// Crashes of a job within --breaker-window-s before its circuit breaker opens
     #[arg(long, value_name = "N", default_value = "5", help_heading = "Ingest")]
     breaker_crash_budget: String,

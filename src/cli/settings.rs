@@ -67,6 +67,16 @@ pub struct Settings {
     pub heal_gate_ms: u64,
     pub rest_weight_budget_spot: u32,
     pub rest_weight_budget_futures: u32,
+    /// Per-timeframe retention, e.g. `1m=90d,5m=2y`; empty keeps everything.
+    /// A journal without this key replays with none (and none is not written,
+    /// so journals recorded without retention are unchanged).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub retention: String,
+    /// Keep and store the whole kline (quote volume, trades, taker-buy
+    /// volumes). `klinegate run` turns it on by default; a journal without
+    /// the key replays with it off, as recorded before it existed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub full_klines: bool,
 }
 
 impl Default for Settings {
@@ -108,6 +118,8 @@ impl Default for Settings {
             heal_gate_ms: 3000,
             rest_weight_budget_spot: 3000,
             rest_weight_budget_futures: 1200,
+            retention: String::new(),
+            full_klines: false,
         }
     }
 }
@@ -243,6 +255,11 @@ impl Settings {
                     as u32,
                 ..RestConfig::default()
             },
+            retention: crate::engine::retention::RetentionConfig {
+                keep: crate::engine::retention::parse_retention(&self.retention).map_err(|e| bad("retention", e))?,
+                ..Default::default()
+            },
+            full_klines: self.full_klines,
         })
     }
 }

@@ -17,7 +17,8 @@
 //! Pure: it never reads the store (the hub emits each read as an effect), a
 //! clock or anything else.
 
-use super::hub::{ClosedWindow, Frame};
+use super::window::ClosedWindow;
+use super::Frame;
 use super::{Counters, StoreOp};
 use crate::store::{StoreQuery, StoreReadResult};
 use crate::wire::client as wire;

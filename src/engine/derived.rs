@@ -11,7 +11,7 @@
 //! each series itself), or let the forming path change what the closed path
 //! holds. The reference system's forming path cleared the finalized minutes
 //! and so silently lost a derived bucket whenever a closed flush came after the
-//! first forming update of the next bucket (reference §11 item 8).
+//! first forming update of the next bucket.
 //!
 //! Restarts: the engine reads the base candles of the current buckets back from
 //! the store ([`DerivedFold::restore_start`]) and hands them to
@@ -33,7 +33,7 @@ pub const MAX_PENDING_BUCKETS: usize = 4;
 /// healing horizon, counted in buckets of the target timeframe.
 pub const FINISHED_LEDGER_CAP: usize = 64;
 
-/// Merge rule (reference §5.8): open of the first, max high, min low, close of
+/// Merge rule (the reference's): open of the first, max high, min low, close of
 /// the last, sum of volumes, stamped with the bucket's open time. `candles`
 /// must be ascending by time. `None` when there is nothing to merge.
 fn merge<'a>(bucket_open: i64, candles: impl IntoIterator<Item = &'a Candle>) -> Option<Candle> {

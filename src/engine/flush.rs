@@ -13,10 +13,9 @@
 //! what is oldest and already accepted; newer holes are healed from the
 //! exchange's REST history once the store is back).
 
-use super::series::SeriesIdx;
+use super::series::FlushSet;
 use super::store_ops::WriteFor;
 use super::{Engine, LogLevel};
-use crate::model::Candle;
 use crate::store::{KeptRows, PersistOutcome, SeriesBatch, StoreWrite};
 use crate::time::{Duration, Timestamp};
 use std::collections::VecDeque;
@@ -26,9 +25,6 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 /// One write carries at most this many candles (more flushes go in the next):
 /// the shell's store slice per loop turn stays small.
 pub const MAX_WRITE_CANDLES: usize = 5_000;
-
-/// Per-series candles of one flush, in publish order (sorted by series id).
-pub type FlushSet = Vec<(SeriesIdx, Vec<Candle>)>;
 
 #[derive(Debug, PartialEq)]
 enum State {
@@ -222,6 +218,7 @@ impl Engine {
                 write.batches.push(SeriesBatch { series_id: entry.id.as_str().to_string(), candles: candles.clone() });
             }
         }
+        self.attach_kline_ext(&mut write);
         write
     }
 
@@ -257,7 +254,7 @@ impl Engine {
 
     pub(super) fn on_flush_persisted(&mut self, _op: super::StoreOp, seqs: Vec<u64>, result: PersistOutcome) {
         match result {
-            PersistOutcome::Stored { kept } => {
+            PersistOutcome::Stored { kept, .. } => {
                 if self.writes.stored(&seqs, kept) {
                     let left = self.writes.backlog_candles();
                     self.log(LogLevel::Info, format!("store_recovered backlog_candles={left}"));
@@ -309,6 +306,7 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::series::SeriesIdx;
     use crate::model::Candle;
 
     fn set(t: i64) -> FlushSet {

@@ -13,7 +13,7 @@ use super::ingest::{HealState, HealTask, Hole};
 use super::series::SeriesIdx;
 use super::{Engine, LogLevel, RestPurpose, TimerKey};
 use crate::model::Candle;
-use crate::wire::binance_rest as rest;
+use crate::wire::binance::rest;
 use crate::store::LedgerChange;
 use crate::time::{Duration, Timestamp};
 

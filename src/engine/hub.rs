@@ -22,13 +22,25 @@
 //! count) pass `max_backlog_bytes` is closed with [`SLOW_CONSUMER_CLOSE`]; it
 //! can reconnect and resume with `since`. A closed client gets no second close.
 //!
+//! Deferred forming fan-out (`HubConfig::defer_forming_fanout`, the live shell
+//! turns it on): a forming publish queues the frame for subscribers only up to
+//! the first one that becomes ready, and keeps the rest as one pending fan-out,
+//! continued a client at a time as the engine's outputs are polled
+//! ([`Hub::step_deferred`]), so the shell writes the first client before the
+//! fan-out to every other is formed. Anything else that queues frames or
+//! changes who is subscribed settles it first ([`Hub::settle`]), and so does
+//! the engine before each input, so every client's queue holds the same frames
+//! in the same order as without deferral; only the order of `ClientReady`
+//! outputs between clients differs.
+//!
 //! Never reads a clock or the store: the catch-up clamp uses the engine time passed in.
 
 use super::catchup::{CatchUp, PageCtx, Step};
 use super::rate::MessageRate;
 use super::series::{SeriesIdx, SeriesTable};
-use super::{Counters, LogLevel, Output, StoreOp};
-use crate::model::{Candle, Timeframe};
+use super::window::ClosedWindow;
+use super::{Counters, Frame, LogLevel, Output, StoreOp};
+use crate::model::Candle;
 use crate::store::StoreReadResult;
 use crate::wire::client as wire;
 use super::fasthash::FastMap;
@@ -39,8 +51,6 @@ pub const SLOW_CONSUMER_CLOSE: (u16, &str) =
     (1008, "slow_consumer: backlog limit exceeded; reconnect and resubscribe with since");
 /// Close code and reason on shutdown (as the reference).
 pub const SHUTDOWN_CLOSE: (u16, &str) = (1001, "server_shutdown");
-
-pub type Frame = bytes::Bytes;
 
 #[derive(Clone, Debug)]
 pub struct HubConfig {
@@ -54,6 +64,8 @@ pub struct HubConfig {
     /// The next catch-up page is read only while the client's queue holds
     /// fewer bytes than this.
     pub catchup_low_water_bytes: usize,
+    /// Forming fan-out continues as outputs are polled (see the module comment).
+    pub defer_forming_fanout: bool,
 }
 
 impl Default for HubConfig {
@@ -65,6 +77,7 @@ impl Default for HubConfig {
             max_messages_per_s: 0,
             catchup_page_candles: 500,
             catchup_low_water_bytes: 64 << 10,
+            defer_forming_fanout: false,
         }
     }
 }
@@ -166,6 +179,27 @@ pub enum SubscribeError {
     TooManySubscriptions(usize),
 }
 
+/// The rest of a forming fan-out: subscribers of `idx` from position `next`
+/// of the series' subscriber list on.
+#[derive(Debug)]
+struct DeferredForming {
+    idx: SeriesIdx,
+    candle_time: i64,
+    frame: Frame,
+    next: usize,
+}
+
+/// What queueing a forming frame for one subscriber did.
+#[derive(PartialEq)]
+enum FormingStep {
+    /// Nothing queued (not subscribed, held, behind its cursor, or catching up).
+    Skipped,
+    /// Queued or coalesced; `ready` when it emitted `ClientReady`.
+    Queued { ready: bool },
+    /// Queued past the backlog limit: the client must be closed.
+    Slow,
+}
+
 #[derive(Default)]
 pub struct Hub {
     cfg: HubConfig,
@@ -180,11 +214,19 @@ pub struct Hub {
     reads: FastMap<u64, u64>,
     /// Frames of one catch-up page (reused).
     page: Vec<Frame>,
+    /// A forming fan-out not yet queued for every subscriber (deferral on).
+    deferred: Option<DeferredForming>,
 }
 
 impl Hub {
     pub fn new(cfg: HubConfig, ops: super::store_ops::OpIds) -> Self {
         Hub { cfg, ops, ..Hub::default() }
+    }
+
+    /// New limits (`SIGHUP`), for every later decision; a connected client
+    /// keeps the message rate it started with.
+    pub fn set_config(&mut self, cfg: HubConfig) {
+        self.cfg = cfg;
     }
 
     pub fn client_count(&self) -> usize {
@@ -239,7 +281,7 @@ impl Hub {
         self.free.push(slot);
         let released: Vec<SeriesIdx> = session.subs.keys().copied().collect();
         for idx in &released {
-            series.get_mut(*idx).subscribers.retain(|s| *s != slot);
+            self.remove_subscriber(*idx, slot, series);
         }
         released
     }
@@ -305,7 +347,7 @@ impl Hub {
     }
 
     /// Subscribes (or re-subscribes) a client and starts its catch-up
-    /// (§2.4-2.6), read from the store a page at a time as the client drains.
+    /// (`docs/ws-market.asyncapi.json`: `since`, batch frames), read from the store a page at a time as the client drains.
     /// With `hold`, the catch-up waits (and live frames are not sent) until
     /// [`Hub::release_held`]: the engine is healing history the client asked for.
     #[allow(clippy::too_many_arguments)]
@@ -399,6 +441,7 @@ impl Hub {
         out: &mut VecDeque<Output>,
         counters: &mut Counters,
     ) {
+        self.settle(series, out, counters);
         let Some(client) = self.reads.remove(&op.0) else { return };
         let Some(slot) = self.by_id.get(&client).copied() else { return };
         let Some(session) = self.slots[slot].as_mut() else { return };
@@ -458,11 +501,24 @@ impl Hub {
         if session.subs.remove(&idx).is_none() {
             return false;
         }
-        series.get_mut(idx).subscribers.retain(|s| *s != slot);
+        self.remove_subscriber(idx, slot, series);
         true
     }
 
-    /// Fans a forming candle out to every subscriber whose cursor is behind it.
+    /// Takes `slot` out of `idx`'s subscribers; a pending fan-out over them
+    /// keeps its place (the subscribers after the removed one move up).
+    fn remove_subscriber(&mut self, idx: SeriesIdx, slot: usize, series: &mut SeriesTable) {
+        let subscribers = &mut series.get_mut(idx).subscribers;
+        if let Some(d) = self.deferred.as_mut().filter(|d| d.idx == idx) {
+            let before = subscribers[..d.next.min(subscribers.len())].iter().filter(|s| **s == slot).count();
+            d.next -= before;
+        }
+        subscribers.retain(|s| *s != slot);
+    }
+
+    /// Fans a forming candle out to every subscriber whose cursor is behind it
+    /// (with deferral on: up to the first that becomes ready; the rest as
+    /// outputs are polled).
     pub fn publish_forming(
         &mut self,
         idx: SeriesIdx,
@@ -471,13 +527,15 @@ impl Hub {
         out: &mut VecDeque<Output>,
         counters: &mut Counters,
     ) {
+        self.settle(series, out, counters);
         let entry = series.get(idx);
         let mut frame: Option<Frame> = None;
         let mut slow = Vec::new();
-        for &slot in &entry.subscribers {
-            let Some(session) = self.slots[slot].as_mut() else { continue };
-            let Some(sub) = session.subs.get_mut(&idx) else { continue };
-            if sub.held.is_some() || sub.cursor.is_some_and(|c| candle.candle_time <= c) {
+        for (pos, &slot) in entry.subscribers.iter().enumerate() {
+            let eligible = self.slots[slot].as_ref().and_then(|s| s.subs.get(&idx)).is_some_and(|sub| {
+                sub.held.is_none() && !sub.cursor.is_some_and(|c| candle.candle_time <= c)
+            });
+            if !eligible {
                 continue;
             }
             let bytes = frame
@@ -487,28 +545,16 @@ impl Hub {
                     Frame::copy_from_slice(&self.scratch)
                 })
                 .clone();
-            if let Some(catchup) = sub.catchup.as_mut() {
-                // Sent when the catch-up ends (the newest only), if still ahead.
-                catchup.forming = Some((candle.candle_time, bytes));
-                continue;
-            }
-            counters.frames_forming += 1;
-            if let Some(seq) = sub.forming_seq {
-                if session.replace(seq, bytes.clone()) {
-                    counters.forming_coalesced += 1;
-                    if session.live_bytes() > self.cfg.max_backlog_bytes {
-                        slow.push(slot);
+            match self.forming_to(slot, idx, candle.candle_time, bytes, out, counters) {
+                FormingStep::Slow => slow.push(slot),
+                FormingStep::Queued { ready: true } if self.cfg.defer_forming_fanout => {
+                    if let Some(frame) = frame.take() {
+                        let next = pos + 1;
+                        self.deferred = Some(DeferredForming { idx, candle_time: candle.candle_time, frame, next });
                     }
-                    continue;
+                    break;
                 }
-            }
-            match self.enqueue(slot, bytes, false, out) {
-                Some(seq) => {
-                    if let Some(sub) = self.sub_mut(slot, idx) {
-                        sub.forming_seq = Some(seq);
-                    }
-                }
-                None => slow.push(slot),
+                _ => {}
             }
         }
         for slot in slow {
@@ -516,12 +562,84 @@ impl Hub {
         }
     }
 
+    /// Queues (or coalesces) a forming frame for one subscriber.
+    fn forming_to(
+        &mut self,
+        slot: usize,
+        idx: SeriesIdx,
+        candle_time: i64,
+        bytes: Frame,
+        out: &mut VecDeque<Output>,
+        counters: &mut Counters,
+    ) -> FormingStep {
+        let max = self.cfg.max_backlog_bytes;
+        let Some(session) = self.slots[slot].as_mut() else { return FormingStep::Skipped };
+        let Some(sub) = session.subs.get_mut(&idx) else { return FormingStep::Skipped };
+        if sub.held.is_some() || sub.cursor.is_some_and(|c| candle_time <= c) {
+            return FormingStep::Skipped;
+        }
+        if let Some(catchup) = sub.catchup.as_mut() {
+            // Sent when the catch-up ends (the newest only), if still ahead.
+            catchup.forming = Some((candle_time, bytes));
+            return FormingStep::Skipped;
+        }
+        counters.frames_forming += 1;
+        if let Some(seq) = sub.forming_seq {
+            if session.replace(seq, bytes.clone()) {
+                counters.forming_coalesced += 1;
+                if session.live_bytes() > max {
+                    return FormingStep::Slow;
+                }
+                return FormingStep::Queued { ready: false };
+            }
+        }
+        let was_ready = session.ready_signalled;
+        match self.enqueue(slot, bytes, false, out) {
+            Some(seq) => {
+                if let Some(sub) = self.sub_mut(slot, idx) {
+                    sub.forming_seq = Some(seq);
+                }
+                FormingStep::Queued { ready: !was_ready }
+            }
+            None => FormingStep::Slow,
+        }
+    }
+
+    /// Continues a pending forming fan-out until one more client becomes ready
+    /// (or it ends). Returns whether some of it is still pending.
+    pub fn step_deferred(&mut self, series: &SeriesTable, out: &mut VecDeque<Output>, counters: &mut Counters) -> bool {
+        let Some(mut d) = self.deferred.take() else { return false };
+        let subscribers = &series.get(d.idx).subscribers;
+        while let Some(&slot) = subscribers.get(d.next) {
+            d.next += 1;
+            match self.forming_to(slot, d.idx, d.candle_time, d.frame.clone(), out, counters) {
+                FormingStep::Slow => {
+                    self.close_slow(slot, out, counters);
+                    break;
+                }
+                FormingStep::Queued { ready: true } => break,
+                _ => {}
+            }
+        }
+        let pending = d.next < subscribers.len();
+        if pending {
+            self.deferred = Some(d);
+        }
+        pending
+    }
+
+    /// Finishes a pending forming fan-out.
+    pub fn settle(&mut self, series: &SeriesTable, out: &mut VecDeque<Output>, counters: &mut Counters) {
+        while self.step_deferred(series, out, counters) {}
+    }
+
     fn sub_mut(&mut self, slot: usize, idx: SeriesIdx) -> Option<&mut Subscription> {
         self.slots[slot].as_mut()?.subs.get_mut(&idx)
     }
 
     /// Fans closed candles (ascending, unique times) out to every subscriber,
-    /// with per-subscriber cursor filtering and gap notices (§3.2).
+    /// with per-subscriber cursor filtering and gap notices (`gap` in
+    /// `docs/ws-market.asyncapi.json`).
     pub fn publish_closed(
         &mut self,
         idx: SeriesIdx,
@@ -530,6 +648,7 @@ impl Hub {
         out: &mut VecDeque<Output>,
         counters: &mut Counters,
     ) {
+        self.settle(series, out, counters);
         if candles.is_empty() {
             return;
         }
@@ -672,7 +791,7 @@ impl Hub {
     }
 }
 
-/// `since` clamped to the series' closed window (§2.5).
+/// `since` clamped to the series' closed window ([`ClosedWindow`]).
 fn effective_since(since: Option<i64>, now_s: i64, series: &SeriesTable, idx: SeriesIdx) -> Option<i64> {
     let entry = series.get(idx);
     let window = ClosedWindow::new(now_s, entry.id.timeframe(), entry.last_closed);
@@ -688,46 +807,3 @@ fn gap_frame(name: &str, tf: i64, cursor: Option<i64>, next: i64) -> Option<Fram
     })
 }
 
-/// The "latest closed" window of §2.5, computed from engine time and extended
-/// by the newest closed candle the exchange confirmed (so a lagging local clock
-/// never hides a candle the exchange already closed).
-#[derive(Clone, Copy, Debug)]
-pub struct ClosedWindow {
-    latest: i64,
-    tf: i64,
-}
-
-impl ClosedWindow {
-    pub fn new(now_s: i64, tf: Timeframe, known_closed: Option<i64>) -> Self {
-        let by_clock = tf.expected_latest_closed(now_s);
-        ClosedWindow { latest: known_closed.map_or(by_clock, |k| k.max(by_clock)), tf: tf.seconds() }
-    }
-
-    pub fn latest(&self) -> i64 {
-        self.latest
-    }
-
-    fn plausible(&self, t: i64) -> bool {
-        t <= self.latest.saturating_add(2 * self.tf)
-    }
-
-    /// A plausible future cursor is clamped down to the latest closed candle;
-    /// an implausibly far one is kept (nothing is sent until candles pass it).
-    pub fn clamp(&self, since: i64) -> i64 {
-        if self.plausible(since) {
-            since.min(self.latest)
-        } else {
-            since
-        }
-    }
-
-    /// Hides candles that are not closed yet ("ahead" rows).
-    pub fn filter_ahead(&self, mut candles: Vec<Candle>) -> Vec<Candle> {
-        if let Some(last) = candles.last() {
-            if self.plausible(last.candle_time) {
-                candles.retain(|c| c.candle_time <= self.latest);
-            }
-        }
-        candles
-    }
-}

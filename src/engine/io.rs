@@ -7,6 +7,9 @@ use crate::store::{PersistOutcome, StoreQuery, StoreReadResult, StoreWrite};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// One client frame, serialized once and shared by every client it goes to.
+pub type Frame = bytes::Bytes;
+
 /// One event from outside. Time is not part of it: it comes with the call.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -35,6 +38,9 @@ pub enum Input {
     IngestForming { series_id: String, candle: Candle },
     /// SIGINT/SIGTERM: flush everything, close clients with 1001.
     Shutdown,
+    /// SIGHUP: the whitelist and limits re-read from the configuration
+    /// (`engine::reload`; the shell refuses a bad file before this).
+    Reload { settings: super::reload::Reloadable },
     /// A reader asked for a series (`GET /api/market/candles`): start its job
     /// if it has none, so its history is filled (debounced: a no-op while the
     /// job exists; the job is reaped after the idle TTL like any other).

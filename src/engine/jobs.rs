@@ -76,6 +76,7 @@ impl Engine {
         }
         let candle = event.candle;
         if event.is_final {
+            self.note_kline_ext(job_idx, candle.candle_time, event.ext);
             self.on_closed(job_idx, candle);
         } else {
             self.on_forming(job_idx, candle);
@@ -255,7 +256,7 @@ impl Engine {
 
     /// Takes a job's buffer for a flush: dedupe, fold into derived timeframes;
     /// empty while a heal gates it (then a flush timer is armed for the gate).
-    fn collect_flush(&mut self, job_idx: SeriesIdx) -> super::flush::FlushSet {
+    fn collect_flush(&mut self, job_idx: SeriesIdx) -> super::series::FlushSet {
         let now = self.now;
         let Some(job) = self.jobs.get_mut(&job_idx) else { return Vec::new() };
         if let Some(t) = job.flush_timer.take() {

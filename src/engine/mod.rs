@@ -36,15 +36,20 @@ mod stall;
 pub mod supervisor;
 pub mod upstream;
 
-mod fasthash;
+pub mod fasthash;
 mod flush;
 mod io;
 mod jobs;
+mod kline_ext;
 mod native;
+pub mod reload;
+pub mod retention;
 mod store_ops;
 mod unlisted;
+mod window;
 
-pub use io::{Counters, Input, LogLevel, Output, StoreOp};
+pub use io::{Counters, Frame, Input, LogLevel, Output, StoreOp};
+pub use window::ClosedWindow;
 
 use crate::model::{Candle, Market, SeriesId};
 use crate::wire::client::{self as wire, ClientRequest, RequestError};
@@ -53,7 +58,7 @@ use crate::time::{Duration, Timestamp};
 use crate::timer::TimerWheel;
 use flush::WriteQueue;
 use store_ops::{PendingSub, ReadFor, StoreOps, WriteFor};
-use hub::{Frame, Hub, HubConfig, SubscribeError};
+use hub::{Hub, HubConfig, SubscribeError};
 use ingest::Job;
 use series::{SeriesIdx, SeriesTable};
 use std::collections::VecDeque;
@@ -80,6 +85,11 @@ pub struct EngineConfig {
     pub rng_seed: u64,
     pub heal: heal::HealConfig,
     pub rest: rest::RestConfig,
+    /// `--retention`: old candles pruned in batches (`retention.rs`).
+    pub retention: retention::RetentionConfig,
+    /// Keep the whole kline (quote volume, trades, taker-buy volumes) of
+    /// closes and store it with them (`kline_ext.rs`).
+    pub full_klines: bool,
 }
 
 /// Timers the engine schedules on its wheel.
@@ -191,6 +201,10 @@ pub struct Engine {
     scratch: Vec<(usize, Candle)>,
     /// Throttles that emit for the current forming update (reused).
     emit_scratch: Vec<usize>,
+    /// Retention passes and their figures (`retention.rs`).
+    retention: retention::Retention,
+    /// The whole kline of recent closes and derived buckets (`kline_ext.rs`).
+    kline_ext: kline_ext::ExtTable,
     shut_down: bool,
     /// Demand across nodes (`bus.rs`).
     bus: bus::BusBook,
@@ -231,6 +245,8 @@ impl Engine {
             fired: Vec::new(),
             scratch: Vec::new(),
             emit_scratch: Vec::new(),
+            retention: retention::Retention::default(),
+            kline_ext: kline_ext::ExtTable::default(),
             shut_down: false,
             bus: bus::BusBook::default(),
             shutdown_done: false,
@@ -256,12 +272,14 @@ impl Engine {
     /// error text is the HTTP reply; a stored ingest is answered by
     /// `Output::IngestDone`); everything else answers through outputs.
     pub fn handle(&mut self, input: Input, now: Timestamp) -> Result<(), String> {
+        self.settle_fanout();
         self.advance(now);
         self.counters.inputs += 1;
         let result = match input {
             Input::Start => {
                 self.supervisor.start_whitelist(self.now, &mut self.effects);
                 self.apply_effects();
+                self.retention_arm();
                 Ok(())
             }
             Input::ClientConnected { client } => {
@@ -313,6 +331,10 @@ impl Engine {
             Input::TouchSeries { series_id } => self.touch_series(&series_id),
             Input::Shutdown => {
                 self.shutdown();
+                Ok(())
+            }
+            Input::Reload { settings } => {
+                self.reload(settings);
                 Ok(())
             }
             Input::RestResponse { id, status, body, retry_after_s, used_weight } => {
@@ -400,6 +422,7 @@ impl Engine {
         fired.clear();
         self.timers.expire(now, &mut fired);
         for (_, key) in fired.drain(..) {
+            self.settle_fanout();
             match key {
                 TimerKey::Flush(job) => {
                     if let Some(j) = self.jobs.get_mut(&job) {
@@ -416,6 +439,7 @@ impl Engine {
             }
         }
         self.fired = fired;
+        self.settle_fanout();
         if self.pool.next_deadline().is_some_and(|t| t <= now) {
             self.pool.on_timeout(now, &mut self.outputs, &mut self.pool_events);
             self.apply_pool_events();
@@ -430,6 +454,7 @@ impl Engine {
         if self.heal_retry_at.is_some_and(|t| t <= now) {
             self.retry_heals();
         }
+        self.retention_timeout();
         self.pump_rest();
     }
 
@@ -442,14 +467,26 @@ impl Engine {
             self.writes.retry_at(),
             self.heal_retry_at,
             self.rest.next_deadline(),
+            self.retention.next_deadline(),
         ]
         .into_iter()
         .flatten()
         .min()
     }
 
+    /// The next thing the shell must do. A deferred forming fan-out
+    /// (`HubConfig::defer_forming_fanout`) goes on here, one ready client at a
+    /// time, once everything queued before it is out.
     pub fn poll_output(&mut self) -> Option<Output> {
+        if self.outputs.is_empty() {
+            self.hub.step_deferred(&self.series, &mut self.outputs, &mut self.counters);
+        }
         self.outputs.pop_front()
+    }
+
+    /// Finishes a deferred forming fan-out before anything else changes the hub.
+    fn settle_fanout(&mut self) {
+        self.hub.settle(&self.series, &mut self.outputs, &mut self.counters);
     }
 
     /// Moves every frame queued for `client` into `dst`; the shell writes them
@@ -773,7 +810,7 @@ impl Engine {
 
     // ------------------------------------------------------- debug snapshots
 
-    /// `GET /api/market/debug/ingest_state`: the supervisor snapshot (§4.11)
+    /// `GET /api/market/debug/ingest_state`: the supervisor snapshot (the reference's shape)
     /// plus the upstream pool and engine counters.
     pub fn ingest_state(&self) -> serde_json::Value {
         let mut v = self.supervisor.snapshot(self.now);
@@ -836,9 +873,9 @@ impl Engine {
     /// The window of closed candles a reader of `id` may see now (rows
     /// "ahead" of it are hidden; `since` is clamped to it). The shell reads
     /// the store for `GET /api/market/candles` within it.
-    pub fn closed_window(&self, id: &SeriesId) -> hub::ClosedWindow {
+    pub fn closed_window(&self, id: &SeriesId) -> ClosedWindow {
         let known = self.series.lookup(id.as_str()).and_then(|i| self.series.get(i).last_closed);
-        hub::ClosedWindow::new(self.now.as_secs(), id.timeframe(), known)
+        ClosedWindow::new(self.now.as_secs(), id.timeframe(), known)
     }
 
     /// The configured whitelist (pins), as given.

@@ -16,7 +16,7 @@
 use super::series::SeriesIdx;
 use super::{Engine, LogLevel, RestPurpose, TimerKey};
 use crate::model::{Candle, SeriesId, Timeframe};
-use crate::wire::binance_rest as rest;
+use crate::wire::binance::rest;
 
 /// A running fill of one derived series.
 #[derive(Debug)]

@@ -79,6 +79,12 @@ impl<P> RestScheduler<P> {
         RestScheduler { cfg, next_id: 1, markets: [empty(), empty()], inflight: BTreeMap::new(), requests_sent: 0, responses_rate_limited: 0, weight_sent: 0 }
     }
 
+    /// New weight budgets per minute (`SIGHUP`), from the next request on.
+    pub fn set_budgets(&mut self, spot: u32, futures: u32) {
+        self.cfg.weight_budget_spot = spot;
+        self.cfg.weight_budget_futures = futures;
+    }
+
     fn budget(&self, m: Market) -> u32 {
         match m {
             Market::Spot => self.cfg.weight_budget_spot,

@@ -10,6 +10,10 @@ use std::collections::HashMap;
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub struct SeriesIdx(pub u32);
 
+/// Per-series candles of one flush (or one ingest request), in publish order
+/// (sorted by series id): what a write stores and, once stored, publishes.
+pub type FlushSet = Vec<(SeriesIdx, Vec<crate::model::Candle>)>;
+
 #[derive(Debug)]
 pub struct SeriesEntry {
     pub id: SeriesId,
@@ -58,6 +62,11 @@ impl SeriesTable {
 
     pub fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// Every series seen, in interning order.
+    pub fn entries(&self) -> impl Iterator<Item = &SeriesEntry> {
+        self.entries.iter()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -62,9 +62,11 @@ pub(super) enum WriteFor {
     /// Entries of the write queue (`flush.rs`), by sequence number.
     Flush(Vec<u64>),
     /// A tool's HTTP ingest: publish once stored, then answer `request`.
-    Ingest { request: u64, set: super::flush::FlushSet },
+    Ingest { request: u64, set: super::series::FlushSet },
     /// A write nothing waits for: its failure is counted, never retried.
     Quiet(Quiet),
+    /// A retention batch of the rule at this index (`retention.rs`).
+    Prune(usize),
 }
 
 /// The writes nothing waits for.
@@ -185,6 +187,7 @@ impl Engine {
                 };
                 self.outputs.push_back(Output::IngestDone { request, error });
             }
+            WriteFor::Prune(rule) => self.on_pruned(rule, result),
             WriteFor::Quiet(what) => match result {
                 PersistOutcome::Stored { .. } => {
                     if what == Quiet::LateClose {

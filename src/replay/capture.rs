@@ -12,6 +12,7 @@
 
 use crate::cli::settings::Settings;
 use crate::engine::{Engine, Input, Output};
+use crate::replay::exchange::{Answer, ExchangeModel};
 use crate::replay::journal::{Header, JournalWriter};
 use crate::model::Market;
 use crate::wire::binance;
@@ -135,7 +136,7 @@ pub fn capture_to_journal<W: Write>(
     let cfg = opts.settings.to_engine_config().map_err(|e| CaptureError::Format(e.to_string()))?;
     let mut engine = Engine::new(cfg.clone(), capture.connect_at);
     let mut journal = JournalWriter::new(out, &header)?;
-    let mut sim = Sim { conn: None, pending: VecDeque::new(), store: MemoryStore::new() };
+    let mut sim = Sim { exchange: ExchangeModel::new(Answer::Auto), pending: VecDeque::new(), store: MemoryStore::new() };
 
     // The replay answers store effects from its own store; so does the converter.
     let step = |engine: &mut Engine, journal: &mut JournalWriter<W>, sim: &mut Sim, now: Timestamp, input: Input| {
@@ -169,7 +170,7 @@ pub fn capture_to_journal<W: Write>(
         let Some(input) = sim.pending.pop_front() else { break };
         step(&mut engine, &mut journal, &mut sim, t0, input)?;
     }
-    let conn = sim.conn.ok_or_else(|| CaptureError::Format("engine opened no upstream connection".into()))?;
+    let conn = sim.exchange.conns.keys().next_back().copied().ok_or_else(|| CaptureError::Format("engine opened no upstream connection".into()))?;
     let mut last = t0;
     for (t, frame) in &capture.frames {
         let now = (*t).max(last);
@@ -200,9 +201,12 @@ fn run_timers(engine: &mut Engine, store: &mut MemoryStore, until: Timestamp) {
     }
 }
 
-/// The converter's fake exchange: opens the one connection, acks requests.
+/// The converter's shell around the [`ExchangeModel`]: every exchange reply
+/// is delivered at once (the capture holds no REST history: every heal finds
+/// none), client frames are drained, store effects answered as a replay
+/// without recorded answers answers them.
 struct Sim {
-    conn: Option<u64>,
+    exchange: ExchangeModel,
     pending: VecDeque<Input>,
     store: MemoryStore,
 }
@@ -210,46 +214,23 @@ struct Sim {
 impl Sim {
     fn answer(&mut self, engine: &mut Engine) {
         while let Some(out) = engine.poll_output() {
+            let now = engine.now();
+            if let Some(replies) = self.exchange.on_output(&out, now) {
+                let inputs = replies.into_iter().filter_map(|r| self.exchange.deliver(r));
+                self.pending.extend(inputs);
+                continue;
+            }
             match out {
-                Output::UpstreamConnect { conn, .. } => {
-                    self.conn = Some(conn);
-                    self.pending.push_back(Input::UpstreamConnected { conn });
-                }
-                Output::UpstreamSend { conn, text } => {
-                    if let Some(id) = request_id(&text) {
-                        let text = format!("{{\"result\":null,\"id\":{id}}}");
-                        self.pending.push_back(Input::UpstreamText { conn, text });
-                    }
-                }
                 Output::ClientReady { client } => {
                     let mut frames = Vec::new();
                     engine.take_client_frames(client, &mut frames);
                 }
-                // The capture holds no REST history: every heal finds none.
-                Output::RestRequest { id, .. } => self.pending.push_back(Input::RestResponse {
-                    id,
-                    status: 200,
-                    body: "[]".into(),
-                    retry_after_s: None,
-                    used_weight: None,
-                }),
-                // Answered as a replay without recorded answers answers it.
                 other => {
-                    let now = engine.now();
                     crate::replay::hosted::carry(engine, &mut self.store, &other, now);
                 }
             }
         }
     }
-}
-
-fn request_id(text: &str) -> Option<u64> {
-    let v: serde_json::Value = serde_json::from_str(text).ok()?;
-    let method = v.get("method")?.as_str()?;
-    if method != "SUBSCRIBE" && method != "UNSUBSCRIBE" {
-        return None;
-    }
-    v.get("id")?.as_u64()
 }
 
 /// Kept for symmetry with the stream-name builder: the stream for a series.

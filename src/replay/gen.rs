@@ -18,13 +18,14 @@
 
 use crate::cli::settings::Settings;
 use crate::engine::{Engine, Input, Output};
+use crate::replay::exchange::{Answer, ExchangeModel, Reply, ReplyKind};
 use crate::replay::journal::{Header, JournalWriter};
 use crate::model::{Market, SeriesId, Timeframe};
 use crate::rng::Rng;
 use crate::store::MemoryStore;
 use crate::time::{Duration, Timestamp};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::fmt;
 use std::fmt::Write as _;
 use std::io::{self, Write};
@@ -304,104 +305,66 @@ impl StreamState {
     }
 }
 
-/// An input the peer will deliver at `at`; `ack` names the control request it answers.
+/// What the peer will deliver at `at`.
 struct Pending {
     at: Timestamp,
-    input: Input,
-    ack: Option<u64>,
+    due: Due,
 }
 
-/// The generator's fake exchange and shell: answers the engine's outputs
-/// with inputs due after a latency.
+enum Due {
+    /// The exchange's answer, applied to its model when delivered.
+    Exchange(Reply),
+    /// The shell's own report (a client it closed is gone).
+    Shell(Input),
+}
+
+/// The generator's shell around the [`ExchangeModel`]: exchange replies are
+/// delivered after a latency; client frames are drained; store effects are
+/// answered as the replay's own store will answer them.
 struct Peer {
-    /// Inputs waiting to be delivered, in time order.
+    exchange: ExchangeModel,
+    /// Replies waiting to be delivered, in time order.
     pending: VecDeque<Pending>,
-    /// Control requests sent but not yet answered: id → (conn, streams).
-    inflight: BTreeMap<u64, (u64, Vec<String>)>,
-    /// Streams acknowledged and delivered, with their connection.
-    live: BTreeMap<String, u64>,
-    connections: u64,
     client_frames: u64,
-    frames: Vec<crate::engine::hub::Frame>,
-    /// Answers store effects as the replay's own store will.
+    frames: Vec<crate::engine::Frame>,
     store: MemoryStore,
 }
 
 impl Peer {
-    fn schedule(&mut self, at: Timestamp, input: Input, ack: Option<u64>) {
+    fn schedule(&mut self, at: Timestamp, due: Due) {
         // After everything due at or before `at`: delivery order is time order, then FIFO.
         let pos = self.pending.partition_point(|p| p.at <= at);
-        self.pending.insert(pos, Pending { at, input, ack });
+        self.pending.insert(pos, Pending { at, due });
     }
 
     fn answer(&mut self, engine: &mut Engine, now: Timestamp) {
         while let Some(out) = engine.poll_output() {
+            if let Some(replies) = self.exchange.on_output(&out, now) {
+                for reply in replies {
+                    let latency = match reply.kind {
+                        ReplyKind::Connected => CONNECT_LATENCY,
+                        ReplyKind::Ack | ReplyKind::Rest => ACK_LATENCY,
+                    };
+                    self.schedule(now.add(latency), Due::Exchange(reply));
+                }
+                continue;
+            }
             match out {
-                Output::UpstreamConnect { conn, .. } => {
-                    self.connections += 1;
-                    self.schedule(now.add(CONNECT_LATENCY), Input::UpstreamConnected { conn }, None);
-                }
-                Output::UpstreamSend { conn, text } => {
-                    if let Some((id, streams)) = control_request(&text) {
-                        self.inflight.insert(id, (conn, streams));
-                        let text = format!("{{\"result\":null,\"id\":{id}}}");
-                        self.schedule(now.add(ACK_LATENCY), Input::UpstreamText { conn, text }, Some(id));
-                    }
-                }
-                Output::UpstreamClose { conn, .. } => {
-                    self.live.retain(|_, c| *c != conn);
-                    self.inflight.retain(|_, (c, _)| *c != conn);
-                    self.pending.retain(|p| match &p.input {
-                        Input::UpstreamText { conn: c, .. } | Input::UpstreamConnected { conn: c } => *c != conn,
-                        _ => true,
-                    });
-                }
                 Output::ClientReady { client } => {
                     self.frames.clear();
                     engine.take_client_frames(client, &mut self.frames);
                     self.client_frames += self.frames.len() as u64;
                 }
                 Output::ClientClose { client, .. } => {
-                    self.schedule(now, Input::ClientDisconnected { client }, None);
+                    self.schedule(now, Due::Shell(Input::ClientDisconnected { client }));
                 }
-                // No REST history in a generated world: every heal finds none.
-                Output::RestRequest { id, .. } => {
-                    let input = Input::RestResponse { id, status: 200, body: "[]".into(), retry_after_s: None, used_weight: None };
-                    self.schedule(now.add(ACK_LATENCY), input, None);
-                }
-                Output::Log { .. } | Output::IngestDone { .. } | Output::BusPublish { .. } | Output::BusForming { .. } | Output::BusDemand { .. } | Output::BusRefused { .. } => {}
                 effect @ (Output::ReadStore { .. } | Output::Persist { .. }) => {
                     crate::replay::hosted::carry(engine, &mut self.store, &effect, now);
                 }
+                _ => {}
             }
         }
     }
-
-    /// An ack was delivered: its streams are live on its connection.
-    fn acked(&mut self, id: u64) {
-        if let Some((conn, streams)) = self.inflight.remove(&id) {
-            for s in streams {
-                self.live.insert(s, conn);
-            }
-        }
-    }
-}
-
-/// `(id, streams)` of a SUBSCRIBE (UNSUBSCRIBE answers with no streams).
-fn control_request(text: &str) -> Option<(u64, Vec<String>)> {
-    let v: serde_json::Value = serde_json::from_str(text).ok()?;
-    let id = v.get("id")?.as_u64()?;
-    let streams = match v.get("method")?.as_str()? {
-        "SUBSCRIBE" => v
-            .get("params")?
-            .as_array()?
-            .iter()
-            .filter_map(|s| s.as_str().map(str::to_string))
-            .collect(),
-        "UNSUBSCRIBE" => Vec::new(),
-        _ => return None,
-    };
-    Some((id, streams))
 }
 
 /// The engine, the journal and the peer, stepped as the replayer will step them.
@@ -452,10 +415,14 @@ impl<W: Write> Run<W> {
                 return Ok(());
             }
             if let Some(p) = self.peer.pending.pop_front() {
-                if let Some(id) = p.ack {
-                    self.peer.acked(id);
+                let input = match p.due {
+                    // Dropped when its connection was closed meanwhile.
+                    Due::Exchange(reply) => self.peer.exchange.deliver(reply),
+                    Due::Shell(input) => Some(input),
+                };
+                if let Some(input) = input {
+                    self.input(p.at, input)?;
                 }
-                self.input(p.at, p.input)?;
             }
         }
     }
@@ -474,10 +441,8 @@ pub fn generate_journal<W: Write>(out: W, opts: &GenOptions) -> io::Result<GenSt
         engine: Engine::new(cfg.clone(), START),
         journal: JournalWriter::new(out, &header)?,
         peer: Peer {
+            exchange: ExchangeModel::new(Answer::Auto),
             pending: VecDeque::new(),
-            inflight: BTreeMap::new(),
-            live: BTreeMap::new(),
-            connections: 0,
             client_frames: 0,
             frames: Vec::new(),
             store: MemoryStore::new(),
@@ -510,7 +475,7 @@ pub fn generate_journal<W: Write>(out: W, opts: &GenOptions) -> io::Result<GenSt
     }
     // Connections open and every stream is acknowledged before data flows.
     run.settle(START.add(SETUP_LIMIT))?;
-    let missing = specs.iter().filter(|s| !run.peer.live.contains_key(&s.stream)).count();
+    let missing = specs.iter().filter(|s| run.peer.exchange.live_conn(&s.stream).is_none()).count();
     if missing > 0 {
         return Err(io::Error::other(format!(
             "gen-journal: {missing} of {} streams were not subscribed within {} s; check the settings \
@@ -554,7 +519,7 @@ pub fn generate_journal<W: Write>(out: W, opts: &GenOptions) -> io::Result<GenSt
             forming_time(s.minute, s.updates, slot, &mut rng)
         };
         events.push(Reverse((next, i)));
-        let Some(conn) = run.peer.live.get(&s.spec.stream).copied() else {
+        let Some(conn) = run.peer.exchange.live_conn(&s.spec.stream) else {
             // The connection was lost; the engine re-subscribes. Frames meanwhile are not delivered.
             skipped += 1;
             if skipped > opts.frames as u64 {
@@ -576,7 +541,7 @@ pub fn generate_journal<W: Write>(out: W, opts: &GenOptions) -> io::Result<GenSt
     run.journal.flush()?;
     stats.records = run.records + 1;
     stats.other_inputs = run.records - stats.frames;
-    stats.upstream_connections = run.peer.connections;
+    stats.upstream_connections = run.peer.exchange.connects;
     stats.client_frames = run.peer.client_frames;
     stats.span = end.since(START);
     Ok(stats)

@@ -3,6 +3,9 @@
 //! - [`journal`]: record/replay of the core's inputs as JSON lines.
 //! - [`capture`]: recorded Binance captures → journals.
 //! - [`gen`]: synthetic journals (many streams, realistic cadence) for benches.
+//! - [`exchange`]: the one sans-IO model of Binance every tool and test plays.
+//! - [`sim`]: a model shell with invariant checks (the simulation and fuzz harness).
+//! - [`hosted`]: carries store effects out on a store, as the shell's store host does.
 //!
 //! Owns: turning files into engine inputs and outputs into files. Never opens
 //! a socket; a replay needs no network.
@@ -11,4 +14,6 @@
 pub mod capture;
 pub mod gen;
 pub mod hosted;
+pub mod exchange;
 pub mod journal;
+pub mod sim;

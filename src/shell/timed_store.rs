@@ -96,6 +96,18 @@ impl<S: Store> Store for TimedStore<S> {
     fn gaps(&self) -> StoreResult<Vec<GapRecord>> {
         self.inner.gaps()
     }
+
+    fn prune_before(&mut self, timeframe: &str, before: i64, limit: usize) -> StoreResult<u64> {
+        self.inner.prune_before(timeframe, before, limit)
+    }
+
+    fn write_ext(&mut self, rows: &[crate::store::ExtRows]) -> StoreResult<()> {
+        self.inner.write_ext(rows)
+    }
+
+    fn read_ext(&self, series_id: &str, start: i64, end: i64) -> StoreResult<Vec<(i64, crate::kline_ext::KlineExt)>> {
+        self.inner.read_ext(series_id, start, end)
+    }
 }
 
 #[cfg(test)]

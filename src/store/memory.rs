@@ -20,6 +20,8 @@ pub struct MemoryStore {
     fail_writes: bool,
     /// The gap ledger, by series id.
     gaps: BTreeMap<String, GapRecord>,
+    /// The whole kline's extra fields, beside `series` (#15 §4).
+    ext: BTreeMap<String, BTreeMap<i64, crate::kline_ext::KlineExt>>,
 }
 
 impl MemoryStore {
@@ -77,6 +79,53 @@ pub(crate) fn reject_non_finite(batches: &[SeriesBatch]) -> StoreResult<()> {
 }
 
 impl Store for MemoryStore {
+    fn write_ext(&mut self, rows: &[super::ExtRows]) -> StoreResult<()> {
+        if self.fail_writes {
+            return Err(StoreError { op: "write_ext", message: "injected failure (MemoryStore::fail_writes is on)".into() });
+        }
+        for r in rows {
+            let Some(stored) = self.series.get(&r.series_id) else { continue };
+            let ext = self.ext.entry(r.series_id.clone()).or_default();
+            for (t, e) in &r.rows {
+                if stored.contains_key(t) {
+                    ext.insert(*t, *e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn read_ext(&self, series_id: &str, start: i64, end: i64) -> StoreResult<Vec<(i64, crate::kline_ext::KlineExt)>> {
+        let Some(ext) = self.ext.get(series_id).filter(|_| start <= end) else { return Ok(Vec::new()) };
+        Ok(ext.range(start..=end).map(|(t, e)| (*t, *e)).collect())
+    }
+
+    fn prune_before(&mut self, timeframe: &str, before: i64, limit: usize) -> StoreResult<u64> {
+        if self.fail_writes {
+            return Err(StoreError { op: "prune", message: "injected failure (MemoryStore::fail_writes is on)".into() });
+        }
+        let mut left = limit;
+        for (id, rows) in self.series.iter_mut() {
+            if left == 0 {
+                break;
+            }
+            if !super::of_timeframe(id, timeframe) {
+                continue;
+            }
+            let old: Vec<i64> = rows.range(..before).map(|(t, _)| *t).take(left).collect();
+            left -= old.len();
+            let mut ext = self.ext.get_mut(id);
+            for t in old {
+                rows.remove(&t);
+                if let Some(e) = ext.as_mut() {
+                    e.remove(&t);
+                }
+            }
+        }
+        self.series.retain(|_, rows| !rows.is_empty());
+        Ok((limit - left) as u64)
+    }
+
     fn write_batches(&mut self, batches: &[SeriesBatch]) -> StoreResult<()> {
         if self.fail_writes {
             return Err(StoreError {

@@ -11,11 +11,13 @@ pub mod memory;
 pub mod postgres;
 pub mod query;
 pub mod sqlite;
+mod sqlite_ext;
+mod sqlite_prune;
 pub mod write;
 
 pub use memory::MemoryStore;
 pub use query::{JobHistory, StoreQuery, StoreReadResult};
-pub use write::{KeptRows, LedgerChange, PersistOutcome, StoreWrite};
+pub use write::{ExtRows, KeptRows, LedgerChange, PersistOutcome, Prune, StoreWrite};
 pub use sqlite::SqliteStore;
 
 /// The closed candles of one series inside a flush.
@@ -93,4 +95,32 @@ pub trait Store {
 
     /// Every ledger entry, by series id.
     fn gaps(&self) -> StoreResult<Vec<GapRecord>>;
+
+    /// Retention: deletes at most `limit` candles with `candle_time < before`
+    /// of the series whose id ends in `:<timeframe>`, oldest first within
+    /// each series (series in id order); returns how many went. A store
+    /// without retention refuses.
+    fn prune_before(&mut self, timeframe: &str, before: i64, limit: usize) -> StoreResult<u64> {
+        let _ = (timeframe, before, limit);
+        Err(StoreError { op: "prune", message: "this store does not prune".into() })
+    }
+
+    /// The whole kline's extra fields of stored candles (#15 §4); rows the
+    /// store does not hold are skipped. A store without them ignores this.
+    fn write_ext(&mut self, rows: &[ExtRows]) -> StoreResult<()> {
+        let _ = rows;
+        Ok(())
+    }
+
+    /// The extra fields known for candles with `start <= candle_time <= end`,
+    /// ascending (none from a store without them).
+    fn read_ext(&self, series_id: &str, start: i64, end: i64) -> StoreResult<Vec<(i64, crate::kline_ext::KlineExt)>> {
+        let _ = (series_id, start, end);
+        Ok(Vec::new())
+    }
+}
+
+/// Whether `series_id` is a series of `timeframe` (`…:<timeframe>`).
+pub fn of_timeframe(series_id: &str, timeframe: &str) -> bool {
+    series_id.rsplit_once(':').is_some_and(|(_, tf)| tf == timeframe)
 }

@@ -63,6 +63,9 @@ const MIGRATIONS: &[&str] = &[
         attempts   INTEGER NOT NULL,
         updated_at INTEGER NOT NULL
     );",
+    // v3. The whole kline (#15 §4): quote volume, trade count, taker-buy
+    // base and quote volume, NULL when unknown (`sqlite_ext`).
+    super::sqlite_ext::MIGRATION_V3,
 ];
 
 /// The schema version this build writes and understands.
@@ -536,6 +539,23 @@ fn sql_limit(limit: usize) -> i64 {
 }
 
 impl Store for SqliteStore {
+    fn write_ext(&mut self, rows: &[super::ExtRows]) -> StoreResult<()> {
+        if rows.iter().all(|r| r.rows.is_empty()) {
+            return Ok(());
+        }
+        self.prepare_write();
+        super::sqlite_ext::write(&mut self.conn, rows).map_err(|e| self.write_failed("write_ext", None, e))
+    }
+
+    fn read_ext(&self, series_id: &str, start: i64, end: i64) -> StoreResult<Vec<(i64, crate::kline_ext::KlineExt)>> {
+        super::sqlite_ext::read(&self.conn, series_id, start, end).map_err(err("read_ext"))
+    }
+
+    fn prune_before(&mut self, timeframe: &str, before: i64, limit: usize) -> StoreResult<u64> {
+        self.prepare_write();
+        super::sqlite_prune::prune(&mut self.conn, timeframe, before, limit).map_err(|e| self.write_failed("prune", None, e))
+    }
+
     fn write_batches(&mut self, batches: &[SeriesBatch]) -> StoreResult<()> {
         if batches.iter().all(|b| b.candles.is_empty()) {
             return Ok(()); // nothing to write: don't take the write lock

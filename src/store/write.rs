@@ -31,6 +31,35 @@ pub struct StoreWrite {
     pub keep_existing: Vec<usize>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ledger: Vec<LedgerChange>,
+    /// Retention: delete at most `limit` old candles (after the rest of the
+    /// write, in the same transaction where the store has one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune: Option<Prune>,
+    /// The whole kline's extra fields of candles in `batches` (#15 §4),
+    /// written with them; a store without the columns ignores them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ext: Vec<ExtRows>,
+}
+
+/// The extra fields of some candles of one series, by open time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExtRows {
+    pub series_id: String,
+    pub rows: Vec<(i64, crate::kline_ext::KlineExt)>,
+}
+
+/// One retention batch: at most `limit` candles of the series of
+/// `timeframe` (ids ending in `:<timeframe>`) that open before `before`
+/// (Unix seconds), oldest first within each series.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Prune {
+    pub timeframe: String,
+    pub before: i64,
+    pub limit: usize,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Rows of one insert-if-absent batch that were not written because the
@@ -50,6 +79,9 @@ pub enum PersistOutcome {
     Stored {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         kept: Vec<KeptRows>,
+        /// Candles deleted by the write's `prune`.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        pruned: u64,
     },
     /// Nothing was written: the store's error, as a user reads it.
     Failed(String),
@@ -57,7 +89,7 @@ pub enum PersistOutcome {
 
 impl StoreWrite {
     pub fn is_empty(&self) -> bool {
-        self.batches.is_empty() && self.ledger.is_empty()
+        self.batches.is_empty() && self.ledger.is_empty() && self.prune.is_none()
     }
 
     /// Candles carried (for slicing and figures).
@@ -100,6 +132,11 @@ impl StoreWrite {
                 return PersistOutcome::Failed(e.to_string());
             }
         }
+        if !self.ext.is_empty() {
+            if let Err(e) = store.write_ext(&self.ext) {
+                return PersistOutcome::Failed(e.to_string());
+            }
+        }
         for change in &self.ledger {
             let result = match change {
                 LedgerChange::Put(gap) => store.put_gap(gap),
@@ -109,7 +146,14 @@ impl StoreWrite {
                 return PersistOutcome::Failed(e.to_string());
             }
         }
-        PersistOutcome::Stored { kept }
+        let pruned = match &self.prune {
+            Some(p) => match store.prune_before(&p.timeframe, p.before, p.limit) {
+                Ok(n) => n,
+                Err(e) => return PersistOutcome::Failed(e.to_string()),
+            },
+            None => 0,
+        };
+        PersistOutcome::Stored { kept, pruned }
     }
 }
 
@@ -130,7 +174,7 @@ mod tests {
             batches: vec![SeriesBatch { series_id: "d".into(), candles: vec![c(300, 1.0)] }],
             ..StoreWrite::default()
         };
-        assert_eq!(first.run(&mut store), PersistOutcome::Stored { kept: vec![] });
+        assert_eq!(first.run(&mut store), PersistOutcome::Stored { kept: vec![], pruned: 0 });
         let second = StoreWrite {
             batches: vec![
                 SeriesBatch { series_id: "b".into(), candles: vec![c(60, 9.0)] },
@@ -138,9 +182,11 @@ mod tests {
             ],
             keep_existing: vec![1],
             ledger: vec![],
+            prune: None,
+            ext: vec![],
         };
         let out = second.run(&mut store);
-        assert_eq!(out, PersistOutcome::Stored { kept: vec![KeptRows { batch: 1, times: vec![300] }] });
+        assert_eq!(out, PersistOutcome::Stored { kept: vec![KeptRows { batch: 1, times: vec![300] }], pruned: 0 });
         let d = store.read_range("d", 0, 1000, 10).unwrap_or_default();
         assert_eq!(d.iter().map(|c| (c.candle_time, c.close)).collect::<Vec<_>>(), vec![(0, 2.0), (300, 1.0)]);
         assert_eq!(store.head_time("b").ok().flatten(), Some(60));

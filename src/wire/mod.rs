@@ -7,8 +7,6 @@
 //! Owns: parsing and encoding bytes. Never holds state between calls, never
 //! touches a socket, a clock or a store; each codec is fuzzed (see `fuzz/`).
 pub mod binance;
-/// The old path of [`binance::rest`], kept while `engine/heal.rs` and `engine/native.rs` name it.
-pub use binance::rest as binance_rest;
 pub mod client;
 pub mod dns;
 pub mod forwarded;

@@ -19,6 +19,9 @@
 //! It owns its threads (one accept thread, one per connection, one optional
 //! synthetic cadence thread) and ends all of them, within a bounded time, when
 //! the `FakeExchange` is dropped. Every blocking read and write has a timeout.
+//! The accept thread and each WebSocket connection's thread are event-driven:
+//! each blocks in its own `mio::Poll` on its socket and a `mio::Waker`, so a
+//! frame a test queues is written at once (no polling interval in between).
 //! It must never bind anything but loopback and never reach the network.
 //!
 //! Include it from a test file with
@@ -29,6 +32,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -47,9 +51,20 @@ use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::protocol::{WebSocket, WebSocketConfig};
 use tungstenite::{Bytes, Message};
 
-/// How long a connection thread blocks in one read before it looks at its
-/// outbound queue, timers and the shutdown flag. Bounds push latency too.
-const POLL: Duration = Duration::from_millis(5);
+/// How often `wait_until` looks at its condition (the test thread's own wait).
+const WAIT_STEP: Duration = Duration::from_millis(5);
+/// Longest a connection or the accept thread blocks in its poll with nothing to
+/// do: wakers end every wait that matters (queued frames, shutdown, silence
+/// lifted); this cap only bounds how long a lost wake-up could stall it.
+const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// After a failed `accept` (other than "nothing to accept"), wait this long.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(5);
+/// Messages one connection reads in a row before it looks at its outbound
+/// queue again (reads resume without waiting for a new readiness event).
+const READ_BURST: usize = 64;
+/// mio tokens of a connection's (and the accept thread's) poll.
+const SOCKET: mio::Token = mio::Token(0);
+const WAKE: mio::Token = mio::Token(1);
 /// A client that does not finish TLS + the WebSocket upgrade in this time is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// One blocked write gives up after this (the frame stays buffered for later).
@@ -643,6 +658,9 @@ enum Outbound {
 struct ConnEntry {
     info: ConnInfo,
     tx: SyncSender<Outbound>,
+    /// Wakes the connection's thread out of its poll (a frame was queued, the
+    /// exchange stops, silence ended).
+    waker: Arc<mio::Waker>,
 }
 
 #[derive(Default)]
@@ -683,7 +701,11 @@ impl State {
             return false;
         };
         match entry.tx.try_send(out) {
-            Ok(()) => true,
+            Ok(()) => {
+                // A failed wake leaves the frame for the next turn (IDLE_WAIT at worst).
+                let _ = entry.waker.wake();
+                true
+            }
             Err(TrySendError::Full(_)) => {
                 self.outbound_overflow += 1;
                 false
@@ -776,6 +798,13 @@ impl Shared {
         self.shutdown.load(Ordering::SeqCst)
     }
 
+    /// Every connection thread looks at its state again now.
+    fn wake_all(&self) {
+        for entry in self.state().conns.values() {
+            let _ = entry.waker.wake();
+        }
+    }
+
     fn forming_update(&self, stream: &str) -> usize {
         let now = self.now_ms();
         let mut state = self.state();
@@ -852,6 +881,8 @@ pub struct FakeExchange {
     addr: SocketAddr,
     ca_pem: Option<String>,
     accept_thread: Option<JoinHandle<()>>,
+    /// Ends the accept thread's wait at shutdown.
+    accept_waker: Arc<mio::Waker>,
     cadence: Mutex<Option<(Arc<AtomicBool>, JoinHandle<()>)>>,
 }
 
@@ -884,16 +915,27 @@ impl FakeExchange {
             state: Mutex::new(State::default()),
             rest: Mutex::new(RestState::default()),
         });
+        let poll = mio::Poll::new().expect("accept poll");
+        poll.registry()
+            .register(
+                &mut mio::unix::SourceFd(&listener.as_raw_fd()),
+                SOCKET,
+                mio::Interest::READABLE,
+            )
+            .expect("register listener");
+        let accept_waker =
+            Arc::new(mio::Waker::new(poll.registry(), WAKE).expect("accept waker"));
         let accept_shared = shared.clone();
         let accept_thread = thread::Builder::new()
             .name("fakex-accept".into())
-            .spawn(move || accept_loop(accept_shared, listener))
+            .spawn(move || accept_loop(accept_shared, listener, poll))
             .expect("spawn accept thread");
         FakeExchange {
             shared,
             addr,
             ca_pem,
             accept_thread: Some(accept_thread),
+            accept_waker,
             cadence: Mutex::new(None),
         }
     }
@@ -1148,6 +1190,8 @@ impl FakeExchange {
     /// replies) and nothing is read, so the client sees a stalled exchange.
     pub fn set_silent(&self, silent: bool) {
         self.shared.silent.store(silent, Ordering::SeqCst);
+        // Connections read what arrived while silent (their poll saw it already).
+        self.shared.wake_all();
     }
 
     /// Freezes `stream`: its frames are dropped while the connection stays open,
@@ -1308,7 +1352,7 @@ impl FakeExchange {
 
     // -- waiting ---------------------------------------------------------------
 
-    /// Polls `cond` every 5 ms until it holds or `timeout` passes.
+    /// Looks at `cond` every 5 ms until it holds or `timeout` passes.
     pub fn wait_until(
         &self,
         timeout: Duration,
@@ -1322,7 +1366,7 @@ impl FakeExchange {
             if Instant::now() >= deadline {
                 return false;
             }
-            thread::sleep(POLL);
+            thread::sleep(WAIT_STEP);
         }
     }
 
@@ -1341,6 +1385,8 @@ impl FakeExchange {
     /// Stops every thread. Idempotent; also done by `Drop`.
     pub fn shutdown(&mut self) {
         self.shared.shutdown.store(true, Ordering::SeqCst);
+        let _ = self.accept_waker.wake();
+        self.shared.wake_all();
         if let Some((stop, handle)) = lock(&self.cadence).take() {
             stop.store(true, Ordering::SeqCst);
             let _ = handle.join();
@@ -1519,16 +1565,20 @@ impl Write for ServerStream {
     }
 }
 
-fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+/// Accepts until the listener would block, then waits in `poll` (listener
+/// readable, edge-triggered, or the shutdown waker).
+fn accept_loop(shared: Arc<Shared>, listener: TcpListener, mut poll: mio::Poll) {
+    let mut events = mio::Events::with_capacity(4);
     while !shared.stopping() {
         let tcp = match listener.accept() {
             Ok((tcp, _)) => tcp,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                thread::sleep(POLL);
+                // An error (EINTR) only ends this wait early; the loop looks again.
+                let _ = poll.poll(&mut events, Some(IDLE_WAIT));
                 continue;
             }
             Err(_) => {
-                thread::sleep(POLL);
+                thread::sleep(ACCEPT_ERROR_PAUSE);
                 continue;
             }
         };
@@ -1595,9 +1645,12 @@ fn serve_connection(shared: Arc<Shared>, tcp: TcpStream, id: u64, mode: RejectMo
             return;
         }
     };
-    let _ = ws.get_ref().tcp().set_read_timeout(Some(POLL));
     let Some(route) = route(&uri) else { return };
+    let Ok(waiter) = Waiter::new(ws.get_ref().tcp()) else {
+        return;
+    };
     let (tx, rx) = mpsc::sync_channel(OUTBOUND_CAPACITY);
+    let waker = waiter.waker.clone();
     {
         let mut state = shared.state();
         state.ws_connects += 1;
@@ -1608,9 +1661,9 @@ fn serve_connection(shared: Arc<Shared>, tcp: TcpStream, id: u64, mode: RejectMo
             subscriptions: Vec::new(),
             opened_at: Instant::now(),
         };
-        state.conns.insert(id, ConnEntry { info, tx });
+        state.conns.insert(id, ConnEntry { info, tx, waker });
     }
-    let mut conn = Conn::new(shared.clone(), id, ws, rx);
+    let mut conn = Conn::new(shared.clone(), id, ws, rx, waiter);
     if !route.initial.is_empty() {
         conn.subscribe(&route.initial, None);
     }
@@ -1736,12 +1789,45 @@ fn route(uri: &str) -> Option<Route> {
     })
 }
 
+/// What a connection's thread blocks in: its socket (non-blocking from here
+/// on, readable and writable, edge-triggered) and its waker.
+struct Waiter {
+    poll: mio::Poll,
+    events: mio::Events,
+    waker: Arc<mio::Waker>,
+}
+
+impl Waiter {
+    fn new(tcp: &TcpStream) -> io::Result<Waiter> {
+        tcp.set_nonblocking(true)?;
+        let poll = mio::Poll::new()?;
+        poll.registry().register(
+            &mut mio::unix::SourceFd(&tcp.as_raw_fd()),
+            SOCKET,
+            mio::Interest::READABLE | mio::Interest::WRITABLE,
+        )?;
+        let waker = Arc::new(mio::Waker::new(poll.registry(), WAKE)?);
+        Ok(Waiter {
+            poll,
+            events: mio::Events::with_capacity(4),
+            waker,
+        })
+    }
+
+    /// Until the socket becomes readable or writable, the waker fires, or `timeout`.
+    fn wait(&mut self, timeout: Duration) {
+        // An error (EINTR) only ends this wait early; the caller looks again.
+        let _ = self.poll.poll(&mut self.events, Some(timeout));
+    }
+}
+
 /// One served connection, owned by its thread.
 struct Conn {
     shared: Arc<Shared>,
     id: u64,
     ws: WebSocket<ServerStream>,
     rx: Receiver<Outbound>,
+    waiter: Waiter,
     recent: VecDeque<Instant>,
     /// When the previous message was seen (arrivals keep their order) and the
     /// state of the jitter generator.
@@ -1768,6 +1854,7 @@ impl Conn {
         id: u64,
         ws: WebSocket<ServerStream>,
         rx: Receiver<Outbound>,
+        waiter: Waiter,
     ) -> Self {
         let next_ping = shared
             .opts
@@ -1778,6 +1865,7 @@ impl Conn {
             id,
             ws,
             rx,
+            waiter,
             recent: VecDeque::new(),
             last_arrival: None,
             jitter_seed: id.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
@@ -1827,16 +1915,47 @@ impl Conn {
             {
                 return End::Gone;
             }
-            if self.silent() && self.closing_until.is_none() {
-                thread::sleep(POLL);
-                continue;
+            let mut read = 0;
+            if !self.silent() || self.closing_until.is_some() {
+                while read < READ_BURST {
+                    match self.ws.read() {
+                        Ok(message) => self.on_message(message),
+                        Err(e) if would_block(&e) => break,
+                        Err(_) => return End::Gone,
+                    }
+                    read += 1;
+                }
             }
-            match self.ws.read() {
-                Ok(message) => self.on_message(message),
-                Err(e) if would_block(&e) => {}
-                Err(_) => return End::Gone,
+            // Something read (replies to flush, or more to read): go round at once.
+            // Otherwise the socket is drained and only an event or a deadline
+            // can give this connection work.
+            if read == 0 {
+                let timeout = self.idle_timeout();
+                self.waiter.wait(timeout);
             }
         }
+    }
+
+    /// How long the connection may wait for an event: until its nearest
+    /// deadline (ping, pong timeout, close linger, slow-client limit).
+    fn idle_timeout(&self) -> Duration {
+        let pong_deadline = self
+            .shared
+            .opts
+            .pong_timeout
+            .and_then(|t| self.outstanding_pings.first().map(|(_, _, sent)| *sent + t));
+        let deadlines = [
+            self.next_ping,
+            pong_deadline,
+            self.closing_until,
+            self.blocked_since.map(|since| since + SLOW_CLIENT_LIMIT),
+        ];
+        let now = Instant::now();
+        deadlines
+            .into_iter()
+            .flatten()
+            .map(|at| at.saturating_duration_since(now))
+            .fold(IDLE_WAIT, Duration::min)
     }
 
     /// Tracks write progress; `Some` when the connection must end.

@@ -32,6 +32,17 @@ impl PgHostStore {
     }
 }
 
+impl PgHostStore {
+    /// A `--store-url` for the real binary on this store's schema.
+    pub fn url(&self) -> String {
+        let auth = match &self.cfg.password {
+            Some(p) => format!("{}:{p}", self.cfg.user),
+            None => self.cfg.user.clone(),
+        };
+        format!("postgres://{auth}@{}/{}?schema={}", self.addr, self.cfg.database, self.cfg.schema)
+    }
+}
+
 impl Drop for PgHostStore {
     fn drop(&mut self) {
         let mut c = PgClient::connect(&self.cfg, self.addr, 4);
@@ -42,6 +53,15 @@ impl Drop for PgHostStore {
 }
 
 impl Store for PgHostStore {
+    fn prune_before(&mut self, tf: &str, before: i64, limit: usize) -> StoreResult<u64> {
+        self.runner.prune_before(tf, before, limit)
+    }
+    fn write_ext(&mut self, rows: &[klinegate::store::ExtRows]) -> StoreResult<()> {
+        self.runner.write_ext(rows)
+    }
+    fn read_ext(&self, s: &str, a: i64, b: i64) -> StoreResult<Vec<(i64, klinegate::kline_ext::KlineExt)>> {
+        self.runner.read_ext(s, a, b)
+    }
     fn write_batches(&mut self, b: &[SeriesBatch]) -> StoreResult<()> {
         self.runner.write_batches(b)
     }

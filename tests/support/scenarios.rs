@@ -386,7 +386,7 @@ pub fn heal_rest_failure() -> Healed {
     let history = (0..30).map(|k| candle(T0 + 60 * k, 100.0 + k as f64));
     let mut model = ExchangeModel::new(history);
     for _ in 0..5 {
-        model.rest_failures.push_back((500, "{\"code\":-1000,\"msg\":\"internal error\"}".into()));
+        model.exchange.rest_failures.push_back((500, "{\"code\":-1000,\"msg\":\"internal error\"}".into()));
     }
     let mut rec = Recorder::new(heal_settings(5, ""), ts(T0 + 305));
     subscribe(&mut model, &mut rec, 1, BTC1, Some(T0 - 60));

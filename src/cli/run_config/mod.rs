@@ -91,6 +91,8 @@ pub struct RunConfig {
     pub shutdown_grace_s: u64,
     /// `--store-url`: SQLite (the file is `db`) or PostgreSQL.
     pub store: crate::cli::store_url::StoreBackend,
+    /// The command line after the program name, parsed again on `SIGHUP`.
+    pub argv: Vec<OsString>,
     /// `--bus-url` and its companions; `Some` exactly for `--role ingest|read`.
     pub bus: Option<BusSettings>,
 }
@@ -143,9 +145,12 @@ where
 {
     let cmd = run_command();
     let known = setting_ids(&cmd);
-    let matches = cmd.try_get_matches_from(args).map_err(|e| clap_error(&e))?;
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let matches = cmd.try_get_matches_from(args.iter().cloned()).map_err(|e| clap_error(&e))?;
     let mut layers = Layers { matches: &matches, env, file: None, origins: BTreeMap::new() };
-    build(&mut layers, &known)
+    let mut config = build(&mut layers, &known)?;
+    config.argv = args.into_iter().skip(1).collect();
+    Ok(config)
 }
 
 /// clap ids of every setting that may appear in the file.
@@ -245,6 +250,10 @@ fn build(l: &mut Layers<'_>, known: &[String]) -> Result<RunConfig, RunConfigErr
         heal_gate_ms: l.value("heal_gate_ms", parse_u64)?,
         rest_weight_budget_spot: l.value("rest_weight_budget_spot", parse_u32)?,
         rest_weight_budget_futures: l.value("rest_weight_budget_futures", parse_u32)?,
+        full_klines: l.value("full_klines", parse_bool)?,
+        retention: l.value("retention", |s| {
+            crate::engine::retention::parse_retention(s).map(|_| s.trim().to_string())
+        })?,
     };
 
     let bus = resolve_bus(l, &settings.role)?;
@@ -280,6 +289,7 @@ fn build(l: &mut Layers<'_>, known: &[String]) -> Result<RunConfig, RunConfigErr
         auth_token: l.optional("auth_token")?,
         shutdown_grace_s: l.value("shutdown_grace_s", parse_u64)?,
         store,
+        argv: Vec::new(),
         engine: settings.to_engine_config().map_err(|e| engine_error(l, e))?,
         settings,
     };

@@ -39,7 +39,10 @@ fn write_file(dir: &tempfile::TempDir, name: &str, body: &str) -> String {
 #[test]
 fn defaults() {
     let c = parse(&[]).unwrap();
-    assert_eq!(c.settings, Settings::default(), "clap defaults drifted from Settings::default()");
+    // `--full-klines` defaults to on for `klinegate run`; `Settings::default()` keeps it off,
+    // as every journal recorded before it existed replays.
+    let expected = Settings { full_klines: true, ..Settings::default() };
+    assert_eq!(c.settings, expected, "clap defaults drifted from Settings::default()");
     assert_eq!(c.listen, "127.0.0.1:8000".parse::<SocketAddr>().unwrap());
     assert_eq!(c.db, PathBuf::from("./klinegate.db"));
     assert_eq!(c.store_max_bytes, None);

@@ -53,6 +53,8 @@ mod effect;
 mod job;
 mod supported;
 #[cfg(test)]
+mod reload_tests;
+#[cfg(test)]
 mod tests;
 
 pub use config::{Role, SupervisorConfig};
@@ -292,6 +294,68 @@ impl Supervisor {
         for base in missing {
             self.start_new_job(base, -1, now, out);
         }
+    }
+
+    /// `SIGHUP` (`Input::Reload`): a new whitelist, on-demand cap and idle
+    /// TTL. Pins added start now (an on-demand job of that series becomes
+    /// pinned and keeps running); pins removed become on-demand jobs held by
+    /// `holders(base)` subscribers — with none, their idle clock starts now
+    /// and the reaper removes them after the TTL like any other (with
+    /// on-demand off they stop at once). Returns the base series pinned and
+    /// unpinned by the change, in order.
+    pub fn reload(
+        &mut self,
+        whitelist: Vec<SeriesId>,
+        max_ondemand_jobs: usize,
+        idle_ttl: Duration,
+        now: Timestamp,
+        holders: &dyn Fn(&SeriesId) -> i64,
+        out: &mut Vec<Effect>,
+    ) -> (Vec<SeriesId>, Vec<SeriesId>) {
+        self.deadline_cache.set(None);
+        let old = std::mem::take(&mut self.pinned);
+        self.whitelist_rejections.clear();
+        for entry in &whitelist {
+            match self.validate(entry) {
+                Ok(()) => {
+                    let base = self.normalize(entry);
+                    self.pinned.insert(base);
+                }
+                Err(msg) => self.whitelist_rejections.push((entry.clone(), msg)),
+            }
+        }
+        let ids: BTreeSet<String> = whitelist.iter().map(|s| s.as_str().to_string()).collect();
+        self.whitelist_ids = ids.into_iter().collect();
+        self.cfg.whitelist = whitelist;
+        self.cfg.max_ondemand_jobs = max_ondemand_jobs;
+        self.cfg.idle_ttl = idle_ttl.max(MIN_IDLE_TTL);
+        let added: Vec<SeriesId> = self.pinned.difference(&old).cloned().collect();
+        let removed: Vec<SeriesId> = old.difference(&self.pinned).cloned().collect();
+        if self.shut_down || !self.ingest_jobs_enabled() || !self.cfg.whitelist_ingest_enabled {
+            return (added, removed);
+        }
+        for base in &removed {
+            if !self.cfg.ondemand_enabled {
+                self.remove_job(base, StopReason::Reaped, out);
+                continue;
+            }
+            if let Some(job) = self.jobs.get_mut(base) {
+                let n = holders(base).max(0);
+                job.refcount = n;
+                job.last_zero_at = (n == 0).then_some(now);
+            }
+        }
+        for base in &added {
+            if let Some(job) = self.jobs.get_mut(base) {
+                job.refcount = -1;
+                job.last_zero_at = None;
+                if job.is_dead() {
+                    self.try_restart(base, now, out);
+                }
+            }
+        }
+        self.start_whitelist(now, out);
+        (added, removed)
     }
 
     /// The engine saw the job's stream live (first frame or subscribe ack).

@@ -5,7 +5,7 @@
 //! It only reads figures; it never changes them.
 
 use super::metrics::Exposition;
-use super::routes::ShellStats;
+use super::stats::ShellStats;
 use crate::engine::Engine;
 use serde_json::Value;
 

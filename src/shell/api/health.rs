@@ -9,7 +9,7 @@
 
 use crate::engine::Engine;
 use crate::model::{Market, SeriesId};
-use crate::shell::api::routes::ShellStats;
+use crate::shell::api::stats::ShellStats;
 use crate::wire::http::Response;
 
 /// `/health`: always 200 while the process answers; `status` says whether

@@ -1,4 +1,4 @@
-//! Kline health views (reference §8.9 `GET /api/market/health` and §8.7
+//! Kline health views (the reference's `GET /api/market/health` and
 //! `GET /api/market/debug/series_health`), computed from the store and the
 //! engine's own healing state ("backfill" here is klinegate's REST healing of
 //! the series' ingest job). Read-only: never changes the engine.

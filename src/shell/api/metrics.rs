@@ -1,15 +1,18 @@
-//! Prometheus text exposition (format 0.0.4, written by hand) and the
-//! engine activity families: REST requests, failures and weight, heals
+//! `/metrics`: the Prometheus text exposition (format 0.0.4, written by hand)
+//! of the shell's figures ([`ShellStats`]), the engine's gauges and counters,
+//! and the engine activity families: REST requests, failures and weight, heals
 //! started/done/failed, late-close fetches, and the histogram of exchange
 //! event time → frame queued for clients
 //! (`klinegate_exchange_to_queue_seconds`), the REST weight budget and each
-//! pinned series' lag behind its last close. The route table and the other
-//! families are `shell::api::routes::metrics`.
+//! pinned series' lag behind its last close.
 //!
 //! It only reads the engine's figures; it never changes them.
 
 use crate::engine::histogram::Histogram;
-use crate::engine::Engine;
+use crate::engine::{Engine, Gauges};
+use crate::shell::api::health::uptime_s;
+use crate::shell::api::stats::ShellStats;
+use crate::wire::http::Response;
 use crate::model::Market;
 use std::fmt::Write as _;
 
@@ -93,6 +96,7 @@ pub fn engine_activity(m: &mut Exposition, engine: &Engine) {
         m.sample("rest_weight_budget", &[("market", market.as_str())], f64::from(budget));
     }
     pinned_lag(m, engine);
+    retention(m, engine);
     m.counter("rest_rows_skipped_total", "Exchange REST kline rows skipped as malformed.", c.rest_rows_skipped);
     m.counter("heals_started_total", "History heals started (first visit, restart, reconnect, late close, catch-up).", c.heals_started);
     m.counter("heals_done_total", "History heals that ended with every page fetched.", c.heals_succeeded);
@@ -105,6 +109,17 @@ pub fn engine_activity(m: &mut Exposition, engine: &Engine) {
         "Exchange event time of a kline frame to the first client frame it caused being queued.",
         &c.exchange_to_queue,
     );
+}
+
+/// `--retention`'s figures: candles pruned, batches, failures, and when the
+/// last pass ended (0 before the first).
+fn retention(m: &mut Exposition, engine: &Engine) {
+    let f = engine.retention_figures();
+    m.counter("retention_pruned_candles_total", "Candles deleted by --retention (old candles of a timeframe with a limit).", f.pruned_candles);
+    m.counter("retention_prune_batches_total", "Retention batches carried out (each deletes at most a few hundred candles).", f.batches);
+    m.counter("retention_prune_failures_total", "Retention batches the store failed (the pass is retried after the interval).", f.failures);
+    let last = f.last_pass_at.map_or(0.0, |t| t.as_secs_f64());
+    m.gauge("retention_last_prune_timestamp_seconds", "Unix time the last retention pass ended (0: none yet).", last);
 }
 
 /// `klinegate_pinned_series_lag_seconds{series_id}` (and each pinned
@@ -169,4 +184,141 @@ mod tests {
         assert!(text.contains("klinegate_rest_weight_budget{market=\"spot\"} 3000\n"), "{text}");
         assert!(text.contains("klinegate_rest_weight_budget{market=\"futures\"} 1200\n"), "{text}");
     }
+}
+
+// ------------------------------------------------------------ the page
+
+/// The whole `/metrics` page.
+pub fn page(engine: &Engine, stats: &ShellStats) -> Response {
+    let g = engine.gauges();
+    let c = engine.counters();
+    let mut m = Exposition { out: String::with_capacity(4096) };
+    shell_metrics(&mut m, stats);
+    engine_gauges(&mut m, &g);
+    m.counter("upstream_frames_total", "Exchange frames the engine handled.", c.upstream_frames);
+    m.counter("upstream_kline_frames_total", "Exchange kline frames parsed.", c.kline_frames);
+    m.counter(
+        "stream_stalls_total",
+        "Live kline streams resubscribed after no frame for --stream-stall-s.",
+        c.stream_stalls,
+    );
+    m.family("upstream_rejects_total", "counter", "Exchange frames rejected, by reason.");
+    for (kind, n) in &c.upstream_rejects_by_kind {
+        m.sample("upstream_rejects_total", &[("kind", kind)], *n as f64);
+    }
+    m.counter("stale_forming_total", "Forming updates older than what was already sent.", c.stale_forming);
+    m.counter("stale_closed_total", "Closed candles at or before the series head, dropped.", c.stale_closed);
+    m.counter("closed_accepted_total", "Closed candles accepted for persistence.", c.closed_accepted);
+    m.counter("flushes_total", "Closed-buffer flushes to the store.", c.flushes);
+    m.counter("candles_persisted_total", "Candles written to the store.", c.candles_persisted);
+    m.counter("store_write_errors_total", "Failed store writes (retried from the backlog).", c.store_write_errors);
+    m.counter("store_read_errors_total", "Failed store reads.", c.store_read_errors);
+    m.counter(
+        "closed_dropped_backlog_full_total",
+        "Closed candles dropped because the store backlog was full.",
+        c.closed_dropped_backlog_full,
+    );
+    m.family("frames_sent_total", "counter", "Candle frames queued to clients, by kind.");
+    m.sample("frames_sent_total", &[("kind", "forming")], c.frames_forming as f64);
+    m.sample("frames_sent_total", &[("kind", "closed")], c.frames_closed as f64);
+    m.counter("forming_coalesced_total", "Forming updates replaced by a newer one before sending.", c.forming_coalesced);
+    m.counter("gaps_sent_total", "Gap notices sent to clients.", c.gaps_sent);
+    m.counter("catchup_candles_total", "Candles sent as subscribe catch-up.", c.catchup_candles);
+    m.counter("subscribes_total", "Subscriptions handled.", c.subscribes);
+    m.counter("client_bad_requests_total", "Client messages refused as malformed.", c.client_bad_requests);
+    m.counter(
+        "client_messages_rate_limited_total",
+        "WebSocket client messages dropped for exceeding --max-client-messages-per-s.",
+        c.client_messages_rate_limited,
+    );
+    m.counter("client_limit_rejects_total", "Subscribes refused by the per-connection limit.", c.client_limit_rejects);
+    m.counter("capacity_rejects_total", "Subscribes refused for on-demand job capacity.", c.capacity_rejects);
+    m.counter("slow_consumer_closes_total", "Clients closed for falling too far behind.", c.slow_consumer_closes);
+    m.counter("queue_drops_total", "Frames dropped from client queues.", c.queue_drops);
+    m.counter("jobs_started_total", "Ingest jobs started.", c.jobs_started);
+    m.counter("jobs_stopped_total", "Ingest jobs stopped.", c.jobs_stopped);
+    m.counter("engine_inputs_total", "Inputs handled by the engine.", c.inputs);
+    engine_activity(&mut m, engine);
+    super::bus_metrics::bus_metrics(&mut m, engine, stats);
+    Response::text(200, "text/plain; version=0.0.4; charset=utf-8", m.out)
+}
+
+fn shell_metrics(m: &mut Exposition, s: &ShellStats) {
+    m.gauge("uptime_seconds", "Seconds since the server started.", uptime_s(s));
+    m.gauge("connections_open", "Open client TCP connections (HTTP and WebSocket).", s.connections_open as f64);
+    m.counter("connections_rejected_total", "Client connections refused at accept (503).", s.connections_rejected);
+    m.counter(
+        "connections_rejected_per_ip_total",
+        "Client connections refused by --max-connections-per-ip (included in connections_rejected_total).",
+        s.connections_rejected_per_ip,
+    );
+    m.counter("http_unauthorized_total", "Requests refused (401) for a missing or wrong token.", s.http_unauthorized);
+    m.counter("http_requests_total", "HTTP requests served.", s.http_requests);
+    m.counter(
+        "http_request_timeouts_total",
+        "HTTP connections closed (408) for not completing a request within the idle timeout.",
+        s.http_request_timeouts,
+    );
+    m.counter(
+        "tls_handshake_failures_total",
+        "TLS client connections closed before their handshake completed (plain text or garbage on the TLS port, refused certificate, hang-up, timeout).",
+        s.tls_handshake_failures,
+    );
+    m.counter(
+        "ws_messages_too_big_total",
+        "WebSocket clients closed (1009) for a message over --max-frame-bytes.",
+        s.ws_messages_too_big,
+    );
+    m.counter(
+        "ws_protocol_errors_total",
+        "WebSocket clients closed (1002, 1007) for breaking the WebSocket protocol.",
+        s.ws_protocol_errors,
+    );
+    m.gauge("ws_clients", "Open /ws/market connections.", s.ws_clients as f64);
+    m.counter("ws_frames_in_total", "WebSocket frames received from clients.", s.ws_frames_in);
+    m.counter("ws_frames_out_total", "WebSocket frames written to clients.", s.ws_frames_out);
+    m.counter("ws_bytes_out_total", "WebSocket bytes written to clients.", s.ws_bytes_out);
+    m.counter("upstream_frames_in_total", "Frames read from exchange connections.", s.upstream_frames_in);
+    m.gauge("upstream_connected", "Exchange connections currently open.", s.upstream_connected as f64);
+    dns_metrics(m, &s.dns);
+    m.gauge("store_ok", "1 when the store is writable.", if s.store_ok { 1.0 } else { 0.0 });
+    m.family("store_write_seconds", "summary", "Time spent in store writes.");
+    m.sample("store_write_seconds_sum", &[], s.store_write_seconds_sum);
+    m.sample("store_write_seconds_count", &[], s.store_write_count as f64);
+    m.gauge("store_write_seconds_max", "Longest store write.", s.store_write_seconds_max);
+    m.gauge("store_queue", "Store effects (reads, writes) waiting for the loop's store slice.", s.store_queue as f64);
+    m.gauge("store_slice_seconds_max", "Longest time one loop turn spent carrying out store effects.", s.store_slice_seconds_max);
+    m.gauge("store_connected", "1 when the store can be used (PostgreSQL: connected, schema ready; SQLite: always).", if s.store_connected || s.store_backend.is_empty() { 1.0 } else { 0.0 });
+    m.gauge("store_http_parked", "HTTP requests waiting for a PostgreSQL read.", s.store_http_parked as f64);
+    m.histogram("loop_turn_seconds", "Time each event-loop turn spent working (from poll's return to the next poll).", &s.loop_turn);
+    m.gauge("loop_turn_seconds_max", "Longest event-loop turn.", s.loop_turn_seconds_max);
+}
+
+fn dns_metrics(m: &mut Exposition, d: &crate::shell::dns::DnsStats) {
+    m.counter("dns_lookups_total", "Host names looked up for exchange connections (IP literals excluded).", d.lookups);
+    m.counter("dns_hosts_hits_total", "Lookups answered from the hosts file.", d.hosts_hits);
+    m.counter("dns_cache_hits_total", "Lookups answered from the resolver cache (negative answers included).", d.cache_hits);
+    m.counter("dns_queries_sent_total", "DNS queries sent to nameservers (each try of A and AAAA).", d.queries_sent);
+    m.counter("dns_failures_total", "Lookups that ended without an address.", d.failures);
+    m.counter("dns_nxdomain_total", "NXDOMAIN answers from nameservers.", d.nxdomain);
+    m.counter("dns_timeouts_total", "DNS query tries that got no answer within the timeout.", d.timeouts);
+    m.counter("dns_server_errors_total", "Nameserver answers that were errors (SERVFAIL, REFUSED, truncated, malformed).", d.server_errors);
+    m.counter("dns_ignored_datagrams_total", "Datagrams on the resolver socket that answered no query in flight.", d.ignored_datagrams);
+    m.gauge("dns_lookups_in_flight", "Lookups waiting for a nameserver.", d.in_flight as f64);
+}
+
+fn engine_gauges(m: &mut Exposition, g: &Gauges) {
+    m.gauge("clients", "Clients the engine knows.", g.clients as f64);
+    m.gauge("subscriptions", "Client subscriptions.", g.subscriptions as f64);
+    m.family("jobs", "gauge", "Ingest jobs by state.");
+    for (state, n) in [("starting", g.jobs_starting), ("running", g.jobs_running), ("dead", g.jobs_dead)] {
+        m.sample("jobs", &[("state", state)], n as f64);
+    }
+    m.gauge("upstream_connections", "Exchange connections the pool holds (any state).", g.upstream_connections as f64);
+    m.gauge("upstream_streams", "Kline streams subscribed upstream.", g.upstream_streams as f64);
+    m.counter("upstream_reconnects_total", "Exchange reconnects after a lost connection.", g.upstream_reconnects);
+    m.counter("upstream_rotations_total", "Planned exchange connection rotations.", g.upstream_rotations);
+    m.gauge("unpersisted_candles", "Closed candles accepted but not yet stored.", g.unpersisted_candles as f64);
+    m.gauge("store_backlog_candles", "Closed candles waiting for a store retry.", g.store_backlog_candles as f64);
+    m.gauge("gap_ledger_entries", "Series with a range healing could not fill yet (retried).", g.gap_ledger_entries as f64);
 }

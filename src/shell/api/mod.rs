@@ -2,6 +2,7 @@
 //!
 //! - [`routes`]: the HTTP routes and the `/ws/market` upgrade decision.
 //! - [`docs`]: `/openapi.json`, the committed OpenAPI document.
+//! - [`full_candles`]: `fields=full` on `/api/market/candles` (the whole kline).
 //! - [`health`]: `/health` and `/health/ready`.
 //! - [`ingest`]: the candle ingest routes' bodies, checks and replies.
 //! - [`kline_health`]: `/api/market/health` and the series-health debug view.
@@ -12,9 +13,11 @@
 //! changes engine state except through the inputs the loop hands it.
 pub mod bus_metrics;
 pub mod docs;
+pub mod full_candles;
 pub mod health;
 pub mod ingest;
 pub mod kline_health;
 pub mod markets;
 pub mod metrics;
 pub mod routes;
+pub mod stats;

@@ -114,7 +114,7 @@ impl Server {
         let limits = RestLimits { max_body_bytes: self.directory.config().max_body_bytes, ..RestLimits::default() };
         let entry = self.conns.vacant_entry();
         let token = Token(entry.key());
-        match RestConn::start(base, path, &self.tls, self.poll.registry(), token) {
+        match RestConn::start_pooled(base, path, &self.tls, &mut self.rest_pool, self.poll.registry(), token) {
             Ok(conn) => {
                 entry.insert(Conn::Directory { market, kind, conn: conn.with_limits(limits) });
                 self.await_resolution(token.0);
@@ -140,8 +140,8 @@ impl Server {
     }
 
     pub(super) fn finish_directory_fetch(&mut self, key: usize, outcome: RestOutcome) {
-        let Some(Conn::Directory { market, kind, mut conn }) = self.conns.try_remove(key) else { return };
-        let _ = conn.deregister(self.poll.registry());
+        let Some(Conn::Directory { market, kind, conn }) = self.conns.try_remove(key) else { return };
+        self.keep_rest_conn(conn);
         let result = match &outcome {
             RestOutcome::Response { status, body, retry_after_s, .. } => Ok((*status, body.as_str(), *retry_after_s)),
             RestOutcome::Failed { reason } => Err(reason.clone()),

@@ -25,6 +25,7 @@ mod bus;
 mod clients;
 mod directory;
 mod housekeeping;
+mod reload;
 mod shutdown;
 mod startup;
 mod store_reads;
@@ -38,12 +39,14 @@ use crate::shell::dns::{Resolver, ResolverFiles};
 use crate::wire::http::HttpLimits;
 use crate::shell::logger::Logger;
 use crate::shell::api::markets::{Directory, DirectoryConfig, FetchKind, SseStream};
-use crate::shell::api::routes::{HttpConfig, ShellStats};
+use crate::shell::api::routes::HttpConfig;
+use crate::shell::api::stats::ShellStats;
 use crate::shell::store_host::StoreHost;
 use crate::shell::timed_store::StoreStats;
-use crate::shell::conn::rest::RestConn;
+use crate::shell::conn::rest::{RestConn, RestPool};
 use crate::shell::conn::tls_server::ServerTls;
 use crate::shell::conn::upstream::{TlsSetup, UpstreamConn};
+use crate::engine::fasthash::FastMap;
 use crate::engine::{Engine, Input, LogLevel, Output};
 use crate::replay::journal::{Header, JournalWriter};
 use crate::cli::run_config::RunConfig;
@@ -61,6 +64,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
+/// The SIGHUP pipe (`reload`).
+const RELOAD: Token = Token(usize::MAX - 24);
 /// The resolver's UDP sockets (IPv4, IPv6).
 const DNS: [Token; 2] = [Token(usize::MAX - 8), Token(usize::MAX - 9)];
 /// Messages read from one client per readiness event.
@@ -116,6 +121,8 @@ pub struct Server {
     poll: Poll,
     listener: Option<TcpListener>,
     signals: UnixStream,
+    /// SIGHUP: reload the configuration (`reload`).
+    reload_pipe: UnixStream,
     conns: Slab<Conn>,
     engine: Engine,
     /// The store, and the core's store effects waiting to be carried out.
@@ -138,7 +145,8 @@ pub struct Server {
     store_stats: Rc<RefCell<StoreStats>>,
     // Lookups only, never iterated for output.
     upstreams: HashMap<u64, usize>,
-    clients: HashMap<u64, usize>,
+    /// Looked up once per client write: a fast hash (ids are ours, not a peer's).
+    clients: FastMap<u64, usize>,
     per_ip: HashMap<IpAddr, usize>,
     next_client: u64,
     ready_clients: Vec<u64>,
@@ -163,6 +171,8 @@ pub struct Server {
     bus: Option<crate::shell::bus_host::BusHost>,
     /// This node's name on the bus (`--node-id`, default `ROLE-PID`).
     node_id: String,
+    /// Kept-alive exchange REST connections between requests.
+    rest_pool: RestPool,
 }
 
 fn unix_secs(t: Timestamp) -> f64 {
@@ -191,6 +201,7 @@ impl Server {
             .register(&mut listener, LISTENER, Interest::READABLE)
             .map_err(|e| format!("cannot register the listener: {e}"))?;
         let signals = install_signal_pipe(&poll)?;
+        let reload_pipe = reload::install_reload_pipe(&poll)?;
         let mut clock = Clock::new();
         let (now, mono) = clock.now();
         let journal = match &cfg.record {
@@ -201,7 +212,11 @@ impl Server {
                 Some(JournalWriter::new(BufWriter::new(file), &header).map_err(|e| format!("--record: {e}"))?)
             }
         };
-        let engine = Engine::new(cfg.engine.clone(), now);
+        let mut engine_cfg = cfg.engine.clone();
+        // The shell writes each ready client at once (`drain_outputs`), so the
+        // forming fan-out is formed a client at a time as outputs are polled.
+        engine_cfg.hub.defer_forming_fanout = true;
+        let engine = Engine::new(engine_cfg, now);
         let role = cfg.engine.supervisor.role;
         let node_id = cfg.bus.as_ref().and_then(|b| b.node_id.clone()).unwrap_or_else(|| format!("{role}-{}", std::process::id()));
         let bus = match &cfg.bus {
@@ -251,6 +266,7 @@ impl Server {
             poll,
             listener: Some(listener),
             signals,
+            reload_pipe,
             conns: Slab::with_capacity(1024),
             engine,
             store,
@@ -268,7 +284,7 @@ impl Server {
             stats,
             store_stats,
             upstreams: HashMap::new(),
-            clients: HashMap::new(),
+            clients: FastMap::default(),
             per_ip: HashMap::new(),
             next_client: 1,
             ready_clients: Vec::new(),
@@ -290,6 +306,7 @@ impl Server {
             store_reads: store_reads::ParkedReads::default(),
             bus,
             node_id,
+            rest_pool: RestPool::default(),
             cfg,
         })
     }
@@ -342,6 +359,7 @@ impl Server {
                             return 130;
                         }
                     }
+                    RELOAD => self.on_reload_signal(),
                     token if self.bus_owns(token) => self.on_bus_event(event.is_readable() || event.is_read_closed(), event.is_writable()),
                     token if self.store_owns(token) => self.on_store_event(event.is_readable() || event.is_read_closed(), event.is_writable()),
                     token if self.resolver.owns(token) => {
@@ -450,7 +468,9 @@ impl Server {
                 Output::UpstreamConnect { conn, market, url } => self.open_upstream(conn, market, &url),
                 Output::UpstreamSend { conn, text } => self.send_upstream(conn, text),
                 Output::UpstreamClose { conn, reason } => self.close_upstream(conn, &reason),
-                Output::ClientReady { client } => self.ready_clients.push(client),
+                // Written at once: the first client of a fan-out goes out
+                // before the engine forms the rest (deferred forming fan-out).
+                Output::ClientReady { client } => self.write_client(client),
                 Output::ClientClose { client, code, reason } => self.close_client(client, code, &reason),
                 Output::Log { level, line } => self.log(level, &line),
                 Output::RestRequest { id, market, path } => self.start_rest(id, market, &path),

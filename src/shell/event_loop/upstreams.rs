@@ -23,7 +23,7 @@ impl Server {
         let base = self.cfg.rest_base_url(market);
         let entry = self.conns.vacant_entry();
         let token = Token(entry.key());
-        match RestConn::start(base, path, &self.tls, self.poll.registry(), token) {
+        match RestConn::start_pooled(base, path, &self.tls, &mut self.rest_pool, self.poll.registry(), token) {
             Ok(conn) => {
                 entry.insert(Conn::Rest { id, conn });
                 self.await_resolution(token.0);
@@ -45,10 +45,11 @@ impl Server {
         self.finish_rest(key, id, outcome);
     }
 
-    /// The engine's REST request `id` at `key` ended: drop it and tell the engine.
+    /// The engine's REST request `id` at `key` ended: keep its connection for the
+    /// next request when the answer allows, and tell the engine.
     fn finish_rest(&mut self, key: usize, id: u64, outcome: RestOutcome) {
-        if let Some(Conn::Rest { mut conn, .. }) = self.conns.try_remove(key) {
-            let _ = conn.deregister(self.poll.registry());
+        if let Some(Conn::Rest { conn, .. }) = self.conns.try_remove(key) {
+            self.keep_rest_conn(conn);
         }
         let input = match outcome {
             RestOutcome::Response { status, body, retry_after_s, used_weight_1m, .. } => {
@@ -59,8 +60,19 @@ impl Server {
         let _ = self.apply(input);
     }
 
-    /// REST requests past their deadline are answered as failed.
+    /// A finished REST connection: into the pool when its answer left it reusable,
+    /// else closed.
+    pub(super) fn keep_rest_conn(&mut self, mut conn: RestConn) {
+        let _ = conn.deregister(self.poll.registry());
+        if let Some(idle) = conn.into_idle(self.mono) {
+            self.rest_pool.put(idle);
+        }
+    }
+
+    /// REST requests past their deadline are answered as failed; idle kept-alive
+    /// connections past their time are closed.
     pub(super) fn expire_rest(&mut self) {
+        self.rest_pool.expire(self.mono);
         let mut late = Vec::new();
         for (key, conn) in self.conns.iter() {
             if let Conn::Rest { id, conn } = conn {
@@ -141,17 +153,28 @@ impl Server {
         }
     }
 
+    /// Reads the connection a message at a time, each handed to the engine (and
+    /// its outputs carried out) before the next is read, up to the connection's
+    /// per-event budget; past it, the rest is read next turn (`wants_read`).
     pub(super) fn on_upstream_event(&mut self, key: usize, readable: bool, writable: bool) {
-        let mut evs = Vec::new();
-        let (engine_conn, market) = match self.conns.get_mut(key) {
-            Some(Conn::Upstream { engine_conn, market, conn }) => {
-                conn.on_event(readable, writable, &mut evs);
-                let _ = conn.reregister(self.poll.registry(), Token(key));
-                (*engine_conn, *market)
+        let mut budget = None;
+        loop {
+            let mut evs = Vec::new();
+            let (engine_conn, market, more, left) = match self.conns.get_mut(key) {
+                Some(Conn::Upstream { engine_conn, market, conn }) => {
+                    let left = budget.get_or_insert(conn.messages_per_event());
+                    *left = left.saturating_sub(1);
+                    conn.on_event_one(readable, writable, &mut evs);
+                    let _ = conn.reregister(self.poll.registry(), Token(key));
+                    (*engine_conn, *market, conn.wants_read(), *left)
+                }
+                _ => return,
+            };
+            self.dispatch_upstream_events(key, engine_conn, market, evs);
+            if !more || left == 0 {
+                return;
             }
-            _ => return,
-        };
-        self.dispatch_upstream_events(key, engine_conn, market, evs);
+        }
     }
 
     fn dispatch_upstream_events(&mut self, key: usize, engine_conn: u64, market: Market, evs: Vec<UpstreamEvent>) {

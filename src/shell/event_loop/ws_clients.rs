@@ -1,7 +1,9 @@
 //! WebSocket clients: the upgrade after the 101 response, reading messages (with
 //! a per-event read budget; the message rate is the engine's), writing the engine's
-//! queued frames once per turn, write interest, and the close handshake the
-//! engine asks for.
+//! queued frames as soon as the engine says a client is ready (`ClientReady`,
+//! so the first client of a fan-out is written before the engine forms the
+//! rest), or once its socket drains, write interest, and the close handshake
+//! the engine asks for.
 //!
 //! It never takes frames from the engine for a client whose socket is backed
 //! up: the backlog stays in the engine's bounded queue (slow-consumer policy).
@@ -111,7 +113,7 @@ impl Server {
         }
     }
 
-    /// Writes every ready client's queued frames: one flush per client per turn.
+    /// Writes the queued frames of every client whose socket drained this turn.
     pub(super) fn write_ready_clients(&mut self) {
         if self.ready_clients.is_empty() {
             return;
@@ -121,32 +123,46 @@ impl Server {
         ready.dedup();
         let mut frames = std::mem::take(&mut self.frames);
         for client in ready.drain(..) {
-            let Some(&key) = self.clients.get(&client) else { continue };
-            let Some(Conn::Ws(w)) = self.conns.get_mut(key) else { continue };
-            if w.flush_pending || w.closing_since.is_some() {
-                continue; // taken again when the socket drains
-            }
-            frames.clear();
-            if let Some(j) = self.journal.as_mut() {
-                // What is taken when decides coalescing and slow-consumer closes.
-                let _ = j.take(self.now, client);
-            }
-            self.engine.take_client_frames(client, &mut frames);
-            if frames.is_empty() {
-                continue;
-            }
-            self.stats.ws_frames_out += frames.len() as u64;
-            self.stats.ws_bytes_out += frames.iter().map(|f| f.len() as u64).sum::<u64>();
-            if !w.send_frames(&frames) {
-                self.remove_client_conn(key);
-                continue;
-            }
-            self.update_ws_interest(key);
+            self.take_and_write(client, &mut frames);
         }
         self.ready_clients = ready;
         self.frames = frames;
         // A drained queue may have asked for the next catch-up page.
         self.drain_outputs();
+    }
+
+    /// Writes one client's queued frames now (the engine said it is ready).
+    pub(super) fn write_client(&mut self, client: u64) {
+        let mut frames = std::mem::take(&mut self.frames);
+        self.take_and_write(client, &mut frames);
+        self.frames = frames;
+    }
+
+    /// Takes a client's queued frames from the engine and writes them in one
+    /// go, unless its socket is backed up or closing (then they stay queued in
+    /// the engine and are taken when the socket drains).
+    fn take_and_write(&mut self, client: u64, frames: &mut Vec<bytes::Bytes>) {
+        let Some(&key) = self.clients.get(&client) else { return };
+        let Some(Conn::Ws(w)) = self.conns.get_mut(key) else { return };
+        if w.flush_pending || w.closing_since.is_some() {
+            return; // taken again when the socket drains
+        }
+        frames.clear();
+        if let Some(j) = self.journal.as_mut() {
+            // What is taken when decides coalescing and slow-consumer closes.
+            let _ = j.take(self.now, client);
+        }
+        self.engine.take_client_frames(client, frames);
+        if frames.is_empty() {
+            return;
+        }
+        self.stats.ws_frames_out += frames.len() as u64;
+        self.stats.ws_bytes_out += frames.iter().map(|f| f.len() as u64).sum::<u64>();
+        if !w.send_frames(frames) {
+            self.remove_client_conn(key);
+            return;
+        }
+        self.update_ws_interest(key);
     }
 
     pub(super) fn close_client(&mut self, client: u64, code: u16, reason: &str) {

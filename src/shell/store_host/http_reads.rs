@@ -30,6 +30,8 @@ pub enum Call {
     ReadRange(String, i64, i64, usize),
     CountRange(String, i64, i64),
     Gaps,
+    /// The whole kline's fields in a range (`fields=full`).
+    ReadExt(String, i64, i64),
 }
 
 /// What a [`Call`] returned.
@@ -39,6 +41,7 @@ pub enum Value {
     Candles(Vec<Candle>),
     Count(u64),
     Gaps(Vec<GapRecord>),
+    Ext(Vec<(i64, crate::kline_ext::KlineExt)>),
 }
 
 pub type CallResult = Result<Value, StoreError>;
@@ -141,6 +144,12 @@ impl Store for ReadCache {
             _ => Err(mismatch("gaps")),
         }
     }
+    fn read_ext(&self, s: &str, start: i64, end: i64) -> StoreResult<Vec<(i64, crate::kline_ext::KlineExt)>> {
+        match self.get("read_ext", Call::ReadExt(s.to_string(), start, end))? {
+            Value::Ext(e) => Ok(e),
+            _ => Err(mismatch("read_ext")),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -159,6 +168,7 @@ mod tests {
             Call::ReadRange(s, a, b, n) => Value::Candles(store.read_range(s, *a, *b, *n)?),
             Call::CountRange(s, a, b) => Value::Count(store.count_range(s, *a, *b)?),
             Call::Gaps => Value::Gaps(store.gaps()?),
+            Call::ReadExt(s, a, b) => Value::Ext(store.read_ext(s, *a, *b)?),
         })
     }
 

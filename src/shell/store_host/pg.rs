@@ -596,6 +596,7 @@ pub fn call_request(s: &Schema, call: &Call) -> Request {
         Call::ReadRange(id, a, b, n) => ops::read_range(s, id, *a, *b, *n),
         Call::CountRange(id, a, b) => ops::count_range(s, id, *a, *b),
         Call::Gaps => ops::gaps(s),
+        Call::ReadExt(id, a, b) => ops::read_ext(s, id, *a, *b),
     }
 }
 
@@ -609,5 +610,6 @@ pub fn decode_call(call: &Call, answer: Answer) -> CallResult {
         Call::ReadRange(..) => Value::Candles(ops::decode_candles("read_range", answer, false)?),
         Call::CountRange(..) => Value::Count(ops::decode_count("count_range", answer)?),
         Call::Gaps => Value::Gaps(ops::decode_gaps(answer)?),
+        Call::ReadExt(..) => Value::Ext(ops::decode_ext(answer)?),
     })
 }

@@ -32,8 +32,10 @@ pub enum Step {
     JobRestore { op: StoreOp, history: JobHistory },
     /// `upsert` says whether statement 0 is the upsert; `keep` lists, per
     /// insert-if-absent statement (in order, after it), its batch index and
-    /// the times it carried; `ledger` statements follow.
-    Write { op: StoreOp, upsert: bool, keep: Vec<(usize, Vec<i64>)>, ledger: usize },
+    /// the times it carried; `ledger` statements follow, then the retention
+    /// `prune` when there is one (it returns one row per candle deleted).
+    /// `ext`: the whole kline's fields follow the insert-if-absent statements.
+    Write { op: StoreOp, upsert: bool, keep: Vec<(usize, Vec<i64>)>, ext: bool, ledger: usize, prune: bool },
 }
 
 impl Step {
@@ -47,7 +49,9 @@ impl Step {
     /// For a write: how many statements (result sets) its request carries.
     pub fn write_statements(&self) -> Option<usize> {
         match self {
-            Step::Write { upsert, keep, ledger, .. } => Some(usize::from(*upsert) + keep.len() + ledger),
+            Step::Write { upsert, keep, ext, ledger, prune, .. } => {
+                Some(usize::from(*upsert) + keep.len() + usize::from(*ext) + ledger + usize::from(*prune))
+            }
             _ => None,
         }
     }
@@ -122,16 +126,27 @@ fn persist(s: &Schema, op: StoreOp, write: &StoreWrite) -> Next {
             Err(e) => return write_failed(op, &e),
         }
     }
+    let ext = match ops::write_ext(s, &write.ext) {
+        Some(stmt) => {
+            reqs.push(Request::Extended(vec![stmt]));
+            true
+        }
+        None => false,
+    };
     for change in &write.ledger {
         reqs.push(match change {
             LedgerChange::Put(gap) => ops::put_gap(s, gap),
             LedgerChange::Delete(series_id) => ops::delete_gap(s, series_id),
         });
     }
-    if reqs.is_empty() {
-        return Next::Answer(Input::Persisted { op, result: PersistOutcome::Stored { kept: vec![] } });
+    if let Some(p) = &write.prune {
+        reqs.push(ops::prune(s, p));
     }
-    Next::Send(ops::together(reqs), Step::Write { op, upsert, keep, ledger: write.ledger.len() })
+    if reqs.is_empty() {
+        return Next::Answer(Input::Persisted { op, result: PersistOutcome::Stored { kept: vec![], pruned: 0 } });
+    }
+    let step = Step::Write { op, upsert, keep, ext, ledger: write.ledger.len(), prune: write.prune.is_some() };
+    Next::Send(ops::together(reqs), step)
 }
 
 /// The answer to the request `step` waited for: the next request or the
@@ -163,7 +178,9 @@ pub fn next(s: &Schema, step: Step, answer: Answer) -> Next {
             }
             Err(e) => read_failed(op, &e),
         },
-        Step::Write { op, upsert, keep, ledger } => written(op, upsert, keep, ledger, answer),
+        Step::Write { op, upsert, keep, ext, ledger, prune } => {
+            written(op, upsert, keep, usize::from(ext) + ledger, prune, answer)
+        }
     }
 }
 
@@ -196,8 +213,8 @@ fn job_heads(s: &Schema, op: StoreOp, series_id: &str, derived: &[String], answe
     Next::Answer(Input::StoreRead { op, result: StoreReadResult::JobStart(history) })
 }
 
-fn written(op: StoreOp, upsert: bool, keep: Vec<(usize, Vec<i64>)>, ledger: usize, answer: Answer) -> Next {
-    let parts = usize::from(upsert) + keep.len() + ledger;
+fn written(op: StoreOp, upsert: bool, keep: Vec<(usize, Vec<i64>)>, ledger: usize, prune: bool, answer: Answer) -> Next {
+    let parts = usize::from(upsert) + keep.len() + ledger + usize::from(prune);
     let sets = match answer {
         Ok(sets) => sets,
         Err(e) => return write_failed(op, &StoreError { op: "write_batches", message: format!("postgres: {e}") }),
@@ -218,5 +235,6 @@ fn written(op: StoreOp, upsert: bool, keep: Vec<(usize, Vec<i64>)>, ledger: usiz
             kept.push(KeptRows { batch, times });
         }
     }
-    Next::Answer(Input::Persisted { op, result: PersistOutcome::Stored { kept } })
+    let pruned = if prune { sets.get(parts - 1).map_or(0, |set| set.rows.len() as u64) } else { 0 };
+    Next::Answer(Input::Persisted { op, result: PersistOutcome::Stored { kept, pruned } })
 }

@@ -105,6 +105,11 @@ impl PgRunner {
     }
 
     fn persist(&self, write: StoreWrite, what: &'static str) -> StoreResult<()> {
+        self.persist_counted(write, what).map(|_| ())
+    }
+
+    /// Like `persist`, returning the candles its `prune` deleted.
+    fn persist_counted(&self, write: StoreWrite, what: &'static str) -> StoreResult<u64> {
         let op = StoreOp(self.next_id());
         self.offer(Output::Persist { op, write });
         let deadline = Instant::now() + self.wait_limit;
@@ -113,7 +118,7 @@ impl PgRunner {
                 let mut i = self.inner.borrow_mut();
                 if let Some(pos) = i.answers.iter().position(|a| matches!(a, Input::Persisted { op: o, .. } if *o == op)) {
                     return match i.answers.remove(pos) {
-                        Input::Persisted { result: PersistOutcome::Stored { .. }, .. } => Ok(()),
+                        Input::Persisted { result: PersistOutcome::Stored { pruned, .. }, .. } => Ok(pruned),
                         Input::Persisted { result: PersistOutcome::Failed(message), .. } => {
                             Err(StoreError { op: what, message })
                         }
@@ -217,6 +222,19 @@ impl Store for PgRunner {
             Value::Gaps(g) => Ok(g),
             _ => Err(kind("gaps")),
         }
+    }
+    fn write_ext(&mut self, rows: &[crate::store::ExtRows]) -> StoreResult<()> {
+        self.persist(StoreWrite { ext: rows.to_vec(), ..StoreWrite::default() }, "write_ext")
+    }
+    fn read_ext(&self, s: &str, a: i64, b: i64) -> StoreResult<Vec<(i64, crate::kline_ext::KlineExt)>> {
+        match self.call(Call::ReadExt(s.into(), a, b), "read_ext")? {
+            Value::Ext(e) => Ok(e),
+            _ => Err(kind("read_ext")),
+        }
+    }
+    fn prune_before(&mut self, timeframe: &str, before: i64, limit: usize) -> StoreResult<u64> {
+        let prune = Some(crate::store::Prune { timeframe: timeframe.to_string(), before, limit });
+        self.persist_counted(StoreWrite { prune, ..StoreWrite::default() }, "prune")
     }
 }
 

@@ -26,7 +26,7 @@
 //! caller retries only what is idempotent (the upsert is). Requests accepted
 //! but not yet sent stay queued and go out after the next handshake.
 
-use crate::shell::conn::stream_driver::SansIo;
+use crate::sans_io::SansIo;
 use bytes::{Bytes, BytesMut};
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::authentication::md5_hash;

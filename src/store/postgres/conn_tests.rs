@@ -5,7 +5,7 @@
 
 use super::conn::*;
 use super::url::parse_pg_url;
-use crate::shell::conn::stream_driver::SansIo;
+use crate::sans_io::SansIo;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use hmac::{Hmac, KeyInit, Mac};

@@ -109,6 +109,100 @@ pub fn insert_absent(s: &Schema, batch: &SeriesBatch) -> StoreResult<Option<Stat
     Ok(Some(Statement::new(sql, params)))
 }
 
+/// The whole kline's extra fields of stored candles (`Store::write_ext`) as
+/// one statement; rows the table does not hold are skipped. `None` when
+/// there is nothing to write.
+pub fn write_ext(s: &Schema, rows: &[crate::store::ExtRows]) -> Option<Statement> {
+    let (mut ids, mut times, mut trades) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut q, mut v, mut qq) = (Vec::new(), Vec::new(), Vec::new());
+    for r in rows {
+        for (t, e) in &r.rows {
+            ids.push(r.series_id.clone());
+            times.push(*t);
+            q.push(e.quote_volume);
+            trades.push(i64::try_from(e.trades).unwrap_or(i64::MAX));
+            v.push(e.taker_buy_base_volume);
+            qq.push(e.taker_buy_quote_volume);
+        }
+    }
+    if ids.is_empty() {
+        return None;
+    }
+    let sql = format!(
+        "UPDATE {} AS c SET quote_volume = u.q, trades = u.n, taker_buy_base_volume = u.v, taker_buy_quote_volume = u.qq
+         FROM unnest($1::text[], $2::int8[], $3::float8[], $4::int8[], $5::float8[], $6::float8[]) AS u(sid, ct, q, n, v, qq)
+         WHERE c.series_id = u.sid AND c.candle_time = u.ct",
+        s.table("candles")
+    );
+    let params = vec![
+        Param::TextArray(ids),
+        Param::I64Array(times),
+        Param::F64Array(q),
+        Param::I64Array(trades),
+        Param::F64Array(v),
+        Param::F64Array(qq),
+    ];
+    Some(Statement::new(sql, params))
+}
+
+/// The extra fields known for `start <= candle_time <= end`, ascending;
+/// decode with [`decode_ext`].
+pub fn read_ext(s: &Schema, series_id: &str, start: i64, end: i64) -> Request {
+    let sql = format!(
+        "SELECT candle_time, quote_volume, trades, taker_buy_base_volume, taker_buy_quote_volume FROM {}
+         WHERE series_id = $1 AND candle_time BETWEEN $2 AND $3 AND quote_volume IS NOT NULL AND trades IS NOT NULL
+           AND taker_buy_base_volume IS NOT NULL AND taker_buy_quote_volume IS NOT NULL ORDER BY candle_time ASC",
+        s.table("candles")
+    );
+    one(sql, vec![Param::Text(series_id.to_string()), Param::I64(start), Param::I64(end)])
+}
+
+pub fn decode_ext(answer: Answer) -> StoreResult<Vec<(i64, crate::kline_ext::KlineExt)>> {
+    const OP: &str = "read_ext";
+    let set = first_set(OP, answer)?;
+    let mut out = Vec::with_capacity(set.rows.len());
+    for row in &set.rows {
+        let cell = |i: usize| row.get(i).cloned().flatten();
+        let null = || fail(OP)("NULL or missing column".to_string());
+        let f = |i: usize| col::f64(&cell(i)).map_err(fail(OP))?.ok_or_else(null);
+        let n = |i: usize| col::i64(&cell(i)).map_err(fail(OP))?.ok_or_else(null);
+        out.push((
+            n(0)?,
+            crate::kline_ext::KlineExt {
+                quote_volume: f(1)?,
+                trades: u64::try_from(n(2)?).unwrap_or(0),
+                taker_buy_base_volume: f(3)?,
+                taker_buy_quote_volume: f(4)?,
+            },
+        ));
+    }
+    Ok(out)
+}
+
+/// One retention batch (`Store::prune_before`): the series are listed by a
+/// skip scan of the primary key (one probe per distinct series), those of
+/// the timeframe lose their oldest rows before the cutoff, at most
+/// `limit` in all. Returns one row per candle deleted.
+pub fn prune(s: &Schema, p: &crate::store::Prune) -> Request {
+    let c = s.table("candles");
+    let sql = format!(
+        "WITH RECURSIVE ids(id) AS (
+           (SELECT series_id FROM {c} ORDER BY series_id LIMIT 1)
+           UNION ALL
+           SELECT (SELECT series_id FROM {c} WHERE series_id > ids.id ORDER BY series_id LIMIT 1)
+           FROM ids WHERE ids.id IS NOT NULL),
+         v AS (
+           SELECT x.series_id, x.candle_time FROM ids CROSS JOIN LATERAL (
+             SELECT series_id, candle_time FROM {c}
+             WHERE series_id = ids.id AND candle_time < $2 ORDER BY candle_time LIMIT $3) AS x
+           WHERE ids.id IS NOT NULL AND right(ids.id, length($1::text)) = $1::text
+           LIMIT $3)
+         DELETE FROM {c} AS d USING v
+         WHERE d.series_id = v.series_id AND d.candle_time = v.candle_time RETURNING 1"
+    );
+    one(sql, vec![Param::Text(format!(":{}", p.timeframe)), Param::I64(p.before), limit(p.limit)])
+}
+
 /// The open time of the oldest of the newest `n` rows (where `read_tail(n)`
 /// starts); decode with [`decode_opt_time`].
 pub fn tail_start(s: &Schema, series_id: &str, n: usize) -> Request {

@@ -11,7 +11,7 @@
 //! does (`{schema}.candles`), after [`check_schema_name`] — the same rule
 //! the reference applies — so the same name reaches the same schema.
 //!
-//! Deliberate differences from the reference bootstrap (§6.2):
+//! Deliberate differences from the reference's bootstrap:
 //! - `CREATE EXTENSION timescaledb` only when the server offers it (the
 //!   reference fails without it); then `create_hypertable` with an explicit
 //!   30-day `chunk_time_interval`, which TimescaleDB requires for an integer
@@ -26,7 +26,8 @@ use super::conn::{Answer, Request};
 use super::url::check_schema_name;
 
 /// The version klinegate's own tables are at; stamped in `klinegate_schema`.
-pub const SCHEMA_VERSION: i64 = 1;
+/// 2: the whole kline's four NULLable columns on `candles` (#15 §4).
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// `pg_advisory_xact_lock` key for bootstrap ("KLNG").
 const BOOTSTRAP_LOCK: i64 = 0x4B4C_4E47;
@@ -90,11 +91,11 @@ impl Bootstrap {
         };
         match self.stage {
             Stage::Tables => {
-                // Results: BEGIN, lock, 5× CREATE, INSERT, SELECT version, SELECT ext, COMMIT.
+                // Results: BEGIN, lock, 5× CREATE, ALTER, INSERT, UPDATE, SELECT version, SELECT ext, COMMIT.
                 let cell = |set: usize| {
                     sets.get(set).and_then(|s| s.rows.first()).and_then(|r| r.first().cloned().flatten())
                 };
-                let version = cell(8).and_then(|b| std::str::from_utf8(&b).ok().and_then(|s| s.parse::<i64>().ok()));
+                let version = cell(10).and_then(|b| std::str::from_utf8(&b).ok().and_then(|s| s.parse::<i64>().ok()));
                 let Some(version) = version else {
                     return BootstrapStep::Failed("postgres schema bootstrap: no schema version row".to_string());
                 };
@@ -105,7 +106,7 @@ impl Bootstrap {
                         self.schema.name()
                     ));
                 }
-                let timescale = cell(9).is_some_and(|b| b.as_ref() == b"t");
+                let timescale = cell(11).is_some_and(|b| b.as_ref() == b"t");
                 if timescale {
                     self.stage = Stage::Hypertable { version };
                     BootstrapStep::Send(Request::Simple(hypertable_sql(&self.schema)))
@@ -139,9 +140,14 @@ CREATE TABLE IF NOT EXISTS {gaps} (
   series_id TEXT NOT NULL PRIMARY KEY, from_time BIGINT NOT NULL, to_time BIGINT NOT NULL,
   reason TEXT NOT NULL, attempts INT NOT NULL, updated_at BIGINT NOT NULL);
 CREATE TABLE IF NOT EXISTS {fence} (id INT PRIMARY KEY CHECK (id = 1), fence BIGINT NOT NULL);
+ALTER TABLE {candles} ADD COLUMN IF NOT EXISTS quote_volume DOUBLE PRECISION,
+  ADD COLUMN IF NOT EXISTS trades BIGINT, ADD COLUMN IF NOT EXISTS taker_buy_base_volume DOUBLE PRECISION,
+  ADD COLUMN IF NOT EXISTS taker_buy_quote_volume DOUBLE PRECISION;
 INSERT INTO {version} (id, version, applied_at_ms)
   VALUES (1, {SCHEMA_VERSION}, (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT)
   ON CONFLICT (id) DO NOTHING;
+UPDATE {version} SET version = {SCHEMA_VERSION},
+  applied_at_ms = (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT WHERE id = 1 AND version < {SCHEMA_VERSION};
 SELECT version FROM {version} WHERE id = 1;
 SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb');
 COMMIT;"

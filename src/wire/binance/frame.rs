@@ -51,6 +51,8 @@ pub struct KlineEvent<'a> {
     pub close_time_ms: i64,
     /// `k.n`.
     pub trades: i64,
+    /// `k.q`, `k.n`, `k.V`, `k.Q` when the frame has them (`kline_ext`).
+    pub ext: Option<crate::kline_ext::KlineExt>,
 }
 
 /// Why a frame was rejected. `kind()` is a stable metric label; `Display` says what

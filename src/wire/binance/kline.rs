@@ -27,7 +27,7 @@ pub(super) fn scan_payload_layout<'a>(sc: &mut Scanner<'a>, payload: &mut Payloa
 }
 
 /// `{"t":..,"T":..,"s":..,"i":..,"f":..,"L":..,"o":..,"c":..,"h":..,"l":..,"v":..,
-/// "n":..,"x":..,"q":..,"V":..,"Q":..,"B":..}`; `f L q V Q B` are checked and dropped,
+/// "n":..,"x":..,"q":..,"V":..,"Q":..,"B":..}`; `f L B` are checked and dropped,
 /// as the general walk does.
 #[inline(always)]
 fn scan_kline_layout<'a>(sc: &mut Scanner<'a>, k: &mut KlineFields<'a>) -> Option<()> {
@@ -44,9 +44,9 @@ fn scan_kline_layout<'a>(sc: &mut Scanner<'a>, k: &mut KlineFields<'a>) -> Optio
     k.volume = Some(sc.lane_field(b",\"v\":")?);
     k.trades = Some(sc.lane_field(b",\"n\":")?);
     k.is_final = Some(sc.lane_field(b",\"x\":")?);
-    sc.lane_skip(b",\"q\":")?;
-    sc.lane_skip(b",\"V\":")?;
-    sc.lane_skip(b",\"Q\":")?;
+    k.quote_volume = Some(sc.lane_field(b",\"q\":")?);
+    k.taker_base = Some(sc.lane_field(b",\"V\":")?);
+    k.taker_quote = Some(sc.lane_field(b",\"Q\":")?);
     sc.lane_skip(b",\"B\":")?;
     sc.lane_literal(b"}")
 }
@@ -60,7 +60,8 @@ pub(super) struct Payload<'a> {
     pub(super) kline: Option<Nested<KlineFields<'a>>>,
 }
 
-/// The `k` object's fields we use; `f L q V Q B` are skipped.
+/// The `k` object's fields we use; `f L B` are skipped. `q V Q` are optional
+/// (a frame without them has no full-kline fields).
 #[derive(Default)]
 pub(super) struct KlineFields<'a> {
     open_time: Option<Token<'a>>,
@@ -74,6 +75,9 @@ pub(super) struct KlineFields<'a> {
     volume: Option<Token<'a>>,
     trades: Option<Token<'a>>,
     is_final: Option<Token<'a>>,
+    quote_volume: Option<Token<'a>>,
+    taker_base: Option<Token<'a>>,
+    taker_quote: Option<Token<'a>>,
 }
 
 impl<'a> Payload<'a> {
@@ -108,6 +112,9 @@ impl<'a> KlineFields<'a> {
             b'v' => (&mut self.volume, "k.v"),
             b'n' => (&mut self.trades, "k.n"),
             b'x' => (&mut self.is_final, "k.x"),
+            b'q' => (&mut self.quote_volume, "k.q"),
+            b'V' => (&mut self.taker_base, "k.V"),
+            b'Q' => (&mut self.taker_quote, "k.Q"),
             _ => return sc.value().map(drop),
         };
         let value = sc.value()?;
@@ -197,6 +204,16 @@ impl<'a> KlineFields<'a> {
         if let Some(reason) = candle.sanity_error() {
             return Err(FrameError::InconsistentCandle { reason });
         }
+        // Optional: a frame without them, or with one unusable, is still a
+        // candle; it just has no full-kline fields.
+        let ext = (|| {
+            Some(crate::kline_ext::KlineExt {
+                quote_volume: decimal(self.quote_volume?, "k.q").ok()?,
+                trades: u64::try_from(trades).ok()?,
+                taker_buy_base_volume: decimal(self.taker_base?, "k.V").ok()?,
+                taker_buy_quote_volume: decimal(self.taker_quote?, "k.Q").ok()?,
+            })
+        })();
         Ok(KlineEvent {
             stream,
             symbol,
@@ -206,6 +223,7 @@ impl<'a> KlineFields<'a> {
             event_time_ms,
             close_time_ms,
             trades,
+            ext,
         })
     }
 }

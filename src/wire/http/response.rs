@@ -39,6 +39,10 @@ pub struct Received {
     pub headers: Vec<(String, String)>,
     /// The body after transfer decoding, as bytes.
     pub body: Vec<u8>,
+    /// The connection may carry another request (HTTP/1.1 keep-alive): the answer is
+    /// HTTP/1.1 without `Connection: close`, its body framed by `Content-Length` or
+    /// chunks (not until EOF), and nothing arrived after it.
+    pub reusable: bool,
 }
 
 /// An incremental HTTP/1.1 response parser: feed it the bytes as they arrive, in any
@@ -60,11 +64,15 @@ struct BodyState {
     head: ResponseHead,
     framing: Framing,
     body: Vec<u8>,
+    /// Bytes arrived after the end of the body (the connection is not reused then).
+    surplus: bool,
 }
 
 struct ResponseHead {
     status: u16,
     headers: Vec<(String, String)>,
+    /// HTTP/1.1 (not 1.0) and no `Connection: close`.
+    keep_alive: bool,
 }
 
 /// How the end of the body is found.
@@ -97,7 +105,8 @@ impl ResponseReader {
                 self.parse_head_from(buf)
             }
             ReaderState::Body(body) => {
-                body.framing.feed(bytes, &mut body.body, &self.limits)?;
+                let left = body.framing.feed(bytes, &mut body.body, &self.limits)?;
+                body.surplus |= left > 0;
                 Ok(self.outcome_if_complete())
             }
             ReaderState::Done => Ok(None),
@@ -114,7 +123,7 @@ impl ResponseReader {
                 Err("the server closed the connection in the middle of the response head".into())
             }
             ReaderState::Body(body) => match body.framing {
-                Framing::UntilEof => Ok(received(body.head, body.body)),
+                Framing::UntilEof => Ok(received(body.head, body.body, false)),
                 Framing::Length { remaining, total } => Err(format!(
                     "the server closed the connection after {} of {total} body bytes (HTTP {})",
                     total - remaining,
@@ -146,7 +155,7 @@ impl ResponseReader {
             if let Framing::Length { total, .. } = framing {
                 body.reserve_exact(total);
             }
-            self.state = ReaderState::Body(BodyState { head, framing, body });
+            self.state = ReaderState::Body(BodyState { head, framing, body, surplus: false });
             return self.feed(&buf[head_len..]);
         }
     }
@@ -161,12 +170,15 @@ impl ResponseReader {
         let ReaderState::Body(body) = std::mem::replace(&mut self.state, ReaderState::Done) else {
             return None;
         };
-        Some(received(body.head, body.body))
+        let reusable = !body.surplus;
+        Some(received(body.head, body.body, reusable))
     }
 }
 
-fn received(head: ResponseHead, body: Vec<u8>) -> Received {
-    Received { status: head.status, headers: head.headers, body }
+/// `framed`: the body ended by its own framing with nothing after it.
+fn received(head: ResponseHead, body: Vec<u8>, framed: bool) -> Received {
+    let reusable = framed && head.keep_alive;
+    Received { status: head.status, headers: head.headers, body, reusable }
 }
 
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -193,7 +205,13 @@ fn parse_head(buf: &[u8], limits: &ResponseLimits) -> Result<Option<(ResponseHea
         let value = std::str::from_utf8(h.value).map_err(|_| "response head is not valid UTF-8".to_string())?;
         headers.push((h.name.to_ascii_lowercase(), value.trim().to_owned()));
     }
-    Ok(Some((ResponseHead { status, headers }, len)))
+    let close = headers
+        .iter()
+        .filter(|(n, _)| n == "connection")
+        .flat_map(|(_, v)| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("close"));
+    let keep_alive = response.version == Some(1) && !close;
+    Ok(Some((ResponseHead { status, headers, keep_alive }, len)))
 }
 
 fn refusal(e: httparse::Error, buf: &[u8]) -> String {
@@ -255,28 +273,30 @@ impl Framing {
         }
     }
 
-    /// Decodes `input` into `body`. Bytes after the end of the body are ignored.
+    /// Decodes `input` into `body`. Bytes after the end of the body are ignored;
+    /// returns how many there were.
     fn feed(
         &mut self,
         input: &[u8],
         body: &mut Vec<u8>,
         limits: &ResponseLimits,
-    ) -> Result<(), String> {
+    ) -> Result<usize, String> {
         match self {
             Framing::Length { remaining, .. } => {
                 let take = input.len().min(*remaining);
                 body.extend_from_slice(&input[..take]);
                 *remaining -= take;
+                Ok(input.len() - take)
             }
-            Framing::Chunked(decoder) => decoder.feed(input, body, limits)?,
+            Framing::Chunked(decoder) => decoder.feed(input, body, limits),
             Framing::UntilEof => {
                 if body.len() + input.len() > limits.max_body_bytes {
                     return Err(body_too_large(limits));
                 }
                 body.extend_from_slice(input);
+                Ok(0)
             }
         }
-        Ok(())
     }
 
     fn is_complete(&self) -> bool {
@@ -347,7 +367,7 @@ impl ChunkedDecoder {
         mut input: &[u8],
         body: &mut Vec<u8>,
         limits: &ResponseLimits,
-    ) -> Result<(), String> {
+    ) -> Result<usize, String> {
         while !input.is_empty() && self.phase != ChunkPhase::Done {
             if let ChunkPhase::Data(remaining) = self.phase {
                 let take = input.len().min(remaining);
@@ -364,7 +384,8 @@ impl ChunkedDecoder {
             };
             self.phase = self.after_line(&line, body.len(), limits)?;
         }
-        Ok(())
+        // Unread only when the body ended before the input did.
+        Ok(input.len())
     }
 
     /// Moves bytes up to the next LF into the line buffer; the whole line (without CRLF)
@@ -651,6 +672,34 @@ pub(crate) mod tests {
             _ => raw.extend(format!("\r\n{body}").bytes()),
         }
         raw
+    }
+
+    #[test]
+    fn a_framed_http11_answer_leaves_the_connection_reusable() {
+        let ok = |raw: &[u8]| parse(raw).map(|r| r.reusable);
+        assert_eq!(ok(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n[]"), Ok(true));
+        assert_eq!(ok(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n[]\r\n0\r\n\r\n"), Ok(true));
+        assert_eq!(ok(b"HTTP/1.1 204 No Content\r\n\r\n"), Ok(true));
+        assert_eq!(ok(b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 3\r\nContent-Length: 0\r\n\r\n"), Ok(true));
+    }
+
+    #[test]
+    fn close_http10_until_eof_or_surplus_bytes_end_the_connection() {
+        let ok = |raw: &[u8]| parse(raw).map(|r| r.reusable);
+        assert_eq!(ok(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n[]"), Ok(false));
+        assert_eq!(ok(b"HTTP/1.1 200 OK\r\nConnection: keep-alive, Close\r\nContent-Length: 2\r\n\r\n[]"), Ok(false));
+        assert_eq!(ok(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n[]"), Ok(false));
+        assert_eq!(ok(b"HTTP/1.1 200 OK\r\n\r\n[]"), Ok(false), "until EOF");
+        assert_eq!(ok(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n[]HTTP/1.1"), Ok(false), "surplus");
+        assert_eq!(
+            ok(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n[]\r\n0\r\n\r\nX"),
+            Ok(false),
+            "surplus after chunks"
+        );
+        // Surplus in a later piece than the end of the body is never seen: the
+        // answer is out as soon as the body ends, before it arrives.
+        let pieces: [&[u8]; 2] = [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n[", b"]X"];
+        assert_eq!(parse_pieces(&pieces, ResponseLimits::default()).map(|r| r.reusable), Ok(false));
     }
 
     proptest! {

@@ -4,8 +4,14 @@
 //!
 //! This module owns the bytes of one REST socket and turns them into one [`RestOutcome`]:
 //! the status, the headers, the body as text, and the two rate-limit headers Binance sends
-//! (`Retry-After` on 429/418, `X-MBX-USED-WEIGHT-1M` on every answer). The connection is used
-//! for exactly one request (`Connection: close`); there is no pooling and no retry.
+//! (`Retry-After` on 429/418, `X-MBX-USED-WEIGHT-1M` on every answer).
+//!
+//! Connections are kept alive (HTTP/1.1): when an answer leaves its connection reusable,
+//! [`RestConn::into_idle`] hands the open socket over for the shell's [`RestPool`], and
+//! [`RestConn::start_pooled`] sends the next request to the same host over it, without a
+//! TCP connect or TLS handshake. A request on a reused socket that fails before any byte of
+//! an answer (the server closed it while idle) redials the same address once, on a fresh
+//! connection; nothing else is retried.
 //!
 //! It never reads the clock to decide anything, never sleeps, never blocks and never
 //! interprets the body: deadlines, backoff after 429/418 and JSON parsing belong to the
@@ -22,7 +28,8 @@
 //!   [`RestConn::on_resolved`], which may return the outcome at once (a failed lookup).
 //! - On every readiness event for that token call [`RestConn::on_event`]; the flags are
 //!   hints only, every call makes whatever progress the socket allows. It returns
-//!   `Some(outcome)` exactly once; the socket is closed at that moment.
+//!   `Some(outcome)` exactly once; the socket is closed at that moment, or kept for
+//!   [`RestConn::into_idle`] when the answer left it reusable.
 //! - After every `on_event`, call [`RestConn::reregister`]: READABLE always, WRITABLE while
 //!   connecting, handshaking or writing the request. No system call when nothing changed.
 //! - To give up early (a deadline the caller keeps, see [`RestConn::started_at`]), call
@@ -32,6 +39,9 @@ use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
+
+mod idle;
+pub use idle::{Destination as IdleDestination, IdleConn, RestPool};
 
 use mio::{Interest, Registry, Token};
 
@@ -89,6 +99,19 @@ pub struct RestConn {
     /// Interest the current socket is registered with; `None` when not registered.
     registered: Option<Interest>,
     started_at: Instant,
+    /// On a reused (kept-alive) socket: how to redial if the server closed it while idle.
+    /// Cleared once used, or once the answer's first byte arrives.
+    redial: Option<Box<Redial>>,
+    /// Some byte of the answer has arrived.
+    answered: bool,
+    /// Finished with a reusable answer: the socket is kept for [`RestConn::into_idle`].
+    keep: bool,
+}
+
+/// A fresh connection to the address a reused socket was connected to.
+struct Redial {
+    tls: TlsSetup,
+    peer: SocketAddr,
 }
 
 impl std::fmt::Debug for RestConn {
@@ -141,7 +164,65 @@ impl RestConn {
             token,
             registered: None,
             started_at: Instant::now(),
+            redial: None,
+            answered: false,
+            keep: false,
         }
+    }
+
+    /// Like [`start`](Self::start), but over an idle connection to the same host from
+    /// `pool` when one is open (registered under `token`, the request written at once
+    /// when the socket takes it); else a new connection as `start` makes.
+    pub fn start_pooled(
+        base_url: &str,
+        path_and_query: &str,
+        tls: &TlsSetup,
+        pool: &mut RestPool,
+        registry: &Registry,
+        token: Token,
+    ) -> io::Result<RestConn> {
+        let url = parse_url_with_schemes(base_url, "http://", "https://").map_err(invalid_input)?;
+        let target = request_target(&url, path_and_query).map_err(invalid_input)?;
+        let to = IdleDestination { secure: url.secure, host: url.host.clone(), port: url.port };
+        let Some(idle) = pool.take(&to, Instant::now()) else {
+            return Self::start(base_url, path_and_query, tls, registry, token);
+        };
+        let redial = Box::new(Redial { tls: tls.clone(), peer: idle.peer });
+        let mut conn = RestConn::in_phase(Phase::Writing { written: 0 }, Some(idle.transport), url, &target, token);
+        conn.redial = Some(redial);
+        conn.reregister(registry, token)?;
+        Ok(conn)
+    }
+
+    /// The open socket of a request that finished with a reusable answer, for the pool;
+    /// `None` (and the socket closed) otherwise. Deregister it first.
+    pub fn into_idle(mut self, now: Instant) -> Option<IdleConn> {
+        let mut transport = self.transport.take()?;
+        let peer = match transport.tcp_mut().peer_addr() {
+            Ok(peer) if self.keep && self.registered.is_none() => peer,
+            _ => {
+                transport.shut_down();
+                return None;
+            }
+        };
+        let to = IdleDestination { secure: self.secure, host: std::mem::take(&mut self.host), port: self.port };
+        Some(IdleConn::new(transport, to, peer, now))
+    }
+
+    /// A reused socket failed before any answer: a fresh connection to the same address,
+    /// the request written again from its start. `Err` when the connect cannot start.
+    fn redial_fresh(&mut self, redial: Redial) -> io::Result<()> {
+        if let Some(mut old) = self.transport.take() {
+            old.shut_down();
+        }
+        let url = WsUrl { secure: self.secure, host: self.host.clone(), port: self.port, path: String::new() };
+        let mut addrs = VecDeque::from([redial.peer]);
+        let (transport, addr, failures) = start_transport(&url, &mut addrs, &redial.tls)?;
+        self.transport = Some(transport);
+        self.phase = Phase::Connecting(Dial { addr, fallback: addrs, failures });
+        // The new socket is not registered yet: the caller's reregister does it.
+        self.registered = None;
+        Ok(())
     }
 
     /// The host name this request waits to have resolved; `None` once it has addresses
@@ -226,13 +307,27 @@ impl RestConn {
                     self.registered = None;
                     return None;
                 }
-                Step::Finished(outcome) => {
-                    self.close_socket();
+                Step::Finished(outcome, reusable) => {
+                    if reusable {
+                        // The socket stays open for `into_idle`; nothing more is read.
+                        self.keep = true;
+                        self.phase = Phase::Finished;
+                        self.redial = None;
+                        self.request = Vec::new();
+                    } else {
+                        self.close_socket();
+                    }
                     return Some(outcome);
                 }
                 Step::Failed(reason) => {
+                    let mut reason = format!("GET {}: {reason}", self.url);
+                    if let Some(redial) = self.redial.take().filter(|_| !self.answered) {
+                        match self.redial_fresh(*redial) {
+                            Ok(()) => return None,
+                            Err(e) => reason = format!("{reason}; then on a new connection: {e}"),
+                        }
+                    }
                     self.close_socket();
-                    let reason = format!("GET {}: {reason}", self.url);
                     return Some(RestOutcome::Failed { reason });
                 }
             }
@@ -333,7 +428,6 @@ fn build_request(authority: &str, target: &str) -> Vec<u8> {
          User-Agent: klinegate/{}\r\n\
          Accept: application/json\r\n\
          Accept-Encoding: identity\r\n\
-         Connection: close\r\n\
          \r\n",
         env!("CARGO_PKG_VERSION")
     )
@@ -374,7 +468,8 @@ enum Step {
     Wait(Phase),
     /// The socket was replaced by one to the next address; it needs registering.
     NewSocket(Phase),
-    Finished(RestOutcome),
+    /// The answer, and whether its connection may carry another request.
+    Finished(RestOutcome, bool),
     /// The request failed; the reason is completed with the URL.
     Failed(String),
 }
@@ -421,7 +516,7 @@ impl RestConn {
             Phase::Writing { written } => {
                 step_write(transport, &self.request, written, self.limits)
             }
-            Phase::Reading(reader) => step_read(transport, reader),
+            Phase::Reading(reader) => step_read(transport, reader, &mut self.answered),
             Phase::Resolving(tls) => Step::Wait(Phase::Resolving(tls)),
             Phase::Finished => Step::Wait(Phase::Finished),
         }
@@ -478,14 +573,25 @@ fn step_write(
     }
 }
 
-fn step_read(transport: &mut Transport, mut reader: Box<ResponseReader>) -> Step {
+/// Reads the answer; `answered` is set by its first byte.
+fn step_read(transport: &mut Transport, mut reader: Box<ResponseReader>, answered: &mut bool) -> Step {
     let mut buf = [0u8; READ_CHUNK];
     loop {
         let fed = match transport.read(&mut buf) {
-            Ok(0) => reader.finish_at_eof().and_then(outcome).map(Some),
-            Ok(n) => reader
-                .feed(&buf[..n])
-                .map(|done| done.map(|r| outcome(r).unwrap_or_else(|reason| RestOutcome::Failed { reason }))),
+            // Read to its end: the connection is over whatever the answer said.
+            Ok(0) => reader.finish_at_eof().and_then(outcome).map(|o| Some((o, false))),
+            Ok(n) => {
+                *answered = true;
+                reader.feed(&buf[..n]).map(|done| {
+                    done.map(|r| {
+                        let reusable = r.reusable;
+                        match outcome(r) {
+                            Ok(o) => (o, reusable),
+                            Err(reason) => (RestOutcome::Failed { reason }, false),
+                        }
+                    })
+                })
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 return Step::Wait(Phase::Reading(reader))
             }
@@ -494,7 +600,7 @@ fn step_read(transport: &mut Transport, mut reader: Box<ResponseReader>) -> Step
         };
         match fed {
             Ok(None) => {}
-            Ok(Some(outcome)) => return Step::Finished(outcome),
+            Ok(Some((outcome, reusable))) => return Step::Finished(outcome, reusable),
             Err(reason) => return Step::Failed(reason),
         }
     }
@@ -503,7 +609,7 @@ fn step_read(transport: &mut Transport, mut reader: Box<ResponseReader>) -> Step
 /// The exchange's answer as klinegate uses it: the body as text and Binance's two
 /// rate-limit headers read out. `Err` when the body is not UTF-8.
 fn outcome(received: Received) -> Result<RestOutcome, String> {
-    let Received { status, headers, body } = received;
+    let Received { status, headers, body, .. } = received;
     let body = String::from_utf8(body)
         .map_err(|e| format!("response body (HTTP {status}) is not valid UTF-8: {e}"))?;
     let retry_after_s = header(&headers, "retry-after").and_then(|v| v.parse().ok());

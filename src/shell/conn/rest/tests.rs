@@ -128,6 +128,8 @@ struct Driver {
     conn: RestConn,
     /// The interest after every turn, to check the registration rules.
     interests: Vec<Option<Interest>>,
+    /// Leave a reusable socket open after the outcome (for `into_idle`).
+    keep_alive: bool,
 }
 
 impl Driver {
@@ -151,6 +153,7 @@ impl Driver {
             events: Events::with_capacity(8),
             conn,
             interests,
+            keep_alive: false,
         }
     }
 
@@ -185,6 +188,12 @@ impl Driver {
             "outcome reported twice"
         );
         self.conn.deregister(self.poll.registry()).unwrap();
+        if !self.keep_alive {
+            // A kept-alive socket is closed here, as the shell closes one it does not pool.
+            if let Some(mut transport) = self.conn.transport.take() {
+                transport.shut_down();
+            }
+        }
     }
 }
 
@@ -316,7 +325,7 @@ fn content_length_response_arrives_without_waiting_for_eof() {
     let request = requests.recv_timeout(TEST_TIMEOUT).unwrap();
     let expected = format!(
         "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: klinegate/{}\r\n\
-         Accept: application/json\r\nAccept-Encoding: identity\r\nConnection: close\r\n\r\n",
+         Accept: application/json\r\nAccept-Encoding: identity\r\n\r\n",
         env!("CARGO_PKG_VERSION")
     );
     assert_eq!(request, expected);
@@ -541,5 +550,174 @@ fn https_with_an_untrusted_certificate_fails_with_a_tls_error() {
         reason.contains("TLS") && reason.contains("certificate"),
         "{reason}"
     );
+    server.handle.join().unwrap();
+}
+
+// --- keep-alive ---------------------------------------------------------------------------
+
+const PAGE: &str = "HTTP/1.1 200 OK\r\nX-MBX-USED-WEIGHT-1M: 2\r\nContent-Length: 2\r\n\r\n[]";
+
+/// Runs `GET path` through `pool` (reusing an idle connection when one is open) with a
+/// fresh poll; the connection goes back into the pool when its answer allows.
+fn fetch_pooled(base: &str, path: &str, tls: &TlsSetup, pool: &mut RestPool) -> RestOutcome {
+    let poll = Poll::new().unwrap();
+    let conn = RestConn::start_pooled(base, path, tls, pool, poll.registry(), TOKEN).unwrap();
+    let mut d = Driver::with_conn(poll, conn);
+    d.keep_alive = true;
+    let outcome = d.run();
+    if let Some(idle) = d.conn.into_idle(Instant::now()) {
+        pool.put(idle);
+    }
+    outcome
+}
+
+#[test]
+fn a_kept_alive_connection_carries_the_next_requests() {
+    let (tx, rx) = mpsc::channel();
+    let (port, server) = spawn_tcp_server(move |mut stream| {
+        // One connection, three requests on it, then the client hangs up.
+        for _ in 0..3 {
+            let head = read_request_head(&mut stream).expect("the next request on the same connection");
+            tx.send(head).unwrap();
+            stream.write_all(PAGE.as_bytes()).unwrap();
+        }
+        wait_for_client_close(&mut stream);
+    });
+    let mut pool = RestPool::default();
+    for page in 0..3 {
+        let outcome = fetch_pooled(&base(port), &format!("/api/v3/klines?page={page}"), &plain_tls(), &mut pool);
+        assert_eq!(status_and_body(&outcome), (200, "[]"));
+        let head = rx.recv_timeout(TEST_TIMEOUT).unwrap();
+        assert!(head.starts_with(&format!("GET /api/v3/klines?page={page} HTTP/1.1\r\n")), "{head}");
+        assert!(!head.to_ascii_lowercase().contains("connection: close"), "{head}");
+        assert_eq!(pool.len(), 1);
+    }
+    assert_eq!(pool.reused, 2, "pages 2 and 3 went over page 1's connection");
+    // Another host (the same address under another name) never shares it.
+    let other = format!("http://localhost:{port}");
+    let to = IdleDestination { secure: false, host: "localhost".into(), port };
+    assert!(pool.take(&to, Instant::now()).is_none(), "{other}");
+    drop(pool);
+    server.join().unwrap();
+}
+
+#[test]
+fn connection_close_http10_and_until_eof_answers_are_not_kept() {
+    for response in [
+        "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n[]",
+        "HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n[]",
+        "HTTP/1.1 200 OK\r\n\r\n[]",
+    ] {
+        let (port, server, _) = spawn_http_server(response.into(), hang_up);
+        let mut pool = RestPool::default();
+        let outcome = fetch_pooled(&base(port), "/x", &plain_tls(), &mut pool);
+        assert_eq!(status_and_body(&outcome), (200, "[]"), "{response}");
+        assert!(pool.is_empty(), "{response}");
+        server.join().unwrap();
+    }
+}
+
+#[test]
+fn an_idle_connection_the_server_closed_is_not_handed_out() {
+    let (port, server) = spawn_tcp_server(move |mut stream| {
+        read_request_head(&mut stream).expect("request");
+        stream.write_all(PAGE.as_bytes()).unwrap();
+        // The server's idle timeout: it closes the kept-alive connection.
+    });
+    let mut pool = RestPool::default();
+    let outcome = fetch_pooled(&base(port), "/x", &plain_tls(), &mut pool);
+    assert_eq!(status_and_body(&outcome), (200, "[]"));
+    assert_eq!(pool.len(), 1);
+    server.join().unwrap();
+    // The server's FIN reaches our socket (a bounded wait for it), then the probe
+    // on `take` finds the connection closed and drops it.
+    let deadline = Instant::now() + TEST_TIMEOUT;
+    while pool.open_count() > 0 {
+        assert!(Instant::now() < deadline, "the server's close never arrived");
+        thread::sleep(Duration::from_millis(5));
+    }
+    let to = IdleDestination { secure: false, host: "127.0.0.1".into(), port };
+    assert!(pool.take(&to, Instant::now()).is_none(), "a closed connection was handed out");
+    assert!(pool.is_empty());
+    assert_eq!(pool.reused, 0);
+}
+
+#[test]
+fn a_request_on_a_reused_connection_closed_under_it_redials_once() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = thread::spawn(move || {
+        let (mut first, _) = listener.accept().unwrap();
+        first.set_read_timeout(Some(TEST_TIMEOUT)).unwrap();
+        read_request_head(&mut first).expect("first request");
+        first.write_all(PAGE.as_bytes()).unwrap();
+        // The second request arrives on the kept-alive connection: closed unanswered,
+        // as a server whose idle timeout fired as the request was on its way.
+        read_request_head(&mut first).expect("second request, first try");
+        drop(first);
+        let (mut second, _) = listener.accept().unwrap();
+        second.set_read_timeout(Some(TEST_TIMEOUT)).unwrap();
+        let head = read_request_head(&mut second).expect("second request, on a new connection");
+        second.write_all(PAGE.as_bytes()).unwrap();
+        // A third connection is never made: the redial happens once.
+        listener.set_nonblocking(true).unwrap();
+        wait_for_client_close(&mut second);
+        assert!(listener.accept().is_err(), "no third connection");
+        head
+    });
+    let mut pool = RestPool::default();
+    assert_eq!(status_and_body(&fetch_pooled(&base(port), "/one", &plain_tls(), &mut pool)), (200, "[]"));
+    assert_eq!(status_and_body(&fetch_pooled(&base(port), "/two", &plain_tls(), &mut pool)), (200, "[]"));
+    assert_eq!(pool.reused, 1);
+    drop(pool);
+    let head = server.join().unwrap();
+    assert!(head.starts_with("GET /two HTTP/1.1\r\n"), "{head}");
+}
+
+#[test]
+fn a_reused_connection_that_fails_again_is_the_failed_outcome() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = thread::spawn(move || {
+        let (mut first, _) = listener.accept().unwrap();
+        first.set_read_timeout(Some(TEST_TIMEOUT)).unwrap();
+        read_request_head(&mut first).expect("first request");
+        first.write_all(PAGE.as_bytes()).unwrap();
+        read_request_head(&mut first).expect("second request");
+        drop(first);
+        let (mut second, _) = listener.accept().unwrap();
+        second.set_read_timeout(Some(TEST_TIMEOUT)).unwrap();
+        read_request_head(&mut second).expect("second request, on a new connection");
+        // Closed unanswered again: no more tries.
+    });
+    let mut pool = RestPool::default();
+    assert_eq!(status_and_body(&fetch_pooled(&base(port), "/one", &plain_tls(), &mut pool)), (200, "[]"));
+    let outcome = fetch_pooled(&base(port), "/two", &plain_tls(), &mut pool);
+    assert!(failure(&outcome).contains("closed the connection without answering"), "{outcome:?}");
+    assert!(pool.is_empty());
+    server.join().unwrap();
+}
+
+#[test]
+fn https_keeps_its_connection_and_handshakes_once() {
+    let (tx, rx) = mpsc::channel();
+    let server = spawn_tls_server(move |mut tls| {
+        for _ in 0..2 {
+            let head = read_request_head(&mut tls).expect("a request over the one TLS session");
+            tx.send(head).unwrap();
+            tls.write_all(PAGE.as_bytes()).unwrap();
+            tls.flush().unwrap();
+        }
+        wait_for_client_close(&mut tls);
+    });
+    let tls = TlsSetup::new(Some(&server.ca_pem)).unwrap();
+    let base = format!("https://127.0.0.1:{}", server.port);
+    let mut pool = RestPool::default();
+    for path in ["/fapi/v1/klines?a=1", "/fapi/v1/klines?a=2"] {
+        assert_eq!(status_and_body(&fetch_pooled(&base, path, &tls, &mut pool)), (200, "[]"));
+        assert!(rx.recv_timeout(TEST_TIMEOUT).unwrap().starts_with(&format!("GET {path} ")));
+    }
+    assert_eq!(pool.reused, 1);
+    drop(pool);
     server.handle.join().unwrap();
 }

@@ -1,7 +1,8 @@
 //! A model shell around klinegate's deterministic core, shared by the
-//! `engine_ops` fuzz target and `tests/simulation.rs` (which includes this file
-//! with `#[path]`). It plays the part of the mio shell: it opens the upstream
-//! connections the engine asks for (or fails them), answers nothing by itself,
+//! `engine_ops` fuzz target and `tests/simulation.rs`. It plays the part of the
+//! mio shell, with the exchange played by [`ExchangeModel`] in its `Held` mode:
+//! it opens the upstream connections the engine asks for (or fails them) and
+//! acks control requests only when its caller says so,
 //! delivers client frames unless a client is stalled, reports a client closed
 //! by the engine as disconnected, and fires timers. After every step it checks
 //! the core's invariants from the outside and panics with a message naming the
@@ -29,17 +30,18 @@
 //! - I8 after `handle_timeout(now)`, `poll_timeout()` is later than `now` (a
 //!   deadline at or before `now` would make the shell spin).
 //!
-//! Never reads a clock or randomness: everything comes from the caller.
+//! Never reads a clock or randomness: everything comes from the caller. It is
+//! a test oracle: a broken invariant panics, with the invariant's name.
 
-#![allow(dead_code)]
-
-use klinegate::cli::settings::Settings;
-use klinegate::engine::{Engine, Input, Output};
-use klinegate::model::{Candle, SeriesId};
-use klinegate::wire::client::{parse_request, ClientRequest};
-use klinegate::replay::hosted;
-use klinegate::store::{MemoryStore, Store};
-use klinegate::time::{Duration, Timestamp};
+use super::exchange::{Answer, ExchangeModel};
+pub use super::exchange::{kline_frame, ConnState};
+use crate::cli::settings::Settings;
+use crate::engine::{Engine, Input, Output};
+use crate::model::{Candle, SeriesId};
+use crate::wire::client::{parse_request, ClientRequest};
+use crate::replay::hosted;
+use crate::store::{MemoryStore, Store};
+use crate::time::{Duration, Timestamp};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -140,26 +142,6 @@ struct ClientModel {
     pending_gap: BTreeMap<String, (i64, i64)>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConnState {
-    /// `UpstreamConnect` seen; not yet reported connected.
-    Opening,
-    Open,
-}
-
-#[derive(Debug)]
-pub struct ConnModel {
-    pub market: String,
-    pub state: ConnState,
-    /// Control requests sent and not yet answered: id → (subscribe?, streams).
-    pub outstanding: BTreeMap<u64, (bool, Vec<String>)>,
-    /// Streams the fake exchange considers subscribed (acked SUBSCRIBEs).
-    pub streams: BTreeSet<String>,
-    /// Every stream ever named in a SUBSCRIBE on this connection: the only
-    /// ones an exchange sends on it (late frames after UNSUBSCRIBE included).
-    pub requested: BTreeSet<String>,
-}
-
 /// What a run exercised, for the simulation's coverage report.
 #[derive(Debug, Default, Clone)]
 pub struct Stats {
@@ -204,15 +186,17 @@ pub struct Harness {
     clients: BTreeMap<u64, ClientModel>,
     /// Clients the engine asked to close, to be reported disconnected.
     to_close: Vec<u64>,
-    /// REST requests to answer (the model exchange has no REST history: `[]`).
-    rest_pending: Vec<u64>,
+    /// REST answers to deliver once outputs are drained (the model exchange
+    /// has no REST history: `[]`).
+    rest_pending: Vec<Input>,
     /// Clients whose disconnect was reported (until their id is reused).
     gone: BTreeSet<u64>,
-    pub conns: BTreeMap<u64, ConnModel>,
+    /// The exchange side: connections, outstanding control requests, streams.
+    pub exchange: ExchangeModel,
     /// Closed candles the engine accepted from the exchange: (series, time).
     accepted: BTreeSet<(String, i64)>,
     pinned: BTreeSet<String>,
-    frames: Vec<klinegate::engine::hub::Frame>,
+    frames: Vec<crate::engine::Frame>,
     pub stats: Stats,
 }
 
@@ -222,30 +206,6 @@ fn tf_seconds(series: &str) -> i64 {
 
 fn canonical(series: &str) -> Option<String> {
     SeriesId::parse(series).ok().map(|id| id.as_str().to_string())
-}
-
-/// A combined-stream kline frame as Binance sends it.
-pub fn kline_frame(stream: &str, t: i64, tf_s: i64, price: f64, is_final: bool) -> String {
-    let sym = stream.split('@').next().unwrap_or("").to_uppercase();
-    let interval = stream.rsplit('_').next().unwrap_or("1m");
-    let ms = t * 1000;
-    format!(
-        concat!(
-            r#"{{"stream":"{stream}","data":{{"e":"kline","E":{e},"s":"{sym}","k":{{"t":{ms},"T":{end},"s":"{sym}","i":"{i}","f":1,"L":2,"#,
-            r#""o":"{o:.2}","c":"{c:.2}","h":"{h:.2}","l":"{l:.2}","v":"1.00","n":2,"x":{x},"q":"1.0","V":"0.5","Q":"0.5","B":"0"}}}}}}"#
-        ),
-        stream = stream,
-        e = ms + 1000,
-        sym = sym,
-        ms = ms,
-        end = ms + tf_s * 1000 - 1,
-        i = interval,
-        o = price,
-        c = price,
-        h = price + 1.0,
-        l = (price - 0.5).max(0.0),
-        x = is_final,
-    )
 }
 
 impl Harness {
@@ -261,7 +221,7 @@ impl Harness {
             to_close: Vec::new(),
             rest_pending: Vec::new(),
             gone: BTreeSet::new(),
-            conns: BTreeMap::new(),
+            exchange: ExchangeModel::new(Answer::Held),
             accepted: BTreeSet::new(),
             pinned: settings.pins.iter().filter_map(|p| canonical(p)).collect(),
             frames: Vec::new(),
@@ -300,9 +260,8 @@ impl Harness {
                     self.report_gone(id);
                 }
             }
-            for id in std::mem::take(&mut self.rest_pending) {
+            for input in std::mem::take(&mut self.rest_pending) {
                 progressed = true;
-                let input = Input::RestResponse { id, status: 200, body: "[]".into(), retry_after_s: None, used_weight: None };
                 let _ = self.engine.handle(input, self.now);
             }
             if !progressed {
@@ -312,45 +271,28 @@ impl Harness {
     }
 
     fn on_output(&mut self, out: Output) {
-        match out {
-            Output::UpstreamConnect { conn, market, .. } => {
+        // The shell's side of the exchange contract, checked before the model answers.
+        match &out {
+            Output::UpstreamConnect { conn, .. } => {
                 self.stats.upstream_connects += 1;
-                let fresh = ConnModel {
-                    market: market.as_str().to_string(),
-                    state: ConnState::Opening,
-                    outstanding: BTreeMap::new(),
-                    streams: BTreeSet::new(),
-                    requested: BTreeSet::new(),
-                };
-                assert!(self.conns.insert(conn, fresh).is_none(), "shell: UpstreamConnect reuses the live conn id {conn}");
+                assert!(!self.exchange.conns.contains_key(conn), "shell: UpstreamConnect reuses the live conn id {conn}");
             }
             Output::UpstreamSend { conn, text } => {
-                let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("engine sent invalid JSON upstream ({e}): {text}"));
-                let Some(c) = self.conns.get_mut(&conn) else {
+                let v: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("engine sent invalid JSON upstream ({e}): {text}"));
+                let Some(c) = self.exchange.conns.get(conn) else {
                     panic!("UpstreamSend on conn {conn} that is not open: {text}");
                 };
                 assert_eq!(c.state, ConnState::Open, "UpstreamSend before the connection opened: {text}");
-                let id = v["id"].as_u64().unwrap_or_else(|| panic!("control request without id: {text}"));
-                let streams: Vec<String> = v["params"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
-                    .unwrap_or_default();
-                match v["method"].as_str() {
-                    Some("SUBSCRIBE") => {
-                        c.requested.extend(streams.iter().cloned());
-                        c.outstanding.insert(id, (true, streams));
-                    }
-                    Some("UNSUBSCRIBE") => {
-                        c.outstanding.insert(id, (false, streams));
-                    }
-                    _ => {
-                        c.outstanding.insert(id, (false, Vec::new()));
-                    }
-                }
+                assert!(v["id"].as_u64().is_some(), "control request without id: {text}");
             }
-            Output::UpstreamClose { conn, .. } => {
-                self.conns.remove(&conn);
-            }
+            _ => {}
+        }
+        if let Some(replies) = self.exchange.on_output(&out, self.now) {
+            // Held: only REST requests are answered, once outputs are drained.
+            self.rest_pending.extend(replies.into_iter().filter_map(|r| self.exchange.deliver(r)));
+            return;
+        }
+        match out {
             Output::ClientReady { client } => {
                 assert!(
                     self.clients.contains_key(&client),
@@ -365,14 +307,15 @@ impl Harness {
                 }
                 self.to_close.push(client);
             }
-            Output::RestRequest { id, .. } => self.rest_pending.push(id),
             // Carried out at once on the harness's store, as a replay without recorded answers does.
             o @ (Output::ReadStore { .. } | Output::Persist { .. }) => {
                 hosted::carry(&mut self.engine, &mut self.store, &o, self.now);
             }
-            Output::IngestDone { .. } => {}
-            Output::Log { .. } => {}
-            // The bus (issue #13): the harness runs a hybrid engine, which emits none.
+            Output::IngestDone { .. } | Output::Log { .. } => {}
+            Output::UpstreamConnect { .. } | Output::UpstreamSend { .. } | Output::UpstreamClose { .. } | Output::RestRequest { .. } => {
+                unreachable!("the exchange model takes every exchange output")
+            }
+            // The bus (issue #13): a hybrid engine emits none.
             Output::BusPublish { .. } | Output::BusForming { .. } | Output::BusDemand { .. } | Output::BusRefused { .. } => {}
         }
     }
@@ -514,53 +457,41 @@ impl Harness {
 
     /// The `i`-th connection (modulo) in `state`, ascending by id.
     pub fn conn_in(&self, state: ConnState, i: usize) -> Option<u64> {
-        let ids: Vec<u64> = self.conns.iter().filter(|(_, c)| c.state == state).map(|(id, _)| *id).collect();
-        (!ids.is_empty()).then(|| ids[i % ids.len()])
+        self.exchange.conn_in(state, i)
     }
 
     pub fn up_connected(&mut self, conn: u64) {
-        if let Some(c) = self.conns.get_mut(&conn) {
-            if c.state == ConnState::Opening {
-                c.state = ConnState::Open;
-                let _ = self.input(Input::UpstreamConnected { conn });
-            }
+        if let Some(input) = self.exchange.open(conn) {
+            let _ = self.input(input);
         }
     }
 
     pub fn up_disconnected(&mut self, conn: u64) {
-        if self.conns.remove(&conn).is_some() {
-            let _ = self.input(Input::UpstreamDisconnected { conn, reason: "fake exchange closed".into() });
+        if let Some(input) = self.exchange.drop_conn(conn, "fake exchange closed") {
+            let _ = self.input(input);
         }
     }
 
     /// Answers the `i`-th outstanding control request of `conn` with an ack.
     pub fn up_ack(&mut self, conn: u64, i: usize) {
-        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let Some(c) = self.exchange.conns.get(&conn) else { return };
         let ids: Vec<u64> = c.outstanding.keys().copied().collect();
         if ids.is_empty() {
             return;
         }
-        let id = ids[i % ids.len()];
-        if let Some((sub, streams)) = c.outstanding.remove(&id) {
-            for s in streams {
-                if sub {
-                    c.streams.insert(s);
-                } else {
-                    c.streams.remove(&s);
-                }
-            }
+        if let Some(input) = self.exchange.ack(conn, ids[i % ids.len()]) {
+            self.stats.acks += 1;
+            let _ = self.input(input);
         }
-        self.stats.acks += 1;
-        self.up_text(conn, &format!(r#"{{"result":null,"id":{id}}}"#));
     }
 
     /// Streams requested on `conn` that the harness can build frames for.
     pub fn requested_streams(&self, conn: u64) -> Vec<usize> {
-        self.conns.get(&conn).map_or(Vec::new(), |c| c.requested.iter().filter_map(|s| stream_index(s)).collect())
+        self.exchange.conns.get(&conn).map_or(Vec::new(), |c| c.requested.iter().filter_map(|s| stream_index(s)).collect())
     }
 
     pub fn up_text(&mut self, conn: u64, text: &str) {
-        if self.conns.get(&conn).is_some_and(|c| c.state == ConnState::Open) {
+        if self.exchange.conns.get(&conn).is_some_and(|c| c.state == ConnState::Open) {
             let _ = self.input(Input::UpstreamText { conn, text: text.to_string() });
         }
     }
@@ -572,10 +503,11 @@ impl Harness {
     pub fn up_kline(&mut self, conn: u64, stream: usize, t: i64, price: f64, is_final: bool) {
         let (name, sym, tf, tf_s) = STREAMS[stream % STREAMS.len()];
         let Some(market) = self
+            .exchange
             .conns
             .get(&conn)
             .filter(|c| c.state == ConnState::Open && c.requested.contains(name))
-            .map(|c| c.market.clone())
+            .map(|c| c.market.as_str())
         else {
             return;
         };

@@ -1,0 +1,115 @@
+//! The whole kline in the core (#15 §4, `kline_ext`): the extra fields of
+//! each closed base candle the exchange sent with them are kept (a few
+//! hundred per series, newest first out), summed into the bucket of every
+//! derived timeframe as the closes come, and attached to the store write
+//! that carries those candles (`StoreWrite::ext`). A derived candle gets
+//! fields only when every base candle of its bucket brought them (a restart
+//! or a healed minute inside the bucket leaves it without: never a partial
+//! sum passed off as the whole).
+//!
+//! Owns that bookkeeping; never touches a store. Off (`full_klines = false`,
+//! e.g. a journal recorded before) it keeps nothing and writes stay as they were.
+
+use super::series::SeriesIdx;
+use super::Engine;
+use crate::kline_ext::KlineExt;
+use crate::store::{ExtRows, StoreWrite};
+use std::collections::BTreeMap;
+
+/// Closed base candles whose fields are kept per series, until their flush
+/// (normally within `--flush-ms`); a store backlog longer than this many
+/// closes writes the oldest without them. Bounded: this many per series the
+/// engine has seen (the series table's own bound), plus two running sums per
+/// derived timeframe.
+const BASE_KEEP: usize = 64;
+
+/// One derived bucket's running sum.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Bucket {
+    start: i64,
+    sum: KlineExt,
+    count: i64,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct ExtTable {
+    base: BTreeMap<SeriesIdx, BTreeMap<i64, KlineExt>>,
+    /// (base series, derived timeframe in seconds) → the current and the previous bucket.
+    sums: BTreeMap<(SeriesIdx, i64), [Option<Bucket>; 2]>,
+}
+
+impl ExtTable {
+    fn note(&mut self, base: SeriesIdx, base_tf: i64, t: i64, ext: KlineExt, derived: &[i64]) {
+        let rows = self.base.entry(base).or_default();
+        if rows.insert(t, ext).is_some() {
+            // The same close twice (a replayed frame): counted once below too.
+            return;
+        }
+        while rows.len() > BASE_KEEP {
+            rows.pop_first();
+        }
+        for &tf in derived.iter().filter(|tf| **tf > base_tf && **tf % base_tf == 0) {
+            let start = t - t.rem_euclid(tf);
+            let slot = self.sums.entry((base, tf)).or_default();
+            match slot[0] {
+                Some(ref mut b) if b.start == start => {
+                    b.sum = b.sum.add(ext);
+                    b.count += 1;
+                }
+                Some(b) if b.start > start => {
+                    if let Some(prev) = slot[1].as_mut().filter(|p| p.start == start) {
+                        prev.sum = prev.sum.add(ext);
+                        prev.count += 1;
+                    }
+                }
+                _ => {
+                    slot[1] = slot[0];
+                    slot[0] = Some(Bucket { start, sum: ext, count: 1 });
+                }
+            }
+        }
+    }
+
+    fn derived(&self, base: SeriesIdx, base_tf: i64, tf: i64, start: i64) -> Option<KlineExt> {
+        let slot = self.sums.get(&(base, tf))?;
+        let b = slot.iter().flatten().find(|b| b.start == start)?;
+        (base_tf > 0 && b.count == tf / base_tf).then_some(b.sum)
+    }
+}
+
+impl Engine {
+    /// A closed base candle's extra fields, as the exchange sent them.
+    pub(super) fn note_kline_ext(&mut self, job: SeriesIdx, t: i64, ext: Option<KlineExt>) {
+        let Some(ext) = ext.filter(|e| self.cfg.full_klines && e.value_error().is_none()) else { return };
+        let base_tf = self.series.get(job).tf_s;
+        let derived: Vec<i64> = self.cfg.supervisor.derived.iter().map(|tf| tf.seconds()).collect();
+        self.kline_ext.note(job, base_tf, t, ext, &derived);
+    }
+
+    /// Attaches the known extra fields of the candles `write` carries.
+    pub(super) fn attach_kline_ext(&self, write: &mut StoreWrite) {
+        if !self.cfg.full_klines {
+            return;
+        }
+        for batch in &write.batches {
+            let Some(idx) = self.series.lookup(&batch.series_id) else { continue };
+            let id = &self.series.get(idx).id;
+            let base = self.supervisor.normalize(id);
+            let rows: Vec<(i64, KlineExt)> = if &base == id {
+                let Some(known) = self.kline_ext.base.get(&idx) else { continue };
+                batch.candles.iter().filter_map(|c| known.get(&c.candle_time).map(|e| (c.candle_time, *e))).collect()
+            } else {
+                let Some(b) = self.series.lookup(base.as_str()) else { continue };
+                let (base_tf, tf) = (self.series.get(b).tf_s, self.series.get(idx).tf_s);
+                batch
+                    .candles
+                    .iter()
+                    .filter_map(|c| self.kline_ext.derived(b, base_tf, tf, c.candle_time).map(|e| (c.candle_time, e)))
+                    .collect()
+            };
+            if !rows.is_empty() {
+                write.ext.push(ExtRows { series_id: batch.series_id.clone(), rows });
+            }
+        }
+    }
+}
