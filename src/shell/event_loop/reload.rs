@@ -142,5 +142,6 @@ fn needs_restart(old: &RunConfig, new: &RunConfig) -> Vec<&'static str> {
     check("heal", a.heal != b.heal);
     check("streams_per_connection", a.streams_per_connection != b.streams_per_connection);
     check("rng_seed", a.rng_seed != b.rng_seed);
+    check("bus_url", old.bus != new.bus);
     out
 }
