@@ -227,3 +227,70 @@ fn http_fields_full_adds_the_four_fields_and_the_default_shape_is_unchanged() {
         _ => panic!(),
     }
 }
+
+/// A REST klines body for `path`'s range (`startTime`..`endTime`), rows whose
+/// minute has closed by `now_s`, each with the fields `ext(minute index from T0 + 1)`.
+fn rest_body(path: &str, now_s: i64) -> String {
+    let param = |name: &str| -> i64 {
+        let at = path.find(&format!("{name}=")).unwrap() + name.len() + 1;
+        path[at..].split('&').next().unwrap().parse().unwrap()
+    };
+    let (start, end) = (param("startTime") / 1000, param("endTime") / 1000);
+    let mut rows = Vec::new();
+    let mut t = start;
+    while t <= end && t + 60 <= now_s {
+        let e = ext((t - T0) / 60 + 1);
+        rows.push(json!([
+            t * 1000, "100", "102", "99", "101", "1", t * 1000 + 59_999,
+            e.quote_volume.to_string(), e.trades, e.taker_buy_base_volume.to_string(), e.taker_buy_quote_volume.to_string(), "0"
+        ]));
+        t += 60;
+    }
+    Value::Array(rows).to_string()
+}
+
+#[test]
+fn candles_healed_over_rest_store_the_fields_of_the_exchange_rows() {
+    let now_s = T0 + 600 + 10;
+    let now = Timestamp::from_secs(now_s as u64);
+    let settings = Settings {
+        pins: vec![BTC1.into()],
+        derived: String::new(),
+        heal: true,
+        heal_first_visit_candles: 8,
+        full_klines: true,
+        upstream_silence_s: 100_000,
+        stream_stall_s: 0,
+        ..Settings::default()
+    };
+    let mut h = Hosted::new(Engine::new(settings.to_engine_config().unwrap(), now), MemoryStore::new());
+    h.handle(Input::Start, now).unwrap();
+    for _ in 0..20 {
+        let outs = h.take_outputs();
+        if outs.is_empty() {
+            break;
+        }
+        for o in outs {
+            match o {
+                Output::UpstreamConnect { conn, .. } => h.handle(Input::UpstreamConnected { conn }, now).unwrap(),
+                Output::UpstreamSend { conn, text } => {
+                    let req: Value = serde_json::from_str(&text).unwrap();
+                    let ack = json!({"result": null, "id": req["id"]}).to_string();
+                    h.handle(Input::UpstreamText { conn, text: ack }, now).unwrap();
+                }
+                Output::RestRequest { id, path, .. } => {
+                    let body = rest_body(&path, now_s);
+                    let reply = Input::RestResponse { id, status: 200, body, retry_after_s: None, used_weight: None };
+                    h.handle(reply, now).unwrap();
+                }
+                _ => {}
+            }
+        }
+        h.handle_timeout(Timestamp::from_secs(now_s as u64 + 1));
+    }
+    let stored: Vec<i64> = h.store.read_tail(BTC1, 100).unwrap().iter().map(|c| c.candle_time).collect();
+    let want: Vec<i64> = (2..10).map(|k| T0 + 60 * k).collect();
+    assert_eq!(stored, want, "the 8 most recent closed minutes healed");
+    let fields = h.store.read_ext(BTC1, i64::MIN, i64::MAX).unwrap();
+    assert_eq!(fields, want.iter().map(|t| (*t, ext((t - T0) / 60 + 1))).collect::<Vec<_>>());
+}

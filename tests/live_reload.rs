@@ -87,3 +87,68 @@ fn sighup_applies_pin_changes_and_a_bad_file_keeps_the_running_settings() {
     assert!(job(&state, XRP).is_some_and(|j| j["pinned"] == true), "kept: {state}");
     assert_eq!(live.terminate(10 * SEC), Some(0));
 }
+
+/// `klinegate run` without the test harness's `--log-level debug` flag (which
+/// would beat the file), on a port picked beforehand (`server_started` is an
+/// info line the file's level may hide).
+fn spawn_with_file_log_level(args: &[&str]) -> Live {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let db = dir.path().join("klinegate.db");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_klinegate"));
+    cmd.arg("run").args(["--listen", &addr.to_string()]).arg("--db").arg(&db).args(args);
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped()).stdin(Stdio::null());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("KLINEGATE_") {
+            cmd.env_remove(k);
+        }
+    }
+    let mut child = cmd.spawn().expect("spawn klinegate");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, logs) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let end = std::time::Instant::now() + 20 * SEC;
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(std::time::Instant::now() < end, "klinegate did not listen on {addr}");
+        std::thread::sleep(SEC / 20);
+    }
+    Live { child, addr, dir, logs, seen_logs: Vec::new() }
+}
+
+#[test]
+fn sighup_changes_the_log_level() {
+    let ex = FakeExchange::start(FakeOptions::spot());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("klinegate.toml");
+    let body = |level: &str| format!("pin = [{BTC:?}]\nderived = \"\"\nheal = false\nlog_level = {level:?}\n");
+    std::fs::write(&file, body("warn")).unwrap();
+    let url = ex.ws_url();
+    let file_arg = file.display().to_string();
+    let mut live = spawn_with_file_log_level(&["--spot-ws-url", &url, "--futures-ws-url", &url, "--config", &file_arg]);
+    assert!(ex.wait_for_subscriptions(&["btcusdt@kline_1m"], 10 * SEC));
+    let subscribe = |live: &Live, series: &str| {
+        let mut c = live.ws();
+        c.send(serde_json::json!({"type": "subscribe", "series_id": series}));
+        std::thread::sleep(SEC / 2);
+    };
+    subscribe(&live, BTC);
+    assert!(live.wait_log("market_ws_subscribe_handled", SEC).is_none(), "a debug line under warn: {:?}", live.seen_logs);
+    assert!(live.seen_logs.iter().all(|l| !l.contains("server_started")), "info lines hidden under warn");
+
+    std::fs::write(&file, body("debug")).unwrap();
+    signal(live.child.id(), "HUP");
+    let line = live.wait_log("config_reload ", 10 * SEC).expect("the reload is logged at the new level");
+    assert!(line.contains("log_level=debug"), "{line}");
+    subscribe(&live, BTC);
+    assert!(live.wait_log("market_ws_subscribe_handled", 10 * SEC).is_some(), "debug lines after the reload");
+    assert_eq!(live.terminate(10 * SEC), Some(0));
+}

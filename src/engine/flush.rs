@@ -218,7 +218,6 @@ impl Engine {
                 write.batches.push(SeriesBatch { series_id: entry.id.as_str().to_string(), candles: candles.clone() });
             }
         }
-        self.attach_kline_ext(&mut write);
         write
     }
 
@@ -244,7 +243,8 @@ impl Engine {
         while let Some(seqs) = self.writes.next_chunk(self.now) {
             let sets: Vec<&FlushSet> =
                 self.writes.entries.iter().filter(|e| seqs.contains(&e.seq)).map(|e| &e.set).collect();
-            let write = self.to_write(&sets);
+            let mut write = self.to_write(&sets);
+            self.attach_kline_ext(&mut write);
             self.write_store(write, WriteFor::Flush(seqs));
             if self.writes.failing {
                 break;

@@ -109,6 +109,7 @@ impl Engine {
                     gate_until: gate.then(|| now.add(self.cfg.heal.gate_timeout)),
                     reason,
                     rows: Vec::new(),
+                    ext: Vec::new(),
                 });
                 j.heal_state.begin(now, reason, (to - from) / tf + 1);
                 started = Some(format!("heal_started series_id={} from={from} to={to} reason={reason}", j.base_id));
@@ -180,16 +181,17 @@ impl Engine {
                     // the live forming candle are closed: the last row is often still open.
                     // A candle closed longer than the late-close grace ago is closed even
                     // if it is the last one the stream showed forming (its close never came).
-                    task.rows.extend(
-                        rows.iter()
-                            .filter(|r| r.candle.candle_time >= lo && r.candle.candle_time <= page_end)
-                            .filter(|r| {
-                                r.close_time_ms < now_ms
-                                    && (forming.is_none_or(|f| r.candle.candle_time < f)
-                                        || r.close_time_ms + grace_ms < now_ms)
-                            })
-                            .map(|r| r.candle),
-                    );
+                    let closed: Vec<&rest::RestKline> = rows
+                        .iter()
+                        .filter(|r| r.candle.candle_time >= lo && r.candle.candle_time <= page_end)
+                        .filter(|r| {
+                            r.close_time_ms < now_ms
+                                && (forming.is_none_or(|f| r.candle.candle_time < f)
+                                    || r.close_time_ms + grace_ms < now_ms)
+                        })
+                        .collect();
+                    task.rows.extend(closed.iter().map(|r| r.candle));
+                    task.ext.extend(closed.iter().filter_map(|r| r.ext.map(|e| (r.candle.candle_time, e))));
                     // A full page may have more behind it; anything shorter
                     // (an empty page included) ends the range.
                     let newest = rows.iter().map(|r| r.candle.candle_time).max();
@@ -267,6 +269,7 @@ impl Engine {
         if let Some(at) = j.hole.as_ref().map(|h| h.retry_at) {
             self.heal_retry_at = Some(self.heal_retry_at.map_or(at, |t| t.min(at)));
         }
+        let healed_ext = task.ext;
         let (ahead, behind) = j.absorb_healed(task.rows);
         match &error {
             None => j.heal_state.succeed(now, healed as i64),
@@ -283,6 +286,7 @@ impl Engine {
             Some(e) => format!("heal_failed series_id={name} candles={healed} reason={} error={e:?}", task.reason),
         };
         self.log(if error.is_none() { LogLevel::Info } else { LogLevel::Warn }, line);
+        self.note_healed_ext(job, healed_ext);
         if !behind.is_empty() {
             self.write_behind_head(job, behind);
         }

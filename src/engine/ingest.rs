@@ -88,6 +88,8 @@ pub struct HealTask {
     pub reason: &'static str,
     /// Closed candles fetched so far.
     pub rows: Vec<Candle>,
+    /// Their whole-kline fields, where the exchange sent them (`kline_ext`).
+    pub ext: Vec<(i64, crate::kline_ext::KlineExt)>,
 }
 
 /// What a job's healing did last, for health and debug views.

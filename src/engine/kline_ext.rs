@@ -7,6 +7,11 @@
 //! or a healed minute inside the bucket leaves it without: never a partial
 //! sum passed off as the whole).
 //!
+//! Candles healed over REST bring their fields in the exchange's rows: a
+//! heal's are kept from its end until the write that carries them is made
+//! (then dropped: a write retried after a store failure carries them no
+//! more), at most one heal's worth per series (`--heal-max-candles`).
+//!
 //! Owns that bookkeeping; never touches a store. Off (`full_klines = false`,
 //! e.g. a journal recorded before) it keeps nothing and writes stay as they were.
 
@@ -36,6 +41,8 @@ pub(super) struct ExtTable {
     base: BTreeMap<SeriesIdx, BTreeMap<i64, KlineExt>>,
     /// (base series, derived timeframe in seconds) → the current and the previous bucket.
     sums: BTreeMap<(SeriesIdx, i64), [Option<Bucket>; 2]>,
+    /// The fields of the last heal's candles per series, until written.
+    healed: BTreeMap<SeriesIdx, BTreeMap<i64, KlineExt>>,
 }
 
 impl ExtTable {
@@ -86,8 +93,22 @@ impl Engine {
         self.kline_ext.note(job, base_tf, t, ext, &derived);
     }
 
-    /// Attaches the known extra fields of the candles `write` carries.
-    pub(super) fn attach_kline_ext(&self, write: &mut StoreWrite) {
+    /// A finished heal's fields (replacing what an earlier heal left).
+    pub(super) fn note_healed_ext(&mut self, job: SeriesIdx, rows: Vec<(i64, KlineExt)>) {
+        if !self.cfg.full_klines {
+            return;
+        }
+        let rows: BTreeMap<i64, KlineExt> = rows.into_iter().filter(|(_, e)| e.value_error().is_none()).collect();
+        if rows.is_empty() {
+            self.kline_ext.healed.remove(&job);
+        } else {
+            self.kline_ext.healed.insert(job, rows);
+        }
+    }
+
+    /// Attaches the known extra fields of the candles `write` carries (a
+    /// healed candle's are handed over, not kept).
+    pub(super) fn attach_kline_ext(&mut self, write: &mut StoreWrite) {
         if !self.cfg.full_klines {
             return;
         }
@@ -96,8 +117,21 @@ impl Engine {
             let id = &self.series.get(idx).id;
             let base = self.supervisor.normalize(id);
             let rows: Vec<(i64, KlineExt)> = if &base == id {
-                let Some(known) = self.kline_ext.base.get(&idx) else { continue };
-                batch.candles.iter().filter_map(|c| known.get(&c.candle_time).map(|e| (c.candle_time, *e))).collect()
+                let known = self.kline_ext.base.get(&idx);
+                let mut healed = self.kline_ext.healed.get_mut(&idx);
+                let rows = batch
+                    .candles
+                    .iter()
+                    .filter_map(|c| {
+                        let t = c.candle_time;
+                        let from_heal = healed.as_mut().and_then(|h| h.remove(&t));
+                        known.and_then(|k| k.get(&t).copied()).or(from_heal).map(|e| (t, e))
+                    })
+                    .collect();
+                if healed.is_some_and(|h| h.is_empty()) {
+                    self.kline_ext.healed.remove(&idx);
+                }
+                rows
             } else {
                 let Some(b) = self.series.lookup(base.as_str()) else { continue };
                 let (base_tf, tf) = (self.series.get(b).tf_s, self.series.get(idx).tf_s);

@@ -106,11 +106,23 @@ impl Server {
         self.log(
             LogLevel::Info,
             &format!(
-                "config_reload log_level={:?} max_connections={} max_connections_per_ip={} tls_reloaded={tls_reloaded}",
-                new.log_level, new.max_connections, new.max_connections_per_ip
+                "config_reload log_level={} max_connections={} max_connections_per_ip={} tls_reloaded={tls_reloaded}",
+                level_name(new.log_level),
+                new.max_connections,
+                new.max_connections_per_ip
             ),
         );
         let _ = self.apply(Input::Reload { settings: Reloadable::of(&new.engine) });
+    }
+}
+
+fn level_name(level: crate::cli::run_config::LogLevelSetting) -> &'static str {
+    use crate::cli::run_config::LogLevelSetting as L;
+    match level {
+        L::Debug => "debug",
+        L::Info => "info",
+        L::Warn => "warn",
+        L::Error => "error",
     }
 }
 

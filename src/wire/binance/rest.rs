@@ -52,6 +52,9 @@ pub fn klines_path(market: Market, symbol: &str, tf: Timeframe, start_s: i64, en
 pub struct RestKline {
     pub candle: Candle,
     pub close_time_ms: i64,
+    /// Columns 7-10 (quote volume, trades, taker-buy base and quote volume)
+    /// when present and usable.
+    pub ext: Option<crate::kline_ext::KlineExt>,
 }
 
 fn number(v: &Value) -> Option<f64> {
@@ -83,7 +86,16 @@ pub fn parse_klines(body: &str) -> Result<(Vec<RestKline>, usize), String> {
                 volume: number(r.get(5)?)?,
             };
             let close_time_ms = r.get(6)?.as_i64()?;
-            (candle.sanity_error().is_none() && open_ms % 1000 == 0).then_some(RestKline { candle, close_time_ms })
+            let ext = (|| {
+                let e = crate::kline_ext::KlineExt {
+                    quote_volume: number(r.get(7)?)?,
+                    trades: r.get(8)?.as_u64()?,
+                    taker_buy_base_volume: number(r.get(9)?)?,
+                    taker_buy_quote_volume: number(r.get(10)?)?,
+                };
+                e.value_error().is_none().then_some(e)
+            })();
+            (candle.sanity_error().is_none() && open_ms % 1000 == 0).then_some(RestKline { candle, close_time_ms, ext })
         })();
         match parsed {
             Some(k) => out.push(k),
