@@ -207,7 +207,7 @@ impl Carrier for Pg {
                 return others;
             }
             for a in answers {
-                let _ = e.handle(a, now);
+                e.handle(a, now);
             }
         }
     }
@@ -215,7 +215,7 @@ impl Carrier for Pg {
         while self.0.outstanding() > 0 {
             self.0.turn(Duration::from_millis(5));
             for a in self.0.take_answers() {
-                let _ = e.handle(a, now);
+                e.handle(a, now);
             }
         }
     }
@@ -249,7 +249,7 @@ fn answer(e: &mut Engine, store: &mut dyn Carrier, now: Timestamp, stream_conn: 
                 }
                 _ => continue,
             };
-            e.handle(input, now).expect("peer input");
+            e.handle(input, now);
         }
     }
 }
@@ -261,7 +261,7 @@ fn engine_closed(store: &mut dyn Carrier, budget: Duration) -> (f64, f64) {
     // Set up shortly before the first close, well inside the silence timeout.
     let mut now = Timestamp::from_secs(T0 as u64 + 50);
     let mut e = Engine::new(settings.to_engine_config().expect("settings"), now);
-    e.handle(Input::Start, now).expect("start");
+    e.handle(Input::Start, now);
     let mut stream_conn = HashMap::new();
     answer(&mut e, store, now, &mut stream_conn);
     assert_eq!(e.gauges().jobs_running, SERIES, "every pinned stream is live");
@@ -284,7 +284,7 @@ fn engine_closed(store: &mut dyn Carrier, budget: Duration) -> (f64, f64) {
             if k % 64 == 0 && e.poll_timeout().is_some_and(|d| d <= now) {
                 e.handle_timeout(now);
             }
-            let _ = e.handle(input, now);
+            e.handle(input, now);
             // Each flush's write carried out at once, as one shell slice
             // (PostgreSQL: sent, answers fed back as they come).
             store.drain(&mut e, now);

@@ -89,7 +89,7 @@ fn an_ingest_node_is_a_standby_until_it_leads_and_publishes_only_what_is_stored(
     assert!(h.take_outputs().iter().any(|o| matches!(o, Output::UpstreamConnect { .. })), "the leader ingests");
     // A tool's closes: stored first (the write is carried out at once here),
     // then published to clients and the bus.
-    h.engine.handle(Input::IngestClosed { request: 1, series_id: S1.into(), candles: vec![c(60), c(120)] }, now()).unwrap();
+    h.engine.handle(Input::IngestClosed { request: 1, series_id: S1.into(), candles: vec![c(60), c(120)] }, now());
     let before: Vec<Output> = std::iter::from_fn(|| h.engine.poll_output()).collect();
     assert!(before.iter().any(|o| matches!(o, Output::Persist { .. })));
     assert!(!before.iter().any(|o| matches!(o, Output::BusPublish { .. })), "nothing on the bus before it is stored");

@@ -274,7 +274,7 @@ fn a_resubscribe_pending_on_the_store_releases_no_reference_it_did_not_take() {
     assert_eq!(refcount(&e), Some(2));
     // Client 1 re-subscribes from an old time; the shell has not answered
     // the bounds read when the client goes away.
-    e.engine.handle(sub(1, Some(T0 - 3600)), now).unwrap();
+    e.engine.handle(sub(1, Some(T0 - 3600)), now);
     let pending: Vec<Output> = std::iter::from_fn(|| e.engine.poll_output())
         .filter(|o| matches!(o, Output::ReadStore { query: StoreQuery::Bounds { .. }, .. }))
         .collect();
@@ -286,4 +286,48 @@ fn a_resubscribe_pending_on_the_store_releases_no_reference_it_did_not_take() {
         e.handle(answer, now).unwrap();
     }
     assert_eq!(refcount(&e), Some(1));
+}
+
+#[test]
+fn every_http_ingest_input_is_answered_by_its_ingest_done() {
+    // `handle` returns nothing: the shell replies to an HTTP ingest from the
+    // `IngestDone` that carries its request (forming and touch at once, a
+    // closed ingest once stored, any refusal at once).
+    use klinegate::cli::settings::Settings;
+    use klinegate::engine::{Engine, Input, Output};
+    use klinegate::model::Candle;
+    use klinegate::time::Timestamp;
+    let s = "binance:futures:BTC/USDT:1m";
+    let now = Timestamp::from_secs(1000);
+    let settings = Settings { pins: vec![], ..Settings::default() };
+    let mut e = Engine::new(settings.to_engine_config().unwrap(), now);
+    let mut store = MemoryStore::new();
+    let c = |t: i64, volume: f64| Candle { candle_time: t, open: 1.0, high: 2.0, low: 0.5, close: 1.5, volume };
+    let mut answer = |e: &mut Engine, input: Input| -> Vec<(u64, Option<String>)> {
+        e.handle(input, now);
+        klinegate::replay::hosted::drain(e, &mut store, now)
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::IngestDone { request, error } => Some((request, error)),
+                _ => None,
+            })
+            .collect()
+    };
+    let forming = Input::IngestForming { request: 7, series_id: s.into(), candle: c(960, 1.0) };
+    assert_eq!(answer(&mut e, forming), vec![(7, None)]);
+    let bad = Input::IngestForming { request: 8, series_id: s.into(), candle: c(960, -1.0) };
+    assert_eq!(answer(&mut e, bad), vec![(8, Some("invalid candle at 960: negative value".into()))]);
+    let closed = Input::IngestClosed { request: 9, series_id: s.into(), candles: vec![c(900, 1.0)] };
+    assert_eq!(answer(&mut e, closed), vec![(9, None)], "stored (the store answered at once here)");
+    let bad_id = Input::IngestClosed { request: 10, series_id: "nope".into(), candles: vec![c(900, 1.0)] };
+    let got = answer(&mut e, bad_id);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0, 10);
+    assert!(got[0].1.is_some(), "a bad series id is refused: {got:?}");
+    assert_eq!(answer(&mut e, Input::TouchSeries { request: 11, series_id: s.into() }), vec![(11, None)]);
+    let got = answer(&mut e, Input::TouchSeries { request: 12, series_id: "nope".into() });
+    assert_eq!((got.len(), got[0].0, got[0].1.is_some()), (1, 12, true), "{got:?}");
+    // Journals recorded before requests were carried load with request 0.
+    let old = r#"{"type":"touch_series","series_id":"binance:futures:BTC/USDT:1m"}"#;
+    assert_eq!(serde_json::from_str::<Input>(old).unwrap(), Input::TouchSeries { request: 0, series_id: s.into() });
 }

@@ -40,7 +40,7 @@ impl Run {
     }
 
     fn input(&mut self, i: Input) {
-        let _ = self.engine.handle(i, self.now);
+        self.engine.handle(i, self.now);
         self.drain();
     }
 

@@ -122,7 +122,7 @@ impl Driver {
     }
 
     fn input(&mut self, input: Input, now: Timestamp) {
-        let _ = self.e.handle(input, now);
+        self.e.handle(input, now);
         self.drain();
     }
 

@@ -284,13 +284,13 @@ mod tests {
                 })
                 .collect()
         };
-        e.handle(Input::ClientConnected { client: 1 }, now).unwrap();
-        e.handle(sub(60), now).unwrap();
+        e.handle(Input::ClientConnected { client: 1 }, now);
+        e.handle(sub(60), now);
         let first = reads(&mut e);
         assert_eq!(first.len(), 1);
-        e.handle(sub(600), now).unwrap();
+        e.handle(sub(600), now);
         assert_eq!(reads(&mut e), vec![], "one read in flight per client");
-        e.handle(Input::StoreRead { op: first[0].0, result: candles(&[120, 180]) }, now).unwrap();
+        e.handle(Input::StoreRead { op: first[0].0, result: candles(&[120, 180]) }, now);
         let next = reads(&mut e);
         assert_eq!(next.len(), 1);
         assert_eq!(after(&next[0].1), Some((600, 500)), "the new subscription's own read");

@@ -33,8 +33,14 @@ pub enum Input {
         series_id: String,
         candles: Vec<Candle>,
     },
-    /// `POST /api/market/ingest/candle_forming`.
-    IngestForming { series_id: String, candle: Candle },
+    /// `POST /api/market/ingest/candle_forming`. Answered at once by
+    /// `IngestDone { request }` (published, or refused).
+    IngestForming {
+        #[serde(default)]
+        request: u64,
+        series_id: String,
+        candle: Candle,
+    },
     /// SIGINT/SIGTERM: flush everything, close clients with 1001.
     Shutdown,
     /// SIGHUP: the whitelist and limits re-read from the configuration
@@ -43,7 +49,13 @@ pub enum Input {
     /// A reader asked for a series (`GET /api/market/candles`): start its job
     /// if it has none, so its history is filled (debounced: a no-op while the
     /// job exists; the job is reaped after the idle TTL like any other).
-    TouchSeries { series_id: String },
+    /// Answered at once by `IngestDone { request }` (the shell's touch
+    /// after a read uses request 0: nobody waits for it).
+    TouchSeries {
+        #[serde(default)]
+        request: u64,
+        series_id: String,
+    },
     /// The answer to a `RestRequest` (any HTTP status).
     RestResponse {
         id: u64,
@@ -126,8 +138,10 @@ pub enum Output {
     /// Carry `write` out (`StoreWrite::run`) and answer with
     /// `Persisted { op, .. }`, in a later step.
     Persist { op: StoreOp, write: StoreWrite },
-    /// The answer to `IngestClosed { request }`: `None` when stored and
-    /// published, else why not (the HTTP reply's error).
+    /// The answer to an HTTP ingest or touch (`IngestClosed`, `IngestForming`,
+    /// `TouchSeries`) with its `request`: `None` when done (a closed ingest:
+    /// stored and published), else why not (the HTTP reply's error). Every
+    /// such input gets exactly one.
     IngestDone {
         request: u64,
         #[serde(skip_serializing_if = "Option::is_none")]

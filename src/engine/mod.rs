@@ -2,7 +2,8 @@
 //! the derived-timeframe folds, the hub and the upstream pool, and talks to
 //! the world only through values:
 //!
-//! - [`Engine::handle`]`(input, now)` — one event from outside;
+//! - [`Engine::handle`]`(input, now)` — one event from outside; returns
+//!   nothing (an HTTP ingest is answered by `Output::IngestDone`);
 //! - [`Engine::handle_timeout`]`(now)` — fire every timer due at `now`;
 //! - [`Engine::poll_output`] — drain what the shell must do, until `None`;
 //! - [`Engine::take_client_frames`] — the frames queued for one client;
@@ -237,55 +238,47 @@ impl Engine {
         }
     }
 
-    /// Handles one input. Only the ingest inputs can fail at once (their
-    /// error text is the HTTP reply; a stored ingest is answered by
-    /// `Output::IngestDone`); everything else answers through outputs.
-    pub fn handle(&mut self, input: Input, now: Timestamp) -> Result<(), String> {
+    /// Handles one input. It returns nothing: every answer is an output
+    /// (an HTTP ingest or touch is answered by `Output::IngestDone` with its
+    /// `request`, at once or once stored).
+    pub fn handle(&mut self, input: Input, now: Timestamp) {
         self.settle_fanout();
         self.advance(now);
         self.counters.inputs += 1;
-        let result = match input {
+        match input {
             Input::Start => {
                 self.supervisor.start_whitelist(self.now, &mut self.effects);
                 self.apply_effects();
                 self.retention_arm();
-                Ok(())
             }
             Input::ClientConnected { client } => {
                 if !self.hub.connect(client) {
                     self.log(LogLevel::Warn, format!("client_id_reused client={client}"));
                 }
-                Ok(())
             }
             Input::ClientText { client, text } => {
                 if self.admit_client_message(client) {
                     self.on_client_text(client, &text);
                 }
-                Ok(())
             }
             Input::ClientBinary { client, len: _ } => {
                 if self.admit_client_message(client) {
                     self.reject_client(client, &RequestError::Binary);
                 }
-                Ok(())
             }
             Input::ClientDisconnected { client } => {
                 self.on_client_gone(client);
-                Ok(())
             }
             Input::UpstreamConnected { conn } => {
                 self.pool.on_connected(conn, self.now, &mut self.outputs, &mut self.pool_events);
                 self.log(LogLevel::Info, format!("upstream_connected conn={conn}"));
                 self.apply_pool_events();
-                Ok(())
             }
             Input::UpstreamText { conn, text } => {
                 self.on_upstream_text(conn, &text);
-                Ok(())
             }
             Input::UpstreamPing { conn } => {
                 self.pool.on_ping(conn, self.now);
-                Ok(())
             }
             Input::UpstreamDisconnected { conn, reason } => {
                 if self.pool.knows_conn(conn) {
@@ -293,68 +286,63 @@ impl Engine {
                 }
                 self.pool.on_disconnected(conn, &reason, self.now, &mut self.outputs, &mut self.pool_events);
                 self.apply_pool_events();
-                Ok(())
             }
-            Input::IngestClosed { request, series_id, candles } => self.ingest_closed(request, &series_id, candles),
-            Input::IngestForming { series_id, candle } => self.ingest_forming(&series_id, candle),
-            Input::TouchSeries { series_id } => self.touch_series(&series_id),
+            Input::IngestClosed { request, series_id, candles } => {
+                if let Err(error) = self.ingest_closed(request, &series_id, candles) {
+                    self.outputs.push_back(Output::IngestDone { request, error: Some(error) });
+                }
+            }
+            Input::IngestForming { request, series_id, candle } => {
+                let error = self.ingest_forming(&series_id, candle).err();
+                self.outputs.push_back(Output::IngestDone { request, error });
+            }
+            Input::TouchSeries { request, series_id } => {
+                let error = self.touch_series(&series_id).err();
+                self.outputs.push_back(Output::IngestDone { request, error });
+            }
             Input::Shutdown => {
                 self.shutdown();
-                Ok(())
             }
             Input::Reload { settings } => {
                 self.reload(settings);
-                Ok(())
             }
             Input::RestResponse { id, status, body, retry_after_s, used_weight } => {
                 let result = if status == 200 { Ok(body) } else { Err((Some(status), body)) };
                 self.on_rest_done(id, Some(status), retry_after_s, used_weight, result);
-                Ok(())
             }
             Input::StoreRead { op, result } => {
                 self.on_store_read(op, result);
-                Ok(())
             }
             Input::Persisted { op, result } => {
                 self.on_persisted(op, result);
-                Ok(())
             }
             Input::RestFailed { id, reason } => {
                 self.counters.rest_failures += 1;
                 self.on_rest_done(id, None, None, None, Err((None, reason)));
-                Ok(())
             }
             Input::SymbolsListed { market, symbols } => {
                 self.on_symbols_listed(market, symbols);
-                Ok(())
             }
             Input::BusClosed { series_id, candles, entry } => {
                 self.on_bus_closed(&series_id, candles, &entry);
-                Ok(())
             }
             Input::BusForming { series_id, candle } => {
                 self.on_bus_forming(&series_id, candle);
-                Ok(())
             }
             Input::BusResync { reason } => {
                 self.on_bus_resync(&reason);
-                Ok(())
             }
             Input::BusLeader { fence } => {
                 self.on_bus_leader(fence);
-                Ok(())
             }
             Input::RemoteDemand { node, series_id, wanted } => {
                 self.on_remote_demand(&node, &series_id, wanted);
-                Ok(())
             }
             Input::BusRefused { series_id, reason } => {
                 self.on_bus_refused(&series_id, &reason);
-                Ok(())
             }
-        };
+        }
         self.pump_rest();
-        result
     }
 
     fn on_rest_done(

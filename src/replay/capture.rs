@@ -142,7 +142,7 @@ pub fn capture_to_journal<W: Write>(
     let step = |engine: &mut Engine, journal: &mut JournalWriter<W>, sim: &mut Sim, now: Timestamp, input: Input| {
         run_timers(engine, &mut sim.store, now);
         journal.input(now, &input)?;
-        let _ = engine.handle(input, now);
+        engine.handle(input, now);
         Ok::<(), std::io::Error>(())
     };
 

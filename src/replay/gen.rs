@@ -398,7 +398,7 @@ impl<W: Write> Run<W> {
         self.journal.input(now, &input)?;
         self.records += 1;
         self.last = self.last.max(now);
-        let _ = self.engine.handle(input, now);
+        self.engine.handle(input, now);
         self.timers_held = false;
         self.peer.answer(&mut self.engine, now);
         Ok(())

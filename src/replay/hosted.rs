@@ -26,7 +26,7 @@ pub fn answer(store: &mut dyn Store, output: &Output) -> Option<Input> {
 pub fn carry(engine: &mut Engine, store: &mut dyn Store, output: &Output, now: Timestamp) -> bool {
     match answer(store, output) {
         Some(input) => {
-            let _ = engine.handle(input, now);
+            engine.handle(input, now);
             true
         }
         None => false,
@@ -61,10 +61,10 @@ impl<S: Store> Hosted<S> {
     }
 
     /// Handles `input` and carries its store effects out. An ingest's
-    /// stored-or-failed answer (`IngestDone`) is the result, as the shell
-    /// replies to the HTTP request; the `IngestDone` itself is kept too.
+    /// answer (`IngestDone`, at once or once stored) is the result, as the
+    /// shell replies to the HTTP request; the `IngestDone` itself is kept too.
     pub fn handle(&mut self, input: Input, now: Timestamp) -> Result<(), String> {
-        self.engine.handle(input, now)?;
+        self.engine.handle(input, now);
         let kept = self.outputs.len();
         self.settle(now);
         match self.outputs.iter().skip(kept).find_map(|o| match o {

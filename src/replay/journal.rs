@@ -187,6 +187,9 @@ pub struct Replayer<W: Write> {
     out: W,
     frames: Vec<crate::engine::Frame>,
     line: Vec<u8>,
+    /// The first refusal (`IngestDone` with an error) drained since the
+    /// current ingest input: its `reply` line.
+    ingest_error: Option<String>,
     pub stats: ReplayStats,
 }
 
@@ -218,6 +221,7 @@ impl<W: Write> Replayer<W> {
             out,
             frames: Vec::new(),
             line: Vec::with_capacity(512),
+            ingest_error: None,
             stats: ReplayStats::default(),
         })
     }
@@ -250,13 +254,16 @@ impl<W: Write> Replayer<W> {
         if let Some(input) = rec.input {
             self.stats.inputs += 1;
             let is_ingest = matches!(input, Input::IngestClosed { .. } | Input::IngestForming { .. });
-            let result = self.engine.handle(input, now);
+            self.ingest_error = None;
+            self.engine.handle(input, now);
             self.drain(now)?;
             if is_ingest {
+                // "ok" unless the engine refused it at once (a store failure
+                // of a recorded run is answered later, by its `IngestDone`).
                 self.line.clear();
-                let reply = match result {
-                    Ok(()) => serde_json::json!("ok"),
-                    Err(e) => serde_json::json!({ "error": e }),
+                let reply = match self.ingest_error.take() {
+                    None => serde_json::json!("ok"),
+                    Some(e) => serde_json::json!({ "error": e }),
                 };
                 let _ = write!(self.line, "{{\"now\":{},\"reply\":{}}}", now.as_nanos(), reply);
                 self.emit_line()?;
@@ -326,6 +333,9 @@ impl<W: Write> Replayer<W> {
                     self.emit_frames(now, client)?;
                 }
                 continue;
+            }
+            if let Output::IngestDone { error: Some(e), .. } = &output {
+                self.ingest_error.get_or_insert_with(|| e.clone());
             }
             self.line.clear();
             let _ = write!(self.line, "{{\"now\":{},\"out\":", now.as_nanos());

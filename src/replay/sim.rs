@@ -227,17 +227,16 @@ impl Harness {
             frames: Vec::new(),
             stats: Stats::default(),
         };
-        let _ = h.input(Input::Start);
+        h.input(Input::Start);
         h
     }
 
     // ------------------------------------------------------------ stepping
 
-    fn input(&mut self, input: Input) -> Result<(), String> {
+    fn input(&mut self, input: Input) {
         self.stats.steps += 1;
-        let r = self.engine.handle(input, self.now);
+        self.engine.handle(input, self.now);
         self.settle();
-        r
     }
 
     /// Drains outputs like the shell does, delivers frames, reports closes.
@@ -262,7 +261,7 @@ impl Harness {
             }
             for input in std::mem::take(&mut self.rest_pending) {
                 progressed = true;
-                let _ = self.engine.handle(input, self.now);
+                self.engine.handle(input, self.now);
             }
             if !progressed {
                 break;
@@ -324,7 +323,7 @@ impl Harness {
         self.clients.remove(&client);
         self.gone.insert(client);
         self.stats.steps += 1;
-        let _ = self.engine.handle(Input::ClientDisconnected { client }, self.now);
+        self.engine.handle(Input::ClientDisconnected { client }, self.now);
         self.check_nothing_for(client);
         // Outputs of the disconnect are drained by the caller's settle loop.
     }
@@ -414,7 +413,7 @@ impl Harness {
         }
         self.gone.remove(&client);
         self.clients.insert(client, ClientModel::default());
-        let _ = self.input(Input::ClientConnected { client });
+        self.input(Input::ClientConnected { client });
     }
 
     pub fn client_text(&mut self, client: u64, text: &str) {
@@ -430,12 +429,12 @@ impl Harness {
                 model.pending_gap.remove(&id);
             }
         }
-        let _ = self.input(Input::ClientText { client, text: text.to_string() });
+        self.input(Input::ClientText { client, text: text.to_string() });
     }
 
     pub fn client_binary(&mut self, client: u64) {
         if self.clients.contains_key(&client) {
-            let _ = self.input(Input::ClientBinary { client, len: 3 });
+            self.input(Input::ClientBinary { client, len: 3 });
         }
     }
 
@@ -462,13 +461,13 @@ impl Harness {
 
     pub fn up_connected(&mut self, conn: u64) {
         if let Some(input) = self.exchange.open(conn) {
-            let _ = self.input(input);
+            self.input(input);
         }
     }
 
     pub fn up_disconnected(&mut self, conn: u64) {
         if let Some(input) = self.exchange.drop_conn(conn, "fake exchange closed") {
-            let _ = self.input(input);
+            self.input(input);
         }
     }
 
@@ -481,7 +480,7 @@ impl Harness {
         }
         if let Some(input) = self.exchange.ack(conn, ids[i % ids.len()]) {
             self.stats.acks += 1;
-            let _ = self.input(input);
+            self.input(input);
         }
     }
 
@@ -492,7 +491,7 @@ impl Harness {
 
     pub fn up_text(&mut self, conn: u64, text: &str) {
         if self.exchange.conns.get(&conn).is_some_and(|c| c.state == ConnState::Open) {
-            let _ = self.input(Input::UpstreamText { conn, text: text.to_string() });
+            self.input(Input::UpstreamText { conn, text: text.to_string() });
         }
     }
 
@@ -523,11 +522,11 @@ impl Harness {
     // ------------------------------------------------------------ other inputs
 
     pub fn ingest_closed(&mut self, series: &str, candles: Vec<Candle>) {
-        let _ = self.input(Input::IngestClosed { request: 0, series_id: series.to_string(), candles });
+        self.input(Input::IngestClosed { request: 0, series_id: series.to_string(), candles });
     }
 
     pub fn ingest_forming(&mut self, series: &str, candle: Candle) {
-        let _ = self.input(Input::IngestForming { series_id: series.to_string(), candle });
+        self.input(Input::IngestForming { request: 0, series_id: series.to_string(), candle });
     }
 
     pub fn set_store_down(&mut self, down: bool) {
@@ -539,7 +538,7 @@ impl Harness {
     }
 
     pub fn shutdown(&mut self) {
-        let _ = self.input(Input::Shutdown);
+        self.input(Input::Shutdown);
     }
 
     /// Advances time by `ms` and fires what is due, like one loop turn.

@@ -32,7 +32,7 @@ impl Recorder {
     pub fn handle(&mut self, now: Timestamp, input: Input) -> Vec<Output> {
         self.now = now.max(self.now);
         self.journal.input(self.now, &input).expect("write to memory");
-        let _ = self.engine.handle(input, self.now);
+        self.engine.handle(input, self.now);
         self.drain()
     }
 

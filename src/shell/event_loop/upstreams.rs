@@ -57,7 +57,7 @@ impl Server {
             }
             RestOutcome::Failed { reason } => Input::RestFailed { id, reason },
         };
-        let _ = self.apply(input);
+        self.apply(input);
     }
 
     /// A finished REST connection: into the pool when its answer left it reusable,
@@ -85,7 +85,7 @@ impl Server {
             if let Some(Conn::Rest { mut conn, .. }) = self.conns.try_remove(key) {
                 let _ = conn.deregister(self.poll.registry());
             }
-            let _ = self.apply(Input::RestFailed { id, reason: format!("GET {url}: timed out after {REST_TIMEOUT:?}") });
+            self.apply(Input::RestFailed { id, reason: format!("GET {url}: timed out after {REST_TIMEOUT:?}") });
         }
     }
 
@@ -182,19 +182,19 @@ impl Server {
             match ev {
                 UpstreamEvent::Connected => {
                     self.stats.upstream_last_error[market.index()] = None;
-                    let _ = self.apply(Input::UpstreamConnected { conn: engine_conn });
+                    self.apply(Input::UpstreamConnected { conn: engine_conn });
                 }
                 UpstreamEvent::Text(text) => {
                     self.stats.upstream_frames_in += 1;
-                    let _ = self.apply(Input::UpstreamText { conn: engine_conn, text });
+                    self.apply(Input::UpstreamText { conn: engine_conn, text });
                 }
                 UpstreamEvent::Ping => {
-                    let _ = self.apply(Input::UpstreamPing { conn: engine_conn });
+                    self.apply(Input::UpstreamPing { conn: engine_conn });
                 }
                 UpstreamEvent::Closed { reason } => {
                     self.note_upstream_error(market, &reason);
                     self.drop_upstream(key, &reason, false);
-                    let _ = self.apply(Input::UpstreamDisconnected { conn: engine_conn, reason });
+                    self.apply(Input::UpstreamDisconnected { conn: engine_conn, reason });
                     return;
                 }
             }

@@ -38,7 +38,7 @@ impl Server {
         entry.insert(Conn::Ws(ws));
         self.clients.insert(client, new_key);
         self.stats.ws_clients += 1;
-        let _ = self.apply(Input::ClientConnected { client });
+        self.apply(Input::ClientConnected { client });
         // Frames pipelined behind the upgrade request are already buffered.
         self.on_ws_event(new_key, true, false);
     }
@@ -74,11 +74,11 @@ impl Server {
             match m {
                 WsRead::Text(text) => {
                     self.stats.ws_frames_in += 1;
-                    let _ = self.apply(Input::ClientText { client, text });
+                    self.apply(Input::ClientText { client, text });
                 }
                 WsRead::Binary(len) => {
                     self.stats.ws_frames_in += 1;
-                    let _ = self.apply(Input::ClientBinary { client, len });
+                    self.apply(Input::ClientBinary { client, len });
                 }
                 WsRead::Closed(reason) => {
                     self.log(LogLevel::Debug, &format!("client_closed client={client} reason={reason:?}"));
