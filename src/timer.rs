@@ -219,6 +219,30 @@ impl<K> TimerWheel<K> {
         (!self.far.is_empty()).then(|| tick_time(self.far.min_tick))
     }
 
+    /// The earliest timer, its deadline and key: the one the next `expire`
+    /// that fires anything returns first (smallest deadline, then insertion
+    /// order). `Some` exactly when `next_deadline` is, whose answer it never
+    /// precedes. Walks only the list `next_deadline` looks at: O(its entries).
+    pub fn peek(&self) -> Option<(Timestamp, &K)> {
+        let list = if !self.pending.is_empty() {
+            &self.pending
+        } else if let Some((level, slot, _)) = self.next_occupied_slot() {
+            &self.levels[level].slots[slot]
+        } else {
+            &self.far
+        };
+        let mut idx = list.head;
+        let mut best: Option<&Node<K>> = None;
+        while idx != NONE {
+            let node = &self.nodes[idx as usize];
+            if best.is_none_or(|b| (node.deadline, node.seq) < (b.deadline, b.seq)) {
+                best = Some(node);
+            }
+            idx = node.next;
+        }
+        best.and_then(|node| Some((node.deadline, node.key.as_ref()?)))
+    }
+
     /// Moves the wheel's time to `now` and appends every timer whose deadline
     /// tick is at or before it to `out`, sorted by (deadline, insertion order).
     /// A `now` earlier than the wheel's time is taken as the wheel's time.

@@ -331,3 +331,66 @@ fn every_http_ingest_input_is_answered_by_its_ingest_done() {
     let old = r#"{"type":"touch_series","series_id":"binance:futures:BTC/USDT:1m"}"#;
     assert_eq!(serde_json::from_str::<Input>(old).unwrap(), Input::TouchSeries { request: 0, series_id: s.into() });
 }
+
+#[test]
+fn next_wake_names_the_part_of_the_engine_poll_timeout_wakes_for() {
+    // Through every fixture journal: `poll_timeout` is `next_wake`'s time at
+    // every step, and the reasons cover the parts the scenarios exercise.
+    use klinegate::engine::{TimerKind, WakeReason};
+    use klinegate::replay::journal::{read_header, Record, Replayer};
+    let mut seen = std::collections::BTreeSet::new();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let mut journals: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    journals.retain(|p| p.to_string_lossy().ends_with(".journal.jsonl"));
+    journals.sort();
+    assert!(!journals.is_empty());
+    for path in journals {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut lines = text.lines();
+        let header = read_header(lines.next().unwrap()).unwrap();
+        let mut r = Replayer::new(&header, Box::new(MemoryStore::new()), std::io::sink()).unwrap();
+        for line in lines.filter(|l| !l.trim().is_empty()) {
+            r.step(serde_json::from_str::<Record>(line).unwrap()).unwrap();
+            let wake = r.engine().next_wake();
+            assert_eq!(r.engine().poll_timeout(), wake.map(|w| w.at), "{}", path.display());
+            if let Some(w) = wake {
+                seen.insert(w.why.name());
+            }
+        }
+    }
+    let want = [
+        WakeReason::Timer(TimerKind::CloseDue),
+        WakeReason::Timer(TimerKind::Forming),
+        WakeReason::Upstream,
+        WakeReason::Supervisor,
+    ];
+    for why in want {
+        assert!(seen.contains(why.name()), "{why} never named; seen {seen:?}");
+    }
+}
+
+#[test]
+fn following_next_wake_walks_an_on_demand_job_through_its_reasons() {
+    use klinegate::cli::settings::Settings;
+    use klinegate::engine::{Engine, Input};
+    use klinegate::time::Timestamp;
+    let s = "binance:futures:BTC/USDT:1m";
+    let now = Timestamp::from_secs(1000);
+    let settings = Settings { pins: vec![], ..Settings::default() };
+    let mut e = Hosted::new(Engine::new(settings.to_engine_config().unwrap(), now), MemoryStore::new());
+    assert_eq!(e.engine.next_wake(), None, "an idle engine with nothing pinned sleeps");
+    e.handle(Input::ClientConnected { client: 1 }, now).unwrap();
+    e.handle(Input::ClientText { client: 1, text: json!({"type":"subscribe","series_id":s}).to_string() }, now).unwrap();
+    let mut walked = Vec::new();
+    for _ in 0..4 {
+        let Some(w) = e.engine.next_wake() else { break };
+        assert_eq!(e.engine.poll_timeout(), Some(w.at));
+        walked.push(format!("{}@{}", w.why, w.at.as_secs()));
+        e.handle_timeout(w.at);
+        let _ = e.take_outputs();
+    }
+    // The job's first candle is due to close (plus the late-close grace);
+    // the exchange never answers the connection, which times out; the
+    // failed job is restarted after its backoff, and reconnects.
+    assert_eq!(walked, ["close_due@1025", "upstream@1060", "supervisor@1061", "upstream@1061"]);
+}

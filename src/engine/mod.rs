@@ -7,7 +7,8 @@
 //! - [`Engine::handle_timeout`]`(now)` — fire every timer due at `now`;
 //! - [`Engine::poll_output`] — drain what the shell must do, until `None`;
 //! - [`Engine::take_client_frames`] — the frames queued for one client;
-//! - [`Engine::poll_timeout`] — the earliest deadline (a pure query).
+//! - [`Engine::poll_timeout`] — the earliest deadline (a pure query);
+//!   [`Engine::next_wake`] says which part of the engine it is for.
 //!
 //! Call order: after every `handle`/`handle_timeout`, drain `poll_output`
 //! before the next mutation. Time never goes backwards: the engine keeps the
@@ -50,10 +51,12 @@ mod store_ops;
 mod unlisted;
 mod view;
 mod client_requests;
+mod wake;
 mod window;
 
 pub use counters::{CounterSample, Counters};
 pub use io::{Frame, Input, LogLevel, Output, StoreOp};
+pub use wake::{TimerKind, Wake, WakeReason};
 pub use window::ClosedWindow;
 pub use view::{Gauges, Readiness, RestFigures};
 
@@ -415,20 +418,10 @@ impl Engine {
         self.pump_rest();
     }
 
-    /// The earliest time `handle_timeout` has work. Pure.
+    /// The earliest time `handle_timeout` has work. Pure. Why it wakes:
+    /// [`Engine::next_wake`].
     pub fn poll_timeout(&self) -> Option<Timestamp> {
-        [
-            self.timers.next_deadline(),
-            self.pool.next_deadline(),
-            self.supervisor.next_deadline(),
-            self.writes.retry_at(),
-            self.heal_retry_at,
-            self.rest.next_deadline(),
-            self.retention.next_deadline(),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        self.next_wake().map(|w| w.at)
     }
 
     /// The next thing the shell must do. A deferred forming fan-out

@@ -377,7 +377,11 @@ impl Server {
             }
             self.drive_pending_upstream_reads();
             self.drive_pending_client_reads();
-            if self.engine.poll_timeout().is_some_and(|t| t <= self.now) {
+            if let Some(wake) = self.engine.next_wake().filter(|w| w.at <= self.now) {
+                if self.logger.enabled(LogLevel::Debug) {
+                    let late_ms = (self.now.as_nanos() - wake.at.as_nanos()) / 1_000_000;
+                    self.log(LogLevel::Debug, &format!("engine_wake why={} late_ms={late_ms}", wake.why));
+                }
                 self.fire_timers();
             }
             self.process_pending_inputs();
