@@ -206,6 +206,7 @@ impl<K> TimerWheel<K> {
     /// The time to wake up at for the next `expire` to have work: never later
     /// than the earliest timer's tick (or the wheel's time, if something is
     /// already due), exact unless a cancellation made it early (module docs).
+    #[must_use]
     pub fn next_deadline(&self) -> Option<Timestamp> {
         if !self.pending.is_empty() {
             return Some(tick_time(self.elapsed));
@@ -223,6 +224,7 @@ impl<K> TimerWheel<K> {
     /// that fires anything returns first (smallest deadline, then insertion
     /// order). `Some` exactly when `next_deadline` is, whose answer it never
     /// precedes. Walks only the list `next_deadline` looks at: O(its entries).
+    #[must_use]
     pub fn peek(&self) -> Option<(Timestamp, &K)> {
         let list = if !self.pending.is_empty() {
             &self.pending

@@ -33,10 +33,10 @@ fn now() -> Timestamp {
 
 /// Closed candle times the client was sent since the last call.
 fn closed(h: &mut Hosted<MemoryStore>, client: u64) -> Vec<i64> {
-    h.take_outputs();
+    let _ = h.take_outputs();
     let mut frames = Vec::new();
     h.engine.take_client_frames(client, &mut frames);
-    h.take_outputs();
+    let _ = h.take_outputs();
     let mut times = Vec::new();
     for f in frames {
         let v: Value = serde_json::from_slice(&f).unwrap();
@@ -124,7 +124,7 @@ fn remote_demand_starts_a_job_counts_per_node_and_capacity_goes_back_to_the_read
     let mut h = engine_with(settings);
     h.handle(Input::Start, now()).unwrap();
     h.handle(Input::BusLeader { fence: 1 }, now()).unwrap();
-    h.take_outputs();
+    let _ = h.take_outputs();
     let eth = "binance:spot:ETH/USDT:1m";
     let want = |node: &str, s: &str, wanted: bool| Input::RemoteDemand { node: node.into(), series_id: s.into(), wanted };
     h.handle(want("r1", eth, true), now()).unwrap();
@@ -171,7 +171,7 @@ fn a_standby_s_own_subscribers_get_their_jobs_when_it_leads() {
     h.handle(Input::ClientConnected { client: 3 }, now()).unwrap();
     let eth = "binance:spot:ETH/USDT:1m";
     h.handle(Input::ClientText { client: 3, text: format!(r#"{{"type":"subscribe","series_id":"{eth}"}}"#) }, now()).unwrap();
-    h.take_outputs();
+    let _ = h.take_outputs();
     assert_eq!(h.engine.job_count(), 0, "a standby starts no job");
     h.handle(Input::BusLeader { fence: 2 }, now()).unwrap();
     assert_eq!(h.engine.job_count(), 1, "its subscriber's job starts once it leads");

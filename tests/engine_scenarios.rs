@@ -190,7 +190,7 @@ fn store_failure_keeps_the_batch_and_persists_it_on_recovery() {
     let mut e = Hosted::new(Engine::new(settings.to_engine_config().unwrap(), now), MemoryStore::new());
     let step = |e: &mut Hosted<MemoryStore>, now: Timestamp, input: Input| {
         e.handle(input, now).unwrap();
-        e.take_outputs();
+        let _ = e.take_outputs();
     };
     step(&mut e, now, Input::Start);
     step(&mut e, now, Input::UpstreamConnected { conn: 1 });
@@ -211,7 +211,7 @@ fn store_failure_keeps_the_batch_and_persists_it_on_recovery() {
             break;
         }
         e.handle_timeout(at);
-        e.take_outputs();
+        let _ = e.take_outputs();
     }
     assert_eq!(e.engine.unpersisted_candles(), 0);
     let stored: Vec<i64> = e.store.read_tail(BTC1, 10).unwrap().iter().map(|c| c.candle_time).collect();

@@ -420,6 +420,7 @@ impl Engine {
 
     /// The earliest time `handle_timeout` has work. Pure. Why it wakes:
     /// [`Engine::next_wake`].
+    #[must_use = "the shell sleeps until this deadline, then calls handle_timeout"]
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         self.next_wake().map(|w| w.at)
     }
@@ -427,6 +428,7 @@ impl Engine {
     /// The next thing the shell must do. A deferred forming fan-out
     /// (`HubConfig::defer_forming_fanout`) goes on here, one ready client at a
     /// time, once everything queued before it is out.
+    #[must_use = "an output taken and dropped is work the shell never does; drain until None"]
     pub fn poll_output(&mut self) -> Option<Output> {
         if self.outputs.is_empty() {
             self.hub.step_deferred(&self.series, &mut self.outputs, &mut self.counters);

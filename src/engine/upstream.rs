@@ -530,6 +530,7 @@ impl UpstreamPool {
     }
 
     /// The earliest time `on_timeout` has something to do.
+    #[must_use]
     pub fn next_deadline(&self) -> Option<Timestamp> {
         let mut next: Option<Timestamp> = None;
         let mut consider = |t: Timestamp| next = Some(next.map_or(t, |n: Timestamp| n.min(t)));

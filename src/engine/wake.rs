@@ -103,6 +103,7 @@ impl Engine {
     /// The earliest time `handle_timeout` has work, and why. Pure. When two
     /// parts are due at the same time the first in the order of
     /// [`WakeReason`] is named.
+    #[must_use = "a pure query: the deadline to sleep until, and why"]
     pub fn next_wake(&self) -> Option<Wake> {
         // `None`: the wheel; its earliest key is looked up only if it wins.
         let deadlines = [

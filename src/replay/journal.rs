@@ -70,12 +70,14 @@ impl Header {
     }
 
     /// For a live recording: the shell records each take of a client's frames.
+    #[must_use]
     pub fn with_recorded_takes(mut self) -> Header {
         self.recorded_takes = true;
         self
     }
 
     /// For a live recording: the shell records each store effect's answer.
+    #[must_use]
     pub fn with_recorded_store(mut self) -> Header {
         self.recorded_store = true;
         self
