@@ -23,7 +23,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use klinegate::cli::settings::Settings;
-use klinegate::engine::{Engine, Input, Output};
+use klinegate::engine::{ConnId, Engine, Input, Output};
 use klinegate::model::Candle;
 use klinegate::replay::hosted;
 use klinegate::shell::store_host::runner::PgRunner;
@@ -243,7 +243,7 @@ fn answer(e: &mut Engine, store: &mut dyn Carrier, now: Timestamp, stream_conn: 
                     let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
                     let Some(id) = v.get("id").and_then(|i| i.as_u64()) else { continue };
                     for s in v["params"].as_array().into_iter().flatten().filter_map(|s| s.as_str()) {
-                        stream_conn.insert(s.to_string(), conn);
+                        stream_conn.insert(s.to_string(), conn.0);
                     }
                     Input::UpstreamText { conn, text: format!("{{\"result\":null,\"id\":{id}}}") }
                 }
@@ -274,7 +274,7 @@ fn engine_closed(store: &mut dyn Carrier, budget: Duration) -> (f64, f64) {
         let inputs: Vec<(Timestamp, Input)> = (0..SERIES)
             .map(|i| {
                 let at = Timestamp::from_millis(((minute + 60) * 1000) as u64 + 50 + i as u64 / 10);
-                (at, Input::UpstreamText { conn: conns[i], text: kline_text(i, minute) })
+                (at, Input::UpstreamText { conn: ConnId(conns[i]), text: kline_text(i, minute) })
             })
             .collect();
         let t = Instant::now();

@@ -18,7 +18,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use klinegate::cli::settings::Settings;
-use klinegate::engine::{Engine, Input, Output};
+use klinegate::engine::{ClientId, ConnId, Engine, Input, Output};
 use klinegate::wire::binance::{parse_frame, Frame};
 use klinegate::replay::hosted;
 use klinegate::store::MemoryStore;
@@ -76,12 +76,12 @@ fn live_engine(derived: &str) -> (Engine, MemoryStore, u64, Timestamp) {
     let mut e = Engine::new(cfg, now);
     let mut store = MemoryStore::new();
     let conn = support::start_live(&mut e, &mut store, now);
-    e.handle(Input::ClientConnected { client: 1 }, now);
+    e.handle(Input::ClientConnected { client: ClientId(1) }, now);
     let sub = format!("{{\"type\":\"subscribe\",\"series_id\":\"{SERIES}\"}}");
-    e.handle(Input::ClientText { client: 1, text: sub }, now);
+    e.handle(Input::ClientText { client: ClientId(1), text: sub }, now);
     drain(&mut e, &mut store);
     let mut frames = Vec::new();
-    e.take_client_frames(1, &mut frames);
+    e.take_client_frames(ClientId(1), &mut frames);
     (e, store, conn, now)
 }
 
@@ -93,7 +93,7 @@ fn engine_batch(kind: Kind, derived: &str) -> (f64, usize) {
     let inputs: Vec<(Timestamp, Input)> = (0..BATCH)
         .map(|i| {
             let (now, text) = frame(kind, i);
-            (now, Input::UpstreamText { conn, text })
+            (now, Input::UpstreamText { conn: ConnId(conn), text })
         })
         .collect();
     let mut frames = Vec::with_capacity(16);

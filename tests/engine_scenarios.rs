@@ -5,6 +5,7 @@
 //! store failures and shutdown. Each is a journal replayed through the engine.
 
 mod support;
+use klinegate::engine::{ClientId, ConnId};
 use klinegate::replay::hosted::Hosted;
 use klinegate::store::{MemoryStore, Store};
 use serde_json::json;
@@ -152,8 +153,8 @@ fn slow_consumer_is_closed_and_others_keep_receiving() {
     let now = Timestamp::from_secs(1000);
     let mut e = Hosted::new(Engine::new(settings.to_engine_config().unwrap(), now), MemoryStore::new());
     for c in [1, 2] {
-        e.handle(Input::ClientConnected { client: c }, now).unwrap();
-        e.handle(Input::ClientText { client: c, text: json!({"type":"subscribe","series_id":s}).to_string() }, now).unwrap();
+        e.handle(Input::ClientConnected { client: ClientId(c) }, now).unwrap();
+        e.handle(Input::ClientText { client: ClientId(c), text: json!({"type":"subscribe","series_id":s}).to_string() }, now).unwrap();
     }
     let mut closed = Vec::new();
     let mut fast_frames = Vec::new();
@@ -165,16 +166,16 @@ fn slow_consumer_is_closed_and_others_keep_receiving() {
                 closed.push((client, code, reason));
             }
         }
-        e.engine.take_client_frames(2, &mut fast_frames); // client 2 reads; client 1 never does
+        e.engine.take_client_frames(ClientId(2), &mut fast_frames); // client 2 reads; client 1 never does
     }
     assert_eq!(closed.len(), 1, "{closed:?}");
-    assert_eq!(closed[0].0, 1);
+    assert_eq!(closed[0].0, ClientId(1));
     assert_eq!(closed[0].1, 1008);
     assert!(closed[0].2.starts_with("slow_consumer"));
     assert_eq!(fast_frames.len(), 100, "the reading client got every candle");
     assert_eq!(e.engine.counters().slow_consumer_closes, 1);
     // The shell reports the close; the slow client's subscriptions are released.
-    e.handle(Input::ClientDisconnected { client: 1 }, now).unwrap();
+    e.handle(Input::ClientDisconnected { client: ClientId(1) }, now).unwrap();
     assert_eq!(e.engine.subscription_count(), 1);
 }
 
@@ -193,13 +194,13 @@ fn store_failure_keeps_the_batch_and_persists_it_on_recovery() {
         let _ = e.take_outputs();
     };
     step(&mut e, now, Input::Start);
-    step(&mut e, now, Input::UpstreamConnected { conn: 1 });
-    step(&mut e, now, Input::UpstreamText { conn: 1, text: ack(1) });
+    step(&mut e, now, Input::UpstreamConnected { conn: ConnId(1) });
+    step(&mut e, now, Input::UpstreamText { conn: ConnId(1), text: ack(1) });
     e.store.fail_writes(true);
     for k in 0..3i64 {
         now = Timestamp::from_secs((T0 + 60 * k + 61) as u64);
         e.handle_timeout(now);
-        step(&mut e, now, Input::UpstreamText { conn: 1, text: kline(STREAM, T0 + 60 * k, 100.0, true) });
+        step(&mut e, now, Input::UpstreamText { conn: ConnId(1), text: kline(STREAM, T0 + 60 * k, 100.0, true) });
     }
     assert_eq!(e.engine.unpersisted_candles(), 3, "kept, not dropped");
     assert!(e.engine.counters().store_write_errors >= 1);
@@ -263,11 +264,11 @@ fn a_resubscribe_pending_on_the_store_releases_no_reference_it_did_not_take() {
     let settings = Settings { pins: vec![], derived: String::new(), ..Settings::default() };
     let mut e = Hosted::new(Engine::new(settings.to_engine_config().unwrap(), now), MemoryStore::new());
     let sub = |client: u64, since: Option<i64>| Input::ClientText {
-        client,
+        client: ClientId(client),
         text: json!({"type":"subscribe","series_id":BTC1,"since":since}).to_string(),
     };
     for client in [1, 2] {
-        e.handle(Input::ClientConnected { client }, now).unwrap();
+        e.handle(Input::ClientConnected { client: ClientId(client) }, now).unwrap();
         e.handle(sub(client, None), now).unwrap();
     }
     let refcount = |e: &Hosted<MemoryStore>| e.engine.ingest_state()["jobs"][0]["refcount"].as_i64();
@@ -279,7 +280,7 @@ fn a_resubscribe_pending_on_the_store_releases_no_reference_it_did_not_take() {
         .filter(|o| matches!(o, Output::ReadStore { query: StoreQuery::Bounds { .. }, .. }))
         .collect();
     assert_eq!(pending.len(), 1, "the re-subscribe waits for the series' bounds");
-    e.handle(Input::ClientDisconnected { client: 1 }, now).unwrap();
+    e.handle(Input::ClientDisconnected { client: ClientId(1) }, now).unwrap();
     assert_eq!(refcount(&e), Some(1), "client 2 still holds the job");
     // The late answer changes nothing.
     if let Some(answer) = klinegate::replay::hosted::answer(&mut e.store, &pending[0]) {
@@ -379,8 +380,8 @@ fn following_next_wake_walks_an_on_demand_job_through_its_reasons() {
     let settings = Settings { pins: vec![], ..Settings::default() };
     let mut e = Hosted::new(Engine::new(settings.to_engine_config().unwrap(), now), MemoryStore::new());
     assert_eq!(e.engine.next_wake(), None, "an idle engine with nothing pinned sleeps");
-    e.handle(Input::ClientConnected { client: 1 }, now).unwrap();
-    e.handle(Input::ClientText { client: 1, text: json!({"type":"subscribe","series_id":s}).to_string() }, now).unwrap();
+    e.handle(Input::ClientConnected { client: ClientId(1) }, now).unwrap();
+    e.handle(Input::ClientText { client: ClientId(1), text: json!({"type":"subscribe","series_id":s}).to_string() }, now).unwrap();
     let mut walked = Vec::new();
     for _ in 0..4 {
         let Some(w) = e.engine.next_wake() else { break };
@@ -393,4 +394,17 @@ fn following_next_wake_walks_an_on_demand_job_through_its_reasons() {
     // the exchange never answers the connection, which times out; the
     // failed job is restarted after its backoff, and reconnects.
     assert_eq!(walked, ["close_due@1025", "upstream@1060", "supervisor@1061", "upstream@1061"]);
+}
+
+#[test]
+fn typed_ids_are_plain_numbers_on_the_record() {
+    // `ClientId`, `ConnId`, `RestId` are types in code, numbers in a journal.
+    use klinegate::engine::{Input, Output, RestId};
+    let input = Input::ClientText { client: ClientId(3), text: "x".into() };
+    assert_eq!(serde_json::to_value(&input).unwrap(), json!({"type":"client_text","client":3,"text":"x"}));
+    let back: Input = serde_json::from_value(json!({"type":"upstream_ping","conn":7})).unwrap();
+    assert_eq!(back, Input::UpstreamPing { conn: ConnId(7) });
+    let out = Output::RestRequest { id: RestId(9), market: klinegate::model::Market::Spot, path: "/p".into() };
+    assert_eq!(serde_json::to_value(&out).unwrap()["id"], 9);
+    assert_eq!(format!("conn={}", ConnId(7)), "conn=7", "logs keep the bare number");
 }

@@ -55,7 +55,7 @@ mod wake;
 mod window;
 
 pub use counters::{CounterSample, Counters};
-pub use io::{Frame, Input, LogLevel, Output, StoreOp};
+pub use io::{ClientId, ConnId, Frame, Input, LogLevel, Output, RestId, StoreOp};
 pub use wake::{TimerKind, Wake, WakeReason};
 pub use window::ClosedWindow;
 pub use view::{Gauges, Readiness, RestFigures};
@@ -255,39 +255,39 @@ impl Engine {
                 self.retention_arm();
             }
             Input::ClientConnected { client } => {
-                if !self.hub.connect(client) {
+                if !self.hub.connect(client.0) {
                     self.log(LogLevel::Warn, format!("client_id_reused client={client}"));
                 }
             }
             Input::ClientText { client, text } => {
-                if self.admit_client_message(client) {
-                    self.on_client_text(client, &text);
+                if self.admit_client_message(client.0) {
+                    self.on_client_text(client.0, &text);
                 }
             }
             Input::ClientBinary { client, len: _ } => {
-                if self.admit_client_message(client) {
-                    self.reject_client(client, &RequestError::Binary);
+                if self.admit_client_message(client.0) {
+                    self.reject_client(client.0, &RequestError::Binary);
                 }
             }
             Input::ClientDisconnected { client } => {
-                self.on_client_gone(client);
+                self.on_client_gone(client.0);
             }
             Input::UpstreamConnected { conn } => {
-                self.pool.on_connected(conn, self.now, &mut self.outputs, &mut self.pool_events);
+                self.pool.on_connected(conn.0, self.now, &mut self.outputs, &mut self.pool_events);
                 self.log(LogLevel::Info, format!("upstream_connected conn={conn}"));
                 self.apply_pool_events();
             }
             Input::UpstreamText { conn, text } => {
-                self.on_upstream_text(conn, &text);
+                self.on_upstream_text(conn.0, &text);
             }
             Input::UpstreamPing { conn } => {
-                self.pool.on_ping(conn, self.now);
+                self.pool.on_ping(conn.0, self.now);
             }
             Input::UpstreamDisconnected { conn, reason } => {
-                if self.pool.knows_conn(conn) {
+                if self.pool.knows_conn(conn.0) {
                     self.log(LogLevel::Warn, format!("upstream_lost conn={conn} reason={reason:?}"));
                 }
-                self.pool.on_disconnected(conn, &reason, self.now, &mut self.outputs, &mut self.pool_events);
+                self.pool.on_disconnected(conn.0, &reason, self.now, &mut self.outputs, &mut self.pool_events);
                 self.apply_pool_events();
             }
             Input::IngestClosed { request, series_id, candles } => {
@@ -311,7 +311,7 @@ impl Engine {
             }
             Input::RestResponse { id, status, body, retry_after_s, used_weight } => {
                 let result = if status == 200 { Ok(body) } else { Err((Some(status), body)) };
-                self.on_rest_done(id, Some(status), retry_after_s, used_weight, result);
+                self.on_rest_done(id.0, Some(status), retry_after_s, used_weight, result);
             }
             Input::StoreRead { op, result } => {
                 self.on_store_read(op, result);
@@ -321,7 +321,7 @@ impl Engine {
             }
             Input::RestFailed { id, reason } => {
                 self.counters.rest_failures += 1;
-                self.on_rest_done(id, None, None, None, Err((None, reason)));
+                self.on_rest_done(id.0, None, None, None, Err((None, reason)));
             }
             Input::SymbolsListed { market, symbols } => {
                 self.on_symbols_listed(market, symbols);
@@ -369,7 +369,7 @@ impl Engine {
         self.rest.pump(self.now, &mut calls);
         for c in calls.drain(..) {
             self.counters.rest_requests += 1;
-            self.outputs.push_back(Output::RestRequest { id: c.id, market: c.market, path: c.path });
+            self.outputs.push_back(Output::RestRequest { id: RestId(c.id), market: c.market, path: c.path });
         }
         self.rest_calls = calls;
     }
@@ -444,12 +444,12 @@ impl Engine {
     /// Moves every frame queued for `client` into `dst`; the shell writes them
     /// in one go when the socket is writable. The drained queue may ask for the
     /// client's next catch-up page: drain `poll_output` after takes too.
-    pub fn take_client_frames(&mut self, client: u64, dst: &mut Vec<Frame>) {
-        self.hub.take_frames(client, dst, &self.series, &mut self.outputs);
+    pub fn take_client_frames(&mut self, client: ClientId, dst: &mut Vec<Frame>) {
+        self.hub.take_frames(client.0, dst, &self.series, &mut self.outputs);
     }
 
-    pub fn client_queued_bytes(&self, client: u64) -> usize {
-        self.hub.queued_bytes(client)
+    pub fn client_queued_bytes(&self, client: ClientId) -> usize {
+        self.hub.queued_bytes(client.0)
     }
 
     fn log(&mut self, level: LogLevel, line: String) {
@@ -485,7 +485,7 @@ impl Engine {
         self.shutdown_done = true;
         let (code, reason) = hub::SHUTDOWN_CLOSE;
         for client in self.hub.open_client_ids() {
-            self.outputs.push_back(Output::ClientClose { client, code, reason: reason.to_string() });
+            self.outputs.push_back(Output::ClientClose { client: ClientId(client), code, reason: reason.to_string() });
         }
         let left = self.unpersisted_candles();
         self.log(LogLevel::Info, format!("shutdown_complete unpersisted_candles={left}"));

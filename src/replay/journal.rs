@@ -29,7 +29,7 @@
 //! `{"now":…,"reply":"ok"|{"error":…}}` for ingest inputs.
 
 use crate::cli::settings::Settings;
-use crate::engine::{Engine, Input, Output};
+use crate::engine::{ClientId, ConnId, Engine, Input, Output};
 use crate::store::Store;
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -314,7 +314,7 @@ impl<W: Write> Replayer<W> {
     /// Takes the client's queued frames from the engine and writes one line each.
     fn emit_frames(&mut self, now: Timestamp, client: u64) -> std::io::Result<()> {
         self.frames.clear();
-        self.engine.take_client_frames(client, &mut self.frames);
+        self.engine.take_client_frames(ClientId(client), &mut self.frames);
         let frames = std::mem::take(&mut self.frames);
         for f in &frames {
             self.line.clear();
@@ -332,7 +332,7 @@ impl<W: Write> Replayer<W> {
             if let Output::ClientReady { client } = output {
                 // A recording says when the shell took the frames; otherwise now.
                 if !self.recorded_takes {
-                    self.emit_frames(now, client)?;
+                    self.emit_frames(now, client.0)?;
                 }
                 continue;
             }
@@ -370,7 +370,7 @@ fn parse_upstream_text_fast(line: &[u8]) -> Option<Record> {
     let text = rest.strip_prefix(b"\"text\":")?.strip_suffix(b"}}")?;
     Some(Record {
         now: ascii_number(now)?,
-        input: Some(Input::UpstreamText { conn: ascii_number(conn)?, text: unescape_simple(text)? }),
+        input: Some(Input::UpstreamText { conn: ConnId(ascii_number(conn)?), text: unescape_simple(text)? }),
         timeout: false,
         end: false,
         take: None,
@@ -539,7 +539,7 @@ mod tests {
 
     #[test]
     fn fast_path_parses_exactly_what_the_writer_writes() {
-        let input = Input::UpstreamText { conn: 7, text: "{\"stream\":\"a\\\"b\",\"x\":1}".into() };
+        let input = Input::UpstreamText { conn: ConnId(7), text: "{\"stream\":\"a\\\"b\",\"x\":1}".into() };
         let mut w = JournalWriter::new(Vec::new(), &Header::new(Settings::default(), Timestamp(5), false)).unwrap();
         w.input(Timestamp(123), &input).unwrap();
         let text = String::from_utf8(w.into_inner()).unwrap();
@@ -605,7 +605,7 @@ mod tests {
 
     fn written_line(now: u64, conn: u64, text: String) -> String {
         let mut w = JournalWriter::new(Vec::new(), &Header::new(Settings::default(), Timestamp(5), false)).unwrap();
-        w.input(Timestamp(now), &Input::UpstreamText { conn, text }).unwrap();
+        w.input(Timestamp(now), &Input::UpstreamText { conn: ConnId(conn), text }).unwrap();
         let written = String::from_utf8(w.into_inner()).unwrap();
         written.lines().nth(1).unwrap().to_string()
     }
@@ -656,9 +656,9 @@ mod tests {
                 header = header.with_recorded_takes();
             }
             let mut w = JournalWriter::new(Vec::new(), &header).unwrap();
-            w.input(Timestamp(10), &Input::ClientConnected { client: 1 }).unwrap();
-            w.input(Timestamp(20), &Input::ClientText { client: 1, text: "nope".into() }).unwrap();
-            w.input(Timestamp(30), &Input::ClientText { client: 1, text: "{}".into() }).unwrap();
+            w.input(Timestamp(10), &Input::ClientConnected { client: ClientId(1) }).unwrap();
+            w.input(Timestamp(20), &Input::ClientText { client: ClientId(1), text: "nope".into() }).unwrap();
+            w.input(Timestamp(30), &Input::ClientText { client: ClientId(1), text: "{}".into() }).unwrap();
             if takes {
                 w.take(Timestamp(40), 1).unwrap();
             }

@@ -8,7 +8,7 @@
 //! on the connection until a writable event.
 
 use super::{Conn, ParkedIngest, Server};
-use crate::engine::{Input, LogLevel};
+use crate::engine::{ClientId, Input, LogLevel};
 use crate::shell::conn::client::HttpConn;
 use crate::wire::http::Response;
 use crate::shell::api::routes::{self, Routed};
@@ -316,7 +316,7 @@ impl Server {
                 self.release_ip(w.counted_ip);
                 self.clients.remove(&w.client);
                 self.stats.ws_clients = self.stats.ws_clients.saturating_sub(1);
-                self.apply(Input::ClientDisconnected { client: w.client });
+                self.apply(Input::ClientDisconnected { client: ClientId(w.client) });
             }
             Conn::Upstream { .. } | Conn::Rest { .. } | Conn::Directory { .. } => {}
         }

@@ -475,15 +475,15 @@ impl Server {
     fn drain_outputs(&mut self) {
         while let Some(out) = self.engine.poll_output() {
             match out {
-                Output::UpstreamConnect { conn, market, url } => self.open_upstream(conn, market, &url),
-                Output::UpstreamSend { conn, text } => self.send_upstream(conn, text),
-                Output::UpstreamClose { conn, reason } => self.close_upstream(conn, &reason),
+                Output::UpstreamConnect { conn, market, url } => self.open_upstream(conn.0, market, &url),
+                Output::UpstreamSend { conn, text } => self.send_upstream(conn.0, text),
+                Output::UpstreamClose { conn, reason } => self.close_upstream(conn.0, &reason),
                 // Written at once: the first client of a fan-out goes out
                 // before the engine forms the rest (deferred forming fan-out).
-                Output::ClientReady { client } => self.write_client(client),
-                Output::ClientClose { client, code, reason } => self.close_client(client, code, &reason),
+                Output::ClientReady { client } => self.write_client(client.0),
+                Output::ClientClose { client, code, reason } => self.close_client(client.0, code, &reason),
                 Output::Log { level, line } => self.log(level, &line),
-                Output::RestRequest { id, market, path } => self.start_rest(id, market, &path),
+                Output::RestRequest { id, market, path } => self.start_rest(id.0, market, &path),
                 effect @ (Output::ReadStore { .. } | Output::Persist { .. }) => {
                     // Carried out in order by `run_store_slice`; the answer is
                     // an input of its own, recorded like any other.
