@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use klinegate::cli::settings::Settings;
-use klinegate::engine::{Engine, Input, Output};
+use klinegate::engine::{ClientId, ConnId, Engine, Input, Output};
 use klinegate::store::MemoryStore;
 use klinegate::time::Timestamp;
 
@@ -81,8 +81,8 @@ fn engine_with_clients(clients: u64) -> (Engine, MemoryStore, u64) {
     let conn = support::start_live(&mut e, &mut store, now);
     let sub = format!("{{\"type\":\"subscribe\",\"series_id\":\"{SERIES}\"}}");
     for client in 1..=clients {
-        e.handle(Input::ClientConnected { client }, now).expect("client");
-        e.handle(Input::ClientText { client, text: sub.clone() }, now).expect("subscribe");
+        e.handle(Input::ClientConnected { client: ClientId(client) }, now);
+        e.handle(Input::ClientText { client: ClientId(client), text: sub.clone() }, now);
     }
     drain(&mut e, &mut store);
     assert_eq!(e.subscription_count(), clients as usize);
@@ -120,13 +120,13 @@ fn measure(clients: u64, budget: Duration) -> Figures {
         *n += 1;
         let minute = T0 + (*n / 60) * 60;
         let now = Timestamp::from_secs(T0 + *n);
-        (now, Input::UpstreamText { conn, text: kline_text(minute, 36450.0 + (*n % 89) as f64, *n % 60) })
+        (now, Input::UpstreamText { conn: ConnId(conn), text: kline_text(minute, 36450.0 + (*n % 89) as f64, *n % 60) })
     };
 
     // Warm-up: queues reach their capacity, and check what fan-out produces.
     for _ in 0..3 {
         let (now, input) = next(&mut n);
-        e.handle(input, now).expect("frame");
+        e.handle(input, now);
         assert_eq!(drain_all(&mut e, &mut store, &mut frames), clients as usize, "every client gets the frame");
     }
     let first = &frames[0];
@@ -146,7 +146,7 @@ fn measure(clients: u64, budget: Duration) -> Figures {
             let (now, input) = next(&mut n);
             let a0 = allocations();
             let t = Instant::now();
-            e.handle(input, now).expect("frame");
+            e.handle(input, now);
             timed += t.elapsed();
             allocs += allocations() - a0;
             publishes += 1;
@@ -160,11 +160,11 @@ fn measure(clients: u64, budget: Duration) -> Figures {
         fig.drain_ns = fig.drain_ns.min(drain_time.as_nanos() as f64 / per_round as f64);
         // Coalesce: nobody reads; each publish replaces the queued frame.
         let (now, input) = next(&mut n);
-        e.handle(input, now).expect("frame");
+        e.handle(input, now);
         let t = Instant::now();
         for _ in 0..per_round {
             let (now, input) = next(&mut n);
-            e.handle(input, now).expect("frame");
+            e.handle(input, now);
         }
         fig.coalesce_ns = fig.coalesce_ns.min(t.elapsed().as_nanos() as f64 / per_round as f64);
         assert_eq!(drain_all(&mut e, &mut store, &mut frames), clients as usize, "coalesced to one frame per client");

@@ -23,7 +23,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use klinegate::cli::settings::Settings;
-use klinegate::engine::{Engine, Input, Output};
+use klinegate::engine::{ConnId, Engine, Input, Output};
 use klinegate::model::Candle;
 use klinegate::replay::hosted;
 use klinegate::shell::store_host::runner::PgRunner;
@@ -207,7 +207,7 @@ impl Carrier for Pg {
                 return others;
             }
             for a in answers {
-                let _ = e.handle(a, now);
+                e.handle(a, now);
             }
         }
     }
@@ -215,7 +215,7 @@ impl Carrier for Pg {
         while self.0.outstanding() > 0 {
             self.0.turn(Duration::from_millis(5));
             for a in self.0.take_answers() {
-                let _ = e.handle(a, now);
+                e.handle(a, now);
             }
         }
     }
@@ -243,13 +243,13 @@ fn answer(e: &mut Engine, store: &mut dyn Carrier, now: Timestamp, stream_conn: 
                     let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
                     let Some(id) = v.get("id").and_then(|i| i.as_u64()) else { continue };
                     for s in v["params"].as_array().into_iter().flatten().filter_map(|s| s.as_str()) {
-                        stream_conn.insert(s.to_string(), conn);
+                        stream_conn.insert(s.to_string(), conn.0);
                     }
                     Input::UpstreamText { conn, text: format!("{{\"result\":null,\"id\":{id}}}") }
                 }
                 _ => continue,
             };
-            e.handle(input, now).expect("peer input");
+            e.handle(input, now);
         }
     }
 }
@@ -261,7 +261,7 @@ fn engine_closed(store: &mut dyn Carrier, budget: Duration) -> (f64, f64) {
     // Set up shortly before the first close, well inside the silence timeout.
     let mut now = Timestamp::from_secs(T0 as u64 + 50);
     let mut e = Engine::new(settings.to_engine_config().expect("settings"), now);
-    e.handle(Input::Start, now).expect("start");
+    e.handle(Input::Start, now);
     let mut stream_conn = HashMap::new();
     answer(&mut e, store, now, &mut stream_conn);
     assert_eq!(e.gauges().jobs_running, SERIES, "every pinned stream is live");
@@ -274,7 +274,7 @@ fn engine_closed(store: &mut dyn Carrier, budget: Duration) -> (f64, f64) {
         let inputs: Vec<(Timestamp, Input)> = (0..SERIES)
             .map(|i| {
                 let at = Timestamp::from_millis(((minute + 60) * 1000) as u64 + 50 + i as u64 / 10);
-                (at, Input::UpstreamText { conn: conns[i], text: kline_text(i, minute) })
+                (at, Input::UpstreamText { conn: ConnId(conns[i]), text: kline_text(i, minute) })
             })
             .collect();
         let t = Instant::now();
@@ -284,7 +284,7 @@ fn engine_closed(store: &mut dyn Carrier, budget: Duration) -> (f64, f64) {
             if k % 64 == 0 && e.poll_timeout().is_some_and(|d| d <= now) {
                 e.handle_timeout(now);
             }
-            let _ = e.handle(input, now);
+            e.handle(input, now);
             // Each flush's write carried out at once, as one shell slice
             // (PostgreSQL: sent, answers fed back as they come).
             store.drain(&mut e, now);

@@ -18,7 +18,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use klinegate::cli::settings::Settings;
-use klinegate::engine::{Engine, Input, Output};
+use klinegate::engine::{ClientId, ConnId, Engine, Input, Output};
 use klinegate::wire::binance::{parse_frame, Frame};
 use klinegate::replay::hosted;
 use klinegate::store::MemoryStore;
@@ -76,12 +76,12 @@ fn live_engine(derived: &str) -> (Engine, MemoryStore, u64, Timestamp) {
     let mut e = Engine::new(cfg, now);
     let mut store = MemoryStore::new();
     let conn = support::start_live(&mut e, &mut store, now);
-    e.handle(Input::ClientConnected { client: 1 }, now).expect("client");
+    e.handle(Input::ClientConnected { client: ClientId(1) }, now);
     let sub = format!("{{\"type\":\"subscribe\",\"series_id\":\"{SERIES}\"}}");
-    e.handle(Input::ClientText { client: 1, text: sub }, now).expect("subscribe");
+    e.handle(Input::ClientText { client: ClientId(1), text: sub }, now);
     drain(&mut e, &mut store);
     let mut frames = Vec::new();
-    e.take_client_frames(1, &mut frames);
+    e.take_client_frames(ClientId(1), &mut frames);
     (e, store, conn, now)
 }
 
@@ -93,14 +93,14 @@ fn engine_batch(kind: Kind, derived: &str) -> (f64, usize) {
     let inputs: Vec<(Timestamp, Input)> = (0..BATCH)
         .map(|i| {
             let (now, text) = frame(kind, i);
-            (now, Input::UpstreamText { conn, text })
+            (now, Input::UpstreamText { conn: ConnId(conn), text })
         })
         .collect();
     let mut frames = Vec::with_capacity(16);
     let mut delivered = 0usize;
     let started = Instant::now();
     for (now, input) in inputs {
-        let _ = e.handle(input, now);
+        e.handle(input, now);
         // As the shell does each loop turn: due timers (the end-of-step flush).
         if e.poll_timeout().is_some_and(|t| t <= now) {
             e.handle_timeout(now);

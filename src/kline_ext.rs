@@ -24,6 +24,7 @@ pub struct KlineExt {
 impl KlineExt {
     /// The fields of a candle made of `self`'s interval followed by `o`'s:
     /// every field is a sum.
+    #[must_use]
     pub fn add(self, o: KlineExt) -> KlineExt {
         KlineExt {
             quote_volume: self.quote_volume + o.quote_volume,

@@ -225,6 +225,7 @@ impl SeriesId {
     }
 
     /// The same exchange/market/symbol at another timeframe.
+    #[must_use]
     pub fn with_timeframe(&self, tf: Timeframe) -> SeriesId {
         SeriesId::from_parts(self.exchange(), self.market(), self.symbol(), tf)
     }

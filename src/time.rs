@@ -41,6 +41,7 @@ impl Timestamp {
         self.0 as f64 / NANOS_PER_SEC as f64
     }
 
+    #[must_use = "a Timestamp is a value: `add` returns the later time, it does not move this one"]
     pub const fn add(self, d: Duration) -> Self {
         Timestamp(self.0.saturating_add(d.0))
     }
@@ -92,6 +93,7 @@ impl Duration {
         self.0 as f64 / NANOS_PER_SEC as f64
     }
 
+    #[must_use]
     pub const fn saturating_mul(self, k: u64) -> Self {
         Duration(self.0.saturating_mul(k))
     }

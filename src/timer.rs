@@ -206,6 +206,7 @@ impl<K> TimerWheel<K> {
     /// The time to wake up at for the next `expire` to have work: never later
     /// than the earliest timer's tick (or the wheel's time, if something is
     /// already due), exact unless a cancellation made it early (module docs).
+    #[must_use]
     pub fn next_deadline(&self) -> Option<Timestamp> {
         if !self.pending.is_empty() {
             return Some(tick_time(self.elapsed));
@@ -217,6 +218,31 @@ impl<K> TimerWheel<K> {
             return Some(tick_time(self.levels[level].slots[slot].min_tick));
         }
         (!self.far.is_empty()).then(|| tick_time(self.far.min_tick))
+    }
+
+    /// The earliest timer, its deadline and key: the one the next `expire`
+    /// that fires anything returns first (smallest deadline, then insertion
+    /// order). `Some` exactly when `next_deadline` is, whose answer it never
+    /// precedes. Walks only the list `next_deadline` looks at: O(its entries).
+    #[must_use]
+    pub fn peek(&self) -> Option<(Timestamp, &K)> {
+        let list = if !self.pending.is_empty() {
+            &self.pending
+        } else if let Some((level, slot, _)) = self.next_occupied_slot() {
+            &self.levels[level].slots[slot]
+        } else {
+            &self.far
+        };
+        let mut idx = list.head;
+        let mut best: Option<&Node<K>> = None;
+        while idx != NONE {
+            let node = &self.nodes[idx as usize];
+            if best.is_none_or(|b| (node.deadline, node.seq) < (b.deadline, b.seq)) {
+                best = Some(node);
+            }
+            idx = node.next;
+        }
+        best.and_then(|node| Some((node.deadline, node.key.as_ref()?)))
     }
 
     /// Moves the wheel's time to `now` and appends every timer whose deadline

@@ -5,7 +5,7 @@
 //! node has no bus.
 
 use klinegate::cli::settings::Settings;
-use klinegate::engine::{Engine, Input, Output};
+use klinegate::engine::{ClientId, Engine, Input, Output};
 use klinegate::model::Candle;
 use klinegate::replay::hosted::Hosted;
 use klinegate::store::{MemoryStore, SeriesBatch, Store};
@@ -33,10 +33,10 @@ fn now() -> Timestamp {
 
 /// Closed candle times the client was sent since the last call.
 fn closed(h: &mut Hosted<MemoryStore>, client: u64) -> Vec<i64> {
-    h.take_outputs();
+    let _ = h.take_outputs();
     let mut frames = Vec::new();
-    h.engine.take_client_frames(client, &mut frames);
-    h.take_outputs();
+    h.engine.take_client_frames(ClientId(client), &mut frames);
+    let _ = h.take_outputs();
     let mut times = Vec::new();
     for f in frames {
         let v: Value = serde_json::from_slice(&f).unwrap();
@@ -62,9 +62,9 @@ fn a_read_node_publishes_bus_closes_once_in_order_and_reads_a_hole_from_the_stor
     h.store.write_batches(&[SeriesBatch { series_id: S1.into(), candles: vec![c(60), c(120)] }]).unwrap();
     h.handle(Input::Start, now()).unwrap();
     assert!(!h.take_outputs().iter().any(|o| matches!(o, Output::UpstreamConnect { .. })), "no exchange connection");
-    h.handle(Input::ClientConnected { client: 1 }, now()).unwrap();
+    h.handle(Input::ClientConnected { client: ClientId(1) }, now()).unwrap();
     let sub = format!(r#"{{"type":"subscribe","series_id":"{S1}","supports_batch":false}}"#);
-    h.handle(Input::ClientText { client: 1, text: sub }, now()).unwrap();
+    h.handle(Input::ClientText { client: ClientId(1), text: sub }, now()).unwrap();
     assert_eq!(closed(&mut h, 1), vec![60, 120], "catch-up from the shared store");
     bus_closed(&mut h, &[120, 180]);
     assert_eq!(closed(&mut h, 1), vec![180], "what was delivered is not sent again");
@@ -89,7 +89,7 @@ fn an_ingest_node_is_a_standby_until_it_leads_and_publishes_only_what_is_stored(
     assert!(h.take_outputs().iter().any(|o| matches!(o, Output::UpstreamConnect { .. })), "the leader ingests");
     // A tool's closes: stored first (the write is carried out at once here),
     // then published to clients and the bus.
-    h.engine.handle(Input::IngestClosed { request: 1, series_id: S1.into(), candles: vec![c(60), c(120)] }, now()).unwrap();
+    h.engine.handle(Input::IngestClosed { request: 1, series_id: S1.into(), candles: vec![c(60), c(120)] }, now());
     let before: Vec<Output> = std::iter::from_fn(|| h.engine.poll_output()).collect();
     assert!(before.iter().any(|o| matches!(o, Output::Persist { .. })));
     assert!(!before.iter().any(|o| matches!(o, Output::BusPublish { .. })), "nothing on the bus before it is stored");
@@ -124,7 +124,7 @@ fn remote_demand_starts_a_job_counts_per_node_and_capacity_goes_back_to_the_read
     let mut h = engine_with(settings);
     h.handle(Input::Start, now()).unwrap();
     h.handle(Input::BusLeader { fence: 1 }, now()).unwrap();
-    h.take_outputs();
+    let _ = h.take_outputs();
     let eth = "binance:spot:ETH/USDT:1m";
     let want = |node: &str, s: &str, wanted: bool| Input::RemoteDemand { node: node.into(), series_id: s.into(), wanted };
     h.handle(want("r1", eth, true), now()).unwrap();
@@ -148,16 +148,16 @@ fn remote_demand_starts_a_job_counts_per_node_and_capacity_goes_back_to_the_read
 #[test]
 fn a_read_node_turns_a_refusal_into_the_capacity_error_and_tracks_its_demand() {
     let mut h = engine("read");
-    h.handle(Input::ClientConnected { client: 7 }, now()).unwrap();
+    h.handle(Input::ClientConnected { client: ClientId(7) }, now()).unwrap();
     let sol = "binance:spot:SOL/USDT:1m";
-    h.handle(Input::ClientText { client: 7, text: format!(r#"{{"type":"subscribe","series_id":"{sol}"}}"#) }, now()).unwrap();
+    h.handle(Input::ClientText { client: ClientId(7), text: format!(r#"{{"type":"subscribe","series_id":"{sol}"}}"#) }, now()).unwrap();
     let demand: Vec<Output> = h.take_outputs().into_iter().filter(|o| matches!(o, Output::BusDemand { .. })).collect();
     assert_eq!(demand, vec![Output::BusDemand { series_id: sol.into(), wanted: true }]);
     h.handle(Input::BusRefused { series_id: sol.into(), reason: "capacity".into() }, now()).unwrap();
     let out = h.take_outputs();
     assert!(out.contains(&Output::BusDemand { series_id: sol.into(), wanted: false }), "the demand is released");
     let mut frames = Vec::new();
-    h.engine.take_client_frames(7, &mut frames);
+    h.engine.take_client_frames(ClientId(7), &mut frames);
     let errors: Vec<Value> = frames.iter().map(|f| serde_json::from_slice::<Value>(f).unwrap()).filter(|v| v["type"] == "error").collect();
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!((errors[0]["code"].as_str(), errors[0]["series_id"].as_str()), (Some("capacity"), Some(sol)));
@@ -168,14 +168,14 @@ fn a_read_node_turns_a_refusal_into_the_capacity_error_and_tracks_its_demand() {
 fn a_standby_s_own_subscribers_get_their_jobs_when_it_leads() {
     let mut h = engine_with(Settings { pins: vec![], role: "ingest".into(), heal: false, ..Default::default() });
     h.handle(Input::Start, now()).unwrap();
-    h.handle(Input::ClientConnected { client: 3 }, now()).unwrap();
+    h.handle(Input::ClientConnected { client: ClientId(3) }, now()).unwrap();
     let eth = "binance:spot:ETH/USDT:1m";
-    h.handle(Input::ClientText { client: 3, text: format!(r#"{{"type":"subscribe","series_id":"{eth}"}}"#) }, now()).unwrap();
-    h.take_outputs();
+    h.handle(Input::ClientText { client: ClientId(3), text: format!(r#"{{"type":"subscribe","series_id":"{eth}"}}"#) }, now()).unwrap();
+    let _ = h.take_outputs();
     assert_eq!(h.engine.job_count(), 0, "a standby starts no job");
     h.handle(Input::BusLeader { fence: 2 }, now()).unwrap();
     assert_eq!(h.engine.job_count(), 1, "its subscriber's job starts once it leads");
-    h.handle(Input::ClientDisconnected { client: 3 }, now()).unwrap();
+    h.handle(Input::ClientDisconnected { client: ClientId(3) }, now()).unwrap();
     h.handle_timeout(Timestamp::from_secs(10_000 + 61));
     assert_eq!(h.engine.job_count(), 0, "and is reaped once the subscriber left");
 }

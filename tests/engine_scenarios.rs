@@ -5,6 +5,7 @@
 //! store failures and shutdown. Each is a journal replayed through the engine.
 
 mod support;
+use klinegate::engine::{ClientId, ConnId};
 use klinegate::replay::hosted::Hosted;
 use klinegate::store::{MemoryStore, Store};
 use serde_json::json;
@@ -152,8 +153,8 @@ fn slow_consumer_is_closed_and_others_keep_receiving() {
     let now = Timestamp::from_secs(1000);
     let mut e = Hosted::new(Engine::new(settings.to_engine_config().unwrap(), now), MemoryStore::new());
     for c in [1, 2] {
-        e.handle(Input::ClientConnected { client: c }, now).unwrap();
-        e.handle(Input::ClientText { client: c, text: json!({"type":"subscribe","series_id":s}).to_string() }, now).unwrap();
+        e.handle(Input::ClientConnected { client: ClientId(c) }, now).unwrap();
+        e.handle(Input::ClientText { client: ClientId(c), text: json!({"type":"subscribe","series_id":s}).to_string() }, now).unwrap();
     }
     let mut closed = Vec::new();
     let mut fast_frames = Vec::new();
@@ -165,16 +166,16 @@ fn slow_consumer_is_closed_and_others_keep_receiving() {
                 closed.push((client, code, reason));
             }
         }
-        e.engine.take_client_frames(2, &mut fast_frames); // client 2 reads; client 1 never does
+        e.engine.take_client_frames(ClientId(2), &mut fast_frames); // client 2 reads; client 1 never does
     }
     assert_eq!(closed.len(), 1, "{closed:?}");
-    assert_eq!(closed[0].0, 1);
+    assert_eq!(closed[0].0, ClientId(1));
     assert_eq!(closed[0].1, 1008);
     assert!(closed[0].2.starts_with("slow_consumer"));
     assert_eq!(fast_frames.len(), 100, "the reading client got every candle");
     assert_eq!(e.engine.counters().slow_consumer_closes, 1);
     // The shell reports the close; the slow client's subscriptions are released.
-    e.handle(Input::ClientDisconnected { client: 1 }, now).unwrap();
+    e.handle(Input::ClientDisconnected { client: ClientId(1) }, now).unwrap();
     assert_eq!(e.engine.subscription_count(), 1);
 }
 
@@ -190,16 +191,16 @@ fn store_failure_keeps_the_batch_and_persists_it_on_recovery() {
     let mut e = Hosted::new(Engine::new(settings.to_engine_config().unwrap(), now), MemoryStore::new());
     let step = |e: &mut Hosted<MemoryStore>, now: Timestamp, input: Input| {
         e.handle(input, now).unwrap();
-        e.take_outputs();
+        let _ = e.take_outputs();
     };
     step(&mut e, now, Input::Start);
-    step(&mut e, now, Input::UpstreamConnected { conn: 1 });
-    step(&mut e, now, Input::UpstreamText { conn: 1, text: ack(1) });
+    step(&mut e, now, Input::UpstreamConnected { conn: ConnId(1) });
+    step(&mut e, now, Input::UpstreamText { conn: ConnId(1), text: ack(1) });
     e.store.fail_writes(true);
     for k in 0..3i64 {
         now = Timestamp::from_secs((T0 + 60 * k + 61) as u64);
         e.handle_timeout(now);
-        step(&mut e, now, Input::UpstreamText { conn: 1, text: kline(STREAM, T0 + 60 * k, 100.0, true) });
+        step(&mut e, now, Input::UpstreamText { conn: ConnId(1), text: kline(STREAM, T0 + 60 * k, 100.0, true) });
     }
     assert_eq!(e.engine.unpersisted_candles(), 3, "kept, not dropped");
     assert!(e.engine.counters().store_write_errors >= 1);
@@ -211,7 +212,7 @@ fn store_failure_keeps_the_batch_and_persists_it_on_recovery() {
             break;
         }
         e.handle_timeout(at);
-        e.take_outputs();
+        let _ = e.take_outputs();
     }
     assert_eq!(e.engine.unpersisted_candles(), 0);
     let stored: Vec<i64> = e.store.read_tail(BTC1, 10).unwrap().iter().map(|c| c.candle_time).collect();
@@ -263,27 +264,147 @@ fn a_resubscribe_pending_on_the_store_releases_no_reference_it_did_not_take() {
     let settings = Settings { pins: vec![], derived: String::new(), ..Settings::default() };
     let mut e = Hosted::new(Engine::new(settings.to_engine_config().unwrap(), now), MemoryStore::new());
     let sub = |client: u64, since: Option<i64>| Input::ClientText {
-        client,
+        client: ClientId(client),
         text: json!({"type":"subscribe","series_id":BTC1,"since":since}).to_string(),
     };
     for client in [1, 2] {
-        e.handle(Input::ClientConnected { client }, now).unwrap();
+        e.handle(Input::ClientConnected { client: ClientId(client) }, now).unwrap();
         e.handle(sub(client, None), now).unwrap();
     }
     let refcount = |e: &Hosted<MemoryStore>| e.engine.ingest_state()["jobs"][0]["refcount"].as_i64();
     assert_eq!(refcount(&e), Some(2));
     // Client 1 re-subscribes from an old time; the shell has not answered
     // the bounds read when the client goes away.
-    e.engine.handle(sub(1, Some(T0 - 3600)), now).unwrap();
+    e.engine.handle(sub(1, Some(T0 - 3600)), now);
     let pending: Vec<Output> = std::iter::from_fn(|| e.engine.poll_output())
         .filter(|o| matches!(o, Output::ReadStore { query: StoreQuery::Bounds { .. }, .. }))
         .collect();
     assert_eq!(pending.len(), 1, "the re-subscribe waits for the series' bounds");
-    e.handle(Input::ClientDisconnected { client: 1 }, now).unwrap();
+    e.handle(Input::ClientDisconnected { client: ClientId(1) }, now).unwrap();
     assert_eq!(refcount(&e), Some(1), "client 2 still holds the job");
     // The late answer changes nothing.
     if let Some(answer) = klinegate::replay::hosted::answer(&mut e.store, &pending[0]) {
         e.handle(answer, now).unwrap();
     }
     assert_eq!(refcount(&e), Some(1));
+}
+
+#[test]
+fn every_http_ingest_input_is_answered_by_its_ingest_done() {
+    // `handle` returns nothing: the shell replies to an HTTP ingest from the
+    // `IngestDone` that carries its request (forming and touch at once, a
+    // closed ingest once stored, any refusal at once).
+    use klinegate::cli::settings::Settings;
+    use klinegate::engine::{Engine, Input, Output};
+    use klinegate::model::Candle;
+    use klinegate::time::Timestamp;
+    let s = "binance:futures:BTC/USDT:1m";
+    let now = Timestamp::from_secs(1000);
+    let settings = Settings { pins: vec![], ..Settings::default() };
+    let mut e = Engine::new(settings.to_engine_config().unwrap(), now);
+    let mut store = MemoryStore::new();
+    let c = |t: i64, volume: f64| Candle { candle_time: t, open: 1.0, high: 2.0, low: 0.5, close: 1.5, volume };
+    let mut answer = |e: &mut Engine, input: Input| -> Vec<(u64, Option<String>)> {
+        e.handle(input, now);
+        klinegate::replay::hosted::drain(e, &mut store, now)
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::IngestDone { request, error } => Some((request, error)),
+                _ => None,
+            })
+            .collect()
+    };
+    let forming = Input::IngestForming { request: 7, series_id: s.into(), candle: c(960, 1.0) };
+    assert_eq!(answer(&mut e, forming), vec![(7, None)]);
+    let bad = Input::IngestForming { request: 8, series_id: s.into(), candle: c(960, -1.0) };
+    assert_eq!(answer(&mut e, bad), vec![(8, Some("invalid candle at 960: negative value".into()))]);
+    let closed = Input::IngestClosed { request: 9, series_id: s.into(), candles: vec![c(900, 1.0)] };
+    assert_eq!(answer(&mut e, closed), vec![(9, None)], "stored (the store answered at once here)");
+    let bad_id = Input::IngestClosed { request: 10, series_id: "nope".into(), candles: vec![c(900, 1.0)] };
+    let got = answer(&mut e, bad_id);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0, 10);
+    assert!(got[0].1.is_some(), "a bad series id is refused: {got:?}");
+    assert_eq!(answer(&mut e, Input::TouchSeries { request: 11, series_id: s.into() }), vec![(11, None)]);
+    let got = answer(&mut e, Input::TouchSeries { request: 12, series_id: "nope".into() });
+    assert_eq!((got.len(), got[0].0, got[0].1.is_some()), (1, 12, true), "{got:?}");
+    // Journals recorded before requests were carried load with request 0.
+    let old = r#"{"type":"touch_series","series_id":"binance:futures:BTC/USDT:1m"}"#;
+    assert_eq!(serde_json::from_str::<Input>(old).unwrap(), Input::TouchSeries { request: 0, series_id: s.into() });
+}
+
+#[test]
+fn next_wake_names_the_part_of_the_engine_poll_timeout_wakes_for() {
+    // Through every fixture journal: `poll_timeout` is `next_wake`'s time at
+    // every step, and the reasons cover the parts the scenarios exercise.
+    use klinegate::engine::{TimerKind, WakeReason};
+    use klinegate::replay::journal::{read_header, Record, Replayer};
+    let mut seen = std::collections::BTreeSet::new();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let mut journals: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    journals.retain(|p| p.to_string_lossy().ends_with(".journal.jsonl"));
+    journals.sort();
+    assert!(!journals.is_empty());
+    for path in journals {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut lines = text.lines();
+        let header = read_header(lines.next().unwrap()).unwrap();
+        let mut r = Replayer::new(&header, Box::new(MemoryStore::new()), std::io::sink()).unwrap();
+        for line in lines.filter(|l| !l.trim().is_empty()) {
+            r.step(serde_json::from_str::<Record>(line).unwrap()).unwrap();
+            let wake = r.engine().next_wake();
+            assert_eq!(r.engine().poll_timeout(), wake.map(|w| w.at), "{}", path.display());
+            if let Some(w) = wake {
+                seen.insert(w.why.name());
+            }
+        }
+    }
+    let want = [
+        WakeReason::Timer(TimerKind::CloseDue),
+        WakeReason::Timer(TimerKind::Forming),
+        WakeReason::Upstream,
+        WakeReason::Supervisor,
+    ];
+    for why in want {
+        assert!(seen.contains(why.name()), "{why} never named; seen {seen:?}");
+    }
+}
+
+#[test]
+fn following_next_wake_walks_an_on_demand_job_through_its_reasons() {
+    use klinegate::cli::settings::Settings;
+    use klinegate::engine::{Engine, Input};
+    use klinegate::time::Timestamp;
+    let s = "binance:futures:BTC/USDT:1m";
+    let now = Timestamp::from_secs(1000);
+    let settings = Settings { pins: vec![], ..Settings::default() };
+    let mut e = Hosted::new(Engine::new(settings.to_engine_config().unwrap(), now), MemoryStore::new());
+    assert_eq!(e.engine.next_wake(), None, "an idle engine with nothing pinned sleeps");
+    e.handle(Input::ClientConnected { client: ClientId(1) }, now).unwrap();
+    e.handle(Input::ClientText { client: ClientId(1), text: json!({"type":"subscribe","series_id":s}).to_string() }, now).unwrap();
+    let mut walked = Vec::new();
+    for _ in 0..4 {
+        let Some(w) = e.engine.next_wake() else { break };
+        assert_eq!(e.engine.poll_timeout(), Some(w.at));
+        walked.push(format!("{}@{}", w.why, w.at.as_secs()));
+        e.handle_timeout(w.at);
+        let _ = e.take_outputs();
+    }
+    // The job's first candle is due to close (plus the late-close grace);
+    // the exchange never answers the connection, which times out; the
+    // failed job is restarted after its backoff, and reconnects.
+    assert_eq!(walked, ["close_due@1025", "upstream@1060", "supervisor@1061", "upstream@1061"]);
+}
+
+#[test]
+fn typed_ids_are_plain_numbers_on_the_record() {
+    // `ClientId`, `ConnId`, `RestId` are types in code, numbers in a journal.
+    use klinegate::engine::{Input, Output, RestId};
+    let input = Input::ClientText { client: ClientId(3), text: "x".into() };
+    assert_eq!(serde_json::to_value(&input).unwrap(), json!({"type":"client_text","client":3,"text":"x"}));
+    let back: Input = serde_json::from_value(json!({"type":"upstream_ping","conn":7})).unwrap();
+    assert_eq!(back, Input::UpstreamPing { conn: ConnId(7) });
+    let out = Output::RestRequest { id: RestId(9), market: klinegate::model::Market::Spot, path: "/p".into() };
+    assert_eq!(serde_json::to_value(&out).unwrap()["id"], 9);
+    assert_eq!(format!("conn={}", ConnId(7)), "conn=7", "logs keep the bare number");
 }

@@ -6,7 +6,7 @@
 mod support;
 
 use klinegate::cli::settings::Settings;
-use klinegate::engine::{Engine, Input, Output};
+use klinegate::engine::{ClientId, ConnId, Engine, Input, Output};
 use klinegate::replay::hosted;
 use klinegate::store::{memory::MemoryStore, Store};
 use klinegate::time::{Duration, Timestamp};
@@ -40,7 +40,7 @@ impl Run {
     }
 
     fn input(&mut self, i: Input) {
-        let _ = self.engine.handle(i, self.now);
+        self.engine.handle(i, self.now);
         self.drain();
     }
 
@@ -79,7 +79,7 @@ impl Run {
         let sends = self.sends();
         for (_, v) in &sends[*acked..] {
             let id = v["id"].as_u64().unwrap();
-            self.input(Input::UpstreamText { conn: 1, text: ack(id) });
+            self.input(Input::UpstreamText { conn: ConnId(1), text: ack(id) });
         }
         *acked = sends.len();
     }
@@ -90,9 +90,9 @@ fn quiet_settings() -> Settings {
 }
 
 fn subscribe_client(run: &mut Run, client: u64, symbol: &str) {
-    run.input(Input::ClientConnected { client });
+    run.input(Input::ClientConnected { client: ClientId(client) });
     let text = format!(r#"{{"type":"subscribe","series_id":"binance:spot:{symbol}/USDT:1m"}}"#);
-    run.input(Input::ClientText { client, text });
+    run.input(Input::ClientText { client: ClientId(client), text });
 }
 
 #[test]
@@ -100,7 +100,7 @@ fn spot_messages_leave_exactly_500_ms_apart_batching_everything_queued() {
     let mut run = Run::new(quiet_settings());
     run.input(Input::Start);
     subscribe_client(&mut run, 1, "A0");
-    run.input(Input::UpstreamConnected { conn: 1 });
+    run.input(Input::UpstreamConnected { conn: ConnId(1) });
     // 30 more series, one every 25 ms.
     for i in 1..=30u64 {
         run.run_until(run.now.add(Duration(25 * MS)));
@@ -119,9 +119,9 @@ fn a_pong_counts_the_next_message_waits_a_full_gap_after_it() {
     let mut run = Run::new(quiet_settings());
     run.input(Input::Start);
     subscribe_client(&mut run, 1, "A0");
-    run.input(Input::UpstreamConnected { conn: 1 });
+    run.input(Input::UpstreamConnected { conn: ConnId(1) });
     run.run_until(Timestamp::from_secs(T0).add(Duration(300 * MS)));
-    run.input(Input::UpstreamPing { conn: 1 }); // the shell's pong leaves at 300 ms
+    run.input(Input::UpstreamPing { conn: ConnId(1) }); // the shell's pong leaves at 300 ms
     subscribe_client(&mut run, 2, "A1");
     run.run_until(Timestamp::from_secs(T0 + 3));
     let times: Vec<u64> = run.sends().iter().map(|(t, _)| (t.0 - Timestamp::from_secs(T0).0) / MS).collect();
@@ -160,23 +160,23 @@ proptest! {
                 0 if connected && rel >= last_ping + 1000 => {
                     last_ping = rel;
                     pongs.push(rel);
-                    run.input(Input::UpstreamPing { conn: 1 });
+                    run.input(Input::UpstreamPing { conn: ConnId(1) });
                 }
                 1 => {
                     // A client leaves: its series' job is reaped after the idle TTL.
                     if client > 0 {
-                        run.input(Input::ClientDisconnected { client });
+                        run.input(Input::ClientDisconnected { client: ClientId(client) });
                     }
                 }
                 _ => {
                     client += 1;
-                    run.input(Input::ClientConnected { client });
+                    run.input(Input::ClientConnected { client: ClientId(client) });
                     let text = format!(r#"{{"type":"subscribe","series_id":"binance:{market}:S{}/USDT:1m"}}"#, what as u64 * 7 + client % 13);
-                    run.input(Input::ClientText { client, text });
+                    run.input(Input::ClientText { client: ClientId(client), text });
                 }
             }
             if !connected {
-                run.input(Input::UpstreamConnected { conn: 1 });
+                run.input(Input::UpstreamConnected { conn: ConnId(1) });
                 connected = true;
             }
             run.ack_all(&mut acked);
@@ -201,18 +201,18 @@ fn a_frozen_stream_is_resubscribed_exactly_stream_stall_after_its_last_frame() {
     let settings = Settings { pins: vec!["binance:spot:BTC/USDT:1m".into()], stream_stall_s: 10, ..quiet_settings() };
     let mut run = Run::new(settings);
     run.input(Input::Start);
-    run.input(Input::UpstreamConnected { conn: 1 });
+    run.input(Input::UpstreamConnected { conn: ConnId(1) });
     let mut acked = 0;
     run.ack_all(&mut acked);
     // Frames every 2 s until T0+20 (the connection keeps being pinged throughout).
     for k in 1..=10u64 {
         run.run_until(Timestamp::from_secs(T0 + 2 * k));
-        run.input(Input::UpstreamText { conn: 1, text: kline("btcusdt@kline_1m", T0 as i64, 1.0, false) });
-        run.input(Input::UpstreamPing { conn: 1 });
+        run.input(Input::UpstreamText { conn: ConnId(1), text: kline("btcusdt@kline_1m", T0 as i64, 1.0, false) });
+        run.input(Input::UpstreamPing { conn: ConnId(1) });
     }
     run.run_until(Timestamp::from_secs(T0 + 29));
     assert!(run.logs("stream_stalled").is_empty(), "no stall before 10 s of silence");
-    run.input(Input::UpstreamPing { conn: 1 });
+    run.input(Input::UpstreamPing { conn: ConnId(1) });
     run.run_until(Timestamp::from_secs(T0 + 31));
     let stalls = run.logs("stream_stalled");
     assert_eq!(stalls.len(), 1, "{stalls:?}");
@@ -245,7 +245,7 @@ fn the_late_close_watchdog_fires_from_the_clock_without_any_newer_frame() {
     };
     let mut run = Run::new(settings);
     run.input(Input::Start);
-    run.input(Input::UpstreamConnected { conn: 1 });
+    run.input(Input::UpstreamConnected { conn: ConnId(1) });
     let mut acked = 0;
     run.ack_all(&mut acked);
     // The first-visit heal of the previous minute is answered.
@@ -263,7 +263,7 @@ fn the_late_close_watchdog_fires_from_the_clock_without_any_newer_frame() {
     });
     // Candle T0 forms; then nothing more from the stream.
     run.run_until(Timestamp::from_secs(T0 + 30));
-    run.input(Input::UpstreamText { conn: 1, text: kline("btcusdt@kline_1m", T0 as i64, 1.0, false) });
+    run.input(Input::UpstreamText { conn: ConnId(1), text: kline("btcusdt@kline_1m", T0 as i64, 1.0, false) });
     run.run_until(Timestamp::from_secs(T0 + 65));
     let fetch_at = |run: &Run| {
         run.outs.iter().filter_map(|(t, o)| match o {
@@ -299,12 +299,12 @@ fn three_hundred_new_series_are_subscribed_within_10_s_under_the_limit() {
                 .outs
                 .iter()
                 .filter_map(|(_, o)| match o {
-                    Output::UpstreamConnect { conn, .. } => Some(*conn),
+                    Output::UpstreamConnect { conn, .. } => Some(conn.0),
                     _ => None,
                 })
                 .collect();
             for conn in opens[connected..].to_vec() {
-                run.input(Input::UpstreamConnected { conn });
+                run.input(Input::UpstreamConnected { conn: ConnId(conn) });
             }
             connected = opens.len();
             let sends: Vec<(u64, u64)> = run
@@ -312,20 +312,20 @@ fn three_hundred_new_series_are_subscribed_within_10_s_under_the_limit() {
                 .iter()
                 .filter_map(|(_, o)| match o {
                     Output::UpstreamSend { conn, text } => {
-                        serde_json::from_str::<Value>(text).ok()?.get("id")?.as_u64().map(|id| (*conn, id))
+                        serde_json::from_str::<Value>(text).ok()?.get("id")?.as_u64().map(|id| (conn.0, id))
                     }
                     _ => None,
                 })
                 .collect();
             for (conn, id) in sends[acked..].to_vec() {
-                run.input(Input::UpstreamText { conn, text: ack(id) });
+                run.input(Input::UpstreamText { conn: ConnId(conn), text: ack(id) });
             }
             acked = sends.len();
         };
         for i in 0..300u64 {
-            run.input(Input::ClientConnected { client: i });
+            run.input(Input::ClientConnected { client: ClientId(i) });
             let text = format!(r#"{{"type":"subscribe","series_id":"binance:{market}:B{i:03}/USDT:1m"}}"#);
-            run.input(Input::ClientText { client: i, text });
+            run.input(Input::ClientText { client: ClientId(i), text });
             step(&mut run);
             run.run_until(run.now.add(Duration(8 * MS)));
         }
@@ -338,7 +338,7 @@ fn three_hundred_new_series_are_subscribed_within_10_s_under_the_limit() {
         for (t, o) in &run.outs {
             if let Output::UpstreamSend { conn, text } = o {
                 let v: Value = serde_json::from_str(text).unwrap();
-                per_conn.entry(*conn).or_default().push((t.0 - start.0) / MS);
+                per_conn.entry(conn.0).or_default().push((t.0 - start.0) / MS);
                 if v["method"] == "SUBSCRIBE" {
                     for p in v["params"].as_array().unwrap() {
                         subscribed.push((*t, p.as_str().unwrap().to_string()));

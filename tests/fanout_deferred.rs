@@ -14,7 +14,7 @@ mod engine_support;
 use std::collections::BTreeMap;
 
 use klinegate::cli::settings::Settings;
-use klinegate::engine::{Engine, Input, Output};
+use klinegate::engine::{ClientId, ConnId, Engine, Input, Output};
 use klinegate::replay::hosted;
 use klinegate::store::MemoryStore;
 use klinegate::time::Timestamp;
@@ -85,7 +85,7 @@ impl Driver {
             return;
         }
         self.frames.clear();
-        self.e.take_client_frames(client, &mut self.frames);
+        self.e.take_client_frames(ClientId(client), &mut self.frames);
         let bytes = self.got.bytes.entry(client).or_default();
         for f in &self.frames {
             bytes.extend_from_slice(f);
@@ -99,10 +99,10 @@ impl Driver {
             while let Some(out) = self.e.poll_output() {
                 match out {
                     Output::ClientReady { client } => match self.reader {
-                        Reader::AtOnce => self.take(client),
+                        Reader::AtOnce => self.take(client.0),
                         Reader::AfterDrain => ready.push(client),
                     },
-                    Output::ClientClose { client, .. } => self.got.closed.push(client),
+                    Output::ClientClose { client, .. } => self.got.closed.push(client.0),
                     other => {
                         let now = self.e.now();
                         hosted::carry(&mut self.e, &mut self.store, &other, now);
@@ -116,13 +116,13 @@ impl Driver {
             ready.sort_unstable();
             ready.dedup();
             for client in ready {
-                self.take(client);
+                self.take(client.0);
             }
         }
     }
 
     fn input(&mut self, input: Input, now: Timestamp) {
-        let _ = self.e.handle(input, now);
+        self.e.handle(input, now);
         self.drain();
     }
 
@@ -139,11 +139,11 @@ fn run(defer: bool, reader: Reader) -> Received {
     let start = Timestamp::from_secs(T0 - 2);
     let (mut d, conn) = Driver::new(defer, reader, start);
     for client in 1..=40u64 {
-        d.input(Input::ClientConnected { client }, start);
+        d.input(Input::ClientConnected { client: ClientId(client) }, start);
         let series = if client % 3 == 0 { DERIVED } else { BASE };
-        d.input(Input::ClientText { client, text: subscribe(series) }, start);
+        d.input(Input::ClientText { client: ClientId(client), text: subscribe(series) }, start);
         if client % 5 == 0 {
-            d.input(Input::ClientText { client, text: subscribe(DERIVED) }, start);
+            d.input(Input::ClientText { client: ClientId(client), text: subscribe(DERIVED) }, start);
         }
     }
     let mut trades = 0;
@@ -155,23 +155,23 @@ fn run(defer: bool, reader: Reader) -> Received {
             d.timers(now);
             let event_ms = open_s * 1000 + step * 7_000 + 50;
             let close = 36_500.0 + (trades as f64) * 1.25;
-            d.input(Input::UpstreamText { conn, text: kline(open_s, event_ms, close, trades, false) }, now);
+            d.input(Input::UpstreamText { conn: ConnId(conn), text: kline(open_s, event_ms, close, trades, false) }, now);
             // Clients come, go and change subscriptions between exchange frames.
             let client = 100 + minute * 10 + step;
             if step == 2 {
-                d.input(Input::ClientConnected { client }, now);
-                d.input(Input::ClientText { client, text: subscribe(BASE) }, now);
+                d.input(Input::ClientConnected { client: ClientId(client) }, now);
+                d.input(Input::ClientText { client: ClientId(client), text: subscribe(BASE) }, now);
             }
             if step == 4 {
                 let gone = 2 + minute * 4;
-                d.input(Input::ClientDisconnected { client: gone }, now);
+                d.input(Input::ClientDisconnected { client: ClientId(gone) }, now);
                 let text = format!(r#"{{"type":"unsubscribe","series_id":"{BASE}"}}"#);
-                d.input(Input::ClientText { client: gone + 1, text }, now);
+                d.input(Input::ClientText { client: ClientId(gone + 1), text }, now);
             }
         }
         let end = Timestamp::from_millis((open_s + 60) * 1000 + 20);
         let text = kline(open_s, (open_s + 60) * 1000 + 5, 36_600.0, trades, true);
-        d.input(Input::UpstreamText { conn, text }, end);
+        d.input(Input::UpstreamText { conn: ConnId(conn), text }, end);
         d.timers(end);
     }
     d.timers(Timestamp::from_secs(T0 + 7 * 60 + 30));

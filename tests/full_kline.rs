@@ -6,7 +6,7 @@
 //! the reference's. Time is an input throughout.
 
 use klinegate::cli::settings::Settings;
-use klinegate::engine::{Engine, Input, Output};
+use klinegate::engine::{ConnId, Engine, Input, Output};
 use klinegate::kline_ext::KlineExt;
 use klinegate::model::Candle;
 use klinegate::replay::hosted::Hosted;
@@ -72,11 +72,11 @@ fn engine(full: bool) -> (Hosted<MemoryStore>, u64) {
     let mut h = Hosted::new(Engine::new(settings.to_engine_config().unwrap(), Timestamp::from_secs(T0 as u64)), MemoryStore::new());
     h.handle(Input::Start, Timestamp::from_secs(T0 as u64)).unwrap();
     let conn = exchange(&mut h, T0).expect("a connection to the exchange");
-    (h, conn)
+    (h, conn.0)
 }
 
 /// Plays the exchange's side of connecting and subscribing; returns the connection.
-fn exchange(h: &mut Hosted<MemoryStore>, t: i64) -> Option<u64> {
+fn exchange(h: &mut Hosted<MemoryStore>, t: i64) -> Option<klinegate::engine::ConnId> {
     let now = Timestamp::from_secs(t as u64);
     let mut conn = None;
     for _ in 0..10 {
@@ -111,7 +111,7 @@ fn play((h, conn): &mut (Hosted<MemoryStore>, u64), minutes: std::ops::Range<i64
         let t = T0 + 60 * i;
         let now = Timestamp::from_secs((t + 61) as u64);
         let text = frame(t, i + 1, true, !without.contains(&i));
-        h.handle(Input::UpstreamText { conn, text }, now).unwrap();
+        h.handle(Input::UpstreamText { conn: ConnId(conn), text }, now).unwrap();
         h.handle_timeout(Timestamp::from_secs((t + 62) as u64));
     }
 }

@@ -79,6 +79,11 @@ fn subscribe_gets_forming_and_closed_that_are_in_sqlite_and_1m_5m_share_one_stre
     assert_eq!(v["candles"].as_array().unwrap().len(), 3);
     assert_eq!(v["server_head_time"], (t0 + 240_000) / 1000);
     assert_eq!(ex.violation_count(), 0, "{:?}", ex.violations());
+    // The debug log says why the engine's timers woke the loop.
+    let wake = live.wait_log("engine_wake why=", 5 * SEC).expect("an engine_wake debug line");
+    let why = wake.split("why=").nth(1).and_then(|w| w.split_whitespace().next()).unwrap_or("");
+    let known = ["flush", "forming", "watchdog", "close_due", "release_held", "flush_all", "stall_check", "upstream", "supervisor"];
+    assert!(known.contains(&why), "{wake}");
     assert_eq!(live.terminate(10 * SEC), Some(0));
 }
 

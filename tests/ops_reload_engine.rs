@@ -5,7 +5,7 @@
 
 use klinegate::cli::settings::Settings;
 use klinegate::engine::reload::Reloadable;
-use klinegate::engine::{Engine, Input, Output};
+use klinegate::engine::{ClientId, Engine, Input, Output};
 use klinegate::replay::hosted::Hosted;
 use klinegate::store::MemoryStore;
 use klinegate::time::Timestamp;
@@ -100,15 +100,15 @@ fn a_pin_swapped_on_reload_starts_one_job_and_reaps_the_other_after_the_ttl() {
 #[test]
 fn a_removed_pin_with_a_subscriber_is_held_until_it_leaves() {
     let (mut h, base) = engine();
-    h.handle(Input::ClientConnected { client: 1 }, at(T0 + 1)).unwrap();
+    h.handle(Input::ClientConnected { client: ClientId(1) }, at(T0 + 1)).unwrap();
     let sub = json!({"type": "subscribe", "series_id": BTC}).to_string();
-    h.handle(Input::ClientText { client: 1, text: sub }, at(T0 + 1)).unwrap();
+    h.handle(Input::ClientText { client: ClientId(1), text: sub }, at(T0 + 1)).unwrap();
     exchange(&mut h, T0 + 1);
     reload(&mut h, &base, &[], T0 + 2);
     assert_eq!(job(&h, BTC).unwrap()["refcount"], 1);
     tick(&mut h, T0 + 500);
     assert!(job(&h, BTC).is_some(), "held by its subscriber");
-    h.handle(Input::ClientDisconnected { client: 1 }, at(T0 + 600)).unwrap();
+    h.handle(Input::ClientDisconnected { client: ClientId(1) }, at(T0 + 600)).unwrap();
     exchange(&mut h, T0 + 600);
     tick(&mut h, T0 + 659);
     assert!(job(&h, BTC).is_some());

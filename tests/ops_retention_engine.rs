@@ -78,7 +78,7 @@ fn count(s: &MemoryStore, id: &str) -> u64 {
 fn a_pass_at_start_prunes_in_batches_and_keeps_recent_candles() {
     let mut store = seeded();
     let mut e = engine("1m=1h,5m=1d");
-    e.handle(Input::Start, at(T0)).unwrap();
+    e.handle(Input::Start, at(T0));
     assert_eq!(e.poll_timeout(), Some(at(T0)), "the first pass is due at start");
     e.handle_timeout(at(T0));
     let (prunes, logs) = drain(&mut e, &mut store, at(T0));
@@ -106,7 +106,7 @@ fn a_pass_at_start_prunes_in_batches_and_keeps_recent_candles() {
 fn the_next_pass_runs_every_interval_and_a_failure_is_retried_at_the_next() {
     let mut store = seeded();
     let mut e = engine("1m=1h");
-    e.handle(Input::Start, at(T0)).unwrap();
+    e.handle(Input::Start, at(T0));
     e.handle_timeout(at(T0));
     drain(&mut e, &mut store, at(T0));
     e.handle_timeout(at(T0 + 599));
@@ -132,13 +132,13 @@ fn the_next_pass_runs_every_interval_and_a_failure_is_retried_at_the_next() {
 fn no_rules_no_pass_and_a_reload_with_rules_starts_one_at_once() {
     let mut store = seeded();
     let mut e = engine("");
-    e.handle(Input::Start, at(T0)).unwrap();
+    e.handle(Input::Start, at(T0));
     assert!(drain(&mut e, &mut store, at(T0)).0.is_empty());
     assert_eq!(e.poll_timeout(), None);
     let settings = Settings { pins: vec![], heal: false, ..Settings::default() }.to_engine_config().unwrap();
     let mut r = Reloadable::of(&settings);
     r.retention = vec![RetentionRule { timeframe: "1m".into(), keep_s: 3600 }];
-    e.handle(Input::Reload { settings: r }, at(T0 + 5)).unwrap();
+    e.handle(Input::Reload { settings: r }, at(T0 + 5));
     e.handle_timeout(at(T0 + 5));
     let (prunes, _) = drain(&mut e, &mut store, at(T0 + 5));
     assert_eq!(prunes.len(), 2);
@@ -150,7 +150,7 @@ fn the_read_role_leaves_pruning_to_ingesting_nodes() {
     let mut store = seeded();
     let settings = Settings { pins: vec![], retention: "1m=1h".into(), role: "read".into(), ..Settings::default() };
     let mut e = Engine::new(settings.to_engine_config().unwrap(), at(T0));
-    e.handle(Input::Start, at(T0)).unwrap();
+    e.handle(Input::Start, at(T0));
     e.handle_timeout(at(T0));
     assert!(drain(&mut e, &mut store, at(T0)).0.is_empty());
     assert_eq!(count(&store, ETH1), 50);

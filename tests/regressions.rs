@@ -2,7 +2,7 @@
 //! simulation (fuzz/, tests/simulation.rs). Each test names where it was found.
 
 use klinegate::cli::settings::Settings;
-use klinegate::engine::{Engine, Input, Output};
+use klinegate::engine::{ClientId, ConnId, Engine, Input, Output};
 use klinegate::model::Market;
 use klinegate::replay::hosted::Hosted;
 use klinegate::store::{MemoryStore, Store};
@@ -30,7 +30,7 @@ fn drain(e: &mut Hosted<MemoryStore>, now: Timestamp, conns: &mut Vec<(u64, Mark
     while let Some(out) = e.poll_output() {
         match out {
             Output::UpstreamConnect { conn, market, .. } => {
-                conns.push((conn, market));
+                conns.push((conn.0, market));
                 opened.push(conn);
             }
             Output::UpstreamSend { conn, text } => {
@@ -74,15 +74,15 @@ fn spot_and_futures_series_of_one_symbol_keep_their_own_candles() {
     let now = Timestamp::from_secs((T0 + 90) as u64);
     let mut e = Hosted::new(Engine::new(settings.to_engine_config().unwrap(), now), MemoryStore::new());
     let mut conns = Vec::new();
-    e.handle(Input::ClientConnected { client: 1 }, now).unwrap();
+    e.handle(Input::ClientConnected { client: ClientId(1) }, now).unwrap();
     for s in ["binance:spot:ETH/USDT:1m", "binance:futures:ETH/USDT:1m"] {
         let text = format!(r#"{{"type":"subscribe","series_id":"{s}"}}"#);
-        e.handle(Input::ClientText { client: 1, text }, now).unwrap();
+        e.handle(Input::ClientText { client: ClientId(1), text }, now).unwrap();
         drain(&mut e, now, &mut conns);
     }
     let spot = conns.iter().find(|(_, m)| *m == Market::Spot).expect("a spot connection").0;
 
-    e.handle(Input::UpstreamText { conn: spot, text: kline("ethusdt@kline_1m", T0, true) }, now).unwrap();
+    e.handle(Input::UpstreamText { conn: ConnId(spot), text: kline("ethusdt@kline_1m", T0, true) }, now).unwrap();
     e.handle(Input::Shutdown, now).unwrap();
     while e.poll_output().is_some() {}
 
@@ -124,7 +124,7 @@ fn a_frame_on_the_rotated_out_connection_after_the_new_ack_is_kept() {
     drain(&mut e, now, &mut conns);
     assert_eq!(conns.len(), 2, "a replacement connection was opened");
     // A close sent on the old connection before the switch is read now.
-    e.handle(Input::UpstreamText { conn: old, text: kline("btcusdt@kline_1m", T0 - 60, true) }, now).unwrap();
+    e.handle(Input::UpstreamText { conn: ConnId(old), text: kline("btcusdt@kline_1m", T0 - 60, true) }, now).unwrap();
     now = Timestamp::from_secs(T0 as u64 + 12);
     e.handle_timeout(now);
     let stored = e.store.read_tail("binance:spot:BTC/USDT:1m", 10).unwrap();

@@ -141,11 +141,13 @@ impl Command {
         Command(vec![name.as_bytes().to_vec()])
     }
 
+    #[must_use]
     pub fn arg(mut self, a: impl AsRef<[u8]>) -> Self {
         self.0.push(a.as_ref().to_vec());
         self
     }
 
+    #[must_use]
     pub fn arg_int(self, n: i64) -> Self {
         let mut b = itoa::Buffer::new();
         let s = b.format(n).to_string();
@@ -235,6 +237,7 @@ impl RedisConn {
         Ok(id)
     }
 
+    #[must_use = "drain until None"]
     pub fn poll_event(&mut self) -> Option<RedisEvent> {
         self.events.pop_front()
     }

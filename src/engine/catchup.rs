@@ -201,7 +201,7 @@ impl CatchUp {
 mod tests {
     use super::*;
     use crate::cli::settings::Settings;
-    use crate::engine::{Engine, Input, Output};
+    use crate::engine::{ClientId, Engine, Input, Output};
     use crate::model::{Candle, Timeframe};
     use crate::time::Timestamp;
 
@@ -272,7 +272,7 @@ mod tests {
         let now = Timestamp::from_secs(10_000);
         let mut e = Engine::new(settings.to_engine_config().unwrap(), now);
         let sub = |since: i64| Input::ClientText {
-            client: 1,
+            client: ClientId(1),
             text: format!(r#"{{"type":"subscribe","series_id":"binance:spot:BTC/USDT:1m","since":{since}}}"#),
         };
         let reads = |e: &mut Engine| -> Vec<(StoreOp, StoreQuery)> {
@@ -284,18 +284,18 @@ mod tests {
                 })
                 .collect()
         };
-        e.handle(Input::ClientConnected { client: 1 }, now).unwrap();
-        e.handle(sub(60), now).unwrap();
+        e.handle(Input::ClientConnected { client: ClientId(1) }, now);
+        e.handle(sub(60), now);
         let first = reads(&mut e);
         assert_eq!(first.len(), 1);
-        e.handle(sub(600), now).unwrap();
+        e.handle(sub(600), now);
         assert_eq!(reads(&mut e), vec![], "one read in flight per client");
-        e.handle(Input::StoreRead { op: first[0].0, result: candles(&[120, 180]) }, now).unwrap();
+        e.handle(Input::StoreRead { op: first[0].0, result: candles(&[120, 180]) }, now);
         let next = reads(&mut e);
         assert_eq!(next.len(), 1);
         assert_eq!(after(&next[0].1), Some((600, 500)), "the new subscription's own read");
         let mut frames = Vec::new();
-        e.take_client_frames(1, &mut frames);
+        e.take_client_frames(ClientId(1), &mut frames);
         assert!(frames.is_empty(), "nothing from the stale page");
     }
 }

@@ -35,6 +35,7 @@
 //!
 //! Never reads a clock or the store: the catch-up clamp uses the engine time passed in.
 
+use crate::engine::ClientId;
 use super::catchup::{CatchUp, PageCtx, Step};
 use super::rate::MessageRate;
 use super::series::{SeriesIdx, SeriesTable};
@@ -338,7 +339,7 @@ impl Hub {
         let seq = session.push(bytes, catchup);
         if !session.ready_signalled {
             session.ready_signalled = true;
-            out.push_back(Output::ClientReady { client: session.id });
+            out.push_back(Output::ClientReady { client: ClientId(session.id) });
         }
         if session.live_bytes() > max {
             return None;
@@ -747,7 +748,7 @@ impl Hub {
         session.queued_bytes = 0;
         session.catchup_bytes = 0;
         let (code, reason) = SLOW_CONSUMER_CLOSE;
-        out.push_back(Output::ClientClose { client: session.id, code, reason: reason.to_string() });
+        out.push_back(Output::ClientClose { client: ClientId(session.id), code, reason: reason.to_string() });
         // The engine releases the subscriptions when the shell reports the close;
         // until then nothing more is queued for this client (`closing`).
     }

@@ -15,16 +15,16 @@ pub type Frame = bytes::Bytes;
 pub enum Input {
     /// Start pinned jobs. Sent once by the shell after constructing the engine.
     Start,
-    ClientConnected { client: u64 },
-    ClientText { client: u64, text: String },
-    ClientBinary { client: u64, len: usize },
-    ClientDisconnected { client: u64 },
-    UpstreamConnected { conn: u64 },
-    UpstreamText { conn: u64, text: String },
+    ClientConnected { client: ClientId },
+    ClientText { client: ClientId, text: String },
+    ClientBinary { client: ClientId, len: usize },
+    ClientDisconnected { client: ClientId },
+    UpstreamConnected { conn: ConnId },
+    UpstreamText { conn: ConnId, text: String },
     /// A WebSocket ping, already answered by the shell with a pong — proof the
     /// connection lives, and a message counted against the exchange's limit.
-    UpstreamPing { conn: u64 },
-    UpstreamDisconnected { conn: u64, reason: String },
+    UpstreamPing { conn: ConnId },
+    UpstreamDisconnected { conn: ConnId, reason: String },
     /// `POST /api/market/ingest/candle_closed` (one candle) or the dev batch
     /// route. Answered by `IngestDone { request }` once stored (or refused).
     IngestClosed {
@@ -33,8 +33,14 @@ pub enum Input {
         series_id: String,
         candles: Vec<Candle>,
     },
-    /// `POST /api/market/ingest/candle_forming`.
-    IngestForming { series_id: String, candle: Candle },
+    /// `POST /api/market/ingest/candle_forming`. Answered at once by
+    /// `IngestDone { request }` (published, or refused).
+    IngestForming {
+        #[serde(default)]
+        request: u64,
+        series_id: String,
+        candle: Candle,
+    },
     /// SIGINT/SIGTERM: flush everything, close clients with 1001.
     Shutdown,
     /// SIGHUP: the whitelist and limits re-read from the configuration
@@ -43,10 +49,16 @@ pub enum Input {
     /// A reader asked for a series (`GET /api/market/candles`): start its job
     /// if it has none, so its history is filled (debounced: a no-op while the
     /// job exists; the job is reaped after the idle TTL like any other).
-    TouchSeries { series_id: String },
+    /// Answered at once by `IngestDone { request }` (the shell's touch
+    /// after a read uses request 0: nobody waits for it).
+    TouchSeries {
+        #[serde(default)]
+        request: u64,
+        series_id: String,
+    },
     /// The answer to a `RestRequest` (any HTTP status).
     RestResponse {
-        id: u64,
+        id: RestId,
         status: u16,
         body: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -55,7 +67,7 @@ pub enum Input {
         used_weight: Option<u32>,
     },
     /// A `RestRequest` could not be carried out (connect, TLS, timeout, …).
-    RestFailed { id: u64, reason: String },
+    RestFailed { id: RestId, reason: String },
     /// The market's symbol list (from its `exchangeInfo`) as `BASE/QUOTE`
     /// pairs: series of any other symbol are unknown (see `listing.rs`).
     SymbolsListed { market: Market, symbols: Vec<String> },
@@ -87,6 +99,36 @@ pub enum Input {
     BusRefused { series_id: String, reason: String },
 }
 
+/// Ids in the boundary values: plain numbers on the wire (a journal line
+/// holds `"client":3`) and in logs, distinct types in code.
+macro_rules! boundary_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub u64);
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
+}
+
+boundary_id!(
+    /// A client connection (`/ws/market`), numbered by the shell.
+    ClientId
+);
+boundary_id!(
+    /// An exchange WebSocket connection, numbered by the engine.
+    ConnId
+);
+boundary_id!(
+    /// A REST request (`RestRequest`) and its answer, numbered by the engine.
+    RestId
+);
+
 /// Names one store effect (`ReadStore`, `Persist`) and its answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -106,18 +148,18 @@ pub enum LogLevel {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Output {
     /// Open a WebSocket to `url`; report `UpstreamConnected` or `UpstreamDisconnected`.
-    UpstreamConnect { conn: u64, market: Market, url: String },
-    UpstreamSend { conn: u64, text: String },
+    UpstreamConnect { conn: ConnId, market: Market, url: String },
+    UpstreamSend { conn: ConnId, text: String },
     /// Close the connection; the engine has already forgotten it.
-    UpstreamClose { conn: u64, reason: String },
+    UpstreamClose { conn: ConnId, reason: String },
     /// Frames are queued for this client: call `take_client_frames` when writable.
-    ClientReady { client: u64 },
+    ClientReady { client: ClientId },
     /// Close the client with this WebSocket close code; then report
     /// `ClientDisconnected` so its subscriptions are released.
-    ClientClose { client: u64, code: u16, reason: String },
+    ClientClose { client: ClientId, code: u16, reason: String },
     Log { level: LogLevel, line: String },
     /// `GET <the market's REST base URL><path>`; answer with `RestResponse` or `RestFailed`.
-    RestRequest { id: u64, market: Market, path: String },
+    RestRequest { id: RestId, market: Market, path: String },
     /// Run `query` against the store (`StoreQuery::run`) and answer with
     /// `StoreRead { op, .. }`, in a later step. Store effects (`ReadStore`,
     /// `Persist`) are carried out in the order they are emitted, as one FIFO,
@@ -126,8 +168,10 @@ pub enum Output {
     /// Carry `write` out (`StoreWrite::run`) and answer with
     /// `Persisted { op, .. }`, in a later step.
     Persist { op: StoreOp, write: StoreWrite },
-    /// The answer to `IngestClosed { request }`: `None` when stored and
-    /// published, else why not (the HTTP reply's error).
+    /// The answer to an HTTP ingest or touch (`IngestClosed`, `IngestForming`,
+    /// `TouchSeries`) with its `request`: `None` when done (a closed ingest:
+    /// stored and published), else why not (the HTTP reply's error). Every
+    /// such input gets exactly one.
     IngestDone {
         request: u64,
         #[serde(skip_serializing_if = "Option::is_none")]

@@ -2,11 +2,13 @@
 //! the derived-timeframe folds, the hub and the upstream pool, and talks to
 //! the world only through values:
 //!
-//! - [`Engine::handle`]`(input, now)` — one event from outside;
+//! - [`Engine::handle`]`(input, now)` — one event from outside; returns
+//!   nothing (an HTTP ingest is answered by `Output::IngestDone`);
 //! - [`Engine::handle_timeout`]`(now)` — fire every timer due at `now`;
 //! - [`Engine::poll_output`] — drain what the shell must do, until `None`;
 //! - [`Engine::take_client_frames`] — the frames queued for one client;
-//! - [`Engine::poll_timeout`] — the earliest deadline (a pure query).
+//! - [`Engine::poll_timeout`] — the earliest deadline (a pure query);
+//!   [`Engine::next_wake`] says which part of the engine it is for.
 //!
 //! Call order: after every `handle`/`handle_timeout`, drain `poll_output`
 //! before the next mutation. Time never goes backwards: the engine keeps the
@@ -49,10 +51,12 @@ mod store_ops;
 mod unlisted;
 mod view;
 mod client_requests;
+mod wake;
 mod window;
 
 pub use counters::{CounterSample, Counters};
-pub use io::{Frame, Input, LogLevel, Output, StoreOp};
+pub use io::{ClientId, ConnId, Frame, Input, LogLevel, Output, RestId, StoreOp};
+pub use wake::{TimerKind, Wake, WakeReason};
 pub use window::ClosedWindow;
 pub use view::{Gauges, Readiness, RestFigures};
 
@@ -237,124 +241,111 @@ impl Engine {
         }
     }
 
-    /// Handles one input. Only the ingest inputs can fail at once (their
-    /// error text is the HTTP reply; a stored ingest is answered by
-    /// `Output::IngestDone`); everything else answers through outputs.
-    pub fn handle(&mut self, input: Input, now: Timestamp) -> Result<(), String> {
+    /// Handles one input. It returns nothing: every answer is an output
+    /// (an HTTP ingest or touch is answered by `Output::IngestDone` with its
+    /// `request`, at once or once stored).
+    pub fn handle(&mut self, input: Input, now: Timestamp) {
         self.settle_fanout();
         self.advance(now);
         self.counters.inputs += 1;
-        let result = match input {
+        match input {
             Input::Start => {
                 self.supervisor.start_whitelist(self.now, &mut self.effects);
                 self.apply_effects();
                 self.retention_arm();
-                Ok(())
             }
             Input::ClientConnected { client } => {
-                if !self.hub.connect(client) {
+                if !self.hub.connect(client.0) {
                     self.log(LogLevel::Warn, format!("client_id_reused client={client}"));
                 }
-                Ok(())
             }
             Input::ClientText { client, text } => {
-                if self.admit_client_message(client) {
-                    self.on_client_text(client, &text);
+                if self.admit_client_message(client.0) {
+                    self.on_client_text(client.0, &text);
                 }
-                Ok(())
             }
             Input::ClientBinary { client, len: _ } => {
-                if self.admit_client_message(client) {
-                    self.reject_client(client, &RequestError::Binary);
+                if self.admit_client_message(client.0) {
+                    self.reject_client(client.0, &RequestError::Binary);
                 }
-                Ok(())
             }
             Input::ClientDisconnected { client } => {
-                self.on_client_gone(client);
-                Ok(())
+                self.on_client_gone(client.0);
             }
             Input::UpstreamConnected { conn } => {
-                self.pool.on_connected(conn, self.now, &mut self.outputs, &mut self.pool_events);
+                self.pool.on_connected(conn.0, self.now, &mut self.outputs, &mut self.pool_events);
                 self.log(LogLevel::Info, format!("upstream_connected conn={conn}"));
                 self.apply_pool_events();
-                Ok(())
             }
             Input::UpstreamText { conn, text } => {
-                self.on_upstream_text(conn, &text);
-                Ok(())
+                self.on_upstream_text(conn.0, &text);
             }
             Input::UpstreamPing { conn } => {
-                self.pool.on_ping(conn, self.now);
-                Ok(())
+                self.pool.on_ping(conn.0, self.now);
             }
             Input::UpstreamDisconnected { conn, reason } => {
-                if self.pool.knows_conn(conn) {
+                if self.pool.knows_conn(conn.0) {
                     self.log(LogLevel::Warn, format!("upstream_lost conn={conn} reason={reason:?}"));
                 }
-                self.pool.on_disconnected(conn, &reason, self.now, &mut self.outputs, &mut self.pool_events);
+                self.pool.on_disconnected(conn.0, &reason, self.now, &mut self.outputs, &mut self.pool_events);
                 self.apply_pool_events();
-                Ok(())
             }
-            Input::IngestClosed { request, series_id, candles } => self.ingest_closed(request, &series_id, candles),
-            Input::IngestForming { series_id, candle } => self.ingest_forming(&series_id, candle),
-            Input::TouchSeries { series_id } => self.touch_series(&series_id),
+            Input::IngestClosed { request, series_id, candles } => {
+                if let Err(error) = self.ingest_closed(request, &series_id, candles) {
+                    self.outputs.push_back(Output::IngestDone { request, error: Some(error) });
+                }
+            }
+            Input::IngestForming { request, series_id, candle } => {
+                let error = self.ingest_forming(&series_id, candle).err();
+                self.outputs.push_back(Output::IngestDone { request, error });
+            }
+            Input::TouchSeries { request, series_id } => {
+                let error = self.touch_series(&series_id).err();
+                self.outputs.push_back(Output::IngestDone { request, error });
+            }
             Input::Shutdown => {
                 self.shutdown();
-                Ok(())
             }
             Input::Reload { settings } => {
                 self.reload(settings);
-                Ok(())
             }
             Input::RestResponse { id, status, body, retry_after_s, used_weight } => {
                 let result = if status == 200 { Ok(body) } else { Err((Some(status), body)) };
-                self.on_rest_done(id, Some(status), retry_after_s, used_weight, result);
-                Ok(())
+                self.on_rest_done(id.0, Some(status), retry_after_s, used_weight, result);
             }
             Input::StoreRead { op, result } => {
                 self.on_store_read(op, result);
-                Ok(())
             }
             Input::Persisted { op, result } => {
                 self.on_persisted(op, result);
-                Ok(())
             }
             Input::RestFailed { id, reason } => {
                 self.counters.rest_failures += 1;
-                self.on_rest_done(id, None, None, None, Err((None, reason)));
-                Ok(())
+                self.on_rest_done(id.0, None, None, None, Err((None, reason)));
             }
             Input::SymbolsListed { market, symbols } => {
                 self.on_symbols_listed(market, symbols);
-                Ok(())
             }
             Input::BusClosed { series_id, candles, entry } => {
                 self.on_bus_closed(&series_id, candles, &entry);
-                Ok(())
             }
             Input::BusForming { series_id, candle } => {
                 self.on_bus_forming(&series_id, candle);
-                Ok(())
             }
             Input::BusResync { reason } => {
                 self.on_bus_resync(&reason);
-                Ok(())
             }
             Input::BusLeader { fence } => {
                 self.on_bus_leader(fence);
-                Ok(())
             }
             Input::RemoteDemand { node, series_id, wanted } => {
                 self.on_remote_demand(&node, &series_id, wanted);
-                Ok(())
             }
             Input::BusRefused { series_id, reason } => {
                 self.on_bus_refused(&series_id, &reason);
-                Ok(())
             }
-        };
+        }
         self.pump_rest();
-        result
     }
 
     fn on_rest_done(
@@ -378,7 +369,7 @@ impl Engine {
         self.rest.pump(self.now, &mut calls);
         for c in calls.drain(..) {
             self.counters.rest_requests += 1;
-            self.outputs.push_back(Output::RestRequest { id: c.id, market: c.market, path: c.path });
+            self.outputs.push_back(Output::RestRequest { id: RestId(c.id), market: c.market, path: c.path });
         }
         self.rest_calls = calls;
     }
@@ -427,25 +418,17 @@ impl Engine {
         self.pump_rest();
     }
 
-    /// The earliest time `handle_timeout` has work. Pure.
+    /// The earliest time `handle_timeout` has work. Pure. Why it wakes:
+    /// [`Engine::next_wake`].
+    #[must_use = "the shell sleeps until this deadline, then calls handle_timeout"]
     pub fn poll_timeout(&self) -> Option<Timestamp> {
-        [
-            self.timers.next_deadline(),
-            self.pool.next_deadline(),
-            self.supervisor.next_deadline(),
-            self.writes.retry_at(),
-            self.heal_retry_at,
-            self.rest.next_deadline(),
-            self.retention.next_deadline(),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        self.next_wake().map(|w| w.at)
     }
 
     /// The next thing the shell must do. A deferred forming fan-out
     /// (`HubConfig::defer_forming_fanout`) goes on here, one ready client at a
     /// time, once everything queued before it is out.
+    #[must_use = "an output taken and dropped is work the shell never does; drain until None"]
     pub fn poll_output(&mut self) -> Option<Output> {
         if self.outputs.is_empty() {
             self.hub.step_deferred(&self.series, &mut self.outputs, &mut self.counters);
@@ -461,12 +444,12 @@ impl Engine {
     /// Moves every frame queued for `client` into `dst`; the shell writes them
     /// in one go when the socket is writable. The drained queue may ask for the
     /// client's next catch-up page: drain `poll_output` after takes too.
-    pub fn take_client_frames(&mut self, client: u64, dst: &mut Vec<Frame>) {
-        self.hub.take_frames(client, dst, &self.series, &mut self.outputs);
+    pub fn take_client_frames(&mut self, client: ClientId, dst: &mut Vec<Frame>) {
+        self.hub.take_frames(client.0, dst, &self.series, &mut self.outputs);
     }
 
-    pub fn client_queued_bytes(&self, client: u64) -> usize {
-        self.hub.queued_bytes(client)
+    pub fn client_queued_bytes(&self, client: ClientId) -> usize {
+        self.hub.queued_bytes(client.0)
     }
 
     fn log(&mut self, level: LogLevel, line: String) {
@@ -502,7 +485,7 @@ impl Engine {
         self.shutdown_done = true;
         let (code, reason) = hub::SHUTDOWN_CLOSE;
         for client in self.hub.open_client_ids() {
-            self.outputs.push_back(Output::ClientClose { client, code, reason: reason.to_string() });
+            self.outputs.push_back(Output::ClientClose { client: ClientId(client), code, reason: reason.to_string() });
         }
         let left = self.unpersisted_candles();
         self.log(LogLevel::Info, format!("shutdown_complete unpersisted_candles={left}"));

@@ -166,6 +166,7 @@ impl<P> RestScheduler<P> {
     }
 
     /// The earliest time `pump` could send something that is waiting.
+    #[must_use]
     pub fn next_deadline(&self) -> Option<Timestamp> {
         let mut next: Option<Timestamp> = None;
         for (i, ms) in self.markets.iter().enumerate() {

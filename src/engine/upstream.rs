@@ -12,6 +12,7 @@
 //! It emits `UpstreamConnect/Send/Close` outputs and reports stream liveness
 //! to the engine as [`PoolEvent`]s. It never touches a socket or a clock.
 
+use crate::engine::ConnId;
 use super::guardrail::{Guardrail, GuardrailConfig};
 use super::pacer::Pacer;
 use super::Output;
@@ -295,7 +296,7 @@ impl UpstreamPool {
             Market::Spot => self.cfg.spot_url.clone(),
             Market::Futures => self.cfg.futures_url.clone(),
         };
-        out.push_back(Output::UpstreamConnect { conn: id, market, url });
+        out.push_back(Output::UpstreamConnect { conn: ConnId(id), market, url });
         Some(id)
     }
 
@@ -308,7 +309,7 @@ impl UpstreamPool {
 
     fn close(&mut self, id: u64, reason: &str, out: &mut VecDeque<Output>) {
         if self.conns.remove(&id).is_some() {
-            out.push_back(Output::UpstreamClose { conn: id, reason: reason.to_string() });
+            out.push_back(Output::UpstreamClose { conn: ConnId(id), reason: reason.to_string() });
         }
     }
 
@@ -391,7 +392,7 @@ impl UpstreamPool {
     pub fn on_control_error(&mut self, id: u64, msg: &str, now: Timestamp, out: &mut VecDeque<Output>, events: &mut Vec<PoolEvent>) {
         self.control_errors += 1;
         if self.conns.contains_key(&id) {
-            out.push_back(Output::UpstreamClose { conn: id, reason: format!("control error: {msg}") });
+            out.push_back(Output::UpstreamClose { conn: ConnId(id), reason: format!("control error: {msg}") });
             self.lose(id, &format!("control error: {msg}"), now, out, events);
         }
     }
@@ -526,10 +527,11 @@ impl UpstreamPool {
         conn.last_method = method;
         conn.pacer.sent(now);
         self.control_sent += 1;
-        out.push_back(Output::UpstreamSend { conn: id, text });
+        out.push_back(Output::UpstreamSend { conn: ConnId(id), text });
     }
 
     /// The earliest time `on_timeout` has something to do.
+    #[must_use]
     pub fn next_deadline(&self) -> Option<Timestamp> {
         let mut next: Option<Timestamp> = None;
         let mut consider = |t: Timestamp| next = Some(next.map_or(t, |n: Timestamp| n.min(t)));
@@ -574,7 +576,7 @@ impl UpstreamPool {
             }
             if now.since(c.last_activity) >= self.cfg.silence_timeout {
                 let reason = if c.state == ConnState::Open { "silent" } else { "connect timeout" };
-                out.push_back(Output::UpstreamClose { conn: id, reason: reason.to_string() });
+                out.push_back(Output::UpstreamClose { conn: ConnId(id), reason: reason.to_string() });
                 self.lose(id, reason, now, out, events);
                 continue;
             }

@@ -23,7 +23,7 @@
 //! and requested streams, its REST history). Never touches the engine's
 //! clients or store, never reads a clock (time comes with each call).
 
-use crate::engine::{Input, Output};
+use crate::engine::{ConnId, Input, Output};
 use crate::model::{Candle, Market};
 use crate::time::Timestamp;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -133,24 +133,24 @@ impl ExchangeModel {
                     streams: BTreeSet::new(),
                     requested: BTreeSet::new(),
                 };
-                self.conns.insert(*conn, fresh);
+                self.conns.insert(conn.0, fresh);
                 if self.answer == Answer::Auto {
                     replies.push(Reply { kind: ReplyKind::Connected, input: Input::UpstreamConnected { conn: *conn } });
                 }
             }
             Output::UpstreamSend { conn, text } => {
                 let Some((id, method, streams)) = control_request(text) else { return Some(replies) };
-                let Some(c) = self.conns.get_mut(conn) else { return Some(replies) };
+                let Some(c) = self.conns.get_mut(&conn.0) else { return Some(replies) };
                 if method == Method::Subscribe {
                     c.requested.extend(streams.iter().cloned());
                 }
                 c.outstanding.insert(id, (method, streams));
                 if self.answer == Answer::Auto && method != Method::Other {
-                    replies.push(Reply { kind: ReplyKind::Ack, input: ack_input(*conn, id) });
+                    replies.push(Reply { kind: ReplyKind::Ack, input: ack_input(conn.0, id) });
                 }
             }
             Output::UpstreamClose { conn, .. } => {
-                self.conns.remove(conn);
+                self.conns.remove(&conn.0);
             }
             Output::RestRequest { id, path, .. } => {
                 self.rest_log.push((now, path.clone()));
@@ -177,10 +177,10 @@ impl ExchangeModel {
     /// or `None` when its connection was closed (or never opened) meanwhile.
     pub fn deliver(&mut self, reply: Reply) -> Option<Input> {
         match &reply.input {
-            Input::UpstreamConnected { conn } => self.open(*conn),
+            Input::UpstreamConnected { conn } => self.open(conn.0),
             Input::UpstreamText { conn, text } => {
                 let id = ack_id(text)?;
-                self.ack(*conn, id)
+                self.ack(conn.0, id)
             }
             _ => Some(reply.input),
         }
@@ -190,7 +190,7 @@ impl ExchangeModel {
     pub fn open(&mut self, conn: u64) -> Option<Input> {
         let c = self.conns.get_mut(&conn).filter(|c| c.state == ConnState::Opening)?;
         c.state = ConnState::Open;
-        Some(Input::UpstreamConnected { conn })
+        Some(Input::UpstreamConnected { conn: ConnId(conn) })
     }
 
     /// Acknowledges the outstanding request `id` of an open `conn`: its
@@ -212,7 +212,7 @@ impl ExchangeModel {
     /// The exchange drops a connection: the input reporting it.
     pub fn drop_conn(&mut self, conn: u64, reason: &str) -> Option<Input> {
         self.conns.remove(&conn)?;
-        Some(Input::UpstreamDisconnected { conn, reason: reason.to_string() })
+        Some(Input::UpstreamDisconnected { conn: ConnId(conn), reason: reason.to_string() })
     }
 
     /// The open connection `stream` is live on.
@@ -248,7 +248,7 @@ impl ExchangeModel {
 }
 
 fn ack_input(conn: u64, id: u64) -> Input {
-    Input::UpstreamText { conn, text: format!("{{\"result\":null,\"id\":{id}}}") }
+    Input::UpstreamText { conn: ConnId(conn), text: format!("{{\"result\":null,\"id\":{id}}}") }
 }
 
 /// The id of an ack (`{"result":null,"id":N}`).
@@ -309,6 +309,7 @@ pub fn kline_frame(stream: &str, t: i64, tf_s: i64, price: f64, is_final: bool) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::RestId;
     use crate::time::Duration;
 
     fn t(s: u64) -> Timestamp {
@@ -317,24 +318,24 @@ mod tests {
 
     fn sub(conn: u64, id: u64, streams: &[&str]) -> Output {
         let text = serde_json::json!({"method": "SUBSCRIBE", "params": streams, "id": id}).to_string();
-        Output::UpstreamSend { conn, text }
+        Output::UpstreamSend { conn: ConnId(conn), text }
     }
 
     #[test]
     fn auto_answers_are_applied_when_delivered_and_dropped_after_a_close() {
         let mut m = ExchangeModel::new(Answer::Auto);
-        let connect = Output::UpstreamConnect { conn: 1, market: Market::Spot, url: "wss://x".into() };
+        let connect = Output::UpstreamConnect { conn: ConnId(1), market: Market::Spot, url: "wss://x".into() };
         let open = m.on_output(&connect, t(0)).unwrap();
         assert_eq!(open.len(), 1);
         assert_eq!(m.live_conn("a@kline_1m"), None);
-        assert_eq!(m.deliver(open[0].clone()), Some(Input::UpstreamConnected { conn: 1 }));
+        assert_eq!(m.deliver(open[0].clone()), Some(Input::UpstreamConnected { conn: ConnId(1) }));
         let ack = m.on_output(&sub(1, 7, &["a@kline_1m", "b@kline_1m"]), t(1)).unwrap();
         assert_eq!(m.live_conn("a@kline_1m"), None, "not live before the ack is delivered");
         m.deliver(ack[0].clone()).unwrap();
         assert_eq!(m.live_conn("b@kline_1m"), Some(1));
         // A reply whose connection closed before delivery is dropped.
         let ack2 = m.on_output(&sub(1, 8, &["c@kline_1m"]), t(2)).unwrap();
-        assert!(m.on_output(&Output::UpstreamClose { conn: 1, reason: "x".into() }, t(2)).unwrap().is_empty());
+        assert!(m.on_output(&Output::UpstreamClose { conn: ConnId(1), reason: "x".into() }, t(2)).unwrap().is_empty());
         assert_eq!(m.deliver(ack2[0].clone()), None);
         assert_eq!(m.live_conn("b@kline_1m"), None);
         assert_eq!(m.on_output(&Output::Log { level: crate::engine::LogLevel::Info, line: String::new() }, t(2)), None);
@@ -343,7 +344,7 @@ mod tests {
     #[test]
     fn held_answers_wait_for_open_and_ack_and_unsubscribe_ends_a_stream() {
         let mut m = ExchangeModel::new(Answer::Held);
-        let connect = Output::UpstreamConnect { conn: 3, market: Market::Futures, url: "wss://x".into() };
+        let connect = Output::UpstreamConnect { conn: ConnId(3), market: Market::Futures, url: "wss://x".into() };
         assert!(m.on_output(&connect, t(0)).unwrap().is_empty());
         assert_eq!(m.conn_in(ConnState::Opening, 5), Some(3));
         assert_eq!(m.ack(3, 1), None, "no ack on a connection still opening");
@@ -353,11 +354,11 @@ mod tests {
         m.ack(3, 1).unwrap();
         assert_eq!(m.live_conn("a@kline_1m"), Some(3));
         let unsub = serde_json::json!({"method": "UNSUBSCRIBE", "params": ["a@kline_1m"], "id": 2}).to_string();
-        m.on_output(&Output::UpstreamSend { conn: 3, text: unsub }, t(2)).unwrap();
+        m.on_output(&Output::UpstreamSend { conn: ConnId(3), text: unsub }, t(2)).unwrap();
         m.ack(3, 2).unwrap();
         assert_eq!(m.live_conn("a@kline_1m"), None);
         assert!(m.conns[&3].requested.contains("a@kline_1m"), "requested is kept for late frames");
-        assert_eq!(m.drop_conn(3, "gone"), Some(Input::UpstreamDisconnected { conn: 3, reason: "gone".into() }));
+        assert_eq!(m.drop_conn(3, "gone"), Some(Input::UpstreamDisconnected { conn: ConnId(3), reason: "gone".into() }));
         assert_eq!(m.drop_conn(3, "gone"), None);
     }
 
@@ -368,16 +369,16 @@ mod tests {
         m.rest_used_weight = Some(2);
         m.rest_failures.push_back((429, "slow down".into()));
         let req = |id| Output::RestRequest { id, market: Market::Spot, path: "/api/v3/klines?symbol=A&interval=1m&startTime=60000&limit=5".into() };
-        let r = m.on_output(&req(1), t(200)).unwrap();
+        let r = m.on_output(&req(RestId(1)), t(200)).unwrap();
         assert!(matches!(&r[0].input, Input::RestResponse { status: 429, .. }));
-        let r = m.on_output(&req(2), Timestamp::from_secs(120).add(Duration::from_millis(1))).unwrap();
+        let r = m.on_output(&req(RestId(2)), Timestamp::from_secs(120).add(Duration::from_millis(1))).unwrap();
         let Input::RestResponse { status: 200, body, used_weight: Some(2), .. } = &r[0].input else { panic!("{r:?}") };
         let rows: Vec<serde_json::Value> = serde_json::from_str(body).unwrap();
         assert_eq!(rows.len(), 2, "the row opening after now is not served");
         assert_eq!(rows[1][0], 120_000);
         assert_eq!(rows[1][4], "1.5");
         assert_eq!(m.rest_log.len(), 2);
-        let empty = ExchangeModel::new(Answer::Auto).on_output(&req(3), t(999)).unwrap();
+        let empty = ExchangeModel::new(Answer::Auto).on_output(&req(RestId(3)), t(999)).unwrap();
         assert!(matches!(&empty[0].input, Input::RestResponse { status: 200, body, used_weight: None, .. } if body == "[]"));
     }
 

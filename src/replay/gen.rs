@@ -17,7 +17,7 @@
 //! clock or the environment; randomness comes only from the seeded [`Rng`].
 
 use crate::cli::settings::Settings;
-use crate::engine::{Engine, Input, Output};
+use crate::engine::{ClientId, ConnId, Engine, Input, Output};
 use crate::replay::exchange::{Answer, ExchangeModel, Reply, ReplyKind};
 use crate::replay::journal::{Header, JournalWriter};
 use crate::model::{Market, SeriesId, Timeframe};
@@ -398,7 +398,7 @@ impl<W: Write> Run<W> {
         self.journal.input(now, &input)?;
         self.records += 1;
         self.last = self.last.max(now);
-        let _ = self.engine.handle(input, now);
+        self.engine.handle(input, now);
         self.timers_held = false;
         self.peer.answer(&mut self.engine, now);
         Ok(())
@@ -458,7 +458,7 @@ pub fn generate_journal<W: Write>(out: W, opts: &GenOptions) -> io::Result<GenSt
     let five = Timeframe::parse("5m").ok().filter(|tf| cfg.supervisor.derived.contains(tf));
     for c in 0..opts.clients {
         let client = c as u64 + 1;
-        run.input(START, Input::ClientConnected { client })?;
+        run.input(START, Input::ClientConnected { client: ClientId(client) })?;
         for k in 0..SERIES_PER_CLIENT.min(opts.series) {
             let spec = &specs[(c * 7 + k * 13 + rng.below(3) as usize) % opts.series];
             let mut ids = vec![spec.series_id.clone()];
@@ -468,7 +468,7 @@ pub fn generate_journal<W: Write>(out: W, opts: &GenOptions) -> io::Result<GenSt
             for id in ids {
                 let text = serde_json::json!({"type": "subscribe", "series_id": id, "supports_batch": k % 2 == 0})
                     .to_string();
-                run.input(START, Input::ClientText { client, text })?;
+                run.input(START, Input::ClientText { client: ClientId(client), text })?;
                 stats.subscriptions += 1;
             }
         }
@@ -527,7 +527,7 @@ pub fn generate_journal<W: Write>(out: W, opts: &GenOptions) -> io::Result<GenSt
             }
             continue;
         };
-        run.input(at, Input::UpstreamText { conn, text })?;
+        run.input(at, Input::UpstreamText { conn: ConnId(conn), text })?;
         stats.frames += 1;
         if closing {
             stats.closing_frames += 1;

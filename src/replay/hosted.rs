@@ -26,7 +26,7 @@ pub fn answer(store: &mut dyn Store, output: &Output) -> Option<Input> {
 pub fn carry(engine: &mut Engine, store: &mut dyn Store, output: &Output, now: Timestamp) -> bool {
     match answer(store, output) {
         Some(input) => {
-            let _ = engine.handle(input, now);
+            engine.handle(input, now);
             true
         }
         None => false,
@@ -35,6 +35,7 @@ pub fn carry(engine: &mut Engine, store: &mut dyn Store, output: &Output, now: T
 
 /// Drains every output, carrying store effects out at once, and returns the
 /// others in order.
+#[must_use = "the outputs that are not store effects: dropping them loses work"]
 pub fn drain(engine: &mut Engine, store: &mut dyn Store, now: Timestamp) -> Vec<Output> {
     let mut out = Vec::new();
     while let Some(o) = engine.poll_output() {
@@ -61,10 +62,10 @@ impl<S: Store> Hosted<S> {
     }
 
     /// Handles `input` and carries its store effects out. An ingest's
-    /// stored-or-failed answer (`IngestDone`) is the result, as the shell
-    /// replies to the HTTP request; the `IngestDone` itself is kept too.
+    /// answer (`IngestDone`, at once or once stored) is the result, as the
+    /// shell replies to the HTTP request; the `IngestDone` itself is kept too.
     pub fn handle(&mut self, input: Input, now: Timestamp) -> Result<(), String> {
-        self.engine.handle(input, now)?;
+        self.engine.handle(input, now);
         let kept = self.outputs.len();
         self.settle(now);
         match self.outputs.iter().skip(kept).find_map(|o| match o {
@@ -90,6 +91,7 @@ impl<S: Store> Hosted<S> {
     }
 
     /// The next output that is not a store effect.
+    #[must_use = "drain until None"]
     pub fn poll_output(&mut self) -> Option<Output> {
         if self.outputs.is_empty() {
             let now = self.engine.now();
@@ -99,6 +101,7 @@ impl<S: Store> Hosted<S> {
     }
 
     /// Every kept output, in order.
+    #[must_use = "`let _ =` to discard them on purpose"]
     pub fn take_outputs(&mut self) -> Vec<Output> {
         let now = self.engine.now();
         self.settle(now);

@@ -29,7 +29,7 @@
 //! `{"now":…,"reply":"ok"|{"error":…}}` for ingest inputs.
 
 use crate::cli::settings::Settings;
-use crate::engine::{Engine, Input, Output};
+use crate::engine::{ClientId, ConnId, Engine, Input, Output};
 use crate::store::Store;
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -70,12 +70,14 @@ impl Header {
     }
 
     /// For a live recording: the shell records each take of a client's frames.
+    #[must_use]
     pub fn with_recorded_takes(mut self) -> Header {
         self.recorded_takes = true;
         self
     }
 
     /// For a live recording: the shell records each store effect's answer.
+    #[must_use]
     pub fn with_recorded_store(mut self) -> Header {
         self.recorded_store = true;
         self
@@ -187,6 +189,9 @@ pub struct Replayer<W: Write> {
     out: W,
     frames: Vec<crate::engine::Frame>,
     line: Vec<u8>,
+    /// The first refusal (`IngestDone` with an error) drained since the
+    /// current ingest input: its `reply` line.
+    ingest_error: Option<String>,
     pub stats: ReplayStats,
 }
 
@@ -218,6 +223,7 @@ impl<W: Write> Replayer<W> {
             out,
             frames: Vec::new(),
             line: Vec::with_capacity(512),
+            ingest_error: None,
             stats: ReplayStats::default(),
         })
     }
@@ -250,13 +256,16 @@ impl<W: Write> Replayer<W> {
         if let Some(input) = rec.input {
             self.stats.inputs += 1;
             let is_ingest = matches!(input, Input::IngestClosed { .. } | Input::IngestForming { .. });
-            let result = self.engine.handle(input, now);
+            self.ingest_error = None;
+            self.engine.handle(input, now);
             self.drain(now)?;
             if is_ingest {
+                // "ok" unless the engine refused it at once (a store failure
+                // of a recorded run is answered later, by its `IngestDone`).
                 self.line.clear();
-                let reply = match result {
-                    Ok(()) => serde_json::json!("ok"),
-                    Err(e) => serde_json::json!({ "error": e }),
+                let reply = match self.ingest_error.take() {
+                    None => serde_json::json!("ok"),
+                    Some(e) => serde_json::json!({ "error": e }),
                 };
                 let _ = write!(self.line, "{{\"now\":{},\"reply\":{}}}", now.as_nanos(), reply);
                 self.emit_line()?;
@@ -305,7 +314,7 @@ impl<W: Write> Replayer<W> {
     /// Takes the client's queued frames from the engine and writes one line each.
     fn emit_frames(&mut self, now: Timestamp, client: u64) -> std::io::Result<()> {
         self.frames.clear();
-        self.engine.take_client_frames(client, &mut self.frames);
+        self.engine.take_client_frames(ClientId(client), &mut self.frames);
         let frames = std::mem::take(&mut self.frames);
         for f in &frames {
             self.line.clear();
@@ -323,9 +332,12 @@ impl<W: Write> Replayer<W> {
             if let Output::ClientReady { client } = output {
                 // A recording says when the shell took the frames; otherwise now.
                 if !self.recorded_takes {
-                    self.emit_frames(now, client)?;
+                    self.emit_frames(now, client.0)?;
                 }
                 continue;
+            }
+            if let Output::IngestDone { error: Some(e), .. } = &output {
+                self.ingest_error.get_or_insert_with(|| e.clone());
             }
             self.line.clear();
             let _ = write!(self.line, "{{\"now\":{},\"out\":", now.as_nanos());
@@ -358,7 +370,7 @@ fn parse_upstream_text_fast(line: &[u8]) -> Option<Record> {
     let text = rest.strip_prefix(b"\"text\":")?.strip_suffix(b"}}")?;
     Some(Record {
         now: ascii_number(now)?,
-        input: Some(Input::UpstreamText { conn: ascii_number(conn)?, text: unescape_simple(text)? }),
+        input: Some(Input::UpstreamText { conn: ConnId(ascii_number(conn)?), text: unescape_simple(text)? }),
         timeout: false,
         end: false,
         take: None,
@@ -527,7 +539,7 @@ mod tests {
 
     #[test]
     fn fast_path_parses_exactly_what_the_writer_writes() {
-        let input = Input::UpstreamText { conn: 7, text: "{\"stream\":\"a\\\"b\",\"x\":1}".into() };
+        let input = Input::UpstreamText { conn: ConnId(7), text: "{\"stream\":\"a\\\"b\",\"x\":1}".into() };
         let mut w = JournalWriter::new(Vec::new(), &Header::new(Settings::default(), Timestamp(5), false)).unwrap();
         w.input(Timestamp(123), &input).unwrap();
         let text = String::from_utf8(w.into_inner()).unwrap();
@@ -593,7 +605,7 @@ mod tests {
 
     fn written_line(now: u64, conn: u64, text: String) -> String {
         let mut w = JournalWriter::new(Vec::new(), &Header::new(Settings::default(), Timestamp(5), false)).unwrap();
-        w.input(Timestamp(now), &Input::UpstreamText { conn, text }).unwrap();
+        w.input(Timestamp(now), &Input::UpstreamText { conn: ConnId(conn), text }).unwrap();
         let written = String::from_utf8(w.into_inner()).unwrap();
         written.lines().nth(1).unwrap().to_string()
     }
@@ -644,9 +656,9 @@ mod tests {
                 header = header.with_recorded_takes();
             }
             let mut w = JournalWriter::new(Vec::new(), &header).unwrap();
-            w.input(Timestamp(10), &Input::ClientConnected { client: 1 }).unwrap();
-            w.input(Timestamp(20), &Input::ClientText { client: 1, text: "nope".into() }).unwrap();
-            w.input(Timestamp(30), &Input::ClientText { client: 1, text: "{}".into() }).unwrap();
+            w.input(Timestamp(10), &Input::ClientConnected { client: ClientId(1) }).unwrap();
+            w.input(Timestamp(20), &Input::ClientText { client: ClientId(1), text: "nope".into() }).unwrap();
+            w.input(Timestamp(30), &Input::ClientText { client: ClientId(1), text: "{}".into() }).unwrap();
             if takes {
                 w.take(Timestamp(40), 1).unwrap();
             }

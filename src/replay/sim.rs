@@ -36,7 +36,7 @@
 use super::exchange::{Answer, ExchangeModel};
 pub use super::exchange::{kline_frame, ConnState};
 use crate::cli::settings::Settings;
-use crate::engine::{Engine, Input, Output};
+use crate::engine::{ClientId, ConnId, Engine, Input, Output};
 use crate::model::{Candle, SeriesId};
 use crate::wire::client::{parse_request, ClientRequest};
 use crate::replay::hosted;
@@ -227,17 +227,16 @@ impl Harness {
             frames: Vec::new(),
             stats: Stats::default(),
         };
-        let _ = h.input(Input::Start);
+        h.input(Input::Start);
         h
     }
 
     // ------------------------------------------------------------ stepping
 
-    fn input(&mut self, input: Input) -> Result<(), String> {
+    fn input(&mut self, input: Input) {
         self.stats.steps += 1;
-        let r = self.engine.handle(input, self.now);
+        self.engine.handle(input, self.now);
         self.settle();
-        r
     }
 
     /// Drains outputs like the shell does, delivers frames, reports closes.
@@ -262,7 +261,7 @@ impl Harness {
             }
             for input in std::mem::take(&mut self.rest_pending) {
                 progressed = true;
-                let _ = self.engine.handle(input, self.now);
+                self.engine.handle(input, self.now);
             }
             if !progressed {
                 break;
@@ -275,11 +274,11 @@ impl Harness {
         match &out {
             Output::UpstreamConnect { conn, .. } => {
                 self.stats.upstream_connects += 1;
-                assert!(!self.exchange.conns.contains_key(conn), "shell: UpstreamConnect reuses the live conn id {conn}");
+                assert!(!self.exchange.conns.contains_key(&conn.0), "shell: UpstreamConnect reuses the live conn id {conn}");
             }
             Output::UpstreamSend { conn, text } => {
                 let v: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("engine sent invalid JSON upstream ({e}): {text}"));
-                let Some(c) = self.exchange.conns.get(conn) else {
+                let Some(c) = self.exchange.conns.get(&conn.0) else {
                     panic!("UpstreamSend on conn {conn} that is not open: {text}");
                 };
                 assert_eq!(c.state, ConnState::Open, "UpstreamSend before the connection opened: {text}");
@@ -295,17 +294,17 @@ impl Harness {
         match out {
             Output::ClientReady { client } => {
                 assert!(
-                    self.clients.contains_key(&client),
+                    self.clients.contains_key(&client.0),
                     "I5: ClientReady for client {client}, which is not connected (gone: {})",
-                    self.gone.contains(&client)
+                    self.gone.contains(&client.0)
                 );
             }
             Output::ClientClose { client, reason, .. } => {
-                assert!(self.clients.contains_key(&client), "I5: ClientClose for unknown client {client}");
+                assert!(self.clients.contains_key(&client.0), "I5: ClientClose for unknown client {client}");
                 if reason.starts_with("slow_consumer") {
                     self.stats.slow_closes += 1;
                 }
-                self.to_close.push(client);
+                self.to_close.push(client.0);
             }
             // Carried out at once on the harness's store, as a replay without recorded answers does.
             o @ (Output::ReadStore { .. } | Output::Persist { .. }) => {
@@ -324,14 +323,14 @@ impl Harness {
         self.clients.remove(&client);
         self.gone.insert(client);
         self.stats.steps += 1;
-        let _ = self.engine.handle(Input::ClientDisconnected { client }, self.now);
+        self.engine.handle(Input::ClientDisconnected { client: ClientId(client) }, self.now);
         self.check_nothing_for(client);
         // Outputs of the disconnect are drained by the caller's settle loop.
     }
 
     fn check_nothing_for(&mut self, client: u64) {
         self.frames.clear();
-        self.engine.take_client_frames(client, &mut self.frames);
+        self.engine.take_client_frames(ClientId(client), &mut self.frames);
         assert!(
             self.frames.is_empty(),
             "I5: {} frame(s) for client {client} after its disconnect, first: {}",
@@ -343,7 +342,7 @@ impl Harness {
     /// Takes the client's queued frames and checks them in order.
     fn deliver(&mut self, client: u64) {
         self.frames.clear();
-        self.engine.take_client_frames(client, &mut self.frames);
+        self.engine.take_client_frames(ClientId(client), &mut self.frames);
         let frames = std::mem::take(&mut self.frames);
         for f in &frames {
             self.check_frame(client, f);
@@ -414,7 +413,7 @@ impl Harness {
         }
         self.gone.remove(&client);
         self.clients.insert(client, ClientModel::default());
-        let _ = self.input(Input::ClientConnected { client });
+        self.input(Input::ClientConnected { client: ClientId(client) });
     }
 
     pub fn client_text(&mut self, client: u64, text: &str) {
@@ -430,12 +429,12 @@ impl Harness {
                 model.pending_gap.remove(&id);
             }
         }
-        let _ = self.input(Input::ClientText { client, text: text.to_string() });
+        self.input(Input::ClientText { client: ClientId(client), text: text.to_string() });
     }
 
     pub fn client_binary(&mut self, client: u64) {
         if self.clients.contains_key(&client) {
-            let _ = self.input(Input::ClientBinary { client, len: 3 });
+            self.input(Input::ClientBinary { client: ClientId(client), len: 3 });
         }
     }
 
@@ -462,13 +461,13 @@ impl Harness {
 
     pub fn up_connected(&mut self, conn: u64) {
         if let Some(input) = self.exchange.open(conn) {
-            let _ = self.input(input);
+            self.input(input);
         }
     }
 
     pub fn up_disconnected(&mut self, conn: u64) {
         if let Some(input) = self.exchange.drop_conn(conn, "fake exchange closed") {
-            let _ = self.input(input);
+            self.input(input);
         }
     }
 
@@ -481,7 +480,7 @@ impl Harness {
         }
         if let Some(input) = self.exchange.ack(conn, ids[i % ids.len()]) {
             self.stats.acks += 1;
-            let _ = self.input(input);
+            self.input(input);
         }
     }
 
@@ -492,7 +491,7 @@ impl Harness {
 
     pub fn up_text(&mut self, conn: u64, text: &str) {
         if self.exchange.conns.get(&conn).is_some_and(|c| c.state == ConnState::Open) {
-            let _ = self.input(Input::UpstreamText { conn, text: text.to_string() });
+            self.input(Input::UpstreamText { conn: ConnId(conn), text: text.to_string() });
         }
     }
 
@@ -523,11 +522,11 @@ impl Harness {
     // ------------------------------------------------------------ other inputs
 
     pub fn ingest_closed(&mut self, series: &str, candles: Vec<Candle>) {
-        let _ = self.input(Input::IngestClosed { request: 0, series_id: series.to_string(), candles });
+        self.input(Input::IngestClosed { request: 0, series_id: series.to_string(), candles });
     }
 
     pub fn ingest_forming(&mut self, series: &str, candle: Candle) {
-        let _ = self.input(Input::IngestForming { series_id: series.to_string(), candle });
+        self.input(Input::IngestForming { request: 0, series_id: series.to_string(), candle });
     }
 
     pub fn set_store_down(&mut self, down: bool) {
@@ -539,7 +538,7 @@ impl Harness {
     }
 
     pub fn shutdown(&mut self) {
-        let _ = self.input(Input::Shutdown);
+        self.input(Input::Shutdown);
     }
 
     /// Advances time by `ms` and fires what is due, like one loop turn.

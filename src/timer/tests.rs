@@ -266,6 +266,9 @@ impl Model {
 
     fn check(&self) -> Result<(), TestCaseError> {
         prop_assert_eq!(self.wheel.len(), self.live.len());
+        // `peek` names exactly the timer the model fires first.
+        let first = self.live.iter().next().map(|(&(deadline, _), key)| (deadline, key));
+        prop_assert_eq!(self.wheel.peek(), first);
         let earliest = self
             .live
             .keys()

@@ -349,6 +349,7 @@ impl Response {
         Response { status, headers: Vec::new(), body: Vec::new() }
     }
 
+    #[must_use]
     pub fn with_header(mut self, name: &str, value: &str) -> Response {
         self.headers.push((name.to_string(), value.to_string()));
         self

@@ -43,7 +43,7 @@ impl ExchangeModel {
         while let Some(o) = queue.pop_front() {
             let now = rec.now;
             if let Output::UpstreamConnect { conn, .. } = &o {
-                self.conn = Some(*conn);
+                self.conn = Some(conn.0);
             }
             let more = match self.exchange.on_output(&o, now) {
                 Some(replies) => {
@@ -57,7 +57,7 @@ impl ExchangeModel {
                 }
                 None => match o {
                     Output::ClientClose { client, code, .. } => {
-                        self.closes.push((client, code));
+                        self.closes.push((client.0, code));
                         Vec::new()
                     }
                     _ => Vec::new(),

@@ -32,7 +32,7 @@ impl Recorder {
     pub fn handle(&mut self, now: Timestamp, input: Input) -> Vec<Output> {
         self.now = now.max(self.now);
         self.journal.input(self.now, &input).expect("write to memory");
-        let _ = self.engine.handle(input, self.now);
+        self.engine.handle(input, self.now);
         self.drain()
     }
 
@@ -57,7 +57,7 @@ impl Recorder {
                     let mut frames = Vec::new();
                     self.engine.take_client_frames(*client, &mut frames);
                     for f in frames {
-                        self.frames.push((*client, serde_json::from_slice(&f).expect("frames are JSON")));
+                        self.frames.push((client.0, serde_json::from_slice(&f).expect("frames are JSON")));
                     }
                 }
                 // Store effects are not recorded: a replay on its own store

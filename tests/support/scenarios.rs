@@ -7,7 +7,7 @@
 use super::recorder::Recorder;
 use super::{ack, kline, secs, JournalBuilder};
 use klinegate::cli::settings::Settings;
-use klinegate::engine::{Input, Output};
+use klinegate::engine::{ClientId, ConnId, Input, Output};
 use klinegate::time::{Duration, Timestamp};
 use serde_json::{json, Value};
 
@@ -313,9 +313,9 @@ fn finish_with(rec: Recorder, model: ExchangeModel, series: &[&str], gaps_midway
 
 fn subscribe(model: &mut ExchangeModel, rec: &mut Recorder, client: u64, series: &str, since: Option<i64>) {
     let now = rec.now;
-    model.step(rec, now, Input::ClientConnected { client });
+    model.step(rec, now, Input::ClientConnected { client: ClientId(client) });
     let msg = json!({"type":"subscribe","series_id":series,"since":since,"supports_batch":true});
-    model.step(rec, now, Input::ClientText { client, text: msg.to_string() });
+    model.step(rec, now, Input::ClientText { client: ClientId(client), text: msg.to_string() });
 }
 
 /// A series with no stored history: its job fetches the first-visit depth
@@ -345,14 +345,14 @@ pub fn heal_reconnect() -> Healed {
     let conn = model.conn.expect("connected");
     let c2 = candle(T0 + 120, 102.0);
     let text = model.kline_text(&c2, true);
-    model.step(&mut rec, ts(T0 + 180), Input::UpstreamText { conn, text });
-    model.step(&mut rec, ts(T0 + 190), Input::UpstreamDisconnected { conn: 1, reason: "reset".into() });
+    model.step(&mut rec, ts(T0 + 180), Input::UpstreamText { conn: ConnId(conn), text });
+    model.step(&mut rec, ts(T0 + 190), Input::UpstreamDisconnected { conn: ConnId(1), reason: "reset".into() });
     // Reconnects after its backoff; stays quiet until minute 8 closes.
     model.run_until(&mut rec, ts(T0 + 500));
     let conn = model.conn.expect("reconnected");
     let c8 = candle(T0 + 480, 108.0);
     let text = model.kline_text(&c8, true);
-    model.step(&mut rec, ts(T0 + 540), Input::UpstreamText { conn, text });
+    model.step(&mut rec, ts(T0 + 540), Input::UpstreamText { conn: ConnId(conn), text });
     model.run_until(&mut rec, ts(T0 + 560));
     finish(rec, model, &[BTC1])
 }
@@ -368,14 +368,14 @@ pub fn heal_late_close() -> Healed {
     subscribe(&mut model, &mut rec, 1, BTC1, Some(T0));
     let conn = model.conn.expect("connected");
     let forming1 = model.kline_text(&candle(T0 + 60, 101.0), false);
-    model.step(&mut rec, ts(T0 + 100), Input::UpstreamText { conn, text: forming1 });
+    model.step(&mut rec, ts(T0 + 100), Input::UpstreamText { conn: ConnId(conn), text: forming1 });
     // Minute 1 closes at T0+120 but its x:true never comes; minute 2 starts.
     let forming2 = model.kline_text(&candle(T0 + 120, 102.0), false);
-    model.step(&mut rec, ts(T0 + 121), Input::UpstreamText { conn, text: forming2 });
+    model.step(&mut rec, ts(T0 + 121), Input::UpstreamText { conn: ConnId(conn), text: forming2 });
     model.run_until(&mut rec, ts(T0 + 130));
     // The late frame finally arrives.
     let late = model.kline_text(&candle(T0 + 60, 101.0), true);
-    model.step(&mut rec, ts(T0 + 131), Input::UpstreamText { conn, text: late });
+    model.step(&mut rec, ts(T0 + 131), Input::UpstreamText { conn: ConnId(conn), text: late });
     model.run_until(&mut rec, ts(T0 + 135));
     finish(rec, model, &[BTC1])
 }
@@ -395,7 +395,7 @@ pub fn heal_rest_failure() -> Healed {
     let conn = model.conn.expect("connected");
     let c5 = candle(T0 + 300, 105.0);
     let text = model.kline_text(&c5, true);
-    model.step(&mut rec, ts(T0 + 361), Input::UpstreamText { conn, text });
+    model.step(&mut rec, ts(T0 + 361), Input::UpstreamText { conn: ConnId(conn), text });
     // Five failed attempts (backoff 2+4+8+16 s) end the heal; the hole is
     // retried 60 s later: look at the ledger in between.
     model.run_until(&mut rec, ts(T0 + 361 + 60));
@@ -413,9 +413,9 @@ pub fn heal_catchup() -> Healed {
     let mut rec = Recorder::new(heal_settings(10, "5m"), ts(now_s));
     let outs = rec.handle(ts(now_s), Input::Start);
     model.settle(&mut rec, outs); // first visit: minutes 20..=29
-    rec.handle(ts(now_s + 1), Input::ClientConnected { client: 1 });
+    rec.handle(ts(now_s + 1), Input::ClientConnected { client: ClientId(1) });
     let msg = json!({"type":"subscribe","series_id":BTC1,"since":T0 + 5 * 60,"supports_batch":true});
-    let outs = rec.handle(ts(now_s + 1), Input::ClientText { client: 1, text: msg.to_string() });
+    let outs = rec.handle(ts(now_s + 1), Input::ClientText { client: ClientId(1), text: msg.to_string() });
     model.settle(&mut rec, outs);
     model.run_until(&mut rec, ts(now_s + 3));
     finish(rec, model, &[BTC1, BTC5])

@@ -424,6 +424,7 @@ impl Supervisor {
     /// The earliest time at which `on_tick` would act: an idle job's TTL
     /// expiry or a dead job's retry. A dead unwanted job is due at once (the
     /// returned time is in the past). `None` when nothing is pending. Pure.
+    #[must_use]
     pub fn next_deadline(&self) -> Option<Timestamp> {
         if self.shut_down {
             return None;

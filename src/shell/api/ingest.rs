@@ -69,7 +69,7 @@ pub fn ingest_one(req: &Request, forming: bool, now_s: i64) -> Result<(Input, Ap
     check_candle_times(&id, std::slice::from_ref(&body.candle), now_s).map_err(|d| Response::error(400, &d))?;
     let reply = ApplyReply::Candle { series_id: body.series_id.clone(), candle_time: body.candle.candle_time };
     let input = if forming {
-        Input::IngestForming { series_id: body.series_id, candle: body.candle }
+        Input::IngestForming { request: 0, series_id: body.series_id, candle: body.candle }
     } else {
         Input::IngestClosed { request: 0, series_id: body.series_id, candles: vec![body.candle] }
     };
@@ -116,15 +116,15 @@ pub fn check_candle_times(id: &SeriesId, candles: &[Candle], now_s: i64) -> Resu
     Ok(())
 }
 
-/// The reply to an ingest the engine has handled (`result` is what
-/// `Engine::handle` returned). Store failures (`ingest_pipeline_failed…`)
+/// The reply to an ingest the engine has answered (`error` is its
+/// `Output::IngestDone`'s). Store failures (`ingest_pipeline_failed…`)
 /// are 500 with the reference's detail; anything else the engine refused is
 /// the caller's fault: 400.
-pub fn engine_reply(reply: ApplyReply, result: Result<(), String>) -> Response {
-    match result {
-        Err(e) if e.starts_with("ingest_pipeline_failed") => Response::error(500, &e),
-        Err(e) => Response::error(400, &e),
-        Ok(()) => match reply {
+pub fn engine_reply(reply: ApplyReply, error: Option<String>) -> Response {
+    match error {
+        Some(e) if e.starts_with("ingest_pipeline_failed") => Response::error(500, &e),
+        Some(e) => Response::error(400, &e),
+        None => match reply {
             ApplyReply::Candle { series_id, candle_time } => {
                 serialized(200, &CandleReply { ok: true, series_id: &series_id, candle_time })
             }

@@ -60,8 +60,9 @@ impl Default for HttpConfig {
 pub enum Routed {
     /// Write this and keep going (honour `request.keep_alive`).
     Reply(Response),
-    /// Feed `input` to `engine.handle(input, now)`, then answer with
-    /// `apply_reply(reply, result, request, cfg)`.
+    /// Give `input` a request id, feed it to `engine.handle(input, now)`,
+    /// then answer its `Output::IngestDone { request, error }` with
+    /// `apply_reply(reply, error, request, cfg)`.
     Apply { input: Input, reply: ApplyReply },
     /// Write these bytes (a complete `101 Switching Protocols` head); the
     /// connection is a WebSocket from the next byte on (bytes after the
@@ -188,10 +189,10 @@ pub fn route(req: &Request, engine: &Engine, store: &dyn Store, stats: &ShellSta
     }
 }
 
-/// The reply to an ingest the engine has handled (`result` is what
-/// `Engine::handle` returned), with CORS.
-pub fn apply_reply(reply: ApplyReply, result: Result<(), String>, req: &Request, cfg: &HttpConfig) -> Response {
-    with_cors(ingest::engine_reply(reply, result), req, cfg)
+/// The reply to an ingest the engine has answered (`error` is its
+/// `Output::IngestDone`'s), with CORS.
+pub fn apply_reply(reply: ApplyReply, error: Option<String>, req: &Request, cfg: &HttpConfig) -> Response {
+    with_cors(ingest::engine_reply(reply, error), req, cfg)
 }
 
 /// The time ingest candles are checked against: the loop's clock this turn

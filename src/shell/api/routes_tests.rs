@@ -157,7 +157,7 @@ fn candle_closed_round_trip_through_the_engine() {
     let Routed::Apply { input, reply } = route(&r, &e.engine, &e.store, &now, &cfg) else { panic!("not an apply") };
     assert_eq!(input, Input::IngestClosed { request: 0, series_id: S.into(), candles: vec![candle(1_700_000_040)] });
     let result = e.handle(input, Timestamp::from_secs(1_700_000_200));
-    let resp = apply_reply(reply, result, &r, &cfg);
+    let resp = apply_reply(reply, result.err(), &r, &cfg);
     assert_eq!(resp.status, 200);
     assert_eq!(String::from_utf8(resp.body).unwrap(), format!(r#"{{"ok":true,"series_id":"{S}","candle_time":1700000040}}"#));
     assert_eq!(e.store.head_time(S).unwrap(), Some(1_700_000_040));
@@ -171,13 +171,13 @@ fn forming_reply_and_batch_reply_shapes() {
     let Routed::Apply { input, reply } = route(&r, &e.engine, &e.store, &ShellStats::default(), &cfg) else { panic!() };
     assert!(matches!(input, Input::IngestForming { .. }));
     let result = e.handle(input, Timestamp::from_secs(1000));
-    assert_eq!(body_json(&apply_reply(reply, result, &r, &cfg)), json!({"ok":true,"series_id":S,"candle_time":60}));
+    assert_eq!(body_json(&apply_reply(reply, result.err(), &r, &cfg)), json!({"ok":true,"series_id":S,"candle_time":60}));
 
     let batch = json!({"series_id": S, "candles": [candle(60), candle(120), candle(180)], "publish_ws": true});
     let r = req("POST", "/api/dev/market/ingest/candles_closed_batch", &[], &batch.to_string());
     let Routed::Apply { input, reply } = route(&r, &e.engine, &e.store, &ShellStats::default(), &cfg) else { panic!() };
     let result = e.handle(input, Timestamp::from_secs(1000));
-    let text = String::from_utf8(apply_reply(reply, result, &r, &cfg).body).unwrap();
+    let text = String::from_utf8(apply_reply(reply, result.err(), &r, &cfg).body).unwrap();
     assert_eq!(text, format!(r#"{{"ok":true,"series_id":"{S}","count":3,"first_candle_time":60,"last_candle_time":180}}"#));
 
     let empty = req("POST", "/api/dev/market/ingest/candles_closed_batch", &[], &json!({"series_id": S, "candles": []}).to_string());
@@ -189,9 +189,9 @@ fn ingest_errors_map_to_400_or_500() {
     let cfg = HttpConfig::default();
     let r = get("/");
     let reply = || ApplyReply::Candle { series_id: S.into(), candle_time: 1 };
-    let bad = apply_reply(reply(), Err("invalid candle at 1: negative value".into()), &r, &cfg);
+    let bad = apply_reply(reply(), Some("invalid candle at 1: negative value".into()), &r, &cfg);
     assert_eq!((bad.status, body_json(&bad)), (400, json!({"detail":"invalid candle at 1: negative value"})));
-    let failed = apply_reply(reply(), Err(format!("ingest_pipeline_failed:store.upsert_many_closed:{S}: disk")), &r, &cfg);
+    let failed = apply_reply(reply(), Some(format!("ingest_pipeline_failed:store.upsert_many_closed:{S}: disk")), &r, &cfg);
     assert_eq!(failed.status, 500);
     assert!(body_json(&failed)["detail"].as_str().unwrap().starts_with("ingest_pipeline_failed:"));
     // And the engine really produces the 500 prefix when the store fails.
@@ -199,7 +199,7 @@ fn ingest_errors_map_to_400_or_500() {
     e.store.fail_writes(true);
     let input = Input::IngestClosed { request: 1, series_id: S.into(), candles: vec![candle(60)] };
     let result = e.handle(input, Timestamp::from_secs(1000));
-    assert_eq!(apply_reply(reply(), result, &r, &cfg).status, 500);
+    assert_eq!(apply_reply(reply(), result.err(), &r, &cfg).status, 500);
 }
 
 #[test]
@@ -253,7 +253,7 @@ fn ingest_refuses_off_grid_and_future_candles_and_accepts_unbounded_high_low() {
     let odd = Candle { candle_time: 960, open: 5.0, high: 1.0, low: 0.5, close: 1.5, volume: 1.0 };
     let Routed::Apply { input, reply } = route(&post(odd), &e.engine, &e.store, &ShellStats::default(), &cfg) else { panic!() };
     let result = e.handle(input, Timestamp::from_secs(1000));
-    assert_eq!(apply_reply(reply, result, &post(odd), &cfg).status, 200);
+    assert_eq!(apply_reply(reply, result.err(), &post(odd), &cfg).status, 200);
     assert_eq!(e.store.head_time(S).unwrap(), Some(960));
 }
 

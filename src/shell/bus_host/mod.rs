@@ -91,6 +91,7 @@ impl BusHost {
         }
     }
 
+    #[must_use = "drain until None"]
     pub fn poll_input(&mut self) -> Option<Input> {
         match self {
             BusHost::Ingest(p) => p.poll_input(),
@@ -98,6 +99,7 @@ impl BusHost {
         }
     }
 
+    #[must_use = "drain until None"]
     pub fn poll_note(&mut self) -> Option<(LogLevel, String)> {
         match self {
             BusHost::Ingest(p) => p.poll_note(),

@@ -200,10 +200,12 @@ impl Publisher {
         self.fatal.as_deref()
     }
 
+    #[must_use = "drain until None"]
     pub fn poll_input(&mut self) -> Option<Input> {
         self.inputs.pop_front()
     }
 
+    #[must_use = "drain until None"]
     pub fn poll_note(&mut self) -> Option<(LogLevel, String)> {
         self.notes.pop_front()
     }

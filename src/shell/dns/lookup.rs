@@ -218,15 +218,18 @@ impl ResolverCore {
     }
 
     /// The earliest deadline of a try or a resolution delay.
+    #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         let tries = self.lookups.values().flat_map(|l| l.queries.iter().filter(|q| q.outcome.is_none()).map(|q| q.deadline));
         tries.chain(self.lookups.values().filter_map(|l| l.settle_by)).min()
     }
 
+    #[must_use = "drain until None"]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()
     }
 
+    #[must_use = "drain until None"]
     pub fn poll_answer(&mut self) -> Option<Answer> {
         self.answers.pop_front()
     }

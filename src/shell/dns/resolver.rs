@@ -142,6 +142,7 @@ impl Resolver {
     }
 
     /// The next deadline the loop must wake up for.
+    #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.core.poll_timeout()
     }
@@ -151,11 +152,13 @@ impl Resolver {
         self.core.has_answers() || self.read_pending.iter().any(|p| *p)
     }
 
+    #[must_use = "drain until None"]
     pub fn poll_answer(&mut self) -> Option<Answer> {
         self.core.poll_answer()
     }
 
     /// Lines for the log about the configuration files (unreadable file, ignored line).
+    #[must_use = "drain until None"]
     pub fn poll_note(&mut self) -> Option<String> {
         self.notes.pop_front()
     }

@@ -66,7 +66,7 @@ impl Server {
                 break;
             }
             for input in inputs {
-                let _ = self.apply(input);
+                self.apply(input);
             }
         }
         None

@@ -8,7 +8,7 @@
 //! on the connection until a writable event.
 
 use super::{Conn, ParkedIngest, Server};
-use crate::engine::{Input, LogLevel};
+use crate::engine::{ClientId, Input, LogLevel};
 use crate::shell::conn::client::HttpConn;
 use crate::wire::http::Response;
 use crate::shell::api::routes::{self, Routed};
@@ -163,32 +163,26 @@ impl Server {
                 r
             }
             Routed::Apply { mut input, reply } => {
-                // A closed-candle ingest is answered once stored (`IngestDone`):
-                // the connection waits for it, requests behind it too.
-                let request = match &mut input {
-                    Input::IngestClosed { request, .. } => {
-                        self.next_ingest += 1;
-                        *request = self.next_ingest;
-                        Some(*request)
-                    }
-                    _ => None,
-                };
-                if let Some(request) = request {
-                    if let Some(Conn::Http(h)) = self.conns.get_mut(key) {
-                        h.awaiting_reply = true;
-                    }
-                    self.ingest_waiting.insert(request, ParkedIngest { key, reply: reply.clone(), req: req.clone() });
+                // Every ingest is answered by its `IngestDone`: at once (a
+                // refusal, a forming update) or once stored, when the
+                // connection waits for it, requests behind it too.
+                self.next_ingest += 1;
+                let request = self.next_ingest;
+                if let Input::IngestClosed { request: r, .. } | Input::IngestForming { request: r, .. } = &mut input {
+                    *r = request;
                 }
-                match self.apply(input) {
-                    Ok(()) if request.is_some() => return false,
-                    result => {
-                        if let Some(request) = request {
-                            self.ingest_waiting.remove(&request);
-                            if let Some(Conn::Http(h)) = self.conns.get_mut(key) {
-                                h.awaiting_reply = false;
-                            }
+                self.ingest_inline = Some(request);
+                self.ingest_answer = None;
+                self.apply(input);
+                self.ingest_inline = None;
+                match self.ingest_answer.take() {
+                    Some(error) => routes::apply_reply(reply, error, &req, &self.http_cfg),
+                    None => {
+                        if let Some(Conn::Http(h)) = self.conns.get_mut(key) {
+                            h.awaiting_reply = true;
                         }
-                        routes::apply_reply(reply, result, &req, &self.http_cfg)
+                        self.ingest_waiting.insert(request, ParkedIngest { key, reply, req });
+                        return false;
                     }
                 }
             }
@@ -237,8 +231,7 @@ impl Server {
     /// The engine stored (or could not store) a parked ingest: its reply.
     pub(super) fn finish_ingest(&mut self, request: u64, error: Option<String>) {
         let Some(p) = self.ingest_waiting.remove(&request) else { return };
-        let result = error.map_or(Ok(()), Err);
-        let response = routes::apply_reply(p.reply, result, &p.req, &self.http_cfg);
+        let response = routes::apply_reply(p.reply, error, &p.req, &self.http_cfg);
         let keep_alive = p.req.keep_alive;
         match self.conns.get_mut(p.key) {
             Some(Conn::Http(h)) => h.awaiting_reply = false,
@@ -323,7 +316,7 @@ impl Server {
                 self.release_ip(w.counted_ip);
                 self.clients.remove(&w.client);
                 self.stats.ws_clients = self.stats.ws_clients.saturating_sub(1);
-                let _ = self.apply(Input::ClientDisconnected { client: w.client });
+                self.apply(Input::ClientDisconnected { client: ClientId(w.client) });
             }
             Conn::Upstream { .. } | Conn::Rest { .. } | Conn::Directory { .. } => {}
         }

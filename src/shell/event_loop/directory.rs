@@ -163,7 +163,7 @@ impl Server {
         }
         // The engine checks subscribed symbols against the market's list.
         if let Some(symbols) = self.directory.take_new_pairs(market) {
-            let _ = self.apply(crate::engine::Input::SymbolsListed { market, symbols });
+            self.apply(crate::engine::Input::SymbolsListed { market, symbols });
         }
     }
 

@@ -89,7 +89,8 @@ enum Conn {
 const REST_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Maps the wall clock to engine time: never backwards, read once per turn.
-/// A closed-candle ingest waiting for the engine's `IngestDone`.
+/// An HTTP ingest waiting for the engine's `IngestDone` (a closed-candle
+/// ingest, answered once stored).
 struct ParkedIngest {
     key: usize,
     reply: crate::shell::api::ingest::ApplyReply,
@@ -130,6 +131,10 @@ pub struct Server {
     /// Closed-candle ingests waiting for `IngestDone`, by request.
     ingest_waiting: BTreeMap<u64, ParkedIngest>,
     next_ingest: u64,
+    /// The ingest `handle_request` is applying, and its answer when the
+    /// engine gave it at once (a refusal, a forming update).
+    ingest_inline: Option<u64>,
+    ingest_answer: Option<Option<String>>,
     journal: Option<JournalWriter<BufWriter<File>>>,
     tls: TlsSetup,
     /// TLS for clients (`--tls-cert`/`--tls-key`): every accepted socket is a rustls
@@ -272,6 +277,8 @@ impl Server {
             store,
             ingest_waiting: BTreeMap::new(),
             next_ingest: 0,
+            ingest_inline: None,
+            ingest_answer: None,
             journal,
             tls,
             client_tls,
@@ -335,7 +342,7 @@ impl Server {
             ),
         );
         self.refresh_bus_health();
-        let _ = self.apply(Input::Start);
+        self.apply(Input::Start);
         self.refresh_symbol_lists();
         let mut events = Events::with_capacity(1024);
         loop {
@@ -370,7 +377,11 @@ impl Server {
             }
             self.drive_pending_upstream_reads();
             self.drive_pending_client_reads();
-            if self.engine.poll_timeout().is_some_and(|t| t <= self.now) {
+            if let Some(wake) = self.engine.next_wake().filter(|w| w.at <= self.now) {
+                if self.logger.enabled(LogLevel::Debug) {
+                    let late_ms = (self.now.as_nanos() - wake.at.as_nanos()) / 1_000_000;
+                    self.log(LogLevel::Debug, &format!("engine_wake why={} late_ms={late_ms}", wake.why));
+                }
                 self.fire_timers();
             }
             self.process_pending_inputs();
@@ -436,16 +447,15 @@ impl Server {
     // -------------------------------------------------------------- engine
 
     /// Records and applies one input, then carries out its outputs.
-    fn apply(&mut self, input: Input) -> Result<(), String> {
+    fn apply(&mut self, input: Input) {
         if let Some(j) = self.journal.as_mut() {
             if let Err(e) = j.input(self.now, &input) {
                 self.logger.log(unix_secs(self.now), LogLevel::Error, &format!("journal_write_failed error={e:?}"));
                 self.journal = None;
             }
         }
-        let result = self.engine.handle(input, self.now);
+        self.engine.handle(input, self.now);
         self.drain_outputs();
-        result
     }
 
     fn fire_timers(&mut self) {
@@ -458,26 +468,31 @@ impl Server {
 
     fn process_pending_inputs(&mut self) {
         while let Some(input) = self.pending_inputs.pop_front() {
-            let _ = self.apply(input);
+            self.apply(input);
         }
     }
 
     fn drain_outputs(&mut self) {
         while let Some(out) = self.engine.poll_output() {
             match out {
-                Output::UpstreamConnect { conn, market, url } => self.open_upstream(conn, market, &url),
-                Output::UpstreamSend { conn, text } => self.send_upstream(conn, text),
-                Output::UpstreamClose { conn, reason } => self.close_upstream(conn, &reason),
+                Output::UpstreamConnect { conn, market, url } => self.open_upstream(conn.0, market, &url),
+                Output::UpstreamSend { conn, text } => self.send_upstream(conn.0, text),
+                Output::UpstreamClose { conn, reason } => self.close_upstream(conn.0, &reason),
                 // Written at once: the first client of a fan-out goes out
                 // before the engine forms the rest (deferred forming fan-out).
-                Output::ClientReady { client } => self.write_client(client),
-                Output::ClientClose { client, code, reason } => self.close_client(client, code, &reason),
+                Output::ClientReady { client } => self.write_client(client.0),
+                Output::ClientClose { client, code, reason } => self.close_client(client.0, code, &reason),
                 Output::Log { level, line } => self.log(level, &line),
-                Output::RestRequest { id, market, path } => self.start_rest(id, market, &path),
+                Output::RestRequest { id, market, path } => self.start_rest(id.0, market, &path),
                 effect @ (Output::ReadStore { .. } | Output::Persist { .. }) => {
                     // Carried out in order by `run_store_slice`; the answer is
                     // an input of its own, recorded like any other.
                     let _ = self.store.offer(effect);
+                }
+                // The request being applied is answered by `handle_request`
+                // itself; a parked one (stored later) by `finish_ingest`.
+                Output::IngestDone { request, error } if self.ingest_inline == Some(request) => {
+                    self.ingest_answer = Some(error);
                 }
                 Output::IngestDone { request, error } => self.finish_ingest(request, error),
                 bus @ (Output::BusPublish { .. }
@@ -496,7 +511,7 @@ impl Server {
         }
         let started = Instant::now();
         while let Some(answer) = self.store.run_one() {
-            let _ = self.apply(answer);
+            self.apply(answer);
             if started.elapsed() >= crate::shell::store_host::SLICE {
                 break;
             }

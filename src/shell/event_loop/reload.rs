@@ -112,7 +112,7 @@ impl Server {
                 new.max_connections_per_ip
             ),
         );
-        let _ = self.apply(Input::Reload { settings: Reloadable::of(&new.engine) });
+        self.apply(Input::Reload { settings: Reloadable::of(&new.engine) });
     }
 }
 

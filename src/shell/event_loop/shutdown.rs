@@ -31,7 +31,7 @@ impl Server {
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }
-        let _ = self.apply(Input::Shutdown);
+        self.apply(Input::Shutdown);
         self.close_event_streams();
         let keys: Vec<usize> = self.upstreams.values().copied().collect();
         for key in keys {

@@ -173,7 +173,8 @@ impl Server {
     pub(super) fn touch_after_read(&mut self, req: &Request, response: &Response) {
         if req.method == "GET" && req.path == "/api/market/candles" && response.status == 200 {
             if let Some(series_id) = req.query_param("series_id") {
-                let _ = self.apply(Input::TouchSeries { series_id: series_id.to_string() });
+                // Request 0: nobody waits for its `IngestDone`.
+                self.apply(Input::TouchSeries { request: 0, series_id: series_id.to_string() });
             }
         }
     }

@@ -8,7 +8,7 @@
 //! readiness) and never delivers a DNS answer inside the engine's output drain.
 
 use super::{Conn, Server, REST_TIMEOUT};
-use crate::engine::{Input, LogLevel};
+use crate::engine::{ConnId, Input, LogLevel, RestId};
 use crate::model::Market;
 use crate::shell::dns::Answer;
 use crate::shell::conn::rest::{RestConn, RestOutcome};
@@ -28,7 +28,7 @@ impl Server {
                 entry.insert(Conn::Rest { id, conn });
                 self.await_resolution(token.0);
             }
-            Err(e) => self.pending_inputs.push_back(Input::RestFailed { id, reason: format!("GET {base}{path}: {e}") }),
+            Err(e) => self.pending_inputs.push_back(Input::RestFailed { id: RestId(id), reason: format!("GET {base}{path}: {e}") }),
         }
     }
 
@@ -53,11 +53,11 @@ impl Server {
         }
         let input = match outcome {
             RestOutcome::Response { status, body, retry_after_s, used_weight_1m, .. } => {
-                Input::RestResponse { id, status, body, retry_after_s, used_weight: used_weight_1m }
+                Input::RestResponse { id: RestId(id), status, body, retry_after_s, used_weight: used_weight_1m }
             }
-            RestOutcome::Failed { reason } => Input::RestFailed { id, reason },
+            RestOutcome::Failed { reason } => Input::RestFailed { id: RestId(id), reason },
         };
-        let _ = self.apply(input);
+        self.apply(input);
     }
 
     /// A finished REST connection: into the pool when its answer left it reusable,
@@ -85,7 +85,7 @@ impl Server {
             if let Some(Conn::Rest { mut conn, .. }) = self.conns.try_remove(key) {
                 let _ = conn.deregister(self.poll.registry());
             }
-            let _ = self.apply(Input::RestFailed { id, reason: format!("GET {url}: timed out after {REST_TIMEOUT:?}") });
+            self.apply(Input::RestFailed { id: RestId(id), reason: format!("GET {url}: timed out after {REST_TIMEOUT:?}") });
         }
     }
 
@@ -103,7 +103,7 @@ impl Server {
             Err(e) => {
                 let reason = format!("connect failed: {e}");
                 self.note_upstream_error(market, &reason);
-                self.pending_inputs.push_back(Input::UpstreamDisconnected { conn: engine_conn, reason });
+                self.pending_inputs.push_back(Input::UpstreamDisconnected { conn: ConnId(engine_conn), reason });
             }
         }
     }
@@ -148,7 +148,7 @@ impl Server {
             self.upstreams.remove(&engine_conn);
             if notify {
                 self.note_upstream_error(market, reason);
-                self.pending_inputs.push_back(Input::UpstreamDisconnected { conn: engine_conn, reason: reason.into() });
+                self.pending_inputs.push_back(Input::UpstreamDisconnected { conn: ConnId(engine_conn), reason: reason.into() });
             }
         }
     }
@@ -182,19 +182,19 @@ impl Server {
             match ev {
                 UpstreamEvent::Connected => {
                     self.stats.upstream_last_error[market.index()] = None;
-                    let _ = self.apply(Input::UpstreamConnected { conn: engine_conn });
+                    self.apply(Input::UpstreamConnected { conn: ConnId(engine_conn) });
                 }
                 UpstreamEvent::Text(text) => {
                     self.stats.upstream_frames_in += 1;
-                    let _ = self.apply(Input::UpstreamText { conn: engine_conn, text });
+                    self.apply(Input::UpstreamText { conn: ConnId(engine_conn), text });
                 }
                 UpstreamEvent::Ping => {
-                    let _ = self.apply(Input::UpstreamPing { conn: engine_conn });
+                    self.apply(Input::UpstreamPing { conn: ConnId(engine_conn) });
                 }
                 UpstreamEvent::Closed { reason } => {
                     self.note_upstream_error(market, &reason);
                     self.drop_upstream(key, &reason, false);
-                    let _ = self.apply(Input::UpstreamDisconnected { conn: engine_conn, reason });
+                    self.apply(Input::UpstreamDisconnected { conn: ConnId(engine_conn), reason });
                     return;
                 }
             }

@@ -11,7 +11,7 @@
 //! (`ReadStore`), so outputs are drained after the takes of a turn.
 
 use super::{Conn, Server, CLIENT_READ_BUDGET};
-use crate::engine::{Input, LogLevel};
+use crate::engine::{ClientId, Input, LogLevel};
 use crate::shell::conn::client::{WsConn, WsRead};
 use mio::{Interest, Token};
 
@@ -38,7 +38,7 @@ impl Server {
         entry.insert(Conn::Ws(ws));
         self.clients.insert(client, new_key);
         self.stats.ws_clients += 1;
-        let _ = self.apply(Input::ClientConnected { client });
+        self.apply(Input::ClientConnected { client: ClientId(client) });
         // Frames pipelined behind the upgrade request are already buffered.
         self.on_ws_event(new_key, true, false);
     }
@@ -74,11 +74,11 @@ impl Server {
             match m {
                 WsRead::Text(text) => {
                     self.stats.ws_frames_in += 1;
-                    let _ = self.apply(Input::ClientText { client, text });
+                    self.apply(Input::ClientText { client: ClientId(client), text });
                 }
                 WsRead::Binary(len) => {
                     self.stats.ws_frames_in += 1;
-                    let _ = self.apply(Input::ClientBinary { client, len });
+                    self.apply(Input::ClientBinary { client: ClientId(client), len });
                 }
                 WsRead::Closed(reason) => {
                     self.log(LogLevel::Debug, &format!("client_closed client={client} reason={reason:?}"));
@@ -152,7 +152,7 @@ impl Server {
             // What is taken when decides coalescing and slow-consumer closes.
             let _ = j.take(self.now, client);
         }
-        self.engine.take_client_frames(client, frames);
+        self.engine.take_client_frames(ClientId(client), frames);
         if frames.is_empty() {
             return;
         }

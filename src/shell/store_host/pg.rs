@@ -240,11 +240,13 @@ impl PgHost {
         }
     }
 
+    #[must_use = "drain until None"]
     pub fn poll_http(&mut self) -> Option<(u64, Call, CallResult)> {
         self.http_done.pop_front()
     }
 
     /// Log lines for the loop (connects, drops, bootstrap).
+    #[must_use = "drain until None"]
     pub fn poll_note(&mut self) -> Option<(LogLevel, String)> {
         self.notes.pop_front()
     }

@@ -296,6 +296,7 @@ impl PgConn {
         Ok(id)
     }
 
+    #[must_use = "drain until None"]
     pub fn poll_event(&mut self) -> Option<PgEvent> {
         self.events.pop_front()
     }

@@ -264,6 +264,7 @@ impl RestConn {
 
     /// Replaces the size limits. Takes effect for the whole response when called before the
     /// first `on_event` (limits are read when the request has been written).
+    #[must_use]
     pub fn with_limits(mut self, limits: RestLimits) -> RestConn {
         self.limits = limits;
         self
