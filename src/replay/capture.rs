@@ -140,7 +140,7 @@ pub fn capture_to_journal<W: Write>(
 
     // The replay answers store effects from its own store; so does the converter.
     let step = |engine: &mut Engine, journal: &mut JournalWriter<W>, sim: &mut Sim, now: Timestamp, input: Input| {
-        run_timers(engine, &mut sim.store, now);
+        run_timers(engine, sim, now);
         journal.input(now, &input)?;
         engine.handle(input, now);
         Ok::<(), std::io::Error>(())
@@ -187,18 +187,17 @@ pub fn capture_to_journal<W: Write>(
     Ok(series)
 }
 
-fn run_timers(engine: &mut Engine, store: &mut MemoryStore, until: Timestamp) {
+/// Fires every timer due by `until`, each at its deadline; what a timer asks
+/// of the exchange (a reconnect, a REST fetch) is answered by the model like
+/// any other output, its replies delivered with the next input.
+fn run_timers(engine: &mut Engine, sim: &mut Sim, until: Timestamp) {
     while let Some(t) = engine.poll_timeout() {
         if t > until {
             break;
         }
         let at = t.max(engine.now());
         engine.handle_timeout(at);
-        // Outputs of timers other than store effects are dropped here, not
-        // answered by the exchange model as `Sim::answer` does (a timer's
-        // reconnect or REST request goes unanswered in the journal). Kept
-        // as is so converted journals do not change (found by #[must_use]).
-        let _ = crate::replay::hosted::drain(engine, store, at);
+        sim.answer(engine);
         if engine.poll_timeout() == Some(t) {
             break;
         }
