@@ -33,6 +33,13 @@
 //! in the same order as without deferral; only the order of `ClientReady`
 //! outputs between clients differs.
 //!
+//! Shapes (#15 §4): a subscription made with `"fields":"full"` gets its
+//! candles with the whole kline's extra fields (catch-up pages read them from
+//! the store, live publishes bring them). Each publish serializes at most one
+//! shared frame per shape: the full one only when some subscriber of the
+//! series asked for it (and its fields are looked up only then:
+//! [`Hub::wants_full`]); every other subscriber gets the default bytes.
+//!
 //! Never reads a clock or the store: the catch-up clamp uses the engine time passed in.
 
 use super::catchup::{CatchUp, PageCtx, Step};
@@ -40,6 +47,7 @@ use super::rate::MessageRate;
 use super::series::{SeriesIdx, SeriesTable};
 use super::window::ClosedWindow;
 use super::{Counters, Frame, LogLevel, Output, StoreOp};
+use crate::kline_ext::KlineExt;
 use crate::model::Candle;
 use crate::store::StoreReadResult;
 use crate::wire::client as wire;
@@ -86,6 +94,8 @@ impl Default for HubConfig {
 struct Subscription {
     cursor: Option<i64>,
     supports_batch: bool,
+    /// `"fields":"full"`: candles in the full shape.
+    full: bool,
     /// Queue sequence number of this series' forming frame while it is still
     /// queued and nothing else for the series was queued after it.
     forming_seq: Option<u64>,
@@ -184,9 +194,38 @@ pub enum SubscribeError {
 #[derive(Debug)]
 struct DeferredForming {
     idx: SeriesIdx,
-    candle_time: i64,
-    frame: Frame,
+    frames: FormingFrames,
     next: usize,
+}
+
+/// One forming publish's shared frames, each serialized on its first use.
+#[derive(Debug)]
+struct FormingFrames {
+    candle: Candle,
+    ext: Option<KlineExt>,
+    plain: Option<Frame>,
+    full: Option<Frame>,
+}
+
+impl FormingFrames {
+    fn new(candle: Candle, ext: Option<KlineExt>) -> Self {
+        FormingFrames { candle, ext, plain: None, full: None }
+    }
+
+    fn get(&mut self, full: bool, name: &str, scratch: &mut Vec<u8>) -> Frame {
+        let (candle, ext) = (&self.candle, self.ext);
+        let slot = if full { &mut self.full } else { &mut self.plain };
+        slot.get_or_insert_with(|| {
+            scratch.clear();
+            if full {
+                wire::write_full_candle_frame(scratch, true, name, candle, ext);
+            } else {
+                wire::write_candle_frame(scratch, true, name, candle);
+            }
+            Frame::copy_from_slice(scratch)
+        })
+        .clone()
+    }
 }
 
 /// What queueing a forming frame for one subscriber did.
@@ -216,6 +255,8 @@ pub struct Hub {
     page: Vec<Frame>,
     /// A forming fan-out not yet queued for every subscriber (deferral on).
     deferred: Option<DeferredForming>,
+    /// Subscriptions in the full shape, per series (absent: none).
+    full_subs: BTreeMap<SeriesIdx, usize>,
 }
 
 impl Hub {
@@ -279,6 +320,9 @@ impl Hub {
         let Some(slot) = self.by_id.remove(&client) else { return Vec::new() };
         let Some(session) = self.slots[slot].take() else { return Vec::new() };
         self.free.push(slot);
+        for (idx, _) in session.subs.iter().filter(|(_, sub)| sub.full) {
+            self.count_full(*idx, false);
+        }
         let released: Vec<SeriesIdx> = session.subs.keys().copied().collect();
         for idx in &released {
             self.remove_subscriber(*idx, slot, series);
@@ -291,6 +335,24 @@ impl Hub {
     /// `pending` more still waiting for their store read.
     pub fn at_subscription_limit(&self, client: u64, pending: usize) -> bool {
         self.session(client).is_some_and(|s| s.subs.len() + pending >= self.cfg.max_subscriptions_per_client)
+    }
+
+    /// Whether some subscriber of `idx` asked for the full shape: only then
+    /// does a publish need the candles' extra fields.
+    pub fn wants_full(&self, idx: SeriesIdx) -> bool {
+        self.full_subs.contains_key(&idx)
+    }
+
+    fn count_full(&mut self, idx: SeriesIdx, add: bool) {
+        let n = self.full_subs.entry(idx).or_default();
+        if add {
+            *n += 1;
+        } else {
+            *n = n.saturating_sub(1);
+        }
+        if *n == 0 {
+            self.full_subs.remove(&idx);
+        }
     }
 
     /// Whether the client holds a subscription to `idx`.
@@ -357,6 +419,7 @@ impl Hub {
         idx: SeriesIdx,
         since: Option<i64>,
         supports_batch: bool,
+        full: bool,
         hold: bool,
         now_s: i64,
         series: &mut SeriesTable,
@@ -372,11 +435,18 @@ impl Hub {
             (Some(since), None, None)
         } else {
             let effective = effective_since(since, now_s, series, idx);
-            (None, effective, Some(CatchUp::new(effective, self.cfg.catchup_limit)))
+            (None, effective, Some(CatchUp::new(effective, self.cfg.catchup_limit, full)))
         };
-        let sub = Subscription { cursor: effective, supports_batch, forming_seq: None, held, catchup, since };
-        if session.subs.insert(idx, sub).is_none() {
-            series.get_mut(idx).subscribers.push(slot);
+        let sub = Subscription { cursor: effective, supports_batch, full, forming_seq: None, held, catchup, since };
+        let was_full = match session.subs.insert(idx, sub) {
+            None => {
+                series.get_mut(idx).subscribers.push(slot);
+                false
+            }
+            Some(old) => old.full,
+        };
+        if was_full != full {
+            self.count_full(idx, full);
         }
         self.pump(slot, series, out);
         Ok(SubscribeReport { held: hold, cursor: effective })
@@ -391,7 +461,7 @@ impl Hub {
             let Some(since) = sub.held.take() else { continue };
             let effective = effective_since(since, now_s, series, idx);
             sub.cursor = effective;
-            sub.catchup = Some(CatchUp::new(effective, limit));
+            sub.catchup = Some(CatchUp::new(effective, limit, sub.full));
             self.pump(slot, series, out);
         }
     }
@@ -406,7 +476,7 @@ impl Hub {
             if sub.held.is_some() || sub.catchup.is_some() {
                 continue;
             }
-            sub.catchup = Some(CatchUp::new(sub.cursor, limit));
+            sub.catchup = Some(CatchUp::new(sub.cursor, limit, sub.full));
             self.pump(slot, series, out);
         }
     }
@@ -498,8 +568,9 @@ impl Hub {
     pub fn unsubscribe(&mut self, client: u64, idx: SeriesIdx, series: &mut SeriesTable) -> bool {
         let Some(slot) = self.by_id.get(&client).copied() else { return false };
         let Some(session) = self.slots[slot].as_mut() else { return false };
-        if session.subs.remove(&idx).is_none() {
-            return false;
+        let Some(sub) = session.subs.remove(&idx) else { return false };
+        if sub.full {
+            self.count_full(idx, false);
         }
         self.remove_subscriber(idx, slot, series);
         true
@@ -518,7 +589,7 @@ impl Hub {
 
     /// Fans a forming candle out to every subscriber whose cursor is behind it
     /// (with deferral on: up to the first that becomes ready; the rest as
-    /// outputs are polled).
+    /// outputs are polled). Full-shape subscribers get its fields unknown.
     pub fn publish_forming(
         &mut self,
         idx: SeriesIdx,
@@ -527,30 +598,35 @@ impl Hub {
         out: &mut VecDeque<Output>,
         counters: &mut Counters,
     ) {
+        self.publish_forming_ext(idx, candle, None, series, out, counters)
+    }
+
+    /// [`Hub::publish_forming`] with the candle's extra fields so far, for
+    /// full-shape subscribers.
+    pub fn publish_forming_ext(
+        &mut self,
+        idx: SeriesIdx,
+        candle: &Candle,
+        ext: Option<KlineExt>,
+        series: &SeriesTable,
+        out: &mut VecDeque<Output>,
+        counters: &mut Counters,
+    ) {
         self.settle(series, out, counters);
         let entry = series.get(idx);
-        let mut frame: Option<Frame> = None;
+        let mut frames = Some(FormingFrames::new(*candle, ext));
         let mut slow = Vec::new();
         for (pos, &slot) in entry.subscribers.iter().enumerate() {
-            let eligible = self.slots[slot].as_ref().and_then(|s| s.subs.get(&idx)).is_some_and(|sub| {
-                sub.held.is_none() && !sub.cursor.is_some_and(|c| candle.candle_time <= c)
+            let shape = self.slots[slot].as_ref().and_then(|s| s.subs.get(&idx)).and_then(|sub| {
+                (sub.held.is_none() && !sub.cursor.is_some_and(|c| candle.candle_time <= c)).then_some(sub.full)
             });
-            if !eligible {
-                continue;
-            }
-            let bytes = frame
-                .get_or_insert_with(|| {
-                    self.scratch.clear();
-                    wire::write_candle_frame(&mut self.scratch, true, entry.id.as_str(), candle);
-                    Frame::copy_from_slice(&self.scratch)
-                })
-                .clone();
+            let (Some(full), Some(f)) = (shape, frames.as_mut()) else { continue };
+            let bytes = f.get(full, entry.id.as_str(), &mut self.scratch);
             match self.forming_to(slot, idx, candle.candle_time, bytes, out, counters) {
                 FormingStep::Slow => slow.push(slot),
                 FormingStep::Queued { ready: true } if self.cfg.defer_forming_fanout => {
-                    if let Some(frame) = frame.take() {
-                        let next = pos + 1;
-                        self.deferred = Some(DeferredForming { idx, candle_time: candle.candle_time, frame, next });
+                    if let Some(frames) = frames.take() {
+                        self.deferred = Some(DeferredForming { idx, frames, next: pos + 1 });
                     }
                     break;
                 }
@@ -609,10 +685,13 @@ impl Hub {
     /// (or it ends). Returns whether some of it is still pending.
     pub fn step_deferred(&mut self, series: &SeriesTable, out: &mut VecDeque<Output>, counters: &mut Counters) -> bool {
         let Some(mut d) = self.deferred.take() else { return false };
-        let subscribers = &series.get(d.idx).subscribers;
+        let entry = series.get(d.idx);
+        let subscribers = &entry.subscribers;
         while let Some(&slot) = subscribers.get(d.next) {
             d.next += 1;
-            match self.forming_to(slot, d.idx, d.candle_time, d.frame.clone(), out, counters) {
+            let full = self.sub_mut(slot, d.idx).is_some_and(|sub| sub.full);
+            let bytes = d.frames.get(full, entry.id.as_str(), &mut self.scratch);
+            match self.forming_to(slot, d.idx, d.frames.candle.candle_time, bytes, out, counters) {
                 FormingStep::Slow => {
                     self.close_slow(slot, out, counters);
                     break;
@@ -648,6 +727,20 @@ impl Hub {
         out: &mut VecDeque<Output>,
         counters: &mut Counters,
     ) {
+        self.publish_closed_ext(idx, candles, &[], series, out, counters)
+    }
+
+    /// [`Hub::publish_closed`] with the candles' extra fields for full-shape
+    /// subscribers: `ext[i]` is `candles[i]`'s (missing entries: unknown).
+    pub fn publish_closed_ext(
+        &mut self,
+        idx: SeriesIdx,
+        candles: &[Candle],
+        ext: &[Option<KlineExt>],
+        series: &SeriesTable,
+        out: &mut VecDeque<Output>,
+        counters: &mut Counters,
+    ) {
         self.settle(series, out, counters);
         if candles.is_empty() {
             return;
@@ -655,9 +748,13 @@ impl Hub {
         let entry = series.get(idx);
         let name = entry.id.as_str();
         let tf = entry.tf_s;
-        // Frames shared between subscribers: one per candle, one batch per start index.
-        let mut singles: Vec<Option<Frame>> = vec![None; candles.len()];
-        let mut batches: Vec<(usize, Frame)> = Vec::new();
+        // Frames shared between subscribers: one per candle, one batch per
+        // start index; per shape (`[default, full]`).
+        let mut singles: [Vec<Option<Frame>>; 2] = [vec![None; candles.len()], Vec::new()];
+        if self.wants_full(idx) {
+            singles[1] = vec![None; candles.len()];
+        }
+        let mut batches: [Vec<(usize, Frame)>; 2] = [Vec::new(), Vec::new()];
         let mut slow = Vec::new();
         // One subscriber's frames at a time; the buffer is reused, not reallocated.
         let mut frames: Vec<Frame> = Vec::new();
@@ -681,6 +778,7 @@ impl Hub {
                 continue;
             }
             let sendable = &candles[start..];
+            let shape = usize::from(sub.full);
             let batch = sub.supports_batch && sendable.len() > 1;
             frames.clear();
             let mut cursor = sub.cursor;
@@ -689,13 +787,17 @@ impl Hub {
                     frames.push(gap);
                     counters.gaps_sent += 1;
                 }
-                let shared = match batches.iter().find(|(s, _)| *s == start) {
+                let shared = match batches[shape].iter().find(|(s, _)| *s == start) {
                     Some((_, f)) => f.clone(),
                     None => {
                         let mut buf = Vec::with_capacity(64 + sendable.len() * 120);
-                        wire::write_batch_frame(&mut buf, name, sendable);
+                        if sub.full {
+                            wire::write_full_batch_frame(&mut buf, name, sendable, ext.get(start..).unwrap_or(&[]));
+                        } else {
+                            wire::write_batch_frame(&mut buf, name, sendable);
+                        }
                         let f: Frame = buf.into();
-                        batches.push((start, f.clone()));
+                        batches[shape].push((start, f.clone()));
                         f
                     }
                 };
@@ -707,10 +809,16 @@ impl Hub {
                         frames.push(gap);
                         counters.gaps_sent += 1;
                     }
-                    let shared = singles[start + i]
+                    let Some(single) = singles[shape].get_mut(start + i) else { continue };
+                    let shared = single
                         .get_or_insert_with(|| {
                             let mut buf = Vec::with_capacity(160);
-                            wire::write_candle_frame(&mut buf, false, name, c);
+                            if sub.full {
+                                let e = ext.get(start + i).copied().flatten();
+                                wire::write_full_candle_frame(&mut buf, false, name, c, e);
+                            } else {
+                                wire::write_candle_frame(&mut buf, false, name, c);
+                            }
                             buf.into()
                         })
                         .clone();
@@ -807,3 +915,7 @@ fn gap_frame(name: &str, tf: i64, cursor: Option<i64>, next: i64) -> Option<Fram
     })
 }
 
+
+#[cfg(test)]
+#[path = "hub_tests.rs"]
+mod tests;
