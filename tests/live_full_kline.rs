@@ -80,9 +80,22 @@ fn serves_the_whole_kline(store_args: &[&str]) {
 /// `bad_request`.
 #[test]
 fn ws_subscribe_with_fields_full_gets_the_whole_kline_on_catchup_and_live() {
+    ws_fields_full(&[]);
+}
+
+/// The same on PostgreSQL (the catch-up's full read is two pipelined requests there).
+#[test]
+fn ws_fields_full_on_postgres_too() {
+    let Some(store) = pg_host_store::PgHostStore::open("live_full_kline_ws_on_postgres") else { return };
+    let url = store.url();
+    ws_fields_full(&["--store-url", &url]);
+}
+
+fn ws_fields_full(store_args: &[&str]) {
     let ex = FakeExchange::start(FakeOptions::spot());
     let ws = ex.ws_url();
-    let args = ["--spot-ws-url", &ws, "--futures-ws-url", &ws, "--pin", S1, "--derived", "", "--heal", "false"];
+    let mut args = vec!["--spot-ws-url", &ws, "--futures-ws-url", &ws, "--pin", S1, "--derived", "", "--heal", "false"];
+    args.extend_from_slice(store_args);
     let mut live = Live::start(&args);
     assert!(ex.wait_for_subscriptions(&[STREAM], 10 * SEC));
     assert!(live.wait_log("job_started", 10 * SEC).is_some());
