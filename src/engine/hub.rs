@@ -40,6 +40,9 @@
 //! series asked for it (and its fields are looked up only then:
 //! [`Hub::wants_full`]); every other subscriber gets the default bytes.
 //!
+//! The live fan-out (forming, closed, deferral, shapes) is in `hub_fanout.rs`,
+//! a child module; the catch-up pages in [`super::catchup`].
+//!
 //! Never reads a clock or the store: the catch-up clamp uses the engine time passed in.
 
 use super::catchup::{CatchUp, PageCtx, Step};
