@@ -85,16 +85,8 @@ impl Shared {
         let redis = RedisClient::connect(&rcfg, raddr, Resp::V2, 64);
         let prefix = unique("kgnodes");
         let dir = tempfile::tempdir().unwrap();
-        let quiet = std::env::var("CI").as_deref() != Ok("true");
-        let pg = if !postgres {
-            None
-        } else if quiet && std::net::TcpStream::connect_timeout(&"127.0.0.1:5432".parse().unwrap(), SEC).is_err()
-            && std::env::var("KLINEGATE_TEST_PG_URL").is_err()
-        {
-            None
-        } else {
-            pg_or_skip(test)
-        };
+        // PostgreSQL on the configured address, or one this process starts.
+        let pg = if postgres { pg_or_skip(test) } else { None };
         let (store_url, pg) = match pg {
             Some((cfg, addr)) => {
                 let schema = unique("kg_nodes");

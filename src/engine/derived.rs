@@ -61,10 +61,18 @@ const VOLUME_DECIMALS: i32 = 8;
 /// (`14274.625`, never the float noise `14274.625000000002` of `a + b`).
 /// Beyond 2^53 units (volumes over ~90 million) the result is the nearest
 /// `f64` of the exact sum, which is all an `f64` can hold.
+///
+/// Volumes below 2^62 units (~4.6e10) are summed in `i64`, the rest in `i128`:
+/// the same exact integer sum, the same nearest `f64` (a replay profile put
+/// the `i128` conversions, software routines on x86-64, at ~3% of its time).
 fn add_volumes(a: f64, b: f64) -> f64 {
+    const SMALL: f64 = (1u64 << 62) as f64;
     let scale = 10f64.powi(VOLUME_DECIMALS);
-    let units = |v: f64| (v * scale).round() as i128;
-    (units(a) + units(b)) as f64 / scale
+    let (x, y) = ((a * scale).round(), (b * scale).round());
+    if x.abs() < SMALL && y.abs() < SMALL {
+        return (x as i64 + y as i64) as f64 / scale;
+    }
+    (x as i128 + y as i128) as f64 / scale
 }
 
 /// How many base candles make one bucket of `tf`, when `tf` is a whole
@@ -613,6 +621,21 @@ mod tests {
         let out = closed(&mut f, &base);
         assert_eq!(out[0].1.volume.to_string(), "13048.057", "the live fold sums the same way");
         assert_eq!(add_volumes(0.1, 0.2).to_string(), "0.3");
+    }
+
+    proptest::proptest! {
+        /// The `i64` fast path sums exactly what the `i128` sum gives, on both
+        /// sides of its bound (~4.6e10) and for any finite volume.
+        #[test]
+        fn volume_sum_fast_path_matches_the_i128_sum(
+            a in proptest::prop_oneof![0.0..1e6f64, 4.0e10..5.0e10f64, -1e12..1e12f64, -1e25..1e25f64],
+            b in proptest::prop_oneof![0.0..1e6f64, 4.0e10..5.0e10f64, -1e12..1e12f64, -1e25..1e25f64],
+        ) {
+            let scale = 10f64.powi(VOLUME_DECIMALS);
+            let units = |v: f64| (v * scale).round() as i128;
+            let reference = (units(a) + units(b)) as f64 / scale;
+            proptest::prop_assert_eq!(add_volumes(a, b).to_bits(), reference.to_bits());
+        }
     }
 
     #[test]

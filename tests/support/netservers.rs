@@ -20,6 +20,9 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+#[path = "own_postgres.rs"]
+mod own_postgres;
+
 pub const WAIT: Duration = Duration::from_secs(20);
 
 fn reachable(host: &str, port: u16) -> Result<SocketAddr, String> {
@@ -39,17 +42,30 @@ fn skip_or_fail(test: &str, what: &str, why: String) {
     eprintln!("SKIPPED {test}: {what} is not reachable ({why}); start it or set CI=true to make this a failure");
 }
 
-/// The PostgreSQL config and address, or `None` (skip) outside CI.
+/// The PostgreSQL config and address, or `None` (skip) outside CI. When
+/// nothing answers on the default address (and `KLINEGATE_TEST_PG_URL` is not
+/// set), the test process starts a server of its own (`own_postgres`).
 pub fn pg_or_skip(test: &str) -> Option<(PgConfig, SocketAddr)> {
-    let url = std::env::var("KLINEGATE_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
-    let cfg = parse_pg_url(&url).unwrap_or_else(|e| panic!("KLINEGATE_TEST_PG_URL: {e}"));
+    let configured = std::env::var("KLINEGATE_TEST_PG_URL").ok();
+    let url = configured.clone().unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".to_string());
+    let mut cfg = parse_pg_url(&url).unwrap_or_else(|e| panic!("KLINEGATE_TEST_PG_URL: {e}"));
     match reachable(&cfg.host, cfg.port) {
         Ok(addr) => Some((cfg, addr)),
-        Err(why) => {
+        Err(why) if configured.is_some() => {
             skip_or_fail(test, "PostgreSQL", why);
             None
         }
+        Err(why) => match own_postgres::own_postgres() {
+            Ok(addr) => {
+                cfg.host = addr.ip().to_string();
+                cfg.port = addr.port();
+                Some((cfg, addr))
+            }
+            Err(own) => {
+                skip_or_fail(test, "PostgreSQL", format!("{why}; starting one of our own failed: {own}"));
+                None
+            }
+        },
     }
 }
 
