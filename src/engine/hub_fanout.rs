@@ -30,6 +30,7 @@ impl FormingFrames {
         FormingFrames { candle, ext, plain: None, full: None }
     }
 
+    #[inline]
     fn get(&mut self, full: bool, name: &str, scratch: &mut Vec<u8>) -> Frame {
         let (candle, ext) = (&self.candle, self.ext);
         let slot = if full { &mut self.full } else { &mut self.plain };
@@ -85,20 +86,18 @@ impl Hub {
     ) {
         self.settle(series, out, counters);
         let entry = series.get(idx);
-        let mut frames = Some(FormingFrames::new(*candle, ext));
+        let mut frames = FormingFrames::new(*candle, ext);
         let mut slow = Vec::new();
         for (pos, &slot) in entry.subscribers.iter().enumerate() {
             let shape = self.slots[slot].as_ref().and_then(|s| s.subs.get(&idx)).and_then(|sub| {
                 (sub.held.is_none() && !sub.cursor.is_some_and(|c| candle.candle_time <= c)).then_some(sub.full)
             });
-            let (Some(full), Some(f)) = (shape, frames.as_mut()) else { continue };
-            let bytes = f.get(full, entry.id.as_str(), &mut self.scratch);
+            let Some(full) = shape else { continue };
+            let bytes = frames.get(full, entry.id.as_str(), &mut self.scratch);
             match self.forming_to(slot, idx, candle.candle_time, bytes, out, counters) {
                 FormingStep::Slow => slow.push(slot),
                 FormingStep::Queued { ready: true } if self.cfg.defer_forming_fanout => {
-                    if let Some(frames) = frames.take() {
-                        self.deferred = Some(DeferredForming { idx, frames, next: pos + 1 });
-                    }
+                    self.deferred = Some(DeferredForming { idx, frames, next: pos + 1 });
                     break;
                 }
                 _ => {}
