@@ -12,6 +12,10 @@
 //! allocations per publish are counted with a counting global allocator.
 //! Baseline in the same run: pushing an `Rc` clone into 10,000 `Vec`s.
 //!
+//! Shapes (#15 §4): "10,000 mixed" subscribes every other client with
+//! `"fields":"full"`; the publish then serializes two frames (the default and
+//! the full one), each shared by its half (two distinct buffers in all).
+//!
 //! `cargo bench --bench fanout`; `KLINEGATE_BENCH_QUICK=1` for a short run.
 
 #[path = "support/engine.rs"]
@@ -71,7 +75,7 @@ fn kline_text(t_s: u64, close: f64, n: u64) -> String {
 use support::drain;
 
 /// Pinned series, upstream connected and acked, `clients` clients subscribed.
-fn engine_with_clients(clients: u64) -> (Engine, MemoryStore, u64) {
+fn engine_with_clients(clients: u64, mixed: bool) -> (Engine, MemoryStore, u64) {
     // Derived timeframes off: the figure is the hub's fan-out, not the folds.
     let settings = Settings { pins: vec![SERIES.into()], derived: String::new(), heal: false, ..Settings::default() };
     let now = Timestamp::from_secs(T0 - 2);
@@ -80,9 +84,11 @@ fn engine_with_clients(clients: u64) -> (Engine, MemoryStore, u64) {
     let mut store = MemoryStore::new();
     let conn = support::start_live(&mut e, &mut store, now);
     let sub = format!("{{\"type\":\"subscribe\",\"series_id\":\"{SERIES}\"}}");
+    let full = format!("{{\"type\":\"subscribe\",\"series_id\":\"{SERIES}\",\"fields\":\"full\"}}");
     for client in 1..=clients {
         e.handle(Input::ClientConnected { client: ClientId(client) }, now);
-        e.handle(Input::ClientText { client: ClientId(client), text: sub.clone() }, now);
+        let text = if mixed && client % 2 == 0 { full.clone() } else { sub.clone() };
+        e.handle(Input::ClientText { client: ClientId(client), text }, now);
     }
     drain(&mut e, &mut store);
     assert_eq!(e.subscription_count(), clients as usize);
@@ -112,7 +118,12 @@ struct Figures {
 
 /// Timed publishes into `clients` subscribers.
 fn measure(clients: u64, budget: Duration) -> Figures {
-    let (mut e, mut store, conn) = engine_with_clients(clients);
+    measure_shapes(clients, false, budget)
+}
+
+/// [`measure`]; `mixed`: every other client in the full shape.
+fn measure_shapes(clients: u64, mixed: bool, budget: Duration) -> Figures {
+    let (mut e, mut store, conn) = engine_with_clients(clients, mixed);
     let mut frames = Vec::with_capacity(clients as usize);
     let mut n = 0u64;
     // One forming update per second of engine time: never throttled (250 ms).
@@ -129,9 +140,12 @@ fn measure(clients: u64, budget: Duration) -> Figures {
         e.handle(input, now);
         assert_eq!(drain_all(&mut e, &mut store, &mut frames), clients as usize, "every client gets the frame");
     }
-    let first = &frames[0];
-    // `Bytes` clones share one buffer: the same data pointer for every client.
-    assert!(frames.iter().all(|f| f.as_ptr() == first.as_ptr()), "one frame shared by every client");
+    // `Bytes` clones share one buffer: the same data pointer for every client
+    // (one buffer per shape).
+    let mut buffers: Vec<*const u8> = frames.iter().map(|f| f.as_ptr()).collect();
+    buffers.sort_unstable();
+    buffers.dedup();
+    assert_eq!(buffers.len(), if mixed { 2 } else { 1 }, "one frame per shape shared by its clients");
 
     let per_round = (2_000_000 / clients).clamp(20, 2_000);
     let mut fig = Figures { fresh_ns: f64::INFINITY, coalesce_ns: f64::INFINITY, drain_ns: f64::INFINITY, ..Figures::default() };
@@ -206,13 +220,14 @@ fn main() {
     let one = measure(1, budget / 2);
     let k1 = measure(1_000, budget);
     let k10 = measure(10_000, budget);
+    let k10_mixed = measure_shapes(10_000, true, budget);
     let push = rc_push_baseline(10_000, budget / 2);
 
     println!("{:<10} {:>14} {:>14} {:>14} {:>14} {:>14}", "clients", "fresh ns/pub", "coalesce ns", "ns/client", "drain ns/cl", "allocs/pub");
-    for (n, f) in [(1u64, one), (1_000, k1), (10_000, k10)] {
+    for (n, label, f) in [(1u64, "1", one), (1_000, "1000", k1), (10_000, "10000", k10), (10_000, "10000 mix", k10_mixed)] {
         println!(
             "{:<10} {:>14.0} {:>14.0} {:>14.1} {:>14.1} {:>14.2}",
-            n,
+            label,
             f.fresh_ns,
             f.coalesce_ns,
             f.fresh_ns / n as f64,
@@ -250,6 +265,15 @@ fn main() {
         k1.fresh_ns / 1e3,
         k10.fresh_ns / 1e3,
         k1.allocs_per_publish,
+        k10.allocs_per_publish
+    );
+    println!(
+        "  shapes: 10k clients, half with fields=full: {:.1} us per publish vs {:.1} us all default ({:.2}x); \
+         allocations per publish {:.2} vs {:.2} (the full frame is built once, shared by its half)",
+        k10_mixed.fresh_ns / 1e3,
+        k10.fresh_ns / 1e3,
+        k10_mixed.fresh_ns / k10.fresh_ns,
+        k10_mixed.allocs_per_publish,
         k10.allocs_per_publish
     );
 }

@@ -6,7 +6,7 @@
 //! the reference's. Time is an input throughout.
 
 use klinegate::cli::settings::Settings;
-use klinegate::engine::{ConnId, Engine, Input, Output};
+use klinegate::engine::{ClientId, ConnId, Engine, Input, Output};
 use klinegate::kline_ext::KlineExt;
 use klinegate::model::Candle;
 use klinegate::replay::hosted::Hosted;
@@ -293,4 +293,64 @@ fn candles_healed_over_rest_store_the_fields_of_the_exchange_rows() {
     assert_eq!(stored, want, "the 8 most recent closed minutes healed");
     let fields = h.store.read_ext(BTC1, i64::MIN, i64::MAX).unwrap();
     assert_eq!(fields, want.iter().map(|t| (*t, ext((t - T0) / 60 + 1))).collect::<Vec<_>>());
+}
+
+fn client_frames(h: &mut Hosted<MemoryStore>, client: u64) -> Vec<Value> {
+    let mut frames = Vec::new();
+    h.engine.take_client_frames(ClientId(client), &mut frames);
+    frames.iter().map(|f| serde_json::from_slice(f).unwrap()).collect()
+}
+
+fn fields(c: &Value) -> Option<KlineExt> {
+    serde_json::from_value::<klinegate::kline_ext::FullCandle>(c.clone()).unwrap().ext()
+}
+
+/// `fields=full` on the WebSocket subscribe, engine time as an input: a
+/// derived series' live close carries its bucket's sums and its forming
+/// candle the closed minutes so far plus the forming frame's; the catch-up
+/// reads them from the store; a default subscriber of the series gets six keys.
+#[test]
+fn ws_fields_full_live_derived_close_and_forming_and_catchup_from_the_store() {
+    let mut h = engine(true);
+    let now = Timestamp::from_secs(T0 as u64);
+    let sub = |since: Option<i64>, full: bool| {
+        let mut v = json!({"type":"subscribe","series_id":BTC5,"since":since});
+        if full {
+            v["fields"] = json!("full");
+        }
+        v.to_string()
+    };
+    for (client, full) in [(1, true), (2, false)] {
+        h.0.handle(Input::ClientConnected { client: ClientId(client) }, now).unwrap();
+        h.0.handle(Input::ClientText { client: ClientId(client), text: sub(None, full) }, now).unwrap();
+        client_frames(&mut h.0, client);
+    }
+    play(&mut h, 0..6, &[]);
+    let sum = KlineExt { quote_volume: 152.5, trades: 15, taker_buy_base_volume: 16.25, taker_buy_quote_volume: 78.75 };
+    let full = client_frames(&mut h.0, 1);
+    let closed = full.iter().find(|f| f["type"] == "candle_closed").unwrap_or_else(|| panic!("{full:?}"));
+    assert_eq!((closed["candle"]["candle_time"].as_i64(), fields(&closed["candle"])), (Some(T0), Some(sum)));
+    let plain = client_frames(&mut h.0, 2);
+    let closed = plain.iter().find(|f| f["type"] == "candle_closed").unwrap_or_else(|| panic!("{plain:?}"));
+    assert_eq!(closed["candle"].as_object().unwrap().len(), 6, "{closed}");
+
+    // Minute 6 forming (minute 5 closed): its bucket so far is ext(6) + the frame's ext(7).
+    let (conn, t) = (h.1, T0 + 360);
+    h.0.handle(Input::UpstreamText { conn: ConnId(conn), text: frame(t, 7, false, true) }, Timestamp::from_secs((t + 10) as u64)).unwrap();
+    h.0.handle_timeout(Timestamp::from_secs((t + 20) as u64));
+    let full = client_frames(&mut h.0, 1);
+    let forming = full.iter().rev().find(|f| f["type"] == "candle_forming").unwrap_or_else(|| panic!("{full:?}"));
+    assert_eq!(forming["candle"]["candle_time"].as_i64(), Some(T0 + 300));
+    assert_eq!(fields(&forming["candle"]), Some(ext(6).add(ext(7))));
+    let plain = client_frames(&mut h.0, 2);
+    let forming = plain.iter().rev().find(|f| f["type"] == "candle_forming").unwrap_or_else(|| panic!("{plain:?}"));
+    assert_eq!(forming["candle"].as_object().unwrap().len(), 6, "{forming}");
+
+    // A catch-up reads the sums back from the store.
+    let now = Timestamp::from_secs((t + 30) as u64);
+    h.0.handle(Input::ClientConnected { client: ClientId(3) }, now).unwrap();
+    h.0.handle(Input::ClientText { client: ClientId(3), text: sub(Some(T0 - 300), true) }, now).unwrap();
+    let got = client_frames(&mut h.0, 3);
+    let closed = got.iter().find(|f| f["type"] == "candle_closed").unwrap_or_else(|| panic!("{got:?}"));
+    assert_eq!((closed["candle"]["candle_time"].as_i64(), fields(&closed["candle"])), (Some(T0), Some(sum)));
 }

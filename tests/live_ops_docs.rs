@@ -195,6 +195,12 @@ fn live_ws_frames_and_close_codes_match_the_asyncapi_document() {
     single.send(json!({"type":"subscribe","series_id":S1,"since":t0 - 60}));
     let got = single.until(5 * SEC, |f| f["candle"]["candle_time"] == t0 + 120);
     assert_eq!(got.iter().filter(|f| f["type"] == "candle_closed").count(), 3, "{got:?}");
+    // `fields=full` (#15 §4): the same frames, each candle a FullCandle (the
+    // fields unknown here: the history came over HTTP ingest).
+    let mut full = client(&live);
+    full.send(json!({"type":"subscribe","series_id":S1,"since":t0 - 60,"supports_batch":true,"fields":"full"}));
+    let got = full.until(5 * SEC, |f| f["type"] == "candles_batch");
+    assert_eq!(got.last().and_then(|f| f["candles"][0].as_object().map(|c| c.len())), Some(10), "{got:?}");
 
     // A closed candle past a hole: the subscribers are told with a gap first.
     let (status, body) =
@@ -211,6 +217,10 @@ fn live_ws_frames_and_close_codes_match_the_asyncapi_document() {
     let got = batched.until(5 * SEC, |f| f["type"] == "candle_closed" && f["candle"]["candle_time"] == (now_ms - 60_000) / 1000);
     assert!(got.iter().any(|f| f["type"] == "candle_forming"), "forming delivered: {got:?}");
     assert_eq!(got.last().map(|f| f["type"].clone()), Some(json!("candle_closed")), "{got:?}");
+    let got = full.until(5 * SEC, |f| f["type"] == "candle_closed" && f["candle"]["candle_time"] == (now_ms - 60_000) / 1000);
+    let live_full = got.iter().filter(|f| f["type"] == "candle_forming" || f["type"] == "candle_closed");
+    assert!(live_full.clone().count() >= 2 && live_full.clone().all(|f| f["candle"].as_object().map(|c| c.len()) == Some(10)), "{got:?}");
+    assert_eq!(got.last().map(|f| f["candle"]["trades"].clone()), Some(json!(10)), "the exchange's fields: {got:?}");
 
     // Refused messages: one error frame each, the connection lives on.
     let mut bad = client(&live);
@@ -221,6 +231,7 @@ fn live_ws_frames_and_close_codes_match_the_asyncapi_document() {
         r#"{"type":"subscribe"}"#,
         r#"{"type":"subscribe","series_id":"binance:spot:BTC/USDT:1m","since":"yesterday"}"#,
         r#"{"type":"subscribe","series_id":"binance:spot:BTC/USDT:1m","supports_batch":"yes"}"#,
+        r#"{"type":"subscribe","series_id":"binance:spot:BTC/USDT:1m","fields":"all"}"#,
         r#"{"type":"ping"}"#,
         r#"{"type":"subscribe","series_id":"nope"}"#,
         r#"{"type":"subscribe","series_id":"binance:spot:BTC/USDT:7m"}"#,

@@ -14,12 +14,18 @@
 //!   would have sent (the old one-step catch-up did exactly that);
 //! - forming updates are held back (the newest only) and sent after it.
 //!
+//! A full-shape subscription (`"fields":"full"`, #15 §4) reads its pages with
+//! their extra fields ([`StoreQuery::AfterFull`]) and writes its frames in
+//! that shape; the reads, cursor and ordering are the same.
+//!
 //! Pure: it never reads the store (the hub emits each read as an effect), a
 //! clock or anything else.
 
 use super::window::ClosedWindow;
 use super::Frame;
 use super::{Counters, StoreOp};
+use crate::kline_ext::KlineExt;
+use crate::model::Candle;
 use crate::store::{StoreQuery, StoreReadResult};
 use crate::wire::client as wire;
 
@@ -52,6 +58,8 @@ pub(super) struct CatchUp {
     /// Candles sent so far, and whether a `gap` was (for the log line).
     pub sent: usize,
     pub gap_emitted: bool,
+    /// Pages are read and written in the full shape.
+    full: bool,
 }
 
 /// What the series looks like when a page is answered.
@@ -71,7 +79,7 @@ pub(super) enum Step {
 
 impl CatchUp {
     /// From `effective` (the clamped `since`; none: the tail), at most `limit` candles.
-    pub fn new(effective: Option<i64>, limit: usize) -> CatchUp {
+    pub fn new(effective: Option<i64>, limit: usize, full: bool) -> CatchUp {
         CatchUp {
             next: effective.map_or(Next::TailStart, Next::After),
             remaining: limit,
@@ -83,6 +91,7 @@ impl CatchUp {
             forming: None,
             sent: 0,
             gap_emitted: false,
+            full,
         }
     }
 
@@ -95,7 +104,12 @@ impl CatchUp {
             Next::TailStart => StoreQuery::TailStart { series_id, count: self.remaining },
             Next::After(after) => {
                 self.asked = page.min(self.remaining);
-                StoreQuery::After { series_id, after, limit: self.asked }
+                let limit = self.asked;
+                if self.full {
+                    StoreQuery::AfterFull { series_id, after, limit }
+                } else {
+                    StoreQuery::After { series_id, after, limit }
+                }
             }
         }
     }
@@ -117,7 +131,7 @@ impl CatchUp {
         counters: &mut Counters,
     ) -> Step {
         self.pending = None;
-        let read = match (result, self.next) {
+        let (read, ext): (Vec<Candle>, Vec<Option<KlineExt>>) = match (result, self.next) {
             (StoreReadResult::Failed(e), _) => {
                 counters.store_read_errors += 1;
                 let message = format!("history unavailable ({e}); live data continues");
@@ -129,11 +143,13 @@ impl CatchUp {
                 self.next = Next::After(t.saturating_sub(1));
                 return Step::More;
             }
-            (StoreReadResult::Candles(read), Next::After(_)) => read,
+            (StoreReadResult::Candles(read), Next::After(_)) => (read, Vec::new()),
+            (StoreReadResult::FullCandles(rows), Next::After(_)) => rows.into_iter().map(|r| (r.candle, r.ext())).unzip(),
             // An answer of the wrong kind is treated as an empty page.
-            _ => Vec::new(),
+            _ => (Vec::new(), Vec::new()),
         };
         let read_len = read.len();
+        // The window drops a tail (candles are ascending): `ext` stays aligned.
         let candles = ctx.window.filter_ahead(read);
         let full = read_len == self.asked && candles.len() == read_len && read_len > 0;
         if let (true, Some(first), Some(c)) = (self.gap_check, candles.first(), *cursor) {
@@ -149,12 +165,20 @@ impl CatchUp {
             self.gap_check = false;
             if ctx.supports_batch {
                 let mut buf = Vec::with_capacity(64 + candles.len() * 120);
-                wire::write_batch_frame(&mut buf, ctx.name, &candles);
+                if self.full {
+                    wire::write_full_batch_frame(&mut buf, ctx.name, &candles, &ext);
+                } else {
+                    wire::write_batch_frame(&mut buf, ctx.name, &candles);
+                }
                 frames.push(buf.into());
             } else {
-                for c in &candles {
+                for (i, c) in candles.iter().enumerate() {
                     let mut buf = Vec::with_capacity(160);
-                    wire::write_candle_frame(&mut buf, false, ctx.name, c);
+                    if self.full {
+                        wire::write_full_candle_frame(&mut buf, false, ctx.name, c, ext.get(i).copied().flatten());
+                    } else {
+                        wire::write_candle_frame(&mut buf, false, ctx.name, c);
+                    }
                     frames.push(buf.into());
                 }
             }
@@ -227,7 +251,7 @@ mod tests {
     #[test]
     fn a_page_in_flight_when_a_live_candle_was_skipped_is_read_again() {
         let (mut cursor, mut frames, mut counters) = (Some(0), Vec::new(), Counters::default());
-        let mut c = CatchUp::new(Some(0), 5000);
+        let mut c = CatchUp::new(Some(0), 5000, false);
         assert_eq!(after(&c.query(StoreOp(0), "s", 500)), Some((0, 500)));
         c.skipped_live(180);
         assert_eq!(c.answer(candles(&[60, 120]), &ctx(), &mut cursor, &mut frames, &mut counters), Step::More);
@@ -240,7 +264,7 @@ mod tests {
     #[test]
     fn pages_continue_while_full_and_the_tail_starts_where_the_store_says() {
         let (mut cursor, mut frames, mut counters) = (None, Vec::new(), Counters::default());
-        let mut c = CatchUp::new(None, 5);
+        let mut c = CatchUp::new(None, 5, false);
         assert!(matches!(c.query(StoreOp(0), "s", 2), StoreQuery::TailStart { count: 5, .. }));
         assert_eq!(c.answer(StoreReadResult::TailStart(Some(600)), &ctx(), &mut cursor, &mut frames, &mut counters), Step::More);
         assert_eq!(after(&c.query(StoreOp(1), "s", 2)), Some((599, 2)));
@@ -255,7 +279,7 @@ mod tests {
     #[test]
     fn a_failed_read_ends_the_catchup_with_an_unavailable_error() {
         let (mut cursor, mut frames, mut counters) = (Some(0), Vec::new(), Counters::default());
-        let mut c = CatchUp::new(Some(0), 5000);
+        let mut c = CatchUp::new(Some(0), 5000, false);
         c.query(StoreOp(0), "s", 500);
         let failed = StoreReadResult::Failed("store read_after failed: disk I/O error".into());
         assert_eq!(c.answer(failed, &ctx(), &mut cursor, &mut frames, &mut counters), Step::Done);

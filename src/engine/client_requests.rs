@@ -33,15 +33,15 @@ impl Engine {
         }
         match wire::parse_request(text) {
             Err(e) => self.reject_client(client, &e),
-            Ok(ClientRequest::Subscribe { series_id, since, supports_batch }) => {
-                self.subscribe(client, &series_id, since, supports_batch)
+            Ok(ClientRequest::Subscribe { series_id, since, supports_batch, full }) => {
+                self.subscribe(client, &series_id, since, supports_batch, full)
             }
             Ok(ClientRequest::Unsubscribe { series_id: Some(s) }) => self.unsubscribe(client, &s),
             Ok(ClientRequest::Unsubscribe { series_id: None }) => {}
         }
     }
 
-    pub(super) fn subscribe(&mut self, client: u64, raw: &str, since: Option<i64>, supports_batch: bool) {
+    pub(super) fn subscribe(&mut self, client: u64, raw: &str, since: Option<i64>, supports_batch: bool, full: bool) {
         let id = match SeriesId::parse(raw) {
             Ok(id) => id,
             Err(e) => {
@@ -86,7 +86,7 @@ impl Engine {
             }
             self.apply_effects();
         }
-        let p = PendingSub { client, idx, id, since, supports_batch, unsupported, counted };
+        let p = PendingSub { client, idx, id, since, supports_batch, full, unsupported, counted };
         // Whether to hold for a heal depends on what the store holds.
         let needs_bounds = p.unsupported.is_some()
             || self.native_applies(&p.id)
@@ -102,7 +102,7 @@ impl Engine {
     /// The second half of a subscribe, once the series' stored bounds
     /// (`(first, head)`) are known, when they matter.
     pub(super) fn finish_subscribe(&mut self, p: PendingSub, bounds: Option<(Option<i64>, Option<i64>)>) {
-        let PendingSub { client, idx, id, since, supports_batch, unsupported, counted } = p;
+        let PendingSub { client, idx, id, since, supports_batch, full, unsupported, counted } = p;
         if !self.hub.contains(client) {
             if counted {
                 self.release_series(&id);
@@ -129,6 +129,7 @@ impl Engine {
             idx,
             since,
             supports_batch,
+            full,
             hold,
             self.now.as_secs(),
             &mut self.series,
@@ -140,8 +141,11 @@ impl Engine {
                 self.log(
                     LogLevel::Debug,
                     format!(
-                        "market_ws_subscribe_handled client={client} series_id={} since={since:?} supports_batch={supports_batch} effective_since={:?} held_for_heal={}",
-                        id, report.cursor, report.held
+                        "market_ws_subscribe_handled client={client} series_id={} since={since:?} supports_batch={supports_batch}{} effective_since={:?} held_for_heal={}",
+                        id,
+                        if full { " fields=full" } else { "" },
+                        report.cursor,
+                        report.held
                     ),
                 );
             }

@@ -293,7 +293,9 @@ impl Engine {
                 self.series.note_closed(*idx, last.candle_time);
             }
             let queued_before = self.frames_queued();
-            self.hub.publish_closed(*idx, candles, &self.series, &mut self.outputs, &mut self.counters);
+            // The whole kline's fields only for `fields=full` subscribers (#15 §4).
+            let ext = if self.hub.wants_full(*idx) { self.published_ext(*idx, candles) } else { Vec::new() };
+            self.hub.publish_closed_ext(*idx, candles, &ext, &self.series, &mut self.outputs, &mut self.counters);
             self.bus_publish_closed(*idx, candles);
             if from_exchange {
                 // Base series are jobs; a derived series' frames count with its base's.

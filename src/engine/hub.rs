@@ -33,6 +33,16 @@
 //! in the same order as without deferral; only the order of `ClientReady`
 //! outputs between clients differs.
 //!
+//! Shapes (#15 §4): a subscription made with `"fields":"full"` gets its
+//! candles with the whole kline's extra fields (catch-up pages read them from
+//! the store, live publishes bring them). Each publish serializes at most one
+//! shared frame per shape: the full one only when some subscriber of the
+//! series asked for it (and its fields are looked up only then:
+//! [`Hub::wants_full`]); every other subscriber gets the default bytes.
+//!
+//! The live fan-out (forming, closed, deferral, shapes) is in `hub_fanout.rs`,
+//! a child module; the catch-up pages in [`super::catchup`].
+//!
 //! Never reads a clock or the store: the catch-up clamp uses the engine time passed in.
 
 use crate::engine::ClientId;
@@ -41,11 +51,16 @@ use super::rate::MessageRate;
 use super::series::{SeriesIdx, SeriesTable};
 use super::window::ClosedWindow;
 use super::{Counters, Frame, LogLevel, Output, StoreOp};
+use crate::kline_ext::KlineExt;
 use crate::model::Candle;
 use crate::store::StoreReadResult;
 use crate::wire::client as wire;
 use super::fasthash::FastMap;
 use std::collections::{BTreeMap, VecDeque};
+
+#[path = "hub_fanout.rs"]
+mod fanout;
+use fanout::DeferredForming;
 
 /// Close code and reason for a client whose backlog passed its limit.
 pub const SLOW_CONSUMER_CLOSE: (u16, &str) =
@@ -87,6 +102,8 @@ impl Default for HubConfig {
 struct Subscription {
     cursor: Option<i64>,
     supports_batch: bool,
+    /// `"fields":"full"`: candles in the full shape.
+    full: bool,
     /// Queue sequence number of this series' forming frame while it is still
     /// queued and nothing else for the series was queued after it.
     forming_seq: Option<u64>,
@@ -180,26 +197,6 @@ pub enum SubscribeError {
     TooManySubscriptions(usize),
 }
 
-/// The rest of a forming fan-out: subscribers of `idx` from position `next`
-/// of the series' subscriber list on.
-#[derive(Debug)]
-struct DeferredForming {
-    idx: SeriesIdx,
-    candle_time: i64,
-    frame: Frame,
-    next: usize,
-}
-
-/// What queueing a forming frame for one subscriber did.
-#[derive(PartialEq)]
-enum FormingStep {
-    /// Nothing queued (not subscribed, held, behind its cursor, or catching up).
-    Skipped,
-    /// Queued or coalesced; `ready` when it emitted `ClientReady`.
-    Queued { ready: bool },
-    /// Queued past the backlog limit: the client must be closed.
-    Slow,
-}
 
 #[derive(Default)]
 pub struct Hub {
@@ -217,6 +214,8 @@ pub struct Hub {
     page: Vec<Frame>,
     /// A forming fan-out not yet queued for every subscriber (deferral on).
     deferred: Option<DeferredForming>,
+    /// Subscriptions in the full shape, per series (absent: none).
+    full_subs: BTreeMap<SeriesIdx, usize>,
 }
 
 impl Hub {
@@ -280,6 +279,9 @@ impl Hub {
         let Some(slot) = self.by_id.remove(&client) else { return Vec::new() };
         let Some(session) = self.slots[slot].take() else { return Vec::new() };
         self.free.push(slot);
+        for (idx, _) in session.subs.iter().filter(|(_, sub)| sub.full) {
+            self.count_full(*idx, false);
+        }
         let released: Vec<SeriesIdx> = session.subs.keys().copied().collect();
         for idx in &released {
             self.remove_subscriber(*idx, slot, series);
@@ -292,6 +294,24 @@ impl Hub {
     /// `pending` more still waiting for their store read.
     pub fn at_subscription_limit(&self, client: u64, pending: usize) -> bool {
         self.session(client).is_some_and(|s| s.subs.len() + pending >= self.cfg.max_subscriptions_per_client)
+    }
+
+    /// Whether some subscriber of `idx` asked for the full shape: only then
+    /// does a publish need the candles' extra fields.
+    pub fn wants_full(&self, idx: SeriesIdx) -> bool {
+        self.full_subs.contains_key(&idx)
+    }
+
+    fn count_full(&mut self, idx: SeriesIdx, add: bool) {
+        let n = self.full_subs.entry(idx).or_default();
+        if add {
+            *n += 1;
+        } else {
+            *n = n.saturating_sub(1);
+        }
+        if *n == 0 {
+            self.full_subs.remove(&idx);
+        }
     }
 
     /// Whether the client holds a subscription to `idx`.
@@ -358,6 +378,7 @@ impl Hub {
         idx: SeriesIdx,
         since: Option<i64>,
         supports_batch: bool,
+        full: bool,
         hold: bool,
         now_s: i64,
         series: &mut SeriesTable,
@@ -373,11 +394,18 @@ impl Hub {
             (Some(since), None, None)
         } else {
             let effective = effective_since(since, now_s, series, idx);
-            (None, effective, Some(CatchUp::new(effective, self.cfg.catchup_limit)))
+            (None, effective, Some(CatchUp::new(effective, self.cfg.catchup_limit, full)))
         };
-        let sub = Subscription { cursor: effective, supports_batch, forming_seq: None, held, catchup, since };
-        if session.subs.insert(idx, sub).is_none() {
-            series.get_mut(idx).subscribers.push(slot);
+        let sub = Subscription { cursor: effective, supports_batch, full, forming_seq: None, held, catchup, since };
+        let was_full = match session.subs.insert(idx, sub) {
+            None => {
+                series.get_mut(idx).subscribers.push(slot);
+                false
+            }
+            Some(old) => old.full,
+        };
+        if was_full != full {
+            self.count_full(idx, full);
         }
         self.pump(slot, series, out);
         Ok(SubscribeReport { held: hold, cursor: effective })
@@ -392,7 +420,7 @@ impl Hub {
             let Some(since) = sub.held.take() else { continue };
             let effective = effective_since(since, now_s, series, idx);
             sub.cursor = effective;
-            sub.catchup = Some(CatchUp::new(effective, limit));
+            sub.catchup = Some(CatchUp::new(effective, limit, sub.full));
             self.pump(slot, series, out);
         }
     }
@@ -407,7 +435,7 @@ impl Hub {
             if sub.held.is_some() || sub.catchup.is_some() {
                 continue;
             }
-            sub.catchup = Some(CatchUp::new(sub.cursor, limit));
+            sub.catchup = Some(CatchUp::new(sub.cursor, limit, sub.full));
             self.pump(slot, series, out);
         }
     }
@@ -499,8 +527,9 @@ impl Hub {
     pub fn unsubscribe(&mut self, client: u64, idx: SeriesIdx, series: &mut SeriesTable) -> bool {
         let Some(slot) = self.by_id.get(&client).copied() else { return false };
         let Some(session) = self.slots[slot].as_mut() else { return false };
-        if session.subs.remove(&idx).is_none() {
-            return false;
+        let Some(sub) = session.subs.remove(&idx) else { return false };
+        if sub.full {
+            self.count_full(idx, false);
         }
         self.remove_subscriber(idx, slot, series);
         true
@@ -517,223 +546,8 @@ impl Hub {
         subscribers.retain(|s| *s != slot);
     }
 
-    /// Fans a forming candle out to every subscriber whose cursor is behind it
-    /// (with deferral on: up to the first that becomes ready; the rest as
-    /// outputs are polled).
-    pub fn publish_forming(
-        &mut self,
-        idx: SeriesIdx,
-        candle: &Candle,
-        series: &SeriesTable,
-        out: &mut VecDeque<Output>,
-        counters: &mut Counters,
-    ) {
-        self.settle(series, out, counters);
-        let entry = series.get(idx);
-        let mut frame: Option<Frame> = None;
-        let mut slow = Vec::new();
-        for (pos, &slot) in entry.subscribers.iter().enumerate() {
-            let eligible = self.slots[slot].as_ref().and_then(|s| s.subs.get(&idx)).is_some_and(|sub| {
-                sub.held.is_none() && !sub.cursor.is_some_and(|c| candle.candle_time <= c)
-            });
-            if !eligible {
-                continue;
-            }
-            let bytes = frame
-                .get_or_insert_with(|| {
-                    self.scratch.clear();
-                    wire::write_candle_frame(&mut self.scratch, true, entry.id.as_str(), candle);
-                    Frame::copy_from_slice(&self.scratch)
-                })
-                .clone();
-            match self.forming_to(slot, idx, candle.candle_time, bytes, out, counters) {
-                FormingStep::Slow => slow.push(slot),
-                FormingStep::Queued { ready: true } if self.cfg.defer_forming_fanout => {
-                    if let Some(frame) = frame.take() {
-                        let next = pos + 1;
-                        self.deferred = Some(DeferredForming { idx, candle_time: candle.candle_time, frame, next });
-                    }
-                    break;
-                }
-                _ => {}
-            }
-        }
-        for slot in slow {
-            self.close_slow(slot, out, counters);
-        }
-    }
-
-    /// Queues (or coalesces) a forming frame for one subscriber.
-    fn forming_to(
-        &mut self,
-        slot: usize,
-        idx: SeriesIdx,
-        candle_time: i64,
-        bytes: Frame,
-        out: &mut VecDeque<Output>,
-        counters: &mut Counters,
-    ) -> FormingStep {
-        let max = self.cfg.max_backlog_bytes;
-        let Some(session) = self.slots[slot].as_mut() else { return FormingStep::Skipped };
-        let Some(sub) = session.subs.get_mut(&idx) else { return FormingStep::Skipped };
-        if sub.held.is_some() || sub.cursor.is_some_and(|c| candle_time <= c) {
-            return FormingStep::Skipped;
-        }
-        if let Some(catchup) = sub.catchup.as_mut() {
-            // Sent when the catch-up ends (the newest only), if still ahead.
-            catchup.forming = Some((candle_time, bytes));
-            return FormingStep::Skipped;
-        }
-        counters.frames_forming += 1;
-        if let Some(seq) = sub.forming_seq {
-            if session.replace(seq, bytes.clone()) {
-                counters.forming_coalesced += 1;
-                if session.live_bytes() > max {
-                    return FormingStep::Slow;
-                }
-                return FormingStep::Queued { ready: false };
-            }
-        }
-        let was_ready = session.ready_signalled;
-        match self.enqueue(slot, bytes, false, out) {
-            Some(seq) => {
-                if let Some(sub) = self.sub_mut(slot, idx) {
-                    sub.forming_seq = Some(seq);
-                }
-                FormingStep::Queued { ready: !was_ready }
-            }
-            None => FormingStep::Slow,
-        }
-    }
-
-    /// Continues a pending forming fan-out until one more client becomes ready
-    /// (or it ends). Returns whether some of it is still pending.
-    pub fn step_deferred(&mut self, series: &SeriesTable, out: &mut VecDeque<Output>, counters: &mut Counters) -> bool {
-        let Some(mut d) = self.deferred.take() else { return false };
-        let subscribers = &series.get(d.idx).subscribers;
-        while let Some(&slot) = subscribers.get(d.next) {
-            d.next += 1;
-            match self.forming_to(slot, d.idx, d.candle_time, d.frame.clone(), out, counters) {
-                FormingStep::Slow => {
-                    self.close_slow(slot, out, counters);
-                    break;
-                }
-                FormingStep::Queued { ready: true } => break,
-                _ => {}
-            }
-        }
-        let pending = d.next < subscribers.len();
-        if pending {
-            self.deferred = Some(d);
-        }
-        pending
-    }
-
-    /// Finishes a pending forming fan-out.
-    pub fn settle(&mut self, series: &SeriesTable, out: &mut VecDeque<Output>, counters: &mut Counters) {
-        while self.step_deferred(series, out, counters) {}
-    }
-
     fn sub_mut(&mut self, slot: usize, idx: SeriesIdx) -> Option<&mut Subscription> {
         self.slots[slot].as_mut()?.subs.get_mut(&idx)
-    }
-
-    /// Fans closed candles (ascending, unique times) out to every subscriber,
-    /// with per-subscriber cursor filtering and gap notices (`gap` in
-    /// `docs/ws-market.asyncapi.json`).
-    pub fn publish_closed(
-        &mut self,
-        idx: SeriesIdx,
-        candles: &[Candle],
-        series: &SeriesTable,
-        out: &mut VecDeque<Output>,
-        counters: &mut Counters,
-    ) {
-        self.settle(series, out, counters);
-        if candles.is_empty() {
-            return;
-        }
-        let entry = series.get(idx);
-        let name = entry.id.as_str();
-        let tf = entry.tf_s;
-        // Frames shared between subscribers: one per candle, one batch per start index.
-        let mut singles: Vec<Option<Frame>> = vec![None; candles.len()];
-        let mut batches: Vec<(usize, Frame)> = Vec::new();
-        let mut slow = Vec::new();
-        // One subscriber's frames at a time; the buffer is reused, not reallocated.
-        let mut frames: Vec<Frame> = Vec::new();
-        for &slot in &entry.subscribers {
-            let Some(sub) = self.slots[slot].as_mut().and_then(|s| s.subs.get_mut(&idx)) else {
-                continue;
-            };
-            if sub.held.is_some() {
-                continue; // its catch-up, read from the store later, will include these
-            }
-            let start = match sub.cursor {
-                None => 0,
-                Some(c) => candles.partition_point(|x| x.candle_time <= c),
-            };
-            if start == candles.len() {
-                continue;
-            }
-            if let Some(catchup) = sub.catchup.as_mut() {
-                // Persisted before this publish: a catch-up page reads them.
-                catchup.skipped_live(candles[start].candle_time);
-                continue;
-            }
-            let sendable = &candles[start..];
-            let batch = sub.supports_batch && sendable.len() > 1;
-            frames.clear();
-            let mut cursor = sub.cursor;
-            if batch {
-                if let Some(gap) = gap_frame(name, tf, cursor, sendable[0].candle_time) {
-                    frames.push(gap);
-                    counters.gaps_sent += 1;
-                }
-                let shared = match batches.iter().find(|(s, _)| *s == start) {
-                    Some((_, f)) => f.clone(),
-                    None => {
-                        let mut buf = Vec::with_capacity(64 + sendable.len() * 120);
-                        wire::write_batch_frame(&mut buf, name, sendable);
-                        let f: Frame = buf.into();
-                        batches.push((start, f.clone()));
-                        f
-                    }
-                };
-                frames.push(shared);
-                cursor = sendable.last().map(|c| c.candle_time);
-            } else {
-                for (i, c) in sendable.iter().enumerate() {
-                    if let Some(gap) = gap_frame(name, tf, cursor, c.candle_time) {
-                        frames.push(gap);
-                        counters.gaps_sent += 1;
-                    }
-                    let shared = singles[start + i]
-                        .get_or_insert_with(|| {
-                            let mut buf = Vec::with_capacity(160);
-                            wire::write_candle_frame(&mut buf, false, name, c);
-                            buf.into()
-                        })
-                        .clone();
-                    frames.push(shared);
-                    cursor = Some(c.candle_time);
-                }
-            }
-            counters.frames_closed += frames.len() as u64;
-            if let Some(sub) = self.sub_mut(slot, idx) {
-                sub.cursor = cursor;
-                sub.forming_seq = None;
-            }
-            for f in frames.drain(..) {
-                if self.enqueue(slot, f, false, out).is_none() {
-                    slow.push(slot);
-                    break;
-                }
-            }
-        }
-        for slot in slow {
-            self.close_slow(slot, out, counters);
-        }
     }
 
     fn close_slow(&mut self, slot: usize, out: &mut VecDeque<Output>, counters: &mut Counters) {
@@ -799,12 +613,8 @@ fn effective_since(since: Option<i64>, now_s: i64, series: &SeriesTable, idx: Se
     since.map(|s| window.clamp(s))
 }
 
-fn gap_frame(name: &str, tf: i64, cursor: Option<i64>, next: i64) -> Option<Frame> {
-    let expected = cursor? + tf;
-    (next > expected).then(|| {
-        let mut buf = Vec::with_capacity(96);
-        wire::write_gap_frame(&mut buf, name, expected, next);
-        buf.into()
-    })
-}
 
+
+#[cfg(test)]
+#[path = "hub_tests.rs"]
+mod tests;

@@ -79,6 +79,7 @@ impl Engine {
             self.note_kline_ext(job_idx, candle.candle_time, event.ext);
             self.on_closed(job_idx, candle);
         } else {
+            self.note_forming_ext(job_idx, candle.candle_time, event.ext);
             self.on_forming(job_idx, candle);
         }
     }
@@ -200,8 +201,9 @@ impl Engine {
         let Some(job) = self.jobs.get_mut(&job_idx) else { return };
         let Some(latest) = job.latest_forming else { return };
         if which.first() == Some(&0) {
-            self.hub.publish_forming(job.base, &latest, &self.series, &mut self.outputs, &mut self.counters);
             let base = job.base;
+            let ext = if self.hub.wants_full(base) { self.forming_ext(job_idx, base, latest.candle_time) } else { None };
+            self.hub.publish_forming_ext(base, &latest, ext, &self.series, &mut self.outputs, &mut self.counters);
             self.bus_publish_forming(base, &latest);
         }
         let Some(job) = self.jobs.get_mut(&job_idx) else { return };
@@ -215,7 +217,8 @@ impl Engine {
         for (target, candle) in &scratch {
             if which.contains(&(target + 1)) {
                 let Some(series) = self.jobs.get(&job_idx).map(|j| j.derived[*target]) else { continue };
-                self.hub.publish_forming(series, candle, &self.series, &mut self.outputs, &mut self.counters);
+                let ext = if self.hub.wants_full(series) { self.forming_ext(job_idx, series, candle.candle_time) } else { None };
+                self.hub.publish_forming_ext(series, candle, ext, &self.series, &mut self.outputs, &mut self.counters);
                 self.bus_publish_forming(series, candle);
             }
         }

@@ -12,6 +12,12 @@
 //! (then dropped: a write retried after a store failure carries them no
 //! more), at most one heal's worth per series (`--heal-max-candles`).
 //!
+//! Live frames of `fields=full` subscribers (the hub) take their fields
+//! from here too: a published close's from what was kept for its write, a
+//! forming candle's from the exchange's latest forming frame (a derived
+//! forming candle: its bucket's closed base candles so far plus that frame).
+//! Looked up only when some subscriber of the series asked for them.
+//!
 //! Owns that bookkeeping; never touches a store. Off (`full_klines = false`,
 //! e.g. a journal recorded before) it keeps nothing and writes stay as they were.
 
@@ -43,6 +49,8 @@ pub(super) struct ExtTable {
     sums: BTreeMap<(SeriesIdx, i64), [Option<Bucket>; 2]>,
     /// The fields of the last heal's candles per series, until written.
     healed: BTreeMap<SeriesIdx, BTreeMap<i64, KlineExt>>,
+    /// The latest forming frame's fields per base series: (open time, fields).
+    forming: BTreeMap<SeriesIdx, (i64, KlineExt)>,
 }
 
 impl ExtTable {
@@ -77,6 +85,22 @@ impl ExtTable {
         }
     }
 
+    /// A derived forming candle's fields: the bucket's closed base candles
+    /// (every one before `forming_t`) plus the forming base candle's.
+    fn derived_forming(&self, base: SeriesIdx, base_tf: i64, tf: i64, start: i64) -> Option<KlineExt> {
+        let (t, forming) = *self.forming.get(&base)?;
+        if base_tf <= 0 || t < start || t >= start + tf {
+            return None;
+        }
+        let before = (t - start) / base_tf;
+        if before == 0 {
+            return Some(forming);
+        }
+        let slot = self.sums.get(&(base, tf))?;
+        let b = slot.iter().flatten().find(|b| b.start == start)?;
+        (b.count == before).then(|| b.sum.add(forming))
+    }
+
     fn derived(&self, base: SeriesIdx, base_tf: i64, tf: i64, start: i64) -> Option<KlineExt> {
         let slot = self.sums.get(&(base, tf))?;
         let b = slot.iter().flatten().find(|b| b.start == start)?;
@@ -91,6 +115,42 @@ impl Engine {
         let base_tf = self.series.get(job).tf_s;
         let derived: Vec<i64> = self.cfg.supervisor.derived.iter().map(|tf| tf.seconds()).collect();
         self.kline_ext.note(job, base_tf, t, ext, &derived);
+    }
+
+    /// A forming base candle's extra fields, as the exchange sent them.
+    pub(super) fn note_forming_ext(&mut self, job: SeriesIdx, t: i64, ext: Option<KlineExt>) {
+        match ext.filter(|e| self.cfg.full_klines && e.value_error().is_none()) {
+            Some(e) => {
+                self.kline_ext.forming.insert(job, (t, e));
+            }
+            None => {
+                self.kline_ext.forming.remove(&job);
+            }
+        }
+    }
+
+    /// The fields of a forming candle of `idx` (a job's base series or one
+    /// of its derived series), opening at `t`, when known.
+    pub(super) fn forming_ext(&self, job: SeriesIdx, idx: SeriesIdx, t: i64) -> Option<KlineExt> {
+        if idx == job {
+            return self.kline_ext.forming.get(&job).filter(|(at, _)| *at == t).map(|(_, e)| *e);
+        }
+        let (base_tf, tf) = (self.series.get(job).tf_s, self.series.get(idx).tf_s);
+        self.kline_ext.derived_forming(job, base_tf, tf, t)
+    }
+
+    /// The fields of published closes of `idx` (`ext[i]` is `candles[i]`'s),
+    /// from what was kept for their write; unknown ones are `None`.
+    pub(super) fn published_ext(&self, idx: SeriesIdx, candles: &[crate::model::Candle]) -> Vec<Option<KlineExt>> {
+        let id = &self.series.get(idx).id;
+        let base = self.supervisor.normalize(id);
+        if &base == id {
+            let known = self.kline_ext.base.get(&idx);
+            return candles.iter().map(|c| known.and_then(|k| k.get(&c.candle_time).copied())).collect();
+        }
+        let Some(b) = self.series.lookup(base.as_str()) else { return Vec::new() };
+        let (base_tf, tf) = (self.series.get(b).tf_s, self.series.get(idx).tf_s);
+        candles.iter().map(|c| self.kline_ext.derived(b, base_tf, tf, c.candle_time)).collect()
     }
 
     /// A finished heal's fields (replacing what an earlier heal left).

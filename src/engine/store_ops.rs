@@ -38,6 +38,8 @@ pub(super) struct PendingSub {
     pub id: SeriesId,
     pub since: Option<i64>,
     pub supports_batch: bool,
+    /// `"fields":"full"` (#15 §4).
+    pub full: bool,
     /// `Some(why)` when no job can ingest the series: it is served only if
     /// the store has rows of it, else refused with `why`.
     pub unsupported: Option<String>,

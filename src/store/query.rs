@@ -7,6 +7,7 @@
 //! Owns no state; never decides anything about what an answer means.
 
 use super::{GapRecord, Store};
+use crate::kline_ext::{FullCandle, KlineExt};
 use crate::model::{Candle, SeriesId};
 use serde::{Deserialize, Serialize};
 
@@ -16,6 +17,10 @@ use serde::{Deserialize, Serialize};
 pub enum StoreQuery {
     /// The first `limit` candles with `candle_time > after`, ascending.
     After { series_id: String, after: i64, limit: usize },
+    /// [`StoreQuery::After`] with each candle's whole-kline fields (#15 §4:
+    /// the catch-up of a `fields=full` subscription), answered by
+    /// [`StoreReadResult::FullCandles`].
+    AfterFull { series_id: String, after: i64, limit: usize },
     /// The open time of the oldest of the newest `count` candles (where a
     /// tail of `count` candles starts); none when the series has no rows.
     TailStart { series_id: String, count: usize },
@@ -44,6 +49,8 @@ pub struct JobHistory {
 #[serde(rename_all = "snake_case")]
 pub enum StoreReadResult {
     Candles(Vec<Candle>),
+    /// Ascending; a candle the store has no extra fields for has them `null`.
+    FullCandles(Vec<FullCandle>),
     TailStart(Option<i64>),
     Bounds { first: Option<i64>, head: Option<i64> },
     JobStart(JobHistory),
@@ -58,6 +65,9 @@ impl StoreQuery {
             StoreQuery::After { series_id, after, limit } => {
                 store.read_after(series_id, *after, *limit).map(StoreReadResult::Candles)
             }
+            StoreQuery::AfterFull { series_id, after, limit } => store
+                .read_after(series_id, *after, *limit)
+                .and_then(|candles| Ok(StoreReadResult::FullCandles(with_ext(store, series_id, candles)?))),
             StoreQuery::TailStart { series_id, count } => {
                 store.tail_start(series_id, *count).map(StoreReadResult::TailStart)
             }
@@ -68,6 +78,19 @@ impl StoreQuery {
         };
         result.unwrap_or_else(|e| StoreReadResult::Failed(e.to_string()))
     }
+}
+
+/// `candles` (ascending) with the extra fields the store holds for them.
+pub fn with_ext(store: &dyn Store, series_id: &str, candles: Vec<Candle>) -> super::StoreResult<Vec<FullCandle>> {
+    let (Some(first), Some(last)) = (candles.first(), candles.last()) else { return Ok(Vec::new()) };
+    let ext = store.read_ext(series_id, first.candle_time, last.candle_time)?;
+    Ok(join_ext(candles, ext))
+}
+
+/// Each candle with its row of `ext` (both ascending by time), if any.
+pub fn join_ext(candles: Vec<Candle>, ext: Vec<(i64, KlineExt)>) -> Vec<FullCandle> {
+    let ext: std::collections::BTreeMap<i64, KlineExt> = ext.into_iter().collect();
+    candles.into_iter().map(|c| FullCandle::new(c, ext.get(&c.candle_time).copied())).collect()
 }
 
 fn job_history(store: &dyn Store, series_id: &str, derived: &[String]) -> super::StoreResult<JobHistory> {

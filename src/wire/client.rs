@@ -4,6 +4,7 @@
 //! state, no I/O. Encoders write into a caller's buffer so a broadcast frame is
 //! serialized once and its bytes shared by every receiver.
 
+use crate::kline_ext::KlineExt;
 use crate::model::Candle;
 use serde_json::Value;
 use std::fmt;
@@ -11,7 +12,9 @@ use std::fmt;
 /// A valid inbound request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientRequest {
-    Subscribe { series_id: String, since: Option<i64>, supports_batch: bool },
+    /// `full`: the client sent `"fields":"full"` (#15 §4): its candles carry
+    /// the whole kline's extra fields ([`write_full_candle`]).
+    Subscribe { series_id: String, since: Option<i64>, supports_batch: bool, full: bool },
     /// `series_id` is `None` when missing or empty: the reference ignores those silently.
     Unsubscribe { series_id: Option<String> },
 }
@@ -28,6 +31,7 @@ pub enum RequestError {
     MissingSeriesId,
     InvalidSince,
     InvalidSupportsBatch,
+    InvalidFields,
     UnknownType(String),
 }
 
@@ -46,6 +50,7 @@ impl fmt::Display for RequestError {
             RequestError::MissingSeriesId => f.write_str("missing series_id"),
             RequestError::InvalidSince => f.write_str("invalid since"),
             RequestError::InvalidSupportsBatch => f.write_str("invalid supports_batch"),
+            RequestError::InvalidFields => f.write_str("invalid fields"),
             RequestError::UnknownType(t) => write!(f, "unknown message type: {t}"),
         }
     }
@@ -80,7 +85,15 @@ pub fn parse_request(text: &str) -> Result<ClientRequest, RequestError> {
                 Some(Value::Bool(b)) => *b,
                 Some(_) => return Err(RequestError::InvalidSupportsBatch),
             };
-            Ok(ClientRequest::Subscribe { series_id, since, supports_batch })
+            // Not in the reference: `fields` (#15 §4), checked last. Absent,
+            // null or empty: the default shape (as `fields=` on HTTP).
+            let full = match obj.get("fields") {
+                None | Some(Value::Null) => false,
+                Some(Value::String(f)) if f.is_empty() => false,
+                Some(Value::String(f)) if f == "full" => true,
+                Some(_) => return Err(RequestError::InvalidFields),
+            };
+            Ok(ClientRequest::Subscribe { series_id, since, supports_batch, full })
         }
         "unsubscribe" => Ok(ClientRequest::Unsubscribe { series_id }),
         other => Err(RequestError::UnknownType(other.to_string())),
@@ -203,6 +216,36 @@ pub fn write_candle(buf: &mut Vec<u8>, c: &Candle) {
     buf.push(b'}');
 }
 
+/// [`write_candle`] then the whole kline's four extra fields (#15 §4), in
+/// the order and with the values `GET /api/market/candles?fields=full`
+/// serves them ([`crate::kline_ext::FullCandle`]; `null` when unknown).
+pub fn write_full_candle(buf: &mut Vec<u8>, c: &Candle, ext: Option<KlineExt>) {
+    write_candle(buf, c);
+    buf.pop(); // the closing brace
+    buf.extend_from_slice(b",\"quote_volume\":");
+    write_opt(buf, ext.map(|e| e.quote_volume));
+    buf.extend_from_slice(b",\"trades\":");
+    match ext {
+        Some(e) => {
+            let mut b = itoa::Buffer::new();
+            buf.extend_from_slice(b.format(e.trades).as_bytes());
+        }
+        None => buf.extend_from_slice(b"null"),
+    }
+    buf.extend_from_slice(b",\"taker_buy_base_volume\":");
+    write_opt(buf, ext.map(|e| e.taker_buy_base_volume));
+    buf.extend_from_slice(b",\"taker_buy_quote_volume\":");
+    write_opt(buf, ext.map(|e| e.taker_buy_quote_volume));
+    buf.push(b'}');
+}
+
+fn write_opt(buf: &mut Vec<u8>, v: Option<f64>) {
+    match v {
+        Some(v) => write_f64(buf, v),
+        None => buf.extend_from_slice(b"null"),
+    }
+}
+
 fn write_head(buf: &mut Vec<u8>, kind: &str, series_id: &str) {
     buf.extend_from_slice(b"{\"type\":\"");
     buf.extend_from_slice(kind.as_bytes());
@@ -217,6 +260,29 @@ pub fn write_candle_frame(buf: &mut Vec<u8>, forming: bool, series_id: &str, c: 
     buf.extend_from_slice(b",\"candle\":");
     write_candle(buf, c);
     buf.push(b'}');
+}
+
+/// [`write_candle_frame`] with the candle in its full shape ([`write_full_candle`]).
+pub fn write_full_candle_frame(buf: &mut Vec<u8>, forming: bool, series_id: &str, c: &Candle, ext: Option<KlineExt>) {
+    let kind = if forming { "candle_forming" } else { "candle_closed" };
+    write_head(buf, kind, series_id);
+    buf.extend_from_slice(b",\"candle\":");
+    write_full_candle(buf, c, ext);
+    buf.push(b'}');
+}
+
+/// [`write_batch_frame`] with every candle in its full shape; `ext[i]` is
+/// `candles[i]`'s (missing entries are unknown).
+pub fn write_full_batch_frame(buf: &mut Vec<u8>, series_id: &str, candles: &[Candle], ext: &[Option<KlineExt>]) {
+    write_head(buf, "candles_batch", series_id);
+    buf.extend_from_slice(b",\"candles\":[");
+    for (i, c) in candles.iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        write_full_candle(buf, c, ext.get(i).copied().flatten());
+    }
+    buf.extend_from_slice(b"]}");
 }
 
 /// `{"type":"candles_batch","series_id":S,"candles":[C,…]}`
@@ -290,6 +356,9 @@ mod tests {
                 "{\"type\":\"subscribe\",\"series_id\":\"s\",\"supports_batch\":1}",
                 "invalid supports_batch",
             ),
+            ("{\"type\":\"subscribe\",\"series_id\":\"s\",\"fields\":\"all\"}", "invalid fields"),
+            ("{\"type\":\"subscribe\",\"series_id\":\"s\",\"fields\":[\"full\"]}", "invalid fields"),
+            ("{\"type\":\"subscribe\",\"series_id\":\"s\",\"since\":\"x\",\"fields\":\"all\"}", "invalid since"),
         ];
         for (input, message) in cases {
             let err = parse_request(input).unwrap_err();
@@ -305,12 +374,16 @@ mod tests {
         assert_eq!(
             parse_request(r#"{"type":"subscribe","series_id":"a:b:c:1m","since":-5,"extra":1}"#)
                 .unwrap(),
-            ClientRequest::Subscribe { series_id: "a:b:c:1m".into(), since: Some(-5), supports_batch: false }
+            ClientRequest::Subscribe { series_id: "a:b:c:1m".into(), since: Some(-5), supports_batch: false, full: false }
         );
         assert_eq!(
             parse_request(r#"{"type":"subscribe","series_id":"s","since":null,"supports_batch":true}"#)
                 .unwrap(),
-            ClientRequest::Subscribe { series_id: "s".into(), since: None, supports_batch: true }
+            ClientRequest::Subscribe { series_id: "s".into(), since: None, supports_batch: true, full: false }
+        );
+        assert_eq!(
+            parse_request(r#"{"type":"subscribe","series_id":"s","fields":"full"}"#).unwrap(),
+            ClientRequest::Subscribe { series_id: "s".into(), since: None, supports_batch: false, full: true }
         );
         assert_eq!(
             parse_request(r#"{"type":"unsubscribe"}"#).unwrap(),
@@ -338,6 +411,28 @@ mod tests {
             text(error_frame("capacity", "ondemand_ingest_capacity", Some("x"))),
             r#"{"type":"error","code":"capacity","message":"ondemand_ingest_capacity","series_id":"x"}"#
         );
+    }
+
+    /// The full shape is byte for byte what HTTP `fields=full` serves (serde's `FullCandle`).
+    #[test]
+    fn full_candles_are_the_http_full_shape() {
+        use crate::kline_ext::FullCandle;
+        let c = Candle { candle_time: 60, open: 1.0, high: 2.0, low: 0.5, close: 1.5, volume: 3.0 };
+        let e = KlineExt { quote_volume: 4.5, trades: 7, taker_buy_base_volume: 0.1 + 0.2, taker_buy_quote_volume: 12345.678 };
+        for ext in [Some(e), None] {
+            let mut buf = Vec::new();
+            write_full_candle(&mut buf, &c, ext);
+            assert_eq!(text(buf), serde_json::to_string(&FullCandle::new(c, ext)).unwrap());
+        }
+        let mut buf = Vec::new();
+        write_full_candle_frame(&mut buf, true, "s", &c, Some(e));
+        let v: Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!((v["type"].as_str(), v["candle"]["trades"].as_u64()), (Some("candle_forming"), Some(7)));
+        let mut buf = Vec::new();
+        write_full_batch_frame(&mut buf, "s", &[c, c], &[Some(e)]);
+        let v: Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(v["candles"][0]["trades"], 7);
+        assert_eq!(v["candles"][1]["trades"], Value::Null);
     }
 
     fn ryu_text(v: f64) -> String {

@@ -1,7 +1,8 @@
 //! A small JSON Schema validator for the documents in `docs/` (the subset
 //! they use): `$ref` to a JSON pointer in the same document, `type` (one or a
 //! list), `const`, `enum`, `required`, `properties`, `additionalProperties`
-//! (`false` or a schema), `items`, `minItems`/`maxItems`, `minimum`/`maximum`.
+//! (`false` or a schema), `items`, `minItems`/`maxItems`, `minimum`/`maximum`,
+//! `oneOf` (exactly one of the schemas holds).
 //! Annotations (`description`, `examples`, `title`) and `x-` extensions are
 //! ignored; any other keyword is an error, so a document that starts using one
 //! fails loudly instead of validating less than it says. It never fetches
@@ -100,6 +101,19 @@ fn check(root: &Value, schema: &Value, value: &Value, path: &str, depth: usize) 
                     return Err(format!("{path}: {v} breaks {key} {bound}"));
                 }
             }
+            "oneOf" => {
+                let schemas = rule.as_array().ok_or_else(|| format!("{path}: oneOf must be an array"))?;
+                let mut errors = Vec::new();
+                for sub in schemas {
+                    if let Err(e) = check(root, sub, value, path, depth + 1) {
+                        errors.push(e);
+                    }
+                }
+                let holds = schemas.len() - errors.len();
+                if holds != 1 {
+                    return Err(format!("{path}: {holds} of the oneOf schemas hold for {value}, not one: {errors:?}"));
+                }
+            }
             "const" | "enum" => {}
             k if ANNOTATIONS.contains(&k) || k.starts_with("x-") => {}
             k => return Err(format!("{path}: schema keyword {k:?} is not supported by tests/support/json_schema.rs")),
@@ -130,6 +144,11 @@ mod tests {
     fn the_subset_accepts_and_refuses_what_it_says() {
         let root = json!({"defs": {"C": {"type": "object", "required": ["t"], "additionalProperties": false,
             "properties": {"t": {"type": "integer", "minimum": 0}, "k": {"enum": ["a", "b"]}}}}});
+        let one = json!({"oneOf": [{"type": "integer"}, {"type": "string"}]});
+        assert!(validate(&root, &one, &json!(1)).is_ok());
+        assert!(validate(&root, &one, &json!(true)).is_err());
+        let both = json!({"oneOf": [{"type": "integer"}, {"type": "number"}]});
+        assert!(validate(&root, &both, &json!(1)).is_err(), "two hold");
         let s = json!({"type": "array", "items": {"$ref": "#/defs/C"}, "maxItems": 2});
         assert!(validate(&root, &s, &json!([{"t": 1}, {"t": 0, "k": "a"}])).is_ok());
         for bad in [json!([{"t": -1}]), json!([{"k": "a"}]), json!([{"t": 1, "x": 0}]), json!([{"t": 1.5}]), json!([{"t": 1, "k": "c"}]), json!([{"t": 1}, {"t": 1}, {"t": 1}])] {

@@ -572,6 +572,8 @@ fn step_failed(step: &Step, why: &str) -> Input {
     match step {
         Step::Write { op, .. } => Input::Persisted { op: *op, result: PersistOutcome::Failed(why.to_string()) },
         Step::After { op }
+        | Step::AfterFull { op, .. }
+        | Step::AfterFullExt { op, .. }
         | Step::TailStart { op }
         | Step::Bounds { op }
         | Step::JobHeads { op, .. }

@@ -24,6 +24,10 @@ use crate::store::{
 #[derive(Debug)]
 pub enum Step {
     After { op: StoreOp },
+    /// A full page's candles were asked for; their extra fields are next.
+    AfterFull { op: StoreOp, series_id: String },
+    /// A full page's candles, waiting for their extra fields.
+    AfterFullExt { op: StoreOp, candles: Vec<crate::model::Candle> },
     TailStart { op: StoreOp },
     Bounds { op: StoreOp },
     /// Heads of the base and each derived series, and the gap ledger.
@@ -43,7 +47,7 @@ impl Step {
     /// effects behind it wait (so the server runs everything in the order
     /// the core emitted it).
     pub fn is_barrier(&self) -> bool {
-        matches!(self, Step::JobHeads { .. })
+        matches!(self, Step::JobHeads { .. } | Step::AfterFull { .. })
     }
 
     /// For a write: how many statements (result sets) its request carries.
@@ -84,6 +88,10 @@ fn read(s: &Schema, op: StoreOp, query: &StoreQuery) -> Next {
         StoreQuery::After { series_id, after, limit } => {
             Next::Send(ops::read_after(s, series_id, *after, *limit), Step::After { op })
         }
+        StoreQuery::AfterFull { series_id, after, limit } => Next::Send(
+            ops::read_after(s, series_id, *after, *limit),
+            Step::AfterFull { op, series_id: series_id.clone() },
+        ),
         StoreQuery::TailStart { series_id, count } => {
             Next::Send(ops::tail_start(s, series_id, *count), Step::TailStart { op })
         }
@@ -155,6 +163,23 @@ pub fn next(s: &Schema, step: Step, answer: Answer) -> Next {
     match step {
         Step::After { op } => match ops::decode_candles("read_after", answer, false) {
             Ok(c) => Next::Answer(Input::StoreRead { op, result: StoreReadResult::Candles(c) }),
+            Err(e) => read_failed(op, &e),
+        },
+        Step::AfterFull { op, series_id } => match ops::decode_candles("read_after", answer, false) {
+            Ok(candles) => match (candles.first(), candles.last()) {
+                (Some(f), Some(l)) => {
+                    let req = ops::read_ext(s, &series_id, f.candle_time, l.candle_time);
+                    Next::Send(req, Step::AfterFullExt { op, candles })
+                }
+                _ => Next::Answer(Input::StoreRead { op, result: StoreReadResult::FullCandles(Vec::new()) }),
+            },
+            Err(e) => read_failed(op, &e),
+        },
+        Step::AfterFullExt { op, candles } => match ops::decode_ext(answer) {
+            Ok(ext) => {
+                let result = StoreReadResult::FullCandles(crate::store::query::join_ext(candles, ext));
+                Next::Answer(Input::StoreRead { op, result })
+            }
             Err(e) => read_failed(op, &e),
         },
         Step::TailStart { op } => match ops::decode_opt_time("tail_start", answer) {
