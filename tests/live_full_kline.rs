@@ -21,6 +21,26 @@ const S1: &str = "binance:spot:BTC/USDT:1m";
 const STREAM: &str = "btcusdt@kline_1m";
 const SEC: Duration = Duration::from_secs(1);
 
+/// The binary with a pinned 1m series on the fake exchange, which has sent
+/// three closes (volume 2, 3, 4) starting ten minutes ago: the exchange (kept
+/// alive), the binary, the first close's open time (ms) and the HTTP path
+/// reading the three candles.
+fn three_closes(store_args: &[&str]) -> (FakeExchange, Live, i64, String) {
+    let ex = FakeExchange::start(FakeOptions::spot());
+    let ws = ex.ws_url();
+    let mut args = vec!["--spot-ws-url", &ws, "--futures-ws-url", &ws, "--pin", S1, "--derived", "", "--heal", "false"];
+    args.extend_from_slice(store_args);
+    let mut live = Live::start(&args);
+    assert!(ex.wait_for_subscriptions(&[STREAM], 10 * SEC));
+    assert!(live.wait_log("job_started", 10 * SEC).is_some());
+    let t0 = support::live::now_minute_ms() - 10 * 60_000;
+    for k in 0..3 {
+        ex.push_kline(STREAM, t0 + k * 60_000, 10.0, 12.0, 9.0, 11.0, 2.0 + k as f64, true);
+    }
+    let path = format!("/api/market/candles?series_id={}&limit=3", S1.replace(':', "%3A").replace('/', "%2F"));
+    (ex, live, t0, path)
+}
+
 #[test]
 fn closes_keep_the_whole_kline_in_the_store_and_fields_full_serves_it() {
     serves_the_whole_kline(&[]);
@@ -34,18 +54,7 @@ fn on_postgres_too() {
 }
 
 fn serves_the_whole_kline(store_args: &[&str]) {
-    let ex = FakeExchange::start(FakeOptions::spot());
-    let ws = ex.ws_url();
-    let mut args = vec!["--spot-ws-url", &ws, "--futures-ws-url", &ws, "--pin", S1, "--derived", "", "--heal", "false"];
-    args.extend_from_slice(store_args);
-    let mut live = Live::start(&args);
-    assert!(ex.wait_for_subscriptions(&[STREAM], 10 * SEC));
-    assert!(live.wait_log("job_started", 10 * SEC).is_some());
-    let t0 = support::live::now_minute_ms() - 10 * 60_000;
-    for k in 0..3 {
-        ex.push_kline(STREAM, t0 + k * 60_000, 10.0, 12.0, 9.0, 11.0, 2.0 + k as f64, true);
-    }
-    let path = format!("/api/market/candles?series_id={}&limit=3", S1.replace(':', "%3A").replace('/', "%2F"));
+    let (_ex, mut live, t0, path) = three_closes(store_args);
     let end = Instant::now() + 10 * SEC;
     let plain = loop {
         let v = live.get_json(&path);
@@ -92,18 +101,7 @@ fn ws_fields_full_on_postgres_too() {
 }
 
 fn ws_fields_full(store_args: &[&str]) {
-    let ex = FakeExchange::start(FakeOptions::spot());
-    let ws = ex.ws_url();
-    let mut args = vec!["--spot-ws-url", &ws, "--futures-ws-url", &ws, "--pin", S1, "--derived", "", "--heal", "false"];
-    args.extend_from_slice(store_args);
-    let mut live = Live::start(&args);
-    assert!(ex.wait_for_subscriptions(&[STREAM], 10 * SEC));
-    assert!(live.wait_log("job_started", 10 * SEC).is_some());
-    let t0 = support::live::now_minute_ms() - 10 * 60_000;
-    for k in 0..3 {
-        ex.push_kline(STREAM, t0 + k * 60_000, 10.0, 12.0, 9.0, 11.0, 2.0 + k as f64, true);
-    }
-    let path = format!("/api/market/candles?series_id={}&limit=3", S1.replace(':', "%3A").replace('/', "%2F"));
+    let (ex, mut live, t0, path) = three_closes(store_args);
     let end = Instant::now() + 10 * SEC;
     while live.get_json(&path)["candles"].as_array().is_none_or(|c| c.len() < 3) && Instant::now() < end {
         std::thread::sleep(SEC / 10);
