@@ -1,7 +1,7 @@
 //! Seeded simulation of the whole core: a fake exchange that acks SUBSCRIBEs
 //! and streams forming/closed klines for what it was asked (with dropped,
 //! duplicated and late closes, failed and dropped connections), random clients
-//! that connect, subscribe (random `since`/`supports_batch`), unsubscribe,
+//! that connect, subscribe (random `since`/`supports_batch`/`fields`), unsubscribe,
 //! stall, send junk and disconnect, HTTP ingest, store outages, and time that
 //! advances through `poll_timeout()` deadlines. The model shell and its
 //! invariant checks (I1-I8: ordering, gaps, no frame after disconnect,
@@ -129,7 +129,9 @@ fn subscribe_text(rng: &mut Rng, now: Timestamp) -> String {
         1 => ",\"supports_batch\":true".to_string(),
         _ => ",\"supports_batch\":false".to_string(),
     };
-    format!("{{\"type\":\"subscribe\",\"series_id\":\"{series}\"{since}{batch}}}")
+    // The whole kline (#15 §4) on a quarter of the subscriptions: the shape changes, the invariants do not.
+    let fields = if rng.below(4) == 0 { ",\"fields\":\"full\"" } else { "" };
+    format!("{{\"type\":\"subscribe\",\"series_id\":\"{series}\"{since}{batch}{fields}}}")
 }
 
 fn clients_tick(h: &mut Harness, rng: &mut Rng) {

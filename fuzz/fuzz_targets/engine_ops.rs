@@ -27,7 +27,7 @@ struct Config {
 
 #[derive(Arbitrary, Debug)]
 enum Msg {
-    Subscribe { series: u8, since: Option<i8>, batch: bool },
+    Subscribe { series: u8, since: Option<i8>, batch: bool, full: bool },
     Unsubscribe { series: u8 },
     UnsubscribeAll,
     /// One of a few invalid messages.
@@ -57,7 +57,7 @@ enum Op {
     Shutdown,
 }
 
-const BAD: [&str; 8] = [
+const BAD: [&str; 9] = [
     "{not json",
     "[]",
     r#"{"type":"subscribe"}"#,
@@ -66,6 +66,7 @@ const BAD: [&str; 8] = [
     r#"{"type":"subscribe","series_id":"binance:spot:BTC/USDT:1m","since":"x"}"#,
     r#"{"type":"subscribe","series_id":"binance:spot:btc/usdt:1m","since":-5}"#,
     r#"{"type":"ping"}"#,
+    r#"{"type":"subscribe","series_id":"binance:spot:BTC/USDT:1m","fields":"everything"}"#,
 ];
 
 fn client_id(i: u8) -> u64 {
@@ -90,12 +91,13 @@ fn candle(t: i64, price: u16) -> Candle {
 
 fn message(m: &Msg, now: Timestamp) -> String {
     match m {
-        Msg::Subscribe { series: s, since, batch } => {
+        Msg::Subscribe { series: s, since, batch, full } => {
             let since = match since {
                 None => String::new(),
                 Some(k) => format!(r#","since":{}"#, candle_time(now, 60, *k)),
             };
-            format!(r#"{{"type":"subscribe","series_id":"{}"{since},"supports_batch":{batch}}}"#, series(*s))
+            let fields = if *full { r#","fields":"full""# } else { "" };
+            format!(r#"{{"type":"subscribe","series_id":"{}"{since},"supports_batch":{batch}{fields}}}"#, series(*s))
         }
         Msg::Unsubscribe { series: s } => format!(r#"{{"type":"unsubscribe","series_id":"{}"}}"#, series(*s)),
         Msg::UnsubscribeAll => r#"{"type":"unsubscribe"}"#.to_string(),
