@@ -24,6 +24,7 @@
 use super::series::SeriesIdx;
 use super::Engine;
 use crate::kline_ext::KlineExt;
+use crate::model::Timeframe;
 use crate::store::{ExtRows, StoreWrite};
 use std::collections::BTreeMap;
 
@@ -54,7 +55,7 @@ pub(super) struct ExtTable {
 }
 
 impl ExtTable {
-    fn note(&mut self, base: SeriesIdx, base_tf: i64, t: i64, ext: KlineExt, derived: &[i64]) {
+    fn note(&mut self, base: SeriesIdx, base_tf: i64, t: i64, ext: KlineExt, derived: &[Timeframe]) {
         let rows = self.base.entry(base).or_default();
         if rows.insert(t, ext).is_some() {
             // The same close twice (a replayed frame): counted once below too.
@@ -63,7 +64,7 @@ impl ExtTable {
         while rows.len() > BASE_KEEP {
             rows.pop_first();
         }
-        for &tf in derived.iter().filter(|tf| **tf > base_tf && **tf % base_tf == 0) {
+        for tf in derived.iter().map(|tf| tf.seconds()).filter(|tf| *tf > base_tf && *tf % base_tf == 0) {
             let start = t - t.rem_euclid(tf);
             let slot = self.sums.entry((base, tf)).or_default();
             match slot[0] {
@@ -113,8 +114,7 @@ impl Engine {
     pub(super) fn note_kline_ext(&mut self, job: SeriesIdx, t: i64, ext: Option<KlineExt>) {
         let Some(ext) = ext.filter(|e| self.cfg.full_klines && e.value_error().is_none()) else { return };
         let base_tf = self.series.get(job).tf_s;
-        let derived: Vec<i64> = self.cfg.supervisor.derived.iter().map(|tf| tf.seconds()).collect();
-        self.kline_ext.note(job, base_tf, t, ext, &derived);
+        self.kline_ext.note(job, base_tf, t, ext, &self.cfg.supervisor.derived);
     }
 
     /// A forming base candle's extra fields, as the exchange sent them.
