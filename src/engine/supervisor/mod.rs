@@ -106,29 +106,39 @@ impl Supervisor {
         let mut cfg = cfg;
         cfg.idle_ttl = cfg.idle_ttl.max(MIN_IDLE_TTL);
         let derived = effective_derived(cfg.derived_base, &cfg.derived);
-        let whitelist_ids: BTreeSet<String> =
-            cfg.whitelist.iter().map(|s| s.as_str().to_string()).collect();
+        let whitelist = cfg.whitelist.clone();
         let mut sup = Supervisor {
             cfg,
             derived,
             pinned: BTreeSet::new(),
-            whitelist_ids: whitelist_ids.into_iter().collect(),
+            whitelist_ids: Vec::new(),
             whitelist_rejections: Vec::new(),
             jobs: BTreeMap::new(),
             shut_down: false,
             standby: false,
             deadline_cache: Cell::new(None),
         };
-        for entry in sup.cfg.whitelist.clone() {
-            match sup.validate(&entry) {
+        sup.set_whitelist(whitelist);
+        sup
+    }
+
+    /// Takes `whitelist` as the pinned set: each entry validated (a refused
+    /// one is kept with its reason), pinned by its base series.
+    fn set_whitelist(&mut self, whitelist: Vec<SeriesId>) {
+        self.pinned.clear();
+        self.whitelist_rejections.clear();
+        for entry in &whitelist {
+            match self.validate(entry) {
                 Ok(()) => {
-                    let base = sup.normalize(&entry);
-                    sup.pinned.insert(base);
+                    let base = self.normalize(entry);
+                    self.pinned.insert(base);
                 }
-                Err(msg) => sup.whitelist_rejections.push((entry, msg)),
+                Err(msg) => self.whitelist_rejections.push((entry.clone(), msg)),
             }
         }
-        sup
+        let ids: BTreeSet<String> = whitelist.iter().map(|s| s.as_str().to_string()).collect();
+        self.whitelist_ids = ids.into_iter().collect();
+        self.cfg.whitelist = whitelist;
     }
 
     pub fn config(&self) -> &SupervisorConfig {
@@ -314,19 +324,7 @@ impl Supervisor {
     ) -> (Vec<SeriesId>, Vec<SeriesId>) {
         self.deadline_cache.set(None);
         let old = std::mem::take(&mut self.pinned);
-        self.whitelist_rejections.clear();
-        for entry in &whitelist {
-            match self.validate(entry) {
-                Ok(()) => {
-                    let base = self.normalize(entry);
-                    self.pinned.insert(base);
-                }
-                Err(msg) => self.whitelist_rejections.push((entry.clone(), msg)),
-            }
-        }
-        let ids: BTreeSet<String> = whitelist.iter().map(|s| s.as_str().to_string()).collect();
-        self.whitelist_ids = ids.into_iter().collect();
-        self.cfg.whitelist = whitelist;
+        self.set_whitelist(whitelist);
         self.cfg.max_ondemand_jobs = max_ondemand_jobs;
         self.cfg.idle_ttl = idle_ttl.max(MIN_IDLE_TTL);
         let added: Vec<SeriesId> = self.pinned.difference(&old).cloned().collect();
