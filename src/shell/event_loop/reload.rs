@@ -136,7 +136,7 @@ fn needs_restart(old: &RunConfig, new: &RunConfig) -> Vec<&'static str> {
     };
     check("listen", old.listen != new.listen);
     check("db", old.db != new.db);
-    check("store_url", format!("{:?}", old.store) != format!("{:?}", new.store));
+    check("store_url", old.store != new.store);
     check("record", old.record != new.record);
     check("log_format", old.log_format != new.log_format);
     check("auth_token", old.auth_token != new.auth_token);
