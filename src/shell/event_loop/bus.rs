@@ -75,8 +75,7 @@ impl Server {
     /// How long the loop may sleep for the bus's sake.
     pub(super) fn bus_wait(&self) -> Option<Duration> {
         let at = self.bus.as_ref()?.next_wakeup()?;
-        let left = at.saturating_duration_since(self.mono);
-        Some(Duration::from_micros(left.as_micros().div_ceil(1000) as u64 * 1000))
+        Some(super::ceil_ms(at.saturating_duration_since(self.mono)))
     }
 
     /// The `/health` view of the bus, refreshed by housekeeping.

@@ -180,6 +180,12 @@ pub struct Server {
     node_id: String,
 }
 
+/// `d` rounded up to the millisecond (epoll's unit), so the loop never wakes
+/// before a deadline and then spins on it.
+fn ceil_ms(d: Duration) -> Duration {
+    Duration::from_millis(d.as_nanos().div_ceil(1_000_000) as u64)
+}
+
 fn unix_secs(t: Timestamp) -> f64 {
     t.as_secs_f64()
 }
@@ -414,16 +420,13 @@ impl Server {
         let mut wait = HOUSEKEEPING;
         if let Some(t) = self.engine.poll_timeout() {
             let ns = t.as_nanos().saturating_sub(self.clock.last.as_nanos());
-            // Round up to the millisecond so a deadline is never polled for early.
-            wait = wait.min(Duration::from_nanos(ns.div_ceil(1_000_000) * 1_000_000));
+            wait = wait.min(ceil_ms(Duration::from_nanos(ns)));
         }
         if let Some(due) = self.next_event_stream_due() {
             wait = wait.min(due.saturating_duration_since(self.mono));
         }
         if let Some(due) = self.resolver.poll_timeout() {
-            // Rounded up like the engine's deadline: never woken before the retry is due.
-            let left = due.saturating_duration_since(self.mono);
-            wait = wait.min(Duration::from_micros(left.as_micros().div_ceil(1000) as u64 * 1000));
+            wait = wait.min(ceil_ms(due.saturating_duration_since(self.mono)));
         }
         if let Some(store) = self.store_wait() {
             wait = wait.min(store);

@@ -73,10 +73,7 @@ impl Server {
     /// How long the poll may wait for the store's next deadline.
     pub(super) fn store_wait(&self) -> Option<Duration> {
         match &self.store {
-            StoreHost::Pg(h) => h.next_wakeup().map(|t| {
-                let left = t.saturating_duration_since(self.mono);
-                Duration::from_micros(left.as_micros().div_ceil(1000) as u64 * 1000)
-            }),
+            StoreHost::Pg(h) => h.next_wakeup().map(|t| super::ceil_ms(t.saturating_duration_since(self.mono))),
             StoreHost::Sync(_) => None,
         }
     }
