@@ -16,8 +16,11 @@
 //! entry means (the core does) and never blocks.
 
 pub mod codec;
+pub mod link;
 pub mod publisher;
 pub mod reader;
+
+use link::BusSide;
 
 use crate::cli::run_config::BusSettings;
 use crate::engine::supervisor::Role;
@@ -63,55 +66,48 @@ impl BusHost {
         }))
     }
 
-    pub fn owns(&self, token: Token) -> bool {
+    fn side(&self) -> &dyn BusSide {
         match self {
-            BusHost::Ingest(p) => p.owns(token),
-            BusHost::Read(r) => r.owns(token),
+            BusHost::Ingest(p) => p.as_ref(),
+            BusHost::Read(r) => r.as_ref(),
         }
+    }
+
+    fn side_mut(&mut self) -> &mut dyn BusSide {
+        match self {
+            BusHost::Ingest(p) => p.as_mut(),
+            BusHost::Read(r) => r.as_mut(),
+        }
+    }
+
+    pub fn owns(&self, token: Token) -> bool {
+        self.side().owns(token)
     }
 
     pub fn on_event(&mut self, readable: bool, writable: bool, now: Instant, registry: &Registry) {
-        match self {
-            BusHost::Ingest(p) => p.on_event(readable, writable, now, registry),
-            BusHost::Read(r) => r.on_event(readable, writable, now, registry),
-        }
+        self.side_mut().on_event(readable, writable, now, registry)
     }
 
     pub fn pump(&mut self, now: Instant, registry: &Registry) {
-        match self {
-            BusHost::Ingest(p) => p.pump(now, registry),
-            BusHost::Read(r) => r.pump(now, registry),
-        }
+        self.side_mut().pump(now, registry)
     }
 
     pub fn offer(&mut self, out: Output) {
-        match self {
-            BusHost::Ingest(p) => p.offer(out),
-            BusHost::Read(r) => r.offer(out),
-        }
+        self.side_mut().offer(out)
     }
 
     #[must_use = "drain until None"]
     pub fn poll_input(&mut self) -> Option<Input> {
-        match self {
-            BusHost::Ingest(p) => p.poll_input(),
-            BusHost::Read(r) => r.poll_input(),
-        }
+        self.side_mut().poll_input()
     }
 
     #[must_use = "drain until None"]
     pub fn poll_note(&mut self) -> Option<(LogLevel, String)> {
-        match self {
-            BusHost::Ingest(p) => p.poll_note(),
-            BusHost::Read(r) => r.poll_note(),
-        }
+        self.side_mut().poll_note()
     }
 
     pub fn next_wakeup(&self) -> Option<Instant> {
-        match self {
-            BusHost::Ingest(p) => p.next_wakeup(),
-            BusHost::Read(r) => r.next_wakeup(),
-        }
+        self.side().next_wakeup()
     }
 
     /// Ingest: the fence while this node leads.
@@ -131,10 +127,7 @@ impl BusHost {
     }
 
     pub fn connected(&self) -> bool {
-        match self {
-            BusHost::Ingest(p) => p.connected(),
-            BusHost::Read(r) => r.connected(),
-        }
+        self.side().connected()
     }
 
     /// The `bus` object of `/health`.

@@ -37,7 +37,7 @@ use crate::bus::lease::{self, LeaseKeys};
 use crate::bus::streams;
 use crate::bus::{Command, CommandId, RedisConfig, RedisConn, RedisEvent, Reply, Resp};
 use crate::engine::{Input, LogLevel, Output};
-use crate::shell::conn::stream_driver::{Backoff, Driver, LinkState, SansIo};
+use super::link::{BusLink, BusSide, LinkChange};
 use mio::{Registry, Token};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -95,7 +95,7 @@ pub struct PublisherStats {
 }
 
 pub struct Publisher {
-    driver: Driver<RedisConn>,
+    link: BusLink,
     keys: LeaseKeys,
     closed_key: String,
     forming_key: String,
@@ -120,10 +120,7 @@ pub struct Publisher {
     forming_in_flight: usize,
     hole: bool,
     retry_at: Option<Instant>,
-    inputs: VecDeque<Input>,
-    notes: VecDeque<(LogLevel, String)>,
     fatal: Option<String>,
-    was_up: bool,
     demand_key: String,
     control_key: String,
     /// Each read node's wanted series as last handed to the core.
@@ -141,9 +138,8 @@ impl Publisher {
     #[allow(clippy::too_many_arguments)]
     pub fn new(cfg: RedisConfig, addr: SocketAddr, token: Token, prefix: &str, node: &str, lease_ms: u64, maxlen: u64, now: Instant) -> Self {
         let conn = RedisConn::new(cfg, Resp::V2, MAX_IN_FLIGHT + MAX_FORMING_IN_FLIGHT + 8);
-        let backoff = Backoff { base: Duration::from_millis(100), max: Duration::from_secs(2) };
         Publisher {
-            driver: Driver::new(conn, addr, token, backoff, now),
+            link: BusLink::new(conn, addr, token, now),
             keys: LeaseKeys::new(&format!("{prefix}:")),
             closed_key: format!("{prefix}:closed"),
             forming_key: format!("{prefix}:forming"),
@@ -163,10 +159,7 @@ impl Publisher {
             forming_in_flight: 0,
             hole: false,
             retry_at: None,
-            inputs: VecDeque::new(),
-            notes: VecDeque::new(),
             fatal: None,
-            was_up: false,
             demand_key: format!("{prefix}:demand"),
             control_key: format!("{prefix}:control"),
             demand: BTreeMap::new(),
@@ -178,16 +171,8 @@ impl Publisher {
         }
     }
 
-    pub fn owns(&self, token: Token) -> bool {
-        token == self.driver.token()
-    }
-
     pub fn fence(&self) -> Option<u64> {
         self.fence
-    }
-
-    pub fn connected(&self) -> bool {
-        self.driver.proto.is_ready()
     }
 
     /// Closed-stream entries not yet acknowledged (queued and in flight).
@@ -200,121 +185,9 @@ impl Publisher {
         self.fatal.as_deref()
     }
 
-    #[must_use = "drain until None"]
-    pub fn poll_input(&mut self) -> Option<Input> {
-        self.inputs.pop_front()
-    }
-
-    #[must_use = "drain until None"]
-    pub fn poll_note(&mut self) -> Option<(LogLevel, String)> {
-        self.notes.pop_front()
-    }
-
-    pub fn offer(&mut self, out: Output) {
-        match out {
-            Output::BusPublish { series_id, candles } => {
-                if self.queue.len() >= self.max_queued {
-                    self.stats.candles_dropped += candles.len() as u64;
-                    if !self.hole {
-                        self.notes.push_back((
-                            LogLevel::Error,
-                            format!("bus_backlog_full dropped_series={series_id} max_entries={} action=resync_marker", self.max_queued),
-                        ));
-                    }
-                    self.hole = true;
-                    return;
-                }
-                let n = candles.len() as u64;
-                self.queue.push_back((codec::closed_fields(&series_id, &candles, 0, &self.node), n));
-            }
-            Output::BusForming { series_id, candle } => {
-                if !self.wanted.contains(&series_id) {
-                    return;
-                }
-                if self.fence.is_none() || !self.connected() || self.forming_in_flight >= MAX_FORMING_IN_FLIGHT {
-                    self.stats.forming_dropped += 1;
-                    return;
-                }
-                let fields = codec::forming_fields(&series_id, &candle);
-                let args: Vec<(&str, &[u8])> = fields.iter().map(|(k, v)| (*k, v.as_slice())).collect();
-                if let Ok(id) = self.driver.proto.submit(streams::xadd(&self.forming_key, Some(FORMING_MAXLEN), &args)) {
-                    self.sent.insert(id, Sent::Forming);
-                    self.forming_in_flight += 1;
-                    self.stats.forming_sent += 1;
-                }
-            }
-            Output::BusRefused { node, series_id, reason } => {
-                if let Some(set) = self.demand.get_mut(&node) {
-                    set.remove(&series_id);
-                }
-                let fields = codec::refused_fields(&node, &series_id, &reason);
-                let args: Vec<(&str, &[u8])> = fields.iter().map(|(k, v)| (*k, v.as_slice())).collect();
-                if let Ok(id) = self.driver.proto.submit(streams::xadd(&self.control_key, Some(CONTROL_MAXLEN), &args)) {
-                    self.sent.insert(id, Sent::Control);
-                }
-            }
-            _ => {}
-        }
-    }
-
     /// Each read node's wanted series, as the core was told (for `/health`).
     pub fn demand_view(&self) -> serde_json::Value {
         serde_json::json!(self.demand)
-    }
-
-    /// When the loop must call [`Publisher::pump`] at the latest.
-    pub fn next_wakeup(&self) -> Option<Instant> {
-        let mut at = Some(if self.lease_in_flight { self.lease_sent_at + self.lease } else { self.next_lease_at });
-        if self.fence.is_some() {
-            at = at.map(|a| a.min(self.next_demand_at));
-        }
-        for t in [self.driver.next_wakeup(), self.valid_until, self.retry_at].into_iter().flatten() {
-            at = Some(at.map_or(t, |a: Instant| a.min(t)));
-        }
-        at
-    }
-
-    pub fn on_event(&mut self, readable: bool, writable: bool, now: Instant, registry: &Registry) {
-        self.driver.on_event(readable, writable, now, registry);
-        self.collect(now);
-        self.pump(now, registry);
-    }
-
-    pub fn pump(&mut self, now: Instant, registry: &Registry) {
-        self.driver.step(now, registry);
-        self.collect(now);
-        if self.fence.is_some() && self.valid_until.is_some_and(|t| now >= t) && self.fatal.is_none() {
-            let why = self.stats.last_error.clone().unwrap_or_else(|| "no renewal answered".into());
-            self.fatal = Some(format!("lease expired without a renewal ({why})"));
-        }
-        if self.connected() && !self.lease_in_flight && now >= self.next_lease_at {
-            let ttl = self.lease.as_millis() as u64;
-            if let Ok(id) = self.driver.proto.submit(lease::acquire_or_renew(&self.keys, &self.node, ttl)) {
-                self.sent.insert(id, Sent::Lease(now));
-                self.lease_in_flight = true;
-                self.lease_sent_at = now;
-            }
-        }
-        if self.lease_in_flight && now.saturating_duration_since(self.lease_sent_at) >= self.lease {
-            let why = format!("no answer from redis in {} ms", self.lease.as_millis());
-            self.driver.close(now, registry, &why);
-            self.lease_in_flight = false;
-            self.collect(now);
-        }
-        if self.retry_at.is_some_and(|t| now >= t) {
-            self.retry_at = None;
-        }
-        if self.fence.is_some() && self.connected() && !self.demand_in_flight && now >= self.next_demand_at {
-            let cmd = Command::new("EVAL").arg(READ_DEMAND).arg("1").arg(&self.demand_key);
-            if let Ok(id) = self.driver.proto.submit(cmd) {
-                self.sent.insert(id, Sent::Demand);
-                self.demand_in_flight = true;
-                self.next_demand_at = now + DEMAND_POLL;
-            }
-        }
-        self.send_closed();
-        self.driver.flush(now, registry);
-        self.collect(now);
     }
 
     fn send_closed(&mut self) {
@@ -334,7 +207,7 @@ impl Publisher {
             let fields = with_fence(fields, fence);
             let args: Vec<(&str, &[u8])> = fields.iter().map(|(k, v)| (*k, v.as_slice())).collect();
             let cmd = lease::fenced_xadd(&self.keys, &self.node, fence, &self.closed_key, self.maxlen, &args);
-            match self.driver.proto.submit(cmd) {
+            match self.link.driver.proto.submit(cmd) {
                 Ok(id) => {
                     self.sent.insert(id, Sent::Closed);
                     self.in_flight.push_back((id, (fields, n)));
@@ -345,46 +218,6 @@ impl Publisher {
                 }
             }
         }
-    }
-
-    fn collect(&mut self, now: Instant) {
-        while let Some(ev) = self.driver.proto.poll_event() {
-            match ev {
-                RedisEvent::Ready => {
-                    self.notes.push_back((LogLevel::Info, format!("bus_connected role=ingest node={}", self.node)));
-                    self.next_lease_at = now;
-                    self.lease_confirmed = false;
-                }
-                RedisEvent::Reply { id, reply } => match self.sent.remove(&id) {
-                    Some(Sent::Lease(at)) => self.on_lease(at, reply, now),
-                    Some(Sent::Closed) => self.on_closed(id, reply, now),
-                    Some(Sent::Demand) => {
-                        self.demand_in_flight = false;
-                        self.on_demand(reply);
-                    }
-                    Some(Sent::Control) => {
-                        if let Err(e) = reply {
-                            self.stats.last_error = Some(e.to_string());
-                        }
-                    }
-                    Some(Sent::Forming) => {
-                        self.forming_in_flight = self.forming_in_flight.saturating_sub(1);
-                        if let Err(e) = reply {
-                            self.stats.forming_dropped += 1;
-                            self.stats.last_error = Some(e.to_string());
-                        }
-                    }
-                    None => {}
-                },
-            }
-        }
-        let up = self.driver.state() == LinkState::Up;
-        if self.was_up && !up {
-            let why = self.driver.last_error().unwrap_or("closed").to_string();
-            self.stats.last_error = Some(why.clone());
-            self.notes.push_back((LogLevel::Warn, format!("bus_disconnected role=ingest error={why:?}")));
-        }
-        self.was_up = up;
     }
 
     fn on_lease(&mut self, sent_at: Instant, reply: Reply, now: Instant) {
@@ -405,20 +238,20 @@ impl Publisher {
             if self.fence.is_none() {
                 self.fence = Some(state.fence);
                 self.leader_since = Some(now);
-                self.notes.push_back((
+                self.link.note(
                     LogLevel::Info,
                     format!("bus_lease_acquired node={} fence={} lease_ms={}", self.node, state.fence, self.lease.as_millis()),
-                ));
-                self.inputs.push_back(Input::BusLeader { fence: state.fence });
+                );
+                self.link.input(Input::BusLeader { fence: state.fence });
             } else if self.fence != Some(state.fence) {
                 // Only a Redis that lost its data (restarted without
                 // persistence) hands the holder a new fence: nobody else held
                 // it in between (this call took it), so the node leads on
                 // with the new fence; unacknowledged entries are resent with it.
-                self.notes.push_back((
+                self.link.note(
                     LogLevel::Warn,
                     format!("bus_lease_reacquired node={} fence={} previous={:?} note=\"redis lost the lease (restart without persistence?)\"", self.node, state.fence, self.fence),
-                ));
+                );
                 self.fence = Some(state.fence);
             }
         } else {
@@ -449,7 +282,7 @@ impl Publisher {
                         self.queue.push_front(item);
                     }
                     if !e.is_disconnect() {
-                        self.notes.push_back((LogLevel::Warn, format!("bus_publish_failed error={:?} action=retry", e.to_string())));
+                        self.link.note(LogLevel::Warn, format!("bus_publish_failed error={:?} action=retry", e.to_string()));
                         self.retry_at = Some(now + RETRY);
                     }
                 }
@@ -484,10 +317,10 @@ impl Publisher {
             let before = self.demand.get(&node).unwrap_or(&empty);
             let after = now_view.get(&node).unwrap_or(&empty);
             for s in before.difference(after) {
-                self.inputs.push_back(Input::RemoteDemand { node: node.clone(), series_id: s.clone(), wanted: false });
+                self.link.input(Input::RemoteDemand { node: node.clone(), series_id: s.clone(), wanted: false });
             }
             for s in after.difference(before) {
-                self.inputs.push_back(Input::RemoteDemand { node: node.clone(), series_id: s.clone(), wanted: true });
+                self.link.input(Input::RemoteDemand { node: node.clone(), series_id: s.clone(), wanted: true });
             }
         }
         self.wanted = now_view.values().flatten().cloned().collect();
@@ -502,4 +335,147 @@ fn with_fence(mut fields: Fields, fence: u64) -> Fields {
         }
     }
     fields
+}
+
+impl BusSide for Publisher {
+    fn link(&self) -> &BusLink {
+        &self.link
+    }
+
+    fn link_mut(&mut self) -> &mut BusLink {
+        &mut self.link
+    }
+
+    fn offer(&mut self, out: Output) {
+        match out {
+            Output::BusPublish { series_id, candles } => {
+                if self.queue.len() >= self.max_queued {
+                    self.stats.candles_dropped += candles.len() as u64;
+                    if !self.hole {
+                        self.link.note(
+                            LogLevel::Error,
+                            format!("bus_backlog_full dropped_series={series_id} max_entries={} action=resync_marker", self.max_queued),
+                        );
+                    }
+                    self.hole = true;
+                    return;
+                }
+                let n = candles.len() as u64;
+                self.queue.push_back((codec::closed_fields(&series_id, &candles, 0, &self.node), n));
+            }
+            Output::BusForming { series_id, candle } => {
+                if !self.wanted.contains(&series_id) {
+                    return;
+                }
+                if self.fence.is_none() || !self.connected() || self.forming_in_flight >= MAX_FORMING_IN_FLIGHT {
+                    self.stats.forming_dropped += 1;
+                    return;
+                }
+                let fields = codec::forming_fields(&series_id, &candle);
+                let args: Vec<(&str, &[u8])> = fields.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+                if let Ok(id) = self.link.driver.proto.submit(streams::xadd(&self.forming_key, Some(FORMING_MAXLEN), &args)) {
+                    self.sent.insert(id, Sent::Forming);
+                    self.forming_in_flight += 1;
+                    self.stats.forming_sent += 1;
+                }
+            }
+            Output::BusRefused { node, series_id, reason } => {
+                if let Some(set) = self.demand.get_mut(&node) {
+                    set.remove(&series_id);
+                }
+                let fields = codec::refused_fields(&node, &series_id, &reason);
+                let args: Vec<(&str, &[u8])> = fields.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+                if let Ok(id) = self.link.driver.proto.submit(streams::xadd(&self.control_key, Some(CONTROL_MAXLEN), &args)) {
+                    self.sent.insert(id, Sent::Control);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// When the loop must call [`Publisher::pump`] at the latest.
+    fn next_wakeup(&self) -> Option<Instant> {
+        let mut at = Some(if self.lease_in_flight { self.lease_sent_at + self.lease } else { self.next_lease_at });
+        if self.fence.is_some() {
+            at = at.map(|a| a.min(self.next_demand_at));
+        }
+        for t in [self.link.driver.next_wakeup(), self.valid_until, self.retry_at].into_iter().flatten() {
+            at = Some(at.map_or(t, |a: Instant| a.min(t)));
+        }
+        at
+    }
+
+    fn pump(&mut self, now: Instant, registry: &Registry) {
+        self.link.driver.step(now, registry);
+        self.collect(now);
+        if self.fence.is_some() && self.valid_until.is_some_and(|t| now >= t) && self.fatal.is_none() {
+            let why = self.stats.last_error.clone().unwrap_or_else(|| "no renewal answered".into());
+            self.fatal = Some(format!("lease expired without a renewal ({why})"));
+        }
+        if self.connected() && !self.lease_in_flight && now >= self.next_lease_at {
+            let ttl = self.lease.as_millis() as u64;
+            if let Ok(id) = self.link.driver.proto.submit(lease::acquire_or_renew(&self.keys, &self.node, ttl)) {
+                self.sent.insert(id, Sent::Lease(now));
+                self.lease_in_flight = true;
+                self.lease_sent_at = now;
+            }
+        }
+        if self.lease_in_flight && now.saturating_duration_since(self.lease_sent_at) >= self.lease {
+            let why = format!("no answer from redis in {} ms", self.lease.as_millis());
+            self.link.driver.close(now, registry, &why);
+            self.lease_in_flight = false;
+            self.collect(now);
+        }
+        if self.retry_at.is_some_and(|t| now >= t) {
+            self.retry_at = None;
+        }
+        if self.fence.is_some() && self.connected() && !self.demand_in_flight && now >= self.next_demand_at {
+            let cmd = Command::new("EVAL").arg(READ_DEMAND).arg("1").arg(&self.demand_key);
+            if let Ok(id) = self.link.driver.proto.submit(cmd) {
+                self.sent.insert(id, Sent::Demand);
+                self.demand_in_flight = true;
+                self.next_demand_at = now + DEMAND_POLL;
+            }
+        }
+        self.send_closed();
+        self.link.driver.flush(now, registry);
+        self.collect(now);
+    }
+
+    fn collect(&mut self, now: Instant) {
+        while let Some(ev) = self.link.driver.proto.poll_event() {
+            match ev {
+                RedisEvent::Ready => {
+                    self.link.note(LogLevel::Info, format!("bus_connected role=ingest node={}", self.node));
+                    self.next_lease_at = now;
+                    self.lease_confirmed = false;
+                }
+                RedisEvent::Reply { id, reply } => match self.sent.remove(&id) {
+                    Some(Sent::Lease(at)) => self.on_lease(at, reply, now),
+                    Some(Sent::Closed) => self.on_closed(id, reply, now),
+                    Some(Sent::Demand) => {
+                        self.demand_in_flight = false;
+                        self.on_demand(reply);
+                    }
+                    Some(Sent::Control) => {
+                        if let Err(e) = reply {
+                            self.stats.last_error = Some(e.to_string());
+                        }
+                    }
+                    Some(Sent::Forming) => {
+                        self.forming_in_flight = self.forming_in_flight.saturating_sub(1);
+                        if let Err(e) = reply {
+                            self.stats.forming_dropped += 1;
+                            self.stats.last_error = Some(e.to_string());
+                        }
+                    }
+                    None => {}
+                },
+            }
+        }
+        if let LinkChange::Down(why) = self.link.change() {
+            self.link.note(LogLevel::Warn, format!("bus_disconnected role=ingest error={why:?}"));
+            self.stats.last_error = Some(why);
+        }
+    }
 }

@@ -28,9 +28,8 @@ use crate::bus::streams::{self, StreamId, StreamInfo};
 use crate::bus::{Command, CommandId, RedisConfig, RedisConn, RedisEvent, Reply, Resp};
 use crate::engine::{Input, LogLevel, Output};
 use std::collections::BTreeSet;
-use crate::shell::conn::stream_driver::{Backoff, Driver, LinkState, SansIo};
+use super::link::{BusLink, BusSide, LinkChange};
 use mio::{Registry, Token};
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -77,7 +76,7 @@ pub struct ReaderStats {
 }
 
 pub struct Reader {
-    driver: Driver<RedisConn>,
+    link: BusLink,
     closed_key: String,
     forming_key: String,
     control_key: String,
@@ -98,9 +97,6 @@ pub struct Reader {
     last: Option<StreamId>,
     forming_last: Option<StreamId>,
     last_fence: Option<u64>,
-    inputs: VecDeque<Input>,
-    notes: VecDeque<(LogLevel, String)>,
-    was_up: bool,
     /// The last reply, handshake or connection state change.
     last_progress: Instant,
     pub stats: ReaderStats,
@@ -111,9 +107,8 @@ impl Reader {
         // Forming and control entries from a second before start on (ids are
         // Redis's ms clock; a reader reads on from the last one it saw).
         let start = StreamId { ms: unix_ms().saturating_sub(1000), seq: 0 };
-        let backoff = Backoff { base: Duration::from_millis(100), max: Duration::from_secs(2) };
         Reader {
-            driver: Driver::new(RedisConn::new(cfg, Resp::V2, 8), addr, token, backoff, now),
+            link: BusLink::new(RedisConn::new(cfg, Resp::V2, 8), addr, token, now),
             closed_key: format!("{prefix}:closed"),
             forming_key: format!("{prefix}:forming"),
             control_key: format!("{prefix}:control"),
@@ -133,20 +128,9 @@ impl Reader {
             last: None,
             forming_last: Some(start),
             last_fence: None,
-            inputs: VecDeque::new(),
-            notes: VecDeque::new(),
-            was_up: false,
             last_progress: now,
             stats: ReaderStats::default(),
         }
-    }
-
-    pub fn owns(&self, token: Token) -> bool {
-        token == self.driver.token()
-    }
-
-    pub fn connected(&self) -> bool {
-        self.driver.proto.is_ready()
     }
 
     pub fn last_id(&self) -> Option<StreamId> {
@@ -157,13 +141,6 @@ impl Reader {
         self.demand.len()
     }
 
-    pub fn offer(&mut self, out: Output) {
-        if let Output::BusDemand { series_id, wanted } = out {
-            let changed = if wanted { self.demand.insert(series_id) } else { self.demand.remove(&series_id) };
-            self.demand_dirty |= changed;
-        }
-    }
-
     fn write_demand(&mut self, now: Instant) {
         if self.demand_in_flight.is_some() || !self.connected() || !(self.demand_dirty || now >= self.next_demand_at) {
             return;
@@ -171,65 +148,11 @@ impl Reader {
         let ttl = (self.lease * 3).as_millis().to_string();
         let set = Command::new("SET").arg(&self.node_demand_key).arg(codec::demand_value(&self.demand)).arg("PX").arg(ttl);
         let add = Command::new("SADD").arg(&self.demand_key).arg(&self.node);
-        if let (Ok(id), Ok(_)) = (self.driver.proto.submit(set), self.driver.proto.submit(add)) {
+        if let (Ok(id), Ok(_)) = (self.link.driver.proto.submit(set), self.link.driver.proto.submit(add)) {
             self.demand_in_flight = Some(id);
             self.demand_dirty = false;
             self.next_demand_at = now + self.lease;
         }
-    }
-
-    #[must_use = "drain until None"]
-    pub fn poll_input(&mut self) -> Option<Input> {
-        self.inputs.pop_front()
-    }
-
-    #[must_use = "drain until None"]
-    pub fn poll_note(&mut self) -> Option<(LogLevel, String)> {
-        self.notes.pop_front()
-    }
-
-    pub fn next_wakeup(&self) -> Option<Instant> {
-        let stall = (!matches!(self.driver.state(), LinkState::Down { .. })).then_some(self.last_progress + STALL);
-        [self.driver.next_wakeup(), self.retry_at, Some(self.next_demand_at), Some(self.next_lag_at), stall].into_iter().flatten().min()
-    }
-
-    pub fn on_event(&mut self, readable: bool, writable: bool, now: Instant, registry: &Registry) {
-        self.driver.on_event(readable, writable, now, registry);
-        self.collect(now);
-        self.pump(now, registry);
-    }
-
-    pub fn pump(&mut self, now: Instant, registry: &Registry) {
-        self.driver.step(now, registry);
-        self.collect(now);
-        let down = matches!(self.driver.state(), LinkState::Down { .. });
-        if !down && now.saturating_duration_since(self.last_progress) >= STALL {
-            let why = format!("no answer from redis in {}s", STALL.as_secs());
-            self.driver.close(now, registry, &why);
-            self.last_progress = now;
-            self.collect(now);
-        }
-        if self.retry_at.is_some_and(|t| now >= t) {
-            self.retry_at = None;
-        }
-        self.write_demand(now);
-        if let (None, Some(last), true) = (self.lag_in_flight, self.last, self.connected() && now >= self.next_lag_at) {
-            if let Ok(id) = self.driver.proto.submit(streams::xrange_after(&self.closed_key, last, LAG_CAP)) {
-                self.lag_in_flight = Some(id);
-                self.next_lag_at = now + LAG_EVERY;
-            }
-        }
-        if self.state == State::Idle && self.retry_at.is_none() && self.connected() {
-            let cmd = match self.last {
-                None => streams::xinfo_stream(&self.closed_key),
-                Some(last) => self.xread(last),
-            };
-            if let Ok(id) = self.driver.proto.submit(cmd) {
-                self.state = if self.last.is_none() { State::Info(id) } else { State::Reading(id) };
-            }
-        }
-        self.driver.flush(now, registry);
-        self.collect(now);
     }
 
     fn xread(&self, last: StreamId) -> Command {
@@ -249,17 +172,213 @@ impl Reader {
             .arg(control)
     }
 
+    fn failed(&mut self, e: crate::bus::RedisError, now: Instant) {
+        self.state = State::Idle;
+        if !e.is_disconnect() {
+            self.retry_at = Some(now + RETRY);
+        }
+        self.stats.last_error = Some(e.to_string());
+    }
+
+    fn on_info(&mut self, reply: Reply, now: Instant) {
+        let info = match streams::decode_xinfo(reply) {
+            Ok(info) => info,
+            // No stream yet: nothing was ever written, nothing was missed.
+            Err(e) if e.message.contains("no such key") => StreamInfo::default(),
+            Err(e) => return self.failed(e, now),
+        };
+        self.state = State::Idle;
+        match self.last {
+            None => {
+                self.last = Some(info.last_generated_id);
+                self.link.note(
+                    LogLevel::Info,
+                    format!("bus_reader_started from={} length={}", info.last_generated_id, info.length),
+                );
+            }
+            Some(last) => {
+                self.link.note(
+                    LogLevel::Debug,
+                    format!(
+                        "bus_stream_info last_id={last} first_id={} last_generated={} length={} entries_added={}",
+                        fmt_id(info.first_entry_id),
+                        info.last_generated_id,
+                        info.length,
+                        info.entries_added
+                    ),
+                );
+                let reset = info.last_generated_id < last;
+                if reset || info.missed_after(last) {
+                    let why = if reset { "stream_reset" } else { "stream_trimmed" };
+                    self.link.note(
+                        LogLevel::Warn,
+                        format!("bus_hole reason={why} last_id={last} first_id={} action=read_store", fmt_id(info.first_entry_id)),
+                    );
+                    if reset {
+                        self.last = Some(StreamId::ZERO);
+                    }
+                    self.resync(why);
+                }
+            }
+        }
+    }
+
+    fn resync(&mut self, why: &str) {
+        self.stats.resyncs += 1;
+        self.link.input(Input::BusResync { reason: why.to_string() });
+    }
+
+    fn on_read(&mut self, reply: Reply, now: Instant) {
+        let streams = match streams::decode_xread(reply) {
+            Ok(s) => s,
+            Err(e) => return self.failed(e, now),
+        };
+        self.state = State::Idle;
+        for (key, entries) in streams {
+            if key == self.control_key {
+                for e in entries {
+                    self.control_last = e.id;
+                    match codec::decode_refused(&e) {
+                        Ok((node, series_id, reason)) if node == self.node => {
+                            self.stats.refusals += 1;
+                            self.link.input(Input::BusRefused { series_id, reason });
+                        }
+                        Ok(_) => {}
+                        Err(why) => self.bad_entry(why),
+                    }
+                }
+                continue;
+            }
+            if key == self.forming_key {
+                for e in entries {
+                    self.forming_last = Some(e.id);
+                    match codec::decode_forming(&e) {
+                        Ok((series_id, candle)) => {
+                            self.stats.forming += 1;
+                            self.link.input(Input::BusForming { series_id, candle });
+                        }
+                        Err(why) => self.bad_entry(why),
+                    }
+                }
+                continue;
+            }
+            for e in entries {
+                self.last = Some(e.id);
+                let entry = e.id.to_string();
+                match codec::decode_closed(&e) {
+                    Ok(ClosedEntry::Closed { series_id, candles, fence }) => {
+                        self.new_fence(fence);
+                        self.stats.entries += 1;
+                        self.stats.candles += candles.len() as u64;
+                        self.stats.last_entry_ms = e.id.ms;
+                        self.stats.last_handled_unix_ms = unix_ms();
+                        self.link.input(Input::BusClosed { series_id, candles, entry });
+                    }
+                    Ok(ClosedEntry::Resync { fence }) => {
+                        self.new_fence(fence);
+                        self.link.note(LogLevel::Warn, format!("bus_hole reason=leader_dropped entry={entry} action=read_store"));
+                        self.resync("leader_dropped");
+                    }
+                    Err(why) => self.bad_entry(why),
+                }
+            }
+        }
+    }
+
+    /// Another fence than the last one seen: a new leader (the closes its
+    /// predecessor stored but never published are read from the store), or a
+    /// Redis that lost its data and handed out fences anew.
+    fn new_fence(&mut self, fence: u64) {
+        match self.last_fence {
+            Some(f) if fence != f => {
+                self.link.note(LogLevel::Warn, format!("bus_new_leader fence={fence} previous={f} action=read_store"));
+                self.last_fence = Some(fence);
+                self.resync("new_leader");
+            }
+            None => self.last_fence = Some(fence),
+            _ => {}
+        }
+    }
+
+    fn bad_entry(&mut self, why: String) {
+        self.stats.bad_entries += 1;
+        self.link.note(LogLevel::Warn, format!("bus_entry_refused error={why:?}"));
+    }
+}
+
+fn fmt_id(id: Option<StreamId>) -> String {
+    id.map_or_else(|| "none".to_string(), |i| i.to_string())
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl BusSide for Reader {
+    fn link(&self) -> &BusLink {
+        &self.link
+    }
+
+    fn link_mut(&mut self) -> &mut BusLink {
+        &mut self.link
+    }
+
+    fn offer(&mut self, out: Output) {
+        if let Output::BusDemand { series_id, wanted } = out {
+            let changed = if wanted { self.demand.insert(series_id) } else { self.demand.remove(&series_id) };
+            self.demand_dirty |= changed;
+        }
+    }
+
+    fn next_wakeup(&self) -> Option<Instant> {
+        let stall = (!self.link.down()).then_some(self.last_progress + STALL);
+        [self.link.driver.next_wakeup(), self.retry_at, Some(self.next_demand_at), Some(self.next_lag_at), stall].into_iter().flatten().min()
+    }
+
+    fn pump(&mut self, now: Instant, registry: &Registry) {
+        self.link.driver.step(now, registry);
+        self.collect(now);
+        let down = self.link.down();
+        if !down && now.saturating_duration_since(self.last_progress) >= STALL {
+            let why = format!("no answer from redis in {}s", STALL.as_secs());
+            self.link.driver.close(now, registry, &why);
+            self.last_progress = now;
+            self.collect(now);
+        }
+        if self.retry_at.is_some_and(|t| now >= t) {
+            self.retry_at = None;
+        }
+        self.write_demand(now);
+        if let (None, Some(last), true) = (self.lag_in_flight, self.last, self.connected() && now >= self.next_lag_at) {
+            if let Ok(id) = self.link.driver.proto.submit(streams::xrange_after(&self.closed_key, last, LAG_CAP)) {
+                self.lag_in_flight = Some(id);
+                self.next_lag_at = now + LAG_EVERY;
+            }
+        }
+        if self.state == State::Idle && self.retry_at.is_none() && self.connected() {
+            let cmd = match self.last {
+                None => streams::xinfo_stream(&self.closed_key),
+                Some(last) => self.xread(last),
+            };
+            if let Ok(id) = self.link.driver.proto.submit(cmd) {
+                self.state = if self.last.is_none() { State::Info(id) } else { State::Reading(id) };
+            }
+        }
+        self.link.driver.flush(now, registry);
+        self.collect(now);
+    }
+
     fn collect(&mut self, now: Instant) {
-        while let Some(ev) = self.driver.proto.poll_event() {
+        while let Some(ev) = self.link.driver.proto.poll_event() {
             match ev {
                 RedisEvent::Ready => {
                     self.last_progress = now;
                     // The demand key may have lapsed while the link was down.
                     self.demand_dirty = true;
-                    self.notes.push_back((LogLevel::Info, format!("bus_connected role=read last_id={}", fmt_id(self.last))));
+                    self.link.note(LogLevel::Info, format!("bus_connected role=read last_id={}", fmt_id(self.last)));
                     // Every (re)connection checks the stream before reading on.
                     if let Some(last) = self.last {
-                        if let Ok(id) = self.driver.proto.submit(streams::xinfo_stream(&self.closed_key)) {
+                        if let Ok(id) = self.link.driver.proto.submit(streams::xinfo_stream(&self.closed_key)) {
                             self.state = State::Info(id);
                             self.last = Some(last);
                         }
@@ -293,161 +412,17 @@ impl Reader {
                 }
             }
         }
-        let up = self.driver.state() == LinkState::Up;
-        if up != self.was_up {
-            self.last_progress = now;
-            if !up {
+        match self.link.change() {
+            LinkChange::Same => {}
+            LinkChange::Up => self.last_progress = now,
+            LinkChange::Down(why) => {
+                self.last_progress = now;
                 self.lag_in_flight = None;
                 self.demand_in_flight = None;
-            }
-        }
-        if self.was_up && !up {
-            let why = self.driver.last_error().unwrap_or("closed").to_string();
-            self.stats.last_error = Some(why.clone());
-            self.notes.push_back((LogLevel::Warn, format!("bus_disconnected role=read last_id={} error={why:?}", fmt_id(self.last))));
-            self.state = State::Idle;
-        }
-        self.was_up = up;
-    }
-
-    fn failed(&mut self, e: crate::bus::RedisError, now: Instant) {
-        self.state = State::Idle;
-        if !e.is_disconnect() {
-            self.retry_at = Some(now + RETRY);
-        }
-        self.stats.last_error = Some(e.to_string());
-    }
-
-    fn on_info(&mut self, reply: Reply, now: Instant) {
-        let info = match streams::decode_xinfo(reply) {
-            Ok(info) => info,
-            // No stream yet: nothing was ever written, nothing was missed.
-            Err(e) if e.message.contains("no such key") => StreamInfo::default(),
-            Err(e) => return self.failed(e, now),
-        };
-        self.state = State::Idle;
-        match self.last {
-            None => {
-                self.last = Some(info.last_generated_id);
-                self.notes.push_back((
-                    LogLevel::Info,
-                    format!("bus_reader_started from={} length={}", info.last_generated_id, info.length),
-                ));
-            }
-            Some(last) => {
-                self.notes.push_back((
-                    LogLevel::Debug,
-                    format!(
-                        "bus_stream_info last_id={last} first_id={} last_generated={} length={} entries_added={}",
-                        fmt_id(info.first_entry_id),
-                        info.last_generated_id,
-                        info.length,
-                        info.entries_added
-                    ),
-                ));
-                let reset = info.last_generated_id < last;
-                if reset || info.missed_after(last) {
-                    let why = if reset { "stream_reset" } else { "stream_trimmed" };
-                    self.notes.push_back((
-                        LogLevel::Warn,
-                        format!("bus_hole reason={why} last_id={last} first_id={} action=read_store", fmt_id(info.first_entry_id)),
-                    ));
-                    if reset {
-                        self.last = Some(StreamId::ZERO);
-                    }
-                    self.resync(why);
-                }
+                self.link.note(LogLevel::Warn, format!("bus_disconnected role=read last_id={} error={why:?}", fmt_id(self.last)));
+                self.stats.last_error = Some(why);
+                self.state = State::Idle;
             }
         }
     }
-
-    fn resync(&mut self, why: &str) {
-        self.stats.resyncs += 1;
-        self.inputs.push_back(Input::BusResync { reason: why.to_string() });
-    }
-
-    fn on_read(&mut self, reply: Reply, now: Instant) {
-        let streams = match streams::decode_xread(reply) {
-            Ok(s) => s,
-            Err(e) => return self.failed(e, now),
-        };
-        self.state = State::Idle;
-        for (key, entries) in streams {
-            if key == self.control_key {
-                for e in entries {
-                    self.control_last = e.id;
-                    match codec::decode_refused(&e) {
-                        Ok((node, series_id, reason)) if node == self.node => {
-                            self.stats.refusals += 1;
-                            self.inputs.push_back(Input::BusRefused { series_id, reason });
-                        }
-                        Ok(_) => {}
-                        Err(why) => self.bad_entry(why),
-                    }
-                }
-                continue;
-            }
-            if key == self.forming_key {
-                for e in entries {
-                    self.forming_last = Some(e.id);
-                    match codec::decode_forming(&e) {
-                        Ok((series_id, candle)) => {
-                            self.stats.forming += 1;
-                            self.inputs.push_back(Input::BusForming { series_id, candle });
-                        }
-                        Err(why) => self.bad_entry(why),
-                    }
-                }
-                continue;
-            }
-            for e in entries {
-                self.last = Some(e.id);
-                let entry = e.id.to_string();
-                match codec::decode_closed(&e) {
-                    Ok(ClosedEntry::Closed { series_id, candles, fence }) => {
-                        self.new_fence(fence);
-                        self.stats.entries += 1;
-                        self.stats.candles += candles.len() as u64;
-                        self.stats.last_entry_ms = e.id.ms;
-                        self.stats.last_handled_unix_ms = unix_ms();
-                        self.inputs.push_back(Input::BusClosed { series_id, candles, entry });
-                    }
-                    Ok(ClosedEntry::Resync { fence }) => {
-                        self.new_fence(fence);
-                        self.notes.push_back((LogLevel::Warn, format!("bus_hole reason=leader_dropped entry={entry} action=read_store")));
-                        self.resync("leader_dropped");
-                    }
-                    Err(why) => self.bad_entry(why),
-                }
-            }
-        }
-    }
-
-    /// Another fence than the last one seen: a new leader (the closes its
-    /// predecessor stored but never published are read from the store), or a
-    /// Redis that lost its data and handed out fences anew.
-    fn new_fence(&mut self, fence: u64) {
-        match self.last_fence {
-            Some(f) if fence != f => {
-                self.notes.push_back((LogLevel::Warn, format!("bus_new_leader fence={fence} previous={f} action=read_store")));
-                self.last_fence = Some(fence);
-                self.resync("new_leader");
-            }
-            None => self.last_fence = Some(fence),
-            _ => {}
-        }
-    }
-
-    fn bad_entry(&mut self, why: String) {
-        self.stats.bad_entries += 1;
-        self.notes.push_back((LogLevel::Warn, format!("bus_entry_refused error={why:?}")));
-    }
-}
-
-fn fmt_id(id: Option<StreamId>) -> String {
-    id.map_or_else(|| "none".to_string(), |i| i.to_string())
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
