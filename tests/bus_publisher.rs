@@ -16,6 +16,7 @@ use klinegate::bus::{Command, Resp};
 use klinegate::engine::{Input, Output};
 use klinegate::model::Candle;
 use klinegate::shell::bus_host::codec::{decode_closed, ClosedEntry};
+use klinegate::shell::bus_host::link::BusSide;
 use klinegate::shell::bus_host::publisher::Publisher;
 use mio::{Events, Poll, Token};
 use netservers::{redis_or_skip, unique, RedisClient};

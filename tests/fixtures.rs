@@ -183,7 +183,10 @@ fn rust_files_below(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap().flatten() {
         let path = e.path();
         if path.is_dir() {
-            rust_files_below(&path, out);
+            // A `tests/` folder holds the submodules of a `tests.rs`: test code too.
+            if !path.ends_with("tests") {
+                rust_files_below(&path, out);
+            }
         } else if path.extension().is_some_and(|x| x == "rs") && !path.ends_with("tests.rs") {
             // A sibling `tests.rs` is a unit-test module (`#[cfg(test)] mod tests;`),
             // like the `#[cfg(test)]` tail of a file: it may read files.
