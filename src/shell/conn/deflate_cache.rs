@@ -152,3 +152,81 @@ impl DeflateCache {
         self.map.insert(key, entry);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::ws::deflate::inflate;
+
+    fn frame(i: usize, len: usize) -> Bytes {
+        let s = format!("{{\"type\":\"candle\",\"n\":{i},\"pad\":\"{}\"}}", "ab".repeat(len / 2));
+        Bytes::from(s)
+    }
+
+    #[test]
+    fn a_shared_frame_is_compressed_once_and_served_to_every_client() {
+        let mut c = DeflateCache::default();
+        let f = frame(1, 400);
+        let others: Vec<Bytes> = (0..3).map(|_| f.clone()).collect(); // other subscribers' queues
+        let first = c.compressed(&f, usize::MAX).expect("it pays").to_vec();
+        for o in &others {
+            assert_eq!(c.compressed(o, usize::MAX), Some(&first[..]));
+        }
+        assert_eq!(inflate(&first, 1 << 20).unwrap(), f.to_vec());
+        assert_eq!(c.counters.frames_compressed, 1);
+        assert_eq!(c.counters.cache_hits, 3);
+        assert_eq!(c.counters.frames_sent_compressed, 4);
+        assert_eq!(c.counters.bytes_saved, 4 * (f.len() - first.len()) as u64);
+    }
+
+    #[test]
+    fn small_frames_unshared_frames_and_over_window_frames_skip_the_cache() {
+        let mut c = DeflateCache::default();
+        let small = frame(1, 20);
+        let _shared = small.clone();
+        assert!(small.len() < THRESHOLD);
+        assert_eq!(c.compressed(&small, usize::MAX), None);
+        let page = frame(2, 5000); // a catch-up page: only this client holds it
+        let got = c.compressed(&page, usize::MAX).expect("compressed").to_vec();
+        assert_eq!(inflate(&got, 1 << 20).unwrap(), page.to_vec());
+        assert!(c.is_empty(), "an unshared frame is not kept");
+        let big = frame(3, 2000);
+        let _shared = big.clone();
+        assert_eq!(c.compressed(&big, 1024), None, "longer than the client's window allows");
+        assert_eq!(c.counters.frames_compressed, 1);
+    }
+
+    #[test]
+    fn the_cache_is_bounded_by_entries_and_by_bytes_oldest_out_first() {
+        let mut c = DeflateCache::with_bounds(4, 1 << 20);
+        let frames: Vec<Bytes> = (0..6).map(|i| frame(i, 300)).collect();
+        let holders: Vec<Bytes> = frames.clone();
+        for f in &frames {
+            c.compressed(f, usize::MAX);
+        }
+        assert_eq!(c.len(), 4);
+        // The two oldest went: sending them again compresses again; the newest are hits.
+        c.compressed(&frames[5], usize::MAX);
+        assert_eq!((c.counters.frames_compressed, c.counters.cache_hits), (6, 1));
+        c.compressed(&frames[0], usize::MAX);
+        assert_eq!((c.counters.frames_compressed, c.counters.cache_hits), (7, 1));
+        assert_eq!(c.len(), 4);
+
+        let mut c = DeflateCache::with_bounds(256, 4000);
+        for f in &frames {
+            c.compressed(f, usize::MAX);
+            assert!(c.cached_bytes() <= 4000);
+        }
+        assert!(c.len() < 6 && !c.is_empty(), "{}", c.len());
+        // Default bounds: 256 entries.
+        let mut c = DeflateCache::default();
+        let many: Vec<Bytes> = (0..300).map(|i| frame(i, 200)).collect();
+        let _held = many.clone();
+        for f in &many {
+            c.compressed(f, usize::MAX);
+        }
+        assert_eq!(c.len(), MAX_ENTRIES);
+        assert!(c.cached_bytes() <= MAX_BYTES);
+        drop(holders);
+    }
+}

@@ -57,12 +57,12 @@ impl Decoder {
         Fail { code: 1009, reason: format!("message too big (max {} bytes)", self.max_message) }
     }
 
-    /// Takes the next event from the front of `buf`: `Ok(Some((event, consumed)))`,
-    /// `Ok(None)` while more bytes are needed (a fragment that completes no
-    /// message is consumed with `Ok(None)` only through `consumed`, see
-    /// [`Decoder::next`]), or the failure that ends the connection.
+    /// Decodes from the front of `buf`: the next event (if a complete one is
+    /// there) and how many bytes were used. Fragments that complete no message
+    /// are used up (their bytes kept here) with no event; the rest waits for
+    /// more bytes. A failure ends the connection with its close code.
     ///
-    /// Unmasks in place: the consumed bytes are left scrambled.
+    /// Unmasks in place: the used bytes are left scrambled.
     pub fn next(&mut self, buf: &mut [u8]) -> Result<(Option<Event>, usize), Fail> {
         let mut at = 0;
         loop {
@@ -183,6 +183,120 @@ fn close_event(payload: &[u8]) -> Result<Event, Fail> {
                 Ok(r) => Ok(Event::Close(Some((code, r.to_string())))),
                 Err(_) => Err(Fail { code: 1007, reason: "close reason is not valid UTF-8".into() }),
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::ws::deflate::Compressor;
+    use crate::wire::ws::frame::{write_masked_frame, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT};
+
+    const M: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+    /// Every event in `bytes`, fed one byte at a time (the hardest split), or the failure.
+    fn decode(d: &mut Decoder, bytes: &[u8]) -> Result<Vec<Event>, Fail> {
+        let mut buf = Vec::new();
+        let mut out = Vec::new();
+        for &b in bytes {
+            buf.push(b);
+            loop {
+                let (ev, n) = d.next(&mut buf)?;
+                buf.drain(..n);
+                match ev {
+                    Some(e) => out.push(e),
+                    None => break,
+                }
+            }
+        }
+        assert!(buf.is_empty(), "{} bytes left over", buf.len());
+        Ok(out)
+    }
+
+    fn masked(fin: bool, rsv1: bool, op: u8, payload: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        write_masked_frame(&mut v, fin, rsv1, op, M, payload);
+        v
+    }
+
+    #[test]
+    fn the_rfc_6455_examples_decode() {
+        // §5.7: a masked "Hello".
+        let hello = [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58];
+        assert_eq!(decode(&mut Decoder::new(100, false), &hello).unwrap(), vec![Event::Text("Hello".into())]);
+        assert_eq!(masked(true, false, OP_TEXT, b"Hello"), hello);
+        // Fragmented, with a ping in the middle.
+        let mut v = masked(false, false, OP_TEXT, b"Hel");
+        v.extend(masked(true, false, OP_PING, b"p"));
+        v.extend(masked(true, false, OP_CONTINUATION, b"lo"));
+        v.extend(masked(true, false, OP_PONG, b""));
+        v.extend(masked(true, false, OP_BINARY, &[0u8; 300]));
+        v.extend(masked(true, false, OP_BINARY, &vec![1u8; 70_000]));
+        v.extend(masked(true, false, OP_CLOSE, &[0x03, 0xe8, b'o', b'k']));
+        assert_eq!(
+            decode(&mut Decoder::new(100_000, false), &v).unwrap(),
+            vec![
+                Event::Ping(b"p".to_vec()),
+                Event::Text("Hello".into()),
+                Event::Pong,
+                Event::Binary(300),
+                Event::Binary(70_000),
+                Event::Close(Some((1000, "ok".into())))
+            ]
+        );
+    }
+
+    #[test]
+    fn compressed_messages_inflate_when_negotiated_including_the_rfc_7692_hello() {
+        // RFC 7692 §7.2.3.1, masked as a client must.
+        let hello = masked(true, true, OP_TEXT, &[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00]);
+        assert_eq!(decode(&mut Decoder::new(100, true), &hello).unwrap(), vec![Event::Text("Hello".into())]);
+        // §7.2.3.2: the same message in two fragments, RSV1 on the first only.
+        let mut v = masked(false, true, OP_TEXT, &[0xf2, 0x48, 0xcd]);
+        v.extend(masked(true, false, OP_CONTINUATION, &[0xc9, 0xc9, 0x07, 0x00]));
+        assert_eq!(decode(&mut Decoder::new(100, true), &v).unwrap(), vec![Event::Text("Hello".into())]);
+        // Not negotiated: RSV1 is a protocol error.
+        assert_eq!(decode(&mut Decoder::new(100, false), &hello).unwrap_err().code, 1002);
+        // Uncompressed messages still pass on a deflate connection.
+        assert_eq!(decode(&mut Decoder::new(100, true), &masked(true, false, OP_TEXT, b"hi")).unwrap(), vec![Event::Text("hi".into())]);
+    }
+
+    #[test]
+    fn a_decompression_bomb_is_1009_and_bad_deflate_1007() {
+        let mut bomb = Vec::new();
+        Compressor::new(9).compress(&vec![b'x'; 1 << 20], &mut bomb);
+        assert!(bomb.len() < 2048);
+        let f = decode(&mut Decoder::new(4096, true), &masked(true, true, OP_TEXT, &bomb)).unwrap_err();
+        assert_eq!(f, Fail { code: 1009, reason: "message too big (max 4096 bytes)".into() });
+        let f = decode(&mut Decoder::new(4096, true), &masked(true, true, OP_TEXT, &[0xff; 8])).unwrap_err();
+        assert_eq!(f.code, 1007);
+    }
+
+    #[test]
+    fn every_rule_broken_gets_its_close_code() {
+        let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+            ("unmasked", vec![0x81, 0x01, b'x'], 1002),
+            ("rsv2", { let mut f = masked(true, false, OP_TEXT, b"x"); f[0] |= 0x20; f }, 1002),
+            ("reserved opcode", masked(true, false, 0x3, b"x"), 1002),
+            ("reserved control opcode", masked(true, false, 0xB, b"x"), 1002),
+            ("continuation with nothing to continue", masked(true, false, OP_CONTINUATION, b"x"), 1002),
+            ("fragmented ping", masked(false, false, OP_PING, b"x"), 1002),
+            ("ping of 126 bytes", masked(true, false, OP_PING, &[0; 126]), 1002),
+            ("compressed ping", masked(true, true, OP_PING, b""), 1002),
+            ("close with one byte", masked(true, false, OP_CLOSE, &[3]), 1002),
+            ("close code 1005", masked(true, false, OP_CLOSE, &[0x03, 0xed]), 1002),
+            ("close reason not UTF-8", masked(true, false, OP_CLOSE, &[0x03, 0xe8, 0xff]), 1007),
+            ("text not UTF-8", masked(true, false, OP_TEXT, &[0xff, 0xfe]), 1007),
+            ("frame over the max", masked(true, false, OP_BINARY, &[0; 101]), 1009),
+            ("64-bit length with the top bit", vec![0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4], 1002),
+            ("declared 4 GiB, no payload", vec![0x82, 0xff, 0, 0, 0, 1, 0, 0, 0, 0, 1, 2, 3, 4], 1009),
+            ("fragments past the max", [masked(false, false, OP_TEXT, &[b'a'; 60]), masked(true, false, OP_CONTINUATION, &[b'a'; 60])].concat(), 1009),
+            ("new message inside a fragmented one", [masked(false, false, OP_TEXT, b"a"), masked(true, false, OP_TEXT, b"b")].concat(), 1002),
+        ];
+        for (name, bytes, code) in cases {
+            let got = decode(&mut Decoder::new(100, true), &bytes);
+            assert_eq!(got.as_ref().map_err(|f| f.code), Err(code), "{name}: {got:?}");
         }
     }
 }
