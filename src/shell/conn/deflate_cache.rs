@@ -212,10 +212,10 @@ mod tests {
         assert_eq!((c.counters.frames_compressed, c.counters.cache_hits), (7, 1));
         assert_eq!(c.len(), 4);
 
-        let mut c = DeflateCache::with_bounds(256, 4000);
+        let mut c = DeflateCache::with_bounds(256, 1500);
         for f in &frames {
             c.compressed(f, usize::MAX);
-            assert!(c.cached_bytes() <= 4000);
+            assert!(c.cached_bytes() <= 1500);
         }
         assert!(c.len() < 6 && !c.is_empty(), "{}", c.len());
         // Default bounds: 256 entries.
