@@ -248,6 +248,15 @@ fn run(n: usize, updates: usize, deflate: bool) -> Run {
     }
     // The /metrics request itself is not a client frame: ws_bytes_out counts only WebSocket bytes.
     r.bytes = (live.metric("klinegate_ws_bytes_out_total") - bytes_before).max(0.0) as u64;
+    if deflate {
+        println!(
+            "  deflate run, {n} clients: {} frames compressed, {} sent compressed, {} cache hits, {} B saved",
+            live.metric("klinegate_ws_deflate_frames_compressed_total"),
+            live.metric("klinegate_ws_deflate_frames_sent_total"),
+            live.metric("klinegate_ws_deflate_cache_hits_total"),
+            live.metric("klinegate_ws_deflate_bytes_saved_total"),
+        );
+    }
     stop.store(true, Ordering::Relaxed);
     let _ = receiver.join();
     if live.terminate(Duration::from_secs(5)).is_none() {
