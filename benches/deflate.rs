@@ -12,7 +12,8 @@
 //!    delivered message (user + system clock ticks over the measured updates /
 //!    (updates × clients)), the last client's latency (from the push to the
 //!    receiver thread reading it: user-space read times, so it includes the
-//!    receiver's own pace), and memory per client (RSS with the clients minus
+//!    receiver's own pace; it inflates each distinct compressed frame once),
+//!    and memory per client (RSS with the clients minus
 //!    RSS before them).
 //!
 //! `cargo bench --bench deflate`; `KLINEGATE_BENCH_QUICK=1` for a smoke run
@@ -299,6 +300,7 @@ fn receive(socks: Vec<TcpStream>, tx: Sender<(i64, Instant)>, stop: &AtomicBool)
     let mut holders: Vec<usize> = vec![0; (WARMUPS as usize) + 1000];
     let mut events = Events::with_capacity(4096);
     let mut buf = vec![0u8; 64 << 10];
+    let mut last_compressed: (Vec<u8>, Option<i64>) = (Vec::new(), None);
     while !stop.load(Ordering::Relaxed) {
         if poll.poll(&mut events, Some(Duration::from_millis(20))).is_err() {
             continue;
@@ -322,7 +324,17 @@ fn receive(socks: Vec<TcpStream>, tx: Sender<(i64, Instant)>, stop: &AtomicBool)
                     break;
                 }
                 let payload = &c.partial[at + h.head_len..end];
-                let seq = if h.rsv1 { inflate(payload, 1 << 20).ok().and_then(|p| forming_seq(&p)) } else { forming_seq(payload) };
+                let seq = if !h.rsv1 {
+                    forming_seq(payload)
+                } else if payload == &last_compressed.0[..] {
+                    // Every client gets the same compressed bytes: inflate once
+                    // (a fresh inflater per frame would make this thread the bottleneck).
+                    last_compressed.1
+                } else {
+                    let seq = inflate(payload, 1 << 20).ok().and_then(|p| forming_seq(&p));
+                    last_compressed = (payload.to_vec(), seq);
+                    seq
+                };
                 newest = seq.or(newest);
                 at = end;
             }
