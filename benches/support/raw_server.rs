@@ -189,7 +189,12 @@ fn raw_server(n: usize, writer: Writer) -> io::Result<()> {
     let mut chunk = vec![0u8; 64 << 10];
     let mut scratch = UringScratch { targets: Vec::with_capacity(n), short: Vec::new() };
     loop {
-        poll.poll(&mut events, None)?;
+        // io_uring's task work can end a wait early (EINTR): poll again.
+        match poll.poll(&mut events, None) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
         for ev in events.iter() {
             if ev.token() == CONTROL {
                 loop {
