@@ -21,8 +21,8 @@
 //! Owns that bookkeeping; never touches a store. Off (`full_klines = false`,
 //! e.g. a journal recorded before) it keeps nothing and writes stay as they were.
 
-use super::series::SeriesIdx;
-use super::Engine;
+use crate::engine::series::SeriesIdx;
+use crate::engine::Engine;
 use crate::kline_ext::KlineExt;
 use crate::model::Timeframe;
 use crate::store::{ExtRows, StoreWrite};
@@ -44,7 +44,7 @@ struct Bucket {
 }
 
 #[derive(Debug, Default)]
-pub(super) struct ExtTable {
+pub(in crate::engine) struct ExtTable {
     base: BTreeMap<SeriesIdx, BTreeMap<i64, KlineExt>>,
     /// (base series, derived timeframe in seconds) → the current and the previous bucket.
     sums: BTreeMap<(SeriesIdx, i64), [Option<Bucket>; 2]>,
@@ -111,14 +111,14 @@ impl ExtTable {
 
 impl Engine {
     /// A closed base candle's extra fields, as the exchange sent them.
-    pub(super) fn note_kline_ext(&mut self, job: SeriesIdx, t: i64, ext: Option<KlineExt>) {
+    pub(in crate::engine) fn note_kline_ext(&mut self, job: SeriesIdx, t: i64, ext: Option<KlineExt>) {
         let Some(ext) = ext.filter(|e| self.cfg.full_klines && e.value_error().is_none()) else { return };
         let base_tf = self.series.get(job).tf_s;
         self.kline_ext.note(job, base_tf, t, ext, &self.cfg.supervisor.derived);
     }
 
     /// A forming base candle's extra fields, as the exchange sent them.
-    pub(super) fn note_forming_ext(&mut self, job: SeriesIdx, t: i64, ext: Option<KlineExt>) {
+    pub(in crate::engine) fn note_forming_ext(&mut self, job: SeriesIdx, t: i64, ext: Option<KlineExt>) {
         match ext.filter(|e| self.cfg.full_klines && e.value_error().is_none()) {
             Some(e) => {
                 self.kline_ext.forming.insert(job, (t, e));
@@ -131,7 +131,7 @@ impl Engine {
 
     /// The fields of a forming candle of `idx` (a job's base series or one
     /// of its derived series), opening at `t`, when known.
-    pub(super) fn forming_ext(&self, job: SeriesIdx, idx: SeriesIdx, t: i64) -> Option<KlineExt> {
+    pub(in crate::engine) fn forming_ext(&self, job: SeriesIdx, idx: SeriesIdx, t: i64) -> Option<KlineExt> {
         if idx == job {
             return self.kline_ext.forming.get(&job).filter(|(at, _)| *at == t).map(|(_, e)| *e);
         }
@@ -141,7 +141,7 @@ impl Engine {
 
     /// The fields of published closes of `idx` (`ext[i]` is `candles[i]`'s),
     /// from what was kept for their write; unknown ones are `None`.
-    pub(super) fn published_ext(&self, idx: SeriesIdx, candles: &[crate::model::Candle]) -> Vec<Option<KlineExt>> {
+    pub(in crate::engine) fn published_ext(&self, idx: SeriesIdx, candles: &[crate::model::Candle]) -> Vec<Option<KlineExt>> {
         let id = &self.series.get(idx).id;
         let base = self.supervisor.normalize(id);
         if &base == id {
@@ -154,7 +154,7 @@ impl Engine {
     }
 
     /// A finished heal's fields (replacing what an earlier heal left).
-    pub(super) fn note_healed_ext(&mut self, job: SeriesIdx, rows: Vec<(i64, KlineExt)>) {
+    pub(in crate::engine) fn note_healed_ext(&mut self, job: SeriesIdx, rows: Vec<(i64, KlineExt)>) {
         if !self.cfg.full_klines {
             return;
         }
@@ -168,7 +168,7 @@ impl Engine {
 
     /// Attaches the known extra fields of the candles `write` carries (a
     /// healed candle's are handed over, not kept).
-    pub(super) fn attach_kline_ext(&mut self, write: &mut StoreWrite) {
+    pub(in crate::engine) fn attach_kline_ext(&mut self, write: &mut StoreWrite) {
         if !self.cfg.full_klines {
             return;
         }

@@ -9,9 +9,9 @@
 //! (persisted, folded into derived timeframes, offered to subscribers whose
 //! cursor is still behind them). Never reads a clock.
 
-use super::ingest::{HealState, HealTask, Hole};
-use super::series::SeriesIdx;
-use super::{Engine, LogLevel, RestPurpose, TimerKey};
+use crate::engine::ingest::{HealState, HealTask, Hole};
+use crate::engine::series::SeriesIdx;
+use crate::engine::{Engine, LogLevel, RestPurpose, TimerKey};
 use crate::model::Candle;
 use crate::wire::binance::rest;
 use crate::store::LedgerChange;
@@ -52,7 +52,7 @@ impl Engine {
     }
 
     /// Heal at job start: from the stored head, or the first-visit depth.
-    pub(super) fn heal_on_start(&mut self, job: SeriesIdx, head: Option<i64>) {
+    pub(in crate::engine) fn heal_on_start(&mut self, job: SeriesIdx, head: Option<i64>) {
         let Some(latest) = self.latest_closed_for(job) else { return };
         let Some(tf) = self.jobs.get(&job).map(|j| j.base_id.timeframe().seconds()) else { return };
         let from = match head {
@@ -64,7 +64,7 @@ impl Engine {
     }
 
     /// Heal after the stream came back: from the newest closed candle known.
-    pub(super) fn heal_on_reconnect(&mut self, job: SeriesIdx) {
+    pub(in crate::engine) fn heal_on_reconnect(&mut self, job: SeriesIdx) {
         let Some(latest) = self.latest_closed_for(job) else { return };
         let Some(j) = self.jobs.get(&job) else { return };
         let from = j.newest_closed().saturating_add(j.base_id.timeframe().seconds());
@@ -72,7 +72,7 @@ impl Engine {
     }
 
     /// Starts (or widens) a heal of `[from, to]` (open times, seconds).
-    pub(super) fn start_heal(&mut self, job: SeriesIdx, from: i64, to: i64, reason: &'static str, gate: bool) {
+    pub(in crate::engine) fn start_heal(&mut self, job: SeriesIdx, from: i64, to: i64, reason: &'static str, gate: bool) {
         if !self.cfg.heal.enabled {
             return;
         }
@@ -160,7 +160,7 @@ impl Engine {
     }
 
     /// A heal page came back (or failed): keep its closed rows, go on, or finish.
-    pub(super) fn on_heal_response(&mut self, id: u64, job: SeriesIdx, page_end: i64, result: Result<String, (Option<u16>, String)>) {
+    pub(in crate::engine) fn on_heal_response(&mut self, id: u64, job: SeriesIdx, page_end: i64, result: Result<String, (Option<u16>, String)>) {
         let now = self.now;
         let max_attempts = self.cfg.heal.max_attempts;
         let Some(j) = self.jobs.get_mut(&job) else { return };
@@ -301,7 +301,7 @@ impl Engine {
     /// end), what it fetched so far joins the job's buffer, and the gate opens
     /// so the job's final flush writes the live candles that waited behind it.
     /// Its in-flight page, if any, is ignored when it comes back (no task).
-    pub(super) fn cancel_heal(&mut self, job: SeriesIdx, why: &str) {
+    pub(in crate::engine) fn cancel_heal(&mut self, job: SeriesIdx, why: &str) {
         let now = self.now;
         self.rest.cancel_queued(|p| matches!(p, RestPurpose::Heal { job: j, .. } if *j == job));
         let Some(j) = self.jobs.get_mut(&job) else { return };
@@ -317,7 +317,7 @@ impl Engine {
     }
 
     /// Mirrors the job's hole into the store's gap ledger (kept across restarts).
-    pub(super) fn sync_gap_ledger(&mut self, job: SeriesIdx) {
+    pub(in crate::engine) fn sync_gap_ledger(&mut self, job: SeriesIdx) {
         let Some(j) = self.jobs.get(&job) else { return };
         let change = match &j.hole {
             Some(h) => LedgerChange::Put(crate::store::GapRecord {
@@ -331,12 +331,12 @@ impl Engine {
             None => LedgerChange::Delete(j.base_id.as_str().to_string()),
         };
         let write = crate::store::StoreWrite { ledger: vec![change], ..Default::default() };
-        self.write_store(write, super::store_ops::WriteFor::Quiet(super::store_ops::Quiet::GapLedger));
+        self.write_store(write, crate::engine::store_ops::WriteFor::Quiet(crate::engine::store_ops::Quiet::GapLedger));
     }
 
     /// At job start: a ledger entry left by an earlier run becomes the job's
     /// hole, retried now.
-    pub(super) fn load_gap(&mut self, job: SeriesIdx, g: crate::store::GapRecord) {
+    pub(in crate::engine) fn load_gap(&mut self, job: SeriesIdx, g: crate::store::GapRecord) {
         let now = self.now;
         let Some(j) = self.jobs.get_mut(&job) else { return };
         j.hole = Some(Hole { from: g.from, to: g.to, attempts: g.attempts, retry_at: now, error: g.reason });
@@ -348,7 +348,7 @@ impl Engine {
     /// hold that subscription's catch-up until the heal ends. Returns whether
     /// the subscription must be held.
     /// `have_from`: the oldest stored open time of `id`.
-    pub(super) fn catchup_heal(&mut self, id: &crate::model::SeriesId, since: Option<i64>, have_from: Option<i64>) -> bool {
+    pub(in crate::engine) fn catchup_heal(&mut self, id: &crate::model::SeriesId, since: Option<i64>, have_from: Option<i64>) -> bool {
         let Some(since) = since else { return false };
         if !self.cfg.heal.enabled || since <= 0 {
             return false;
@@ -377,7 +377,7 @@ impl Engine {
     }
 
     /// Held subscriptions of a job's series (base and derived) get their catch-up.
-    pub(super) fn release_held(&mut self, job: SeriesIdx) {
+    pub(in crate::engine) fn release_held(&mut self, job: SeriesIdx) {
         let Some(j) = self.jobs.get(&job) else { return };
         let mut series = vec![j.base];
         series.extend(j.derived.iter().copied());
@@ -396,7 +396,7 @@ impl Engine {
         // Old history is rolled up directly (the live fold only keeps recent buckets).
         if let Some(fold) = j.fold.as_ref() {
             for (i, target) in fold.targets().iter().enumerate() {
-                let rolled = super::derived::rollup(&candles, base_tf, target.tf());
+                let rolled = crate::engine::derived::rollup(&candles, base_tf, target.tf());
                 if !rolled.is_empty() {
                     set.push((j.derived[i], rolled));
                 }
@@ -406,7 +406,7 @@ impl Engine {
     }
 
     /// Watchdog: a newer candle is live while an older one never closed.
-    pub(super) fn check_late_close(&mut self, job: SeriesIdx, newest_open: i64) {
+    pub(in crate::engine) fn check_late_close(&mut self, job: SeriesIdx, newest_open: i64) {
         let now = self.now;
         let delay = self.cfg.heal.late_close;
         let Some(j) = self.jobs.get_mut(&job) else { return };
@@ -422,7 +422,7 @@ impl Engine {
     /// Arms the clock watchdog at the close of the job's current candle plus
     /// the grace, whatever frames arrive or not (at job start, every candle
     /// before the current one is covered by the start heal).
-    pub(super) fn arm_close_due(&mut self, job: SeriesIdx) {
+    pub(in crate::engine) fn arm_close_due(&mut self, job: SeriesIdx) {
         if !self.cfg.heal.enabled {
             return;
         }
@@ -441,7 +441,7 @@ impl Engine {
     /// The clock watchdog: candles that closed `late_close` ago or more and
     /// never arrived (no closing frame, maybe no frame at all) are fetched
     /// over REST, once; then the next candle's close is watched.
-    pub(super) fn fire_close_due(&mut self, job: SeriesIdx) {
+    pub(in crate::engine) fn fire_close_due(&mut self, job: SeriesIdx) {
         let grace = self.cfg.heal.late_close;
         let checked_at = Timestamp(self.now.0.saturating_sub(grace.0));
         let Some(j) = self.jobs.get_mut(&job) else { return };
@@ -461,7 +461,7 @@ impl Engine {
         self.arm_close_due(job);
     }
 
-    pub(super) fn fire_watchdog(&mut self, job: SeriesIdx) {
+    pub(in crate::engine) fn fire_watchdog(&mut self, job: SeriesIdx) {
         let Some(j) = self.jobs.get_mut(&job) else { return };
         j.watchdog = None;
         let tf = j.base_id.timeframe().seconds();
@@ -475,7 +475,7 @@ impl Engine {
     }
 
     /// Retries heals whose backoff passed, and holes whose retry time came.
-    pub(super) fn retry_heals(&mut self) {
+    pub(in crate::engine) fn retry_heals(&mut self) {
         let now = self.now;
         self.heal_retry_at = None;
         let holes: Vec<(SeriesIdx, Hole)> = self

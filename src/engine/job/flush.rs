@@ -13,9 +13,9 @@
 //! what is oldest and already accepted; newer holes are healed from the
 //! exchange's REST history once the store is back).
 
-use super::series::FlushSet;
-use super::store_ops::WriteFor;
-use super::{Engine, LogLevel};
+use crate::engine::series::FlushSet;
+use crate::engine::store_ops::WriteFor;
+use crate::engine::{Engine, LogLevel};
 use crate::store::{KeptRows, PersistOutcome, SeriesBatch, StoreWrite};
 use crate::time::{Duration, Timestamp};
 use std::collections::VecDeque;
@@ -223,7 +223,7 @@ impl Engine {
 
     /// Queues a flush set: written now (or after the store recovers), then
     /// published in order.
-    pub(super) fn persist_and_publish(&mut self, mut set: FlushSet) {
+    pub(in crate::engine) fn persist_and_publish(&mut self, mut set: FlushSet) {
         set.retain(|(_, c)| !c.is_empty());
         if set.is_empty() {
             return;
@@ -239,7 +239,7 @@ impl Engine {
     }
 
     /// Sends the writes the queue allows (see [`WriteQueue::next_chunk`]).
-    pub(super) fn pump_writes(&mut self) {
+    pub(in crate::engine) fn pump_writes(&mut self) {
         while let Some(seqs) = self.writes.next_chunk(self.now) {
             let sets: Vec<&FlushSet> =
                 self.writes.entries.iter().filter(|e| seqs.contains(&e.seq)).map(|e| &e.set).collect();
@@ -252,7 +252,7 @@ impl Engine {
         }
     }
 
-    pub(super) fn on_flush_persisted(&mut self, _op: super::StoreOp, seqs: Vec<u64>, result: PersistOutcome) {
+    pub(in crate::engine) fn on_flush_persisted(&mut self, _op: crate::engine::StoreOp, seqs: Vec<u64>, result: PersistOutcome) {
         match result {
             PersistOutcome::Stored { kept, .. } => {
                 if self.writes.stored(&seqs, kept) {
@@ -278,14 +278,14 @@ impl Engine {
     }
 
     /// Shutdown: a retry waiting for its backoff is sent now.
-    pub(super) fn retry_writes_now(&mut self) {
+    pub(in crate::engine) fn retry_writes_now(&mut self) {
         self.writes.retry_now(self.now);
         self.pump_writes();
     }
 
     /// Publishes a persisted set. Only exchange-confirmed closes widen the
     /// series' "latest closed" window; a tool's HTTP ingest does not.
-    pub(super) fn publish_set(&mut self, set: &FlushSet, from_exchange: bool) {
+    pub(in crate::engine) fn publish_set(&mut self, set: &FlushSet, from_exchange: bool) {
         self.counters.flushes += 1;
         for (idx, candles) in set {
             self.counters.candles_persisted += candles.len() as u64;

@@ -8,12 +8,12 @@
 //! fires, every live job is checked and the timer re-armed at the next
 //! earliest deadline. Never reads a clock.
 
-use super::series::SeriesIdx;
-use super::{Engine, LogLevel, TimerKey};
+use crate::engine::series::SeriesIdx;
+use crate::engine::{Engine, LogLevel, TimerKey};
 
 impl Engine {
     /// The job's stream was acknowledged: its silence is measured from now.
-    pub(super) fn stream_live(&mut self, job: SeriesIdx) {
+    pub(in crate::engine) fn stream_live(&mut self, job: SeriesIdx) {
         let now = self.now;
         if let Some(j) = self.jobs.get_mut(&job) {
             j.last_frame_at = Some(now);
@@ -37,7 +37,7 @@ impl Engine {
     }
 
     /// Resubscribes every live stream silent for `stream_stall`; re-arms.
-    pub(super) fn fire_stall_check(&mut self) {
+    pub(in crate::engine) fn fire_stall_check(&mut self) {
         self.stall_timer = None;
         let (now, stall) = (self.now, self.cfg.stream_stall);
         let mut stalled = Vec::new();

@@ -13,8 +13,8 @@
 //! waiting for it get their catch-up when it ends (or at the gate timeout).
 //! These are `Engine` methods. Never reads a clock.
 
-use super::series::SeriesIdx;
-use super::{Engine, LogLevel, RestPurpose, TimerKey};
+use crate::engine::series::SeriesIdx;
+use crate::engine::{Engine, LogLevel, RestPurpose, TimerKey};
 use crate::model::{Candle, SeriesId, Timeframe};
 use crate::wire::binance::rest;
 
@@ -36,7 +36,7 @@ impl Engine {
     /// last `first_visit_candles` of them (or what is older than `since`).
     /// Returns whether a fill is running for it (its catch-up should wait).
     /// `first`: the oldest stored open time of `id` (what the store holds).
-    pub(super) fn native_fill(&mut self, id: &SeriesId, since: Option<i64>, first: Option<i64>) -> bool {
+    pub(in crate::engine) fn native_fill(&mut self, id: &SeriesId, since: Option<i64>, first: Option<i64>) -> bool {
         if !self.native_applies(id) {
             return false;
         }
@@ -71,9 +71,9 @@ impl Engine {
 
     /// A derived series of an interval the exchange serves, with healing on:
     /// its history comes from the exchange's own klines of that interval.
-    pub(super) fn native_applies(&self, id: &SeriesId) -> bool {
+    pub(in crate::engine) fn native_applies(&self, id: &SeriesId) -> bool {
         self.cfg.heal.enabled
-            && super::supervisor::is_binance_interval(id.timeframe())
+            && crate::engine::supervisor::is_binance_interval(id.timeframe())
             && self.supervisor.normalize(id) != *id
     }
 
@@ -96,7 +96,7 @@ impl Engine {
     }
 
     /// A page of a fill came back: store its closed rows, go on, or end.
-    pub(super) fn on_native_response(
+    pub(in crate::engine) fn on_native_response(
         &mut self,
         id: u64,
         idx: SeriesIdx,
@@ -167,7 +167,7 @@ impl Engine {
     }
 
     /// The job is going away: its fills end with `heal_cancelled`.
-    pub(super) fn cancel_native(&mut self, job: SeriesIdx, why: &str) {
+    pub(in crate::engine) fn cancel_native(&mut self, job: SeriesIdx, why: &str) {
         let ended: Vec<SeriesIdx> = self.native.iter().filter(|(_, f)| f.job == job).map(|(i, _)| *i).collect();
         if ended.is_empty() {
             return;

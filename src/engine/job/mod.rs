@@ -3,8 +3,15 @@
 //! decide (start/stop jobs, stream liveness). Split from `mod.rs` so each file
 //! keeps one concern; these are `Engine` methods.
 
+pub mod flush;
+pub mod heal;
+pub mod ingest;
+pub mod kline_ext;
+pub mod native;
+mod stall;
+
 use super::derived::DerivedFold;
-use super::ingest::{ClosedDecision, Job, ThrottleDecision};
+use ingest::{ClosedDecision, Job, ThrottleDecision};
 use super::series::SeriesIdx;
 use super::supervisor::Effect;
 use super::upstream::PoolEvent;
@@ -13,7 +20,7 @@ use crate::model::{Candle, Market, SeriesId};
 use crate::wire::binance::{self, Frame, FrameError, KlineEvent};
 
 impl Engine {
-    pub(super) fn on_upstream_text(&mut self, conn: u64, text: &str) {
+    pub(in crate::engine) fn on_upstream_text(&mut self, conn: u64, text: &str) {
         if !self.pool.knows_conn(conn) {
             return;
         }
@@ -164,7 +171,7 @@ impl Engine {
         self.emit_scratch = emit;
     }
 
-    pub(super) fn fire_forming(&mut self, job_idx: SeriesIdx, i: usize) {
+    pub(in crate::engine) fn fire_forming(&mut self, job_idx: SeriesIdx, i: usize) {
         let now = self.now;
         let Some(th) = self.jobs.get_mut(&job_idx).and_then(|j| j.throttles.get_mut(i)) else { return };
         if th.fire(now) {
@@ -181,14 +188,14 @@ impl Engine {
     }
 
     /// Candle frames queued for clients so far (forming and closed).
-    pub(super) fn frames_queued(&self) -> u64 {
+    pub(in crate::engine) fn frames_queued(&self) -> u64 {
         self.counters.frames_forming + self.counters.frames_closed
     }
 
     /// When a publish for `job_idx` queued frames (more than `queued_before`),
     /// records how long ago the exchange stamped the kline frame behind them
     /// (once per frame; `now` and the event time are both inputs).
-    pub(super) fn observe_queue_latency(&mut self, job_idx: SeriesIdx, queued_before: u64) {
+    pub(in crate::engine) fn observe_queue_latency(&mut self, job_idx: SeriesIdx, queued_before: u64) {
         if self.frames_queued() == queued_before {
             return;
         }
@@ -227,7 +234,7 @@ impl Engine {
 
     /// Flushes a job's closed buffer: dedupe, fold into derived timeframes,
     /// persist in one transaction, then publish (or keep for retry).
-    pub(super) fn flush_job(&mut self, job_idx: SeriesIdx) {
+    pub(in crate::engine) fn flush_job(&mut self, job_idx: SeriesIdx) {
         let set = self.collect_flush(job_idx);
         if !set.is_empty() {
             self.persist_and_publish(set);
@@ -237,7 +244,7 @@ impl Engine {
     /// Flushes every job that asked for it during this step, in ONE store
     /// transaction: the closes of many series arriving in one loop turn (they
     /// bunch up right after each minute boundary) cost one commit, not one each.
-    pub(super) fn flush_pending_jobs(&mut self) {
+    pub(in crate::engine) fn flush_pending_jobs(&mut self) {
         let jobs = std::mem::take(&mut self.flush_pending);
         let mut set = Vec::new();
         for job in jobs {
@@ -303,7 +310,7 @@ impl Engine {
 
     // ------------------------------------------------------------ job lifecycle
 
-    pub(super) fn apply_effects(&mut self) {
+    pub(in crate::engine) fn apply_effects(&mut self) {
         let effects = std::mem::take(&mut self.effects);
         for effect in &effects {
             match effect {
@@ -344,7 +351,7 @@ impl Engine {
     }
 
     /// The second half of a job start, with what the store holds of it.
-    pub(super) fn finish_job_start(&mut self, idx: SeriesIdx, history: crate::store::JobHistory) {
+    pub(in crate::engine) fn finish_job_start(&mut self, idx: SeriesIdx, history: crate::store::JobHistory) {
         let now = self.now;
         let base = self.series.get(idx).id.clone();
         if self.jobs.contains_key(&idx) {
@@ -408,7 +415,7 @@ impl Engine {
     }
 
     /// Flushes the job's buffer first (nothing accepted is lost), then detaches.
-    pub(super) fn stop_job(&mut self, idx: SeriesIdx, reason: &str) {
+    pub(in crate::engine) fn stop_job(&mut self, idx: SeriesIdx, reason: &str) {
         // A job still waiting for its store read never starts.
         self.store_ops.forget_job_start(idx);
         if !self.jobs.contains_key(&idx) {
@@ -432,7 +439,7 @@ impl Engine {
         self.log(LogLevel::Info, format!("job_stopped series_id={} reason={reason}", job.base_id));
     }
 
-    pub(super) fn apply_pool_events(&mut self) {
+    pub(in crate::engine) fn apply_pool_events(&mut self) {
         let events = std::mem::take(&mut self.pool_events);
         for event in &events {
             match event {

@@ -4,8 +4,8 @@
 //! The job decides; the engine carries out (store writes, publishing, timers).
 //! Never reads a clock: `now` comes in with every call.
 
-use super::derived::DerivedFold;
-use super::series::SeriesIdx;
+use crate::engine::derived::DerivedFold;
+use crate::engine::series::SeriesIdx;
 use crate::model::{Candle, Market, SeriesId};
 use crate::time::{Duration, Timestamp};
 use crate::timer::TimerId;
