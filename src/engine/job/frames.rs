@@ -141,7 +141,12 @@ impl Jobs {
     /// When a publish for `job_idx` queued frames (more than `queued_before`),
     /// records how long ago the exchange stamped the kline frame behind them
     /// (once per frame; `now` and the event time are both inputs).
-    pub(in crate::engine) fn observe_queue_latency(&mut self, cx: &mut Ctx<'_>, job_idx: SeriesIdx, queued_before: u64) {
+    pub(in crate::engine) fn observe_queue_latency(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        job_idx: SeriesIdx,
+        queued_before: u64,
+    ) {
         if cx.frames_queued() == queued_before {
             return;
         }

@@ -73,7 +73,15 @@ impl Jobs {
     }
 
     /// Starts (or widens) a heal of `[from, to]` (open times, seconds).
-    pub(in crate::engine) fn start_heal(&mut self, cx: &mut Ctx<'_>, job: SeriesIdx, from: i64, to: i64, reason: &'static str, gate: bool) {
+    pub(in crate::engine) fn start_heal(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        job: SeriesIdx,
+        from: i64,
+        to: i64,
+        reason: &'static str,
+        gate: bool,
+    ) {
         if !cx.cfg.heal.enabled {
             return;
         }
@@ -160,8 +168,16 @@ impl Jobs {
         }
     }
 
-    /// A heal page came back (or failed): keep its closed rows, go on, or finish.
-    pub(in crate::engine) fn on_heal_response(&mut self, cx: &mut Ctx<'_>, id: RestId, job: SeriesIdx, page_end: i64, result: Result<String, (Option<u16>, String)>) -> Option<SeriesIdx> {
+    /// A heal page came back (or failed): keep its closed rows, go on, or
+    /// finish. Returns the job when the exchange refused its symbol (`-1121`).
+    pub(in crate::engine) fn on_heal_response(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        id: RestId,
+        job: SeriesIdx,
+        page_end: i64,
+        result: Result<String, (Option<u16>, String)>,
+    ) -> Option<SeriesIdx> {
         let now = cx.now;
         let max_attempts = cx.cfg.heal.max_attempts;
         let Some(j) = self.jobs.get_mut(&job) else { return None };
@@ -231,7 +247,14 @@ impl Jobs {
         None
     }
 
-    fn heal_failed_attempt(&mut self, cx: &mut Ctx<'_>, job: SeriesIdx, status: Option<u16>, reason: String, max_attempts: u32) {
+    fn heal_failed_attempt(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        job: SeriesIdx,
+        status: Option<u16>,
+        reason: String,
+        max_attempts: u32,
+    ) {
         let now = cx.now;
         let Some(task) = self.jobs.get_mut(&job).and_then(|j| j.heal.as_mut()) else { return };
         task.attempts += 1;
@@ -354,7 +377,13 @@ impl Jobs {
     /// hold that subscription's catch-up until the heal ends. Returns whether
     /// the subscription must be held.
     /// `have_from`: the oldest stored open time of `id`.
-    pub(in crate::engine) fn catchup_heal(&mut self, cx: &mut Ctx<'_>, id: &crate::model::SeriesId, since: Option<i64>, have_from: Option<i64>) -> bool {
+    pub(in crate::engine) fn catchup_heal(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        id: &crate::model::SeriesId,
+        since: Option<i64>,
+        have_from: Option<i64>,
+    ) -> bool {
         let Some(since) = since else { return false };
         if !cx.cfg.heal.enabled || since <= 0 {
             return false;

@@ -111,14 +111,26 @@ impl ExtTable {
 
 impl Jobs {
     /// A closed base candle's extra fields, as the exchange sent them.
-    pub(in crate::engine) fn note_kline_ext(&mut self, cx: &mut Ctx<'_>, job: SeriesIdx, t: i64, ext: Option<KlineExt>) {
+    pub(in crate::engine) fn note_kline_ext(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        job: SeriesIdx,
+        t: i64,
+        ext: Option<KlineExt>,
+    ) {
         let Some(ext) = ext.filter(|e| cx.cfg.full_klines && e.value_error().is_none()) else { return };
         let base_tf = cx.series.get(job).tf_s;
         self.kline_ext.note(job, base_tf, t, ext, &cx.cfg.supervisor.derived);
     }
 
     /// A forming base candle's extra fields, as the exchange sent them.
-    pub(in crate::engine) fn note_forming_ext(&mut self, cx: &mut Ctx<'_>, job: SeriesIdx, t: i64, ext: Option<KlineExt>) {
+    pub(in crate::engine) fn note_forming_ext(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        job: SeriesIdx,
+        t: i64,
+        ext: Option<KlineExt>,
+    ) {
         match ext.filter(|e| cx.cfg.full_klines && e.value_error().is_none()) {
             Some(e) => {
                 self.kline_ext.forming.insert(job, (t, e));
@@ -131,7 +143,13 @@ impl Jobs {
 
     /// The fields of a forming candle of `idx` (a job's base series or one
     /// of its derived series), opening at `t`, when known.
-    pub(in crate::engine) fn forming_ext(&self, cx: &Ctx<'_>, job: SeriesIdx, idx: SeriesIdx, t: i64) -> Option<KlineExt> {
+    pub(in crate::engine) fn forming_ext(
+        &self,
+        cx: &Ctx<'_>,
+        job: SeriesIdx,
+        idx: SeriesIdx,
+        t: i64,
+    ) -> Option<KlineExt> {
         if idx == job {
             return self.kline_ext.forming.get(&job).filter(|(at, _)| *at == t).map(|(_, e)| *e);
         }
@@ -141,7 +159,12 @@ impl Jobs {
 
     /// The fields of published closes of `idx` (`ext[i]` is `candles[i]`'s),
     /// from what was kept for their write; unknown ones are `None`.
-    pub(in crate::engine) fn published_ext(&self, cx: &Ctx<'_>, idx: SeriesIdx, candles: &[crate::model::Candle]) -> Vec<Option<KlineExt>> {
+    pub(in crate::engine) fn published_ext(
+        &self,
+        cx: &Ctx<'_>,
+        idx: SeriesIdx,
+        candles: &[crate::model::Candle],
+    ) -> Vec<Option<KlineExt>> {
         let id = &cx.series.get(idx).id;
         let base = cx.supervisor.normalize(id);
         if &base == id {

@@ -38,7 +38,12 @@ impl Jobs {
     }
 
     /// The second half of a job start, with what the store holds of it.
-    pub(in crate::engine) fn finish_job_start(&mut self, cx: &mut Ctx<'_>, idx: SeriesIdx, history: crate::store::JobHistory) {
+    pub(in crate::engine) fn finish_job_start(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        idx: SeriesIdx,
+        history: crate::store::JobHistory,
+    ) {
         let now = cx.now;
         let base = cx.series.get(idx).id.clone();
         if self.jobs.contains_key(&idx) {

@@ -27,6 +27,8 @@ pub(super) mod kline_ext;
 mod lifecycle;
 pub(super) mod native;
 mod stall;
+#[cfg(test)]
+mod tests;
 
 use super::counters::Counters;
 use super::fasthash::{FastMap, NameKey};

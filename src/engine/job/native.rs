@@ -38,7 +38,13 @@ impl Jobs {
     /// last `first_visit_candles` of them (or what is older than `since`).
     /// Returns whether a fill is running for it (its catch-up should wait).
     /// `first`: the oldest stored open time of `id` (what the store holds).
-    pub(in crate::engine) fn native_fill(&mut self, cx: &mut Ctx<'_>, id: &SeriesId, since: Option<i64>, first: Option<i64>) -> bool {
+    pub(in crate::engine) fn native_fill(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        id: &SeriesId,
+        since: Option<i64>,
+        first: Option<i64>,
+    ) -> bool {
         if !applies(cx.cfg, cx.supervisor, id) {
             return false;
         }
@@ -192,5 +198,7 @@ impl Jobs {
 /// A derived series of an interval the exchange serves, with healing on:
 /// its history comes from the exchange's own klines of that interval.
 pub(in crate::engine) fn applies(cfg: &EngineConfig, supervisor: &Supervisor, id: &SeriesId) -> bool {
-    cfg.heal.enabled && crate::engine::supervisor::is_binance_interval(id.timeframe()) && supervisor.normalize(id) != *id
+    cfg.heal.enabled
+        && crate::engine::supervisor::is_binance_interval(id.timeframe())
+        && supervisor.normalize(id) != *id
 }
