@@ -68,6 +68,9 @@ pub(super) struct RunArgs {
     /// Seconds to flush and close connections after SIGTERM before exiting
     #[arg(long, value_name = "SECONDS", default_value = "5", help_heading = "Server")]
     shutdown_grace_s: String,
+    /// Write client fan-outs through io_uring (first client directly, the rest as batched sends); needs Linux >= 5.6, else epoll writes with a warning
+    #[arg(long, value_name = "BOOL", default_value = "false", num_args = 0..=1, default_missing_value = "true", help_heading = "Server")]
+    io_uring: String,
     /// Record every engine input to this journal file (JSON lines) for replay
     #[arg(long, value_name = "JOURNAL", help_heading = "Server")]
     record: Option<String>,

@@ -85,6 +85,8 @@ pub struct RunConfig {
     pub max_frame_bytes: usize,
     pub enable_debug_api: bool,
     pub enable_dev_api: bool,
+    /// `--io-uring`: client fan-out writes through io_uring (epoll if unavailable).
+    pub io_uring: bool,
     /// `--ingest-api`: the `candle_closed` ingest route is served.
     pub ingest_api: bool,
     pub auth_token: Option<String>,
@@ -285,6 +287,7 @@ fn build(l: &mut Layers<'_>, known: &[String]) -> Result<RunConfig, RunConfigErr
         max_frame_bytes,
         enable_debug_api: l.value("enable_debug_api", |s| parse_loopback_switch(s, &listen))?,
         enable_dev_api: l.value("enable_dev_api", parse_bool)?,
+        io_uring: l.value("io_uring", parse_bool)?,
         ingest_api: l.value("ingest_api", |s| parse_loopback_switch(s, &listen))?,
         auth_token: l.optional("auth_token")?,
         shutdown_grace_s: l.value("shutdown_grace_s", parse_u64)?,

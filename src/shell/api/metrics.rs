@@ -126,6 +126,10 @@ fn shell_metrics(m: &mut Exposition, s: &ShellStats) {
     m.gauge("ws_clients", "Open /ws/market connections.", s.ws_clients as f64);
     m.counter("ws_frames_in_total", "WebSocket frames received from clients.", s.ws_frames_in);
     m.counter("ws_frames_out_total", "WebSocket frames written to clients.", s.ws_frames_out);
+    let writer = if s.client_writer.is_empty() { "epoll" } else { s.client_writer };
+    m.family("client_writer", "gauge", "How client frames are written: io_uring (--io-uring, kernel permitting) or epoll.");
+    m.sample("client_writer", &[("kind", writer)], 1.0);
+    m.counter("ws_uring_sends_total", "Client sends submitted through io_uring (--io-uring).", s.ws_uring_sends);
     m.counter("ws_bytes_out_total", "WebSocket bytes written to clients, as sent (compressed or not, frame heads included).", s.ws_bytes_out);
     let d = &s.ws_deflate;
     m.counter(

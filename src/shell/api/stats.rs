@@ -46,6 +46,10 @@ pub struct ShellStats {
     pub ws_protocol_errors: u64,
     /// HTTP connections dropped (408) for not completing a request in time.
     pub http_request_timeouts: u64,
+    /// How client frames are written: `io_uring` (`--io-uring`) or `epoll` (empty reads as epoll).
+    pub client_writer: &'static str,
+    /// Client sends submitted through io_uring (`--io-uring`).
+    pub ws_uring_sends: u64,
     /// Clients are served over TLS (`--tls-cert`/`--tls-key`).
     pub client_tls: bool,
     /// TLS client connections that ended before their handshake completed.

@@ -12,6 +12,7 @@
 //! - [`transport`]: the byte stream under all of them, plain TCP or rustls.
 //! - [`stream_driver`]: one outgoing TCP connection for a sans-IO protocol
 //!   machine (PostgreSQL store, Redis bus), reconnecting with backoff.
+//! - [`uring_writer`]: `--io-uring`, many sockets' sends batched through one io_uring.
 //! - [`tls_server`]: TLS for clients, the rustls server configuration loaded
 //!   from `--tls-cert`/`--tls-key`.
 //!
@@ -26,5 +27,6 @@ pub mod tls_client;
 pub mod tls_server;
 pub mod transport;
 pub mod upstream;
+pub mod uring_writer;
 pub mod url;
 pub mod ws_conn;

@@ -4,7 +4,9 @@
 //! Reads frames into messages under the size limit, answers pings and the
 //! peer's close, writes the engine's frames (compressed ones taken from the
 //! shared [`DeflateCache`]) with one write per batch, and runs our side of the
-//! close handshake.
+//! close handshake. Under `--io-uring` the shell may queue a batch instead
+//! (`queue_frames`): the bytes stay here, the event loop sends them through
+//! the ring before the turn ends and reports the result (`uring_sent`).
 //!
 //! Owns: the bytes in flight of one client. Never decides what to answer (the
 //! engine does) and never blocks. The exchange side keeps tungstenite.
@@ -68,6 +70,10 @@ pub struct WsConn {
     written: usize,
     /// Bytes the socket took since the shell last asked (`take_bytes_sent`).
     bytes_sent: u64,
+    /// The unwritten bytes wait for the event loop's io_uring send this turn:
+    /// nothing is written directly until it reports (`uring_sent`), so bytes
+    /// queued meanwhile (a pong) go out behind them.
+    uring_queued: bool,
 }
 
 impl WsConn {
@@ -99,6 +105,7 @@ impl WsConn {
             write_buf: Vec::new(),
             written: 0,
             bytes_sent: 0,
+            uring_queued: false,
         }
     }
 
@@ -196,6 +203,7 @@ impl WsConn {
             }
             Event::Pong => {}
             Event::Close(close) => {
+                self.uring_queued = false;
                 if self.closing_since.is_none() {
                     // Echo the code (RFC 6455 §5.5.1), best effort: the shell drops the socket next.
                     let payload = close.as_ref().map(|(code, _)| code.to_be_bytes().to_vec()).unwrap_or_default();
@@ -215,6 +223,67 @@ impl WsConn {
     /// negotiated compression gets each frame's shared compressed form when
     /// compressing pays.
     pub fn send_frames(&mut self, frames: &[bytes::Bytes], cache: &mut DeflateCache) -> bool {
+        self.encode_frames(frames, cache);
+        self.flush()
+    }
+
+    /// Like `send_frames`, but the bytes wait for the event loop's io_uring
+    /// send (`pending_for_uring`, then `uring_sent`) instead of a write now.
+    pub fn queue_frames(&mut self, frames: &[bytes::Bytes], cache: &mut DeflateCache) {
+        self.encode_frames(frames, cache);
+        self.uring_queued = true;
+    }
+
+    /// The socket and the bytes a queued io_uring send is to carry (None if
+    /// nothing is queued: the client closed or wrote directly meanwhile).
+    pub fn pending_for_uring(&self) -> Option<(std::os::unix::io::RawFd, &[u8])> {
+        if !self.uring_queued || self.written >= self.write_buf.len() {
+            return None;
+        }
+        Some((self.raw_fd()?, &self.write_buf[self.written..]))
+    }
+
+    /// The plain TCP socket (None over TLS: rustls must see every byte).
+    pub fn raw_fd(&self) -> Option<std::os::unix::io::RawFd> {
+        use std::os::unix::io::AsRawFd;
+        match &self.stream {
+            Transport::Plain(tcp) => Some(tcp.as_raw_fd()),
+            Transport::Tls(_) => None,
+        }
+    }
+
+    /// The io_uring send of the queued bytes completed with `res` (bytes
+    /// taken, or `-errno`). A short send or EINTR writes the rest directly;
+    /// EAGAIN leaves it for the writable path. False when the socket failed.
+    pub fn uring_sent(&mut self, res: i32) -> bool {
+        self.uring_queued = false;
+        if res >= 0 {
+            self.written += res as usize;
+            self.bytes_sent += res as u64;
+            return self.flush();
+        }
+        if res == -libc::EAGAIN {
+            self.flush_pending = true;
+            return true;
+        }
+        if res == -libc::EINTR {
+            return self.flush();
+        }
+        false
+    }
+
+    /// Whether the bytes wait for the ring.
+    pub fn uring_queued(&self) -> bool {
+        self.uring_queued
+    }
+
+    /// Drops the wait for the ring: what is queued is written directly (the
+    /// ring skips this client). Called before a close frame is queued.
+    pub fn unqueue_uring(&mut self) {
+        self.uring_queued = false;
+    }
+
+    fn encode_frames(&mut self, frames: &[bytes::Bytes], cache: &mut DeflateCache) {
         for f in frames {
             let compressed = match self.deflate {
                 Some(a) => cache.compressed(f, a.max_compressed_message()),
@@ -225,11 +294,14 @@ impl WsConn {
                 None => frame::write_frame(&mut self.write_buf, frame::OP_TEXT, false, f),
             }
         }
-        self.flush()
     }
 
-    /// Writes what is queued; false when the socket failed.
+    /// Writes what is queued; false when the socket failed. While an io_uring
+    /// send is queued this does nothing (the ring carries the bytes in order).
     pub fn flush(&mut self) -> bool {
+        if self.uring_queued {
+            return true;
+        }
         while self.written < self.write_buf.len() {
             match self.stream.write(&self.write_buf[self.written..]) {
                 Ok(0) => return false,
@@ -279,6 +351,7 @@ impl WsConn {
     /// the peer still sends. False once the peer has hung up (or the socket
     /// failed): the connection can go.
     pub fn discard_input(&mut self) -> bool {
+        self.uring_queued = false;
         if !self.flush() {
             return false;
         }
@@ -311,6 +384,8 @@ impl WsConn {
         }
         self.closing_since = Some(now);
         self.discarding = true;
+        // Frames already queued go out (directly) before the close frame.
+        self.uring_queued = false;
         frame::write_frame(&mut self.write_buf, frame::OP_CLOSE, false, &frame::close_payload(code, reason));
         self.flush();
     }

@@ -19,6 +19,7 @@
 //! - `housekeeping`: timeouts, pings, journal flush, store statistics;
 //! - `shutdown`: the signal pipe, graceful shutdown and the exit code;
 //! - `startup`: opening the store (SQLite notes and freqtrade bootstrap, or PostgreSQL) for `new`;
+//! - `uring_writes`: `--io-uring`, the fan-out's client writes batched through io_uring;
 //! - `store_reads`: a PostgreSQL store's socket and pump, and HTTP requests parked for its reads.
 
 mod bus;
@@ -30,6 +31,7 @@ mod shutdown;
 mod startup;
 mod store_reads;
 mod upstreams;
+mod uring_writes;
 mod ws_clients;
 
 use directory::Parked;
@@ -161,6 +163,8 @@ pub struct Server {
     frames: Vec<bytes::Bytes>,
     /// Broadcast frames compressed once for every permessage-deflate client.
     deflate: crate::shell::conn::deflate_cache::DeflateCache,
+    /// `--io-uring` when the kernel allows it; None: epoll writes.
+    uring: Option<uring_writes::UringWrites>,
     shutdown_at: Option<Instant>,
     last_housekeeping: Instant,
     directory: Directory,
@@ -262,6 +266,23 @@ impl Server {
             ..ShellStats::default()
         };
         let logger = Logger::new(cfg.log_level, cfg.log_format);
+        let uring = if cfg.io_uring {
+            match uring_writes::UringWrites::start() {
+                Ok((u, kernel)) => {
+                    let batch = crate::shell::conn::uring_writer::DEFAULT_BATCH;
+                    logger.log(unix_secs(now), LogLevel::Info, &format!("client_writer kind=io_uring {kernel} batch={batch}"));
+                    Some(u)
+                }
+                Err(reason) => {
+                    logger.log(unix_secs(now), LogLevel::Warn, &format!("io_uring_unavailable reason={reason:?}"));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let mut stats = stats;
+        stats.client_writer = if uring.is_some() { "io_uring" } else { "epoll" };
         for line in bootstrapped {
             logger.log(unix_secs(now), LogLevel::Info, &line);
         }
@@ -307,6 +328,7 @@ impl Server {
             pending_inputs: VecDeque::new(),
             frames: Vec::new(),
             deflate: Default::default(),
+            uring,
             shutdown_at: None,
             last_housekeeping: mono,
             directory: Directory::new(DirectoryConfig {
@@ -507,6 +529,8 @@ impl Server {
                 | Output::BusRefused { .. }) => self.offer_bus(bus),
             }
         }
+        // `--io-uring`: the clients queued while the outputs were carried out.
+        self.flush_uring();
     }
 
     /// Carries the engine's store effects out, in order, for at most one

@@ -103,7 +103,7 @@ impl Server {
         self.update_ws_interest(key);
     }
 
-    fn update_ws_interest(&mut self, key: usize) {
+    pub(super) fn update_ws_interest(&mut self, key: usize) {
         if let Some(Conn::Ws(w)) = self.conns.get_mut(key) {
             if w.flush_pending == w.registered_writable {
                 return; // unchanged: no syscall
@@ -159,13 +159,30 @@ impl Server {
             return;
         }
         self.stats.ws_frames_out += frames.len() as u64;
-        let sent = w.send_frames(frames, &mut self.deflate);
+        // `--io-uring`: all but the first client of a fan-out wait for the ring (`uring_writes`).
+        let mut batch_full = false;
+        let queue = match self.uring.as_mut() {
+            Some(u) => w.uring_queued() || u.should_queue(w.raw_fd().is_some()),
+            None => false,
+        };
+        let sent = if queue {
+            if let (false, Some(u)) = (w.uring_queued(), self.uring.as_mut()) {
+                batch_full = u.push(key, client);
+            }
+            w.queue_frames(frames, &mut self.deflate);
+            true
+        } else {
+            w.send_frames(frames, &mut self.deflate)
+        };
         self.stats.ws_bytes_out += w.take_bytes_sent();
         if !sent {
             self.remove_client_conn(key);
             return;
         }
         self.update_ws_interest(key);
+        if batch_full {
+            self.flush_uring();
+        }
     }
 
     pub(super) fn close_client(&mut self, client: u64, code: u16, reason: &str) {
