@@ -30,7 +30,9 @@
 //!
 //! `cargo bench --bench loopback`; `KLINEGATE_BENCH_QUICK=1` for a smoke run;
 //! `KLINEGATE_BENCH_SERVERS=fake,direct,uring,uring-all,uring-first` chooses
-//! the servers besides the raw epoll writer, which always runs (quick default
+//! the servers besides the raw epoll writer, which always runs
+//! (`klinegate-uring`: `klinegate run --io-uring` on the direct feed, with a
+//! table against `direct`, alias `klinegate`, its epoll writes; quick default
 //! `fake,direct,uring`; full default all five); `KLINEGATE_BENCH_URING_BATCH=B`
 //! (default 1024) sets the batch of the `uring` and `uring-first` rows;
 //! `KLINEGATE_BENCH_SOURCES=N` spreads the clients over 127.0.0.1 … 127.0.0.N;
@@ -93,6 +95,8 @@ const MAX_WARMUPS: i64 = 30;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Server {
     Kg(Feed),
+    /// `klinegate run --io-uring` (direct feed): `klinegate-uring` in KLINEGATE_BENCH_SERVERS.
+    KgUring,
     Raw(Writer),
 }
 
@@ -101,6 +105,7 @@ impl Server {
         match self {
             Server::Kg(Feed::Fake) => "kg/fake".into(),
             Server::Kg(Feed::Direct) => "kg/direct".into(),
+            Server::KgUring => "kg-uring/direct".into(),
             Server::Raw(w) => w.label(),
         }
     }
@@ -124,17 +129,18 @@ fn servers(quick: bool) -> Vec<Server> {
     for name in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let server = match name {
             "fake" => Server::Kg(Feed::Fake),
-            "direct" => Server::Kg(Feed::Direct),
+            "direct" | "klinegate" => Server::Kg(Feed::Direct),
+            "klinegate-uring" => Server::KgUring,
             "raw" | "epoll" => EPOLL,
             "uring" => Server::Raw(Writer::Uring(UringMode { batch, first_direct: false })),
             "uring-all" => Server::Raw(Writer::Uring(UringMode { batch: None, first_direct: false })),
             "uring-first" => Server::Raw(Writer::Uring(UringMode { batch, first_direct: true })),
             other => {
-                println!("note: unknown server {other:?} in KLINEGATE_BENCH_SERVERS (fake, direct, raw, uring, uring-all, uring-first)");
+                println!("note: unknown server {other:?} in KLINEGATE_BENCH_SERVERS (fake, direct, klinegate, klinegate-uring, raw, uring, uring-all, uring-first)");
                 continue;
             }
         };
-        if matches!(server, Server::Raw(Writer::Uring(_))) && uring.is_err() {
+        if matches!(server, Server::Raw(Writer::Uring(_)) | Server::KgUring) && uring.is_err() {
             println!("skip: {} (io_uring unavailable)", server.label());
             continue;
         }
@@ -227,6 +233,7 @@ fn main() {
 fn run_server(server: Server, n: usize, plan: &Plan) -> RunResult {
     match server {
         Server::Kg(feed) => run_klinegate(n, plan, feed),
+        Server::KgUring => run_klinegate_with(n, plan, Feed::Direct, true, |_| {}, |_| {}),
         Server::Raw(writer) => run_raw(n, plan, writer),
     }
 }
@@ -250,6 +257,7 @@ fn profile_run(spec: &str) {
         n,
         &plan,
         Feed::Direct,
+        std::env::var("KLINEGATE_BENCH_PROFILE_URING").is_ok(),
         |live| {
             println!("server_pid={} (measuring in 2 s)", live.child.id());
             toggle(live.child.id(), true);
@@ -355,13 +363,14 @@ enum Feed {
 }
 
 fn run_klinegate(n: usize, plan: &Plan, feed: Feed) -> RunResult {
-    run_klinegate_with(n, plan, feed, |_| {}, |_| {})
+    run_klinegate_with(n, plan, feed, false, |_| {}, |_| {})
 }
 
 fn run_klinegate_with(
     n: usize,
     plan: &Plan,
     feed: Feed,
+    io_uring: bool,
     before_measure: impl FnOnce(&Live),
     after_measure: impl FnOnce(&Live),
 ) -> RunResult {
@@ -369,7 +378,10 @@ fn run_klinegate_with(
     let ex = FakeExchange::start(FakeOptions::spot());
     let direct = DirectFeed::start().expect("direct feed");
     let url = if feed == Feed::Fake { ex.ws_url() } else { direct.url() };
-    let args = server_args(&url);
+    let mut args = server_args(&url);
+    if io_uring {
+        args.push("--io-uring".into());
+    }
     let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut live = Live::start_with(tempfile::tempdir().expect("temp dir"), &arg_refs, wrap_command);
     pin_process(live.child.id(), SERVER_CPU);
@@ -412,7 +424,20 @@ fn run_klinegate_with(
     if live.terminate(exit_wait).is_none() {
         live.kill9();
     }
-    let name = if feed == Feed::Fake { "kg/fake" } else { "kg/direct" };
+    if io_uring {
+        match live.seen_logs.iter().find(|l| l.contains("io_uring_unavailable")) {
+            Some(line) => println!("  note: klinegate --io-uring fell back to epoll: {line}"),
+            None if !live.seen_logs.iter().any(|l| l.contains("client_writer kind=io_uring")) => {
+                println!("  note: klinegate --io-uring did not log its writer")
+            }
+            None => {}
+        }
+    }
+    let name = match (feed, io_uring) {
+        (_, true) => "kg-uring/direct",
+        (Feed::Fake, false) => "kg/fake",
+        (Feed::Direct, false) => "kg/direct",
+    };
     report_run(name, n, &result);
     result
 }
@@ -635,6 +660,31 @@ fn print_tables(rows: &[Row], hops: &[(Feed, f64)], plan: &Plan) {
                 r.last_p(99.0) / raw.last_p(99.0),
                 r.first_p(50.0) / raw.first_p(50.0),
                 r.cpu_us_per_msg() / raw.cpu_us_per_msg()
+            );
+        }
+    }
+    if rows.iter().any(|r| r.get(Server::KgUring).is_some() && r.get(Server::Kg(Feed::Direct)).is_some()) {
+        println!();
+        println!("klinegate --io-uring against klinegate (epoll writes), direct feed, same run, alternated (ratios < 1: io_uring better)");
+        println!("| clients | uring last p50 | uring last p99 | uring first p50 | uring CPU µs/msg | epoll last p50 | epoll last p99 | epoll first p50 | epoll CPU µs/msg | last p50 ratio | last p99 ratio | first p50 ratio | CPU ratio |");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        for row in rows {
+            let (Some(u), Some(e)) = (row.get(Server::KgUring), row.get(Server::Kg(Feed::Direct))) else { continue };
+            println!(
+                "| {} | {:.3} | {:.3} | {:.3} | {:.2} | {:.3} | {:.3} | {:.3} | {:.2} | {:.2}x | {:.2}x | {:.2}x | {:.2}x |",
+                row.n,
+                u.last_p(50.0),
+                u.last_p(99.0),
+                u.first_p(50.0),
+                u.cpu_us_per_msg(),
+                e.last_p(50.0),
+                e.last_p(99.0),
+                e.first_p(50.0),
+                e.cpu_us_per_msg(),
+                u.last_p(50.0) / e.last_p(50.0),
+                u.last_p(99.0) / e.last_p(99.0),
+                u.first_p(50.0) / e.first_p(50.0),
+                u.cpu_us_per_msg() / e.cpu_us_per_msg()
             );
         }
     }
