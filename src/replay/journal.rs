@@ -2,10 +2,13 @@
 //!
 //! A journal is a header line followed by one line per step:
 //! ```text
-//! {"journal":"klinegate","version":1,"start_ns":…,"auto_timers":false,"settings":{…}}
+//! {"journal":"klinegate","version":2,"start_ns":…,"auto_timers":false,"settings":{…}}
 //! {"now":…,"input":{"type":"client_connected","client":1}}
+//! {"now":…,"input":{"type":"upstream_text","conn":1,"json":{"stream":…}}}
 //! {"now":…,"timeout":true}
 //! ```
+//! Version 2 (`journal_v2`) embeds an exchange frame that is a JSON object as
+//! JSON (`"json"`) instead of an escaped string (`"text"`, version 1, still read).
 //! A live recording holds every `handle` (as `input`), every
 //! `handle_timeout` (as `timeout`) and every `take_client_frames` (as
 //! `{"now":…,"take":CLIENT}`, header `recorded_takes`) in the order the shell
@@ -37,7 +40,9 @@ use std::fmt;
 use std::io::{BufRead, Write};
 
 pub const FORMAT: &str = "klinegate";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
+/// The oldest version still read (version 1: frame text only as `"text"`).
+pub const MIN_VERSION: u32 = 1;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Header {
@@ -88,7 +93,7 @@ impl Header {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     pub now: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "super::journal_v2::deserialize_input")]
     pub input: Option<Input>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub timeout: bool,
@@ -132,16 +137,23 @@ impl From<std::io::Error> for JournalError {
 /// Writes a journal as the shell steps the engine.
 pub struct JournalWriter<W: Write> {
     out: W,
+    /// Version 2: frame text that is a JSON object is written as JSON.
+    json_frames: bool,
 }
 
 impl<W: Write> JournalWriter<W> {
     pub fn new(mut out: W, header: &Header) -> std::io::Result<Self> {
         serde_json::to_writer(&mut out, header)?;
         out.write_all(b"\n")?;
-        Ok(JournalWriter { out })
+        Ok(JournalWriter { out, json_frames: header.version >= 2 })
     }
 
     pub fn input(&mut self, now: Timestamp, input: &Input) -> std::io::Result<()> {
+        if let (true, Input::UpstreamText { conn, text }) = (self.json_frames, input) {
+            if super::journal_v2::write_upstream_json(&mut self.out, now.as_nanos(), conn.0, text)? {
+                return Ok(());
+            }
+        }
         let rec = Record { now: now.as_nanos(), input: Some(input.clone()), timeout: false, end: false, take: None };
         serde_json::to_writer(&mut self.out, &rec)?;
         self.out.write_all(b"\n")
@@ -198,11 +210,11 @@ pub struct Replayer<W: Write> {
 pub fn read_header(line: &str) -> Result<Header, JournalError> {
     let header: Header = serde_json::from_str(line)
         .map_err(|e| JournalError::Parse { line: 1, message: format!("invalid header: {e}") })?;
-    if header.journal != FORMAT || header.version != VERSION {
+    if header.journal != FORMAT || !(MIN_VERSION..=VERSION).contains(&header.version) {
         return Err(JournalError::Parse {
             line: 1,
             message: format!(
-                "not a klinegate v{VERSION} journal (journal={:?}, version={})",
+                "not a klinegate v{MIN_VERSION}..v{VERSION} journal (journal={:?}, version={})",
                 header.journal, header.version
             ),
         });
@@ -357,20 +369,23 @@ impl<W: Write> Replayer<W> {
     }
 }
 
-/// The common record — an exchange frame — parsed without serde's buffering
+/// The common record — an exchange frame, either version — parsed without serde's buffering
 /// of internally tagged enums (most of a large replay's parse time). Any
 /// other shape, or anything unexpected, falls back to the full parser.
 /// Works on the line's bytes: only the frame text needs UTF-8 validation, and
 /// it gets it once, after unescaping.
-fn parse_upstream_text_fast(line: &[u8]) -> Option<Record> {
+pub(super) fn parse_upstream_text_fast(line: &[u8]) -> Option<Record> {
     let rest = line.strip_prefix(b"{\"now\":")?;
     let (now, rest) = split_at_comma(rest)?;
     let rest = rest.strip_prefix(b"\"input\":{\"type\":\"upstream_text\",\"conn\":")?;
     let (conn, rest) = split_at_comma(rest)?;
-    let text = rest.strip_prefix(b"\"text\":")?.strip_suffix(b"}}")?;
+    let text = match rest.strip_prefix(b"\"json\":") {
+        Some(json) => super::journal_v2::embedded_text(json.strip_suffix(b"}}")?)?,
+        None => unescape_simple(rest.strip_prefix(b"\"text\":")?.strip_suffix(b"}}")?)?,
+    };
     Some(Record {
         now: ascii_number(now)?,
-        input: Some(Input::UpstreamText { conn: ConnId(ascii_number(conn)?), text: unescape_simple(text)? }),
+        input: Some(Input::UpstreamText { conn: ConnId(ascii_number(conn)?), text }),
         timeout: false,
         end: false,
         take: None,
@@ -515,7 +530,27 @@ pub fn replay<R: BufRead, W: Write>(
 /// `BufRead::lines` strips them); false at the end of the input.
 fn read_line<R: BufRead>(reader: &mut R, buf: &mut Vec<u8>) -> std::io::Result<bool> {
     buf.clear();
-    if reader.read_until(b'\n', buf)? == 0 {
+    // `read_until`, with memchr's vectorised search for the newline.
+    loop {
+        let available = match reader.fill_buf() {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if available.is_empty() {
+            break;
+        }
+        let (take, done) = match memchr::memchr(b'\n', available) {
+            Some(at) => (at + 1, true),
+            None => (available.len(), false),
+        };
+        buf.extend_from_slice(&available[..take]);
+        reader.consume(take);
+        if done {
+            break;
+        }
+    }
+    if buf.is_empty() {
         return Ok(false);
     }
     if buf.last() == Some(&b'\n') {
