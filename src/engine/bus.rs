@@ -61,6 +61,15 @@ impl Engine {
         self.outputs.push_back(Output::BusForming { series_id, candle: *candle });
     }
 
+    /// Bit `t`: derived target `t` of the job is in `which` (`t + 1`) and its
+    /// forming updates have a receiver, a subscribed client or the bus (bits
+    /// past 63 would always count as received).
+    pub(super) fn forming_receivers(&self, derived: &[SeriesIdx], which: &[usize]) -> u64 {
+        let bus = self.role() == Role::Ingest;
+        let received = |t: usize, idx: SeriesIdx| bus || !self.series.get(idx).subscribers.is_empty() || t >= 64;
+        derived.iter().enumerate().filter(|(t, idx)| which.contains(&(t + 1)) && received(*t, **idx)).fold(0, |m, (t, _)| m | 1u64 << t.min(63))
+    }
+
     fn bus_series(&mut self, what: &str, raw: &str) -> Option<SeriesIdx> {
         if self.role() != Role::Read {
             self.log(LogLevel::Warn, format!("bus_input_ignored kind={what} role={} series_id={raw}", self.role()));

@@ -206,16 +206,22 @@ impl Engine {
             self.hub.publish_forming_ext(base, &latest, ext, &self.series, &mut self.outputs, &mut self.counters);
             self.bus_publish_forming(base, &latest);
         }
-        let Some(job) = self.jobs.get_mut(&job_idx) else { return };
+        let Some(job) = self.jobs.get(&job_idx) else { return };
         if which.last().is_none_or(|i| *i == 0) {
             return;
         }
-        let Some(fold) = job.fold.as_mut() else { return };
+        // A target nobody receives (no client, no bus) is neither built nor sent.
+        let received = self.forming_receivers(&job.derived, which);
+        let Some(fold) = self.jobs.get_mut(&job_idx).and_then(|j| j.fold.as_mut()) else { return };
         self.scratch.clear();
-        fold.on_base_forming(&latest, &mut self.scratch);
+        fold.on_base_forming_where(&latest, |t| received & (1u64 << t.min(63)) != 0, &mut self.scratch);
         let scratch = std::mem::take(&mut self.scratch);
         for (target, candle) in &scratch {
             if which.contains(&(target + 1)) {
+                if received & (1u64 << (*target).min(63)) == 0 {
+                    self.settle_fanout(); // what its publish would have done
+                    continue;
+                }
                 let Some(series) = self.jobs.get(&job_idx).map(|j| j.derived[*target]) else { continue };
                 let ext = if self.hub.wants_full(series) { self.forming_ext(job_idx, series, candle.candle_time) } else { None };
                 self.hub.publish_forming_ext(series, candle, ext, &self.series, &mut self.outputs, &mut self.counters);

@@ -422,7 +422,7 @@ impl Engine {
     /// [`Engine::next_wake`].
     #[must_use = "the shell sleeps until this deadline, then calls handle_timeout"]
     pub fn poll_timeout(&self) -> Option<Timestamp> {
-        self.next_wake().map(|w| w.at)
+        self.earliest_deadline().map(|(at, _)| at)
     }
 
     /// The next thing the shell must do. A deferred forming fan-out
