@@ -18,4 +18,5 @@ pub mod hosted;
 pub mod exchange;
 pub mod journal;
 mod journal_v2;
+mod json_check;
 pub mod sim;
