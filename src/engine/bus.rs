@@ -36,14 +36,11 @@ pub(super) struct BusBook {
     remote: BTreeSet<(String, String)>,
 }
 
-impl Engine {
-    fn role(&self) -> Role {
-        self.cfg.supervisor.role
-    }
-
+/// What the jobs publish also leaves for the bus (ingest role).
+impl super::job::Ctx<'_> {
     /// Ingest role: a stored, published set of closes goes to the bus too.
     pub(super) fn bus_publish_closed(&mut self, idx: SeriesIdx, candles: &[Candle]) {
-        if self.role() != Role::Ingest || candles.is_empty() {
+        if self.cfg.supervisor.role != Role::Ingest || candles.is_empty() {
             return;
         }
         self.counters.bus_closed_out += candles.len() as u64;
@@ -53,7 +50,7 @@ impl Engine {
 
     /// Ingest role: a forming update goes to the bus (at most once).
     pub(super) fn bus_publish_forming(&mut self, idx: SeriesIdx, candle: &Candle) {
-        if self.role() != Role::Ingest {
+        if self.cfg.supervisor.role != Role::Ingest {
             return;
         }
         self.counters.bus_forming_out += 1;
@@ -65,9 +62,15 @@ impl Engine {
     /// forming updates have a receiver, a subscribed client or the bus (bits
     /// past 63 would always count as received).
     pub(super) fn forming_receivers(&self, derived: &[SeriesIdx], which: &[usize]) -> u64 {
-        let bus = self.role() == Role::Ingest;
+        let bus = self.cfg.supervisor.role == Role::Ingest;
         let received = |t: usize, idx: SeriesIdx| bus || !self.series.get(idx).subscribers.is_empty() || t >= 64;
         derived.iter().enumerate().filter(|(t, idx)| which.contains(&(t + 1)) && received(*t, **idx)).fold(0, |m, (t, _)| m | 1u64 << t.min(63))
+    }
+}
+
+impl Engine {
+    fn role(&self) -> Role {
+        self.cfg.supervisor.role
     }
 
     fn bus_series(&mut self, what: &str, raw: &str) -> Option<SeriesIdx> {
