@@ -9,7 +9,7 @@
 
 /// Deeper values are refused here (and left to serde_json, whose limit, 128,
 /// counts from the root of the whole journal line).
-pub(super) const MAX_DEPTH: u32 = 100;
+pub(super) const MAX_DEPTH: u32 = 64;
 
 /// Whether `b` is one JSON value, with optional whitespace around it. Bytes
 /// past 0x7f are accepted inside strings only; UTF-8 is the caller's check.
@@ -18,8 +18,9 @@ pub(super) fn is_one_value(b: &[u8]) -> bool {
 }
 
 fn check(b: &[u8]) -> Option<()> {
-    // Bit `d` of `objects`: the container at depth `d + 1` is an object.
-    let mut objects: u128 = 0;
+    // Bit 0 of `objects`: the innermost open container is an object (one
+    // bit a level, so at most 64 levels: `MAX_DEPTH`).
+    let mut objects: u64 = 0;
     let mut depth = 0u32;
     let mut i = skip_ws(b, 0);
     'value: loop {
@@ -30,7 +31,7 @@ fn check(b: &[u8]) -> Option<()> {
                     return None;
                 }
                 let object = open == b'{';
-                objects = (objects << 1) | u128::from(object);
+                objects = (objects << 1) | u64::from(object);
                 i = skip_ws(b, i + 1);
                 let close = if object { b'}' } else { b']' };
                 if *b.get(i)? == close {
@@ -78,6 +79,7 @@ fn check(b: &[u8]) -> Option<()> {
 }
 
 /// A member's key at `i`, its colon, and the whitespace up to its value.
+#[inline(always)]
 fn key(b: &[u8], i: usize) -> Option<usize> {
     let i = skip_ws(b, string_end(b, i)?);
     (*b.get(i)? == b':').then(|| skip_ws(b, i + 1))
@@ -85,6 +87,10 @@ fn key(b: &[u8], i: usize) -> Option<usize> {
 
 #[inline(always)]
 fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    // Most tokens follow each other with no whitespace: one compare for those.
+    if b.get(i).is_some_and(|c| *c > b' ') {
+        return i;
+    }
     while let Some(b' ' | b'\n' | b'\t' | b'\r') = b.get(i) {
         i += 1;
     }
@@ -129,11 +135,13 @@ static STOPS_A_STRING: [bool; 256] = {
     t
 };
 
+#[inline(always)]
 fn literal(b: &[u8], i: usize, word: &[u8]) -> Option<usize> {
     (b.get(i..i + word.len())? == word).then_some(i + word.len())
 }
 
 /// The index past the number at `i`: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
+#[inline(always)]
 fn number_end(b: &[u8], mut i: usize) -> Option<usize> {
     let digits = |b: &[u8], mut i: usize| -> Option<usize> {
         let start = i;
