@@ -13,7 +13,7 @@ use crate::model::{Candle, Market, SeriesId};
 use crate::wire::binance::{self, Frame, FrameError, KlineEvent};
 
 impl Engine {
-    pub(super) fn on_upstream_text(&mut self, conn: u64, text: &str) {
+    pub(super) fn on_upstream_text(&mut self, conn: super::ConnId, text: &str) {
         if !self.pool.knows_conn(conn) {
             return;
         }
