@@ -357,7 +357,7 @@ impl Harness {
     /// Takes the client's queued frames and checks them in order.
     fn deliver(&mut self, client: u64) {
         self.frames.clear();
-        let budget = self.clients.get(&client).map_or(Input::WRITE_ALL, |c| c.budget);
+        let budget = self.clients.get(&client).map_or(Input::WRITE_ALL, |c| c.budget).max(1);
         hosted::write_client(&mut self.engine, ClientId(client), budget, self.now, &mut self.frames);
         let frames = std::mem::take(&mut self.frames);
         for f in &frames {
@@ -436,8 +436,12 @@ impl Harness {
         if !self.clients.contains_key(&client) {
             return;
         }
-        // What was queued before this message belongs before its effects.
+        // What was queued before this message belongs before its effects:
+        // written whole (a write at a time of the client's budget).
         self.deliver(client);
+        while self.engine.client_queued_bytes(ClientId(client)) > 0 {
+            self.deliver(client);
+        }
         if let Ok(ClientRequest::Subscribe { series_id, .. }) = parse_request(text) {
             if let (Some(id), Some(model)) = (canonical(&series_id), self.clients.get_mut(&client)) {
                 // A re-subscribe is the one thing that may move a cursor back.
