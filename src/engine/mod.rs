@@ -12,8 +12,10 @@
 //!   [`Engine::next_wake`] says which part of the engine it is for.
 //!
 //! Call order: after every `handle`/`handle_timeout`, drain `poll_output`
-//! before the next mutation. Time never goes backwards: the engine keeps the
-//! maximum `now` it was given.
+//! before the next mutation — except `ClientWritable`, which the shell may hand
+//! in while draining (on `ClientReady`): it changes only that client's queue
+//! and does not settle a deferred fan-out. Time never goes backwards: the
+//! engine keeps the maximum `now` it was given.
 //!
 //! Architecture invariants (checked by `tests/fixtures.rs` and clippy.toml): nothing here
 //! reads a clock, the environment, randomness (only the seeded [`Rng`]),
