@@ -172,9 +172,10 @@ fn stalled_client_is_closed_while_others_keep_receiving() {
     let n: i64 = 60_000;
     let t0 = minute_ms() - (n + 10) * 60_000;
     let last = (t0 + (n - 1) * 60_000) / 1000;
-    // The healthy client reads concurrently, as a real one does.
+    // The healthy client reads concurrently, as a real one does. The wait is a bound,
+    // not a measure: a debug build on loaded shared cores needed ~45 s once.
     let reader = std::thread::spawn(move || {
-        let got = healthy.until(40 * SEC, |f| f["candle"]["candle_time"] == last);
+        let got = healthy.until(120 * SEC, |f| f["candle"]["candle_time"] == last);
         got.iter().filter(|f| f["type"] == "candle_closed").count()
     });
     let started = Instant::now();
