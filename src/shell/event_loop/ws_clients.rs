@@ -18,6 +18,11 @@ use crate::engine::{ClientId, Input, LogLevel};
 use crate::shell::conn::client::{WsConn, WsRead};
 use mio::{Interest, Token};
 
+/// Writes of what the engine still holds for a client before its close
+/// frame (a queue is bounded by the backlog limit plus a catch-up page: a few
+/// writes of `WRITE_BUDGET`).
+const MAX_WRITES_AT_CLOSE: usize = 64;
+
 impl Server {
     /// The 101 response is written: the socket becomes a WebSocket client.
     pub(super) fn upgrade(&mut self, key: usize) {
@@ -177,6 +182,19 @@ impl Server {
     pub(super) fn close_client(&mut self, client: u64, code: u16, reason: &str) {
         let Some(&key) = self.clients.get(&client) else { return };
         self.log(LogLevel::Info, &format!("client_close client={client} code={code} reason={reason:?}"));
+        // What the engine still holds for it goes out before the close frame
+        // too, a budget at a time while the socket takes it (a shutdown close
+        // comes in the same turn as the last publish).
+        let mut frames = std::mem::take(&mut self.frames);
+        for _ in 0..MAX_WRITES_AT_CLOSE {
+            let open = matches!(self.conns.get(key), Some(Conn::Ws(w)) if !w.flush_pending && w.closing_since.is_none());
+            if !open || self.engine.client_queued_bytes(ClientId(client)) == 0 {
+                break;
+            }
+            self.take_and_write(client, &mut frames);
+        }
+        self.frames = frames;
+        let Some(&key) = self.clients.get(&client) else { return };
         if let Some(Conn::Ws(w)) = self.conns.get_mut(key) {
             // Frames already taken go out before the close frame.
             w.close(code, reason, self.mono);
