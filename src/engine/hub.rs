@@ -16,12 +16,11 @@
 //! it, and a client's catch-up bytes in memory stay under the low-water mark
 //! plus one page.
 //!
-//! Writing is an input: `Input::ClientWritable { client, budget }` moves
-//! frames from the front of the client's queue, in order, into its outbox
-//! until `budget` bytes are staged (at least one frame when the outbox is
-//! empty), and `poll_client` hands them out. What stays queued still
-//! coalesces and still counts against the backlog limit; a moved frame no
-//! longer does. `ClientReady` is emitted when an empty queue gets a frame:
+//! Writing is an input: `Input::ClientWritable { client, budget }` releases
+//! frames from the front of the client's queue, in order, until `budget`
+//! bytes are staged (at least one frame when none is), and `poll_client`
+//! hands them out. What is not released still coalesces and still counts
+//! against the backlog limit; a released frame no longer does. `ClientReady` is emitted when an empty queue gets a frame:
 //! after a partial write the shell asks again ([`Hub::queued_bytes`] > 0).
 //!
 //! The hub owns its subscriber index: the client slots subscribed to each
@@ -138,10 +137,11 @@ struct ClientSession {
     id: ClientId,
     subs: BTreeMap<SeriesIdx, Subscription>,
     queue: VecDeque<QueuedFrame>,
-    /// Frames moved out of `queue` by `ClientWritable`, for `poll_client`
-    /// (bounded by one write budget plus one frame).
-    outbox: VecDeque<Frame>,
-    outbox_bytes: usize,
+    /// The first `staged` frames of `queue` were released by `ClientWritable`
+    /// for `poll_client` (`staged_bytes` of them: one write budget plus one
+    /// frame at most); they are never replaced, dropped or counted again.
+    staged: usize,
+    staged_bytes: usize,
     /// Sequence number of `queue.front()`.
     front_seq: u64,
     queued_bytes: usize,
@@ -182,6 +182,9 @@ impl ClientSession {
 
     fn replace(&mut self, seq: u64, bytes: Frame) -> bool {
         let Some(pos) = seq.checked_sub(self.front_seq) else { return false };
+        if (pos as usize) < self.staged {
+            return false; // released to the shell
+        }
         match self.queue.get_mut(pos as usize) {
             Some(slot) => {
                 self.queued_bytes = self.queued_bytes - slot.bytes.len() + bytes.len();
@@ -268,8 +271,8 @@ impl Hub {
             id: client,
             subs: BTreeMap::new(),
             queue: VecDeque::new(),
-            outbox: VecDeque::new(),
-            outbox_bytes: 0,
+            staged: 0,
+            staged_bytes: 0,
             front_seq: 0,
             queued_bytes: 0,
             catchup_bytes: 0,
@@ -580,8 +583,8 @@ impl Hub {
         }
         session.closing = true;
         counters.slow_consumer_closes += 1;
-        counters.queue_drops += session.queue.len() as u64;
-        session.queue.clear();
+        counters.queue_drops += (session.queue.len() - session.staged) as u64;
+        session.queue.truncate(session.staged);
         session.queued_bytes = 0;
         session.catchup_bytes = 0;
         let (code, reason) = SLOW_CONSUMER_CLOSE;
@@ -590,25 +593,25 @@ impl Hub {
         // until then nothing more is queued for this client (`closing`).
     }
 
-    /// `Input::ClientWritable`: moves frames from the front of the client's
-    /// queue into its outbox, in order, while fewer than `budget` bytes are
-    /// staged there (so one frame at least when the outbox is empty and
-    /// `budget > 0`). What stays queued keeps coalescing and counting against
-    /// the backlog limit. A drained queue may ask for the next catch-up page.
+    /// `Input::ClientWritable`: releases frames from the front of the
+    /// client's queue, in order, while fewer than `budget` bytes are staged
+    /// (so one frame at least when none is and `budget > 0`). What is not
+    /// released keeps coalescing and counting against the backlog limit. A
+    /// drained queue may ask for the next catch-up page.
     pub fn writable(&mut self, client: ClientId, budget: usize, series: &SeriesTable, out: &mut VecDeque<Output>) {
         let Some(slot) = self.by_id.get(&client).copied() else { return };
         let Some(session) = self.slots[slot].as_mut() else { return };
-        while session.outbox_bytes < budget {
-            let Some(q) = session.queue.pop_front() else { break };
-            session.front_seq += 1;
-            session.queued_bytes -= q.bytes.len();
+        while session.staged_bytes < budget {
+            let Some(q) = session.queue.get(session.staged) else { break };
+            let len = q.bytes.len();
             if q.catchup {
-                session.catchup_bytes -= q.bytes.len();
+                session.catchup_bytes -= len;
             }
-            session.outbox_bytes += q.bytes.len();
-            session.outbox.push_back(q.bytes);
+            session.queued_bytes -= len;
+            session.staged += 1;
+            session.staged_bytes += len;
         }
-        if session.queue.is_empty() {
+        if session.staged == session.queue.len() {
             session.ready_signalled = false;
             for sub in session.subs.values_mut() {
                 sub.forming_seq = None;
@@ -617,13 +620,18 @@ impl Hub {
         self.pump(slot, series, out);
     }
 
-    /// The next frame `writable` staged for the client, in queue order.
+    /// The next frame `writable` released for the client, in queue order.
     pub fn poll_client(&mut self, client: ClientId) -> Option<Frame> {
         let slot = *self.by_id.get(&client)?;
         let session = self.slots[slot].as_mut()?;
-        let frame = session.outbox.pop_front()?;
-        session.outbox_bytes -= frame.len();
-        Some(frame)
+        if session.staged == 0 {
+            return None;
+        }
+        let q = session.queue.pop_front()?;
+        session.staged -= 1;
+        session.staged_bytes -= q.bytes.len();
+        session.front_seq += 1;
+        Some(q.bytes)
     }
 
     pub fn queued_bytes(&self, client: ClientId) -> usize {
