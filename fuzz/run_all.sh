@@ -15,7 +15,7 @@ cd "$(dirname "$0")"
 secs="${1:?usage: run_all.sh SECONDS [TARGET...]}"
 shift
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(binance_frame client_message journal http_request engine_ops dns_response)
+[ ${#targets[@]} -eq 0 ] && targets=(binance_frame client_message journal http_request engine_ops dns_response ws_frames)
 jobs="${JOBS:-1}"
 export RUSTC_BOOTSTRAP=1
 # -s none: the crate is safe Rust, so AddressSanitizer costs speed for little;
@@ -35,6 +35,7 @@ run_one() {
     http_request) dict="-dict=http.dict" ;;
     engine_ops) ;;
     dns_response) maxlen=1024 ;;
+    ws_frames) ;;
     journal) dict="-dict=json.dict"; maxlen=16384 ;;
     *) dict="-dict=json.dict" ;;
   esac

@@ -56,7 +56,7 @@ fn drain(e: &mut Hosted<MemoryStore>, now: Timestamp, conns: &mut Vec<(u64, Mark
 /// The same symbol and interval on spot and on futures have the same Binance
 /// stream name (`ethusdt@kline_1m`), and the engine routes exchange frames by
 /// stream name alone (`Engine::stream_jobs: HashMap<String, SeriesIdx>`,
-/// src/engine/jobs.rs `on_kline` / `start_job`), ignoring the connection's
+/// src/engine/jobs.rs `on_kline` / `start_job`, now `job/frames.rs` and `job/lifecycle.rs`), ignoring the connection's
 /// market; the upstream pool does the same (`UpstreamPool::attach` returns
 /// early when `stream_market` already holds the name, src/engine/upstream.rs).
 /// With both series subscribed: no futures connection is ever opened (the

@@ -36,14 +36,11 @@ pub(super) struct BusBook {
     remote: BTreeSet<(String, String)>,
 }
 
-impl Engine {
-    fn role(&self) -> Role {
-        self.cfg.supervisor.role
-    }
-
+/// What the jobs publish also leaves for the bus (ingest role).
+impl super::job::Ctx<'_> {
     /// Ingest role: a stored, published set of closes goes to the bus too.
     pub(super) fn bus_publish_closed(&mut self, idx: SeriesIdx, candles: &[Candle]) {
-        if self.role() != Role::Ingest || candles.is_empty() {
+        if self.cfg.supervisor.role != Role::Ingest || candles.is_empty() {
             return;
         }
         self.counters.bus_closed_out += candles.len() as u64;
@@ -53,12 +50,18 @@ impl Engine {
 
     /// Ingest role: a forming update goes to the bus (at most once).
     pub(super) fn bus_publish_forming(&mut self, idx: SeriesIdx, candle: &Candle) {
-        if self.role() != Role::Ingest {
+        if self.cfg.supervisor.role != Role::Ingest {
             return;
         }
         self.counters.bus_forming_out += 1;
         let series_id = self.series.get(idx).id.as_str().to_string();
         self.outputs.push_back(Output::BusForming { series_id, candle: *candle });
+    }
+}
+
+impl Engine {
+    fn role(&self) -> Role {
+        self.cfg.supervisor.role
     }
 
     fn bus_series(&mut self, what: &str, raw: &str) -> Option<SeriesIdx> {

@@ -89,7 +89,7 @@ impl Engine {
         let p = PendingSub { client, idx, id, since, supports_batch, full, unsupported, counted };
         // Whether to hold for a heal depends on what the store holds.
         let needs_bounds = p.unsupported.is_some()
-            || self.native_applies(&p.id)
+            || super::job::native::applies(&self.cfg, &self.supervisor, &p.id)
             || (self.cfg.heal.enabled && since.is_some_and(|s| s > 0));
         if needs_bounds {
             let query = crate::store::StoreQuery::Bounds { series_id: p.id.as_str().to_string() };
@@ -119,10 +119,10 @@ impl Engine {
         let first = bounds.and_then(|(first, _)| first);
         // A derived series' own history comes from the exchange's klines of
         // its interval; anything else heals its base series.
-        let hold = if self.native_applies(&id) {
-            self.native_fill(&id, since, first)
+        let hold = if super::job::native::applies(&self.cfg, &self.supervisor, &id) {
+            self.with_jobs(|jobs, cx| jobs.native_fill(cx, &id, since, first))
         } else {
-            self.catchup_heal(&id, since, first)
+            self.with_jobs(|jobs, cx| jobs.catchup_heal(cx, &id, since, first))
         };
         let result = self.hub.subscribe(
             client,

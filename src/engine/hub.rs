@@ -227,7 +227,7 @@ pub struct Hub {
     /// Op ids, shared with the rest of the engine (one sequence for every store effect).
     ops: super::store_ops::OpIds,
     /// Catch-up reads in flight: op → client. Lookup only, never iterated.
-    reads: FastMap<u64, ClientId>,
+    reads: FastMap<StoreOp, ClientId>,
     /// Frames of one catch-up page (reused).
     page: Vec<Frame>,
     /// A forming fan-out not yet queued for every subscriber (deferral on).
@@ -480,7 +480,7 @@ impl Hub {
         let op = self.ops.next();
         let query = catchup.query(op, series.get(idx).id.as_str(), self.cfg.catchup_page_candles);
         session.reading = Some((op, idx));
-        self.reads.insert(op.0, client);
+        self.reads.insert(op, client);
         out.push_back(Output::ReadStore { op, query });
     }
 
@@ -497,7 +497,7 @@ impl Hub {
         counters: &mut Counters,
     ) {
         self.settle(series, out, counters);
-        let Some(client) = self.reads.remove(&op.0) else { return };
+        let Some(client) = self.reads.remove(&op) else { return };
         let Some(slot) = self.by_id.get(&client).copied() else { return };
         let Some(session) = self.slots[slot].as_mut() else { return };
         let Some((_, idx)) = session.reading.filter(|(o, _)| *o == op) else { return };

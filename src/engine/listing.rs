@@ -8,7 +8,7 @@
 //!
 //! It owns only these sets and the error text; it never fetches anything,
 //! never reads a clock and never decides what happens to jobs (the engine
-//! does, in `jobs.rs`).
+//! does, in `unlisted.rs` and `job/`).
 
 use crate::model::{Market, SeriesId};
 use std::collections::BTreeSet;

@@ -29,31 +29,27 @@ mod catchup;
 mod counters;
 pub mod derived;
 pub mod guardrail;
-pub mod heal;
 pub mod histogram;
 pub mod hub;
-pub mod ingest;
 pub mod listing;
 pub mod pacer;
 pub mod rate;
 pub mod rest;
 pub mod series;
-mod stall;
 pub mod supervisor;
 pub mod upstream;
 
 pub mod fasthash;
-mod flush;
 mod io;
-mod jobs;
-mod kline_ext;
-mod native;
+pub mod job;
+pub use job::{heal, ingest};
 pub mod reload;
 pub mod retention;
 mod store_ops;
 mod unlisted;
 mod view;
 mod client_requests;
+mod drive;
 mod wake;
 mod window;
 
@@ -68,10 +64,9 @@ use crate::wire::client::{self as wire, ClientRequest, RequestError};
 use crate::rng::Rng;
 use crate::time::{Duration, Timestamp};
 use crate::timer::TimerWheel;
-use flush::WriteQueue;
+use job::Jobs;
 use store_ops::{PendingSub, ReadFor, StoreOps, WriteFor};
 use hub::{Hub, HubConfig, SubscribeError};
-use ingest::Job;
 use series::{SeriesIdx, SeriesTable};
 use std::collections::VecDeque;
 use supervisor::{Effect, SubscribeOutcome, Supervisor, SupervisorConfig};
@@ -100,7 +95,7 @@ pub struct EngineConfig {
     /// `--retention`: old candles pruned in batches (`retention.rs`).
     pub retention: retention::RetentionConfig,
     /// Keep the whole kline (quote volume, trades, taker-buy volumes) of
-    /// closes and store it with them (`kline_ext.rs`).
+    /// closes and store it with them (`job/kline_ext.rs`).
     pub full_klines: bool,
 }
 
@@ -128,7 +123,7 @@ enum TimerKey {
 pub enum RestPurpose {
     /// One page of a job's heal, asking for open times up to `page_end`.
     Heal { job: SeriesIdx, page_end: i64 },
-    /// One page of a derived series' history in its own interval (`native.rs`).
+    /// One page of a derived series' history in its own interval (`job/native.rs`).
     Native { series: SeriesIdx, page_end: i64 },
 }
 
@@ -147,40 +142,22 @@ pub struct Engine {
     hub: Hub,
     supervisor: Supervisor,
     pool: UpstreamPool,
-    /// Ingest jobs by base series.
-    jobs: series::IdxMap<Job>,
-    /// Job of each exchange stream, per market (spot and USD-M share stream
-    /// names). Lookup only, never iterated.
-    stream_jobs: [fasthash::FastMap<fasthash::NameKey, SeriesIdx>; 2],
+    /// The ingest jobs, their write queue, heals and fills (`job/`).
+    jobs: Jobs,
     timers: TimerWheel<TimerKey>,
-    /// Flushes from made to published (`flush.rs`).
-    writes: WriteQueue,
     /// Store effects in flight and what each is for (`store_ops.rs`).
     store_ops: StoreOps,
-    /// Jobs whose buffers flush at the end of this step (`TimerKey::FlushAll`).
-    /// Non-empty exactly while the FlushAll timer is armed.
-    flush_pending: std::collections::BTreeSet<SeriesIdx>,
-    /// The stall-check timer and its deadline (see `stall.rs`).
-    stall_timer: Option<(Timestamp, crate::timer::TimerId)>,
     rest: rest::RestScheduler<RestPurpose>,
     /// Symbols each market lists (or refused), handed in by the shell.
     listings: listing::Listings,
-    /// Running fills of derived series from the exchange's own intervals.
-    native: std::collections::BTreeMap<SeriesIdx, native::NativeFill>,
-    heal_retry_at: Option<Timestamp>,
     rest_calls: Vec<rest::RestCall>,
     outputs: VecDeque<Output>,
     counters: Counters,
     effects: Vec<Effect>,
     pool_events: Vec<PoolEvent>,
     fired: Vec<(Timestamp, TimerKey)>,
-    scratch: Vec<(usize, Candle)>,
-    /// Throttles that emit for the current forming update (reused).
-    emit_scratch: Vec<usize>,
     /// Retention passes and their figures (`retention.rs`).
     retention: retention::Retention,
-    /// The whole kline of recent closes and derived buckets (`kline_ext.rs`).
-    kline_ext: kline_ext::ExtTable,
     shut_down: bool,
     /// Demand across nodes (`bus.rs`).
     bus: bus::BusBook,
@@ -202,27 +179,18 @@ impl Engine {
             pool,
             now,
             series: SeriesTable::default(),
-            jobs: series::IdxMap::new(),
-            stream_jobs: Default::default(),
+            jobs: Jobs::new(&cfg),
             timers: TimerWheel::new(now),
-            writes: WriteQueue::new(cfg.store_backlog_max_candles),
             store_ops,
-            flush_pending: std::collections::BTreeSet::new(),
-            stall_timer: None,
             rest: rest::RestScheduler::new(cfg.rest.clone()),
             listings: listing::Listings::default(),
-            native: std::collections::BTreeMap::new(),
-            heal_retry_at: None,
             rest_calls: Vec::new(),
             outputs: VecDeque::new(),
             counters: Counters::default(),
             effects: Vec::new(),
             pool_events: Vec::new(),
             fired: Vec::new(),
-            scratch: Vec::new(),
-            emit_scratch: Vec::new(),
             retention: retention::Retention::default(),
-            kline_ext: kline_ext::ExtTable::default(),
             shut_down: false,
             bus: bus::BusBook::default(),
             shutdown_done: false,
@@ -325,7 +293,7 @@ impl Engine {
             }
             Input::RestResponse { id, status, body, retry_after_s, used_weight } => {
                 let result = if status == 200 { Ok(body) } else { Err((Some(status), body)) };
-                self.on_rest_done(id.0, Some(status), retry_after_s, used_weight, result);
+                self.on_rest_done(id, Some(status), retry_after_s, used_weight, result);
             }
             Input::StoreRead { op, result } => {
                 self.on_store_read(op, result);
@@ -335,7 +303,7 @@ impl Engine {
             }
             Input::RestFailed { id, reason } => {
                 self.counters.rest_failures += 1;
-                self.on_rest_done(id.0, None, None, None, Err((None, reason)));
+                self.on_rest_done(id, None, None, None, Err((None, reason)));
             }
             Input::SymbolsListed { market, symbols } => {
                 self.on_symbols_listed(market, symbols);
@@ -364,16 +332,16 @@ impl Engine {
 
     fn on_rest_done(
         &mut self,
-        id: u64,
+        id: RestId,
         status: Option<u16>,
         retry_after_s: Option<u64>,
         used_weight: Option<u32>,
         result: Result<String, (Option<u16>, String)>,
     ) {
         let Some((_, purpose)) = self.rest.complete(id, status, retry_after_s, used_weight, self.now) else { return };
-        match purpose {
-            RestPurpose::Heal { job, page_end } => self.on_heal_response(id, job, page_end, result),
-            RestPurpose::Native { series, page_end } => self.on_native_response(id, series, page_end, result),
+        let refused = self.with_jobs(|jobs, cx| jobs.on_rest_done(cx, id, purpose, result));
+        if let Some(job) = refused {
+            self.on_symbol_refused(job);
         }
     }
 
@@ -383,7 +351,7 @@ impl Engine {
         self.rest.pump(self.now, &mut calls);
         for c in calls.drain(..) {
             self.counters.rest_requests += 1;
-            self.outputs.push_back(Output::RestRequest { id: RestId(c.id), market: c.market, path: c.path });
+            self.outputs.push_back(Output::RestRequest { id: c.id, market: c.market, path: c.path });
         }
         self.rest_calls = calls;
     }
@@ -397,20 +365,7 @@ impl Engine {
         self.timers.expire(now, &mut fired);
         for (_, key) in fired.drain(..) {
             self.settle_fanout();
-            match key {
-                TimerKey::Flush(job) => {
-                    if let Some(j) = self.jobs.get_mut(&job) {
-                        j.flush_timer = None;
-                        self.flush_job(job);
-                    }
-                }
-                TimerKey::Forming(job, i) => self.fire_forming(job, i as usize),
-                TimerKey::Watchdog(job) => self.fire_watchdog(job),
-                TimerKey::CloseDue(job) => self.fire_close_due(job),
-                TimerKey::ReleaseHeld(job) => self.release_held(job),
-                TimerKey::FlushAll => self.flush_pending_jobs(),
-                TimerKey::StallCheck => self.fire_stall_check(),
-            }
+            self.with_jobs(|jobs, cx| jobs.on_timer(cx, key));
         }
         self.fired = fired;
         self.settle_fanout();
@@ -422,12 +377,7 @@ impl Engine {
             self.supervisor.on_tick(now, &mut self.effects);
             self.apply_effects();
         }
-        if self.writes.retry_at().is_some_and(|t| t <= now) {
-            self.pump_writes();
-        }
-        if self.heal_retry_at.is_some_and(|t| t <= now) {
-            self.retry_heals();
-        }
+        self.with_jobs(|jobs, cx| jobs.on_timeout(cx));
         self.retention_timeout();
         self.pump_rest();
     }
@@ -484,11 +434,11 @@ impl Engine {
         self.supervisor.shutdown(&mut self.effects);
         self.apply_effects();
         // Jobs the supervisor did not know (none normally) are flushed too.
-        let rest: Vec<SeriesIdx> = self.jobs.keys().copied().collect();
+        let rest: Vec<SeriesIdx> = self.jobs.iter().map(|(idx, _)| *idx).collect();
         for idx in rest {
-            self.stop_job(idx, "shutdown");
+            self.with_jobs(|jobs, cx| jobs.stop_job(cx, idx, "shutdown"));
         }
-        self.retry_writes_now();
+        self.with_jobs(|jobs, cx| jobs.retry_writes_now(cx));
         self.settle_shutdown();
     }
 
@@ -497,7 +447,7 @@ impl Engine {
     /// `1001` and `shutdown_complete` logged (once; candles a failing store
     /// still holds are counted there and in the shell's exit code).
     fn settle_shutdown(&mut self) {
-        if !self.shut_down || self.shutdown_done || self.writes.awaiting_answer() {
+        if !self.shut_down || self.shutdown_done || self.jobs.awaiting_write() {
             return;
         }
         self.shutdown_done = true;
@@ -516,7 +466,7 @@ impl Engine {
     /// Closed candles accepted but not yet persisted and published (buffers
     /// plus the write queue).
     pub fn unpersisted_candles(&self) -> usize {
-        self.writes.candles() + self.jobs.values().map(Job::buffered).sum::<usize>()
+        self.jobs.unpersisted_candles()
     }
 
     /// Store effects emitted and not answered yet.
@@ -550,7 +500,7 @@ impl Engine {
     fn touch_series(&mut self, raw: &str) -> Result<(), String> {
         let id = SeriesId::parse(raw).map_err(|e| e.to_string())?;
         let base = self.supervisor.normalize(&id);
-        if !self.series.lookup(base.as_str()).is_some_and(|i| self.jobs.contains_key(&i)) {
+        if !self.series.lookup(base.as_str()).is_some_and(|i| self.jobs.contains(i)) {
             match self.admit_series(&id) {
                 SubscribeOutcome::Accepted => {
                     // No subscriber holds it: the job idles and is reaped after the TTL.
@@ -565,7 +515,7 @@ impl Engine {
             }
         }
         // A derived series read for the first time fills from its own interval.
-        if self.native_applies(&id) {
+        if job::native::applies(&self.cfg, &self.supervisor, &id) {
             let query = crate::store::StoreQuery::Bounds { series_id: id.as_str().to_string() };
             self.read_store(query, ReadFor::Touch(id));
         }

@@ -5,6 +5,7 @@
 //! by pausing the market. The shell carries out `RestRequest` outputs and
 //! answers with `RestResponse`/`RestFailed` inputs. Never reads a clock.
 
+use super::RestId;
 use crate::model::Market;
 use crate::time::{Duration, Timestamp};
 use std::collections::{BTreeMap, VecDeque};
@@ -35,14 +36,14 @@ impl Default for RestConfig {
 /// A request the shell must perform: `GET <market's REST base><path>`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RestCall {
-    pub id: u64,
+    pub id: RestId,
     pub market: Market,
     pub path: String,
 }
 
 #[derive(Debug)]
 struct Pending<P> {
-    id: u64,
+    id: RestId,
     path: String,
     weight: u32,
     purpose: P,
@@ -61,7 +62,7 @@ pub struct RestScheduler<P> {
     cfg: RestConfig,
     next_id: u64,
     markets: [MarketRest<P>; 2],
-    inflight: BTreeMap<u64, (Market, P)>,
+    inflight: BTreeMap<RestId, (Market, P)>,
     pub requests_sent: u64,
     pub responses_rate_limited: u64,
     /// Weight of the requests sent (our own count, by the endpoint's cost).
@@ -93,12 +94,12 @@ impl<P> RestScheduler<P> {
     }
 
     /// Queues a request; `None` when the market's queue is full.
-    pub fn submit(&mut self, market: Market, path: String, weight: u32, purpose: P) -> Option<u64> {
+    pub fn submit(&mut self, market: Market, path: String, weight: u32, purpose: P) -> Option<RestId> {
         let ms = &mut self.markets[market.index()];
         if ms.queue.len() >= self.cfg.max_queued_per_market {
             return None;
         }
-        let id = self.next_id;
+        let id = RestId(self.next_id);
         self.next_id += 1;
         ms.queue.push_back(Pending { id, path, weight, purpose });
         Some(id)
@@ -143,7 +144,7 @@ impl<P> RestScheduler<P> {
     /// the exchange's own count (`X-MBX-USED-WEIGHT-1M`), trusted when higher.
     pub fn complete(
         &mut self,
-        id: u64,
+        id: RestId,
         status: Option<u16>,
         retry_after_s: Option<u64>,
         used_weight: Option<u32>,

@@ -12,7 +12,7 @@ use super::{ClientId, Engine, LogLevel, Output, StoreOp};
 use crate::model::SeriesId;
 use crate::store::{PersistOutcome, StoreQuery, StoreReadResult, StoreWrite};
 use std::cell::Cell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 
 /// One sequence of op ids for every store effect of one engine (the hub holds
@@ -61,7 +61,7 @@ pub(super) enum ReadFor {
 /// What a pending write is for.
 #[derive(Debug)]
 pub(super) enum WriteFor {
-    /// Entries of the write queue (`flush.rs`), by sequence number.
+    /// Entries of the write queue (`job/flush.rs`), by sequence number.
     Flush(Vec<u64>),
     /// A tool's HTTP ingest: publish once stored, then answer `request`.
     Ingest { request: u64, set: super::series::FlushSet },
@@ -97,6 +97,22 @@ pub(super) struct StoreOps {
 }
 
 impl StoreOps {
+    /// Emits a read and remembers what it is for.
+    pub fn read(&mut self, query: StoreQuery, why: ReadFor, outputs: &mut VecDeque<Output>) -> StoreOp {
+        let op = self.ids.next();
+        self.reads.insert(op, why);
+        outputs.push_back(Output::ReadStore { op, query });
+        op
+    }
+
+    /// Emits a write and remembers what it is for.
+    pub fn write(&mut self, write: StoreWrite, why: WriteFor, outputs: &mut VecDeque<Output>) -> StoreOp {
+        let op = self.ids.next();
+        self.writes.insert(op, why);
+        outputs.push_back(Output::Persist { op, write });
+        op
+    }
+
     /// Reads and writes in flight (a figure; each is bounded by what waits on it).
     pub fn in_flight(&self) -> usize {
         self.reads.len() + self.writes.len()
@@ -125,17 +141,11 @@ impl StoreOps {
 
 impl Engine {
     pub(super) fn read_store(&mut self, query: StoreQuery, why: ReadFor) -> StoreOp {
-        let op = self.store_ops.ids.next();
-        self.store_ops.reads.insert(op, why);
-        self.outputs.push_back(Output::ReadStore { op, query });
-        op
+        self.store_ops.read(query, why, &mut self.outputs)
     }
 
     pub(super) fn write_store(&mut self, write: StoreWrite, why: WriteFor) -> StoreOp {
-        let op = self.store_ops.ids.next();
-        self.store_ops.writes.insert(op, why);
-        self.outputs.push_back(Output::Persist { op, write });
-        op
+        self.store_ops.write(write, why, &mut self.outputs)
     }
 
     pub(super) fn on_store_read(&mut self, op: StoreOp, result: StoreReadResult) {
@@ -154,7 +164,7 @@ impl Engine {
                     StoreReadResult::JobStart(h) => h,
                     _ => crate::store::JobHistory::default(),
                 };
-                self.finish_job_start(idx, history);
+                self.with_jobs(|jobs, cx| jobs.finish_job_start(cx, idx, history));
             }
             ReadFor::Subscribe(p) => {
                 let bounds = match result {
@@ -165,7 +175,7 @@ impl Engine {
             }
             ReadFor::Touch(id) => {
                 if let StoreReadResult::Bounds { first, .. } = result {
-                    self.native_fill(&id, None, first);
+                    self.with_jobs(|jobs, cx| jobs.native_fill(cx, &id, None, first));
                 }
             }
         }
@@ -174,11 +184,14 @@ impl Engine {
     pub(super) fn on_persisted(&mut self, op: StoreOp, result: PersistOutcome) {
         let Some(why) = self.store_ops.writes.remove(&op) else { return };
         match why {
-            WriteFor::Flush(seqs) => self.on_flush_persisted(op, seqs, result),
+            WriteFor::Flush(seqs) => {
+                self.with_jobs(|jobs, cx| jobs.on_flush_persisted(cx, seqs, result));
+                self.settle_shutdown();
+            }
             WriteFor::Ingest { request, set } => {
                 let error = match result {
                     PersistOutcome::Stored { .. } => {
-                        self.publish_set(&set, false);
+                        self.with_jobs(|jobs, cx| jobs.publish_set(cx, &set, false));
                         None
                     }
                     PersistOutcome::Failed(e) => {

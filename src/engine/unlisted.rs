@@ -34,7 +34,7 @@ impl Engine {
 
     /// The exchange answered `-1121` for the job's symbol.
     pub(super) fn on_symbol_refused(&mut self, job: SeriesIdx) {
-        let Some(id) = self.jobs.get(&job).map(|j| j.base_id.clone()) else { return };
+        let Some(id) = self.jobs.get(job).map(|j| j.base_id.clone()) else { return };
         self.listings.refuse(&id);
         self.end_unlisted(job, &unknown_symbol_message(&id));
     }
@@ -42,13 +42,13 @@ impl Engine {
     /// Ends a job whose symbol is not listed: error frame to every subscriber
     /// of its series, subscriptions removed, job stopped (stream unsubscribed).
     fn end_unlisted(&mut self, job: SeriesIdx, msg: &str) {
-        let Some(j) = self.jobs.get_mut(&job) else { return };
+        let Some(j) = self.jobs.get_mut(job) else { return };
         let base_id = j.base_id.clone();
         let mut series = vec![j.base];
         series.extend(j.derived.iter().copied());
         // Nothing will ever fill it: no hole, no ledger entry, no retry.
         j.hole = None;
-        self.sync_gap_ledger(job);
+        self.with_jobs(|jobs, cx| jobs.sync_gap_ledger(cx, job));
         let frame = wire::error_frame("bad_request", msg, None);
         let mut ended = 0;
         for idx in series {
@@ -64,6 +64,6 @@ impl Engine {
         self.supervisor.end_unlisted(&base_id, &mut self.effects);
         self.apply_effects();
         // A job the supervisor did not hold (none normally) stops all the same.
-        self.stop_job(job, "unlisted");
+        self.with_jobs(|jobs, cx| jobs.stop_job(cx, job, "unlisted"));
     }
 }

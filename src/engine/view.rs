@@ -52,7 +52,8 @@ impl Engine {
             obj.insert("unpersisted_candles".into(), self.unpersisted_candles().into());
             let healing: Vec<serde_json::Value> = self
                 .jobs
-                .values()
+                .iter()
+                .map(|(_, j)| j)
                 .map(|j| {
                     serde_json::json!({
                         "series_id": j.base_id.as_str(),
@@ -74,7 +75,7 @@ impl Engine {
         let id = SeriesId::parse(series_id).ok()?;
         let base = self.supervisor.normalize(&id);
         let idx = self.series.lookup(base.as_str())?;
-        self.jobs.get(&idx).map(|j| (j.heal_state.clone(), j.hole.clone()))
+        self.jobs.get(idx).map(|j| (j.heal_state.clone(), j.hole.clone()))
     }
 
     /// Whether `series_id` is serving (for `/health/ready`): its job's stream
@@ -87,7 +88,7 @@ impl Engine {
         let base = self.supervisor.normalize(series_id);
         let stream_live = !self.supervisor.ingest_jobs_enabled()
             || self.supervisor.job(&base).is_some_and(|j| j.state == supervisor::JobState::Running);
-        let job = self.series.lookup(base.as_str()).and_then(|i| self.jobs.get(&i));
+        let job = self.series.lookup(base.as_str()).and_then(|i| self.jobs.get(i));
         let history_filled = !self.cfg.heal.enabled
             || job.is_some_and(|j| !j.lost && j.heal.is_none() && j.heal_state.state != "failed");
         Readiness { stream_live, history_filled }
@@ -130,8 +131,8 @@ impl Engine {
             upstream_reconnects: self.pool.reconnects,
             upstream_rotations: self.pool.rotations,
             unpersisted_candles: self.unpersisted_candles(),
-            store_backlog_candles: self.writes.backlog_candles(),
-            gap_ledger_entries: self.jobs.values().filter(|j| j.hole.is_some()).count(),
+            store_backlog_candles: self.jobs.backlog_candles(),
+            gap_ledger_entries: self.jobs.iter().map(|(_, j)| j).filter(|j| j.hole.is_some()).count(),
         }
     }
 

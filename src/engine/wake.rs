@@ -110,8 +110,8 @@ impl Engine {
             (self.timers.next_deadline(), None),
             (self.pool.next_deadline(), Some(WakeReason::Upstream)),
             (self.supervisor.next_deadline(), Some(WakeReason::Supervisor)),
-            (self.writes.retry_at(), Some(WakeReason::StoreRetry)),
-            (self.heal_retry_at, Some(WakeReason::HealRetry)),
+            (self.jobs.store_retry_at(), Some(WakeReason::StoreRetry)),
+            (self.jobs.heal_retry_at(), Some(WakeReason::HealRetry)),
             (self.rest.next_deadline(), Some(WakeReason::RestBudget)),
             (self.retention.next_deadline(), Some(WakeReason::Retention)),
         ];

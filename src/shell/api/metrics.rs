@@ -126,7 +126,28 @@ fn shell_metrics(m: &mut Exposition, s: &ShellStats) {
     m.gauge("ws_clients", "Open /ws/market connections.", s.ws_clients as f64);
     m.counter("ws_frames_in_total", "WebSocket frames received from clients.", s.ws_frames_in);
     m.counter("ws_frames_out_total", "WebSocket frames written to clients.", s.ws_frames_out);
-    m.counter("ws_bytes_out_total", "WebSocket bytes written to clients.", s.ws_bytes_out);
+    m.counter("ws_bytes_out_total", "WebSocket bytes written to clients, as sent (compressed or not, frame heads included).", s.ws_bytes_out);
+    let d = &s.ws_deflate;
+    m.counter(
+        "ws_deflate_frames_compressed_total",
+        "Frames run through the permessage-deflate compressor (once per frame shared by many clients).",
+        d.frames_compressed,
+    );
+    m.counter(
+        "ws_deflate_frames_sent_total",
+        "Frames sent compressed to permessage-deflate clients.",
+        d.frames_sent_compressed,
+    );
+    m.counter(
+        "ws_deflate_cache_hits_total",
+        "Compressed frames sent from the form another client's send already computed.",
+        d.cache_hits,
+    );
+    m.counter(
+        "ws_deflate_bytes_saved_total",
+        "Payload bytes not sent thanks to permessage-deflate, over every client.",
+        d.bytes_saved,
+    );
     m.counter("upstream_frames_in_total", "Frames read from exchange connections.", s.upstream_frames_in);
     m.gauge("upstream_connected", "Exchange connections currently open.", s.upstream_connected as f64);
     dns_metrics(m, &s.dns);

@@ -18,6 +18,7 @@
 //! error) → route lookup (404) → shared secret (401) → method (405) → the
 //! handler.
 
+use crate::wire::ws::deflate::{self, Accepted};
 use crate::wire::http::{Request, Response};
 use crate::engine::{CandlesReply, Engine, Input};
 use crate::store::Store;
@@ -67,7 +68,8 @@ pub enum Routed {
     /// Write these bytes (a complete `101 Switching Protocols` head); the
     /// connection is a WebSocket from the next byte on (bytes after the
     /// request's `consumed` are already WebSocket frames).
-    Upgrade { response: Vec<u8> },
+    /// `deflate`: the permessage-deflate offer the head accepted, if any.
+    Upgrade { response: Vec<u8>, deflate: Option<crate::wire::ws::deflate::Accepted> },
     /// The market directory answers (`shell::api::markets`), possibly later (its
     /// cache may need a fetch) or as an event stream; these CORS headers go
     /// on whatever it answers.
@@ -183,7 +185,7 @@ pub fn route(req: &Request, engine: &Engine, store: &dyn Store, stats: &ShellSta
             cors: with_cors(Response::empty(200), req, cfg).headers,
         },
         Endpoint::WsMarket => match upgrade(req) {
-            Ok(response) => Routed::Upgrade { response },
+            Ok((response, deflate)) => Routed::Upgrade { response, deflate },
             Err(refusal) => reply(refusal, req, cfg),
         },
     }
@@ -355,8 +357,9 @@ impl CandlesQuery {
 
 // ---------------------------------------------------------------- upgrade
 
-/// Validates an RFC 6455 opening handshake and builds the 101 head.
-fn upgrade(req: &Request) -> Result<Vec<u8>, Response> {
+/// Validates an RFC 6455 opening handshake and builds the 101 head, accepting
+/// permessage-deflate (RFC 7692) when the client offers it in a form we honour.
+fn upgrade(req: &Request) -> Result<(Vec<u8>, Option<Accepted>), Response> {
     if !req.header_has_token("upgrade", "websocket") {
         return Err(Response::error(426, "websocket_upgrade_required").with_header("Upgrade", "websocket"));
     }
@@ -372,10 +375,16 @@ fn upgrade(req: &Request) -> Result<Vec<u8>, Response> {
         return Err(Response::error(400, "invalid Sec-WebSocket-Key (want 16 bytes, base64)"));
     }
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let offers = req.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("sec-websocket-extensions"));
+    let deflate = deflate::negotiate(offers.map(|(_, v)| v.as_str()));
+    let extensions = match deflate {
+        Some(_) => format!("Sec-WebSocket-Extensions: {}\r\n", deflate::ANSWER),
+        None => String::new(),
+    };
     let head = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{extensions}\r\n"
     );
-    Ok(head.into_bytes())
+    Ok((head.into_bytes(), deflate))
 }
 
 /// Base64 of 16 bytes: 22 alphabet characters then `==`.

@@ -336,7 +336,7 @@ fn ws_headers(key: &str) -> Vec<(&str, &str)> {
 #[test]
 fn websocket_upgrade_uses_the_rfc_accept_key() {
     let r = req("GET", "/ws/market", &ws_headers("dGhlIHNhbXBsZSBub25jZQ=="), "");
-    let Routed::Upgrade { response } = route(&r, &engine().engine, &MemoryStore::new(), &ShellStats::default(), &HttpConfig::default()) else {
+    let Routed::Upgrade { response, .. } = route(&r, &engine().engine, &MemoryStore::new(), &ShellStats::default(), &HttpConfig::default()) else {
         panic!("not an upgrade")
     };
     assert_eq!(

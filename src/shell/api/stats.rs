@@ -10,7 +10,10 @@ pub struct ShellStats {
     pub http_requests: u64,
     pub ws_frames_in: u64,
     pub ws_frames_out: u64,
+    /// Bytes the client sockets took (frames as sent: compressed or not, heads included).
     pub ws_bytes_out: u64,
+    /// permessage-deflate: frames compressed, shared, bytes saved.
+    pub ws_deflate: crate::shell::conn::deflate_cache::DeflateCounters,
     pub upstream_frames_in: u64,
     /// Exchange connections open now.
     pub upstream_connected: u64,

@@ -1,6 +1,6 @@
 //! One client socket on the listening port: first an HTTP/1.1 connection
 //! (keep-alive, pipelining), and after a `/ws/market` upgrade a WebSocket
-//! (tungstenite over the non-blocking stream). The stream is a [`Transport`]:
+//! ([`WsConn`], our own RFC 6455 server side with permessage-deflate). The stream is a [`Transport`]:
 //! plain TCP, or a rustls server session when `--tls-cert`/`--tls-key` are
 //! given (its handshake advances as the connection reads and flushes). Owns
 //! the bytes in flight and nothing else: what to answer is decided by
@@ -11,8 +11,9 @@ use crate::shell::conn::transport::{tls_cause, Transport};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
-use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tungstenite::{Message, WebSocket};
+
+/// The WebSocket it becomes after a `/ws/market` upgrade.
+pub use super::ws_conn::{WsConn, WsRead};
 
 /// Most bytes read from one socket per readiness event, for fairness.
 const READ_BUDGET: usize = 256 << 10;
@@ -34,6 +35,8 @@ pub struct HttpConn {
     pub close_after_write: bool,
     /// A 101 response is queued: once it is written the socket becomes a WebSocket.
     pub upgrade_after_write: bool,
+    /// permessage-deflate as the upgrade's answer accepted it.
+    pub ws_deflate: Option<crate::wire::ws::deflate::Accepted>,
     pub last_activity: Instant,
     /// When the first byte of a request not yet complete arrived. A request
     /// must be complete within the idle timeout of this, however steadily its
@@ -62,6 +65,7 @@ impl HttpConn {
             write_buf: Vec::new(),
             close_after_write: false,
             upgrade_after_write: false,
+            ws_deflate: None,
             last_activity: now,
             request_started: None,
             peer_closed: false,
@@ -196,217 +200,6 @@ impl HttpConn {
     /// A TLS connection that has not finished its handshake (never for plain TCP).
     pub fn tls_handshaking(&self) -> bool {
         self.stream.is_handshaking()
-    }
-}
-
-/// What reading a WebSocket produced.
-pub enum WsRead {
-    Text(String),
-    Binary(usize),
-    /// The peer closed, or the connection failed; the reason is for the log.
-    Closed(String),
-    /// The peer broke the protocol or a limit: answer with this close code.
-    /// 1009 a message over the size limit, 1007 invalid UTF-8, 1002 anything
-    /// else RFC 6455 forbids.
-    Fail { code: u16, reason: String },
-}
-
-/// The close a tungstenite read error calls for, or None when the connection
-/// is simply gone (reset, closed) and nothing can be said to the peer.
-fn close_for(e: &tungstenite::Error, max_message: usize) -> Option<(u16, String)> {
-    use tungstenite::error::ProtocolError;
-    match e {
-        tungstenite::Error::Capacity(_) => Some((1009, format!("message too big (max {max_message} bytes)"))),
-        tungstenite::Error::Utf8(_) => Some((1007, "text message is not valid UTF-8".into())),
-        tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
-        tungstenite::Error::Protocol(p) => Some((1002, format!("protocol error: {p}"))),
-        _ => None,
-    }
-}
-
-pub struct WsConn {
-    pub(crate) ws: WebSocket<Transport>,
-    pub peer: SocketAddr,
-    /// Carried over from the HTTP connection it was (see `HttpConn::counted_ip`).
-    pub counted_ip: Option<IpAddr>,
-    pub client: u64,
-    pub last_seen: Instant,
-    pub last_ping: Instant,
-    /// tungstenite holds bytes the socket has not taken yet.
-    pub flush_pending: bool,
-    /// A close was sent; the connection ends once it is flushed or times out.
-    pub closing_since: Option<Instant>,
-    /// Once we sent a close frame the peer's bytes are read and thrown away
-    /// until it hangs up: closing a socket with unread data resets it, and a
-    /// reset can destroy our close frame before the peer reads it. (After a
-    /// protocol failure tungstenite could not parse them anyway, and would
-    /// buffer a too-big frame whole.)
-    pub discarding: bool,
-    write_shut: bool,
-    max_message: usize,
-    /// The interest last registered includes WRITABLE (re-registering costs
-    /// an `epoll_ctl`: only done when this changes).
-    pub registered_writable: bool,
-    /// The read budget ran out with messages possibly left in the buffers: the
-    /// loop reads again without waiting for a readiness event.
-    pub more_to_read: bool,
-}
-
-impl WsConn {
-    pub(crate) fn new(
-        stream: Transport,
-        leftover: Vec<u8>,
-        peer: SocketAddr,
-        client: u64,
-        max_frame: usize,
-        now: Instant,
-    ) -> WsConn {
-        // tungstenite's default read buffer (128 KiB) is filled out to its
-        // capacity on the first read: it was 97% of an idle client's memory.
-        // Client messages are small; 4 KiB grows as a big one needs.
-        let config = WebSocketConfig::default()
-            .read_buffer_size(4096)
-            .max_message_size(Some(max_frame))
-            .max_frame_size(Some(max_frame))
-            .accept_unmasked_frames(false);
-        let ws = WebSocket::from_partially_read(stream, leftover, Role::Server, Some(config));
-        WsConn {
-            ws,
-            peer,
-            counted_ip: None,
-            client,
-            last_seen: now,
-            last_ping: now,
-            flush_pending: false,
-            closing_since: None,
-            discarding: false,
-            write_shut: false,
-            registered_writable: false,
-            more_to_read: false,
-            max_message: max_frame,
-        }
-    }
-
-    /// Reads up to `budget` messages; pings are answered by tungstenite.
-    pub fn read(&mut self, budget: usize, now: Instant, out: &mut Vec<WsRead>) {
-        self.more_to_read = true;
-        for _ in 0..budget {
-            match self.ws.read() {
-                Ok(msg) => {
-                    self.last_seen = now;
-                    match msg {
-                        Message::Text(t) => out.push(WsRead::Text(t.as_str().to_string())),
-                        Message::Binary(b) => out.push(WsRead::Binary(b.len())),
-                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
-                        Message::Close(frame) => {
-                            let why = frame.map_or("no code".to_string(), |f| format!("{} {}", f.code, f.reason));
-                            out.push(WsRead::Closed(format!("peer closed: {why}")));
-                            return;
-                        }
-                    }
-                }
-                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.more_to_read = false;
-                    break;
-                }
-                Err(tungstenite::Error::ConnectionClosed) | Err(tungstenite::Error::AlreadyClosed) => {
-                    out.push(WsRead::Closed("connection closed".into()));
-                    return;
-                }
-                Err(e) => {
-                    out.push(match close_for(&e, self.max_message) {
-                        Some((code, reason)) => WsRead::Fail { code, reason },
-                        None => WsRead::Closed(format!("websocket error: {e}")),
-                    });
-                    return;
-                }
-            }
-        }
-        // A pong queued by a ping must go out even if nothing else is written.
-        self.flush();
-    }
-
-    /// Queues frames (already JSON text) and flushes; false when the socket
-    /// failed. Frames are only taken from the engine while nothing is pending,
-    /// so tungstenite's buffer never grows past one turn's worth.
-    pub fn send_frames(&mut self, frames: &[bytes::Bytes]) -> bool {
-        for f in frames {
-            let Ok(text) = tungstenite::Utf8Bytes::try_from(f.clone()) else { continue };
-            match self.ws.write(Message::Text(text)) {
-                Ok(()) => {}
-                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => return false,
-            }
-        }
-        self.flush()
-    }
-
-    /// Flushes tungstenite's buffer; false when the socket failed.
-    pub fn flush(&mut self) -> bool {
-        match self.ws.flush() {
-            Ok(()) => {
-                self.flush_pending = false;
-                true
-            }
-            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.flush_pending = true;
-                true
-            }
-            Err(tungstenite::Error::ConnectionClosed) => {
-                self.flush_pending = false;
-                true
-            }
-            Err(_) => false,
-        }
-    }
-
-    /// One text frame the shell itself answers with (not from the engine).
-    pub fn ping(&mut self, now: Instant) {
-        self.last_ping = now;
-        let _ = self.ws.write(Message::Ping(tungstenite::Bytes::new()));
-        self.flush();
-    }
-
-    /// While discarding: flushes our close frame, then half-closes our side
-    /// (over TLS: `close_notify` once the close frame's records are out, then
-    /// the TCP half-close once that is out too), and reads and drops whatever
-    /// the peer still sends. False once the peer has hung up (or the socket
-    /// failed): the connection can go.
-    pub fn discard_input(&mut self) -> bool {
-        if !self.flush() {
-            return false;
-        }
-        if !self.flush_pending && !self.write_shut {
-            match self.ws.get_mut().shut_down_write() {
-                Ok(true) => self.write_shut = true,
-                // close_notify is queued behind a full socket: wait until writable.
-                Ok(false) => self.flush_pending = true,
-                Err(_) => return false,
-            }
-        }
-        let mut chunk = [0u8; 16 << 10];
-        let mut total = 0;
-        while total < READ_BUDGET {
-            match self.ws.get_mut().read(&mut chunk) {
-                Ok(0) => return false,
-                Ok(n) => total += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return false,
-            }
-        }
-        true
-    }
-
-    pub fn close(&mut self, code: u16, reason: &str, now: Instant) {
-        if self.closing_since.is_some() {
-            return;
-        }
-        self.closing_since = Some(now);
-        self.discarding = true;
-        let frame = CloseFrame { code: code.into(), reason: reason.to_string().into() };
-        let _ = self.ws.close(Some(frame));
-        self.flush();
     }
 }
 

@@ -1,6 +1,8 @@
 //! One connection each, non-blocking, driven by the event loop.
 //!
 //! - [`client`]: one client socket, HTTP then (after the upgrade) WebSocket.
+//! - [`ws_conn`]: one `/ws/market` WebSocket (our own RFC 6455 + RFC 7692 server side).
+//! - [`deflate_cache`]: broadcast frames compressed once, shared by every client.
 //! - [`upstream`]: one exchange WebSocket (TCP → rustls → tungstenite).
 //! - [`url`]: the `ws(s)://` and `http(s)://` URLs we connect to.
 //! - [`dial`]: a non-blocking connect to the first address that accepts one, and
@@ -16,6 +18,7 @@
 //! Owns: bytes in and out of one socket. Never resolves a name (the shell's
 //! resolver hands addresses in) and never blocks.
 pub mod client;
+pub mod deflate_cache;
 pub mod dial;
 pub mod rest;
 pub mod stream_driver;
@@ -24,3 +27,4 @@ pub mod tls_server;
 pub mod transport;
 pub mod upstream;
 pub mod url;
+pub mod ws_conn;

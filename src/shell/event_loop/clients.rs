@@ -155,6 +155,7 @@ impl Server {
     fn handle_request(&mut self, key: usize, req: crate::wire::http::Request) -> bool {
         self.refresh_store_stats();
         self.refresh_upstream_stats();
+        self.stats.ws_deflate = self.deflate.counters;
         // Parked for PostgreSQL reads: answered by `store_reads` later.
         let Some(routed) = self.route_with_store(key, &req) else { return false };
         let response = match routed {
@@ -198,13 +199,14 @@ impl Server {
                     return false;
                 }
             },
-            Routed::Upgrade { response } => {
+            Routed::Upgrade { response, deflate } => {
                 if self.shutdown_at.is_some() {
                     Response::error(503, "shutting down")
                 } else {
                     if let Some(Conn::Http(h)) = self.conns.get_mut(key) {
                         h.queue(&response);
                         h.upgrade_after_write = true;
+                        h.ws_deflate = deflate;
                     }
                     return true;
                 }
@@ -311,8 +313,8 @@ impl Server {
                 self.release_ip(h.counted_ip);
             }
             Conn::Ws(mut w) => {
-                w.ws.get_mut().say_goodbye();
-                let _ = self.poll.registry().deregister(w.ws.get_mut().tcp_mut());
+                w.stream.say_goodbye();
+                let _ = self.poll.registry().deregister(w.stream.tcp_mut());
                 self.release_ip(w.counted_ip);
                 self.clients.remove(&w.client);
                 self.stats.ws_clients = self.stats.ws_clients.saturating_sub(1);

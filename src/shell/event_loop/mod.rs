@@ -162,6 +162,8 @@ pub struct Server {
     pending_client_reads: Vec<usize>,
     pending_inputs: VecDeque<Input>,
     frames: Vec<bytes::Bytes>,
+    /// Broadcast frames compressed once for every permessage-deflate client.
+    deflate: crate::shell::conn::deflate_cache::DeflateCache,
     shutdown_at: Option<Instant>,
     last_housekeeping: Instant,
     directory: Directory,
@@ -307,6 +309,7 @@ impl Server {
             pending_client_reads: Vec::new(),
             pending_inputs: VecDeque::new(),
             frames: Vec::new(),
+            deflate: Default::default(),
             shutdown_at: None,
             last_housekeeping: mono,
             directory: Directory::new(DirectoryConfig {

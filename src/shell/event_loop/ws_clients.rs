@@ -36,13 +36,14 @@ impl Server {
             h.peer,
             client,
             self.cfg.max_frame_bytes,
+            h.ws_deflate,
             self.mono,
         );
         let entry = self.conns.vacant_entry();
         let new_key = entry.key();
         let mut ws = ws;
         ws.counted_ip = h.counted_ip;
-        let _ = self.poll.registry().reregister(ws.ws.get_mut().tcp_mut(), Token(new_key), Interest::READABLE);
+        let _ = self.poll.registry().reregister(ws.stream.tcp_mut(), Token(new_key), Interest::READABLE);
         entry.insert(Conn::Ws(ws));
         self.clients.insert(client, new_key);
         self.stats.ws_clients += 1;
@@ -68,6 +69,7 @@ impl Server {
                 if writable && !w.flush() {
                     msgs.push(WsRead::Closed("write failed".into()));
                 }
+                self.stats.ws_bytes_out += w.take_bytes_sent();
                 if readable {
                     w.read(CLIENT_READ_BUDGET, mono, &mut msgs);
                     if w.more_to_read {
@@ -117,7 +119,7 @@ impl Server {
             w.registered_writable = w.flush_pending;
             let interest =
                 if w.flush_pending { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
-            let _ = self.poll.registry().reregister(w.ws.get_mut().tcp_mut(), Token(key), interest);
+            let _ = self.poll.registry().reregister(w.stream.tcp_mut(), Token(key), interest);
         }
     }
 
@@ -171,8 +173,9 @@ impl Server {
         }
         let Some(Conn::Ws(w)) = self.conns.get_mut(key) else { return };
         self.stats.ws_frames_out += frames.len() as u64;
-        self.stats.ws_bytes_out += frames.iter().map(|f| f.len() as u64).sum::<u64>();
-        if !w.send_frames(frames) {
+        let sent = w.send_frames(frames, &mut self.deflate);
+        self.stats.ws_bytes_out += w.take_bytes_sent();
+        if !sent {
             self.remove_client_conn(key);
             return;
         }

@@ -21,8 +21,8 @@
 //! Owns that bookkeeping; never touches a store. Off (`full_klines = false`,
 //! e.g. a journal recorded before) it keeps nothing and writes stay as they were.
 
-use super::series::SeriesIdx;
-use super::Engine;
+use crate::engine::series::SeriesIdx;
+use super::{Ctx, Jobs};
 use crate::kline_ext::KlineExt;
 use crate::model::Timeframe;
 use crate::store::{ExtRows, StoreWrite};
@@ -44,7 +44,7 @@ struct Bucket {
 }
 
 #[derive(Debug, Default)]
-pub(super) struct ExtTable {
+pub(in crate::engine) struct ExtTable {
     base: BTreeMap<SeriesIdx, BTreeMap<i64, KlineExt>>,
     /// (base series, derived timeframe in seconds) → the current and the previous bucket.
     sums: BTreeMap<(SeriesIdx, i64), [Option<Bucket>; 2]>,
@@ -109,17 +109,29 @@ impl ExtTable {
     }
 }
 
-impl Engine {
+impl Jobs {
     /// A closed base candle's extra fields, as the exchange sent them.
-    pub(super) fn note_kline_ext(&mut self, job: SeriesIdx, t: i64, ext: Option<KlineExt>) {
-        let Some(ext) = ext.filter(|e| self.cfg.full_klines && e.value_error().is_none()) else { return };
-        let base_tf = self.series.get(job).tf_s;
-        self.kline_ext.note(job, base_tf, t, ext, &self.cfg.supervisor.derived);
+    pub(in crate::engine) fn note_kline_ext(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        job: SeriesIdx,
+        t: i64,
+        ext: Option<KlineExt>,
+    ) {
+        let Some(ext) = ext.filter(|e| cx.cfg.full_klines && e.value_error().is_none()) else { return };
+        let base_tf = cx.series.get(job).tf_s;
+        self.kline_ext.note(job, base_tf, t, ext, &cx.cfg.supervisor.derived);
     }
 
     /// A forming base candle's extra fields, as the exchange sent them.
-    pub(super) fn note_forming_ext(&mut self, job: SeriesIdx, t: i64, ext: Option<KlineExt>) {
-        match ext.filter(|e| self.cfg.full_klines && e.value_error().is_none()) {
+    pub(in crate::engine) fn note_forming_ext(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        job: SeriesIdx,
+        t: i64,
+        ext: Option<KlineExt>,
+    ) {
+        match ext.filter(|e| cx.cfg.full_klines && e.value_error().is_none()) {
             Some(e) => {
                 self.kline_ext.forming.insert(job, (t, e));
             }
@@ -131,31 +143,42 @@ impl Engine {
 
     /// The fields of a forming candle of `idx` (a job's base series or one
     /// of its derived series), opening at `t`, when known.
-    pub(super) fn forming_ext(&self, job: SeriesIdx, idx: SeriesIdx, t: i64) -> Option<KlineExt> {
+    pub(in crate::engine) fn forming_ext(
+        &self,
+        cx: &Ctx<'_>,
+        job: SeriesIdx,
+        idx: SeriesIdx,
+        t: i64,
+    ) -> Option<KlineExt> {
         if idx == job {
             return self.kline_ext.forming.get(&job).filter(|(at, _)| *at == t).map(|(_, e)| *e);
         }
-        let (base_tf, tf) = (self.series.get(job).tf_s, self.series.get(idx).tf_s);
+        let (base_tf, tf) = (cx.series.get(job).tf_s, cx.series.get(idx).tf_s);
         self.kline_ext.derived_forming(job, base_tf, tf, t)
     }
 
     /// The fields of published closes of `idx` (`ext[i]` is `candles[i]`'s),
     /// from what was kept for their write; unknown ones are `None`.
-    pub(super) fn published_ext(&self, idx: SeriesIdx, candles: &[crate::model::Candle]) -> Vec<Option<KlineExt>> {
-        let id = &self.series.get(idx).id;
-        let base = self.supervisor.normalize(id);
+    pub(in crate::engine) fn published_ext(
+        &self,
+        cx: &Ctx<'_>,
+        idx: SeriesIdx,
+        candles: &[crate::model::Candle],
+    ) -> Vec<Option<KlineExt>> {
+        let id = &cx.series.get(idx).id;
+        let base = cx.supervisor.normalize(id);
         if &base == id {
             let known = self.kline_ext.base.get(&idx);
             return candles.iter().map(|c| known.and_then(|k| k.get(&c.candle_time).copied())).collect();
         }
-        let Some(b) = self.series.lookup(base.as_str()) else { return Vec::new() };
-        let (base_tf, tf) = (self.series.get(b).tf_s, self.series.get(idx).tf_s);
+        let Some(b) = cx.series.lookup(base.as_str()) else { return Vec::new() };
+        let (base_tf, tf) = (cx.series.get(b).tf_s, cx.series.get(idx).tf_s);
         candles.iter().map(|c| self.kline_ext.derived(b, base_tf, tf, c.candle_time)).collect()
     }
 
     /// A finished heal's fields (replacing what an earlier heal left).
-    pub(super) fn note_healed_ext(&mut self, job: SeriesIdx, rows: Vec<(i64, KlineExt)>) {
-        if !self.cfg.full_klines {
+    pub(in crate::engine) fn note_healed_ext(&mut self, cx: &mut Ctx<'_>, job: SeriesIdx, rows: Vec<(i64, KlineExt)>) {
+        if !cx.cfg.full_klines {
             return;
         }
         let rows: BTreeMap<i64, KlineExt> = rows.into_iter().filter(|(_, e)| e.value_error().is_none()).collect();
@@ -168,14 +191,14 @@ impl Engine {
 
     /// Attaches the known extra fields of the candles `write` carries (a
     /// healed candle's are handed over, not kept).
-    pub(super) fn attach_kline_ext(&mut self, write: &mut StoreWrite) {
-        if !self.cfg.full_klines {
+    pub(in crate::engine) fn attach_kline_ext(&mut self, cx: &mut Ctx<'_>, write: &mut StoreWrite) {
+        if !cx.cfg.full_klines {
             return;
         }
         for batch in &write.batches {
-            let Some(idx) = self.series.lookup(&batch.series_id) else { continue };
-            let id = &self.series.get(idx).id;
-            let base = self.supervisor.normalize(id);
+            let Some(idx) = cx.series.lookup(&batch.series_id) else { continue };
+            let id = &cx.series.get(idx).id;
+            let base = cx.supervisor.normalize(id);
             let rows: Vec<(i64, KlineExt)> = if &base == id {
                 let known = self.kline_ext.base.get(&idx);
                 let mut healed = self.kline_ext.healed.get_mut(&idx);
@@ -193,8 +216,8 @@ impl Engine {
                 }
                 rows
             } else {
-                let Some(b) = self.series.lookup(base.as_str()) else { continue };
-                let (base_tf, tf) = (self.series.get(b).tf_s, self.series.get(idx).tf_s);
+                let Some(b) = cx.series.lookup(base.as_str()) else { continue };
+                let (base_tf, tf) = (cx.series.get(b).tf_s, cx.series.get(idx).tf_s);
                 batch
                     .candles
                     .iter()

@@ -13,9 +13,11 @@
 //! what is oldest and already accepted; newer holes are healed from the
 //! exchange's REST history once the store is back).
 
-use super::series::FlushSet;
-use super::store_ops::WriteFor;
-use super::{Engine, LogLevel};
+use crate::engine::series::{FlushSet, SeriesIdx};
+use crate::engine::store_ops::WriteFor;
+use crate::engine::TimerKey;
+use super::{Ctx, Jobs};
+use crate::engine::{LogLevel};
 use crate::store::{KeptRows, PersistOutcome, SeriesBatch, StoreWrite};
 use crate::time::{Duration, Timestamp};
 use std::collections::VecDeque;
@@ -200,18 +202,18 @@ impl WriteQueue {
     }
 }
 
-impl Engine {
+impl Jobs {
     /// The write of `set`: base series upsert; a derived series writes
     /// insert-if-absent unless every candle is newer than its newest known
     /// close (a derived bucket, once stored, is never written over — the
     /// first closed value stands, whichever path wrote it).
-    fn to_write(&self, sets: &[&FlushSet]) -> StoreWrite {
+    pub(super) fn to_write(&self, cx: &Ctx<'_>, sets: &[&FlushSet]) -> StoreWrite {
         let mut write = StoreWrite::default();
         for set in sets {
             for (idx, candles) in set.iter() {
-                let entry = self.series.get(*idx);
+                let entry = cx.series.get(*idx);
                 let first = candles.iter().map(|c| c.candle_time).min().unwrap_or(i64::MIN);
-                let derived = self.supervisor.normalize(&entry.id) != entry.id;
+                let derived = cx.supervisor.normalize(&entry.id) != entry.id;
                 if derived && !entry.last_closed.is_some_and(|known| first > known) {
                     write.keep_existing.push(write.batches.len());
                 }
@@ -223,85 +225,160 @@ impl Engine {
 
     /// Queues a flush set: written now (or after the store recovers), then
     /// published in order.
-    pub(super) fn persist_and_publish(&mut self, mut set: FlushSet) {
+    pub(in crate::engine) fn persist_and_publish(&mut self, cx: &mut Ctx<'_>, mut set: FlushSet) {
         set.retain(|(_, c)| !c.is_empty());
         if set.is_empty() {
             return;
         }
-        set.sort_by(|a, b| self.series.get(a.0).id.as_str().cmp(self.series.get(b.0).id.as_str()));
+        set.sort_by(|a, b| cx.series.get(a.0).id.as_str().cmp(cx.series.get(b.0).id.as_str()));
         let n = candles_of(&set);
         if !self.writes.push(set) {
-            self.counters.closed_dropped_backlog_full += n as u64;
-            self.log(LogLevel::Error, format!("store_backlog_full dropped_candles={n}"));
+            cx.counters.closed_dropped_backlog_full += n as u64;
+            cx.log(LogLevel::Error, format!("store_backlog_full dropped_candles={n}"));
             return;
         }
-        self.pump_writes();
+        self.pump_writes(cx);
     }
 
     /// Sends the writes the queue allows (see [`WriteQueue::next_chunk`]).
-    pub(super) fn pump_writes(&mut self) {
-        while let Some(seqs) = self.writes.next_chunk(self.now) {
+    pub(in crate::engine) fn pump_writes(&mut self, cx: &mut Ctx<'_>) {
+        while let Some(seqs) = self.writes.next_chunk(cx.now) {
             let sets: Vec<&FlushSet> =
                 self.writes.entries.iter().filter(|e| seqs.contains(&e.seq)).map(|e| &e.set).collect();
-            let mut write = self.to_write(&sets);
-            self.attach_kline_ext(&mut write);
-            self.write_store(write, WriteFor::Flush(seqs));
+            let mut write = self.to_write(cx, &sets);
+            self.attach_kline_ext(cx, &mut write);
+            cx.write_store(write, WriteFor::Flush(seqs));
             if self.writes.failing {
                 break;
             }
         }
     }
 
-    pub(super) fn on_flush_persisted(&mut self, _op: super::StoreOp, seqs: Vec<u64>, result: PersistOutcome) {
+    pub(in crate::engine) fn on_flush_persisted(&mut self, cx: &mut Ctx<'_>, seqs: Vec<u64>, result: PersistOutcome) {
         match result {
             PersistOutcome::Stored { kept, .. } => {
                 if self.writes.stored(&seqs, kept) {
                     let left = self.writes.backlog_candles();
-                    self.log(LogLevel::Info, format!("store_recovered backlog_candles={left}"));
+                    cx.log(LogLevel::Info, format!("store_recovered backlog_candles={left}"));
                 }
                 while let Some(set) = self.writes.pop_stored() {
-                    self.publish_set(&set, true);
+                    self.publish_set(cx, &set, true);
                 }
-                self.pump_writes();
+                self.pump_writes(cx);
             }
             PersistOutcome::Failed(e) => {
-                self.counters.store_write_errors += 1;
-                if self.writes.failed(&seqs, self.now) {
-                    self.log(LogLevel::Error, format!("store_write_failed error={e:?} action=retry"));
+                cx.counters.store_write_errors += 1;
+                if self.writes.failed(&seqs, cx.now) {
+                    cx.log(LogLevel::Error, format!("store_write_failed error={e:?} action=retry"));
                 } else {
                     let left = self.writes.backlog_candles();
-                    self.log(LogLevel::Warn, format!("store_retry_failed error={e:?} backlog_candles={left}"));
+                    cx.log(LogLevel::Warn, format!("store_retry_failed error={e:?} backlog_candles={left}"));
                 }
             }
         }
-        self.settle_shutdown();
     }
 
     /// Shutdown: a retry waiting for its backoff is sent now.
-    pub(super) fn retry_writes_now(&mut self) {
-        self.writes.retry_now(self.now);
-        self.pump_writes();
+    pub(in crate::engine) fn retry_writes_now(&mut self, cx: &mut Ctx<'_>) {
+        self.writes.retry_now(cx.now);
+        self.pump_writes(cx);
     }
 
     /// Publishes a persisted set. Only exchange-confirmed closes widen the
     /// series' "latest closed" window; a tool's HTTP ingest does not.
-    pub(super) fn publish_set(&mut self, set: &FlushSet, from_exchange: bool) {
-        self.counters.flushes += 1;
+    pub(in crate::engine) fn publish_set(&mut self, cx: &mut Ctx<'_>, set: &FlushSet, from_exchange: bool) {
+        cx.counters.flushes += 1;
         for (idx, candles) in set {
-            self.counters.candles_persisted += candles.len() as u64;
+            cx.counters.candles_persisted += candles.len() as u64;
             if let (true, Some(last)) = (from_exchange, candles.last()) {
-                self.series.note_closed(*idx, last.candle_time);
+                cx.series.note_closed(*idx, last.candle_time);
             }
-            let queued_before = self.frames_queued();
+            let queued_before = cx.frames_queued();
             // The whole kline's fields only for `fields=full` subscribers (#15 §4).
-            let ext = if self.hub.wants_full(*idx) { self.published_ext(*idx, candles) } else { Vec::new() };
-            self.hub.publish_closed_ext(*idx, candles, &ext, &self.series, &mut self.outputs, &mut self.counters);
-            self.bus_publish_closed(*idx, candles);
+            let ext = if cx.hub.wants_full(*idx) { self.published_ext(cx, *idx, candles) } else { Vec::new() };
+            cx.hub.publish_closed_ext(*idx, candles, &ext, cx.series, cx.outputs, cx.counters);
+            cx.bus_publish_closed(*idx, candles);
             if from_exchange {
                 // Base series are jobs; a derived series' frames count with its base's.
-                self.observe_queue_latency(*idx, queued_before);
+                self.observe_queue_latency(cx, *idx, queued_before);
             }
         }
+    }
+
+    /// Flushes a job's closed buffer: dedupe, fold into derived timeframes,
+    /// persist in one transaction, then publish (or keep for retry).
+    pub(in crate::engine) fn flush_job(&mut self, cx: &mut Ctx<'_>, job_idx: SeriesIdx) {
+        let set = self.collect_flush(cx, job_idx);
+        if !set.is_empty() {
+            self.persist_and_publish(cx, set);
+        }
+    }
+
+    /// Flushes every job that asked for it during this step, in ONE store
+    /// transaction: the closes of many series arriving in one loop turn (they
+    /// bunch up right after each minute boundary) cost one commit, not one each.
+    pub(in crate::engine) fn flush_pending_jobs(&mut self, cx: &mut Ctx<'_>) {
+        let jobs = std::mem::take(&mut self.flush_pending);
+        let mut set = Vec::new();
+        for job in jobs {
+            set.extend(self.collect_flush(cx, job));
+        }
+        if !set.is_empty() {
+            self.persist_and_publish(cx, set);
+        }
+    }
+
+    /// Asks for the job's buffer to be flushed at the end of this step.
+    pub(super) fn request_flush(&mut self, cx: &mut Ctx<'_>, job_idx: SeriesIdx) {
+        // The first request of a step arms the one FlushAll timer.
+        if self.flush_pending.is_empty() {
+            cx.timers.insert(cx.now, TimerKey::FlushAll);
+        }
+        self.flush_pending.insert(job_idx);
+    }
+
+    /// Takes a job's buffer for a flush: dedupe, fold into derived timeframes;
+    /// empty while a heal gates it (then a flush timer is armed for the gate).
+    pub(super) fn collect_flush(&mut self, cx: &mut Ctx<'_>, job_idx: SeriesIdx) -> FlushSet {
+        let now = cx.now;
+        let Some(job) = self.jobs.get_mut(&job_idx) else { return Vec::new() };
+        if let Some(t) = job.flush_timer.take() {
+            cx.timers.cancel(t);
+        }
+        if let Some(until) = job.gated(now) {
+            // A heal is running: live candles wait for it (bounded by the gate).
+            if job.buffered() > 0 && !cx.shut_down {
+                job.flush_timer = Some(cx.timers.insert(until, TimerKey::Flush(job_idx)));
+                return Vec::new();
+            }
+        } else if let Some(h) = job.heal.as_mut() {
+            h.gate_until = None; // the gate timed out: live data flows again
+        }
+        let base = job.take_flush(now);
+        if base.is_empty() {
+            return Vec::new();
+        }
+        let mut set = vec![(job.base, Vec::new())];
+        if let Some(fold) = job.fold.as_mut() {
+            self.scratch.clear();
+            fold.on_base_closed(&base, &mut self.scratch);
+            for (target, candle) in self.scratch.drain(..) {
+                let idx = job.derived[target];
+                if let Some(th) = job.throttles.get_mut(target + 1) {
+                    th.closed(candle.candle_time);
+                }
+                match set.iter_mut().find(|(s, _)| *s == idx) {
+                    Some((_, v)) => v.push(candle),
+                    None => set.push((idx, vec![candle])),
+                }
+            }
+        }
+        set[0].1 = base;
+        // Derived candles from a restore may arrive out of order: keep each sorted.
+        for (_, v) in set.iter_mut() {
+            v.sort_by_key(|c| c.candle_time);
+        }
+        set
     }
 }
 

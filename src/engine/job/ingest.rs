@@ -1,11 +1,11 @@
 //! One ingest job per base series: the forming throttle (with a trailing edge,
 //! so the latest forming value is always delivered when the interval ends), the
 //! closed-candle buffer with its flush triggers, and the dedupe/monotonic filter.
-//! The job decides; the engine carries out (store writes, publishing, timers).
+//! The job decides; `Jobs` carries out (store writes, publishing, timers).
 //! Never reads a clock: `now` comes in with every call.
 
-use super::derived::DerivedFold;
-use super::series::SeriesIdx;
+use crate::engine::derived::DerivedFold;
+use crate::engine::series::SeriesIdx;
 use crate::model::{Candle, Market, SeriesId};
 use crate::time::{Duration, Timestamp};
 use crate::timer::TimerId;
@@ -80,7 +80,7 @@ pub struct HealTask {
     /// First open time not fetched yet.
     pub next_from: i64,
     /// The REST request in flight.
-    pub request: Option<u64>,
+    pub request: Option<crate::engine::RestId>,
     pub attempts: u32,
     pub retry_at: Option<Timestamp>,
     /// Live closed candles wait for this heal until then (`None`: no gate).
@@ -160,7 +160,7 @@ pub struct Job {
     /// Late-close watchdog timer.
     pub watchdog: Option<TimerId>,
     /// The last kline frame (or the acknowledgement) of the live stream;
-    /// `None` while the stream is not live. See `engine/stall.rs`.
+    /// `None` while the stream is not live. See `engine/job/stall.rs`.
     pub last_frame_at: Option<Timestamp>,
     /// The clock-armed late-close check (`heal.rs`) and the newest open time
     /// it has checked (candles up to it closed or were fetched).

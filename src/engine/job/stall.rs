@@ -6,40 +6,41 @@
 //! A frame only stamps its job's `last_frame_at` (no timer work per frame);
 //! one engine timer is armed at the earliest possible stall and, when it
 //! fires, every live job is checked and the timer re-armed at the next
-//! earliest deadline. Never reads a clock.
+//! earliest deadline. `Jobs` methods. Never reads a clock.
 
-use super::series::SeriesIdx;
-use super::{Engine, LogLevel, TimerKey};
+use crate::engine::series::SeriesIdx;
+use super::{Ctx, Jobs};
+use crate::engine::{LogLevel, TimerKey};
 
-impl Engine {
+impl Jobs {
     /// The job's stream was acknowledged: its silence is measured from now.
-    pub(super) fn stream_live(&mut self, job: SeriesIdx) {
-        let now = self.now;
+    pub(in crate::engine) fn stream_live(&mut self, cx: &mut Ctx<'_>, job: SeriesIdx) {
+        let now = cx.now;
         if let Some(j) = self.jobs.get_mut(&job) {
             j.last_frame_at = Some(now);
         }
-        self.arm_stall_check(now.add(self.cfg.stream_stall));
+        self.arm_stall_check(cx, now.add(cx.cfg.stream_stall));
     }
 
     /// Arms the one stall-check timer at `at` unless it fires earlier already.
-    fn arm_stall_check(&mut self, at: crate::time::Timestamp) {
-        if self.cfg.stream_stall == crate::time::Duration::ZERO {
+    fn arm_stall_check(&mut self, cx: &mut Ctx<'_>, at: crate::time::Timestamp) {
+        if cx.cfg.stream_stall == crate::time::Duration::ZERO {
             return;
         }
         match self.stall_timer {
             Some((t, _)) if t <= at => {}
             Some((_, id)) => {
-                self.timers.cancel(id);
-                self.stall_timer = Some((at, self.timers.insert(at, TimerKey::StallCheck)));
+                cx.timers.cancel(id);
+                self.stall_timer = Some((at, cx.timers.insert(at, TimerKey::StallCheck)));
             }
-            None => self.stall_timer = Some((at, self.timers.insert(at, TimerKey::StallCheck))),
+            None => self.stall_timer = Some((at, cx.timers.insert(at, TimerKey::StallCheck))),
         }
     }
 
     /// Resubscribes every live stream silent for `stream_stall`; re-arms.
-    pub(super) fn fire_stall_check(&mut self) {
+    pub(in crate::engine) fn fire_stall_check(&mut self, cx: &mut Ctx<'_>) {
         self.stall_timer = None;
-        let (now, stall) = (self.now, self.cfg.stream_stall);
+        let (now, stall) = (cx.now, cx.cfg.stream_stall);
         let mut stalled = Vec::new();
         let mut next: Option<crate::time::Timestamp> = None;
         for (idx, j) in self.jobs.iter() {
@@ -57,15 +58,15 @@ impl Engine {
             // Silence is measured again from the new acknowledgement.
             j.last_frame_at = None;
             let (stream, market, id) = (j.stream.clone(), j.market, j.base_id.to_string());
-            let resubscribed = self.pool.resubscribe(&stream, market, now, &mut self.outputs);
-            self.counters.stream_stalls += 1;
-            self.log(
+            let resubscribed = cx.pool.resubscribe(&stream, market, now, cx.outputs);
+            cx.counters.stream_stalls += 1;
+            cx.log(
                 LogLevel::Warn,
                 format!("stream_stalled series_id={id} stream={stream} silent_s={silent:.3} resubscribed={resubscribed}"),
             );
         }
         if let Some(at) = next {
-            self.arm_stall_check(at);
+            self.arm_stall_check(cx, at);
         }
     }
 }

@@ -10,8 +10,9 @@
 //! cursor is still behind them). Never reads a clock.
 
 use super::ingest::{HealState, HealTask, Hole};
-use super::series::SeriesIdx;
-use super::{Engine, LogLevel, RestPurpose, TimerKey};
+use crate::engine::series::SeriesIdx;
+use super::{Ctx, Jobs};
+use crate::engine::{LogLevel, RestId, RestPurpose, TimerKey};
 use crate::model::Candle;
 use crate::wire::binance::rest;
 use crate::store::LedgerChange;
@@ -44,40 +45,48 @@ impl Default for HealConfig {
     }
 }
 
-impl Engine {
+impl Jobs {
     /// The newest candle that must be closed by now for this job's timeframe.
-    fn latest_closed_for(&self, job: SeriesIdx) -> Option<i64> {
+    fn latest_closed_for(&self, cx: &Ctx<'_>, job: SeriesIdx) -> Option<i64> {
         let tf = self.jobs.get(&job)?.base_id.timeframe();
-        Some(tf.expected_latest_closed(self.now.as_secs()))
+        Some(tf.expected_latest_closed(cx.now.as_secs()))
     }
 
     /// Heal at job start: from the stored head, or the first-visit depth.
-    pub(super) fn heal_on_start(&mut self, job: SeriesIdx, head: Option<i64>) {
-        let Some(latest) = self.latest_closed_for(job) else { return };
+    pub(in crate::engine) fn heal_on_start(&mut self, cx: &mut Ctx<'_>, job: SeriesIdx, head: Option<i64>) {
+        let Some(latest) = self.latest_closed_for(cx, job) else { return };
         let Some(tf) = self.jobs.get(&job).map(|j| j.base_id.timeframe().seconds()) else { return };
         let from = match head {
             Some(h) => h + tf,
-            None => latest - (self.cfg.heal.first_visit_candles.max(1) as i64 - 1) * tf,
+            None => latest - (cx.cfg.heal.first_visit_candles.max(1) as i64 - 1) * tf,
         };
         let reason = if head.is_some() { "restart" } else { "first_visit" };
-        self.start_heal(job, from, latest, reason, true);
+        self.start_heal(cx, job, from, latest, reason, true);
     }
 
     /// Heal after the stream came back: from the newest closed candle known.
-    pub(super) fn heal_on_reconnect(&mut self, job: SeriesIdx) {
-        let Some(latest) = self.latest_closed_for(job) else { return };
+    pub(in crate::engine) fn heal_on_reconnect(&mut self, cx: &mut Ctx<'_>, job: SeriesIdx) {
+        let Some(latest) = self.latest_closed_for(cx, job) else { return };
         let Some(j) = self.jobs.get(&job) else { return };
         let from = j.newest_closed().saturating_add(j.base_id.timeframe().seconds());
-        self.start_heal(job, from, latest, "reconnect", true);
+        self.start_heal(cx, job, from, latest, "reconnect", true);
     }
 
     /// Starts (or widens) a heal of `[from, to]` (open times, seconds).
-    pub(super) fn start_heal(&mut self, job: SeriesIdx, from: i64, to: i64, reason: &'static str, gate: bool) {
-        if !self.cfg.heal.enabled {
+    pub(in crate::engine) fn start_heal(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        job: SeriesIdx,
+        from: i64,
+        to: i64,
+        reason: &'static str,
+        gate: bool,
+    ) {
+        if !cx.cfg.heal.enabled {
             return;
         }
-        let now = self.now;
-        let max = self.cfg.heal.max_candles as i64;
+        let now = cx.now;
+        let max = cx.cfg.heal.max_candles as i64;
         let Some(j) = self.jobs.get_mut(&job) else { return };
         let tf = j.base_id.timeframe().seconds();
         let from = from.max(to - (max - 1) * tf).max(tf);
@@ -106,7 +115,7 @@ impl Engine {
                     request: None,
                     attempts: 0,
                     retry_at: None,
-                    gate_until: gate.then(|| now.add(self.cfg.heal.gate_timeout)),
+                    gate_until: gate.then(|| now.add(cx.cfg.heal.gate_timeout)),
                     reason,
                     rows: Vec::new(),
                     ext: Vec::new(),
@@ -119,28 +128,28 @@ impl Engine {
             // The flush waits for the heal, but never past the gate timeout.
             if let Some(t) = j.heal.as_ref().and_then(|h| h.gate_until) {
                 if let Some(old) = j.flush_timer.take() {
-                    self.timers.cancel(old);
+                    cx.timers.cancel(old);
                 }
                 if j.buffered() > 0 {
-                    j.flush_timer = Some(self.timers.insert(t, TimerKey::Flush(job)));
+                    j.flush_timer = Some(cx.timers.insert(t, TimerKey::Flush(job)));
                 }
             }
         }
         if let Some(line) = started {
-            self.counters.heals_started += 1;
-            self.log(LogLevel::Info, line);
+            cx.counters.heals_started += 1;
+            cx.log(LogLevel::Info, line);
         }
         if ledger {
-            self.sync_gap_ledger(job);
+            self.sync_gap_ledger(cx, job);
         }
-        self.request_next_page(job);
+        self.request_next_page(cx, job);
     }
 
     /// Sends the next page of a job's heal, if none is in flight.
-    fn request_next_page(&mut self, job: SeriesIdx) {
+    fn request_next_page(&mut self, cx: &mut Ctx<'_>, job: SeriesIdx) {
         let Some(j) = self.jobs.get_mut(&job) else { return };
         let Some(task) = j.heal.as_mut() else { return };
-        if task.request.is_some() || task.retry_at.is_some_and(|t| self.now < t) {
+        if task.request.is_some() || task.retry_at.is_some_and(|t| cx.now < t) {
             return;
         }
         let tf = j.base_id.timeframe();
@@ -153,29 +162,37 @@ impl Engine {
         let symbol = rest::symbol_from_stream(&j.stream);
         let path = rest::klines_path(j.market, &symbol, tf, task.next_from, page_end, limit);
         let weight = rest::klines_weight(j.market, limit);
-        match self.rest.submit(j.market, path, weight, RestPurpose::Heal { job, page_end }) {
+        match cx.rest.submit(j.market, path, weight, RestPurpose::Heal { job, page_end }) {
             Some(id) => task.request = Some(id),
-            None => task.retry_at = Some(self.now.add(Duration::from_secs(5))),
+            None => task.retry_at = Some(cx.now.add(Duration::from_secs(5))),
         }
     }
 
-    /// A heal page came back (or failed): keep its closed rows, go on, or finish.
-    pub(super) fn on_heal_response(&mut self, id: u64, job: SeriesIdx, page_end: i64, result: Result<String, (Option<u16>, String)>) {
-        let now = self.now;
-        let max_attempts = self.cfg.heal.max_attempts;
-        let Some(j) = self.jobs.get_mut(&job) else { return };
+    /// A heal page came back (or failed): keep its closed rows, go on, or
+    /// finish. Returns the job when the exchange refused its symbol (`-1121`).
+    pub(in crate::engine) fn on_heal_response(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        id: RestId,
+        job: SeriesIdx,
+        page_end: i64,
+        result: Result<String, (Option<u16>, String)>,
+    ) -> Option<SeriesIdx> {
+        let now = cx.now;
+        let max_attempts = cx.cfg.heal.max_attempts;
+        let Some(j) = self.jobs.get_mut(&job) else { return None };
         // A page of a heal that was cancelled (its job stopped, maybe started
         // again since) belongs to no running task.
-        let Some(task) = j.heal.as_mut().filter(|t| t.request == Some(id)) else { return };
+        let Some(task) = j.heal.as_mut().filter(|t| t.request == Some(id)) else { return None };
         task.request = None;
         let tf = j.base_id.timeframe().seconds();
         match result {
             Ok(body) => match rest::parse_klines(&body) {
                 Ok((rows, skipped)) => {
-                    self.counters.rest_rows_skipped += skipped as u64;
+                    cx.counters.rest_rows_skipped += skipped as u64;
                     let forming = j.latest_forming.map(|c| c.candle_time);
                     let now_ms = (now.as_nanos() / 1_000_000) as i64;
-                    let grace_ms = self.cfg.heal.late_close.as_millis() as i64;
+                    let grace_ms = cx.cfg.heal.late_close.as_millis() as i64;
                     let lo = task.next_from;
                     // Only candles whose close is past, inside the page, and older than
                     // the live forming candle are closed: the last row is often still open.
@@ -202,10 +219,14 @@ impl Engine {
                     task.attempts = 0;
                     j.heal_state.progress(now, task.rows.len() as i64);
                     if task.next_from > task.to {
-                        return self.finish_heal(job, None);
+                        self.finish_heal(cx, job, None);
+                        return None;
                     }
                 }
-                Err(e) => return self.heal_failed_attempt(job, None, e, max_attempts),
+                Err(e) => {
+                    self.heal_failed_attempt(cx, job, None, e, max_attempts);
+                    return None;
+                }
             },
             Err((Some(status), body)) if status == 429 || status == 418 => {
                 // The scheduler paused the market; ask again (not an attempt).
@@ -214,19 +235,27 @@ impl Engine {
             Err((Some(status), body)) if (400..500).contains(&status) => {
                 // The exchange refuses this request: retrying won't help. An
                 // unknown symbol also ends the job and its subscriptions.
-                self.finish_heal(job, Some(rest::error_text(status, &body)));
-                if rest::error_code(&body) == Some(rest::INVALID_SYMBOL) {
-                    self.on_symbol_refused(job);
-                }
-                return;
+                self.finish_heal(cx, job, Some(rest::error_text(status, &body)));
+                return (rest::error_code(&body) == Some(rest::INVALID_SYMBOL)).then_some(job);
             }
-            Err((status, reason)) => return self.heal_failed_attempt(job, status, reason, max_attempts),
+            Err((status, reason)) => {
+                self.heal_failed_attempt(cx, job, status, reason, max_attempts);
+                return None;
+            }
         }
-        self.request_next_page(job);
+        self.request_next_page(cx, job);
+        None
     }
 
-    fn heal_failed_attempt(&mut self, job: SeriesIdx, status: Option<u16>, reason: String, max_attempts: u32) {
-        let now = self.now;
+    fn heal_failed_attempt(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        job: SeriesIdx,
+        status: Option<u16>,
+        reason: String,
+        max_attempts: u32,
+    ) {
+        let now = cx.now;
         let Some(task) = self.jobs.get_mut(&job).and_then(|j| j.heal.as_mut()) else { return };
         task.attempts += 1;
         let why = match status {
@@ -234,7 +263,7 @@ impl Engine {
             None => reason,
         };
         if task.attempts >= max_attempts {
-            return self.finish_heal(job, Some(why));
+            return self.finish_heal(cx, job, Some(why));
         }
         let backoff = Duration::from_secs(1u64 << task.attempts.min(6));
         task.retry_at = Some(now.add(backoff));
@@ -243,8 +272,8 @@ impl Engine {
 
     /// Ends a heal: its rows join the job's buffer (or, behind the head, are
     /// written directly), the gate opens, and the buffer is flushed.
-    fn finish_heal(&mut self, job: SeriesIdx, error: Option<String>) {
-        let now = self.now;
+    fn finish_heal(&mut self, cx: &mut Ctx<'_>, job: SeriesIdx, error: Option<String>) {
+        let now = cx.now;
         let Some(j) = self.jobs.get_mut(&job) else { return };
         let Some(task) = j.heal.take() else { return };
         let healed = task.rows.len();
@@ -276,24 +305,24 @@ impl Engine {
             Some(e) => j.heal_state.fail(now, e.clone()),
         }
         let name = j.base_id.to_string();
-        self.counters.candles_healed += healed as u64;
+        cx.counters.candles_healed += healed as u64;
         match &error {
-            None => self.counters.heals_succeeded += 1,
-            Some(_) => self.counters.heals_failed += 1,
+            None => cx.counters.heals_succeeded += 1,
+            Some(_) => cx.counters.heals_failed += 1,
         }
         let line = match &error {
             None => format!("heal_done series_id={name} candles={healed} reason={}", task.reason),
             Some(e) => format!("heal_failed series_id={name} candles={healed} reason={} error={e:?}", task.reason),
         };
-        self.log(if error.is_none() { LogLevel::Info } else { LogLevel::Warn }, line);
-        self.note_healed_ext(job, healed_ext);
+        cx.log(if error.is_none() { LogLevel::Info } else { LogLevel::Warn }, line);
+        self.note_healed_ext(cx, job, healed_ext);
         if !behind.is_empty() {
-            self.write_behind_head(job, behind);
+            self.write_behind_head(cx, job, behind);
         }
         let _ = ahead;
-        self.sync_gap_ledger(job);
-        self.flush_job(job);
-        self.release_held(job);
+        self.sync_gap_ledger(cx, job);
+        self.flush_job(cx, job);
+        self.release_held(cx, job);
     }
 
     /// The job is going away mid-heal (reaped, evicted, shut down, unlisted):
@@ -301,23 +330,23 @@ impl Engine {
     /// end), what it fetched so far joins the job's buffer, and the gate opens
     /// so the job's final flush writes the live candles that waited behind it.
     /// Its in-flight page, if any, is ignored when it comes back (no task).
-    pub(super) fn cancel_heal(&mut self, job: SeriesIdx, why: &str) {
-        let now = self.now;
-        self.rest.cancel_queued(|p| matches!(p, RestPurpose::Heal { job: j, .. } if *j == job));
+    pub(in crate::engine) fn cancel_heal(&mut self, cx: &mut Ctx<'_>, job: SeriesIdx, why: &str) {
+        let now = cx.now;
+        cx.rest.cancel_queued(|p| matches!(p, RestPurpose::Heal { job: j, .. } if *j == job));
         let Some(j) = self.jobs.get_mut(&job) else { return };
         let Some(task) = j.heal.take() else { return };
         let fetched = task.rows.len();
         let (_, behind) = j.absorb_healed(task.rows);
         j.heal_state.fail(now, format!("cancelled: {why}"));
         let line = format!("heal_cancelled series_id={} candles={fetched} reason={} cause={why}", j.base_id, task.reason);
-        self.log(LogLevel::Info, line);
+        cx.log(LogLevel::Info, line);
         if !behind.is_empty() {
-            self.write_behind_head(job, behind);
+            self.write_behind_head(cx, job, behind);
         }
     }
 
     /// Mirrors the job's hole into the store's gap ledger (kept across restarts).
-    pub(super) fn sync_gap_ledger(&mut self, job: SeriesIdx) {
+    pub(in crate::engine) fn sync_gap_ledger(&mut self, cx: &mut Ctx<'_>, job: SeriesIdx) {
         let Some(j) = self.jobs.get(&job) else { return };
         let change = match &j.hole {
             Some(h) => LedgerChange::Put(crate::store::GapRecord {
@@ -326,18 +355,18 @@ impl Engine {
                 to: h.to,
                 reason: if h.error.is_empty() { "pending".to_string() } else { h.error.clone() },
                 attempts: h.attempts,
-                updated_at: self.now.as_secs(),
+                updated_at: cx.now.as_secs(),
             }),
             None => LedgerChange::Delete(j.base_id.as_str().to_string()),
         };
         let write = crate::store::StoreWrite { ledger: vec![change], ..Default::default() };
-        self.write_store(write, super::store_ops::WriteFor::Quiet(super::store_ops::Quiet::GapLedger));
+        cx.write_store(write, crate::engine::store_ops::WriteFor::Quiet(crate::engine::store_ops::Quiet::GapLedger));
     }
 
     /// At job start: a ledger entry left by an earlier run becomes the job's
     /// hole, retried now.
-    pub(super) fn load_gap(&mut self, job: SeriesIdx, g: crate::store::GapRecord) {
-        let now = self.now;
+    pub(in crate::engine) fn load_gap(&mut self, cx: &mut Ctx<'_>, job: SeriesIdx, g: crate::store::GapRecord) {
+        let now = cx.now;
         let Some(j) = self.jobs.get_mut(&job) else { return };
         j.hole = Some(Hole { from: g.from, to: g.to, attempts: g.attempts, retry_at: now, error: g.reason });
         self.heal_retry_at = Some(now);
@@ -348,16 +377,22 @@ impl Engine {
     /// hold that subscription's catch-up until the heal ends. Returns whether
     /// the subscription must be held.
     /// `have_from`: the oldest stored open time of `id`.
-    pub(super) fn catchup_heal(&mut self, id: &crate::model::SeriesId, since: Option<i64>, have_from: Option<i64>) -> bool {
+    pub(in crate::engine) fn catchup_heal(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        id: &crate::model::SeriesId,
+        since: Option<i64>,
+        have_from: Option<i64>,
+    ) -> bool {
         let Some(since) = since else { return false };
-        if !self.cfg.heal.enabled || since <= 0 {
+        if !cx.cfg.heal.enabled || since <= 0 {
             return false;
         }
-        let base = self.supervisor.normalize(id);
-        let Some(job) = self.series.lookup(base.as_str()).filter(|i| self.jobs.contains_key(i)) else { return false };
+        let base = cx.supervisor.normalize(id);
+        let Some(job) = cx.series.lookup(base.as_str()).filter(|i| self.jobs.contains_key(i)) else { return false };
         let base_tf = base.timeframe().seconds();
         let want_from = id.timeframe().bucket_open(since) + id.timeframe().seconds();
-        let Some(latest) = self.latest_closed_for(job) else { return false };
+        let Some(latest) = self.latest_closed_for(cx, job) else { return false };
         let to = have_from.map_or(latest, |f| f - base_tf).min(latest);
         if want_from > to {
             return false;
@@ -367,67 +402,67 @@ impl Engine {
         if j.hole.as_ref().is_some_and(|h| h.from <= want_from && h.to >= to) {
             return false;
         }
-        self.start_heal(job, want_from, to, "catchup", false);
+        self.start_heal(cx, job, want_from, to, "catchup", false);
         let running = self.jobs.get(&job).is_some_and(|j| j.heal.is_some());
         if running {
-            let at = self.now.add(self.cfg.heal.gate_timeout);
-            self.timers.insert(at, TimerKey::ReleaseHeld(job));
+            let at = cx.now.add(cx.cfg.heal.gate_timeout);
+            cx.timers.insert(at, TimerKey::ReleaseHeld(job));
         }
         running
     }
 
     /// Held subscriptions of a job's series (base and derived) get their catch-up.
-    pub(super) fn release_held(&mut self, job: SeriesIdx) {
+    pub(in crate::engine) fn release_held(&mut self, cx: &mut Ctx<'_>, job: SeriesIdx) {
         let Some(j) = self.jobs.get(&job) else { return };
         let mut series = vec![j.base];
         series.extend(j.derived.iter().copied());
-        let now_s = self.now.as_secs();
+        let now_s = cx.now.as_secs();
         for idx in series {
-            self.hub.release_held(idx, now_s, &self.series, &mut self.outputs);
+            cx.hub.release_held(idx, now_s, cx.series, cx.outputs);
         }
     }
 
     /// Healed candles older than what was already published: persisted and
     /// folded into derived timeframes, published to cursors still behind them.
-    fn write_behind_head(&mut self, job: SeriesIdx, candles: Vec<Candle>) {
+    fn write_behind_head(&mut self, cx: &mut Ctx<'_>, job: SeriesIdx, candles: Vec<Candle>) {
         let Some(j) = self.jobs.get_mut(&job) else { return };
         let base_tf = j.base_id.timeframe();
         let mut set = vec![(j.base, candles.clone())];
         // Old history is rolled up directly (the live fold only keeps recent buckets).
         if let Some(fold) = j.fold.as_ref() {
             for (i, target) in fold.targets().iter().enumerate() {
-                let rolled = super::derived::rollup(&candles, base_tf, target.tf());
+                let rolled = crate::engine::derived::rollup(&candles, base_tf, target.tf());
                 if !rolled.is_empty() {
                     set.push((j.derived[i], rolled));
                 }
             }
         }
-        self.persist_and_publish(set);
+        self.persist_and_publish(cx, set);
     }
 
     /// Watchdog: a newer candle is live while an older one never closed.
-    pub(super) fn check_late_close(&mut self, job: SeriesIdx, newest_open: i64) {
-        let now = self.now;
-        let delay = self.cfg.heal.late_close;
+    pub(in crate::engine) fn check_late_close(&mut self, cx: &mut Ctx<'_>, job: SeriesIdx, newest_open: i64) {
+        let now = cx.now;
+        let delay = cx.cfg.heal.late_close;
         let Some(j) = self.jobs.get_mut(&job) else { return };
-        if !self.cfg.heal.enabled || j.heal.is_some() || j.watchdog.is_some() {
+        if !cx.cfg.heal.enabled || j.heal.is_some() || j.watchdog.is_some() {
             return;
         }
         let tf = j.base_id.timeframe().seconds();
         if j.newest_closed() > i64::MIN && newest_open > j.newest_closed() + tf {
-            j.watchdog = Some(self.timers.insert(now.add(delay), TimerKey::Watchdog(job)));
+            j.watchdog = Some(cx.timers.insert(now.add(delay), TimerKey::Watchdog(job)));
         }
     }
 
     /// Arms the clock watchdog at the close of the job's current candle plus
     /// the grace, whatever frames arrive or not (at job start, every candle
     /// before the current one is covered by the start heal).
-    pub(super) fn arm_close_due(&mut self, job: SeriesIdx) {
-        if !self.cfg.heal.enabled {
+    pub(in crate::engine) fn arm_close_due(&mut self, cx: &mut Ctx<'_>, job: SeriesIdx) {
+        if !cx.cfg.heal.enabled {
             return;
         }
-        let grace = self.cfg.heal.late_close;
-        let checked_at = Timestamp(self.now.0.saturating_sub(grace.0));
+        let grace = cx.cfg.heal.late_close;
+        let checked_at = Timestamp(cx.now.0.saturating_sub(grace.0));
         let Some(j) = self.jobs.get_mut(&job) else { return };
         let tf = j.base_id.timeframe();
         let current = tf.bucket_open(checked_at.as_secs());
@@ -435,15 +470,15 @@ impl Engine {
             j.close_checked = current - tf.seconds();
         }
         let at = Timestamp::from_secs((current + tf.seconds()).max(0) as u64).add(grace);
-        j.close_timer = Some(self.timers.insert(at, TimerKey::CloseDue(job)));
+        j.close_timer = Some(cx.timers.insert(at, TimerKey::CloseDue(job)));
     }
 
     /// The clock watchdog: candles that closed `late_close` ago or more and
     /// never arrived (no closing frame, maybe no frame at all) are fetched
     /// over REST, once; then the next candle's close is watched.
-    pub(super) fn fire_close_due(&mut self, job: SeriesIdx) {
-        let grace = self.cfg.heal.late_close;
-        let checked_at = Timestamp(self.now.0.saturating_sub(grace.0));
+    pub(in crate::engine) fn fire_close_due(&mut self, cx: &mut Ctx<'_>, job: SeriesIdx) {
+        let grace = cx.cfg.heal.late_close;
+        let checked_at = Timestamp(cx.now.0.saturating_sub(grace.0));
         let Some(j) = self.jobs.get_mut(&job) else { return };
         j.close_timer = None;
         let tf = j.base_id.timeframe();
@@ -454,14 +489,14 @@ impl Engine {
             j.close_checked = due;
             // A series with no history at all is the start heal's business.
             if newest > i64::MIN && from <= due {
-                self.counters.late_close_fetches += 1;
-                self.start_heal(job, from, due, "late_close", false);
+                cx.counters.late_close_fetches += 1;
+                self.start_heal(cx, job, from, due, "late_close", false);
             }
         }
-        self.arm_close_due(job);
+        self.arm_close_due(cx, job);
     }
 
-    pub(super) fn fire_watchdog(&mut self, job: SeriesIdx) {
+    pub(in crate::engine) fn fire_watchdog(&mut self, cx: &mut Ctx<'_>, job: SeriesIdx) {
         let Some(j) = self.jobs.get_mut(&job) else { return };
         j.watchdog = None;
         let tf = j.base_id.timeframe().seconds();
@@ -469,14 +504,14 @@ impl Engine {
         let from = j.newest_closed().saturating_add(tf);
         let to = newest_open - tf;
         if from <= to {
-            self.counters.late_close_fetches += 1;
-            self.start_heal(job, from, to, "late_close", false);
+            cx.counters.late_close_fetches += 1;
+            self.start_heal(cx, job, from, to, "late_close", false);
         }
     }
 
     /// Retries heals whose backoff passed, and holes whose retry time came.
-    pub(super) fn retry_heals(&mut self) {
-        let now = self.now;
+    pub(in crate::engine) fn retry_heals(&mut self, cx: &mut Ctx<'_>) {
+        let now = cx.now;
         self.heal_retry_at = None;
         let holes: Vec<(SeriesIdx, Hole)> = self
             .jobs
@@ -486,7 +521,7 @@ impl Engine {
             .collect();
         for (job, hole) in holes {
             if hole.retry_at <= now {
-                self.start_heal(job, hole.from, hole.to, "hole_retry", false);
+                self.start_heal(cx, job, hole.from, hole.to, "hole_retry", false);
             } else {
                 self.heal_retry_at = Some(self.heal_retry_at.map_or(hole.retry_at, |t| t.min(hole.retry_at)));
             }
@@ -504,7 +539,7 @@ impl Engine {
                     if let Some(h) = self.jobs.get_mut(&job).and_then(|j| j.heal.as_mut()) {
                         h.retry_at = None;
                     }
-                    self.request_next_page(job);
+                    self.request_next_page(cx, job);
                 }
                 Some(t) => self.heal_retry_at = Some(self.heal_retry_at.map_or(t, |x| x.min(t))),
                 None => {}
