@@ -4,7 +4,7 @@
 //! outputs included). Two queue states: "fresh" (every client drained since
 //! the last update: a push per client) and "coalesce" (nobody drained: the
 //! queued forming frame is replaced in place). The drain the shell does
-//! afterwards (`poll_output` + `take_client_frames` per client) is reported
+//! afterwards (`poll_output` + `ClientWritable` and `poll_client` per client) is reported
 //! separately.
 //!
 //! Checks, not timings: every client gets the frame, the frame is serialized
@@ -100,7 +100,7 @@ fn drain_all(e: &mut Engine, store: &mut MemoryStore, frames: &mut Vec<klinegate
     frames.clear();
     for out in drain(e, store) {
         if let Output::ClientReady { client } = out {
-            e.take_client_frames(client, frames);
+            klinegate::replay::hosted::write_all(e, client, frames);
         }
     }
     frames.len()

@@ -2,24 +2,26 @@
 //! kline frames over 500 streams, spot and futures, forming every ~2 s and a
 //! close per minute, a few subscribed clients) through
 //! `klinegate::replay::journal::replay` into a sink that discards the output lines,
-//! with `MemoryStore` (and, for scale, a temp-file `SqliteStore`). Baseline in
-//! the same run: reading the journal's lines and parsing each into a
-//! `journal::Record` (serde_json), without the engine.
+//! with `MemoryStore` (and, for scale, a temp-file `SqliteStore`). Baselines in
+//! the same run, alternated with it round by round: the same journal written
+//! as version 1 (frame text as escaped strings, what journals were before
+//! version 2 embedded it as JSON) replayed the same way, and reading the
+//! version 1 journal's lines and parsing each into a `journal::Record`
+//! (serde_json), without the engine.
 //!
 //! `cargo bench --bench replay`; `KLINEGATE_BENCH_QUICK=1`: 100,000 frames over
 //! 50 streams. Prints figures; asserts nothing about time. (Full mode takes
 //! about 3 minutes on the 2-core machine: generation plus 3 replays.)
 //! `KLINEGATE_BENCH_KEEP_JOURNAL=FILE` also copies the generated journal to
-//! FILE (to profile `klinegate replay FILE` on it).
+//! FILE and its version 1 form to FILE.v1 (to profile `klinegate replay FILE`).
 //!
-//! `journal::replay` decodes the journal on a second thread while the engine
-//! steps on the calling one: the wall figure needs two free cores to show it,
-//! "on-CPU (this thread)" is the engine's thread alone, and "process CPU" is
-//! what both threads cost together.
+//! `journal::replay` is single-threaded: it reads, decodes and steps the
+//! engine on the calling thread. "on-CPU (this thread)" leaves out the time
+//! the shared machine gave to others.
 
 use std::fs::File;
 use std::hint::black_box;
-use std::io::{self, BufRead, BufReader, BufWriter};
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::path::Path;
 use std::time::Instant;
 
@@ -76,6 +78,30 @@ fn parse_only(path: &Path) -> u64 {
     records
 }
 
+/// The journal at `v2` rewritten as version 1: the header's version, and each
+/// record with embedded frame JSON written by serde (which writes `"text"`).
+fn write_v1(v2: &Path, v1: &Path) -> u64 {
+    let mut out = BufWriter::with_capacity(1 << 16, File::create(v1).expect("v1 journal file"));
+    let mut rewritten = 0;
+    for (i, line) in BufReader::new(File::open(v2).expect("journal")).lines().enumerate() {
+        let line = line.expect("journal line");
+        if i == 0 {
+            let mut header: journal::Header = serde_json::from_str(&line).expect("header");
+            header.version = 1;
+            serde_json::to_writer(&mut out, &header).expect("write");
+        } else if line.contains("\"json\":") {
+            let rec: Record = serde_json::from_str(&line).expect("journal record");
+            serde_json::to_writer(&mut out, &rec).expect("write");
+            rewritten += 1;
+        } else {
+            out.write_all(line.as_bytes()).expect("write");
+        }
+        out.write_all(b"\n").expect("write");
+    }
+    out.flush().expect("write");
+    rewritten
+}
+
 /// Replays the journal into `io::sink()`; the engine's kline count and stats.
 fn replay(path: &Path, store: Box<dyn Store>) -> (u64, journal::ReplayStats) {
     let reader = BufReader::with_capacity(1 << 16, File::open(path).expect("journal"));
@@ -111,25 +137,45 @@ fn main() {
         if quick { " (QUICK mode)" } else { "" }
     );
 
+    let v1_path = dir.path().join("bench.v1.journal");
+    let rewritten = write_v1(&path, &v1_path);
+    let v1_bytes = std::fs::metadata(&v1_path).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "  version 1 copy: {rewritten} frames as escaped strings, {:.0} MB (version 2: {:.0} MB)",
+        v1_bytes as f64 / 1e6,
+        bytes as f64 / 1e6
+    );
+
     if let Ok(keep) = std::env::var("KLINEGATE_BENCH_KEEP_JOURNAL") {
         std::fs::copy(&path, &keep).expect("copy the journal to KLINEGATE_BENCH_KEEP_JOURNAL");
-        println!("  journal kept at {keep}");
+        std::fs::copy(&v1_path, format!("{keep}.v1")).expect("copy the v1 journal");
+        println!("  journal kept at {keep} (version 1: {keep}.v1)");
     }
 
     // (wall, this thread's cpu, process cpu) seconds, best of the rounds.
     let best = |a: (f64, f64, f64), w: f64, c: f64, p: f64| (a.0.min(w), a.1.min(c), a.2.min(p));
     let mut best_parse = (f64::INFINITY, f64::INFINITY, f64::INFINITY);
     let mut best_mem = best_parse;
+    let mut best_v1 = best_parse;
     let mut best_sqlite = best_parse;
     let mut last_stats = None;
     for round in 0..rounds {
-        let (w, c, p, records) = timed(|| parse_only(&path));
+        let (w, c, p, records) = timed(|| parse_only(&v1_path));
         assert_eq!(records, gen.records, "every record parses");
         best_parse = best(best_parse, w, c, p);
-        let (w, c, p, (frames, stats)) = timed(|| replay(&path, Box::new(MemoryStore::new())));
-        assert_eq!(frames, gen.frames, "every frame reaches the engine");
-        best_mem = best(best_mem, w, c, p);
-        last_stats = Some(stats);
+        // Alternated, the order flipped each round: the machine's load hits both.
+        let order = if round % 2 == 0 { [false, true] } else { [true, false] };
+        for v1 in order {
+            let (w, c, p, (frames, stats)) =
+                timed(|| replay(if v1 { &v1_path } else { &path }, Box::new(MemoryStore::new())));
+            assert_eq!(frames, gen.frames, "every frame reaches the engine");
+            if v1 {
+                best_v1 = best(best_v1, w, c, p);
+            } else {
+                best_mem = best(best_mem, w, c, p);
+                last_stats = Some(stats);
+            }
+        }
         // SQLite once per run is enough for scale (it writes a file each time).
         if round == 0 {
             let db = SqliteStore::open(&dir.path().join("replay.db")).expect("sqlite store");
@@ -138,6 +184,8 @@ fn main() {
             best_sqlite = (w, c, p);
         }
     }
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("  machine load (1/5/15 min, /proc/loadavg) at the end: {}", load.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
     let frames = gen.frames as f64;
     let rate = |secs: f64| frames / secs;
     println!(
@@ -145,36 +193,43 @@ fn main() {
         "bench (kline frames/s, wall clock)", "figure", "baseline", "", "ratio", "target", "result"
     );
     let verdict = |x: f64| if x >= TARGET_FRAMES_PER_S { "met" } else { "MISSED" };
-    for (name, secs) in [("replay, MemoryStore, io::sink", best_mem), ("replay, SqliteStore file, io::sink", best_sqlite)] {
+    for (name, secs, base_name, base) in [
+        ("replay v2, MemoryStore, io::sink", best_mem, "same journal as v1, replayed", best_v1),
+        ("replay v2, MemoryStore, io::sink", best_mem, "read + parse v1 Records only", best_parse),
+        ("replay v2, SqliteStore file, io::sink", best_sqlite, "read + parse v1 Records only", best_parse),
+    ] {
         println!(
             "{:<40} {:>12.0}/s {:<30} {:>12.0}/s {:>6.2}x {:>14} {:>7}",
             name,
             rate(secs.0),
-            "read + parse Records only",
-            rate(best_parse.0),
-            rate(secs.0) / rate(best_parse.0),
+            base_name,
+            rate(base.0),
+            rate(secs.0) / rate(base.0),
             ">= 1000000/s",
             verdict(rate(secs.0))
         );
     }
     println!(
-        "  on-CPU time (this thread; the machine is shared): replay {:.0} frames/s, sqlite {:.0} frames/s, \
-         parse-only {:.0} frames/s",
+        "  on-CPU time (this thread; the machine is shared): replay v2 {:.0} frames/s, v1 {:.0} frames/s, \
+         sqlite {:.0} frames/s, parse-only {:.0} frames/s",
         rate(best_mem.1),
+        rate(best_v1.1),
         rate(best_sqlite.1),
         rate(best_parse.1)
     );
     println!(
-        "  process CPU (all threads, 10 ms ticks): replay {:.0} frames per CPU-second, sqlite {:.0}, parse-only {:.0}",
+        "  process CPU (10 ms ticks): replay v2 {:.0} frames per CPU-second, v1 {:.0}, sqlite {:.0}, parse-only {:.0}",
         rate(best_mem.2),
+        rate(best_v1.2),
         rate(best_sqlite.2),
         rate(best_parse.2)
     );
     if let Some(st) = last_stats {
         println!(
-            "  best of {rounds}: replay {:.2} s, parse-only {:.2} s, sqlite {:.2} s (wall); records {} ({:.0}/s), \
-             timeouts fired {}, output lines {}; {:.0} ns/frame replay vs {:.0} ns/frame parse-only (wall)",
+            "  best of {rounds}: replay v2 {:.2} s, v1 {:.2} s, parse-only {:.2} s, sqlite {:.2} s (wall); records {} \
+             ({:.0}/s), timeouts fired {}, output lines {}; {:.0} ns/frame replay vs {:.0} ns/frame parse-only (wall)",
             best_mem.0,
+            best_v1.0,
             best_parse.0,
             best_sqlite.0,
             st.records,

@@ -2,7 +2,7 @@
 //! queued, with one subscriber; forming and closed frames, with the derived
 //! timeframes off and at their defaults (5m,15m,1h,4h,1d). The timed loop is
 //! what the shell does per frame: `handle(UpstreamText)`, drain
-//! `poll_output`, `take_client_frames`. Building the `Input` (an owned String,
+//! `poll_output`, `ClientWritable` + `poll_client`. Building the `Input` (an owned String,
 //! as the WebSocket layer hands it over) is outside the timing.
 //! Baseline in the same run: `parse_frame` on the same frames, so the ratio is
 //! the core's overhead beyond parsing (and `serde_json::Value` for scale).
@@ -81,7 +81,7 @@ fn live_engine(derived: &str) -> (Engine, MemoryStore, u64, Timestamp) {
     e.handle(Input::ClientText { client: ClientId(1), text: sub }, now);
     drain(&mut e, &mut store);
     let mut frames = Vec::new();
-    e.take_client_frames(ClientId(1), &mut frames);
+    klinegate::replay::hosted::write_all(&mut e, ClientId(1), &mut frames);
     (e, store, conn, now)
 }
 
@@ -108,7 +108,7 @@ fn engine_batch(kind: Kind, derived: &str) -> (f64, usize) {
         while let Some(out) = e.poll_output() {
             match out {
                 Output::ClientReady { client } => {
-                    e.take_client_frames(client, &mut frames);
+                    klinegate::replay::hosted::write_all(&mut e, client, &mut frames);
                     delivered += frames.len();
                     black_box(&frames);
                     frames.clear();

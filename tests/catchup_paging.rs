@@ -31,7 +31,7 @@ impl Journal {
             base[k] = v.clone();
         }
         let settings: Settings = serde_json::from_value(base).unwrap();
-        let header = Header::new(settings, Timestamp(secs(start_s)), false).with_recorded_takes();
+        let header = Header::new(settings, Timestamp(secs(start_s)), false).with_recorded_writes();
         Journal { lines: Vec::new(), header }
     }
 

@@ -35,7 +35,7 @@ fn now() -> Timestamp {
 fn closed(h: &mut Hosted<MemoryStore>, client: u64) -> Vec<i64> {
     let _ = h.take_outputs();
     let mut frames = Vec::new();
-    h.engine.take_client_frames(ClientId(client), &mut frames);
+    klinegate::replay::hosted::write_all(&mut h.engine, ClientId(client), &mut frames);
     let _ = h.take_outputs();
     let mut times = Vec::new();
     for f in frames {
@@ -157,7 +157,7 @@ fn a_read_node_turns_a_refusal_into_the_capacity_error_and_tracks_its_demand() {
     let out = h.take_outputs();
     assert!(out.contains(&Output::BusDemand { series_id: sol.into(), wanted: false }), "the demand is released");
     let mut frames = Vec::new();
-    h.engine.take_client_frames(ClientId(7), &mut frames);
+    klinegate::replay::hosted::write_all(&mut h.engine, ClientId(7), &mut frames);
     let errors: Vec<Value> = frames.iter().map(|f| serde_json::from_slice::<Value>(f).unwrap()).filter(|v| v["type"] == "error").collect();
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!((errors[0]["code"].as_str(), errors[0]["series_id"].as_str()), (Some("capacity"), Some(sol)));

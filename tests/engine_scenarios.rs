@@ -166,7 +166,7 @@ fn slow_consumer_is_closed_and_others_keep_receiving() {
                 closed.push((client, code, reason));
             }
         }
-        e.engine.take_client_frames(ClientId(2), &mut fast_frames); // client 2 reads; client 1 never does
+        klinegate::replay::hosted::write_all(&mut e.engine, ClientId(2), &mut fast_frames); // client 2 reads; client 1 never does
     }
     assert_eq!(closed.len(), 1, "{closed:?}");
     assert_eq!(closed[0].0, ClientId(1));

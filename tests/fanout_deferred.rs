@@ -85,7 +85,7 @@ impl Driver {
             return;
         }
         self.frames.clear();
-        self.e.take_client_frames(ClientId(client), &mut self.frames);
+        klinegate::replay::hosted::write_all(&mut self.e, ClientId(client), &mut self.frames);
         let bytes = self.got.bytes.entry(client).or_default();
         for f in &self.frames {
             bytes.extend_from_slice(f);

@@ -297,7 +297,7 @@ fn candles_healed_over_rest_store_the_fields_of_the_exchange_rows() {
 
 fn client_frames(h: &mut Hosted<MemoryStore>, client: u64) -> Vec<Value> {
     let mut frames = Vec::new();
-    h.engine.take_client_frames(ClientId(client), &mut frames);
+    klinegate::replay::hosted::write_all(&mut h.engine, ClientId(client), &mut frames);
     frames.iter().map(|f| serde_json::from_slice(f).unwrap()).collect()
 }
 

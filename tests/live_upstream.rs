@@ -192,7 +192,7 @@ fn stalled_client_is_closed_while_others_keep_receiving() {
     assert!(line.contains("client=1 "), "only the stalled client is closed: {line}");
     assert!(!live.seen_logs.iter().any(|l| l.contains("client_close client=2 ")), "the healthy one is not");
 
-    // The recording replays to the same story: the shell's takes are in it, so the
+    // The recording replays to the same story: the shell's writes (`client_writable`) are in it, so the
     // stalled client's backlog passes the limit at the same frame and it is closed.
     assert_eq!(live.terminate(10 * SEC), Some(0));
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_klinegate")).args(["replay", &journal]).output().unwrap();

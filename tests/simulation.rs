@@ -156,6 +156,11 @@ fn clients_tick(h: &mut Harness, rng: &mut Rng) {
             30..=39 => h.set_stalled(client, false),
             40 => h.client_text(client, pick::<&str>(rng, &["{bad", "[]", "{\"type\":\"subscribe\"}", "{\"type\":\"x\"}"])),
             41 => h.client_binary(client),
+            // Partial writes: the rest stays queued, in order, and coalesces.
+            42..=44 => {
+                let budget = [1, 300, 4096, klinegate::engine::Input::WRITE_ALL][rng.below(4) as usize];
+                h.set_write_budget(client, budget);
+            }
             _ => {}
         }
     }

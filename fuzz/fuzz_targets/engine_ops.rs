@@ -42,6 +42,8 @@ enum Op {
     Binary(u8),
     Disconnect(u8),
     Stall(u8, bool),
+    /// A client's bytes per write from now on (0: whole queues).
+    WriteBudget(u8, u16),
     UpConnected(u8),
     UpFail(u8),
     UpAck(u8, u8),
@@ -116,6 +118,10 @@ fn step(h: &mut Harness, op: &Op) {
         Op::Binary(c) => h.client_binary(client_id(*c)),
         Op::Disconnect(c) => h.disconnect(client_id(*c)),
         Op::Stall(c, on) => h.set_stalled(client_id(*c), *on),
+        Op::WriteBudget(c, b) => {
+            let budget = if *b == 0 { klinegate::engine::Input::WRITE_ALL } else { *b as usize };
+            h.set_write_budget(client_id(*c), budget)
+        }
         Op::UpConnected(i) => {
             if let Some(conn) = h.conn_in(ConnState::Opening, *i as usize) {
                 h.up_connected(conn)

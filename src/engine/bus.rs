@@ -57,6 +57,15 @@ impl super::job::Ctx<'_> {
         let series_id = self.series.get(idx).id.as_str().to_string();
         self.outputs.push_back(Output::BusForming { series_id, candle: *candle });
     }
+
+    /// Bit `t`: derived target `t` of the job is in `which` (`t + 1`) and its
+    /// forming updates have a receiver, a subscribed client or the bus (bits
+    /// past 63 would always count as received).
+    pub(super) fn forming_receivers(&self, derived: &[SeriesIdx], which: &[usize]) -> u64 {
+        let bus = self.cfg.supervisor.role == Role::Ingest;
+        let received = |t: usize, idx: SeriesIdx| bus || self.hub.subscriber_count(idx) != 0 || t >= 64;
+        derived.iter().enumerate().filter(|(t, idx)| which.contains(&(t + 1)) && received(*t, **idx)).fold(0, |m, (t, _)| m | 1u64 << t.min(63))
+    }
 }
 
 impl Engine {
@@ -113,7 +122,7 @@ impl Engine {
         let mut n = 0;
         for i in 0..self.series.len() {
             let idx = SeriesIdx(i as u32);
-            if self.series.get(idx).subscribers.is_empty() {
+            if self.hub.subscriber_count(idx) == 0 {
                 continue;
             }
             n += 1;
@@ -197,8 +206,8 @@ impl Engine {
         }
         let Ok(id) = SeriesId::parse(raw) else { return };
         let Some(idx) = self.series.lookup(id.as_str()) else { return };
-        for client in self.hub.subscribers(idx, &self.series) {
-            if self.hub.unsubscribe(client, idx, &mut self.series) {
+        for client in self.hub.subscribers(idx) {
+            if self.hub.unsubscribe(client, idx) {
                 self.release_series(&id);
             }
             self.counters.capacity_rejects += 1;
@@ -220,7 +229,7 @@ impl Engine {
         for i in 0..self.series.len() {
             let idx = SeriesIdx(i as u32);
             let id = self.series.get(idx).id.clone();
-            for _ in self.hub.subscribers(idx, &self.series) {
+            for _ in self.hub.subscribers(idx) {
                 if let SubscribeOutcome::Capacity = self.supervisor.subscribe(&id, self.now, &mut self.effects) {
                     self.log(LogLevel::Info, format!("bus_leader_subscriber_refused series_id={id} reason=capacity"));
                 }

@@ -318,8 +318,7 @@ mod tests {
         let next = reads(&mut e);
         assert_eq!(next.len(), 1);
         assert_eq!(after(&next[0].1), Some((600, 500)), "the new subscription's own read");
-        let mut frames = Vec::new();
-        e.take_client_frames(ClientId(1), &mut frames);
-        assert!(frames.is_empty(), "nothing from the stale page");
+        e.handle(Input::ClientWritable { client: ClientId(1), budget: Input::WRITE_ALL }, now);
+        assert_eq!(e.poll_client(ClientId(1)), None, "nothing from the stale page");
     }
 }

@@ -10,7 +10,7 @@ impl Engine {
 
     /// The per-client message rate: a message over it is dropped unread (the
     /// hub answers `rate_limited`) and counted.
-    pub(super) fn admit_client_message(&mut self, client: u64) -> bool {
+    pub(super) fn admit_client_message(&mut self, client: ClientId) -> bool {
         let admitted = self.hub.admit_message(client, self.now, &mut self.outputs);
         if !admitted {
             self.counters.client_messages_rate_limited += 1;
@@ -18,12 +18,12 @@ impl Engine {
         admitted
     }
 
-    pub(super) fn reject_client(&mut self, client: u64, err: &RequestError) {
+    pub(super) fn reject_client(&mut self, client: ClientId, err: &RequestError) {
         self.counters.client_bad_requests += 1;
         self.hub.send_to(client, wire::bad_request_frame(err), &mut self.outputs);
     }
 
-    pub(super) fn on_client_text(&mut self, client: u64, text: &str) {
+    pub(super) fn on_client_text(&mut self, client: ClientId, text: &str) {
         if !self.hub.contains(client) {
             return;
         }
@@ -41,7 +41,7 @@ impl Engine {
         }
     }
 
-    pub(super) fn subscribe(&mut self, client: u64, raw: &str, since: Option<i64>, supports_batch: bool, full: bool) {
+    pub(super) fn subscribe(&mut self, client: ClientId, raw: &str, since: Option<i64>, supports_batch: bool, full: bool) {
         let id = match SeriesId::parse(raw) {
             Ok(id) => id,
             Err(e) => {
@@ -132,7 +132,7 @@ impl Engine {
             full,
             hold,
             self.now.as_secs(),
-            &mut self.series,
+            &self.series,
             &mut self.outputs,
         );
         match result {
@@ -175,11 +175,11 @@ impl Engine {
         self.listings.check(&id).err()
     }
 
-    pub(super) fn unsubscribe(&mut self, client: u64, raw: &str) {
+    pub(super) fn unsubscribe(&mut self, client: ClientId, raw: &str) {
         let Ok(id) = SeriesId::parse(raw) else { return };
         let Some(idx) = self.series.lookup(id.as_str()) else { return };
         self.drop_pending_subs(|p| p.client == client && p.idx == idx);
-        if self.hub.unsubscribe(client, idx, &mut self.series) {
+        if self.hub.unsubscribe(client, idx) {
             self.release_series(&id);
         }
     }
@@ -197,9 +197,9 @@ impl Engine {
         }
     }
 
-    pub(super) fn on_client_gone(&mut self, client: u64) {
+    pub(super) fn on_client_gone(&mut self, client: ClientId) {
         self.drop_pending_subs(|p| p.client == client);
-        let released = self.hub.disconnect(client, &mut self.series);
+        let released = self.hub.disconnect(client);
         for idx in released {
             let id = self.series.get(idx).id.clone();
             self.release_series(&id);

@@ -330,19 +330,23 @@ impl DerivedTarget {
     /// The derived forming candle for `forming`, if it is not stale: held
     /// closed candles of its bucket followed by the forming one. Reads only.
     fn forming_candle(&self, forming: &Candle) -> Option<Candle> {
-        let bucket = self.bucket_of(forming.candle_time);
-        if self.ledger.is_finished(bucket) {
+        if !self.forming_live(forming) {
             return None;
         }
+        let bucket = self.bucket_of(forming.candle_time);
         let Some(held) = self.pending.get(&bucket) else {
             return merge(bucket, [forming]);
         };
-        if held.newest.is_some_and(|t| t >= forming.candle_time) {
-            // A closed candle at or after this time is already held: stale update.
-            return None;
-        }
         // O(1) whatever the bucket size: the held minutes are merged already.
         merge(bucket, held.merged.iter().chain([forming]))
+    }
+
+    /// Whether `forming_candle` has a candle for `forming`: its bucket is not
+    /// finished, and no closed candle at or after it is held (a stale update).
+    fn forming_live(&self, forming: &Candle) -> bool {
+        let bucket = self.bucket_of(forming.candle_time);
+        !self.ledger.is_finished(bucket)
+            && !self.pending.get(&bucket).is_some_and(|held| held.newest.is_some_and(|t| t >= forming.candle_time))
     }
 
     fn reset(&mut self, head: Option<i64>) {
@@ -460,6 +464,25 @@ impl DerivedFold {
         }
         for (index, target) in self.targets.iter().enumerate() {
             if let Some(derived) = target.forming_candle(forming) {
+                out.push((index, derived));
+            }
+        }
+    }
+
+    /// [`on_base_forming`] for the targets `wanted` names. Any other target
+    /// that would get a candle gets `forming` itself in its place, unmerged:
+    /// a caller whose unwanted targets have no receiver learns which would
+    /// have been published without building (or sending) them.
+    ///
+    /// [`on_base_forming`]: DerivedFold::on_base_forming
+    pub fn on_base_forming_where(&mut self, forming: &Candle, wanted: impl Fn(usize) -> bool, out: &mut Vec<(usize, Candle)>) {
+        if forming.candle_time.rem_euclid(self.base_tf.seconds()) != 0 {
+            self.ignored_misaligned += 1;
+            return;
+        }
+        for (index, target) in self.targets.iter().enumerate() {
+            let derived = if wanted(index) { target.forming_candle(forming) } else { target.forming_live(forming).then_some(*forming) };
+            if let Some(derived) = derived {
                 out.push((index, derived));
             }
         }

@@ -31,7 +31,7 @@ impl Engine {
         f(&mut self.jobs, &mut cx)
     }
 
-    pub(super) fn on_upstream_text(&mut self, conn: u64, text: &str) {
+    pub(super) fn on_upstream_text(&mut self, conn: super::ConnId, text: &str) {
         if !self.pool.knows_conn(conn) {
             return;
         }

@@ -12,8 +12,19 @@
 //! Catch-up pages are store reads the hub emits as effects (`Output::ReadStore`,
 //! answered by `Input::StoreRead`): at most one in flight per client, asked for
 //! only while the client's queue is below `catchup_low_water_bytes` — so the
-//! shell's takes, made as the socket drains, pace it, and a client's catch-up
-//! bytes in memory stay under the low-water mark plus one page.
+//! shell's writes (`Input::ClientWritable`), made as the socket drains, pace
+//! it, and a client's catch-up bytes in memory stay under the low-water mark
+//! plus one page.
+//!
+//! Writing is an input: `Input::ClientWritable { client, budget }` releases
+//! frames from the front of the client's queue, in order, until `budget`
+//! bytes are staged (at least one frame when none is), and `poll_client`
+//! hands them out. What is not released still coalesces and still counts
+//! against the backlog limit; a released frame no longer does. `ClientReady` is emitted when an empty queue gets a frame:
+//! after a partial write the shell asks again ([`Hub::queued_bytes`] > 0).
+//!
+//! The hub owns its subscriber index: the client slots subscribed to each
+//! series, in subscription order (the order of every fan-out).
 //!
 //! Broadcast frames are serialized once per publish and shared (`Bytes`, a
 //! reference-counted buffer the shell hands to the WebSocket layer without a copy).
@@ -45,12 +56,11 @@
 //!
 //! Never reads a clock or the store: the catch-up clamp uses the engine time passed in.
 
-use crate::engine::ClientId;
 use super::catchup::{CatchUp, PageCtx, Step};
 use super::rate::MessageRate;
 use super::series::{SeriesIdx, SeriesTable};
 use super::window::ClosedWindow;
-use super::{Counters, Frame, LogLevel, Output, StoreOp};
+use super::{ClientId, Counters, Frame, LogLevel, Output, StoreOp};
 use crate::kline_ext::KlineExt;
 use crate::model::Candle;
 use crate::store::StoreReadResult;
@@ -124,9 +134,14 @@ struct QueuedFrame {
 
 #[derive(Debug)]
 struct ClientSession {
-    id: u64,
+    id: ClientId,
     subs: BTreeMap<SeriesIdx, Subscription>,
     queue: VecDeque<QueuedFrame>,
+    /// The first `staged` frames of `queue` were released by `ClientWritable`
+    /// for `poll_client` (`staged_bytes` of them: one write budget plus one
+    /// frame at most); they are never replaced, dropped or counted again.
+    staged: usize,
+    staged_bytes: usize,
     /// Sequence number of `queue.front()`.
     front_seq: u64,
     queued_bytes: usize,
@@ -167,6 +182,9 @@ impl ClientSession {
 
     fn replace(&mut self, seq: u64, bytes: Frame) -> bool {
         let Some(pos) = seq.checked_sub(self.front_seq) else { return false };
+        if (pos as usize) < self.staged {
+            return false; // released to the shell
+        }
         match self.queue.get_mut(pos as usize) {
             Some(slot) => {
                 self.queued_bytes = self.queued_bytes - slot.bytes.len() + bytes.len();
@@ -204,18 +222,21 @@ pub struct Hub {
     slots: Vec<Option<ClientSession>>,
     free: Vec<usize>,
     // Lookup only, never iterated.
-    by_id: FastMap<u64, usize>,
+    by_id: FastMap<ClientId, usize>,
     scratch: Vec<u8>,
     /// Op ids, shared with the rest of the engine (one sequence for every store effect).
     ops: super::store_ops::OpIds,
     /// Catch-up reads in flight: op → client. Lookup only, never iterated.
-    reads: FastMap<StoreOp, u64>,
+    reads: FastMap<StoreOp, ClientId>,
     /// Frames of one catch-up page (reused).
     page: Vec<Frame>,
     /// A forming fan-out not yet queued for every subscriber (deferral on).
     deferred: Option<DeferredForming>,
     /// Subscriptions in the full shape, per series (absent: none).
     full_subs: BTreeMap<SeriesIdx, usize>,
+    /// The subscriber index: client slots subscribed to each series (by
+    /// series index), in subscription order. Grows with the series table.
+    index: Vec<Vec<usize>>,
 }
 
 impl Hub {
@@ -237,12 +258,12 @@ impl Hub {
         self.slots.iter().flatten().map(|c| c.subs.len()).sum()
     }
 
-    pub fn contains(&self, client: u64) -> bool {
+    pub fn contains(&self, client: ClientId) -> bool {
         self.by_id.contains_key(&client)
     }
 
     /// Registers a client. Returns false when the id is already in use.
-    pub fn connect(&mut self, client: u64) -> bool {
+    pub fn connect(&mut self, client: ClientId) -> bool {
         if self.by_id.contains_key(&client) {
             return false;
         }
@@ -250,6 +271,8 @@ impl Hub {
             id: client,
             subs: BTreeMap::new(),
             queue: VecDeque::new(),
+            staged: 0,
+            staged_bytes: 0,
             front_seq: 0,
             queued_bytes: 0,
             catchup_bytes: 0,
@@ -275,7 +298,7 @@ impl Hub {
 
     /// Removes a client and every subscription it held; returns those series
     /// so the engine can release their supervisor references.
-    pub fn disconnect(&mut self, client: u64, series: &mut SeriesTable) -> Vec<SeriesIdx> {
+    pub fn disconnect(&mut self, client: ClientId) -> Vec<SeriesIdx> {
         let Some(slot) = self.by_id.remove(&client) else { return Vec::new() };
         let Some(session) = self.slots[slot].take() else { return Vec::new() };
         self.free.push(slot);
@@ -284,7 +307,7 @@ impl Hub {
         }
         let released: Vec<SeriesIdx> = session.subs.keys().copied().collect();
         for idx in &released {
-            self.remove_subscriber(*idx, slot, series);
+            self.remove_subscriber(*idx, slot);
         }
         released
     }
@@ -292,7 +315,7 @@ impl Hub {
     /// Whether a new subscription would pass the per-connection limit.
     /// Whether one more subscription would pass the per-client limit, with
     /// `pending` more still waiting for their store read.
-    pub fn at_subscription_limit(&self, client: u64, pending: usize) -> bool {
+    pub fn at_subscription_limit(&self, client: ClientId, pending: usize) -> bool {
         self.session(client).is_some_and(|s| s.subs.len() + pending >= self.cfg.max_subscriptions_per_client)
     }
 
@@ -315,11 +338,11 @@ impl Hub {
     }
 
     /// Whether the client holds a subscription to `idx`.
-    pub fn is_subscribed(&self, client: u64, idx: SeriesIdx) -> bool {
+    pub fn is_subscribed(&self, client: ClientId, idx: SeriesIdx) -> bool {
         self.session(client).is_some_and(|s| s.subs.contains_key(&idx))
     }
 
-    fn session(&self, client: u64) -> Option<&ClientSession> {
+    fn session(&self, client: ClientId) -> Option<&ClientSession> {
         self.by_id.get(&client).and_then(|slot| self.slots[*slot].as_ref())
     }
 
@@ -327,7 +350,7 @@ impl Hub {
     /// refused (the caller drops it) and answered with a `rate_limited` error,
     /// at most once per [`RATE_ERROR_EVERY`]. An unknown client is let through
     /// (the message handler ignores it).
-    pub fn admit_message(&mut self, client: u64, now: crate::time::Timestamp, out: &mut VecDeque<Output>) -> bool {
+    pub fn admit_message(&mut self, client: ClientId, now: crate::time::Timestamp, out: &mut VecDeque<Output>) -> bool {
         let Some(slot) = self.by_id.get(&client).copied() else { return true };
         let Some(session) = self.slots[slot].as_mut() else { return true };
         if session.rate.allow(now) {
@@ -342,7 +365,7 @@ impl Hub {
     }
 
     /// Queues a frame addressed to one client (errors, replies).
-    pub fn send_to(&mut self, client: u64, bytes: Vec<u8>, out: &mut VecDeque<Output>) {
+    pub fn send_to(&mut self, client: ClientId, bytes: Vec<u8>, out: &mut VecDeque<Output>) {
         let Some(slot) = self.by_id.get(&client).copied() else { return };
         self.enqueue(slot, bytes.into(), false, out);
     }
@@ -359,7 +382,7 @@ impl Hub {
         let seq = session.push(bytes, catchup);
         if !session.ready_signalled {
             session.ready_signalled = true;
-            out.push_back(Output::ClientReady { client: ClientId(session.id) });
+            out.push_back(Output::ClientReady { client: session.id });
         }
         if session.live_bytes() > max {
             return None;
@@ -374,14 +397,14 @@ impl Hub {
     #[allow(clippy::too_many_arguments)]
     pub fn subscribe(
         &mut self,
-        client: u64,
+        client: ClientId,
         idx: SeriesIdx,
         since: Option<i64>,
         supports_batch: bool,
         full: bool,
         hold: bool,
         now_s: i64,
-        series: &mut SeriesTable,
+        series: &SeriesTable,
         out: &mut VecDeque<Output>,
     ) -> Result<SubscribeReport, SubscribeError> {
         let slot = *self.by_id.get(&client).ok_or(SubscribeError::UnknownClient)?;
@@ -399,7 +422,11 @@ impl Hub {
         let sub = Subscription { cursor: effective, supports_batch, full, forming_seq: None, held, catchup, since };
         let was_full = match session.subs.insert(idx, sub) {
             None => {
-                series.get_mut(idx).subscribers.push(slot);
+                let at = idx.0 as usize;
+                if self.index.len() <= at {
+                    self.index.resize_with(at + 1, Vec::new);
+                }
+                self.index[at].push(slot);
                 false
             }
             Some(old) => old.full,
@@ -414,8 +441,7 @@ impl Hub {
     /// Starts the catch-up of every held subscription to `idx` (healing ended).
     pub fn release_held(&mut self, idx: SeriesIdx, now_s: i64, series: &SeriesTable, out: &mut VecDeque<Output>) {
         let limit = self.cfg.catchup_limit;
-        let slots: Vec<usize> = series.get(idx).subscribers.clone();
-        for slot in slots {
+        for slot in self.subscriber_slots(idx).to_vec() {
             let Some(sub) = self.sub_mut(slot, idx) else { continue };
             let Some(since) = sub.held.take() else { continue };
             let effective = effective_since(since, now_s, series, idx);
@@ -430,7 +456,7 @@ impl Hub {
     /// cursor, so entries the bus lost are read there (no gap, no duplicate).
     pub fn resync(&mut self, idx: SeriesIdx, series: &SeriesTable, out: &mut VecDeque<Output>) {
         let limit = self.cfg.catchup_limit;
-        for slot in series.get(idx).subscribers.clone() {
+        for slot in self.subscriber_slots(idx).to_vec() {
             let Some(sub) = self.sub_mut(slot, idx) else { continue };
             if sub.held.is_some() || sub.catchup.is_some() {
                 continue;
@@ -524,21 +550,21 @@ impl Hub {
     }
 
     /// Removes one subscription; returns whether it existed.
-    pub fn unsubscribe(&mut self, client: u64, idx: SeriesIdx, series: &mut SeriesTable) -> bool {
+    pub fn unsubscribe(&mut self, client: ClientId, idx: SeriesIdx) -> bool {
         let Some(slot) = self.by_id.get(&client).copied() else { return false };
         let Some(session) = self.slots[slot].as_mut() else { return false };
         let Some(sub) = session.subs.remove(&idx) else { return false };
         if sub.full {
             self.count_full(idx, false);
         }
-        self.remove_subscriber(idx, slot, series);
+        self.remove_subscriber(idx, slot);
         true
     }
 
     /// Takes `slot` out of `idx`'s subscribers; a pending fan-out over them
     /// keeps its place (the subscribers after the removed one move up).
-    fn remove_subscriber(&mut self, idx: SeriesIdx, slot: usize, series: &mut SeriesTable) {
-        let subscribers = &mut series.get_mut(idx).subscribers;
+    fn remove_subscriber(&mut self, idx: SeriesIdx, slot: usize) {
+        let Some(subscribers) = self.index.get_mut(idx.0 as usize) else { return };
         if let Some(d) = self.deferred.as_mut().filter(|d| d.idx == idx) {
             let before = subscribers[..d.next.min(subscribers.len())].iter().filter(|s| **s == slot).count();
             d.next -= before;
@@ -557,41 +583,75 @@ impl Hub {
         }
         session.closing = true;
         counters.slow_consumer_closes += 1;
-        counters.queue_drops += session.queue.len() as u64;
-        session.queue.clear();
+        counters.queue_drops += (session.queue.len() - session.staged) as u64;
+        session.queue.truncate(session.staged);
         session.queued_bytes = 0;
         session.catchup_bytes = 0;
         let (code, reason) = SLOW_CONSUMER_CLOSE;
-        out.push_back(Output::ClientClose { client: ClientId(session.id), code, reason: reason.to_string() });
+        out.push_back(Output::ClientClose { client: session.id, code, reason: reason.to_string() });
         // The engine releases the subscriptions when the shell reports the close;
         // until then nothing more is queued for this client (`closing`).
     }
 
-    /// Moves every queued frame of a client into `dst` (one write per loop
-    /// turn, as its socket drains); the drained queue may ask for the next
-    /// catch-up page.
-    pub fn take_frames(&mut self, client: u64, dst: &mut Vec<Frame>, series: &SeriesTable, out: &mut VecDeque<Output>) {
+    /// `Input::ClientWritable`: releases frames from the front of the
+    /// client's queue, in order, while fewer than `budget` bytes are staged
+    /// (so one frame at least when none is and `budget > 0`). What is not
+    /// released keeps coalescing and counting against the backlog limit. A
+    /// drained queue may ask for the next catch-up page.
+    pub fn writable(&mut self, client: ClientId, budget: usize, series: &SeriesTable, out: &mut VecDeque<Output>) {
         let Some(slot) = self.by_id.get(&client).copied() else { return };
         let Some(session) = self.slots[slot].as_mut() else { return };
-        session.front_seq += session.queue.len() as u64;
-        dst.extend(session.queue.drain(..).map(|q| q.bytes));
-        session.queued_bytes = 0;
-        session.catchup_bytes = 0;
-        session.ready_signalled = false;
-        for sub in session.subs.values_mut() {
-            sub.forming_seq = None;
+        while session.staged_bytes < budget {
+            let Some(q) = session.queue.get(session.staged) else { break };
+            let len = q.bytes.len();
+            if q.catchup {
+                session.catchup_bytes -= len;
+            }
+            session.queued_bytes -= len;
+            session.staged += 1;
+            session.staged_bytes += len;
+        }
+        if session.staged == session.queue.len() {
+            session.ready_signalled = false;
+            for sub in session.subs.values_mut() {
+                sub.forming_seq = None;
+            }
         }
         self.pump(slot, series, out);
     }
 
-    pub fn queued_bytes(&self, client: u64) -> usize {
+    /// The next frame `writable` released for the client, in queue order.
+    pub fn poll_client(&mut self, client: ClientId) -> Option<Frame> {
+        let slot = *self.by_id.get(&client)?;
+        let session = self.slots[slot].as_mut()?;
+        if session.staged == 0 {
+            return None;
+        }
+        let q = session.queue.pop_front()?;
+        session.staged -= 1;
+        session.staged_bytes -= q.bytes.len();
+        session.front_seq += 1;
+        Some(q.bytes)
+    }
+
+    pub fn queued_bytes(&self, client: ClientId) -> usize {
         self.session(client).map_or(0, |s| s.queued_bytes)
     }
 
+    /// The client slots subscribed to `idx`, in subscription order.
+    pub(super) fn subscriber_slots(&self, idx: SeriesIdx) -> &[usize] {
+        self.index.get(idx.0 as usize).map_or(&[], Vec::as_slice)
+    }
+
+    /// How many subscriptions `idx` has.
+    pub fn subscriber_count(&self, idx: SeriesIdx) -> usize {
+        self.subscriber_slots(idx).len()
+    }
+
     /// The clients subscribed to `idx`, ascending (to end a series' subscriptions).
-    pub fn subscribers(&self, idx: SeriesIdx, series: &SeriesTable) -> Vec<u64> {
-        let mut ids: Vec<u64> =
-            series.get(idx).subscribers.iter().filter_map(|slot| self.slots.get(*slot)?.as_ref().map(|s| s.id)).collect();
+    pub fn subscribers(&self, idx: SeriesIdx) -> Vec<ClientId> {
+        let mut ids: Vec<ClientId> =
+            self.subscriber_slots(idx).iter().filter_map(|slot| self.slots.get(*slot)?.as_ref().map(|s| s.id)).collect();
         ids.sort_unstable();
         ids.dedup();
         ids
@@ -599,8 +659,8 @@ impl Hub {
 
     /// Every connected client not already being closed, ascending (for
     /// shutdown: a client closed as a slow consumer gets no second close).
-    pub fn open_client_ids(&self) -> Vec<u64> {
-        let mut ids: Vec<u64> = self.slots.iter().flatten().filter(|s| !s.closing).map(|s| s.id).collect();
+    pub fn open_client_ids(&self) -> Vec<ClientId> {
+        let mut ids: Vec<ClientId> = self.slots.iter().flatten().filter(|s| !s.closing).map(|s| s.id).collect();
         ids.sort_unstable();
         ids
     }

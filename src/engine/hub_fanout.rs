@@ -8,7 +8,7 @@
 use super::*;
 
 /// The rest of a forming fan-out: subscribers of `idx` from position `next`
-/// of the series' subscriber list on.
+/// of the hub's subscriber list for the series on.
 #[derive(Debug)]
 pub(super) struct DeferredForming {
     pub(super) idx: SeriesIdx,
@@ -88,7 +88,10 @@ impl Hub {
         let entry = series.get(idx);
         let mut frames = FormingFrames::new(*candle, ext);
         let mut slow = Vec::new();
-        for (pos, &slot) in entry.subscribers.iter().enumerate() {
+        // Out of the index while the loop mutates sessions (nothing below
+        // changes who is subscribed); put back after.
+        let subscribers = self.take_subscribers(idx);
+        for (pos, &slot) in subscribers.iter().enumerate() {
             let shape = self.slots[slot].as_ref().and_then(|s| s.subs.get(&idx)).and_then(|sub| {
                 (sub.held.is_none() && !sub.cursor.is_some_and(|c| candle.candle_time <= c)).then_some(sub.full)
             });
@@ -103,6 +106,7 @@ impl Hub {
                 _ => {}
             }
         }
+        self.put_subscribers(idx, subscribers);
         for slot in slow {
             self.close_slow(slot, out, counters);
         }
@@ -156,7 +160,7 @@ impl Hub {
     pub fn step_deferred(&mut self, series: &SeriesTable, out: &mut VecDeque<Output>, counters: &mut Counters) -> bool {
         let Some(mut d) = self.deferred.take() else { return false };
         let entry = series.get(d.idx);
-        let subscribers = &entry.subscribers;
+        let subscribers = self.take_subscribers(d.idx);
         while let Some(&slot) = subscribers.get(d.next) {
             d.next += 1;
             let full = self.sub_mut(slot, d.idx).is_some_and(|sub| sub.full);
@@ -171,10 +175,23 @@ impl Hub {
             }
         }
         let pending = d.next < subscribers.len();
+        self.put_subscribers(d.idx, subscribers);
         if pending {
             self.deferred = Some(d);
         }
         pending
+    }
+
+    /// `idx`'s subscriber list, taken out of the index for a fan-out that
+    /// mutates sessions meanwhile; [`Hub::put_subscribers`] puts it back.
+    fn take_subscribers(&mut self, idx: SeriesIdx) -> Vec<usize> {
+        self.index.get_mut(idx.0 as usize).map(std::mem::take).unwrap_or_default()
+    }
+
+    fn put_subscribers(&mut self, idx: SeriesIdx, subscribers: Vec<usize>) {
+        if let Some(slot) = self.index.get_mut(idx.0 as usize) {
+            *slot = subscribers;
+        }
     }
 
     /// Finishes a pending forming fan-out.
@@ -225,7 +242,8 @@ impl Hub {
         let mut slow = Vec::new();
         // One subscriber's frames at a time; the buffer is reused, not reallocated.
         let mut frames: Vec<Frame> = Vec::new();
-        for &slot in &entry.subscribers {
+        let subscribers = self.take_subscribers(idx);
+        for &slot in &subscribers {
             let Some(sub) = self.slots[slot].as_mut().and_then(|s| s.subs.get_mut(&idx)) else {
                 continue;
             };
@@ -305,6 +323,7 @@ impl Hub {
                 }
             }
         }
+        self.put_subscribers(idx, subscribers);
         for slot in slow {
             self.close_slow(slot, out, counters);
         }

@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::model::SeriesId;
+use crate::engine::Input;
 use crate::store::StoreQuery;
 
 const S: &str = "binance:spot:BTC/USDT:1m";
@@ -36,8 +37,9 @@ impl World {
 
     /// Connects `client`, subscribes it and answers its catch-up with `page`.
     fn subscribe(&mut self, client: u64, since: Option<i64>, batch: bool, full: bool, page: &[i64]) {
+        let client = ClientId(client);
         self.hub.connect(client);
-        self.hub.subscribe(client, self.idx, since, batch, full, false, NOW, &mut self.series, &mut self.out).unwrap();
+        self.hub.subscribe(client, self.idx, since, batch, full, false, NOW, &self.series, &mut self.out).unwrap();
         let Some((op, query)) = self.reads().pop() else { return };
         let candles: Vec<Candle> = page.iter().map(|t| candle(*t)).collect();
         let result = match query {
@@ -63,9 +65,14 @@ impl World {
     }
 
     fn take(&mut self, client: u64) -> Vec<Frame> {
-        let mut frames = Vec::new();
-        self.hub.take_frames(client, &mut frames, &self.series, &mut self.out);
-        frames
+        self.write(client, Input::WRITE_ALL)
+    }
+
+    /// `ClientWritable { client, budget }` then `poll_client` until `None`.
+    fn write(&mut self, client: u64, budget: usize) -> Vec<Frame> {
+        let client = ClientId(client);
+        self.hub.writable(client, budget, &self.series, &mut self.out);
+        std::iter::from_fn(|| self.hub.poll_client(client)).collect()
     }
 
     fn texts(&mut self, client: u64) -> Vec<String> {
@@ -88,11 +95,11 @@ fn full_closed(t: i64, e: Option<KlineExt>) -> String {
 #[test]
 fn a_full_catchup_reads_the_fields_and_a_default_one_does_not() {
     let mut w = World::new(false);
-    w.hub.connect(1);
-    w.hub.subscribe(1, w.idx, Some(NOW - 600), false, true, false, NOW, &mut w.series, &mut w.out).unwrap();
+    w.hub.connect(ClientId(1));
+    w.hub.subscribe(ClientId(1), w.idx, Some(NOW - 600), false, true, false, NOW, &w.series, &mut w.out).unwrap();
     assert!(matches!(w.reads()[..], [(_, StoreQuery::AfterFull { .. })]), "a full subscription reads its fields");
-    w.hub.connect(2);
-    w.hub.subscribe(2, w.idx, Some(NOW - 600), false, false, false, NOW, &mut w.series, &mut w.out).unwrap();
+    w.hub.connect(ClientId(2));
+    w.hub.subscribe(ClientId(2), w.idx, Some(NOW - 600), false, false, false, NOW, &w.series, &mut w.out).unwrap();
     assert!(matches!(w.reads()[..], [(_, StoreQuery::After { .. })]), "the default read is unchanged");
 }
 
@@ -178,18 +185,102 @@ fn wants_full_follows_subscribes_resubscribes_and_departures() {
     w.subscribe(2, None, false, true, &[]);
     w.subscribe(3, None, false, true, &[]);
     assert!(w.hub.wants_full(w.idx));
-    w.hub.unsubscribe(2, w.idx, &mut w.series);
+    w.hub.unsubscribe(ClientId(2), w.idx);
     assert!(w.hub.wants_full(w.idx));
     // A re-subscribe in the default shape.
-    w.hub.subscribe(3, w.idx, None, false, false, false, NOW, &mut w.series, &mut w.out).unwrap();
+    w.hub.subscribe(ClientId(3), w.idx, None, false, false, false, NOW, &w.series, &mut w.out).unwrap();
     assert!(!w.hub.wants_full(w.idx));
-    w.hub.subscribe(3, w.idx, None, false, true, false, NOW, &mut w.series, &mut w.out).unwrap();
-    w.hub.subscribe(3, w.idx, None, false, true, false, NOW, &mut w.series, &mut w.out).unwrap();
+    w.hub.subscribe(ClientId(3), w.idx, None, false, true, false, NOW, &w.series, &mut w.out).unwrap();
+    w.hub.subscribe(ClientId(3), w.idx, None, false, true, false, NOW, &w.series, &mut w.out).unwrap();
     assert!(w.hub.wants_full(w.idx));
-    w.hub.disconnect(3, &mut w.series);
+    w.hub.disconnect(ClientId(3));
     assert!(!w.hub.wants_full(w.idx));
     // Without full subscribers a publish builds the default frames only.
     w.take(1);
     w.hub.publish_closed_ext(w.idx, &[candle(NOW)], &[Some(ext(NOW))], &w.series, &mut w.out, &mut w.counters);
     assert_eq!(w.texts(1), vec![default_closed(NOW)]);
+}
+
+fn forming_text(c: &Candle) -> String {
+    let mut buf = Vec::new();
+    wire::write_candle_frame(&mut buf, true, S, c);
+    String::from_utf8(buf).unwrap()
+}
+
+fn utf8(frames: Vec<Frame>) -> Vec<String> {
+    frames.iter().map(|f| String::from_utf8(f.to_vec()).unwrap()).collect()
+}
+
+/// `ClientWritable` with a small budget moves frames from the front of the
+/// queue, in order; what stays queued still coalesces (a forming update
+/// replaces the queued one) and a frame already handed out is never replaced.
+#[test]
+fn a_partial_write_keeps_the_rest_queued_in_order_and_coalescing() {
+    let mut w = World::new(false);
+    w.subscribe(1, None, false, false, &[]);
+    assert!(w.take(1).is_empty());
+    w.hub.publish_closed(w.idx, &[candle(NOW - 120)], &w.series, &mut w.out, &mut w.counters);
+    w.hub.publish_closed(w.idx, &[candle(NOW - 60)], &w.series, &mut w.out, &mut w.counters);
+    let f1 = candle(NOW);
+    w.hub.publish_forming(w.idx, &f1, &w.series, &mut w.out, &mut w.counters);
+    assert_eq!(utf8(w.write(1, 1)), vec![default_closed(NOW - 120)], "one byte of budget: one frame");
+    assert_eq!(w.hub.queued_bytes(ClientId(1)), default_closed(NOW - 60).len() + forming_text(&f1).len());
+    // The forming frame is still queued: the next update replaces it in place.
+    let f2 = Candle { close: 1.75, ..f1 };
+    w.hub.publish_forming(w.idx, &f2, &w.series, &mut w.out, &mut w.counters);
+    assert_eq!(w.counters.forming_coalesced, 1);
+    assert_eq!(utf8(w.write(1, 1)), vec![default_closed(NOW - 60)]);
+    assert_eq!(utf8(w.write(1, 0)), Vec::<String>::new(), "a zero budget moves nothing");
+    assert_eq!(utf8(w.write(1, Input::WRITE_ALL)), vec![forming_text(&f2)]);
+    // Handed out, it is never replaced: the next update is queued anew.
+    let f3 = Candle { close: 1.8, ..f1 };
+    w.hub.publish_forming(w.idx, &f3, &w.series, &mut w.out, &mut w.counters);
+    assert_eq!(w.counters.forming_coalesced, 1);
+    assert_eq!(utf8(w.take(1)), vec![forming_text(&f3)]);
+    // A budget spans several frames; frames staged and not yet polled stay in order.
+    w.hub.publish_closed(w.idx, &[candle(NOW)], &w.series, &mut w.out, &mut w.counters);
+    w.hub.publish_closed(w.idx, &[candle(NOW + 60)], &w.series, &mut w.out, &mut w.counters);
+    w.hub.publish_closed(w.idx, &[candle(NOW + 120)], &w.series, &mut w.out, &mut w.counters);
+    let len = default_closed(NOW).len();
+    w.hub.writable(ClientId(1), len + 1, &w.series, &mut w.out);
+    w.hub.writable(ClientId(1), len + 1, &w.series, &mut w.out);
+    let staged: Vec<Frame> = std::iter::from_fn(|| w.hub.poll_client(ClientId(1))).collect();
+    assert_eq!(utf8(staged), vec![default_closed(NOW), default_closed(NOW + 60)], "bounded by the budget plus one frame");
+    assert_eq!(utf8(w.take(1)), vec![default_closed(NOW + 120)]);
+}
+
+/// The slow-consumer limit applies to what a partial write left queued:
+/// writing one frame per two published closes the client as soon as the
+/// rest passes the limit, and a budget that keeps up never does.
+#[test]
+fn the_backlog_limit_counts_what_partial_writes_leave_queued() {
+    let len = default_closed(NOW).len();
+    let run = |frames_per_write: usize| -> (Vec<String>, u64, usize) {
+        let mut w = World::new(false);
+        w.hub.set_config(HubConfig { max_backlog_bytes: len * 5 / 2, ..HubConfig::default() });
+        w.subscribe(1, None, false, false, &[]);
+        w.take(1);
+        w.out.clear();
+        let mut written = Vec::new();
+        let mut closed_at = usize::MAX;
+        for round in 0..6 {
+            for k in 0..2 {
+                let t = NOW + 60 * (2 * round + k) as i64;
+                w.hub.publish_closed(w.idx, &[candle(t)], &w.series, &mut w.out, &mut w.counters);
+                if closed_at == usize::MAX && w.out.iter().any(|o| matches!(o, Output::ClientClose { .. })) {
+                    closed_at = 2 * round + k;
+                }
+            }
+            written.extend(utf8(w.write(1, len * frames_per_write)));
+        }
+        (written, w.counters.slow_consumer_closes, closed_at)
+    };
+    let (written, closes, closed_at) = run(1);
+    assert_eq!(closes, 1, "one frame per two closes: slow");
+    assert_eq!(closed_at, 3, "closed once 3 frames (> 2.5) were left queued");
+    assert_eq!(written, vec![default_closed(NOW)], "what was written before, in order; nothing after the close");
+    let (written, closes, _) = run(2);
+    assert_eq!(closes, 0, "a budget that keeps up is never closed");
+    let expected: Vec<String> = (0..12).map(|i| default_closed(NOW + 60 * i)).collect();
+    assert_eq!(written, expected, "every close, in order");
 }

@@ -19,6 +19,12 @@ pub enum Input {
     ClientText { client: ClientId, text: String },
     ClientBinary { client: ClientId, len: usize },
     ClientDisconnected { client: ClientId },
+    /// The client's socket can take `budget` more bytes (`Input::WRITE_ALL`:
+    /// no limit): frames move from the front of its queue, in order, until
+    /// that many bytes are staged (one frame at least), and `poll_client`
+    /// hands them out. Writing changes coalescing and the slow-consumer
+    /// state, so it is an input like any other (and journaled as one).
+    ClientWritable { client: ClientId, budget: usize },
     UpstreamConnected { conn: ConnId },
     UpstreamText { conn: ConnId, text: String },
     /// A WebSocket ping, already answered by the shell with a pong — proof the
@@ -99,6 +105,11 @@ pub enum Input {
     BusRefused { series_id: String, reason: String },
 }
 
+impl Input {
+    /// A `ClientWritable` budget with no limit: every queued frame.
+    pub const WRITE_ALL: usize = usize::MAX;
+}
+
 /// Ids in the boundary values: plain numbers on the wire (a journal line
 /// holds `"client":3`) and in logs, distinct types in code.
 macro_rules! boundary_id {
@@ -152,7 +163,9 @@ pub enum Output {
     UpstreamSend { conn: ConnId, text: String },
     /// Close the connection; the engine has already forgotten it.
     UpstreamClose { conn: ConnId, reason: String },
-    /// Frames are queued for this client: call `take_client_frames` when writable.
+    /// Frames are queued for this client (its queue was empty): hand the
+    /// engine `Input::ClientWritable` when its socket can take them, then
+    /// `poll_client`.
     ClientReady { client: ClientId },
     /// Close the client with this WebSocket close code; then report
     /// `ClientDisconnected` so its subscriptions are released.

@@ -6,13 +6,16 @@
 //!   nothing (an HTTP ingest is answered by `Output::IngestDone`);
 //! - [`Engine::handle_timeout`]`(now)` — fire every timer due at `now`;
 //! - [`Engine::poll_output`] — drain what the shell must do, until `None`;
-//! - [`Engine::take_client_frames`] — the frames queued for one client;
+//! - `handle(Input::ClientWritable { client, budget })` then
+//!   [`Engine::poll_client`] — a writable client's frames, up to a byte budget;
 //! - [`Engine::poll_timeout`] — the earliest deadline (a pure query);
 //!   [`Engine::next_wake`] says which part of the engine it is for.
 //!
 //! Call order: after every `handle`/`handle_timeout`, drain `poll_output`
-//! before the next mutation. Time never goes backwards: the engine keeps the
-//! maximum `now` it was given.
+//! before the next mutation — except `ClientWritable`, which the shell may hand
+//! in while draining (on `ClientReady`): it changes only that client's queue
+//! and does not settle a deferred fan-out. Time never goes backwards: the
+//! engine keeps the maximum `now` it was given.
 //!
 //! Architecture invariants (checked by `tests/fixtures.rs` and clippy.toml): nothing here
 //! reads a clock, the environment, randomness (only the seeded [`Rng`]),
@@ -213,6 +216,14 @@ impl Engine {
     /// (an HTTP ingest or touch is answered by `Output::IngestDone` with its
     /// `request`, at once or once stored).
     pub fn handle(&mut self, input: Input, now: Timestamp) {
+        if let Input::ClientWritable { client, budget } = input {
+            // Only this client's queue changes: a deferred fan-out goes on
+            // as before (no settle), and nothing else is pumped.
+            self.advance(now);
+            self.counters.inputs += 1;
+            self.hub.writable(client, budget, &self.series, &mut self.outputs);
+            return;
+        }
         self.settle_fanout();
         self.advance(now);
         self.counters.inputs += 1;
@@ -223,39 +234,42 @@ impl Engine {
                 self.retention_arm();
             }
             Input::ClientConnected { client } => {
-                if !self.hub.connect(client.0) {
+                if !self.hub.connect(client) {
                     self.log(LogLevel::Warn, format!("client_id_reused client={client}"));
                 }
             }
             Input::ClientText { client, text } => {
-                if self.admit_client_message(client.0) {
-                    self.on_client_text(client.0, &text);
+                if self.admit_client_message(client) {
+                    self.on_client_text(client, &text);
                 }
             }
             Input::ClientBinary { client, len: _ } => {
-                if self.admit_client_message(client.0) {
-                    self.reject_client(client.0, &RequestError::Binary);
+                if self.admit_client_message(client) {
+                    self.reject_client(client, &RequestError::Binary);
                 }
             }
             Input::ClientDisconnected { client } => {
-                self.on_client_gone(client.0);
+                self.on_client_gone(client);
+            }
+            Input::ClientWritable { .. } => {
+                // Handled above, before the fan-out settles.
             }
             Input::UpstreamConnected { conn } => {
-                self.pool.on_connected(conn.0, self.now, &mut self.outputs, &mut self.pool_events);
+                self.pool.on_connected(conn, self.now, &mut self.outputs, &mut self.pool_events);
                 self.log(LogLevel::Info, format!("upstream_connected conn={conn}"));
                 self.apply_pool_events();
             }
             Input::UpstreamText { conn, text } => {
-                self.on_upstream_text(conn.0, &text);
+                self.on_upstream_text(conn, &text);
             }
             Input::UpstreamPing { conn } => {
-                self.pool.on_ping(conn.0, self.now);
+                self.pool.on_ping(conn, self.now);
             }
             Input::UpstreamDisconnected { conn, reason } => {
-                if self.pool.knows_conn(conn.0) {
+                if self.pool.knows_conn(conn) {
                     self.log(LogLevel::Warn, format!("upstream_lost conn={conn} reason={reason:?}"));
                 }
-                self.pool.on_disconnected(conn.0, &reason, self.now, &mut self.outputs, &mut self.pool_events);
+                self.pool.on_disconnected(conn, &reason, self.now, &mut self.outputs, &mut self.pool_events);
                 self.apply_pool_events();
             }
             Input::IngestClosed { request, series_id, candles } => {
@@ -372,7 +386,7 @@ impl Engine {
     /// [`Engine::next_wake`].
     #[must_use = "the shell sleeps until this deadline, then calls handle_timeout"]
     pub fn poll_timeout(&self) -> Option<Timestamp> {
-        self.next_wake().map(|w| w.at)
+        self.earliest_deadline().map(|(at, _)| at)
     }
 
     /// The next thing the shell must do. A deferred forming fan-out
@@ -391,15 +405,19 @@ impl Engine {
         self.hub.settle(&self.series, &mut self.outputs, &mut self.counters);
     }
 
-    /// Moves every frame queued for `client` into `dst`; the shell writes them
-    /// in one go when the socket is writable. The drained queue may ask for the
-    /// client's next catch-up page: drain `poll_output` after takes too.
-    pub fn take_client_frames(&mut self, client: ClientId, dst: &mut Vec<Frame>) {
-        self.hub.take_frames(client.0, dst, &self.series, &mut self.outputs);
+    /// The next frame for `client` that its last `Input::ClientWritable`
+    /// staged, in queue order; the shell writes them until `None`. (The
+    /// write may have asked for the client's next catch-up page: drain
+    /// `poll_output` too.)
+    #[must_use = "a staged frame taken and dropped never reaches the client; drain until None"]
+    pub fn poll_client(&mut self, client: ClientId) -> Option<Frame> {
+        self.hub.poll_client(client)
     }
 
+    /// Bytes still queued for `client` (not yet staged by a write): after a
+    /// partial write, more than 0 means write again when the socket allows.
     pub fn client_queued_bytes(&self, client: ClientId) -> usize {
-        self.hub.queued_bytes(client.0)
+        self.hub.queued_bytes(client)
     }
 
     fn log(&mut self, level: LogLevel, line: String) {
@@ -435,7 +453,7 @@ impl Engine {
         self.shutdown_done = true;
         let (code, reason) = hub::SHUTDOWN_CLOSE;
         for client in self.hub.open_client_ids() {
-            self.outputs.push_back(Output::ClientClose { client: ClientId(client), code, reason: reason.to_string() });
+            self.outputs.push_back(Output::ClientClose { client, code, reason: reason.to_string() });
         }
         let left = self.unpersisted_candles();
         self.log(LogLevel::Info, format!("shutdown_complete unpersisted_candles={left}"));

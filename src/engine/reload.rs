@@ -77,8 +77,13 @@ impl Engine {
         let holders = {
             let series = &self.series;
             let sup = &self.supervisor;
+            let hub = &self.hub;
             let count = move |base: &SeriesId| -> i64 {
-                series.entries().filter(|e| &sup.normalize(&e.id) == base).map(|e| e.subscribers.len() as i64).sum()
+                (0..series.len())
+                    .map(|i| super::series::SeriesIdx(i as u32))
+                    .filter(|idx| &sup.normalize(&series.get(*idx).id) == base)
+                    .map(|idx| hub.subscriber_count(idx) as i64)
+                    .sum()
             };
             // Counted before the supervisor changes (its normalization does not).
             let mut counts = std::collections::BTreeMap::new();

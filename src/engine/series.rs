@@ -1,6 +1,7 @@
 //! The series table: interns every series the engine has seen (subscribed,
 //! ingested or derived) as a small index, and keeps per-series facts the hub
-//! and the jobs share: timeframe, subscribers, the newest closed candle known.
+//! and the jobs share: timeframe and the newest closed candle known (who is
+//! subscribed is the hub's own index).
 //! Never removes entries while the engine runs (indices stay valid); the table
 //! is bounded by the subscription and job limits that feed it.
 
@@ -18,8 +19,6 @@ pub type FlushSet = Vec<(SeriesIdx, Vec<crate::model::Candle>)>;
 pub struct SeriesEntry {
     pub id: SeriesId,
     pub tf_s: i64,
-    /// Client slots subscribed to this series, in subscription order.
-    pub subscribers: Vec<usize>,
     /// The newest closed candle time accepted for this series (stored or
     /// published). Extends the "latest closed" window when the local clock lags.
     pub last_closed: Option<i64>,
@@ -41,7 +40,6 @@ impl SeriesTable {
         self.entries.push(SeriesEntry {
             id: id.clone(),
             tf_s: id.timeframe().seconds(),
-            subscribers: Vec::new(),
             last_closed: None,
         });
         self.by_name.insert(id.as_str().to_string(), idx);

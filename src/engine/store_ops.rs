@@ -8,7 +8,7 @@
 //! Never touches a store: the shell carries the effects out, in order.
 
 use super::series::SeriesIdx;
-use super::{Engine, LogLevel, Output, StoreOp};
+use super::{ClientId, Engine, LogLevel, Output, StoreOp};
 use crate::model::SeriesId;
 use crate::store::{PersistOutcome, StoreQuery, StoreReadResult, StoreWrite};
 use std::cell::Cell;
@@ -33,7 +33,7 @@ impl OpIds {
 /// has history for it at all).
 #[derive(Clone, Debug)]
 pub(super) struct PendingSub {
-    pub client: u64,
+    pub client: ClientId,
     pub idx: SeriesIdx,
     pub id: SeriesId,
     pub since: Option<i64>,

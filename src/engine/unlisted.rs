@@ -52,8 +52,8 @@ impl Engine {
         let frame = wire::error_frame("bad_request", msg, None);
         let mut ended = 0;
         for idx in series {
-            for client in self.hub.subscribers(idx, &self.series) {
-                if self.hub.unsubscribe(client, idx, &mut self.series) {
+            for client in self.hub.subscribers(idx) {
+                if self.hub.unsubscribe(client, idx) {
                     ended += 1;
                     self.hub.send_to(client, frame.clone(), &mut self.outputs);
                 }

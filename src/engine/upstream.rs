@@ -70,7 +70,7 @@ pub enum PoolEvent {
     /// The stream's connection was lost; it will be resubscribed after backoff.
     StreamLost { market: Market, stream: String, reason: String },
     /// A connection (re)opened after having been lost: history may need healing.
-    Reconnected { conn: u64, market: Market },
+    Reconnected { conn: ConnId, market: Market },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,9 +102,9 @@ struct Conn {
     /// The kind of the last control message sent (SUBSCRIBE and UNSUBSCRIBE take turns).
     last_method: Method,
     /// This connection replaces `replaces` (rotation) and takes its streams once live.
-    replaces: Option<u64>,
+    replaces: Option<ConnId>,
     /// A replacement is being opened for this connection.
-    replaced_by: Option<u64>,
+    replaced_by: Option<ConnId>,
     received_data: bool,
     /// Replaced by a rotation: closed at this time, after frames already in
     /// flight on it have been read (closing at once could drop one).
@@ -129,7 +129,7 @@ pub struct UpstreamPool {
     cfg: UpstreamConfig,
     next_conn: u64,
     next_request: u64,
-    conns: BTreeMap<u64, Conn>,
+    conns: BTreeMap<ConnId, Conn>,
     /// Streams wanted, per market (spot and USD-M share stream names).
     wanted: [BTreeSet<String>; 2],
     markets: [MarketState; 2],
@@ -176,11 +176,11 @@ impl UpstreamPool {
     }
 
     /// The market of a connection.
-    pub fn conn_market(&self, conn: u64) -> Option<Market> {
+    pub fn conn_market(&self, conn: ConnId) -> Option<Market> {
         self.conns.get(&conn).map(|c| c.market)
     }
 
-    pub fn knows_conn(&self, conn: u64) -> bool {
+    pub fn knows_conn(&self, conn: ConnId) -> bool {
         self.conns.contains_key(&conn)
     }
 
@@ -199,7 +199,7 @@ impl UpstreamPool {
             return;
         }
         self.markets[market.index()].waiting.remove(stream);
-        let holders: Vec<u64> = self
+        let holders: Vec<ConnId> = self
             .conns
             .iter()
             .filter(|(_, c)| c.market == market && c.streams.contains(stream))
@@ -267,11 +267,11 @@ impl UpstreamPool {
         self.connect_times.len() < self.cfg.connect_budget
     }
 
-    fn open_conn(&mut self, market: Market, now: Timestamp, out: &mut VecDeque<Output>) -> Option<u64> {
+    fn open_conn(&mut self, market: Market, now: Timestamp, out: &mut VecDeque<Output>) -> Option<ConnId> {
         if !self.connect_allowed(market, now) {
             return None;
         }
-        let id = self.next_conn;
+        let id = ConnId(self.next_conn);
         self.next_conn += 1;
         self.connect_times.push_back(now);
         self.conns.insert(id, Conn {
@@ -296,7 +296,7 @@ impl UpstreamPool {
             Market::Spot => self.cfg.spot_url.clone(),
             Market::Futures => self.cfg.futures_url.clone(),
         };
-        out.push_back(Output::UpstreamConnect { conn: ConnId(id), market, url });
+        out.push_back(Output::UpstreamConnect { conn: id, market, url });
         Some(id)
     }
 
@@ -307,14 +307,14 @@ impl UpstreamPool {
         }
     }
 
-    fn close(&mut self, id: u64, reason: &str, out: &mut VecDeque<Output>) {
+    fn close(&mut self, id: ConnId, reason: &str, out: &mut VecDeque<Output>) {
         if self.conns.remove(&id).is_some() {
-            out.push_back(Output::UpstreamClose { conn: ConnId(id), reason: reason.to_string() });
+            out.push_back(Output::UpstreamClose { conn: id, reason: reason.to_string() });
         }
     }
 
     /// The shell finished the WebSocket handshake.
-    pub fn on_connected(&mut self, id: u64, now: Timestamp, out: &mut VecDeque<Output>, events: &mut Vec<PoolEvent>) {
+    pub fn on_connected(&mut self, id: ConnId, now: Timestamp, out: &mut VecDeque<Output>, events: &mut Vec<PoolEvent>) {
         let Some(conn) = self.conns.get_mut(&id) else { return };
         conn.state = ConnState::Open;
         conn.opened_at = Some(now);
@@ -330,7 +330,7 @@ impl UpstreamPool {
     }
 
     /// Any frame (data, ack, ping) arrived on the connection.
-    pub fn on_activity(&mut self, id: u64, now: Timestamp, data: bool) {
+    pub fn on_activity(&mut self, id: ConnId, now: Timestamp, data: bool) {
         if let Some(conn) = self.conns.get_mut(&id) {
             conn.last_activity = now;
             if data && !conn.received_data {
@@ -345,7 +345,7 @@ impl UpstreamPool {
     /// The exchange pinged the connection and the shell answered with a pong
     /// at once: the pong counts against the same message limit, so the next
     /// paced message waits a full gap after it.
-    pub fn on_ping(&mut self, id: u64, now: Timestamp) {
+    pub fn on_ping(&mut self, id: ConnId, now: Timestamp) {
         self.on_activity(id, now, false);
         if let Some(conn) = self.conns.get_mut(&id) {
             conn.pacer.sent(now);
@@ -372,7 +372,7 @@ impl UpstreamPool {
     }
 
     /// A control response (`{"result":…,"id":…}` or an error) arrived.
-    pub fn on_control_ack(&mut self, id: u64, request: u64, now: Timestamp, out: &mut VecDeque<Output>, events: &mut Vec<PoolEvent>) {
+    pub fn on_control_ack(&mut self, id: ConnId, request: u64, now: Timestamp, out: &mut VecDeque<Output>, events: &mut Vec<PoolEvent>) {
         let Some(conn) = self.conns.get_mut(&id) else { return };
         conn.last_activity = now;
         let Some((method, names)) = conn.inflight.remove(&request) else { return };
@@ -389,25 +389,25 @@ impl UpstreamPool {
     }
 
     /// The exchange refused a control request: treat the connection as broken.
-    pub fn on_control_error(&mut self, id: u64, msg: &str, now: Timestamp, out: &mut VecDeque<Output>, events: &mut Vec<PoolEvent>) {
+    pub fn on_control_error(&mut self, id: ConnId, msg: &str, now: Timestamp, out: &mut VecDeque<Output>, events: &mut Vec<PoolEvent>) {
         self.control_errors += 1;
         if self.conns.contains_key(&id) {
-            out.push_back(Output::UpstreamClose { conn: ConnId(id), reason: format!("control error: {msg}") });
+            out.push_back(Output::UpstreamClose { conn: id, reason: format!("control error: {msg}") });
             self.lose(id, &format!("control error: {msg}"), now, out, events);
         }
     }
 
     /// The exchange announced a shutdown: rotate now.
-    pub fn on_server_shutdown(&mut self, id: u64, now: Timestamp, out: &mut VecDeque<Output>) {
+    pub fn on_server_shutdown(&mut self, id: ConnId, now: Timestamp, out: &mut VecDeque<Output>) {
         self.start_rotation(id, now, out);
     }
 
     /// The connection closed or failed (handshake, TLS, reset, close frame).
-    pub fn on_disconnected(&mut self, id: u64, reason: &str, now: Timestamp, out: &mut VecDeque<Output>, events: &mut Vec<PoolEvent>) {
+    pub fn on_disconnected(&mut self, id: ConnId, reason: &str, now: Timestamp, out: &mut VecDeque<Output>, events: &mut Vec<PoolEvent>) {
         self.lose(id, reason, now, out, events);
     }
 
-    fn lose(&mut self, id: u64, reason: &str, now: Timestamp, out: &mut VecDeque<Output>, events: &mut Vec<PoolEvent>) {
+    fn lose(&mut self, id: ConnId, reason: &str, now: Timestamp, out: &mut VecDeque<Output>, events: &mut Vec<PoolEvent>) {
         let Some(conn) = self.conns.remove(&id) else { return };
         let market = conn.market;
         // A failed replacement leaves the old connection serving; try again later.
@@ -443,7 +443,7 @@ impl UpstreamPool {
         self.assign_waiting(market, now, out);
     }
 
-    fn start_rotation(&mut self, id: u64, now: Timestamp, out: &mut VecDeque<Output>) {
+    fn start_rotation(&mut self, id: ConnId, now: Timestamp, out: &mut VecDeque<Output>) {
         let Some(conn) = self.conns.get(&id) else { return };
         if conn.replaced_by.is_some() || conn.replaces.is_some() || conn.state != ConnState::Open {
             return;
@@ -464,7 +464,7 @@ impl UpstreamPool {
 
     /// Once the replacement has every stream acknowledged, the old connection
     /// is drained for a moment, then closed (make-before-break).
-    fn finish_rotation_if_ready(&mut self, new_id: u64, now: Timestamp) {
+    fn finish_rotation_if_ready(&mut self, new_id: ConnId, now: Timestamp) {
         let Some(n) = self.conns.get(&new_id) else { return };
         let Some(old) = n.replaces else { return };
         if !n.to_subscribe.is_empty() || !n.inflight.is_empty() || n.acked.len() < n.streams.len() {
@@ -492,7 +492,7 @@ impl UpstreamPool {
     /// Sends the next queued control message if the pacer allows: every name
     /// queued (up to `names_per_request`) goes in that one message, so a burst
     /// of new streams costs one message per gap, not one per stream.
-    fn pump(&mut self, id: u64, now: Timestamp, out: &mut VecDeque<Output>) {
+    fn pump(&mut self, id: ConnId, now: Timestamp, out: &mut VecDeque<Output>) {
         let per_msg = self.cfg.names_per_request.max(1);
         let Some(conn) = self.conns.get_mut(&id) else { return };
         if conn.state != ConnState::Open || !conn.pacer.ready(now) {
@@ -527,7 +527,7 @@ impl UpstreamPool {
         conn.last_method = method;
         conn.pacer.sent(now);
         self.control_sent += 1;
-        out.push_back(Output::UpstreamSend { conn: ConnId(id), text });
+        out.push_back(Output::UpstreamSend { conn: id, text });
     }
 
     /// The earliest time `on_timeout` has something to do.
@@ -567,7 +567,7 @@ impl UpstreamPool {
 
     /// Timers: silence detection, rotation, pacing, reconnects.
     pub fn on_timeout(&mut self, now: Timestamp, out: &mut VecDeque<Output>, events: &mut Vec<PoolEvent>) {
-        let ids: Vec<u64> = self.conns.keys().copied().collect();
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
         for id in ids {
             let Some(c) = self.conns.get(&id) else { continue };
             if c.retire_at.is_some_and(|t| t <= now) {
@@ -576,7 +576,7 @@ impl UpstreamPool {
             }
             if now.since(c.last_activity) >= self.cfg.silence_timeout {
                 let reason = if c.state == ConnState::Open { "silent" } else { "connect timeout" };
-                out.push_back(Output::UpstreamClose { conn: ConnId(id), reason: reason.to_string() });
+                out.push_back(Output::UpstreamClose { conn: id, reason: reason.to_string() });
                 self.lose(id, reason, now, out, events);
                 continue;
             }

@@ -105,7 +105,19 @@ impl Engine {
     /// [`WakeReason`] is named.
     #[must_use = "a pure query: the deadline to sleep until, and why"]
     pub fn next_wake(&self) -> Option<Wake> {
-        // `None`: the wheel; its earliest key is looked up only if it wins.
+        let (at, why) = self.earliest_deadline()?;
+        let why = match why {
+            Some(why) => why,
+            // `peek` is `Some` whenever `next_deadline` is.
+            None => WakeReason::Timer(self.timers.peek()?.1.kind()),
+        };
+        Some(Wake { at, why })
+    }
+
+    /// The earliest deadline and its part (`None`: the wheel, whose earliest
+    /// key is not looked up: `poll_timeout` needs the time only, and naming
+    /// the wheel's timer walks the list of its slot).
+    pub(super) fn earliest_deadline(&self) -> Option<(Timestamp, Option<WakeReason>)> {
         let deadlines = [
             (self.timers.next_deadline(), None),
             (self.pool.next_deadline(), Some(WakeReason::Upstream)),
@@ -115,12 +127,6 @@ impl Engine {
             (self.rest.next_deadline(), Some(WakeReason::RestBudget)),
             (self.retention.next_deadline(), Some(WakeReason::Retention)),
         ];
-        let (at, why) = deadlines.into_iter().filter_map(|(at, why)| Some((at?, why))).min_by_key(|(at, _)| *at)?;
-        let why = match why {
-            Some(why) => why,
-            // `peek` is `Some` whenever `next_deadline` is.
-            None => WakeReason::Timer(self.timers.peek()?.1.kind()),
-        };
-        Some(Wake { at, why })
+        deadlines.into_iter().filter_map(|(at, why)| Some((at?, why))).min_by_key(|(at, _)| *at)
     }
 }

@@ -226,7 +226,7 @@ impl Sim {
             match out {
                 Output::ClientReady { client } => {
                     let mut frames = Vec::new();
-                    engine.take_client_frames(client, &mut frames);
+                    crate::replay::hosted::write_all(engine, client, &mut frames);
                 }
                 other => {
                     crate::replay::hosted::carry(engine, &mut self.store, &other, now);

@@ -352,7 +352,7 @@ impl Peer {
             match out {
                 Output::ClientReady { client } => {
                     self.frames.clear();
-                    engine.take_client_frames(client, &mut self.frames);
+                    crate::replay::hosted::write_all(engine, client, &mut self.frames);
                     self.client_frames += self.frames.len() as u64;
                 }
                 Output::ClientClose { client, .. } => {

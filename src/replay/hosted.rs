@@ -5,9 +5,12 @@
 //! two calls (`StoreQuery::run`, `StoreWrite::run`), in bounded slices per
 //! loop turn.
 //!
+//! Also a shell's client write (`write_client`: `ClientWritable`, then
+//! `poll_client` until `None`).
+//!
 //! Owns nothing; never decides anything about what an answer means.
 
-use crate::engine::{Engine, Input, Output};
+use crate::engine::{ClientId, Engine, Frame, Input, Output};
 use crate::store::Store;
 use crate::time::Timestamp;
 
@@ -31,6 +34,21 @@ pub fn carry(engine: &mut Engine, store: &mut dyn Store, output: &Output, now: T
         }
         None => false,
     }
+}
+
+/// A shell's write of `client` at `now`: `Input::ClientWritable` with
+/// `budget`, then every frame `poll_client` staged, appended to `dst`. Its
+/// outputs (a catch-up read) join the engine's queue (drain on).
+pub fn write_client(engine: &mut Engine, client: ClientId, budget: usize, now: Timestamp, dst: &mut Vec<Frame>) {
+    engine.handle(Input::ClientWritable { client, budget }, now);
+    dst.extend(std::iter::from_fn(|| engine.poll_client(client)));
+}
+
+/// [`write_client`] with no budget limit at the engine's own time: every
+/// queued frame of `client`.
+pub fn write_all(engine: &mut Engine, client: ClientId, dst: &mut Vec<Frame>) {
+    let now = engine.now();
+    write_client(engine, client, Input::WRITE_ALL, now, dst);
 }
 
 /// Drains every output, carrying store effects out at once, and returns the

@@ -2,17 +2,22 @@
 //!
 //! A journal is a header line followed by one line per step:
 //! ```text
-//! {"journal":"klinegate","version":1,"start_ns":…,"auto_timers":false,"settings":{…}}
+//! {"journal":"klinegate","version":2,"start_ns":…,"auto_timers":false,"settings":{…}}
 //! {"now":…,"input":{"type":"client_connected","client":1}}
+//! {"now":…,"input":{"type":"upstream_text","conn":1,"json":{"stream":…}}}
 //! {"now":…,"timeout":true}
 //! ```
-//! A live recording holds every `handle` (as `input`), every
-//! `handle_timeout` (as `timeout`) and every `take_client_frames` (as
-//! `{"now":…,"take":CLIENT}`, header `recorded_takes`) in the order the shell
-//! made them, so a replay makes exactly the same calls: frames coalesce, and a
-//! slow consumer is closed, exactly as they did live. Without recorded takes
-//! (hand-written and converted journals) a client's frames are taken as soon
-//! as it has any.
+//! Version 2 (`journal_v2`) embeds an exchange frame that is a JSON object as
+//! JSON (`"json"`) instead of an escaped string (`"text"`, version 1, still read).
+//! A live recording holds every `handle` (as `input`) and every
+//! `handle_timeout` (as `timeout`) in the order the shell made them — a
+//! client's write too, as the input `client_writable` with its byte budget
+//! (header `recorded_writes`) — so a replay makes exactly the same calls:
+//! frames coalesce, and a slow consumer is closed, exactly as they did live.
+//! Without recorded writes (hand-written and converted journals) a client's
+//! frames are written whole as soon as it has any. Older journals hold a
+//! write as `{"now":…,"take":CLIENT}` (header `recorded_takes`): still read,
+//! as `client_writable` with no budget limit (`Input::WRITE_ALL`).
 //!
 //! Store effects the core asks for (`ReadStore`, `Persist`) are answered by
 //! `store_read` and `persisted` inputs. A live recording holds them (header
@@ -37,7 +42,9 @@ use std::fmt;
 use std::io::{BufRead, Write};
 
 pub const FORMAT: &str = "klinegate";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
+/// The oldest version still read (version 1: frame text only as `"text"`).
+pub const MIN_VERSION: u32 = 1;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Header {
@@ -48,9 +55,10 @@ pub struct Header {
     pub auto_timers: bool,
     #[serde(default)]
     pub settings: Settings,
-    /// Every take of a client's frames is a record of its own (live recordings).
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub recorded_takes: bool,
+    /// Every write of a client's frames (`client_writable`) is recorded
+    /// (live recordings); older journals call it `recorded_takes`.
+    #[serde(default, skip_serializing_if = "is_false", alias = "recorded_takes")]
+    pub recorded_writes: bool,
     /// Every store effect's answer is an input of its own (live recordings).
     #[serde(default, skip_serializing_if = "is_false")]
     pub recorded_store: bool,
@@ -64,15 +72,15 @@ impl Header {
             start_ns: start.as_nanos(),
             auto_timers,
             settings,
-            recorded_takes: false,
+            recorded_writes: false,
             recorded_store: false,
         }
     }
 
-    /// For a live recording: the shell records each take of a client's frames.
+    /// For a live recording: the shell records each client write (`client_writable`).
     #[must_use]
-    pub fn with_recorded_takes(mut self) -> Header {
-        self.recorded_takes = true;
+    pub fn with_recorded_writes(mut self) -> Header {
+        self.recorded_writes = true;
         self
     }
 
@@ -88,15 +96,23 @@ impl Header {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     pub now: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "super::journal_v2::deserialize_input")]
     pub input: Option<Input>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub timeout: bool,
     #[serde(default, skip_serializing_if = "is_false")]
     pub end: bool,
-    /// The shell took this client's queued frames (to write them).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Older journals' write of a client's frames (`{"now":…,"take":CLIENT}`):
+    /// read as `client_writable` with `Input::WRITE_ALL`, never written.
+    #[serde(default, skip_serializing)]
     pub take: Option<u64>,
+}
+
+impl Record {
+    /// The input this record carries, an older journal's `take` included.
+    fn into_input(self) -> Option<Input> {
+        self.input.or(self.take.map(|client| Input::ClientWritable { client: ClientId(client), budget: Input::WRITE_ALL }))
+    }
 }
 
 fn is_false(b: &bool) -> bool {
@@ -132,16 +148,23 @@ impl From<std::io::Error> for JournalError {
 /// Writes a journal as the shell steps the engine.
 pub struct JournalWriter<W: Write> {
     out: W,
+    /// Version 2: frame text that is a JSON object is written as JSON.
+    json_frames: bool,
 }
 
 impl<W: Write> JournalWriter<W> {
     pub fn new(mut out: W, header: &Header) -> std::io::Result<Self> {
         serde_json::to_writer(&mut out, header)?;
         out.write_all(b"\n")?;
-        Ok(JournalWriter { out })
+        Ok(JournalWriter { out, json_frames: header.version >= 2 })
     }
 
     pub fn input(&mut self, now: Timestamp, input: &Input) -> std::io::Result<()> {
+        if let (true, Input::UpstreamText { conn, text }) = (self.json_frames, input) {
+            if super::journal_v2::write_upstream_json(&mut self.out, now.as_nanos(), conn.0, text)? {
+                return Ok(());
+            }
+        }
         let rec = Record { now: now.as_nanos(), input: Some(input.clone()), timeout: false, end: false, take: None };
         serde_json::to_writer(&mut self.out, &rec)?;
         self.out.write_all(b"\n")
@@ -149,10 +172,6 @@ impl<W: Write> JournalWriter<W> {
 
     pub fn timeout(&mut self, now: Timestamp) -> std::io::Result<()> {
         writeln!(self.out, "{{\"now\":{},\"timeout\":true}}", now.as_nanos())
-    }
-
-    pub fn take(&mut self, now: Timestamp, client: u64) -> std::io::Result<()> {
-        writeln!(self.out, "{{\"now\":{},\"take\":{}}}", now.as_nanos(), client)
     }
 
     pub fn end(&mut self, now: Timestamp) -> std::io::Result<()> {
@@ -184,10 +203,9 @@ pub struct Replayer<W: Write> {
     /// the journal is a live recording: `recorded_store`).
     store: Box<dyn Store>,
     auto_timers: bool,
-    recorded_takes: bool,
+    recorded_writes: bool,
     recorded_store: bool,
     out: W,
-    frames: Vec<crate::engine::Frame>,
     line: Vec<u8>,
     /// The first refusal (`IngestDone` with an error) drained since the
     /// current ingest input: its `reply` line.
@@ -198,11 +216,11 @@ pub struct Replayer<W: Write> {
 pub fn read_header(line: &str) -> Result<Header, JournalError> {
     let header: Header = serde_json::from_str(line)
         .map_err(|e| JournalError::Parse { line: 1, message: format!("invalid header: {e}") })?;
-    if header.journal != FORMAT || header.version != VERSION {
+    if header.journal != FORMAT || !(MIN_VERSION..=VERSION).contains(&header.version) {
         return Err(JournalError::Parse {
             line: 1,
             message: format!(
-                "not a klinegate v{VERSION} journal (journal={:?}, version={})",
+                "not a klinegate v{MIN_VERSION}..v{VERSION} journal (journal={:?}, version={})",
                 header.journal, header.version
             ),
         });
@@ -218,10 +236,9 @@ impl<W: Write> Replayer<W> {
             engine,
             store,
             auto_timers: header.auto_timers,
-            recorded_takes: header.recorded_takes,
+            recorded_writes: header.recorded_writes,
             recorded_store: header.recorded_store,
             out,
-            frames: Vec::new(),
             line: Vec::with_capacity(512),
             ingest_error: None,
             stats: ReplayStats::default(),
@@ -253,8 +270,15 @@ impl<W: Write> Replayer<W> {
         if self.auto_timers {
             self.run_timers_until(now)?;
         }
-        if let Some(input) = rec.input {
+        let timeout = rec.timeout;
+        if let Some(input) = rec.into_input() {
             self.stats.inputs += 1;
+            if let Input::ClientWritable { client, budget } = input {
+                self.write_client(now, client, budget)?;
+                // The drained queue may ask for the next catch-up page.
+                self.drain(now)?;
+                return self.step_timeout(timeout, now);
+            }
             let is_ingest = matches!(input, Input::IngestClosed { .. } | Input::IngestForming { .. });
             self.ingest_error = None;
             self.engine.handle(input, now);
@@ -271,14 +295,13 @@ impl<W: Write> Replayer<W> {
                 self.emit_line()?;
             }
         }
-        if rec.timeout {
+        self.step_timeout(timeout, now)
+    }
+
+    fn step_timeout(&mut self, timeout: bool, now: Timestamp) -> std::io::Result<()> {
+        if timeout {
             self.stats.timeouts += 1;
             self.engine.handle_timeout(now);
-            self.drain(now)?;
-        }
-        if let Some(client) = rec.take {
-            self.emit_frames(now, client)?;
-            // The drained queue may ask for the next catch-up page.
             self.drain(now)?;
         }
         Ok(())
@@ -311,28 +334,26 @@ impl<W: Write> Replayer<W> {
         Ok(())
     }
 
-    /// Takes the client's queued frames from the engine and writes one line each.
-    fn emit_frames(&mut self, now: Timestamp, client: u64) -> std::io::Result<()> {
-        self.frames.clear();
-        self.engine.take_client_frames(ClientId(client), &mut self.frames);
-        let frames = std::mem::take(&mut self.frames);
-        for f in &frames {
+    /// Hands the engine the client's write (`ClientWritable`) and writes one
+    /// line per frame it stages.
+    fn write_client(&mut self, now: Timestamp, client: ClientId, budget: usize) -> std::io::Result<()> {
+        self.engine.handle(Input::ClientWritable { client, budget }, now);
+        while let Some(f) = self.engine.poll_client(client) {
             self.line.clear();
             let _ = write!(self.line, "{{\"now\":{},\"client\":{},\"frame\":", now.as_nanos(), client);
-            self.line.extend_from_slice(f);
+            self.line.extend_from_slice(&f);
             self.line.push(b'}');
             self.emit_line()?;
         }
-        self.frames = frames;
         Ok(())
     }
 
     fn drain(&mut self, now: Timestamp) -> std::io::Result<()> {
         while let Some(output) = self.engine.poll_output() {
             if let Output::ClientReady { client } = output {
-                // A recording says when the shell took the frames; otherwise now.
-                if !self.recorded_takes {
-                    self.emit_frames(now, client.0)?;
+                // A recording says when the shell wrote the client; otherwise now, whole.
+                if !self.recorded_writes {
+                    self.write_client(now, client, Input::WRITE_ALL)?;
                 }
                 continue;
             }
@@ -357,20 +378,23 @@ impl<W: Write> Replayer<W> {
     }
 }
 
-/// The common record — an exchange frame — parsed without serde's buffering
+/// The common record — an exchange frame, either version — parsed without serde's buffering
 /// of internally tagged enums (most of a large replay's parse time). Any
 /// other shape, or anything unexpected, falls back to the full parser.
 /// Works on the line's bytes: only the frame text needs UTF-8 validation, and
 /// it gets it once, after unescaping.
-fn parse_upstream_text_fast(line: &[u8]) -> Option<Record> {
+pub(super) fn parse_upstream_text_fast(line: &[u8]) -> Option<Record> {
     let rest = line.strip_prefix(b"{\"now\":")?;
     let (now, rest) = split_at_comma(rest)?;
     let rest = rest.strip_prefix(b"\"input\":{\"type\":\"upstream_text\",\"conn\":")?;
     let (conn, rest) = split_at_comma(rest)?;
-    let text = rest.strip_prefix(b"\"text\":")?.strip_suffix(b"}}")?;
+    let text = match rest.strip_prefix(b"\"json\":") {
+        Some(json) => super::journal_v2::embedded_text(json.strip_suffix(b"}}")?)?,
+        None => unescape_simple(rest.strip_prefix(b"\"text\":")?.strip_suffix(b"}}")?)?,
+    };
     Some(Record {
         now: ascii_number(now)?,
-        input: Some(Input::UpstreamText { conn: ConnId(ascii_number(conn)?), text: unescape_simple(text)? }),
+        input: Some(Input::UpstreamText { conn: ConnId(ascii_number(conn)?), text }),
         timeout: false,
         end: false,
         take: None,
@@ -515,7 +539,27 @@ pub fn replay<R: BufRead, W: Write>(
 /// `BufRead::lines` strips them); false at the end of the input.
 fn read_line<R: BufRead>(reader: &mut R, buf: &mut Vec<u8>) -> std::io::Result<bool> {
     buf.clear();
-    if reader.read_until(b'\n', buf)? == 0 {
+    // `read_until`, with memchr's vectorised search for the newline.
+    loop {
+        let available = match reader.fill_buf() {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if available.is_empty() {
+            break;
+        }
+        let (take, done) = match memchr::memchr(b'\n', available) {
+            Some(at) => (at + 1, true),
+            None => (available.len(), false),
+        };
+        buf.extend_from_slice(&available[..take]);
+        reader.consume(take);
+        if done {
+            break;
+        }
+    }
+    if buf.is_empty() {
         return Ok(false);
     }
     if buf.last() == Some(&b'\n') {
@@ -646,31 +690,52 @@ mod tests {
         }
     }
 
-    /// With recorded takes, a client's frames come out where the shell took them
-    /// (and coalesce meanwhile); without, as soon as they are queued.
+    /// With recorded writes, a client's frames come out where the shell wrote
+    /// the client (and coalesce meanwhile); without, as soon as they are
+    /// queued. An older journal's `take` record (header `recorded_takes`) is
+    /// read as a write with no budget limit.
     #[test]
-    fn recorded_takes_decide_when_frames_come_out() {
-        let replay_with = |takes: bool| -> Vec<String> {
+    fn recorded_writes_decide_when_frames_come_out() {
+        #[derive(Clone, Copy)]
+        enum Writes {
+            None,
+            Recorded(usize),
+            OldTakes,
+        }
+        let replay_with = |writes: Writes| -> Vec<String> {
             let mut header = Header::new(Settings { pins: vec![], ..Settings::default() }, Timestamp(5), false);
-            if takes {
-                header = header.with_recorded_takes();
+            if !matches!(writes, Writes::None) {
+                header = header.with_recorded_writes();
             }
             let mut w = JournalWriter::new(Vec::new(), &header).unwrap();
             w.input(Timestamp(10), &Input::ClientConnected { client: ClientId(1) }).unwrap();
             w.input(Timestamp(20), &Input::ClientText { client: ClientId(1), text: "nope".into() }).unwrap();
             w.input(Timestamp(30), &Input::ClientText { client: ClientId(1), text: "{}".into() }).unwrap();
-            if takes {
-                w.take(Timestamp(40), 1).unwrap();
+            if let Writes::Recorded(budget) = writes {
+                w.input(Timestamp(40), &Input::ClientWritable { client: ClientId(1), budget }).unwrap();
+                w.input(Timestamp(50), &Input::ClientWritable { client: ClientId(1), budget }).unwrap();
             }
-            let text = w.into_inner();
-            let (replayer, _) = replay(&text[..], Box::new(crate::store::MemoryStore::new()), Vec::new()).unwrap();
+            let mut text = String::from_utf8(w.into_inner()).unwrap();
+            assert!(!text.contains("\"take\""), "no take record is written any more");
+            if let Writes::OldTakes = writes {
+                text = text.replace("\"recorded_writes\"", "\"recorded_takes\"");
+                text.push_str("{\"now\":40,\"take\":1}\n");
+            }
+            let (replayer, _) = replay(text.as_bytes(), Box::new(crate::store::MemoryStore::new()), Vec::new()).unwrap();
             let (_, _, out) = replayer.into_parts();
             String::from_utf8(out).unwrap().lines().filter(|l| l.contains("\"frame\"")).map(str::to_string).collect()
         };
         let at = |lines: &[String]| -> Vec<String> {
             lines.iter().map(|l| l.split(',').next().unwrap_or_default().to_string()).collect()
         };
-        assert_eq!(at(&replay_with(false)), ["{\"now\":20", "{\"now\":30"]);
-        assert_eq!(at(&replay_with(true)), ["{\"now\":40", "{\"now\":40"]);
+        assert_eq!(at(&replay_with(Writes::None)), ["{\"now\":20", "{\"now\":30"]);
+        assert_eq!(at(&replay_with(Writes::Recorded(Input::WRITE_ALL))), ["{\"now\":40", "{\"now\":40"]);
+        assert_eq!(at(&replay_with(Writes::OldTakes)), ["{\"now\":40", "{\"now\":40"]);
+        // A budget of one byte: one frame per write, the rest stays queued in order.
+        let one = replay_with(Writes::Recorded(1));
+        assert_eq!(at(&one), ["{\"now\":40", "{\"now\":50"]);
+        let all = replay_with(Writes::Recorded(Input::WRITE_ALL));
+        let frame = |l: &String| l.split_once(",\"frame\":").map(|(_, f)| f.to_string());
+        assert_eq!(one.iter().map(frame).collect::<Vec<_>>(), all.iter().map(frame).collect::<Vec<_>>());
     }
 }

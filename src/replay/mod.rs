@@ -1,6 +1,7 @@
 //! Tools that drive the core from recorded or generated inputs.
 //!
-//! - [`journal`]: record/replay of the core's inputs as JSON lines.
+//! - [`journal`]: record/replay of the core's inputs as JSON lines
+//!   (`journal_v2`: frame text embedded as JSON, the version written now).
 //! - [`capture`]: recorded Binance captures → journals.
 //! - [`gen`]: synthetic journals (many streams, realistic cadence) for benches.
 //! - [`exchange`]: the one sans-IO model of Binance every tool and test plays.
@@ -16,4 +17,6 @@ pub mod gen;
 pub mod hosted;
 pub mod exchange;
 pub mod journal;
+mod journal_v2;
+mod json_check;
 pub mod sim;

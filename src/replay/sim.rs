@@ -3,7 +3,8 @@
 //! mio shell, with the exchange played by [`ExchangeModel`] in its `Held` mode:
 //! it opens the upstream connections the engine asks for (or fails them) and
 //! acks control requests only when its caller says so,
-//! delivers client frames unless a client is stalled, reports a client closed
+//! writes client frames unless a client is stalled (`ClientWritable` with the
+//! client's byte budget, whole queues unless set), reports a client closed
 //! by the engine as disconnected, and fires timers. After every step it checks
 //! the core's invariants from the outside and panics with a message naming the
 //! broken one.
@@ -133,13 +134,27 @@ impl SimSettings {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct ClientModel {
     stalled: bool,
+    /// Bytes per write (`ClientWritable`'s budget): what stays queued waits
+    /// for the next write, coalescing and counting against the backlog.
+    budget: usize,
     /// Last closed candle time delivered, per series.
     last_closed: BTreeMap<String, i64>,
     /// A gap notice delivered and not yet followed by its candle: (expected, actual).
     pending_gap: BTreeMap<String, (i64, i64)>,
+}
+
+impl Default for ClientModel {
+    fn default() -> Self {
+        ClientModel {
+            stalled: false,
+            budget: Input::WRITE_ALL,
+            last_closed: BTreeMap::new(),
+            pending_gap: BTreeMap::new(),
+        }
+    }
 }
 
 /// What a run exercised, for the simulation's coverage report.
@@ -330,7 +345,7 @@ impl Harness {
 
     fn check_nothing_for(&mut self, client: u64) {
         self.frames.clear();
-        self.engine.take_client_frames(ClientId(client), &mut self.frames);
+        hosted::write_all(&mut self.engine, ClientId(client), &mut self.frames);
         assert!(
             self.frames.is_empty(),
             "I5: {} frame(s) for client {client} after its disconnect, first: {}",
@@ -342,7 +357,8 @@ impl Harness {
     /// Takes the client's queued frames and checks them in order.
     fn deliver(&mut self, client: u64) {
         self.frames.clear();
-        self.engine.take_client_frames(ClientId(client), &mut self.frames);
+        let budget = self.clients.get(&client).map_or(Input::WRITE_ALL, |c| c.budget).max(1);
+        hosted::write_client(&mut self.engine, ClientId(client), budget, self.now, &mut self.frames);
         let frames = std::mem::take(&mut self.frames);
         for f in &frames {
             self.check_frame(client, f);
@@ -420,8 +436,12 @@ impl Harness {
         if !self.clients.contains_key(&client) {
             return;
         }
-        // What was queued before this message belongs before its effects.
+        // What was queued before this message belongs before its effects:
+        // written whole (a write at a time of the client's budget).
         self.deliver(client);
+        while self.engine.client_queued_bytes(ClientId(client)) > 0 {
+            self.deliver(client);
+        }
         if let Ok(ClientRequest::Subscribe { series_id, .. }) = parse_request(text) {
             if let (Some(id), Some(model)) = (canonical(&series_id), self.clients.get_mut(&client)) {
                 // A re-subscribe is the one thing that may move a cursor back.
@@ -443,6 +463,14 @@ impl Harness {
             self.report_gone(client);
             self.settle();
         }
+    }
+
+    /// The client's bytes per write from now on (`Input::WRITE_ALL`: whole queues).
+    pub fn set_write_budget(&mut self, client: u64, budget: usize) {
+        if let Some(c) = self.clients.get_mut(&client) {
+            c.budget = budget;
+        }
+        self.settle();
     }
 
     pub fn set_stalled(&mut self, client: u64, stalled: bool) {

@@ -55,7 +55,7 @@ impl Recorder {
             match &o {
                 Output::ClientReady { client } => {
                     let mut frames = Vec::new();
-                    self.engine.take_client_frames(*client, &mut frames);
+                    klinegate::replay::hosted::write_all(&mut self.engine, *client, &mut frames);
                     for f in frames {
                         self.frames.push((client.0, serde_json::from_slice(&f).expect("frames are JSON")));
                     }

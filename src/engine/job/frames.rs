@@ -168,12 +168,18 @@ impl Jobs {
         if which.last().is_none_or(|i| *i == 0) {
             return;
         }
+        // A target nobody receives (no client, no bus) is neither built nor sent.
+        let received = cx.forming_receivers(&job.derived, which);
         let Some(fold) = job.fold.as_mut() else { return };
         self.scratch.clear();
-        fold.on_base_forming(&latest, &mut self.scratch);
+        fold.on_base_forming_where(&latest, |t| received & (1u64 << t.min(63)) != 0, &mut self.scratch);
         let scratch = std::mem::take(&mut self.scratch);
         for (target, candle) in &scratch {
             if which.contains(&(target + 1)) {
+                if received & (1u64 << (*target).min(63)) == 0 {
+                    cx.hub.settle(cx.series, cx.outputs, cx.counters); // what its publish would have done
+                    continue;
+                }
                 let Some(series) = self.jobs.get(&job_idx).map(|j| j.derived[*target]) else { continue };
                 let ext = if cx.hub.wants_full(series) { self.forming_ext(cx, job_idx, series, candle.candle_time) } else { None };
                 cx.hub.publish_forming_ext(series, candle, ext, cx.series, cx.outputs, cx.counters);

@@ -72,6 +72,9 @@ const RELOAD: Token = Token(usize::MAX - 24);
 const DNS: [Token; 2] = [Token(usize::MAX - 8), Token(usize::MAX - 9)];
 /// Messages read from one client per readiness event.
 const CLIENT_READ_BUDGET: usize = 64;
+/// Bytes of queued frames written to one client per write (`ClientWritable`'s
+/// budget); a client with more queued is written again the next turn.
+const WRITE_BUDGET: usize = 256 << 10;
 /// Housekeeping (idle clients, pings, journal flush) runs this often.
 const HOUSEKEEPING: Duration = Duration::from_millis(500);
 /// A client that does not finish its close handshake is dropped after this.
@@ -225,7 +228,7 @@ impl Server {
             None => None,
             Some(path) => {
                 let file = File::create(path).map_err(|e| format!("--record {}: {e}", path.display()))?;
-                let header = Header::new(cfg.settings.clone(), now, false).with_recorded_takes().with_recorded_store();
+                let header = Header::new(cfg.settings.clone(), now, false).with_recorded_writes().with_recorded_store();
                 Some(JournalWriter::new(BufWriter::new(file), &header).map_err(|e| format!("--record: {e}"))?)
             }
         };
@@ -463,6 +466,7 @@ impl Server {
             wait = Duration::ZERO;
         }
         if !self.pending_inputs.is_empty()
+            || !self.ready_clients.is_empty()
             || self.store.has_work()
             || self.any_upstream_wants_read()
             || self.any_client_wants_read()
@@ -476,6 +480,13 @@ impl Server {
 
     /// Records and applies one input, then carries out its outputs.
     fn apply(&mut self, input: Input) {
+        self.handle_recorded(input);
+        self.drain_outputs();
+    }
+
+    /// Records and applies one input, leaving its outputs to the caller's
+    /// drain (a client's write, made while outputs are being drained).
+    fn handle_recorded(&mut self, input: Input) {
         if let Some(j) = self.journal.as_mut() {
             if let Err(e) = j.input(self.now, &input) {
                 self.logger.log(unix_secs(self.now), LogLevel::Error, &format!("journal_write_failed error={e:?}"));
@@ -483,7 +494,6 @@ impl Server {
             }
         }
         self.engine.handle(input, self.now);
-        self.drain_outputs();
     }
 
     fn fire_timers(&mut self) {

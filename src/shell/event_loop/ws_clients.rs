@@ -5,15 +5,23 @@
 //! rest), or once its socket drains, write interest, and the close handshake
 //! the engine asks for.
 //!
-//! It never takes frames from the engine for a client whose socket is backed
-//! up: the backlog stays in the engine's bounded queue (slow-consumer policy).
-//! A take may make the engine ask for the client's next catch-up page
-//! (`ReadStore`), so outputs are drained after the takes of a turn.
+//! A write is an input, journaled like any other: `ClientWritable` with a
+//! budget of [`WRITE_BUDGET`] bytes, then `poll_client` until `None`; a client
+//! with more queued is written again the next turn. It never writes a client
+//! whose socket is backed up: the backlog stays in the engine's bounded queue
+//! (slow-consumer policy). A write may make the engine ask for the client's
+//! next catch-up page (`ReadStore`), so outputs are drained after the writes
+//! of a turn.
 
-use super::{Conn, Server, CLIENT_READ_BUDGET};
+use super::{Conn, Server, CLIENT_READ_BUDGET, WRITE_BUDGET};
 use crate::engine::{ClientId, Input, LogLevel};
 use crate::shell::conn::client::{WsConn, WsRead};
 use mio::{Interest, Token};
+
+/// Writes of what the engine still holds for a client before its close
+/// frame (a queue is bounded by the backlog limit plus a catch-up page: a few
+/// writes of `WRITE_BUDGET`).
+const MAX_WRITES_AT_CLOSE: usize = 64;
 
 impl Server {
     /// The 101 response is written: the socket becomes a WebSocket client.
@@ -127,7 +135,9 @@ impl Server {
         for client in ready.drain(..) {
             self.take_and_write(client, &mut frames);
         }
-        self.ready_clients = ready;
+        // Clients with more than a budget queued go again next turn.
+        std::mem::swap(&mut self.ready_clients, &mut ready);
+        self.ready_clients.append(&mut ready);
         self.frames = frames;
         // A drained queue may have asked for the next catch-up page.
         self.drain_outputs();
@@ -140,24 +150,28 @@ impl Server {
         self.frames = frames;
     }
 
-    /// Takes a client's queued frames from the engine and writes them in one
+    /// Writes up to [`WRITE_BUDGET`] bytes of a client's queued frames in one
     /// go, unless its socket is backed up or closing (then they stay queued in
-    /// the engine and are taken when the socket drains).
+    /// the engine and are written when the socket drains).
     fn take_and_write(&mut self, client: u64, frames: &mut Vec<bytes::Bytes>) {
         let Some(&key) = self.clients.get(&client) else { return };
-        let Some(Conn::Ws(w)) = self.conns.get_mut(key) else { return };
+        let Some(Conn::Ws(w)) = self.conns.get(key) else { return };
         if w.flush_pending || w.closing_since.is_some() {
-            return; // taken again when the socket drains
+            return; // written when the socket drains
         }
+        // What is written when decides coalescing and slow-consumer closes:
+        // an input. Its outputs (a catch-up read) go to the caller's drain.
+        let id = ClientId(client);
+        self.handle_recorded(Input::ClientWritable { client: id, budget: WRITE_BUDGET });
         frames.clear();
-        if let Some(j) = self.journal.as_mut() {
-            // What is taken when decides coalescing and slow-consumer closes.
-            let _ = j.take(self.now, client);
+        frames.extend(std::iter::from_fn(|| self.engine.poll_client(id)));
+        if self.engine.client_queued_bytes(id) > 0 {
+            self.ready_clients.push(client);
         }
-        self.engine.take_client_frames(ClientId(client), frames);
         if frames.is_empty() {
             return;
         }
+        let Some(Conn::Ws(w)) = self.conns.get_mut(key) else { return };
         self.stats.ws_frames_out += frames.len() as u64;
         // `--io-uring`: all but the first client of a fan-out wait for the ring (`uring_writes`).
         let mut batch_full = false;
@@ -188,6 +202,19 @@ impl Server {
     pub(super) fn close_client(&mut self, client: u64, code: u16, reason: &str) {
         let Some(&key) = self.clients.get(&client) else { return };
         self.log(LogLevel::Info, &format!("client_close client={client} code={code} reason={reason:?}"));
+        // What the engine still holds for it goes out before the close frame
+        // too, a budget at a time while the socket takes it (a shutdown close
+        // comes in the same turn as the last publish).
+        let mut frames = std::mem::take(&mut self.frames);
+        for _ in 0..MAX_WRITES_AT_CLOSE {
+            let open = matches!(self.conns.get(key), Some(Conn::Ws(w)) if !w.flush_pending && w.closing_since.is_none());
+            if !open || self.engine.client_queued_bytes(ClientId(client)) == 0 {
+                break;
+            }
+            self.take_and_write(client, &mut frames);
+        }
+        self.frames = frames;
+        let Some(&key) = self.clients.get(&client) else { return };
         if let Some(Conn::Ws(w)) = self.conns.get_mut(key) {
             // Frames already taken go out before the close frame.
             w.close(code, reason, self.mono);
