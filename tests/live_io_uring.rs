@@ -3,7 +3,8 @@
 //! forming updates stream too (the fan-out's first client is written directly,
 //! the rest through io_uring sends); a stalled client is still closed as a slow
 //! consumer while the others are served. Also: the default run writes with
-//! epoll and says so in /metrics. Where io_uring is unavailable (old kernel,
+//! epoll and says so in /metrics; on a kernel reported as 2.6 (`setarch --uname-2.6`)
+//! `--io-uring` logs one `io_uring_unavailable` line and serves with epoll. Where io_uring is unavailable (old kernel,
 //! `kernel.io_uring_disabled`, seccomp) the test prints a SKIP line and passes.
 //! `LIVE_IO_URING_EPOLL=1` runs the same fan-out test with epoll writes (a comparison).
 
@@ -164,5 +165,47 @@ fn the_default_writer_is_epoll() {
     let (_, metrics) = live.get("/metrics");
     assert!(metrics.contains("klinegate_client_writer{kind=\"epoll\"} 1"), "{metrics}");
     assert_eq!(live.metric("klinegate_ws_uring_sends_total"), 0.0);
+    assert_eq!(live.terminate(10 * SEC), Some(0));
+}
+
+/// `--io-uring` on a kernel that reports itself older than 5.6 (`setarch
+/// --uname-2.6`): one `io_uring_unavailable` line, epoll writes, clients served.
+#[test]
+fn io_uring_on_an_old_kernel_falls_back_to_epoll_with_one_line() {
+    if std::process::Command::new("setarch").args(["x86_64", "--uname-2.6", "true"]).status().map_or(true, |s| !s.success()) {
+        eprintln!("SKIP: setarch --uname-2.6 unavailable here");
+        return;
+    }
+    let ex = FakeExchange::start(FakeOptions::spot());
+    let url = ex.ws_url();
+    let mut live = Live::start_with(
+        tempfile::tempdir().unwrap(),
+        &["--spot-ws-url", &url, "--futures-ws-url", &url, "--pin", S1, "--derived", "", "--io-uring"],
+        |cmd| {
+            let mut wrapped = std::process::Command::new("setarch");
+            wrapped.args(["x86_64", "--uname-2.6"]).arg(cmd.get_program()).args(cmd.get_args());
+            for (k, v) in cmd.get_envs() {
+                match v {
+                    Some(v) => wrapped.env(k, v),
+                    None => wrapped.env_remove(k),
+                };
+            }
+            wrapped.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).stdin(std::process::Stdio::null());
+            *cmd = wrapped;
+        },
+    );
+    let line = live.wait_log("io_uring_unavailable", 10 * SEC).expect("the fallback is logged");
+    assert!(line.contains("reason=") && line.contains("older than 5.6"), "{line}");
+    assert_eq!(live.seen_logs.iter().filter(|l| l.contains("io_uring")).count(), 1, "one line");
+    let (_, metrics) = live.get("/metrics");
+    assert!(metrics.contains("klinegate_client_writer{kind=\"epoll\"} 1"), "{metrics}");
+    assert!(ex.wait_for_subscriptions(&[STREAM], 10 * SEC));
+    let mut c = live.ws();
+    c.send(json!({"type":"subscribe","series_id":S1}));
+    std::thread::sleep(Duration::from_millis(300));
+    let t = minute_ms();
+    ex.push_kline(STREAM, t, 1.0, 2.0, 0.5, 1.5, 1.0, true);
+    let got = c.until(10 * SEC, |f| f["type"] == "candle_closed");
+    assert!(got.iter().any(|f| f["type"] == "candle_closed"), "served with epoll writes: {got:?}");
     assert_eq!(live.terminate(10 * SEC), Some(0));
 }
