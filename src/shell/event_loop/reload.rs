@@ -142,6 +142,7 @@ fn needs_restart(old: &RunConfig, new: &RunConfig) -> Vec<&'static str> {
     check("auth_token", old.auth_token != new.auth_token);
     check("cors_origins", old.cors_origins != new.cors_origins);
     check("tls_cert", old.tls_cert.is_some() != new.tls_cert.is_some());
+    check("io_uring", old.io_uring != new.io_uring);
     let (a, b) = (&old.settings, &new.settings);
     check("role", a.role != b.role);
     check("derived", a.derived != b.derived);
