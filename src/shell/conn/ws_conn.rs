@@ -390,3 +390,7 @@ impl WsConn {
         self.flush();
     }
 }
+
+#[cfg(test)]
+#[path = "ws_conn_uring_tests.rs"]
+mod uring_tests;
