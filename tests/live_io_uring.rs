@@ -17,7 +17,7 @@ use serde_json::json;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::live::{Client, Live};
+use support::live::{stalled_client, Client, Live};
 
 const S1: &str = "binance:spot:BTC/USDT:1m";
 const STREAM: &str = "btcusdt@kline_1m";
@@ -33,18 +33,6 @@ fn minute_ms() -> i64 {
 fn candle_time(text: &str) -> Option<i64> {
     let rest = &text[text.find("\"candle_time\":")? + 14..];
     rest[..rest.find(|c: char| !c.is_ascii_digit())?].parse().ok()
-}
-
-/// A client that subscribes and then never reads (a 4 KiB receive buffer).
-fn stalled_client(addr: std::net::SocketAddr) -> tungstenite::WebSocket<std::net::TcpStream> {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    sock.connect_timeout(&addr.into(), 5 * SEC).unwrap();
-    let stream: std::net::TcpStream = sock.into();
-    let url = format!("ws://{addr}/ws/market");
-    let (mut ws, _) = tungstenite::client::client(url.as_str(), stream).expect("handshake");
-    ws.send(tungstenite::Message::Text(json!({"type":"subscribe","series_id":S1}).to_string().into())).unwrap();
-    ws
 }
 
 #[test]
@@ -73,7 +61,7 @@ fn io_uring_fan_out_delivers_every_close_in_order_and_still_closes_a_slow_consum
     assert!(writer != "--io-uring" || metrics.contains("klinegate_client_writer{kind=\"io_uring\"} 1"), "{metrics}");
     assert!(ex.wait_for_subscriptions(&[STREAM], 10 * SEC));
 
-    let _stalled = stalled_client(live.addr);
+    let _stalled = stalled_client(live.addr, S1);
     let mut clients: Vec<Client> = (0..CLIENTS).map(|_| live.ws()).collect();
     for c in &mut clients {
         c.send(json!({"type":"subscribe","series_id":S1}));

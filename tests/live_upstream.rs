@@ -10,7 +10,7 @@ mod fake_exchange;
 use fake_exchange::{FakeExchange, FakeOptions};
 use serde_json::json;
 use std::time::{Duration, Instant};
-use support::live::Live;
+use support::live::{stalled_client, Live};
 
 const S1: &str = "binance:spot:BTC/USDT:1m";
 const STREAM: &str = "btcusdt@kline_1m";
@@ -136,19 +136,6 @@ fn tls_exchange_with_a_test_ca() {
     assert!(ex.wait_for_subscriptions(&[STREAM], 10 * SEC), "subscribed over TLS");
 }
 
-/// A WebSocket client whose socket has a tiny receive buffer and which never
-/// reads after subscribing: the server-side backlog grows at once.
-fn stalled_client(addr: std::net::SocketAddr) -> tungstenite::WebSocket<std::net::TcpStream> {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    sock.connect_timeout(&addr.into(), 5 * SEC).unwrap();
-    let stream: std::net::TcpStream = sock.into();
-    let url = format!("ws://{addr}/ws/market");
-    let (mut ws, _) = tungstenite::client::client(url.as_str(), stream).expect("handshake");
-    ws.send(tungstenite::Message::Text(json!({"type":"subscribe","series_id":S1}).to_string().into())).unwrap();
-    ws
-}
-
 #[test]
 fn stalled_client_is_closed_while_others_keep_receiving() {
     let ex = FakeExchange::start(FakeOptions::spot());
@@ -163,7 +150,7 @@ fn stalled_client_is_closed_while_others_keep_receiving() {
         ],
     );
     assert!(ex.wait_for_subscriptions(&[STREAM], 10 * SEC));
-    let _stalled = stalled_client(live.addr);
+    let _stalled = stalled_client(live.addr, S1);
     let mut healthy = live.ws();
     healthy.send(json!({"type":"subscribe","series_id":S1}));
     std::thread::sleep(Duration::from_millis(300));

@@ -286,6 +286,20 @@ impl Client {
 
 /// The current minute's open time in unix milliseconds (live tests script the
 /// fake exchange around the real clock's minute).
+/// A WebSocket client that subscribes to `series_id` and then never reads: its
+/// socket has a 4 KiB receive buffer, so the server-side backlog grows at once.
+pub fn stalled_client(addr: SocketAddr, series_id: &str) -> WebSocket<TcpStream> {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect_timeout(&addr.into(), Duration::from_secs(5)).unwrap();
+    let stream: TcpStream = sock.into();
+    let url = format!("ws://{addr}/ws/market");
+    let (mut ws, _) = tungstenite::client::client(url.as_str(), stream).expect("handshake");
+    let subscribe = serde_json::json!({"type":"subscribe","series_id":series_id}).to_string();
+    ws.send(Message::Text(subscribe.into())).unwrap();
+    ws
+}
+
 pub fn now_minute_ms() -> i64 {
     let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
     ms / 60_000 * 60_000
