@@ -132,12 +132,10 @@ impl Server {
         ready.sort_unstable();
         ready.dedup();
         let mut frames = std::mem::take(&mut self.frames);
-        for client in ready.drain(..) {
-            self.take_and_write(client, &mut frames);
-        }
-        // Clients with more than a budget queued go again next turn.
-        std::mem::swap(&mut self.ready_clients, &mut ready);
-        self.ready_clients.append(&mut ready);
+        // Clients with more than a budget queued stay on the list: next turn.
+        ready.retain(|&client| self.take_and_write(client, &mut frames));
+        ready.append(&mut self.ready_clients);
+        self.ready_clients = ready;
         self.frames = frames;
         // A drained queue may have asked for the next catch-up page.
         self.drain_outputs();
@@ -146,18 +144,21 @@ impl Server {
     /// Writes one client's queued frames now (the engine said it is ready).
     pub(super) fn write_client(&mut self, client: u64) {
         let mut frames = std::mem::take(&mut self.frames);
-        self.take_and_write(client, &mut frames);
+        if self.take_and_write(client, &mut frames) {
+            self.ready_clients.push(client); // more than a budget: next turn
+        }
         self.frames = frames;
     }
 
     /// Writes up to [`WRITE_BUDGET`] bytes of a client's queued frames in one
     /// go, unless its socket is backed up or closing (then they stay queued in
-    /// the engine and are written when the socket drains).
-    fn take_and_write(&mut self, client: u64, frames: &mut Vec<bytes::Bytes>) {
-        let Some(&key) = self.clients.get(&client) else { return };
-        let Some(Conn::Ws(w)) = self.conns.get(key) else { return };
+    /// the engine and are written when the socket drains). True: more than
+    /// the budget was queued, and the rest waits for the caller's next write.
+    fn take_and_write(&mut self, client: u64, frames: &mut Vec<bytes::Bytes>) -> bool {
+        let Some(&key) = self.clients.get(&client) else { return false };
+        let Some(Conn::Ws(w)) = self.conns.get(key) else { return false };
         if w.flush_pending || w.closing_since.is_some() {
-            return; // written when the socket drains
+            return false; // written when the socket drains
         }
         // What is written when decides coalescing and slow-consumer closes:
         // an input. Its outputs (a catch-up read) go to the caller's drain.
@@ -165,13 +166,11 @@ impl Server {
         self.handle_recorded(Input::ClientWritable { client: id, budget: WRITE_BUDGET });
         frames.clear();
         frames.extend(std::iter::from_fn(|| self.engine.poll_client(id)));
-        if self.engine.client_queued_bytes(id) > 0 {
-            self.ready_clients.push(client);
-        }
+        let more = self.engine.client_queued_bytes(id) > 0;
         if frames.is_empty() {
-            return;
+            return more;
         }
-        let Some(Conn::Ws(w)) = self.conns.get_mut(key) else { return };
+        let Some(Conn::Ws(w)) = self.conns.get_mut(key) else { return more };
         self.stats.ws_frames_out += frames.len() as u64;
         // `--io-uring`: all but the first client of a fan-out wait for the ring (`uring_writes`).
         let mut batch_full = false;
@@ -191,27 +190,29 @@ impl Server {
         self.stats.ws_bytes_out += w.take_bytes_sent();
         if !sent {
             self.remove_client_conn(key);
-            return;
+            return false;
         }
         self.update_ws_interest(key);
         if batch_full {
             self.flush_uring();
         }
+        more
     }
 
     pub(super) fn close_client(&mut self, client: u64, code: u16, reason: &str) {
-        let Some(&key) = self.clients.get(&client) else { return };
+        if !self.clients.contains_key(&client) {
+            return;
+        }
         self.log(LogLevel::Info, &format!("client_close client={client} code={code} reason={reason:?}"));
         // What the engine still holds for it goes out before the close frame
         // too, a budget at a time while the socket takes it (a shutdown close
         // comes in the same turn as the last publish).
         let mut frames = std::mem::take(&mut self.frames);
         for _ in 0..MAX_WRITES_AT_CLOSE {
-            let open = matches!(self.conns.get(key), Some(Conn::Ws(w)) if !w.flush_pending && w.closing_since.is_none());
-            if !open || self.engine.client_queued_bytes(ClientId(client)) == 0 {
+            // Stops when nothing is left, or the socket is backed up or closing.
+            if self.engine.client_queued_bytes(ClientId(client)) == 0 || !self.take_and_write(client, &mut frames) {
                 break;
             }
-            self.take_and_write(client, &mut frames);
         }
         self.frames = frames;
         let Some(&key) = self.clients.get(&client) else { return };
